@@ -1,0 +1,31 @@
+// Run-time CPU feature detection and the multiversioning helper the CPU kernels use.
+//
+// x86-64-v3 (AVX2 + FMA + F16C) is the fast path; every kernel also has a portable build. LMFORGE_CPU=generic
+// in the environment forces the portable path (tests run both).
+#pragma once
+
+namespace lmforge::kernels {
+
+// True when the CPU has AVX2, FMA and F16C and the portable path is not forced.
+bool cpu_has_avx2();
+
+}  // namespace lmforge::kernels
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define LMF_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define LMF_HAVE_X86 1
+#else
+#define LMF_TARGET_AVX2
+#define LMF_HAVE_X86 0
+#endif
+#define LMF_ALWAYS_INLINE inline __attribute__((always_inline))
+
+// Builds `name` twice from the always-inline template body `name##_impl` — once compiled for AVX2/FMA, once
+// portable — and a dispatcher that picks one at run time. The body is written once, in plain C++; GCC
+// vectorises it for each target.
+#define LMF_MULTIVERSION(ret, name, params, args)                                     \
+  LMF_TARGET_AVX2 static ret name##_avx2 params { return name##_impl args; }        \
+  static ret name##_generic params { return name##_impl args; }                     \
+  ret name params {                                                                  \
+    return ::lmforge::kernels::cpu_has_avx2() ? name##_avx2 args : name##_generic args; \
+  }

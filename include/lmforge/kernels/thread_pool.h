@@ -1,0 +1,55 @@
+// The process's one thread pool (kernels layer: the lowest layer that splits work, so every layer may use it). Kernels split work with parallel_for; a call made from inside a parallel region
+// runs inline, so work never nests or oversubscribes. OpenBLAS is kept single-threaded and called from inside our
+// parallel regions (see docs/ENGINE.md).
+#pragma once
+#include <cstdint>
+#include <functional>
+
+namespace lmforge {
+
+class ThreadPool {
+ public:
+  static ThreadPool& global();
+
+  // Total threads doing work, the calling thread included. Defaults to $LMFORGE_THREADS or the number of cores.
+  int num_threads() const { return num_threads_; }
+  void set_num_threads(int n);
+
+  // Calls fn(begin, end) over [0, n) in chunks of at least `grain` items; blocks until all are done. Which thread
+  // runs which chunk is not fixed: reductions keep partials per fixed-size block, not per thread, so results do
+  // not depend on the thread count.
+  void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
+
+  bool in_parallel_region() const;
+
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+ private:
+  ThreadPool();
+  void start(int n);
+  void stop();
+  void worker_loop(int index);
+  struct Impl;
+  Impl* impl_ = nullptr;
+  int num_threads_ = 1;
+};
+
+inline void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
+  ThreadPool::global().parallel_for(n, grain, fn);
+}
+
+// Sets the pool's thread count for a scope and restores it afterwards (benchmarks, tests).
+class ThreadCountScope {
+ public:
+  explicit ThreadCountScope(int n) : saved_(ThreadPool::global().num_threads()) {
+    ThreadPool::global().set_num_threads(n);
+  }
+  ~ThreadCountScope() { ThreadPool::global().set_num_threads(saved_); }
+
+ private:
+  int saved_;
+};
+
+}  // namespace lmforge

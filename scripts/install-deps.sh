@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs exactly what lmforge's build and tests need, from Debian's packages. Idempotent: packages that are
+# already present are not reinstalled, and nothing runs apt-get update unless something is missing.
+set -euo pipefail
+
+packages=(
+  build-essential cmake ninja-build pkg-config git
+  libopenblas-dev          # cblas_sgemm for f32 matmul
+  libcli11-dev             # command-line parsing
+  nlohmann-json3-dev       # JSON (safetensors headers, configs, --json output)
+  libgtest-dev libgmock-dev  # unit tests
+  libbenchmark-dev         # bench/ micro-benchmarks
+  clang-format clang-tidy  # make format / make lint
+)
+# PyTorch regenerates the reference fixtures; CI uses the committed ones, so it is optional.
+if [[ "${LMFORGE_WITH_TORCH:-0}" == "1" ]]; then
+  packages+=(python3-torch python3-numpy)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [[ ${#missing[@]} -eq 0 ]]; then
+  echo "install-deps: all ${#packages[@]} packages present"
+  exit 0
+fi
+
+SUDO=""
+if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+echo "install-deps: done"
