@@ -31,32 +31,40 @@ int default_threads() {
   unsigned hc = std::thread::hardware_concurrency();
   return hc == 0 ? 1 : static_cast<int>(hc);
 }
+
+// The claim word packs (generation:32 | chunks:16 | next chunk:16). A thread claims a chunk with one CAS, so it
+// can only ever take a chunk of the job that is live at that moment; the job's fields are read after a successful
+// claim, when the caller is still waiting for that chunk and cannot have moved on.
+constexpr uint64_t pack(uint64_t gen, uint64_t chunks, uint64_t next) { return gen << 32 | chunks << 16 | next; }
+constexpr uint64_t chunks_of(uint64_t w) { return (w >> 16) & 0xffff; }
+constexpr uint64_t next_of(uint64_t w) { return w & 0xffff; }
 }  // namespace
 
-// A fork-join pool: the caller publishes a job, wakes the workers, takes chunks itself, then waits.
-// Workers spin briefly after a job (kernels come in quick succession) and then sleep on a condition variable,
-// so an idle pool costs no CPU that OpenBLAS or another process could use.
+// A fork-join pool. The caller publishes a job and takes chunks itself; workers that are awake take chunks too.
+// The caller waits only for chunks that were claimed, never for a worker that is asleep or descheduled (the
+// machine is shared). Workers spin briefly after a job, since kernels come in quick succession, then sleep on a
+// condition variable so an idle pool costs no CPU.
 struct ThreadPool::Impl {
   std::vector<std::thread> threads;
   std::mutex mu;
   std::condition_variable cv;
   std::atomic<uint64_t> generation{0};
+  std::atomic<uint64_t> claim{0};
+  std::atomic<int64_t> done{0};
   std::atomic<bool> quit{false};
   std::atomic<int> sleepers{0};
-
-  // The current job.
   const std::function<void(int64_t, int64_t)>* fn = nullptr;
   int64_t n = 0;
-  int64_t chunks = 0;
-  std::atomic<int64_t> next_chunk{0};
-  std::atomic<int> acks{0};  // workers that finished the current generation
 
+  // Claims and runs chunks until none is left. Returns when the live job has no unclaimed chunk.
   void run_chunks() {
-    for (;;) {
-      int64_t c = next_chunk.fetch_add(1, std::memory_order_relaxed);
-      if (c >= chunks) break;
-      int64_t b = c * n / chunks, e = (c + 1) * n / chunks;
-      (*fn)(b, e);
+    uint64_t w = claim.load(std::memory_order_acquire);
+    while (next_of(w) < chunks_of(w)) {
+      if (!claim.compare_exchange_weak(w, w + 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
+      const int64_t c = static_cast<int64_t>(next_of(w)), chunks = static_cast<int64_t>(chunks_of(w));
+      (*fn)(c * n / chunks, (c + 1) * n / chunks);
+      done.fetch_add(1, std::memory_order_acq_rel);
+      w = claim.load(std::memory_order_acquire);
     }
   }
 };
@@ -102,7 +110,6 @@ void ThreadPool::worker_loop(int /*index*/) {
   Impl& s = *impl_;
   uint64_t seen = 0;
   for (;;) {
-    // Spin a little, then sleep.
     uint64_t g = s.generation.load(std::memory_order_acquire);
     for (int spin = 0; g == seen && spin < 20000; ++spin) {
       cpu_relax();
@@ -118,39 +125,34 @@ void ThreadPool::worker_loop(int /*index*/) {
     seen = g;
     if (s.quit.load()) return;
     s.run_chunks();
-    s.acks.fetch_add(1, std::memory_order_acq_rel);
   }
 }
 
 void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
   if (n <= 0) return;
   grain = std::max<int64_t>(1, grain);
-  int64_t max_chunks = (n + grain - 1) / grain;
+  const int64_t max_chunks = (n + grain - 1) / grain;
   if (num_threads_ == 1 || t_in_region || max_chunks == 1) {
     fn(0, n);
     return;
   }
   Impl& s = *impl_;
   // A few chunks per thread balance a machine whose cores are shared with other work.
-  int64_t chunks = std::min<int64_t>(max_chunks, static_cast<int64_t>(num_threads_) * 4);
+  const int64_t chunks = std::min<int64_t>({max_chunks, static_cast<int64_t>(num_threads_) * 4, 0xffff});
   s.fn = &fn;
   s.n = n;
-  s.chunks = chunks;
-  s.next_chunk.store(0, std::memory_order_relaxed);
-  s.acks.store(0, std::memory_order_relaxed);
+  s.done.store(0, std::memory_order_relaxed);
+  const uint64_t gen = (s.generation.load(std::memory_order_relaxed) + 1) & 0xffffffffu;
+  s.claim.store(pack(gen, static_cast<uint64_t>(chunks), 0), std::memory_order_release);
   {
-    // Taking the lock orders the publish against a worker that is about to sleep.
-    std::lock_guard<std::mutex> lk(s.mu);
-    s.generation.fetch_add(1, std::memory_order_acq_rel);
+    std::lock_guard<std::mutex> lk(s.mu);  // orders the publish against a worker about to sleep
+    s.generation.store(gen, std::memory_order_release);
   }
   if (s.sleepers.load() > 0) s.cv.notify_all();
   t_in_region = true;
   s.run_chunks();
   t_in_region = false;
-  // Every worker acknowledges every job, so none can still hold a pointer to fn after we return.
-  const int workers = num_threads_ - 1;
-  while (s.acks.load(std::memory_order_acquire) < workers) cpu_relax();
-  s.fn = nullptr;
+  while (s.done.load(std::memory_order_acquire) < chunks) cpu_relax();
 }
 
 }  // namespace lmforge

@@ -1,2 +1,39 @@
+// lmforge: one binary, one subcommand per stage of a model's life (DESIGN.md section 5).
 #include <cstdio>
-int main() { return 0; }
+#include <exception>
+#include <iostream>
+
+#include "lmforge/core/error.h"
+#include "lmforge/version.h"
+#include "lmforge/commands.h"
+
+int main(int argc, char** argv) {
+  using namespace lmforge::cli;
+  CLI::App app{"lmforge: data, tokenizer, pretraining, fine-tuning, evaluation, quantization, export and serving "
+               "for DeepSeek-style language models, in one native binary.",
+               "lmforge"};
+  app.set_version_flag("--version", std::string("lmforge ") + LMFORGE_VERSION);
+  app.require_subcommand(1);
+  Context ctx;
+  add_bench_command(app, ctx);
+  add_placeholder_commands(app, ctx);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    app.exit(e);
+    return kUsageError;  // bad usage: always 2, whatever CLI11's own code
+  } catch (const lmforge::Error& e) {
+    std::fprintf(stderr, "lmforge: error: %s\n", e.what());
+    return kUsageError;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "lmforge: failed: %s\n", e.what());
+    return kRuntimeError;
+  }
+  return ctx.exit_code;
+}

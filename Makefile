@@ -1,0 +1,46 @@
+# Entry points. `make demo` and `make test` are the two commands in the README: each installs what it needs.
+BUILD ?= build
+JOBS ?= $(shell nproc)
+CMAKE_FLAGS ?=
+
+.PHONY: deps configure build test test-fast test-e2e bench demo format lint check-asan clean
+
+deps:
+	bash scripts/install-deps.sh
+
+configure:
+	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS)
+
+build: configure
+	cmake --build $(BUILD) -j $(JOBS)
+
+# Whole suite: unit tests and the slower end-to-end ones.
+test: deps build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 900
+
+test-fast: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) -L unit
+
+test-e2e: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) -L e2e
+
+bench: deps build
+	$(BUILD)/bin/lmforge bench ops
+
+demo: deps build
+	bash scripts/demo.sh $(BUILD)/bin/lmforge
+
+format:
+	find include src tools tests bench -name '*.h' -o -name '*.cpp' | xargs clang-format -i
+
+lint: configure
+	find src tools -name '*.cpp' | xargs clang-tidy -p $(BUILD) --quiet
+
+# The unit suite under AddressSanitizer + UndefinedBehaviorSanitizer, in its own build folder.
+check-asan: deps
+	cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLMFORGE_SANITIZE=ON -DLMFORGE_BUILD_BENCH=OFF
+	cmake --build build-asan -j $(JOBS)
+	cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -j $(JOBS) -L unit
+
+clean:
+	rm -rf $(BUILD) build-asan

@@ -1,0 +1,65 @@
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cmath>
+#include <vector>
+
+#include "lmforge/kernels/cpu.h"
+#include "lmforge/kernels/thread_pool.h"
+
+namespace lmforge {
+namespace {
+
+TEST(ThreadPool, CoversEveryIndexOnce) {
+  for (int threads : {1, 2, 3}) {
+    ThreadCountScope scope(threads);
+    for (int64_t n : {0, 1, 7, 1000, 100003}) {
+      std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+      parallel_for(n, 16, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) hits[i].fetch_add(1);
+      });
+      for (int64_t i = 0; i < n; ++i) ASSERT_EQ(hits[i].load(), 1) << "n=" << n << " i=" << i;
+    }
+  }
+}
+
+TEST(ThreadPool, NestedCallsRunInline) {
+  ThreadCountScope scope(2);
+  std::atomic<int64_t> total{0};
+  parallel_for(8, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      EXPECT_TRUE(ThreadPool::global().in_parallel_region());
+      parallel_for(100, 1, [&](int64_t b2, int64_t e2) { total += e2 - b2; });
+    }
+  });
+  EXPECT_EQ(total.load(), 800);
+}
+
+TEST(ThreadPool, ManyShortJobs) {
+  ThreadCountScope scope(2);
+  int64_t sum = 0;
+  for (int rep = 0; rep < 20000; ++rep) {
+    std::atomic<int64_t> s{0};
+    parallel_for(64, 1, [&](int64_t b, int64_t e) { s += e - b; });
+    sum += s.load();
+  }
+  EXPECT_EQ(sum, 20000 * 64);
+}
+
+TEST(ThreadPool, ReductionsDoNotDependOnThreadCount) {
+  std::vector<float> x(1 << 20);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(std::sin(0.001 * i));
+  double s1, s2;
+  {
+    ThreadCountScope scope(1);
+    s1 = kernels::cpu::sum(x.data(), static_cast<int64_t>(x.size()));
+  }
+  {
+    ThreadCountScope scope(2);
+    s2 = kernels::cpu::sum(x.data(), static_cast<int64_t>(x.size()));
+  }
+  EXPECT_EQ(s1, s2);
+}
+
+}  // namespace
+}  // namespace lmforge

@@ -1,0 +1,46 @@
+// Subcommands whose stage is not built yet. Each is listed in --help with what it will do and the issue that
+// builds it, and exits 1 with that message when run, so nobody mistakes it for a working stage.
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "lmforge/commands.h"
+
+namespace lmforge::cli {
+
+namespace {
+struct Planned {
+  const char* name;
+  const char* what;
+  const char* issue;
+};
+}  // namespace
+
+void add_placeholder_commands(CLI::App& app, Context& ctx) {
+  static const std::vector<Planned> planned = {
+      {"data", "clean, deduplicate, filter and shard corpora", "#4 (tokenizer and corpus pipeline)"},
+      {"tokenizer", "train, inspect and run byte-level BPE tokenizers", "#4 (tokenizer and corpus pipeline)"},
+      {"init-model", "write a randomly initialised model directory from a config.json", "#3 (model and pretraining)"},
+      {"forward", "run a model on token ids and write the logits", "#3 (model and pretraining)"},
+      {"train", "pretrain a model from a TOML config", "#3 (model and pretraining)"},
+      {"finetune", "SFT, LoRA, DPO and EWC fine-tuning", "a later fine-tuning issue"},
+      {"eval", "perplexity, multiple-choice and generation benchmarks", "#5 (inference, quantization, evaluation)"},
+      {"quantize", "q8_0, q4_0, int8, GPTQ and AWQ quantization", "#5 (inference, quantization, evaluation)"},
+      {"export", "export to GGUF and ONNX", "#5 (inference, quantization, evaluation)"},
+      {"generate", "generate text from a prompt or a chat", "#5 (inference, quantization, evaluation)"},
+      {"serve", "OpenAI-compatible HTTP server", "a later serving issue"},
+      {"runs", "list and compare experiment runs", "a later tracking issue"},
+      {"report", "HTML report of a run", "a later tracking issue"},
+      {"pipeline", "run the whole chain from one TOML file", "a later pipeline issue"},
+  };
+  for (const Planned& p : planned) {
+    CLI::App* sub = app.add_subcommand(p.name, std::string(p.what) + " [not built yet]");
+    sub->allow_extras();
+    sub->callback([&ctx, p] {
+      std::fprintf(stderr, "lmforge %s: not built yet; it will %s (issue %s)\n", p.name, p.what, p.issue);
+      ctx.exit_code = kRuntimeError;
+    });
+  }
+}
+
+}  // namespace lmforge::cli

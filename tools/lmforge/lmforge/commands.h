@@ -1,0 +1,21 @@
+// Subcommand registration. Each command file adds its subcommand to the app and returns the exit code through
+// the shared `exit_code` slot when it runs.
+#pragma once
+#include <CLI/CLI.hpp>
+
+namespace lmforge::cli {
+
+// Exit codes (DESIGN.md section 5).
+constexpr int kOk = 0;
+constexpr int kRuntimeError = 1;
+constexpr int kUsageError = 2;
+
+struct Context {
+  int exit_code = kOk;
+  bool json = false;  // --json: machine-readable result on stdout
+};
+
+void add_bench_command(CLI::App& app, Context& ctx);
+void add_placeholder_commands(CLI::App& app, Context& ctx);
+
+}  // namespace lmforge::cli
