@@ -160,3 +160,34 @@ TEST(OpsGrad, CheckpointGivesTheSameGradients) {
 
 }  // namespace
 }  // namespace lmforge
+
+namespace lmforge {
+namespace {
+
+// A whole pre-norm transformer block composed from the ops: checks the tape's accumulation over shared inputs
+// (x feeds the residual and the norm; h feeds three projections).
+TEST(OpsGrad, TransformerBlockComposite) {
+  const int64_t B = 2, T = 6, H = 2, hd = 4, D = H * hd, F = 12;
+  auto [c, s] = ops::rope_tables(T, hd, 10000.0, 0, DType::F64);
+  auto block = [&, c = c, s = s](const std::vector<Var>& v) {
+    const Var &x = v[0], &n1 = v[1], &wq = v[2], &wk = v[3], &wv = v[4], &wo = v[5], &n2 = v[6], &wg = v[7],
+              &wu = v[8], &wd = v[9];
+    Var h = ops::rmsnorm(x, n1, 1e-5);
+    auto heads = [&](const Var& w) { return ops::reshape(ops::linear(h, w), {B, T, H, hd}); };
+    Var q = ops::rope(heads(wq), c, s, kernels::cpu::RopeLayout::HalfSplit);
+    Var k = ops::rope(heads(wk), c, s, kernels::cpu::RopeLayout::HalfSplit);
+    Var a = ops::attention(q, k, heads(wv));
+    Var x1 = ops::add(x, ops::linear(ops::reshape(a, {B, T, D}), wo));
+    Var h2 = ops::rmsnorm(x1, n2, 1e-5);
+    return ops::add(x1, ops::linear(ops::swiglu(ops::linear(h2, wg), ops::linear(h2, wu)), wd));
+  };
+  std::vector<Tensor> in = {testing::random_tensor({B, T, D}, 40),     testing::random_tensor({D}, 41, 0.5, 1.5),
+                            testing::random_tensor({D, D}, 42),        testing::random_tensor({D, D}, 43),
+                            testing::random_tensor({D, D}, 44),        testing::random_tensor({D, D}, 45),
+                            testing::random_tensor({D}, 46, 0.5, 1.5), testing::random_tensor({F, D}, 47),
+                            testing::random_tensor({F, D}, 48),        testing::random_tensor({D, F}, 49)};
+  testing::check_gradients(block, in, std::vector<bool>(in.size(), true), 1e-6, 1e-5, 1e-4, 60);
+}
+
+}  // namespace
+}  // namespace lmforge

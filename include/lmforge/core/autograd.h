@@ -6,7 +6,8 @@
 // node's saved tensors as it goes. Without an active tape ops just compute (inference).
 //
 // Activation checkpointing: checkpoint(fn, inputs) runs fn without recording and records a single node that
-// replays fn on a private tape during backward.
+// replays fn on a private tape during backward. fn is kept and called again after the caller's frame may be
+// gone, so it must capture by value (or reference only what outlives backward).
 #pragma once
 #include <functional>
 #include <memory>
