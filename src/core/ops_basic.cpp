@@ -35,10 +35,13 @@ MatmulPlan plan_matmul(const Tensor& a, const Tensor& b, bool ta, bool tb) {
   Shape lead(a.shape().begin(), a.shape().end() - 2);
   if (b.dim() == 2) {
     p.batched = false;
-    LMF_CHECK(!ta || a.dim() == 2, "matmul: a transposed batched operand needs a batched b, got ", a.str(), " and ",
-              b.str());
-    p.batch = 1;
-    p.M = (ta ? a_cols : a_rows) * shape_numel(lead);
+    if (ta) {  // a's [K, M] blocks cannot be folded into one gemm: one gemm per block against the shared b
+      p.batch = shape_numel(lead);
+      p.M = a_cols;
+    } else {
+      p.batch = 1;
+      p.M = a_rows * shape_numel(lead);
+    }
   } else {
     Shape blead(b.shape().begin(), b.shape().end() - 2);
     LMF_CHECK(blead == lead, "matmul: batch dimensions differ: ", a.str(), " and ", b.str());
@@ -102,10 +105,11 @@ Var matmul(const Var& a, const Var& b, bool ta, bool tb) {
             const T* Ai = A.data<T>() + i * M * K;
             const T* dYi = dY.data<T>() + i * M * N;
             T* dBi = dB.data<T>() + (p.batched ? i * K * N : 0);
+            const T beta = (!p.batched && i > 0) ? T(1) : T(0);  // a shared b sums over a's blocks
             if (!tb) {
-              k::gemm<T>(!ta, false, K, N, M, T(1), Ai, ta ? M : K, dYi, N, T(0), dBi, N);
+              k::gemm<T>(!ta, false, K, N, M, T(1), Ai, ta ? M : K, dYi, N, beta, dBi, N);
             } else {
-              k::gemm<T>(true, ta, N, K, M, T(1), dYi, N, Ai, ta ? M : K, T(0), dBi, K);
+              k::gemm<T>(true, ta, N, K, M, T(1), dYi, N, Ai, ta ? M : K, beta, dBi, K);
             }
           }
         });

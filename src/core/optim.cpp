@@ -72,6 +72,7 @@ AdamW::AdamW(std::vector<ParamGroup> groups, const AdamWOptions& opt) : Optimize
     for (const Var& p : g.params) {
       m_.push_back(Tensor::zeros(p.shape(), p.dtype()));
       v_.push_back(Tensor::zeros(p.shape(), p.dtype()));
+      param_steps_.push_back(0);
     }
   }
 }
@@ -84,27 +85,39 @@ void AdamW::step() {
     for (Var& p : g.params) {
       Tensor& m = m_[i];
       Tensor& v = v_[i];
+      int64_t& t = param_steps_[i];
       ++i;
+      // As torch.optim: a parameter without a gradient (an unused expert) is skipped and its own step count,
+      // which drives its bias correction, does not advance.
       if (!p.grad().defined()) continue;
+      ++t;
       Tensor grad = grad_as(p);
       Tensor& w = p.mutable_value();
       if (w.dtype() == DType::F64) {
         k::adamw(w.data<double>(), grad.data<double>(), m.data<double>(), v.data<double>(), w.numel(), lr,
-                 opt_.beta1, opt_.beta2, opt_.eps, g.weight_decay, steps_);
+                 opt_.beta1, opt_.beta2, opt_.eps, g.weight_decay, t);
       } else {
         k::adamw(w.data<float>(), grad.data<float>(), m.data<float>(), v.data<float>(), w.numel(), lr, opt_.beta1,
-                 opt_.beta2, opt_.eps, g.weight_decay, steps_);
+                 opt_.beta2, opt_.eps, g.weight_decay, t);
       }
     }
   }
 }
 
-std::vector<std::pair<std::string, Tensor>> AdamW::state() const { return named(m_, "exp_avg", &v_, "exp_avg_sq"); }
+std::vector<std::pair<std::string, Tensor>> AdamW::state() const {
+  auto out = named(m_, "exp_avg", &v_, "exp_avg_sq");
+  for (size_t i = 0; i < param_steps_.size(); ++i)
+    out.emplace_back(std::to_string(i) + ".step", Tensor::full({1}, static_cast<double>(param_steps_[i]), DType::F64));
+  return out;
+}
 
 void AdamW::load_state(const std::vector<std::pair<std::string, Tensor>>& state, int64_t steps) {
   for (size_t i = 0; i < m_.size(); ++i) {
     load_slot(state, std::to_string(i) + ".exp_avg", m_[i]);
     load_slot(state, std::to_string(i) + ".exp_avg_sq", v_[i]);
+    Tensor t = Tensor::zeros({1}, DType::F64);
+    load_slot(state, std::to_string(i) + ".step", t);
+    param_steps_[i] = static_cast<int64_t>(t.item());
   }
   steps_ = steps;
 }
@@ -114,18 +127,22 @@ Sgd::Sgd(std::vector<ParamGroup> groups, const SgdOptions& opt) : Optimizer(std:
   LMF_CHECK(!opt.nesterov || (opt.momentum > 0 && opt.dampening == 0),
             "sgd: nesterov needs momentum > 0 and dampening 0");
   for (const ParamGroup& g : groups_)
-    for (const Var& p : g.params) buf_.push_back(Tensor::zeros(p.shape(), p.dtype()));
+    for (const Var& p : g.params) {
+      buf_.push_back(Tensor::zeros(p.shape(), p.dtype()));
+      param_steps_.push_back(0);
+    }
 }
 
 void Sgd::step() {
-  const bool first = steps_ == 0;
   ++steps_;
   size_t i = 0;
   for (ParamGroup& g : groups_) {
     const double lr = lr_ * g.lr_scale;
     for (Var& p : g.params) {
-      Tensor& b = buf_[i++];
+      Tensor& b = buf_[i];
+      int64_t& t = param_steps_[i++];
       if (!p.grad().defined()) continue;
+      const bool first = t++ == 0;  // torch: the momentum buffer starts as the first gradient this parameter sees
       Tensor grad = grad_as(p);
       Tensor& w = p.mutable_value();
       // Without momentum every step is a "first" step: buf = g, p -= lr * g.
@@ -140,10 +157,20 @@ void Sgd::step() {
   }
 }
 
-std::vector<std::pair<std::string, Tensor>> Sgd::state() const { return named(buf_, "momentum_buffer", nullptr, ""); }
+std::vector<std::pair<std::string, Tensor>> Sgd::state() const {
+  auto out = named(buf_, "momentum_buffer", nullptr, "");
+  for (size_t i = 0; i < param_steps_.size(); ++i)
+    out.emplace_back(std::to_string(i) + ".step", Tensor::full({1}, static_cast<double>(param_steps_[i]), DType::F64));
+  return out;
+}
 
 void Sgd::load_state(const std::vector<std::pair<std::string, Tensor>>& state, int64_t steps) {
-  for (size_t i = 0; i < buf_.size(); ++i) load_slot(state, std::to_string(i) + ".momentum_buffer", buf_[i]);
+  for (size_t i = 0; i < buf_.size(); ++i) {
+    load_slot(state, std::to_string(i) + ".momentum_buffer", buf_[i]);
+    Tensor t = Tensor::zeros({1}, DType::F64);
+    load_slot(state, std::to_string(i) + ".step", t);
+    param_steps_[i] = static_cast<int64_t>(t.item());
+  }
   steps_ = steps;
 }
 

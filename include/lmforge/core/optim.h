@@ -30,7 +30,7 @@ class Optimizer {
   int64_t steps() const { return steps_; }
   const std::vector<ParamGroup>& groups() const { return groups_; }
 
-  // State tensors per parameter (for checkpoints): names "<param index>.<slot>".
+  // State tensors per parameter (for checkpoints): names "<param index>.<slot>", including "<index>.step".
   virtual std::vector<std::pair<std::string, Tensor>> state() const = 0;
   virtual void load_state(const std::vector<std::pair<std::string, Tensor>>& state, int64_t steps) = 0;
 
@@ -56,7 +56,8 @@ class AdamW : public Optimizer {
 
  private:
   AdamWOptions opt_;
-  std::vector<Tensor> m_, v_;  // flat over all groups' params, in order
+  std::vector<Tensor> m_, v_;         // flat over all groups' params, in order
+  std::vector<int64_t> param_steps_;  // updates each parameter has had (its bias correction)
 };
 
 struct SgdOptions {
@@ -76,6 +77,7 @@ class Sgd : public Optimizer {
  private:
   SgdOptions opt_;
   std::vector<Tensor> buf_;
+  std::vector<int64_t> param_steps_;
 };
 
 // Scales all gradients so their global L2 norm is at most max_norm (torch.nn.utils.clip_grad_norm_: factor
