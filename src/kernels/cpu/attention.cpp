@@ -7,12 +7,14 @@
 // zeroes the columns outside that interval and tiles outside the union of the block's intervals are never visited.
 // causal=false ignores `window` (no sliding window without causality).
 //
+// The softmax loops are multiversioned (AVX2/FMA or portable, chosen at run time); float uses the polynomial exp
+// of vec_math.h so they vectorise, double uses std::exp.
+//
 // Results do not depend on the thread count: work is split into fixed tasks, each computed by one thread in a fixed
 // order, and no two tasks write the same output.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -26,9 +28,15 @@ namespace lmforge::kernels::cpu {
 namespace {
 
 // 64 x 64 tiles keep S, dP and the K/V panels in L2 while giving OpenBLAS enough work per call to amortise its
-// per-call overhead (bigger tiles measured no faster on head dims 64-128).
+// per-call overhead (32-128 measured within noise of each other at head dim 64 on a 2-core VM).
 constexpr int64_t kBlockQ = 64;
 constexpr int64_t kBlockK = 64;
+
+// Tasks handed to one pool chunk together until a chunk holds about this many multiply-adds, so that tiny calls
+// (short decode steps, gradient checks) run inline instead of paying a pool wake-up.
+inline int64_t task_grain(double madds_per_task) {
+  return std::max<int64_t>(1, static_cast<int64_t>(65536.0 / std::max(1.0, madds_per_task)));
+}
 
 struct KeyRange {
   int64_t lo, hi;
@@ -157,7 +165,8 @@ void attention(const AttentionDims& d, const T* q, const T* k, const T* v, T* ou
   const int64_t ldq = d.Hq * d.Dk, ldk = d.Hkv * d.Dk, ldv = d.Hkv * d.Dv;
   const T scale = static_cast<T>(d.scale);
   // One task per (b, head, q-block); causal blocks differ in cost, the pool's dynamic chunks even that out.
-  parallel_for(d.B * d.Hq * n_qblocks, 1, [&](int64_t t0, int64_t t1) {
+  const double work = double(std::min(d.Tq, kBlockQ)) * d.Tk * (d.Dk + d.Dv);
+  parallel_for(d.B * d.Hq * n_qblocks, task_grain(work), [&](int64_t t0, int64_t t1) {
     T* S = thread_scratch<T>(kBlockQ * kBlockK + kBlockQ * d.Dv + 2 * kBlockQ);
     T* O = S + kBlockQ * kBlockK;
     T* m = O + kBlockQ * d.Dv;
@@ -205,7 +214,8 @@ void attention_backward(const AttentionDims& d, const T* q, const T* k, const T*
   // One task per (b, kv head): it owns dK/dV of that head and dQ of the q heads that share it, so every gradient
   // is accumulated by one thread in a fixed order (no atomics, deterministic). The cost is parallelism: B * Hkv
   // tasks at most.
-  parallel_for(d.B * d.Hkv, 1, [&](int64_t t0, int64_t t1) {
+  const double work = double(group) * d.Tq * d.Tk * (3 * d.Dk + 2 * d.Dv);
+  parallel_for(d.B * d.Hkv, task_grain(work), [&](int64_t t0, int64_t t1) {
     T* S = thread_scratch<T>(2 * kBlockQ * kBlockK + group * d.Tq);
     T* dP = S + kBlockQ * kBlockK;
     T* Di = dP + kBlockQ * kBlockK;  // [group, Tq]: rowsum(dO * O) per q head of the group
@@ -228,7 +238,7 @@ void attention_backward(const AttentionDims& d, const T* q, const T* k, const T*
         }
       for (int64_t j0 = 0; j0 < d.Tk; j0 += kBlockK) {
         const int64_t nk = std::min(kBlockK, d.Tk - j0);
-        // Query rows that see at least one key of [j0, j0 + nk): key j is seen by positions [j, j + window).
+        // Query rows that see at least one key of [j0, j0 + nk): key j is seen by positions >= j (and < j + window).
         int64_t r0 = 0, r1 = d.Tq;
         if (d.causal) {
           r0 = std::clamp<int64_t>(j0 - d.q_offset, 0, d.Tq);

@@ -1,0 +1,303 @@
+// Fused attention kernel (src/kernels/cpu/attention.cpp) against a naive double-precision reference that
+// materialises the scores, against central finite differences (double), and for bitwise determinism across
+// thread counts.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "lmforge/kernels/thread_pool.h"
+#include "lmforge/kernels/cpu.h"
+
+namespace {
+
+namespace cpu = lmforge::kernels::cpu;
+using cpu::AttentionDims;
+using Vec = std::vector<double>;
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+struct Case {
+  std::string name;
+  AttentionDims d;
+};
+
+AttentionDims dims(int64_t B, int64_t Tq, int64_t Tk, int64_t Hq, int64_t Hkv, int64_t Dk, int64_t Dv,
+                   bool causal = true, int64_t window = 0, int64_t q_offset = 0) {
+  AttentionDims d;
+  d.B = B, d.Tq = Tq, d.Tk = Tk, d.Hq = Hq, d.Hkv = Hkv, d.Dk = Dk, d.Dv = Dv;
+  d.causal = causal, d.window = window, d.q_offset = q_offset;
+  d.scale = 1.0 / std::sqrt(static_cast<double>(Dk));
+  return d;
+}
+
+// Shapes for the reference comparisons: sequence lengths straddle the 64-row blocks.
+std::vector<Case> reference_cases() {
+  return {
+      {"mha_causal_T37", dims(1, 37, 37, 2, 2, 16, 16)},
+      {"gqa_4_2_causal_T130", dims(1, 130, 130, 4, 2, 32, 32)},
+      {"mqa_4_1_dk24_dv16_T37", dims(1, 37, 37, 4, 1, 24, 16)},
+      {"window5_T37", dims(1, 37, 37, 4, 2, 16, 16, true, 5)},
+      {"window5_T130_dk24_dv16", dims(1, 130, 130, 2, 1, 24, 16, true, 5)},
+      {"noncausal_Tq20_Tk37", dims(1, 20, 37, 4, 2, 16, 8, false)},
+      {"noncausal_T130", dims(1, 130, 130, 2, 2, 16, 16, false)},
+      {"decode_Tq3_Tk40", dims(1, 3, 40, 4, 2, 24, 16, true, 0, 37)},
+      {"decode_window8_Tq3_Tk40", dims(1, 3, 40, 4, 1, 16, 16, true, 8, 37)},
+      {"chunked_prefill_Tq70_Tk100", dims(1, 70, 100, 4, 2, 16, 16, true, 0, 30)},
+      {"T1", dims(1, 1, 1, 4, 2, 16, 16)},
+      {"B2_gqa_T70_dk24_dv16", dims(2, 70, 70, 4, 2, 24, 16)},
+      {"B2_window5_T37", dims(2, 37, 37, 4, 1, 8, 8, true, 5)},
+      // Queries 4..6 sit past every key's window: they see nothing.
+      {"rows_without_keys", dims(1, 5, 3, 2, 1, 8, 8, true, 2, 2)},
+  };
+}
+
+// Small shapes for the finite-difference check (every input element is perturbed twice).
+std::vector<Case> fd_cases() {
+  return {
+      {"mha_causal", dims(1, 9, 9, 2, 2, 6, 6)},
+      {"gqa_4_2_dk6_dv4", dims(1, 7, 7, 4, 2, 6, 4)},
+      {"mqa_4_1", dims(1, 6, 6, 4, 1, 4, 4)},
+      {"window3", dims(1, 9, 9, 2, 1, 4, 5, true, 3)},
+      {"noncausal", dims(1, 5, 8, 2, 2, 4, 4, false)},
+      {"decode", dims(1, 3, 8, 2, 1, 6, 4, true, 0, 5)},
+      {"B2", dims(2, 5, 5, 2, 1, 4, 4)},
+      {"rows_without_keys", dims(1, 5, 3, 2, 1, 4, 4, true, 2, 2)},
+  };
+}
+
+struct Inputs {
+  Vec q, k, v, dout;
+};
+struct Outputs {
+  Vec out, lse, dq, dk, dv;
+};
+
+Inputs random_inputs(const AttentionDims& d, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> nd(0.0, 1.0);
+  auto fill = [&](int64_t n) {
+    Vec x(n);
+    for (auto& e : x) e = nd(rng);
+    return x;
+  };
+  Inputs in;
+  in.q = fill(d.B * d.Tq * d.Hq * d.Dk);
+  in.k = fill(d.B * d.Tk * d.Hkv * d.Dk);
+  in.v = fill(d.B * d.Tk * d.Hkv * d.Dv);
+  in.dout = fill(d.B * d.Tq * d.Hq * d.Dv);
+  return in;
+}
+
+Inputs rounded_to_float(Inputs in) {
+  for (Vec* x : {&in.q, &in.k, &in.v, &in.dout})
+    for (auto& e : *x) e = static_cast<float>(e);
+  return in;
+}
+
+bool visible(const AttentionDims& d, int64_t t, int64_t j) {
+  if (!d.causal) return true;
+  const int64_t pos = d.q_offset + t;
+  return j <= pos && (d.window <= 0 || j > pos - d.window);
+}
+
+// Textbook attention: full score row, explicit mask, softmax, and the analytic backward
+// dS = P * (dP - sum(P * dP)), written independently of the kernel's Di = rowsum(dO * O) shortcut.
+Outputs reference(const AttentionDims& d, const Inputs& in) {
+  Outputs o;
+  o.out.assign(d.B * d.Tq * d.Hq * d.Dv, 0.0);
+  o.lse.assign(d.B * d.Hq * d.Tq, -kInf);
+  o.dq.assign(in.q.size(), 0.0);
+  o.dk.assign(in.k.size(), 0.0);
+  o.dv.assign(in.v.size(), 0.0);
+  const int64_t group = d.Hq / d.Hkv;
+  Vec p(d.Tk), dp(d.Tk);
+  for (int64_t b = 0; b < d.B; ++b)
+    for (int64_t h = 0; h < d.Hq; ++h)
+      for (int64_t t = 0; t < d.Tq; ++t) {
+        const int64_t g = h / group;
+        const int64_t qo = ((b * d.Tq + t) * d.Hq + h) * d.Dk, oo = ((b * d.Tq + t) * d.Hq + h) * d.Dv;
+        auto ko = [&](int64_t j) { return ((b * d.Tk + j) * d.Hkv + g) * d.Dk; };
+        auto vo = [&](int64_t j) { return ((b * d.Tk + j) * d.Hkv + g) * d.Dv; };
+        double m = -kInf;
+        for (int64_t j = 0; j < d.Tk; ++j) {
+          p[j] = -kInf;
+          if (!visible(d, t, j)) continue;
+          double s = 0;
+          for (int64_t c = 0; c < d.Dk; ++c) s += in.q[qo + c] * in.k[ko(j) + c];
+          p[j] = s * d.scale;
+          m = std::max(m, p[j]);
+        }
+        if (m == -kInf) continue;
+        double sum = 0;
+        for (int64_t j = 0; j < d.Tk; ++j) sum += p[j] == -kInf ? 0.0 : std::exp(p[j] - m);
+        for (int64_t j = 0; j < d.Tk; ++j) p[j] = p[j] == -kInf ? 0.0 : std::exp(p[j] - m) / sum;
+        o.lse[(b * d.Hq + h) * d.Tq + t] = m + std::log(sum);
+        double pdp = 0;
+        for (int64_t j = 0; j < d.Tk; ++j) {
+          dp[j] = 0;
+          for (int64_t c = 0; c < d.Dv; ++c) {
+            o.out[oo + c] += p[j] * in.v[vo(j) + c];
+            dp[j] += in.dout[oo + c] * in.v[vo(j) + c];
+          }
+          pdp += p[j] * dp[j];
+        }
+        for (int64_t j = 0; j < d.Tk; ++j) {
+          const double ds = p[j] * (dp[j] - pdp) * d.scale;
+          for (int64_t c = 0; c < d.Dk; ++c) {
+            o.dq[qo + c] += ds * in.k[ko(j) + c];
+            o.dk[ko(j) + c] += ds * in.q[qo + c];
+          }
+          for (int64_t c = 0; c < d.Dv; ++c) o.dv[vo(j) + c] += p[j] * in.dout[oo + c];
+        }
+      }
+  return o;
+}
+
+template <typename T>
+std::vector<T> to(const Vec& x) {
+  return std::vector<T>(x.begin(), x.end());
+}
+
+// Runs the kernel in precision T. Outputs start as NaN to prove every element is written.
+template <typename T>
+Outputs run_kernel(const AttentionDims& d, const Inputs& in) {
+  const auto q = to<T>(in.q), k = to<T>(in.k), v = to<T>(in.v), dout = to<T>(in.dout);
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+  std::vector<T> out(dout.size(), nan), lse(d.B * d.Hq * d.Tq, nan);
+  std::vector<T> dq(q.size(), nan), dk(k.size(), nan), dv(v.size(), nan);
+  cpu::attention<T>(d, q.data(), k.data(), v.data(), out.data(), lse.data());
+  cpu::attention_backward<T>(d, q.data(), k.data(), v.data(), out.data(), lse.data(), dout.data(), dq.data(),
+                             dk.data(), dv.data());
+  auto back = [](const std::vector<T>& x) { return Vec(x.begin(), x.end()); };
+  return {back(out), back(lse), back(dq), back(dk), back(dv)};
+}
+
+// ||a - b|| / ||b|| (absolute when b is zero). Non-finite entries must match exactly (lse of empty rows).
+double rel_err(const Vec& a, const Vec& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
+    if (!std::isfinite(b[i])) {
+      EXPECT_EQ(a[i], b[i]) << "at " << i;
+      continue;
+    }
+    if (!std::isfinite(a[i])) return kInf;
+    num += (a[i] - b[i]) * (a[i] - b[i]);
+    den += b[i] * b[i];
+  }
+  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+}
+
+void expect_close(const Outputs& got, const Outputs& want, double fwd_tol, double grad_tol) {
+  EXPECT_LT(rel_err(got.out, want.out), fwd_tol) << "out";
+  EXPECT_LT(rel_err(got.lse, want.lse), fwd_tol) << "lse";
+  EXPECT_LT(rel_err(got.dq, want.dq), grad_tol) << "dq";
+  EXPECT_LT(rel_err(got.dk, want.dk), grad_tol) << "dk";
+  EXPECT_LT(rel_err(got.dv, want.dv), grad_tol) << "dv";
+}
+
+TEST(AttentionTest, DoubleMatchesReference) {
+  uint64_t seed = 1;
+  for (const Case& c : reference_cases()) {
+    SCOPED_TRACE(c.name);
+    const Inputs in = random_inputs(c.d, seed++);
+    expect_close(run_kernel<double>(c.d, in), reference(c.d, in), 1e-12, 1e-12);
+  }
+}
+
+TEST(AttentionTest, FloatMatchesDoubleReference) {
+  uint64_t seed = 100;
+  for (const Case& c : reference_cases()) {
+    SCOPED_TRACE(c.name);
+    const Inputs in = rounded_to_float(random_inputs(c.d, seed++));
+    expect_close(run_kernel<float>(c.d, in), reference(c.d, in), 1e-5, 1e-4);
+  }
+}
+
+// Loss = sum(out * R) with R = dout; its gradient is exactly what attention_backward returns for dout = R.
+TEST(AttentionTest, DoubleBackwardMatchesFiniteDifferences) {
+  uint64_t seed = 200;
+  for (const Case& c : fd_cases()) {
+    SCOPED_TRACE(c.name);
+    Inputs in = random_inputs(c.d, seed++);
+    const Outputs analytic = run_kernel<double>(c.d, in);
+    auto loss = [&] {
+      Vec out(in.dout.size()), lse(c.d.B * c.d.Hq * c.d.Tq);
+      cpu::attention<double>(c.d, in.q.data(), in.k.data(), in.v.data(), out.data(), lse.data());
+      double l = 0;
+      for (size_t i = 0; i < out.size(); ++i) l += out[i] * in.dout[i];
+      return l;
+    };
+    const double h = 1e-5;
+    auto numeric = [&](Vec& x) {
+      Vec g(x.size());
+      for (size_t i = 0; i < x.size(); ++i) {
+        const double x0 = x[i];
+        x[i] = x0 + h;
+        const double lp = loss();
+        x[i] = x0 - h;
+        const double lm = loss();
+        x[i] = x0;
+        g[i] = (lp - lm) / (2 * h);
+      }
+      return g;
+    };
+    EXPECT_LT(rel_err(analytic.dq, numeric(in.q)), 1e-6) << "dq";
+    EXPECT_LT(rel_err(analytic.dk, numeric(in.k)), 1e-6) << "dk";
+    EXPECT_LT(rel_err(analytic.dv, numeric(in.v)), 1e-6) << "dv";
+  }
+}
+
+TEST(AttentionTest, RowsWithoutVisibleKeysGiveZeros) {
+  const AttentionDims d = dims(1, 5, 3, 2, 1, 8, 8, true, 2, 2);  // positions 2..6, keys 0..2, window 2
+  const Inputs in = random_inputs(d, 7);
+  for (const Outputs& o : {run_kernel<double>(d, in), run_kernel<float>(d, in)}) {
+    for (int64_t h = 0; h < d.Hq; ++h)
+      for (int64_t t = 0; t < d.Tq; ++t) {
+        const bool empty = t >= 2;  // position 4 and later: window (pos - 2, pos] holds no key < 3
+        EXPECT_EQ(std::isinf(o.lse[h * d.Tq + t]), empty);
+        for (int64_t c = 0; c < d.Dv && empty; ++c) EXPECT_EQ(o.out[(t * d.Hq + h) * d.Dv + c], 0.0);
+      }
+    for (const Vec* g : {&o.dq, &o.dk, &o.dv})
+      for (double x : *g) EXPECT_TRUE(std::isfinite(x));
+    for (int64_t t = 2; t < d.Tq; ++t)
+      for (int64_t c = 0; c < d.Hq * d.Dk; ++c) EXPECT_EQ(o.dq[t * d.Hq * d.Dk + c], 0.0);
+  }
+}
+
+template <typename T>
+void expect_bitwise_equal_across_threads(const AttentionDims& d) {
+  const Inputs in = random_inputs(d, 300);
+  Outputs base;
+  {
+    lmforge::ThreadCountScope scope(1);
+    base = run_kernel<T>(d, in);
+  }
+  for (int threads : {2, 3}) {
+    lmforge::ThreadCountScope scope(threads);
+    const Outputs o = run_kernel<T>(d, in);
+    auto same = [](const Vec& a, const Vec& b) {
+      return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(double)) == 0;
+    };
+    EXPECT_TRUE(same(o.out, base.out)) << threads << " threads: out";
+    EXPECT_TRUE(same(o.lse, base.lse)) << threads << " threads: lse";
+    EXPECT_TRUE(same(o.dq, base.dq)) << threads << " threads: dq";
+    EXPECT_TRUE(same(o.dk, base.dk)) << threads << " threads: dk";
+    EXPECT_TRUE(same(o.dv, base.dv)) << threads << " threads: dv";
+  }
+}
+
+TEST(AttentionTest, BitwiseIdenticalAcrossThreadCounts) {
+  for (const AttentionDims& d : {dims(2, 130, 130, 4, 2, 24, 16), dims(2, 100, 100, 4, 4, 16, 16, true, 40),
+                                 dims(1, 70, 90, 4, 1, 16, 16, false)}) {
+    expect_bitwise_equal_across_threads<float>(d);
+    expect_bitwise_equal_across_threads<double>(d);
+  }
+}
+
+}  // namespace
