@@ -3,7 +3,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: deps configure build test test-fast test-e2e bench demo format lint check-asan clean
+.PHONY: deps configure build test test-fast test-e2e bench demo format lint check-asan fuzz clean
 
 deps:
 	bash scripts/install-deps.sh
@@ -44,3 +44,13 @@ check-asan: deps
 
 clean:
 	rm -rf $(BUILD) build-asan
+
+# Fuzz the file parsers for FUZZ_SECONDS each (libFuzzer; clang from Debian's clang-14 package).
+FUZZ_SECONDS ?= 60
+fuzz:
+	LMFORGE_EXTRA_PACKAGES="clang-14 libclang-rt-14-dev" bash scripts/install-deps.sh
+	cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++-14 \
+	  -DLMFORGE_FUZZ=ON -DLMFORGE_SANITIZE=ON -DLMFORGE_BUILD_TESTS=OFF -DLMFORGE_BUILD_BENCH=OFF
+	cmake --build build-fuzz -j $(JOBS) --target fuzz_safetensors
+	mkdir -p build-fuzz/corpus/safetensors && cp tests/reference/fixtures/*.safetensors build-fuzz/corpus/safetensors/
+	build-fuzz/bin/fuzz_safetensors -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 build-fuzz/corpus/safetensors

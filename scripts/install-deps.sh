@@ -17,6 +17,12 @@ if [[ "${LMFORGE_WITH_TORCH:-0}" == "1" ]]; then
   packages+=(python3-torch python3-numpy)
 fi
 
+# Extra packages a make target needs (e.g. clang for `make fuzz`).
+if [[ -n "${LMFORGE_EXTRA_PACKAGES:-}" ]]; then
+  read -r -a extra <<< "$LMFORGE_EXTRA_PACKAGES"
+  packages+=("${extra[@]}")
+fi
+
 missing=()
 for p in "${packages[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

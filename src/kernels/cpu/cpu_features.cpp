@@ -3,15 +3,35 @@
 #include <cstdlib>
 #include <cstring>
 
+#if LMF_HAVE_X86
+#include <cpuid.h>
+#endif
+
 namespace lmforge::kernels {
+
+namespace {
+#if LMF_HAVE_X86
+// AVX2 + FMA + F16C from CPUID, and YMM state enabled by the OS (XGETBV), read directly so GCC and clang agree.
+bool detect_avx2() {
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return false;
+  const bool fma = c & (1u << 12), osxsave = c & (1u << 27), avx = c & (1u << 28), f16c = c & (1u << 29);
+  if (!(fma && osxsave && avx && f16c)) return false;
+  unsigned xlo, xhi;
+  __asm__("xgetbv" : "=a"(xlo), "=d"(xhi) : "c"(0));
+  if ((xlo & 0x6u) != 0x6u) return false;  // XMM and YMM state saved by the OS
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  return b & (1u << 5);  // AVX2
+}
+#endif
+}  // namespace
 
 bool cpu_has_avx2() {
   static const bool has = [] {
     const char* force = std::getenv("LMFORGE_CPU");
     if (force && std::strcmp(force, "generic") == 0) return false;
 #if LMF_HAVE_X86
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    return detect_avx2();
 #else
     return false;
 #endif
