@@ -73,29 +73,6 @@ T* thread_scratch(size_t n) {
   return reinterpret_cast<T*>((addr + 63) & ~uintptr_t(63));
 }
 
-// Max and sum with 8 independent lanes: GCC vectorises these without -ffast-math, and the order of additions is
-// fixed by the index, not by alignment or thread.
-template <typename T>
-LMF_ALWAYS_INLINE T lanes_max(const T* x, int64_t n) {
-  constexpr T ninf = -std::numeric_limits<T>::infinity();
-  T acc[8] = {ninf, ninf, ninf, ninf, ninf, ninf, ninf, ninf};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int j = 0; j < 8; ++j) acc[j] = x[i + j] > acc[j] ? x[i + j] : acc[j];
-  for (; i < n; ++i) acc[0] = x[i] > acc[0] ? x[i] : acc[0];
-  for (int j = 1; j < 8; ++j) acc[0] = acc[j] > acc[0] ? acc[j] : acc[0];
-  return acc[0];
-}
-
-template <typename T>
-LMF_ALWAYS_INLINE T lanes_sum(const T* x, int64_t n) {
-  T acc[8] = {};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int j = 0; j < 8; ++j) acc[j] += x[i + j];
-  for (; i < n; ++i) acc[0] += x[i];
-  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-}
 
 // Online-softmax step for one tile. S (nq x nk, row stride ld) holds scaled scores on entry and the unnormalised
 // probabilities exp(s - m) on exit, zero where masked, ready for O += P V. The running max m, sum l and the

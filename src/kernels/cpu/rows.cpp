@@ -15,30 +15,12 @@ namespace lmforge::kernels::cpu {
 namespace {
 
 template <typename T>
-LMF_ALWAYS_INLINE T row_max(const T* x, int64_t n) {
-  T m = -std::numeric_limits<T>::infinity();
-  for (int64_t i = 0; i < n; ++i) m = x[i] > m ? x[i] : m;
-  return m;
-}
-
-// Sum of squares in the row's own precision with 8 independent lanes (vectorises; f32 error ~1e-7 relative).
-template <typename T>
-LMF_ALWAYS_INLINE T row_sumsq(const T* x, int64_t n) {
-  T acc[8] = {};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int j = 0; j < 8; ++j) acc[j] += x[i + j] * x[i + j];
-  for (; i < n; ++i) acc[0] += x[i] * x[i];
-  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-}
-
-template <typename T>
 LMF_ALWAYS_INLINE void rmsnorm_rows_impl(const T* x, const T* w, T* y, T* rstd, int64_t r0, int64_t r1, int64_t d,
                                          double eps) {
   for (int64_t r = r0; r < r1; ++r) {
     const T* xr = x + r * d;
     T* yr = y + r * d;
-    const T rs = static_cast<T>(1.0 / std::sqrt(static_cast<double>(row_sumsq<T>(xr, d)) / d + eps));
+    const T rs = static_cast<T>(1.0 / std::sqrt(static_cast<double>(lanes_sumsq<T>(xr, d)) / d + eps));
     rstd[r] = rs;
     for (int64_t i = 0; i < d; ++i) yr[i] = xr[i] * rs * w[i];
   }
@@ -72,13 +54,9 @@ LMF_ALWAYS_INLINE void softmax_rows_impl(const T* x, T* y, int64_t r0, int64_t r
   for (int64_t r = r0; r < r1; ++r) {
     const T* xr = x + r * n;
     T* yr = y + r * n;
-    const T m = row_max<T>(xr, n);
-    T s = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      yr[i] = vexp<T>(xr[i] - m);
-      s += yr[i];
-    }
-    const T inv = T(1) / s;
+    const T m = lanes_max<T>(xr, n);
+    for (int64_t i = 0; i < n; ++i) yr[i] = vexp<T>(xr[i] - m);
+    const T inv = T(1) / lanes_sum<T>(yr, n);
     for (int64_t i = 0; i < n; ++i) yr[i] *= inv;
   }
 }
@@ -89,15 +67,19 @@ LMF_ALWAYS_INLINE void softmax_backward_rows_impl(const T* y, const T* dy, T* dx
     const T* yr = y + r * n;
     const T* dyr = dy + r * n;
     T* dxr = dx + r * n;
-    T dot = 0;
-    for (int64_t i = 0; i < n; ++i) dot += yr[i] * dyr[i];
-    for (int64_t i = 0; i < n; ++i) dxr[i] = yr[i] * (dyr[i] - dot);
+    T acc[8] = {};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+      for (int j = 0; j < 8; ++j) acc[j] += yr[i + j] * dyr[i + j];
+    for (; i < n; ++i) acc[0] += yr[i] * dyr[i];
+    const T dot = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for (int64_t k = 0; k < n; ++k) dxr[k] = yr[k] * (dyr[k] - dot);
   }
 }
 
 template <typename T>
 LMF_ALWAYS_INLINE T row_logsumexp(const T* x, int64_t n) {
-  const T m = row_max<T>(x, n);
+  const T m = lanes_max<T>(x, n);
   T acc[8] = {};
   int64_t i = 0;
   for (; i + 8 <= n; i += 8)
