@@ -71,7 +71,12 @@ void BM_attention(benchmark::State& state) {
   state.counters["FLOPS"] =
       benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
 }
-BENCHMARK(BM_attention)->ArgNames({"T", "bwd"})->Args({1024, 0})->Args({1024, 1})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_attention)
+    ->ArgNames({"T", "bwd"})
+    ->Args({1024, 0})
+    ->Args({1024, 1})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 
 // RMSNorm over [rows, d]. Args: rows, d, backward. Bytes: fwd reads x, writes y (2 R d floats); bwd reads dy, x,
 // writes dx (3 R d floats); the per-row and per-column vectors are ignored.

@@ -191,3 +191,19 @@ TEST(OpsGrad, TransformerBlockComposite) {
 
 }  // namespace
 }  // namespace lmforge
+
+namespace lmforge {
+namespace {
+
+// M = 1 (a decode step) takes the gemv path; large enough to be split over the pool.
+TEST(OpsGrad, MatmulRowVectorPath) {
+  for (bool tb : {false, true}) {
+    Tensor x = testing::random_tensor({1, 300}, 50);
+    Tensor w = testing::random_tensor(tb ? Shape{700, 300} : Shape{300, 700}, 51);
+    testing::check_gradients([&](const std::vector<Var>& v) { return ops::matmul(v[0], v[1], false, tb); }, {x, w},
+                             {true, true}, 1e-6, 1e-5, 1e-4, 40);
+  }
+}
+
+}  // namespace
+}  // namespace lmforge

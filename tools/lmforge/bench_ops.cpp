@@ -10,11 +10,12 @@
 #include "bench_ops.h"
 
 #include <cblas.h>
+#include <sched.h>
 
 #include <algorithm>
 #include <chrono>
-#include <cstdarg>
 #include <cmath>
+#include <cstdarg>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -24,8 +25,6 @@
 #include <new>
 #include <nlohmann/json.hpp>
 #include <thread>
-
-#include <sched.h>
 
 #include "lmforge/kernels/cpu.h"
 #include "lmforge/kernels/cpu_features.h"
@@ -49,10 +48,11 @@ constexpr double kMiB = 1024.0 * 1024.0;
 // Working sets of memory-bound cases (ours and the copy probe alike) are rotated over at least this many bytes,
 // 8x the 32 MiB L3, so each pass reads from DRAM: with 3x, a fair part still hit the L3 here. --quick: 64 MiB.
 constexpr double kColdBytes = 256 * kMiB;
-constexpr double kColdBytesQuick = 64 * kMiB;
+constexpr double kColdBytesQuick = 32 * kMiB;  // --quick trades accuracy for time (CI, demo)
 // A timed sample lasts at least this long: shorter calls are timed in batches of back-to-back calls (as kernels
-// run in a training step), which keeps timer and scheduling noise out of the median.
+// run in a training step), which keeps timer and scheduling noise out of the median. --quick: 2 ms.
 constexpr double kMinSampleMs = 5.0;
+constexpr double kMinSampleMsQuick = 2.0;
 
 // ---- buffers ----
 
@@ -123,7 +123,9 @@ struct Medians {
 void park_blas_threads() {
   if (blas_thread_shutdown_) blas_thread_shutdown_();
 }
-void settle() { std::this_thread::sleep_for(std::chrono::milliseconds(2)); }
+void settle() {
+  std::this_thread::sleep_for(std::chrono::milliseconds(2));
+}
 
 // Brings our pool to the state it has in a run of back-to-back kernels -- every worker awake, on its own core --
 // before a timed call. Needed after a sleep: the wake-up can land the worker on the caller's core, where it stays
@@ -131,8 +133,7 @@ void settle() { std::this_thread::sleep_for(std::chrono::milliseconds(2)); }
 // copy at 1-2 ms instead of 0.25 ms for the first dozen calls). Spins short parallel jobs until the work really
 // runs on min(threads, cores) distinct CPUs, or 100 ms have passed.
 void wake_pool() {
-  const int want = std::min<int>(ThreadPool::global().num_threads(),
-                                 std::max(1u, std::thread::hardware_concurrency()));
+  const int want = std::min<int>(ThreadPool::global().num_threads(), std::max(1u, std::thread::hardware_concurrency()));
   if (want <= 1) return;
   const auto deadline = Clock::now() + std::chrono::milliseconds(100);
   std::vector<int> cpu(static_cast<size_t>(want));
@@ -153,25 +154,26 @@ void wake_pool() {
 
 // What a reference needs around it.
 struct RefKind {
-  int blas_threads = 0;  // > 0: OpenBLAS gets this many threads for the call, then is parked
+  int blas_threads = 0;   // > 0: OpenBLAS gets this many threads for the call, then is parked
   bool uses_pool = true;  // the reference itself splits work over our pool (wake it first)
 };
 
-int calls_per_sample(double one_call_ms) {
-  return std::clamp(static_cast<int>(std::ceil(kMinSampleMs / std::max(one_call_ms, 1e-4))), 1, 100000);
+int calls_per_sample(double one_call_ms, double min_sample_ms) {
+  return std::clamp(static_cast<int>(std::ceil(min_sample_ms / std::max(one_call_ms, 1e-4))), 1, 100000);
 }
 
 // Interleaved repetitions, the order alternating so neither side always runs right after the other. Switching
 // thread counts, parking and waking happen outside the timed region.
 template <typename Ours, typename Ref>
-Medians side_by_side(int repeats, RefKind kind, Ours&& ours, Ref&& ref) {
+Medians side_by_side(int repeats, double min_sample_ms, RefKind kind, Ours&& ours, Ref&& ref) {
   const bool blas = kind.blas_threads > 0;
   // Each returns the time of one call, averaged over a sample of `calls` back-to-back calls.
   auto timed_ours = [&](int calls) {
     if (blas) wake_pool();
     const double ms = time_ms([&] {
-      for (int c = 0; c < calls; ++c) ours();
-    }) / calls;
+                        for (int c = 0; c < calls; ++c) ours();
+                      }) /
+                      calls;
     if (blas) settle();
     return ms;
   };
@@ -182,8 +184,9 @@ Medians side_by_side(int repeats, RefKind kind, Ours&& ours, Ref&& ref) {
       if (kind.uses_pool) wake_pool();
     }
     const double ms = time_ms([&] {
-      for (int c = 0; c < calls; ++c) ref();
-    }) / calls;
+                        for (int c = 0; c < calls; ++c) ref();
+                      }) /
+                      calls;
     if (blas) {
       k::blas_set_threads(1);
       park_blas_threads();
@@ -194,8 +197,8 @@ Medians side_by_side(int repeats, RefKind kind, Ours&& ours, Ref&& ref) {
   wake_pool();
   // Warm-up (not counted) and calibration: how many back-to-back calls make one sample; then one whole sample of
   // each side, also not counted (the first passes over fresh buffers ran slower here).
-  const int n_ours = calls_per_sample(timed_ours(1));
-  const int n_ref = calls_per_sample(timed_ref(1));
+  const int n_ours = calls_per_sample(timed_ours(1), min_sample_ms);
+  const int n_ref = calls_per_sample(timed_ref(1), min_sample_ms);
   timed_ours(n_ours);
   timed_ref(n_ref);
   std::vector<double> a, b;
@@ -220,12 +223,12 @@ Medians side_by_side(int repeats, RefKind kind, Ours&& ours, Ref&& ref) {
 
 // One side alone (the probe rows). uses_pool: wake our pool first; otherwise leave it asleep.
 template <typename F>
-double repeated(int repeats, bool uses_pool, F&& f) {
+double repeated(int repeats, double min_sample_ms, bool uses_pool, F&& f) {
   if (uses_pool)
     wake_pool();
   else
     settle();
-  const int calls = calls_per_sample(time_ms(f));
+  const int calls = calls_per_sample(time_ms(f), min_sample_ms);
   for (int c = 0; c < calls; ++c) f();
   std::vector<double> a;
   for (int i = 0; i < repeats; ++i)
@@ -312,10 +315,12 @@ struct Env {
   OpsOptions opt;
   std::unique_ptr<CopyProbe> probe;
   CopyProbe& copy_probe() {
-    if (!probe) probe = std::make_unique<CopyProbe>(static_cast<size_t>((opt.quick ? 64 : 512) * kMiB));  // see copy_probe_shape
+    if (!probe)
+      probe = std::make_unique<CopyProbe>(static_cast<size_t>((opt.quick ? 64 : 512) * kMiB));  // see copy_probe_shape
     return *probe;
   }
   double cold_bytes() const { return opt.quick ? kColdBytesQuick : kColdBytes; }
+  double min_sample_ms() const { return opt.quick ? kMinSampleMsQuick : kMinSampleMs; }
 };
 
 OpResult make_result(const Env& env, std::string op, std::string shape, Medians m, const char* unit, double rate,
@@ -353,7 +358,7 @@ std::string copy_probe_shape(const OpsOptions& opt) {
 OpResult copy_probe_case(Env& env) {
   CopyProbe& p = env.copy_probe();
   const double moved = 2 * p.array_bytes();
-  const double ms = repeated(env.opt.repeats, true, [&] { p.copy_bytes(moved); });
+  const double ms = repeated(env.opt.repeats, env.min_sample_ms(), true, [&] { p.copy_bytes(moved); });
   return make_result(env, "copy", copy_probe_shape(env.opt), {ms, ms}, "gbps", moved / ms / 1e6, "probe");
 }
 
@@ -363,15 +368,13 @@ OpResult sgemm_probe_case(Env& env) {
   const int n = 2048;
   Buf a(size_t(n) * n, 1), b(size_t(n) * n, 2), c(size_t(n) * n, 3);
   k::blas_set_threads(env.opt.threads);
-  const double ms = repeated(env.opt.repeats, false, [&] {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(),
-                n);
+  const double ms = repeated(env.opt.repeats, env.min_sample_ms(), false, [&] {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
   });
   k::blas_set_threads(1);
   park_blas_threads();
   settle();
-  return make_result(env, "sgemm-2048", kSgemmShape, {ms, ms}, "gflops",
-                     2.0 * n * n * n / ms / 1e6, "probe");
+  return make_result(env, "sgemm-2048", kSgemmShape, {ms, ms}, "gflops", 2.0 * n * n * n / ms / 1e6, "probe");
 }
 
 // ---- matmul ----
@@ -395,7 +398,7 @@ OpResult matmul_case(Env& env, const std::string& op, const std::string& shape, 
   const int64_t lda = g.ta ? g.M : g.K, ldb = g.tb ? g.K : g.N, ldc = g.N;
   size_t ours_i = 0, ref_i = 0;
   const Medians m = side_by_side(
-      env.opt.repeats, RefKind{env.opt.threads, false},
+      env.opt.repeats, env.min_sample_ms(), RefKind{env.opt.threads, false},
       [&] {
         const float* b = bs[ours_i++ % bs.size()].data();
         k::gemm<float>(g.ta, g.tb, g.M, g.N, g.K, 1.0f, a.data(), lda, b, ldb, 0.0f, c.data(), ldc);
@@ -422,8 +425,8 @@ void add_matmul_cases(std::vector<OpCase>& out, const std::shared_ptr<Env>& env)
   const bool quick = env->opt.quick;
   // train-dense: 2,048 tokens a step; d 512, q/k/v/o 512 x 512 (8 heads x 64, no GQA), SwiGLU 1408, vocab 8192.
   const int64_t Mt = quick ? 256 : 2048;
-  std::vector<Linear> train = {{"attn-proj", 512, 512}, {"ffn-up", 1408, 512}, {"ffn-down", 512, 1408},
-                               {"lm-head", 8192, 512}};
+  std::vector<Linear> train = {
+      {"attn-proj", 512, 512}, {"ffn-up", 1408, 512}, {"ffn-down", 512, 1408}, {"lm-head", 8192, 512}};
   if (quick) train = {{"ffn-up", 1408, 512}, {"lm-head", 8192, 512}};
   for (const Linear& l : train) {
     const std::string tag = std::string("train-dense ") + l.name;
@@ -432,22 +435,24 @@ void add_matmul_cases(std::vector<OpCase>& out, const std::shared_ptr<Env>& env)
       GemmShape g;
     };
     const Product products[] = {
-        {"matmul-fwd", {false, true, Mt, l.N, l.K}},     // Y = X W^T
+        {"matmul-fwd", {false, true, Mt, l.N, l.K}},      // Y = X W^T
         {"matmul-bwd-dx", {false, false, Mt, l.K, l.N}},  // dX = dY W
         {"matmul-bwd-dw", {true, false, l.N, l.K, Mt}},   // dW = dY^T X
     };
     for (const Product& p : products) {
       const std::string shape = tag + gemm_dims(p.g.M, p.g.N, p.g.K);
-      out.push_back({p.op, shape, [env, op = std::string(p.op), shape, g = p.g] {
-                       return matmul_case(*env, op, shape, g);
-                     }});
+      out.push_back(
+          {p.op, shape, [env, op = std::string(p.op), shape, g = p.g] { return matmul_case(*env, op, shape, g); }});
     }
   }
   // infer-250m prefill (prompt of 512 tokens): d 1024, q/o 1024 x 1024, k/v 256 x 1024 (4 KV heads of 64),
   // SwiGLU 2816, vocab 32000. Forward only: this config is served, not trained.
   const int64_t Mp = quick ? 64 : 512;
-  std::vector<Linear> infer = {{"q-o-proj", 1024, 1024}, {"kv-proj", 256, 1024}, {"ffn-up", 2816, 1024},
-                               {"ffn-down", 1024, 2816}, {"lm-head", 32000, 1024}};
+  std::vector<Linear> infer = {{"q-o-proj", 1024, 1024},
+                               {"kv-proj", 256, 1024},
+                               {"ffn-up", 2816, 1024},
+                               {"ffn-down", 1024, 2816},
+                               {"lm-head", 32000, 1024}};
   if (quick) infer = {{"ffn-up", 2816, 1024}};
   for (const Linear& l : infer) {
     const std::string shape = std::string("infer-250m prefill ") + l.name + gemm_dims(Mp, l.N, l.K);
@@ -475,9 +480,18 @@ struct AttnData {
   Buf q, k, v, out, lse, dout, dq, dk, dv;
   Buf P, dP;  // reference only: [H, T, T]
   explicit AttnData(int64_t t)
-      : T(t), q(size_t(T * H * D), 21), k(size_t(T * H * D), 22), v(size_t(T * H * D), 23),
-        out(size_t(T * H * D), 24), lse(size_t(H * T), 25), dout(size_t(T * H * D), 26), dq(size_t(T * H * D), 27),
-        dk(size_t(T * H * D), 28), dv(size_t(T * H * D), 29), P(size_t(H * T * T), 30), dP(size_t(H * T * T), 31) {}
+      : T(t),
+        q(size_t(T * H * D), 21),
+        k(size_t(T * H * D), 22),
+        v(size_t(T * H * D), 23),
+        out(size_t(T * H * D), 24),
+        lse(size_t(H * T), 25),
+        dout(size_t(T * H * D), 26),
+        dq(size_t(T * H * D), 27),
+        dk(size_t(T * H * D), 28),
+        dv(size_t(T * H * D), 29),
+        P(size_t(H * T * T), 30),
+        dP(size_t(H * T * T), 31) {}
   k::AttentionDims dims() const {
     k::AttentionDims d;
     d.B = 1, d.Tq = T, d.Tk = T, d.Hq = H, d.Hkv = H, d.Dk = D, d.Dv = D;
@@ -491,8 +505,8 @@ void ours_attention_fwd(AttnData& a) {
   k::attention<float>(a.dims(), a.q.data(), a.k.data(), a.v.data(), a.out.data(), a.lse.data());
 }
 void ours_attention_bwd(AttnData& a) {
-  k::attention_backward<float>(a.dims(), a.q.data(), a.k.data(), a.v.data(), a.out.data(), a.lse.data(),
-                               a.dout.data(), a.dq.data(), a.dk.data(), a.dv.data());
+  k::attention_backward<float>(a.dims(), a.q.data(), a.k.data(), a.v.data(), a.out.data(), a.lse.data(), a.dout.data(),
+                               a.dq.data(), a.dk.data(), a.dv.data());
 }
 
 // Fills the strictly upper triangle of each [T, T] block of m (rows of H heads stacked) with `value`: PyTorch's
@@ -517,9 +531,9 @@ void ref_attention_fwd(AttnData& a) {
                 a.k.data() + h * D, int(ld), 0.0f, a.P.data() + h * T * T, int(T));
   fill_upper(a.P.data(), H, T, -std::numeric_limits<float>::infinity());
   k::softmax<float>(a.P.data(), a.P.data(), H * T, T);  // vectorised, parallel over rows (like ATen's)
-  for (int64_t h = 0; h < H; ++h)  // O = P V
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(T), int(D), int(T), 1.0f, a.P.data() + h * T * T,
-                int(T), a.v.data() + h * D, int(ld), 0.0f, a.out.data() + h * D, int(ld));
+  for (int64_t h = 0; h < H; ++h)                       // O = P V
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(T), int(D), int(T), 1.0f, a.P.data() + h * T * T, int(T),
+                a.v.data() + h * D, int(ld), 0.0f, a.out.data() + h * D, int(ld));
 }
 
 void ref_attention_bwd(AttnData& a) {
@@ -527,19 +541,19 @@ void ref_attention_bwd(AttnData& a) {
   const float scale = float(1.0 / std::sqrt(double(D)));
   for (int64_t h = 0; h < H; ++h) {
     // dP = dO V^T; dV = P^T dO
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(T), int(T), int(D), 1.0f, a.dout.data() + h * D,
-                int(ld), a.v.data() + h * D, int(ld), 0.0f, a.dP.data() + h * T * T, int(T));
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(T), int(T), int(D), 1.0f, a.dout.data() + h * D, int(ld),
+                a.v.data() + h * D, int(ld), 0.0f, a.dP.data() + h * T * T, int(T));
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(T), int(D), int(T), 1.0f, a.P.data() + h * T * T, int(T),
                 a.dout.data() + h * D, int(ld), 0.0f, a.dv.data() + h * D, int(ld));
   }
   k::softmax_backward<float>(a.P.data(), a.dP.data(), a.dP.data(), H * T, T);  // dS = P * (dP - rowsum(P dP))
-  fill_upper(a.dP.data(), H, T, 0.0f);                                            // masked_fill backward
+  fill_upper(a.dP.data(), H, T, 0.0f);                                         // masked_fill backward
   for (int64_t h = 0; h < H; ++h) {
     // dQ = scale dS K; dK = scale dS^T Q
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(T), int(D), int(T), scale, a.dP.data() + h * T * T,
                 int(T), a.k.data() + h * D, int(ld), 0.0f, a.dq.data() + h * D, int(ld));
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(T), int(D), int(T), scale, a.dP.data() + h * T * T,
-                int(T), a.q.data() + h * D, int(ld), 0.0f, a.dk.data() + h * D, int(ld));
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(T), int(D), int(T), scale, a.dP.data() + h * T * T, int(T),
+                a.q.data() + h * D, int(ld), 0.0f, a.dk.data() + h * D, int(ld));
   }
 }
 
@@ -550,7 +564,7 @@ OpResult attention_case(Env& env, const std::string& op, const std::string& shap
   const double per_product = double(T) * (T + 1) * a.D * a.H;
   const double flops = (backward ? 6 : 2) * per_product;
   const Medians m = side_by_side(
-      env.opt.repeats, RefKind{env.opt.threads, true},
+      env.opt.repeats, env.min_sample_ms(), RefKind{env.opt.threads, true},
       [&] {
         ours_attention_fwd(a);
         if (backward) ours_attention_bwd(a);
@@ -563,16 +577,14 @@ OpResult attention_case(Env& env, const std::string& op, const std::string& shap
 }
 
 void add_attention_cases(std::vector<OpCase>& out, const std::shared_ptr<Env>& env) {
-  const std::vector<int64_t> lengths = env->opt.quick ? std::vector<int64_t>{128, 256}
-                                                      : std::vector<int64_t>{256, 1024, 2048};
+  const std::vector<int64_t> lengths =
+      env->opt.quick ? std::vector<int64_t>{128, 256} : std::vector<int64_t>{256, 1024, 2048};
   for (int64_t T : lengths) {
     const std::string shape = fmt("B=1 T=%lld H=8 D=64 causal", (long long)T);
-    out.push_back({"attention-fwd", shape, [env, shape, T] {
-                     return attention_case(*env, "attention-fwd", shape, T, false);
-                   }});
-    out.push_back({"attention-fwd-bwd", shape, [env, shape, T] {
-                     return attention_case(*env, "attention-fwd-bwd", shape, T, true);
-                   }});
+    out.push_back(
+        {"attention-fwd", shape, [env, shape, T] { return attention_case(*env, "attention-fwd", shape, T, false); }});
+    out.push_back({"attention-fwd-bwd", shape,
+                   [env, shape, T] { return attention_case(*env, "attention-fwd-bwd", shape, T, true); }});
   }
 }
 
@@ -593,15 +605,21 @@ OpResult bandwidth_case(Env& env, const std::string& op, const std::string& shap
   probe.copy_bytes(window * 2, window);
   size_t next = 0;
   const Medians m = side_by_side(
-      env.opt.repeats, RefKind{0, true}, [&] { run(*sets[next++ % sets.size()]); }, [&] { probe.copy_bytes(bytes, window); });
+      env.opt.repeats, env.min_sample_ms(), RefKind{0, true}, [&] { run(*sets[next++ % sets.size()]); },
+      [&] { probe.copy_bytes(bytes, window); });
   return make_result(env, op, shape, m, "gbps", bytes / m.ours / 1e6, "copy-bandwidth");
 }
 
 struct RmsSet {
   Buf x, w, y, rstd, dy, dx, dw;
   RmsSet(int64_t R, int64_t d)
-      : x(size_t(R * d), 41), w(size_t(d), 42, 0.5f, 1.5f), y(size_t(R * d), 43), rstd(size_t(R), 44, 0.5f, 1.5f),
-        dy(size_t(R * d), 45), dx(size_t(R * d), 46), dw(size_t(d), 47) {}
+      : x(size_t(R * d), 41),
+        w(size_t(d), 42, 0.5f, 1.5f),
+        y(size_t(R * d), 43),
+        rstd(size_t(R), 44, 0.5f, 1.5f),
+        dy(size_t(R * d), 45),
+        dx(size_t(R * d), 46),
+        dw(size_t(d), 47) {}
 };
 struct AddSet {
   Buf a, b, y;
@@ -614,15 +632,24 @@ struct AdamSet {
 struct SwigluSet {
   Buf g, u, y, dy, dg, du;
   explicit SwigluSet(int64_t n)
-      : g(size_t(n), 71, -4, 4), u(size_t(n), 72), y(size_t(n), 73), dy(size_t(n), 74), dg(size_t(n), 75),
+      : g(size_t(n), 71, -4, 4),
+        u(size_t(n), 72),
+        y(size_t(n), 73),
+        dy(size_t(n), 74),
+        dg(size_t(n), 75),
         du(size_t(n), 76) {}
 };
 struct RowsSet {  // softmax and cross-entropy over [R, V]
   Buf x, y, dy, dx, loss, lse;
   std::vector<int32_t> targets;
   RowsSet(int64_t R, int64_t V)
-      : x(size_t(R * V), 81, -8, 8), y(size_t(R * V), 82), dy(size_t(R * V), 83), dx(size_t(R * V), 84),
-        loss(size_t(R), 85), lse(size_t(R), 86), targets(size_t(R)) {
+      : x(size_t(R * V), 81, -8, 8),
+        y(size_t(R * V), 82),
+        dy(size_t(R * V), 83),
+        dx(size_t(R * V), 84),
+        loss(size_t(R), 85),
+        lse(size_t(R), 86),
+        targets(size_t(R)) {
     for (int64_t r = 0; r < R; ++r) targets[size_t(r)] = int32_t((r * 2654435761u) % uint64_t(V));
   }
 };
@@ -636,16 +663,17 @@ void add_bandwidth_cases(std::vector<OpCase>& out, const std::shared_ptr<Env>& e
   const bool quick = env->opt.quick;
   const int64_t R = quick ? 256 : 2048;
   using Make = std::function<OpResult()>;
-  auto add = [&](std::string op, std::string shape, Make run) { out.push_back({std::move(op), std::move(shape), run}); };
+  auto add = [&](std::string op, std::string shape, Make run) {
+    out.push_back({std::move(op), std::move(shape), run});
+  };
 
   for (int64_t d : {int64_t(512), int64_t(1024)}) {
     const std::string shape = fmt("rows=%lld d=%lld", (long long)R, (long long)d);
     // Forward bytes: read x [R,d], w [d]; write y [R,d], rstd [R].
     add("rmsnorm-fwd", shape, [env, shape, R, d] {
-      return bandwidth_case(*env, "rmsnorm-fwd", shape, 4.0 * (2 * R * d + d + R), maker<RmsSet>(R, d),
-                            [R, d](RmsSet& s) {
-                              k::rmsnorm<float>(s.x.data(), s.w.data(), s.y.data(), s.rstd.data(), R, d, 1e-5);
-                            });
+      return bandwidth_case(
+          *env, "rmsnorm-fwd", shape, 4.0 * (2 * R * d + d + R), maker<RmsSet>(R, d),
+          [R, d](RmsSet& s) { k::rmsnorm<float>(s.x.data(), s.w.data(), s.y.data(), s.rstd.data(), R, d, 1e-5); });
     });
     // Backward bytes: read dy, x [R,d], w [d], rstd [R]; write dx [R,d]; read+write dw [d].
     add("rmsnorm-bwd", shape, [env, shape, R, d] {
@@ -707,11 +735,10 @@ void add_bandwidth_cases(std::vector<OpCase>& out, const std::shared_ptr<Env>& e
     });
     // Cross-entropy forward bytes: read logits [R,V], targets [R]; write loss, lse [R].
     add("cross-entropy-fwd", shape, [env, shape, R, V] {
-      return bandwidth_case(*env, "cross-entropy-fwd", shape, 4.0 * R * V + 12.0 * R, maker<RowsSet>(R, V),
-                            [R, V](RowsSet& s) {
-                              k::cross_entropy<float>(s.x.data(), s.targets.data(), s.loss.data(), s.lse.data(), R,
-                                                      V, -100);
-                            });
+      return bandwidth_case(
+          *env, "cross-entropy-fwd", shape, 4.0 * R * V + 12.0 * R, maker<RowsSet>(R, V), [R, V](RowsSet& s) {
+            k::cross_entropy<float>(s.x.data(), s.targets.data(), s.loss.data(), s.lse.data(), R, V, -100);
+          });
     });
     // Cross-entropy backward bytes: read logits, targets, lse; write dlogits.
     add("cross-entropy-bwd", shape, [env, shape, R, V] {
@@ -769,8 +796,8 @@ std::string to_json_line(const OpResult& r) {
 }
 
 std::string table_header() {
-  return fmt("%-18s %-50s %3s %10s %10s %7s %9s %-6s  %s", "op", "shape", "thr", "ours ms", "ref ms", "ratio",
-             "rate", "unit", "reference");
+  return fmt("%-18s %-50s %3s %10s %10s %7s %9s %-6s  %s", "op", "shape", "thr", "ours ms", "ref ms", "ratio", "rate",
+             "unit", "reference");
 }
 
 std::string table_row(const OpResult& r) {

@@ -9,15 +9,15 @@
 namespace lmforge::bench {
 
 struct OpsOptions {
-  int threads = 2;      // our pool's size, and OpenBLAS's own thread count while a reference gemm runs
-  int repeats = 7;      // timed repetitions of each side (median); one warm-up each is not counted
-  bool quick = false;   // small shapes (CI, demo): the whole run takes a few seconds
-  std::string filter;   // run only cases whose "op shape" contains this substring
+  int threads = 2;     // our pool's size, and OpenBLAS's own thread count while a reference gemm runs
+  int repeats = 7;     // timed samples of each side (median); warm-up not counted
+  bool quick = false;  // small shapes (CI, demo): the whole run takes a few seconds
+  std::string filter;  // run only cases whose "op shape" contains this substring
 };
 
 struct OpResult {
-  std::string op;         // starts with the op's name: matmul-fwd, attention-fwd-bwd, rmsnorm-bwd, copy, ...
-  std::string shape;      // dimensions and, where it helps, which model tensor they come from
+  std::string op;     // starts with the op's name: matmul-fwd, attention-fwd-bwd, rmsnorm-bwd, copy, ...
+  std::string shape;  // dimensions and, where it helps, which model tensor they come from
   int threads = 0;
   int repeats = 0;
   double ms = 0;          // our median

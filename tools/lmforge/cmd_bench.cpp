@@ -27,9 +27,10 @@ int run_bench_ops(const BenchOpsArgs& args, bool json) {
     return kUsageError;
   }
   if (!json) {
-    std::printf("lmforge bench ops: %d thread(s); median of %d samples per side, ours and reference interleaved, "
-                "warm-up not counted; calls under 5 ms are timed in back-to-back batches\n",
-                opt.threads, opt.repeats);
+    std::printf(
+        "lmforge bench ops: %d thread(s); median of %d samples per side, ours and reference interleaved, "
+        "warm-up not counted; calls under 5 ms are timed in back-to-back batches\n",
+        opt.threads, opt.repeats);
     std::printf("ratio = reference ms / ours ms (above 1: ours faster; for GB/s rows: fraction of copy bandwidth)\n\n");
     std::printf("%s\n", bench::table_header().c_str());
     std::fflush(stdout);

