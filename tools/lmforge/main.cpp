@@ -13,12 +13,17 @@ int main(int argc, char** argv) {
                "for DeepSeek-style language models, in one native binary.",
                "lmforge"};
   app.set_version_flag("--version", std::string("lmforge ") + LMFORGE_VERSION);
-  app.require_subcommand(1);
+  // At most one subcommand; "none" is reported after parsing so an unknown flag is named first.
+  app.require_subcommand(0, 1);
   Context ctx;
   add_bench_command(app, ctx);
   add_placeholder_commands(app, ctx);
   try {
     app.parse(argc, argv);
+    if (app.get_subcommands().empty()) {
+      std::fprintf(stderr, "lmforge: a subcommand is required (see lmforge --help)\n");
+      return kUsageError;
+    }
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
   } catch (const CLI::CallForAllHelp& e) {
