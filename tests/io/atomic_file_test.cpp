@@ -1,6 +1,8 @@
 #include "lmforge/io/atomic_file.h"
 
 #include <gtest/gtest.h>
+
+#include "temp_dir_test.h"
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -20,16 +22,8 @@ using lmforge::io::write_file_atomic;
 
 namespace {
 
-class AtomicFileTest : public ::testing::Test {
+class AtomicFileTest : public lmforge::testing::TempDirTest {
  protected:
-  void SetUp() override {
-    std::random_device rd;
-    dir_ = fs::temp_directory_path() / ("lmforge_atomic_" + std::to_string(rd()) + std::to_string(rd()));
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
 
   static std::string read(const std::string& p) {
     std::ifstream in(p, std::ios::binary);
@@ -48,7 +42,6 @@ class AtomicFileTest : public ::testing::Test {
     return out;
   }
 
-  fs::path dir_;
 };
 
 TEST_F(AtomicFileTest, WriteFileAtomicCreatesThenReplaces) {

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include "temp_dir_test.h"
+
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -65,16 +67,8 @@ std::string raw_bytes(const Tensor& t) {
   return std::string(static_cast<const char*>(c.raw_data()), c.nbytes());
 }
 
-class SafetensorsTest : public ::testing::Test {
+class SafetensorsTest : public lmforge::testing::TempDirTest {
  protected:
-  void SetUp() override {
-    std::random_device rd;
-    dir_ = fs::temp_directory_path() / ("lmforge_st_" + std::to_string(rd()) + std::to_string(rd()));
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
 
   std::string write_raw(const std::string& name, const std::string& bytes) const {
     std::string p = path(name);
@@ -107,7 +101,6 @@ class SafetensorsTest : public ::testing::Test {
     }
   }
 
-  fs::path dir_;
 };
 
 // ---- round trips ----
