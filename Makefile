@@ -31,7 +31,7 @@ demo: deps build
 	bash scripts/demo.sh $(BUILD)/bin/lmforge
 
 format:
-	find include src tools tests bench -name '*.h' -o -name '*.cpp' | xargs clang-format -i
+	find include src tools tests bench examples fuzz -name '*.h' -o -name '*.cpp' | xargs clang-format -i
 
 lint: configure
 	find src tools -name '*.cpp' | xargs clang-tidy -p $(BUILD) --quiet

@@ -56,11 +56,12 @@ struct Model {
     const double out_std = 0.02 / std::sqrt(2.0 * o.layers);
     for (int l = 0; l < o.layers; ++l) {
       std::string p = "layers." + std::to_string(l) + ".";
-      blocks.push_back({parameter(Tensor::full({D}, 1.0), p + "norm1"), parameter(normal({D, D}, 0.02, rng), p + "wq"),
-                        parameter(normal({D, D}, 0.02, rng), p + "wk"), parameter(normal({D, D}, 0.02, rng), p + "wv"),
-                        parameter(normal({D, D}, out_std, rng), p + "wo"), parameter(Tensor::full({D}, 1.0), p + "norm2"),
-                        parameter(normal({F, D}, 0.02, rng), p + "w_gate"), parameter(normal({F, D}, 0.02, rng), p + "w_up"),
-                        parameter(normal({D, F}, out_std, rng), p + "w_down")});
+      blocks.push_back(
+          {parameter(Tensor::full({D}, 1.0), p + "norm1"), parameter(normal({D, D}, 0.02, rng), p + "wq"),
+           parameter(normal({D, D}, 0.02, rng), p + "wk"), parameter(normal({D, D}, 0.02, rng), p + "wv"),
+           parameter(normal({D, D}, out_std, rng), p + "wo"), parameter(Tensor::full({D}, 1.0), p + "norm2"),
+           parameter(normal({F, D}, 0.02, rng), p + "w_gate"), parameter(normal({F, D}, 0.02, rng), p + "w_up"),
+           parameter(normal({D, F}, out_std, rng), p + "w_down")});
     }
     std::tie(cos, sin) = ops::rope_tables(o.seq, o.dim / o.heads, 10000.0);
   }
@@ -117,8 +118,10 @@ void sample_batch(const std::string& data, size_t lo, size_t hi, int B, int T, s
 }
 
 int usage(const char* msg) {
-  std::fprintf(stderr, "tiny_lm: %s\nusage: tiny_lm --text FILE [--steps N] [--layers L] [--dim D] [--seq T] "
-                       "[--batch B] [--lr X] [--checkpoint] [--max-val-loss X]\n", msg);
+  std::fprintf(stderr,
+               "tiny_lm: %s\nusage: tiny_lm --text FILE [--steps N] [--layers L] [--dim D] [--seq T] "
+               "[--batch B] [--lr X] [--checkpoint] [--max-val-loss X]\n",
+               msg);
   return 2;
 }
 
@@ -133,16 +136,26 @@ int main(int argc, char** argv) {
       return argv[++i];
     };
     try {
-      if (a == "--text") o.text = next("--text");
-      else if (a == "--steps") o.steps = std::stoi(next("--steps"));
-      else if (a == "--layers") o.layers = std::stoi(next("--layers"));
-      else if (a == "--dim") o.dim = std::stoi(next("--dim"));
-      else if (a == "--seq") o.seq = std::stoi(next("--seq"));
-      else if (a == "--batch") o.batch = std::stoi(next("--batch"));
-      else if (a == "--lr") o.lr = std::stod(next("--lr"));
-      else if (a == "--max-val-loss") o.max_val_loss = std::stod(next("--max-val-loss"));
-      else if (a == "--checkpoint") o.checkpoint = true;
-      else return usage(("unknown flag " + a).c_str());
+      if (a == "--text")
+        o.text = next("--text");
+      else if (a == "--steps")
+        o.steps = std::stoi(next("--steps"));
+      else if (a == "--layers")
+        o.layers = std::stoi(next("--layers"));
+      else if (a == "--dim")
+        o.dim = std::stoi(next("--dim"));
+      else if (a == "--seq")
+        o.seq = std::stoi(next("--seq"));
+      else if (a == "--batch")
+        o.batch = std::stoi(next("--batch"));
+      else if (a == "--lr")
+        o.lr = std::stod(next("--lr"));
+      else if (a == "--max-val-loss")
+        o.max_val_loss = std::stod(next("--max-val-loss"));
+      else if (a == "--checkpoint")
+        o.checkpoint = true;
+      else
+        return usage(("unknown flag " + a).c_str());
     } catch (const std::exception& e) {
       return usage((std::string("bad value for ") + a + ": " + e.what()).c_str());
     }
@@ -162,17 +175,18 @@ int main(int argc, char** argv) {
   Model model(o);
   int64_t n_params = 0;
   for (const Var& p : model.params()) n_params += p.value().numel();
-  std::printf("tiny_lm: %zu bytes of %s, %d layers x %d dim, %lld parameters, batch %d x %d, %d steps%s\n",
-              data.size(), o.text.c_str(), o.layers, o.dim, static_cast<long long>(n_params), o.batch, o.seq,
-              o.steps, o.checkpoint ? ", activation checkpointing" : "");
+  std::printf("tiny_lm: %zu bytes of %s, %d layers x %d dim, %lld parameters, batch %d x %d, %d steps%s\n", data.size(),
+              o.text.c_str(), o.layers, o.dim, static_cast<long long>(n_params), o.batch, o.seq, o.steps,
+              o.checkpoint ? ", activation checkpointing" : "");
   AdamW opt(decay_groups(model.params(), 0.1), {o.lr, 0.9, 0.95, 1e-8});
   std::mt19937_64 rng(42);
   const int warmup = std::max(1, o.steps / 10);
   const auto t0 = std::chrono::steady_clock::now();
   Tensor in, tgt;
   for (int step = 1; step <= o.steps; ++step) {
-    const double lr = step <= warmup ? o.lr * step / warmup
-                                     : o.lr * (0.1 + 0.45 * (1 + std::cos(M_PI * (step - warmup) / (o.steps - warmup + 1e-9))));
+    const double lr = step <= warmup
+                          ? o.lr * step / warmup
+                          : o.lr * (0.1 + 0.45 * (1 + std::cos(M_PI * (step - warmup) / (o.steps - warmup + 1e-9))));
     opt.set_lr(lr);
     sample_batch(data, 0, split, o.batch, o.seq, rng, in, tgt);
     Tape tape;

@@ -9,8 +9,8 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {
-    auto file = lmforge::io::SafetensorsFile::from_bytes(
-        std::string_view(reinterpret_cast<const char*>(data), size), "fuzz");
+    auto file =
+        lmforge::io::SafetensorsFile::from_bytes(std::string_view(reinterpret_cast<const char*>(data), size), "fuzz");
     for (const std::string& name : file.names()) {
       try {
         lmforge::Tensor t = file.get(name);

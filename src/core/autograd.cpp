@@ -40,12 +40,20 @@ void Var::accumulate_grad(const Tensor& g) const {
   }
 }
 
-Var parameter(Tensor value, std::string name) { return Var(std::move(value), true, std::move(name)); }
+Var parameter(Tensor value, std::string name) {
+  return Var(std::move(value), true, std::move(name));
+}
 
-Tape* active_tape() { return t_active_tape; }
+Tape* active_tape() {
+  return t_active_tape;
+}
 
-TapeScope::TapeScope(Tape* tape) : saved_(t_active_tape) { t_active_tape = tape; }
-TapeScope::~TapeScope() { t_active_tape = saved_; }
+TapeScope::TapeScope(Tape* tape) : saved_(t_active_tape) {
+  t_active_tape = tape;
+}
+TapeScope::~TapeScope() {
+  t_active_tape = saved_;
+}
 
 bool needs_record(std::initializer_list<const Var*> inputs) {
   if (!t_active_tape) return false;
@@ -76,7 +84,9 @@ void Tape::backward(const Var& root, const Tensor& seed) {
   backward_seeded();
 }
 
-void Tape::clear() { nodes_.clear(); }
+void Tape::clear() {
+  nodes_.clear();
+}
 
 std::vector<Var> checkpoint(const std::function<std::vector<Var>(const std::vector<Var>&)>& fn,
                             const std::vector<Var>& inputs) {

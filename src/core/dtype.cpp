@@ -1,7 +1,8 @@
+#include "lmforge/core/dtype.h"
+
 #include <cmath>
 #include <string>
 
-#include "lmforge/core/dtype.h"
 #include "lmforge/core/error.h"
 #include "lmforge/core/half.h"
 #include "lmforge/core/quant.h"
@@ -10,13 +11,20 @@ namespace lmforge {
 
 std::string_view dtype_name(DType t) {
   switch (t) {
-    case DType::F32: return "f32";
-    case DType::F64: return "f64";
-    case DType::BF16: return "bf16";
-    case DType::F16: return "f16";
-    case DType::I32: return "i32";
-    case DType::Q8_0: return "q8_0";
-    case DType::Q4_0: return "q4_0";
+    case DType::F32:
+      return "f32";
+    case DType::F64:
+      return "f64";
+    case DType::BF16:
+      return "bf16";
+    case DType::F16:
+      return "f16";
+    case DType::I32:
+      return "i32";
+    case DType::Q8_0:
+      return "q8_0";
+    case DType::Q4_0:
+      return "q4_0";
   }
   return "?";
 }
@@ -61,10 +69,10 @@ uint16_t f32_to_f16(float f) {
   std::memcpy(&u, &f, 4);
   uint32_t sign = (u >> 16) & 0x8000u;
   uint32_t absu = u & 0x7fffffffu;
-  if (absu > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);  // NaN
+  if (absu > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);   // NaN
   if (absu >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // overflow (incl. rounding) -> inf
-  if (absu < 0x38800000u) {  // result is subnormal or zero
-    if (absu < 0x33000000u) return static_cast<uint16_t>(sign);  // below half the smallest subnormal
+  if (absu < 0x38800000u) {                                               // result is subnormal or zero
+    if (absu < 0x33000000u) return static_cast<uint16_t>(sign);           // below half the smallest subnormal
     uint32_t mant = (absu & 0x7fffffu) | 0x800000u;
     // value = mant * 2^(e-150); a binary16 subnormal is q * 2^-24, so q = mant >> (126 - e), e in [102, 112].
     uint32_t total = 126u - (absu >> 23);

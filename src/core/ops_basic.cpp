@@ -28,8 +28,7 @@ MatmulPlan plan_matmul(const Tensor& a, const Tensor& b, bool ta, bool tb) {
   const int64_t b_rows = b.size(-2), b_cols = b.size(-1);
   const int64_t Ka = ta ? a_rows : a_cols;
   const int64_t Kb = tb ? b_cols : b_rows;
-  LMF_CHECK(Ka == Kb, "matmul: inner dimensions differ: ", a.str(), (ta ? "ᵀ" : ""), " x ", b.str(),
-            (tb ? "ᵀ" : ""));
+  LMF_CHECK(Ka == Kb, "matmul: inner dimensions differ: ", a.str(), (ta ? "ᵀ" : ""), " x ", b.str(), (tb ? "ᵀ" : ""));
   p.K = Ka;
   p.N = tb ? b_rows : b_cols;
   Shape lead(a.shape().begin(), a.shape().end() - 2);
@@ -61,8 +60,8 @@ void run_matmul(const T* A, const T* B, T* C, int64_t batch, int64_t M, int64_t 
                 bool b_shared, bool accumulate) {
   const int64_t lda = ta ? M : K, ldb = tb ? K : N;
   for (int64_t i = 0; i < batch; ++i) {
-    k::gemm<T>(ta, tb, M, N, K, T(1), A + i * M * K, lda, B + (b_shared ? 0 : i * K * N), ldb,
-               accumulate ? T(1) : T(0), C + i * M * N, N);
+    k::gemm<T>(ta, tb, M, N, K, T(1), A + i * M * K, lda, B + (b_shared ? 0 : i * K * N), ldb, accumulate ? T(1) : T(0),
+               C + i * M * N, N);
   }
 }
 
@@ -73,8 +72,8 @@ Var matmul(const Var& a, const Var& b, bool ta, bool tb) {
   MatmulPlan p = plan_matmul(a.value(), b.value(), ta, tb);
   Tensor A = prepare(a.value(), dt), B = prepare(b.value(), dt);
   Tensor C = Tensor::empty(p.out_shape, dt);
-  LMF_FLOAT_DISPATCH(dt, run_matmul<T>(A.data<T>(), B.data<T>(), C.data<T>(), p.batch, p.M, p.N, p.K, ta, tb,
-                                       !p.batched, false));
+  LMF_FLOAT_DISPATCH(
+      dt, run_matmul<T>(A.data<T>(), B.data<T>(), C.data<T>(), p.batch, p.M, p.N, p.K, ta, tb, !p.batched, false));
   Var out(C);
   if (needs_record({&a, &b})) {
     active_tape()->record("matmul", {out}, [a, b, A, B, p, ta, tb, dt, o = out.impl()] {
@@ -227,9 +226,15 @@ Var binary(Arith op, const char* name, const Var& a_in, const Var& b_in) {
 
 }  // namespace
 
-Var add(const Var& a, const Var& b) { return binary(Arith::Add, "add", a, b); }
-Var sub(const Var& a, const Var& b) { return binary(Arith::Sub, "sub", a, b); }
-Var mul(const Var& a, const Var& b) { return binary(Arith::Mul, "mul", a, b); }
+Var add(const Var& a, const Var& b) {
+  return binary(Arith::Add, "add", a, b);
+}
+Var sub(const Var& a, const Var& b) {
+  return binary(Arith::Sub, "sub", a, b);
+}
+Var mul(const Var& a, const Var& b) {
+  return binary(Arith::Mul, "mul", a, b);
+}
 
 Var scale(const Var& a, double s) {
   const DType dt = compute_dtype("scale", {&a.value()});
@@ -255,9 +260,8 @@ Var sum(const Var& a) {
   LMF_FLOAT_DISPATCH(dt, s = k::sum<T>(A.data<T>(), A.numel()));
   Var out(Tensor::full({1}, s, dt));
   if (needs_record({&a})) {
-    active_tape()->record("sum", {out}, [a, dt, o = out.impl()] {
-      a.accumulate_grad(Tensor::full(a.shape(), o->grad.item(), dt));
-    });
+    active_tape()->record("sum", {out},
+                          [a, dt, o = out.impl()] { a.accumulate_grad(Tensor::full(a.shape(), o->grad.item(), dt)); });
   }
   return out;
 }
@@ -280,9 +284,8 @@ Var reshape(const Var& a, const Shape& shape) {
 Var transpose(const Var& a, int64_t d0, int64_t d1) {
   Var out(a.value().transpose(d0, d1).contiguous());
   if (needs_record({&a})) {
-    active_tape()->record("transpose", {out}, [a, d0, d1, o = out.impl()] {
-      a.accumulate_grad(o->grad.transpose(d0, d1).contiguous());
-    });
+    active_tape()->record("transpose", {out},
+                          [a, d0, d1, o = out.impl()] { a.accumulate_grad(o->grad.transpose(d0, d1).contiguous()); });
   }
   return out;
 }

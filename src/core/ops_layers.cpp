@@ -55,8 +55,8 @@ Var rmsnorm(const Var& x, const Var& w, double eps) {
     active_tape()->record("rmsnorm", {out}, [x, w, X, W, R, rows, d, dt, o = out.impl()] {
       Tensor dY = prepare(o->grad, dt);
       Tensor dX = Tensor::empty(X.shape(), dt), dW = Tensor::zeros({d}, dt);
-      LMF_FLOAT_DISPATCH(dt, k::rmsnorm_backward<T>(dY.data<T>(), X.data<T>(), W.data<T>(), R.data<T>(),
-                                                    dX.data<T>(), dW.data<T>(), rows, d));
+      LMF_FLOAT_DISPATCH(dt, k::rmsnorm_backward<T>(dY.data<T>(), X.data<T>(), W.data<T>(), R.data<T>(), dX.data<T>(),
+                                                    dW.data<T>(), rows, d));
       x.accumulate_grad(dX);
       w.accumulate_grad(dW);
     });
@@ -91,15 +91,15 @@ Var rope(const Var& x, const Tensor& cos, const Tensor& sin, k::RopeLayout layou
   const int64_t rot = 2 * cos.size(1);
   Tensor X = prepare(x.value(), dt), C = prepare(cos, dt), S = prepare(sin, dt);
   Tensor Y = Tensor::empty(X.shape(), dt);
-  LMF_FLOAT_DISPATCH(dt, k::rope<T>(X.data<T>(), Y.data<T>(), C.data<T>(), S.data<T>(), B, Tn, H, D, rot, layout,
-                                    false));
+  LMF_FLOAT_DISPATCH(dt,
+                     k::rope<T>(X.data<T>(), Y.data<T>(), C.data<T>(), S.data<T>(), B, Tn, H, D, rot, layout, false));
   Var out(Y);
   if (needs_record({&x})) {
     active_tape()->record("rope", {out}, [x, C, S, B, Tn, H, D, rot, layout, dt, o = out.impl()] {
       Tensor dY = prepare(o->grad, dt);
       Tensor dX = Tensor::empty(dY.shape(), dt);
-      LMF_FLOAT_DISPATCH(dt, k::rope<T>(dY.data<T>(), dX.data<T>(), C.data<T>(), S.data<T>(), B, Tn, H, D, rot,
-                                        layout, true));
+      LMF_FLOAT_DISPATCH(
+          dt, k::rope<T>(dY.data<T>(), dX.data<T>(), C.data<T>(), S.data<T>(), B, Tn, H, D, rot, layout, true));
       x.accumulate_grad(dX);
     });
   }
@@ -137,8 +137,8 @@ Var swiglu(const Var& gate, const Var& up) {
     active_tape()->record("swiglu", {out}, [gate, up, G, U, dt, o = out.impl()] {
       Tensor dY = prepare(o->grad, dt);
       Tensor dG = Tensor::empty(G.shape(), dt), dU = Tensor::empty(U.shape(), dt);
-      LMF_FLOAT_DISPATCH(dt, k::swiglu_backward<T>(G.data<T>(), U.data<T>(), dY.data<T>(), dG.data<T>(),
-                                                   dU.data<T>(), G.numel()));
+      LMF_FLOAT_DISPATCH(
+          dt, k::swiglu_backward<T>(G.data<T>(), U.data<T>(), dY.data<T>(), dG.data<T>(), dU.data<T>(), G.numel()));
       gate.accumulate_grad(dG);
       up.accumulate_grad(dU);
     });
@@ -168,9 +168,8 @@ Var softmax(const Var& x) {
 
 Var attention(const Var& q, const Var& kk, const Var& v, const AttentionOptions& opt) {
   const DType dt = compute_dtype("attention", {&q.value(), &kk.value(), &v.value()});
-  LMF_CHECK(q.dim() == 4 && kk.dim() == 4 && v.dim() == 4,
-            "attention: expected q, k, v of shape [B, T, H, D], got ", q.value().str(), ", ", kk.value().str(), ", ",
-            v.value().str());
+  LMF_CHECK(q.dim() == 4 && kk.dim() == 4 && v.dim() == 4, "attention: expected q, k, v of shape [B, T, H, D], got ",
+            q.value().str(), ", ", kk.value().str(), ", ", v.value().str());
   k::AttentionDims d;
   d.B = q.size(0);
   d.Tq = q.size(1);
@@ -196,9 +195,9 @@ Var attention(const Var& q, const Var& kk, const Var& v, const AttentionOptions&
     active_tape()->record("attention", {out}, [q, kk, v, Q, K, Vt, O, L, d, dt, o = out.impl()] {
       Tensor dO = prepare(o->grad, dt);
       Tensor dQ = Tensor::empty(Q.shape(), dt), dK = Tensor::empty(K.shape(), dt), dV = Tensor::empty(Vt.shape(), dt);
-      LMF_FLOAT_DISPATCH(dt, k::attention_backward<T>(d, Q.data<T>(), K.data<T>(), Vt.data<T>(), O.data<T>(),
-                                                      L.data<T>(), dO.data<T>(), dQ.data<T>(), dK.data<T>(),
-                                                      dV.data<T>()));
+      LMF_FLOAT_DISPATCH(dt,
+                         k::attention_backward<T>(d, Q.data<T>(), K.data<T>(), Vt.data<T>(), O.data<T>(), L.data<T>(),
+                                                  dO.data<T>(), dQ.data<T>(), dK.data<T>(), dV.data<T>()));
       q.accumulate_grad(dQ);
       kk.accumulate_grad(dK);
       v.accumulate_grad(dV);
@@ -236,14 +235,14 @@ Var cross_entropy(const Var& logits, const Tensor& targets_in, int32_t ignore_in
   const double denom = valid > 0 ? static_cast<double>(valid) : 1.0;
   Var out(Tensor::full({1}, total / denom, dt));
   if (needs_record({&logits})) {
-    active_tape()->record("cross_entropy", {out}, [logits, X, targets, lse, rows, V, denom, ignore_index, dt,
-                                                   o = out.impl()] {
-      const double g = o->grad.item() / denom;
-      Tensor dX = Tensor::empty(X.shape(), dt);
-      LMF_FLOAT_DISPATCH(dt, k::cross_entropy_backward<T>(X.data<T>(), targets.data<int32_t>(), lse.data<T>(),
-                                                          static_cast<T>(g), dX.data<T>(), rows, V, ignore_index));
-      logits.accumulate_grad(dX.view(logits.shape()));
-    });
+    active_tape()->record(
+        "cross_entropy", {out}, [logits, X, targets, lse, rows, V, denom, ignore_index, dt, o = out.impl()] {
+          const double g = o->grad.item() / denom;
+          Tensor dX = Tensor::empty(X.shape(), dt);
+          LMF_FLOAT_DISPATCH(dt, k::cross_entropy_backward<T>(X.data<T>(), targets.data<int32_t>(), lse.data<T>(),
+                                                              static_cast<T>(g), dX.data<T>(), rows, V, ignore_index));
+          logits.accumulate_grad(dX.view(logits.shape()));
+        });
   }
   return out;
 }
@@ -310,8 +309,7 @@ Var scatter_add_rows(const Var& src, const Tensor& idx_in, int64_t rows) {
   LMF_CHECK(idx.numel() == M, "scatter_add_rows: ", idx.str(), " indices for ", src.value().str());
   const int32_t* ix = idx.data<int32_t>();
   for (int64_t i = 0; i < M; ++i)
-    LMF_CHECK(ix[i] >= 0 && ix[i] < rows, "scatter_add_rows: index ", ix[i], " at ", i, " is outside [0, ", rows,
-              ")");
+    LMF_CHECK(ix[i] >= 0 && ix[i] < rows, "scatter_add_rows: index ", ix[i], " at ", i, " is outside [0, ", rows, ")");
   Tensor S = prepare(src.value(), dt);
   Tensor Y = Tensor::zeros({rows, D}, dt);
   LMF_FLOAT_DISPATCH(dt, k::scatter_add_rows<T>(Y.data<T>(), ix, S.data<T>(), M, D));

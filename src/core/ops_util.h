@@ -34,13 +34,13 @@ inline void check_ids(const char* op, const Tensor& ids) {
 }  // namespace lmforge::ops::detail
 
 // Runs the statement with `T` bound to float or double according to dt.
-#define LMF_FLOAT_DISPATCH(dt, ...)  \
-  do {                               \
+#define LMF_FLOAT_DISPATCH(dt, ...)      \
+  do {                                   \
     if ((dt) == ::lmforge::DType::F64) { \
-      using T = double;              \
-      __VA_ARGS__;                   \
-    } else {                         \
-      using T = float;               \
-      __VA_ARGS__;                   \
-    }                                \
+      using T = double;                  \
+      __VA_ARGS__;                       \
+    } else {                             \
+      using T = float;                   \
+      __VA_ARGS__;                       \
+    }                                    \
   } while (0)

@@ -94,8 +94,8 @@ void AdamW::step() {
       Tensor grad = grad_as(p);
       Tensor& w = p.mutable_value();
       if (w.dtype() == DType::F64) {
-        k::adamw(w.data<double>(), grad.data<double>(), m.data<double>(), v.data<double>(), w.numel(), lr,
-                 opt_.beta1, opt_.beta2, opt_.eps, g.weight_decay, t);
+        k::adamw(w.data<double>(), grad.data<double>(), m.data<double>(), v.data<double>(), w.numel(), lr, opt_.beta1,
+                 opt_.beta2, opt_.eps, g.weight_decay, t);
       } else {
         k::adamw(w.data<float>(), grad.data<float>(), m.data<float>(), v.data<float>(), w.numel(), lr, opt_.beta1,
                  opt_.beta2, opt_.eps, g.weight_decay, t);
@@ -147,8 +147,8 @@ void Sgd::step() {
       Tensor& w = p.mutable_value();
       // Without momentum every step is a "first" step: buf = g, p -= lr * g.
       if (w.dtype() == DType::F64) {
-        k::sgd(w.data<double>(), grad.data<double>(), b.data<double>(), w.numel(), lr, opt_.momentum,
-               opt_.dampening, g.weight_decay, opt_.nesterov, first || opt_.momentum == 0.0);
+        k::sgd(w.data<double>(), grad.data<double>(), b.data<double>(), w.numel(), lr, opt_.momentum, opt_.dampening,
+               g.weight_decay, opt_.nesterov, first || opt_.momentum == 0.0);
       } else {
         k::sgd(w.data<float>(), grad.data<float>(), b.data<float>(), w.numel(), lr, opt_.momentum, opt_.dampening,
                g.weight_decay, opt_.nesterov, first || opt_.momentum == 0.0);

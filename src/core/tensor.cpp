@@ -113,8 +113,8 @@ Tensor Tensor::from_vector(const std::vector<double>& v, const Shape& shape) {
 }
 
 Tensor Tensor::from_ints(const std::vector<int32_t>& v, const Shape& shape) {
-  LMF_CHECK(static_cast<int64_t>(v.size()) == shape_numel(shape), "from_ints: ", v.size(),
-            " values do not fill shape ", shape_str(shape));
+  LMF_CHECK(static_cast<int64_t>(v.size()) == shape_numel(shape), "from_ints: ", v.size(), " values do not fill shape ",
+            shape_str(shape));
   Tensor t = empty(shape, DType::I32);
   std::memcpy(t.raw_data(), v.data(), v.size() * sizeof(int32_t));
   return t;
@@ -125,8 +125,8 @@ Tensor Tensor::from_storage(std::shared_ptr<Storage> storage, DType dtype, const
   LMF_CHECK(storage != nullptr, "from_storage: null storage");
   LMF_CHECK(offset >= 0 && offset % block_size(dtype) == 0, "from_storage: bad offset ", offset);
   size_t need = bytes_for(dtype, offset) + bytes_for(dtype, shape_numel(shape));
-  LMF_CHECK(need <= storage->bytes(), "from_storage: ", dtype_name(dtype), shape_str(shape), " at offset ",
-            offset, " needs ", need, " bytes, storage has ", storage->bytes());
+  LMF_CHECK(need <= storage->bytes(), "from_storage: ", dtype_name(dtype), shape_str(shape), " at offset ", offset,
+            " needs ", need, " bytes, storage has ", storage->bytes());
   Tensor t;
   t.storage_ = std::move(storage);
   t.dtype_ = dtype;
@@ -143,7 +143,9 @@ int64_t Tensor::size(int64_t d) const {
   return shape_[static_cast<size_t>(d)];
 }
 
-size_t Tensor::nbytes() const { return bytes_for(dtype_, numel()); }
+size_t Tensor::nbytes() const {
+  return bytes_for(dtype_, numel());
+}
 
 bool Tensor::is_contiguous() const {
   int64_t expect = 1;
@@ -183,8 +185,8 @@ Tensor Tensor::view(const Shape& shape_in) const {
               shape_str(shape_));
     shape[static_cast<size_t>(infer)] = numel() / known;
   }
-  LMF_CHECK(shape_numel(shape) == numel(), "view: shape ", shape_str(shape_in), " does not match ",
-            shape_str(shape_), " (", numel(), " elements)");
+  LMF_CHECK(shape_numel(shape) == numel(), "view: shape ", shape_str(shape_in), " does not match ", shape_str(shape_),
+            " (", numel(), " elements)");
   LMF_CHECK(is_contiguous(), "view: tensor of shape ", shape_str(shape_), " is not contiguous; use reshape");
   check_shape(shape, dtype_);
   Tensor t = *this;
@@ -205,8 +207,8 @@ Tensor Tensor::transpose(int64_t d0, int64_t d1) const {
 
 Tensor Tensor::slice(int64_t d, int64_t start, int64_t end) const {
   d = norm_dim(d, dim(), shape_);
-  LMF_CHECK(0 <= start && start <= end && end <= shape_[d], "slice [", start, ", ", end, ") out of range for dim ",
-            d, " of shape ", shape_str(shape_));
+  LMF_CHECK(0 <= start && start <= end && end <= shape_[d], "slice [", start, ", ", end, ") out of range for dim ", d,
+            " of shape ", shape_str(shape_));
   if (is_quantized(dtype_) && d == dim() - 1) {
     LMF_CHECK(start % block_size(dtype_) == 0 && end % block_size(dtype_) == 0,
               "slice of a quantized tensor must keep whole blocks");
@@ -299,16 +301,23 @@ void Tensor::fill(double value) {
     return;
   }
   switch (dtype_) {
-    case DType::F32: std::fill_n(data<float>(), n, static_cast<float>(value)); break;
-    case DType::F64: std::fill_n(data<double>(), n, value); break;
-    case DType::I32: std::fill_n(data<int32_t>(), n, static_cast<int32_t>(value)); break;
+    case DType::F32:
+      std::fill_n(data<float>(), n, static_cast<float>(value));
+      break;
+    case DType::F64:
+      std::fill_n(data<double>(), n, value);
+      break;
+    case DType::I32:
+      std::fill_n(data<int32_t>(), n, static_cast<int32_t>(value));
+      break;
     case DType::BF16:
       std::fill_n(static_cast<uint16_t*>(raw_data()), n, f32_to_bf16(static_cast<float>(value)));
       break;
     case DType::F16:
       std::fill_n(static_cast<uint16_t*>(raw_data()), n, f32_to_f16(static_cast<float>(value)));
       break;
-    default: break;
+    default:
+      break;
   }
 }
 
@@ -335,7 +344,9 @@ std::vector<int32_t> Tensor::to_int_vector() const {
   return std::vector<int32_t>(p, p + t.numel());
 }
 
-std::string Tensor::str() const { return std::string(dtype_name(dtype_)) + shape_str(shape_); }
+std::string Tensor::str() const {
+  return std::string(dtype_name(dtype_)) + shape_str(shape_);
+}
 
 // ---- conversion ----
 
@@ -344,33 +355,53 @@ namespace {
 // Converts n contiguous elements of `from` into f32.
 void row_to_f32(DType from, const void* src, float* dst, int64_t n) {
   switch (from) {
-    case DType::F32: std::memcpy(dst, src, static_cast<size_t>(n) * 4); break;
+    case DType::F32:
+      std::memcpy(dst, src, static_cast<size_t>(n) * 4);
+      break;
     case DType::F64:
       for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(static_cast<const double*>(src)[i]);
       break;
     case DType::I32:
       for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(static_cast<const int32_t*>(src)[i]);
       break;
-    case DType::BF16: bf16_to_f32_row(static_cast<const uint16_t*>(src), dst, n); break;
-    case DType::F16: f16_to_f32_row(static_cast<const uint16_t*>(src), dst, n); break;
-    case DType::Q8_0: dequantize_row_q8_0(static_cast<const BlockQ8_0*>(src), dst, n); break;
-    case DType::Q4_0: dequantize_row_q4_0(static_cast<const BlockQ4_0*>(src), dst, n); break;
+    case DType::BF16:
+      bf16_to_f32_row(static_cast<const uint16_t*>(src), dst, n);
+      break;
+    case DType::F16:
+      f16_to_f32_row(static_cast<const uint16_t*>(src), dst, n);
+      break;
+    case DType::Q8_0:
+      dequantize_row_q8_0(static_cast<const BlockQ8_0*>(src), dst, n);
+      break;
+    case DType::Q4_0:
+      dequantize_row_q4_0(static_cast<const BlockQ4_0*>(src), dst, n);
+      break;
   }
 }
 
 void row_from_f32(DType to, const float* src, void* dst, int64_t n) {
   switch (to) {
-    case DType::F32: std::memcpy(dst, src, static_cast<size_t>(n) * 4); break;
+    case DType::F32:
+      std::memcpy(dst, src, static_cast<size_t>(n) * 4);
+      break;
     case DType::F64:
       for (int64_t i = 0; i < n; ++i) static_cast<double*>(dst)[i] = src[i];
       break;
     case DType::I32:
       for (int64_t i = 0; i < n; ++i) static_cast<int32_t*>(dst)[i] = static_cast<int32_t>(src[i]);
       break;
-    case DType::BF16: f32_to_bf16_row(src, static_cast<uint16_t*>(dst), n); break;
-    case DType::F16: f32_to_f16_row(src, static_cast<uint16_t*>(dst), n); break;
-    case DType::Q8_0: quantize_row_q8_0(src, static_cast<BlockQ8_0*>(dst), n); break;
-    case DType::Q4_0: quantize_row_q4_0(src, static_cast<BlockQ4_0*>(dst), n); break;
+    case DType::BF16:
+      f32_to_bf16_row(src, static_cast<uint16_t*>(dst), n);
+      break;
+    case DType::F16:
+      f32_to_f16_row(src, static_cast<uint16_t*>(dst), n);
+      break;
+    case DType::Q8_0:
+      quantize_row_q8_0(src, static_cast<BlockQ8_0*>(dst), n);
+      break;
+    case DType::Q4_0:
+      quantize_row_q4_0(src, static_cast<BlockQ4_0*>(dst), n);
+      break;
   }
 }
 
@@ -425,8 +456,8 @@ static void strided_copy(const Tensor& src, Tensor& dst) {
     } else if (f64_i32 || (sd == DType::F64 && dd != DType::F32)) {
       // Keep double precision where the destination can use it.
       for (int64_t j = 0; j < row; ++j) {
-        double v = sd == DType::F64 ? reinterpret_cast<const double*>(srow)[j]
-                                    : reinterpret_cast<const int32_t*>(srow)[j];
+        double v =
+            sd == DType::F64 ? reinterpret_cast<const double*>(srow)[j] : reinterpret_cast<const int32_t*>(srow)[j];
         if (dd == DType::F64) {
           reinterpret_cast<double*>(drow)[j] = v;
         } else if (dd == DType::I32) {

@@ -35,9 +35,15 @@ int default_threads() {
 // The claim word packs (generation:32 | chunks:16 | next chunk:16). A thread claims a chunk with one CAS, so it
 // can only ever take a chunk of the job that is live at that moment; the job's fields are read after a successful
 // claim, when the caller is still waiting for that chunk and cannot have moved on.
-constexpr uint64_t pack(uint64_t gen, uint64_t chunks, uint64_t next) { return gen << 32 | chunks << 16 | next; }
-constexpr uint64_t chunks_of(uint64_t w) { return (w >> 16) & 0xffff; }
-constexpr uint64_t next_of(uint64_t w) { return w & 0xffff; }
+constexpr uint64_t pack(uint64_t gen, uint64_t chunks, uint64_t next) {
+  return gen << 32 | chunks << 16 | next;
+}
+constexpr uint64_t chunks_of(uint64_t w) {
+  return (w >> 16) & 0xffff;
+}
+constexpr uint64_t next_of(uint64_t w) {
+  return w & 0xffff;
+}
 }  // namespace
 
 // A fork-join pool. The caller publishes a job and takes chunks itself; workers that are awake take chunks too.
@@ -74,8 +80,12 @@ ThreadPool& ThreadPool::global() {
   return pool;
 }
 
-ThreadPool::ThreadPool() { start(default_threads()); }
-ThreadPool::~ThreadPool() { stop(); }
+ThreadPool::ThreadPool() {
+  start(default_threads());
+}
+ThreadPool::~ThreadPool() {
+  stop();
+}
 
 void ThreadPool::start(int n) {
   num_threads_ = std::max(1, n);
@@ -103,7 +113,9 @@ void ThreadPool::set_num_threads(int n) {
   start(n);
 }
 
-bool ThreadPool::in_parallel_region() const { return t_in_region; }
+bool ThreadPool::in_parallel_region() const {
+  return t_in_region;
+}
 
 void ThreadPool::worker_loop(int /*index*/) {
   t_in_region = true;

@@ -1,11 +1,11 @@
 // The lmforge binary as a user runs it: exit codes, --version/--help, and the `bench ops --json` contract.
 #include <gtest/gtest.h>
+#include <sys/wait.h>
 
 #include <cstdio>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
-#include <sys/wait.h>
 
 namespace {
 

@@ -17,8 +17,7 @@ TEST(OpsGrad, MatmulAllTransposes) {
       SCOPED_TRACE(::testing::Message() << "ta=" << ta << " tb=" << tb);
       Tensor a = random_tensor(ta ? Shape{7, 5} : Shape{5, 7}, 1);
       Tensor b = random_tensor(tb ? Shape{6, 7} : Shape{7, 6}, 2);
-      check_gradients([&](const std::vector<Var>& v) { return ops::matmul(v[0], v[1], ta, tb); }, {a, b},
-                      {true, true});
+      check_gradients([&](const std::vector<Var>& v) { return ops::matmul(v[0], v[1], ta, tb); }, {a, b}, {true, true});
     }
   }
 }
@@ -33,8 +32,7 @@ TEST(OpsGrad, MatmulBatched) {
     for (bool tb : {false, true}) {
       Tensor a = random_tensor(ta ? Shape{3, 4, 5} : Shape{3, 5, 4}, 5);
       Tensor b = random_tensor(tb ? Shape{3, 6, 4} : Shape{3, 4, 6}, 6);
-      check_gradients([&](const std::vector<Var>& v) { return ops::matmul(v[0], v[1], ta, tb); }, {a, b},
-                      {true, true});
+      check_gradients([&](const std::vector<Var>& v) { return ops::matmul(v[0], v[1], ta, tb); }, {a, b}, {true, true});
     }
   }
 }
@@ -42,8 +40,8 @@ TEST(OpsGrad, MatmulBatched) {
 TEST(OpsGrad, LargeMatmulUsesThreadedPath) {
   // Big enough for gemm to split across the pool.
   Tensor a = random_tensor({96, 80}, 7), b = random_tensor({80, 72}, 8);
-  check_gradients([](const std::vector<Var>& v) { return ops::matmul(v[0], v[1]); }, {a, b}, {true, true}, 1e-6,
-                  1e-5, 1e-4, 50);
+  check_gradients([](const std::vector<Var>& v) { return ops::matmul(v[0], v[1]); }, {a, b}, {true, true}, 1e-6, 1e-5,
+                  1e-4, 50);
 }
 
 TEST(OpsGrad, ElementwiseAndBroadcast) {
@@ -109,15 +107,15 @@ TEST(OpsGrad, Attention) {
   };
   std::vector<Case> cases = {
       {2, 9, 9, 2, 2, 8, 8, {}},
-      {1, 11, 11, 4, 2, 6, 4, {true, 3, 0, 0.0}},      // GQA, sliding window, Dk != Dv
-      {1, 3, 10, 2, 1, 8, 8, {true, 0, 7, 0.0}},       // decode-style: queries at positions 7..9
-      {1, 7, 7, 2, 2, 4, 4, {false, 0, 0, 0.3}},       // non-causal, explicit scale
+      {1, 11, 11, 4, 2, 6, 4, {true, 3, 0, 0.0}},  // GQA, sliding window, Dk != Dv
+      {1, 3, 10, 2, 1, 8, 8, {true, 0, 7, 0.0}},   // decode-style: queries at positions 7..9
+      {1, 7, 7, 2, 2, 4, 4, {false, 0, 0, 0.3}},   // non-causal, explicit scale
   };
   for (const Case& c : cases) {
     Tensor q = random_tensor({c.B, c.Tq, c.Hq, c.Dk}, 22), kk = random_tensor({c.B, c.Tk, c.Hkv, c.Dk}, 23);
     Tensor v = random_tensor({c.B, c.Tk, c.Hkv, c.Dv}, 24);
-    check_gradients([&](const std::vector<Var>& in) { return ops::attention(in[0], in[1], in[2], c.opt); },
-                    {q, kk, v}, {true, true, true});
+    check_gradients([&](const std::vector<Var>& in) { return ops::attention(in[0], in[1], in[2], c.opt); }, {q, kk, v},
+                    {true, true, true});
   }
 }
 
@@ -132,18 +130,16 @@ TEST(OpsGrad, Routing) {
 
 TEST(OpsGrad, CheckpointGivesTheSameGradients) {
   Tensor x = random_tensor({4, 8}, 27), w1 = random_tensor({8, 8}, 28), w2 = random_tensor({8, 8}, 29);
-  auto block = [](const Var& x, const Var& a, const Var& b) {
-    return ops::linear(ops::silu(ops::linear(x, a)), b);
-  };
+  auto block = [](const Var& x, const Var& a, const Var& b) { return ops::linear(ops::silu(ops::linear(x, a)), b); };
   auto run = [&](bool ckpt) {
     Var xv(x, true), a = parameter(w1, "a"), b = parameter(w2, "b");
     Tape tape;
     Var loss;
     {
       TapeScope scope(&tape);
-      Var y = ckpt ? checkpoint([&](const std::vector<Var>& in) { return std::vector<Var>{block(in[0], a, b)}; },
-                                {xv})[0]
-                   : block(xv, a, b);
+      Var y =
+          ckpt ? checkpoint([&](const std::vector<Var>& in) { return std::vector<Var>{block(in[0], a, b)}; }, {xv})[0]
+               : block(xv, a, b);
       loss = ops::sum(ops::mul(y, y));
     }
     const size_t nodes = tape.size();
@@ -170,8 +166,8 @@ TEST(OpsGrad, TransformerBlockComposite) {
   const int64_t B = 2, T = 6, H = 2, hd = 4, D = H * hd, F = 12;
   auto [c, s] = ops::rope_tables(T, hd, 10000.0, 0, DType::F64);
   auto block = [&, c = c, s = s](const std::vector<Var>& v) {
-    const Var &x = v[0], &n1 = v[1], &wq = v[2], &wk = v[3], &wv = v[4], &wo = v[5], &n2 = v[6], &wg = v[7],
-              &wu = v[8], &wd = v[9];
+    const Var &x = v[0], &n1 = v[1], &wq = v[2], &wk = v[3], &wv = v[4], &wo = v[5], &n2 = v[6], &wg = v[7], &wu = v[8],
+              &wd = v[9];
     Var h = ops::rmsnorm(x, n1, 1e-5);
     auto heads = [&](const Var& w) { return ops::reshape(ops::linear(h, w), {B, T, H, hd}); };
     Var q = ops::rope(heads(wq), c, s, kernels::cpu::RopeLayout::HalfSplit);

@@ -1,9 +1,10 @@
+#include "lmforge/core/optim.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
 
 #include "lmforge/core/ops.h"
-#include "lmforge/core/optim.h"
 
 namespace lmforge {
 namespace {
@@ -57,7 +58,8 @@ TEST(Optim, StateRoundTripContinuesIdentically) {
 }
 
 TEST(Optim, ClipGradNorm) {
-  Var a = parameter(Tensor::from_vector(std::vector<float>{3.0f, 0.0f}, {2}), "a"), b = parameter(Tensor::from_vector(std::vector<float>{4.0f}, {1}), "b");
+  Var a = parameter(Tensor::from_vector(std::vector<float>{3.0f, 0.0f}, {2}), "a"),
+      b = parameter(Tensor::from_vector(std::vector<float>{4.0f}, {1}), "b");
   a.accumulate_grad(Tensor::from_vector(std::vector<float>{3.0f, 0.0f}, {2}));
   b.accumulate_grad(Tensor::from_vector(std::vector<float>{4.0f}, {1}));
   EXPECT_NEAR(clip_grad_norm({a, b}, 1.0), 5.0, 1e-9);

@@ -84,7 +84,9 @@ Worst& worst() {
   return w;
 }
 
-std::string op_of(const std::string& case_name) { return case_name.substr(0, case_name.find('.')); }
+std::string op_of(const std::string& case_name) {
+  return case_name.substr(0, case_name.find('.'));
+}
 
 // One op case: inputs from the fixture become Vars (float inputs with gradients), the op's output is compared
 // with "<case>.out", then backward is seeded with "<case>.R" and each input's gradient compared with
@@ -311,10 +313,10 @@ TEST(ReferenceOps, Attention) {
     double scale;
   };
   // Shapes come from the fixture; the options as in gen_ops.py ATTENTION_CASES.
-  for (const AttnCase& ac : {AttnCase{"mha", true, 0, 0, 0.0}, AttnCase{"gqa", true, 0, 0, 0.0},
-                             AttnCase{"window", true, 3, 0, 0.0}, AttnCase{"dkdv_offset", true, 4, 5, 0.3},
-                             AttnCase{"noncausal", false, 0, 0, 0.0}, AttnCase{"long", true, 0, 0, 0.0},
-                             AttnCase{"long_window", true, 20, 0, 0.0}}) {
+  for (const AttnCase& ac :
+       {AttnCase{"mha", true, 0, 0, 0.0}, AttnCase{"gqa", true, 0, 0, 0.0}, AttnCase{"window", true, 3, 0, 0.0},
+        AttnCase{"dkdv_offset", true, 4, 5, 0.3}, AttnCase{"noncausal", false, 0, 0, 0.0},
+        AttnCase{"long", true, 0, 0, 0.0}, AttnCase{"long_window", true, 20, 0, 0.0}}) {
     Case c(std::string("attention.") + ac.name);
     ops::AttentionOptions opt;
     opt.causal = ac.causal;
@@ -388,8 +390,8 @@ TEST(ReferenceOptim, AdamWWithGroupsAndClipping) {
       // The accumulated update alone (p - p0), which the parameter's own magnitude would otherwise hide.
       const Tensor& p0 = get(t, "adamw.init." + n);
       Var d_ours = ops::sub(Var(p.value()), Var(p0)), d_ref = ops::sub(Var(ref), Var(p0));
-      worst_delta = std::max(worst_delta, expect_close("update of " + n, d_ours.value(), d_ref.value(), kForwardTol,
-                                                       "adamw update"));
+      worst_delta = std::max(
+          worst_delta, expect_close("update of " + n, d_ours.value(), d_ref.value(), kForwardTol, "adamw update"));
     }
   }
   // State after the last step; our state() names "<flat index>.<slot>" in group order w1, w2, b.
@@ -424,8 +426,8 @@ TEST(ReferenceOptim, SgdNesterovWithWeightDecay) {
       worst_param = std::max(worst_param, expect_close("parameter " + n, p.value(), ref, kForwardTol, "sgd param"));
       const Tensor& p0 = get(t, "sgd.init." + n);
       Var d_ours = ops::sub(Var(p.value()), Var(p0)), d_ref = ops::sub(Var(ref), Var(p0));
-      worst_delta = std::max(worst_delta, expect_close("update of " + n, d_ours.value(), d_ref.value(), kForwardTol,
-                                                       "sgd update"));
+      worst_delta = std::max(worst_delta,
+                             expect_close("update of " + n, d_ours.value(), d_ref.value(), kForwardTol, "sgd update"));
     }
   }
   std::map<std::string, Tensor> state;

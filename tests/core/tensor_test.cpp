@@ -1,3 +1,5 @@
+#include "lmforge/core/tensor.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -8,7 +10,6 @@
 #include "lmforge/core/half.h"
 #include "lmforge/core/ops.h"
 #include "lmforge/core/quant.h"
-#include "lmforge/core/tensor.h"
 
 namespace lmforge {
 namespace {
@@ -34,7 +35,7 @@ TEST(Tensor, ViewsShareStorage) {
   Tensor c = tr.contiguous();
   EXPECT_NE(c.storage(), t.storage());
   EXPECT_EQ(c.to_float_vector()[1], 4.0f);  // element [0, 0, 1] of the transpose is t[0, 1, 0]
-  Tensor s = t.slice(2, 1, 3);               // [2, 3, 2]
+  Tensor s = t.slice(2, 1, 3);              // [2, 3, 2]
   EXPECT_EQ(s.storage(), t.storage());
   EXPECT_EQ(s.to_float_vector(), (std::vector<float>{1, 2, 5, 6, 9, 10, 13, 14, 17, 18, 21, 22}));
   Tensor sel = t.select(0, 1);
@@ -91,8 +92,19 @@ TEST(Half, F16RoundTripsEveryValue) {
 TEST(Half, F16RoundsToNearestEvenLikeHardware) {
   // Row conversion (F16C where present) and the scalar path agree on random and edge values.
   std::mt19937 rng(1);
-  std::vector<float> xs = {0.0f, -0.0f, 65504.0f, 65519.0f, 65520.0f, 1e-8f, 5.96e-8f, 2.98e-8f, 2.99e-8f,
-                           6.1e-5f, 1.0f + 1.0f / 2048, 1.0f + 3.0f / 2048, std::numeric_limits<float>::infinity()};
+  std::vector<float> xs = {0.0f,
+                           -0.0f,
+                           65504.0f,
+                           65519.0f,
+                           65520.0f,
+                           1e-8f,
+                           5.96e-8f,
+                           2.98e-8f,
+                           2.99e-8f,
+                           6.1e-5f,
+                           1.0f + 1.0f / 2048,
+                           1.0f + 3.0f / 2048,
+                           std::numeric_limits<float>::infinity()};
   std::uniform_real_distribution<float> u(-70000, 70000);
   std::uniform_real_distribution<float> small(-1e-4f, 1e-4f);
   for (int i = 0; i < 5000; ++i) xs.push_back(i % 2 ? u(rng) : small(rng));

@@ -1,3 +1,5 @@
+#include "lmforge/kernels/thread_pool.h"
+
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -5,7 +7,6 @@
 #include <vector>
 
 #include "lmforge/kernels/cpu.h"
-#include "lmforge/kernels/thread_pool.h"
 
 namespace lmforge {
 namespace {

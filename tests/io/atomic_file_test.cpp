@@ -1,8 +1,6 @@
 #include "lmforge/io/atomic_file.h"
 
 #include <gtest/gtest.h>
-
-#include "temp_dir_test.h"
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -14,6 +12,7 @@
 #include <vector>
 
 #include "lmforge/core/error.h"
+#include "temp_dir_test.h"
 
 namespace fs = std::filesystem;
 using lmforge::Error;
@@ -24,7 +23,6 @@ namespace {
 
 class AtomicFileTest : public lmforge::testing::TempDirTest {
  protected:
-
   static std::string read(const std::string& p) {
     std::ifstream in(p, std::ios::binary);
     std::ostringstream os;
@@ -41,7 +39,6 @@ class AtomicFileTest : public lmforge::testing::TempDirTest {
     std::sort(out.begin(), out.end());
     return out;
   }
-
 };
 
 TEST_F(AtomicFileTest, WriteFileAtomicCreatesThenReplaces) {

@@ -2,8 +2,6 @@
 
 #include <gtest/gtest.h>
 
-#include "temp_dir_test.h"
-
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -16,6 +14,7 @@
 #include <vector>
 
 #include "lmforge/core/error.h"
+#include "temp_dir_test.h"
 
 namespace fs = std::filesystem;
 using lmforge::DType;
@@ -69,7 +68,6 @@ std::string raw_bytes(const Tensor& t) {
 
 class SafetensorsTest : public lmforge::testing::TempDirTest {
  protected:
-
   std::string write_raw(const std::string& name, const std::string& bytes) const {
     std::string p = path(name);
     std::ofstream out(p, std::ios::binary | std::ios::trunc);
@@ -100,7 +98,6 @@ class SafetensorsTest : public lmforge::testing::TempDirTest {
       EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
     }
   }
-
 };
 
 // ---- round trips ----

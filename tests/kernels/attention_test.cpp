@@ -11,8 +11,8 @@
 #include <string>
 #include <vector>
 
-#include "lmforge/kernels/thread_pool.h"
 #include "lmforge/kernels/cpu.h"
+#include "lmforge/kernels/thread_pool.h"
 
 namespace {
 
@@ -171,8 +171,8 @@ Outputs run_kernel(const AttentionDims& d, const Inputs& in) {
   std::vector<T> out(dout.size(), nan), lse(d.B * d.Hq * d.Tq, nan);
   std::vector<T> dq(q.size(), nan), dk(k.size(), nan), dv(v.size(), nan);
   cpu::attention<T>(d, q.data(), k.data(), v.data(), out.data(), lse.data());
-  cpu::attention_backward<T>(d, q.data(), k.data(), v.data(), out.data(), lse.data(), dout.data(), dq.data(),
-                             dk.data(), dv.data());
+  cpu::attention_backward<T>(d, q.data(), k.data(), v.data(), out.data(), lse.data(), dout.data(), dq.data(), dk.data(),
+                             dv.data());
   auto back = [](const std::vector<T>& x) { return Vec(x.begin(), x.end()); };
   return {back(out), back(lse), back(dq), back(dk), back(dv)};
 }

@@ -3,15 +3,16 @@
 #include <exception>
 #include <iostream>
 
+#include "lmforge/commands.h"
 #include "lmforge/core/error.h"
 #include "lmforge/version.h"
-#include "lmforge/commands.h"
 
 int main(int argc, char** argv) {
   using namespace lmforge::cli;
-  CLI::App app{"lmforge: data, tokenizer, pretraining, fine-tuning, evaluation, quantization, export and serving "
-               "for DeepSeek-style language models, in one native binary.",
-               "lmforge"};
+  CLI::App app{
+      "lmforge: data, tokenizer, pretraining, fine-tuning, evaluation, quantization, export and serving "
+      "for DeepSeek-style language models, in one native binary.",
+      "lmforge"};
   app.set_version_flag("--version", std::string("lmforge ") + LMFORGE_VERSION);
   // At most one subcommand; "none" is reported after parsing so an unknown flag is named first.
   app.require_subcommand(0, 1);

@@ -31,27 +31,39 @@ static_assert(sizeof(BlockQ4_0) == 18);
 // Values per storage block (1 for plain types).
 constexpr int64_t block_size(DType t) {
   switch (t) {
-    case DType::Q8_0: return kQ8BlockSize;
-    case DType::Q4_0: return kQ4BlockSize;
-    default: return 1;
+    case DType::Q8_0:
+      return kQ8BlockSize;
+    case DType::Q4_0:
+      return kQ4BlockSize;
+    default:
+      return 1;
   }
 }
 
 // Bytes per storage block.
 constexpr size_t type_size(DType t) {
   switch (t) {
-    case DType::F32: return 4;
-    case DType::F64: return 8;
-    case DType::BF16: return 2;
-    case DType::F16: return 2;
-    case DType::I32: return 4;
-    case DType::Q8_0: return sizeof(BlockQ8_0);
-    case DType::Q4_0: return sizeof(BlockQ4_0);
+    case DType::F32:
+      return 4;
+    case DType::F64:
+      return 8;
+    case DType::BF16:
+      return 2;
+    case DType::F16:
+      return 2;
+    case DType::I32:
+      return 4;
+    case DType::Q8_0:
+      return sizeof(BlockQ8_0);
+    case DType::Q4_0:
+      return sizeof(BlockQ4_0);
   }
   return 0;
 }
 
-constexpr bool is_quantized(DType t) { return t == DType::Q8_0 || t == DType::Q4_0; }
+constexpr bool is_quantized(DType t) {
+  return t == DType::Q8_0 || t == DType::Q4_0;
+}
 constexpr bool is_floating(DType t) {
   return t == DType::F32 || t == DType::F64 || t == DType::BF16 || t == DType::F16;
 }

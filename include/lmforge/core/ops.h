@@ -15,7 +15,9 @@ namespace lmforge::ops {
 // dims, or batched with the same leading dims as a. Result [..., M, N].
 Var matmul(const Var& a, const Var& b, bool trans_a = false, bool trans_b = false);
 // x [..., in] times W [out, in] transposed, as nn.Linear without bias (HF weight layout).
-inline Var linear(const Var& x, const Var& w) { return matmul(x, w, false, true); }
+inline Var linear(const Var& x, const Var& w) {
+  return matmul(x, w, false, true);
+}
 
 // ---- element-wise (b the same shape as a, a suffix of a's shape, or one element) ----
 Var add(const Var& a, const Var& b);
@@ -27,7 +29,7 @@ Var mean(const Var& a);  // all elements -> shape [1]
 
 // ---- shape (views where possible; gradients flow back) ----
 Var reshape(const Var& a, const Shape& shape);
-Var transpose(const Var& a, int64_t d0, int64_t d1);  // result is contiguous
+Var transpose(const Var& a, int64_t d0, int64_t d1);               // result is contiguous
 Var slice(const Var& a, int64_t dim, int64_t start, int64_t end);  // result is contiguous
 Var concat(const std::vector<Var>& parts, int64_t dim);
 
@@ -39,8 +41,7 @@ Var rmsnorm(const Var& x, const Var& w, double eps);
 // x [B, T, H, D]; cos/sin [T, rot/2] (see rope_tables); rotates the first `rot` dims of each head.
 Var rope(const Var& x, const Tensor& cos, const Tensor& sin, kernels::cpu::RopeLayout layout);
 // cos/sin [T, rot/2] for absolute positions pos0 .. pos0+T-1 with frequencies theta^(-2i/rot), dtype f32/f64.
-std::pair<Tensor, Tensor> rope_tables(int64_t T, int64_t rot, double theta, int64_t pos0 = 0,
-                                      DType dtype = DType::F32);
+std::pair<Tensor, Tensor> rope_tables(int64_t T, int64_t rot, double theta, int64_t pos0 = 0, DType dtype = DType::F32);
 Var silu(const Var& x);
 Var swiglu(const Var& gate, const Var& up);  // silu(gate) * up
 Var softmax(const Var& x);                   // over the last dim

@@ -67,8 +67,7 @@ class Tensor {
   static Tensor from_vector(const std::vector<double>& v, const Shape& shape);
   static Tensor from_ints(const std::vector<int32_t>& v, const Shape& shape);
   // Wraps existing bytes (no copy); `storage` must hold at least nbytes for shape/dtype.
-  static Tensor from_storage(std::shared_ptr<Storage> storage, DType dtype, const Shape& shape,
-                             int64_t offset = 0);
+  static Tensor from_storage(std::shared_ptr<Storage> storage, DType dtype, const Shape& shape, int64_t offset = 0);
 
   bool defined() const { return storage_ != nullptr; }
   DType dtype() const { return dtype_; }
@@ -102,7 +101,7 @@ class Tensor {
   Tensor reshape(const Shape& shape) const;  // view when possible
   Tensor contiguous() const;
   Tensor clone() const;
-  Tensor to(DType dtype) const;  // conversion (quantizes / dequantizes as needed)
+  Tensor to(DType dtype) const;       // conversion (quantizes / dequantizes as needed)
   void copy_from(const Tensor& src);  // same shape; converts dtype
   void fill(double value);
 

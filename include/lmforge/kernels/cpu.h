@@ -13,8 +13,8 @@ namespace lmforge::kernels::cpu {
 // gemm splits over the thread pool with OpenBLAS kept single-threaded; gemm_serial runs on the calling thread
 // (for use inside parallel regions).
 template <typename T>
-void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
-          const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda, const T* B,
+          int64_t ldb, T beta, T* C, int64_t ldc);
 template <typename T>
 void gemm_serial(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
                  const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
@@ -22,30 +22,45 @@ void gemm_serial(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T 
 void blas_set_threads(int n);
 
 // ---- element-wise (n elements, contiguous) ----
-template <typename T> void add(const T* a, const T* b, T* y, int64_t n);
-template <typename T> void sub(const T* a, const T* b, T* y, int64_t n);
-template <typename T> void mul(const T* a, const T* b, T* y, int64_t n);
-template <typename T> void scale(const T* a, T s, T* y, int64_t n);
-template <typename T> void axpy(T alpha, const T* x, T* y, int64_t n);  // y += alpha * x
+template <typename T>
+void add(const T* a, const T* b, T* y, int64_t n);
+template <typename T>
+void sub(const T* a, const T* b, T* y, int64_t n);
+template <typename T>
+void mul(const T* a, const T* b, T* y, int64_t n);
+template <typename T>
+void scale(const T* a, T s, T* y, int64_t n);
+template <typename T>
+void axpy(T alpha, const T* x, T* y, int64_t n);  // y += alpha * x
 // y[r, :] = a[r, :] + b[:] (or *), for `rows` rows of length n.
-template <typename T> void add_rowvec(const T* a, const T* b, T* y, int64_t rows, int64_t n);
-template <typename T> void mul_rowvec(const T* a, const T* b, T* y, int64_t rows, int64_t n);
+template <typename T>
+void add_rowvec(const T* a, const T* b, T* y, int64_t rows, int64_t n);
+template <typename T>
+void mul_rowvec(const T* a, const T* b, T* y, int64_t rows, int64_t n);
 // out[:] = sum over rows of a[r, :]   (deterministic: fixed blocking, independent of thread count)
-template <typename T> void sum_rows(const T* a, T* out, int64_t rows, int64_t n);
+template <typename T>
+void sum_rows(const T* a, T* out, int64_t rows, int64_t n);
 // Sum of all elements / of squares, accumulated in double, deterministic.
-template <typename T> double sum(const T* a, int64_t n);
-template <typename T> double sum_squares(const T* a, int64_t n);
+template <typename T>
+double sum(const T* a, int64_t n);
+template <typename T>
+double sum_squares(const T* a, int64_t n);
 
 // ---- activations ----
-template <typename T> void silu(const T* x, T* y, int64_t n);
-template <typename T> void silu_backward(const T* x, const T* dy, T* dx, int64_t n);
+template <typename T>
+void silu(const T* x, T* y, int64_t n);
+template <typename T>
+void silu_backward(const T* x, const T* dy, T* dx, int64_t n);
 // y = silu(g) * u
-template <typename T> void swiglu(const T* g, const T* u, T* y, int64_t n);
-template <typename T> void swiglu_backward(const T* g, const T* u, const T* dy, T* dg, T* du, int64_t n);
+template <typename T>
+void swiglu(const T* g, const T* u, T* y, int64_t n);
+template <typename T>
+void swiglu_backward(const T* g, const T* u, const T* dy, T* dg, T* du, int64_t n);
 
 // ---- normalisation ----
 // y = x * rstd * w, rstd = 1 / sqrt(mean(x^2) + eps); rstd is saved per row for backward.
-template <typename T> void rmsnorm(const T* x, const T* w, T* y, T* rstd, int64_t rows, int64_t d, double eps);
+template <typename T>
+void rmsnorm(const T* x, const T* w, T* y, T* rstd, int64_t rows, int64_t d, double eps);
 // dx (overwritten) and dw (accumulated: dw += ...).
 template <typename T>
 void rmsnorm_backward(const T* dy, const T* x, const T* w, const T* rstd, T* dx, T* dw, int64_t rows, int64_t d);
@@ -59,8 +74,10 @@ void rope(const T* x, T* y, const T* cos, const T* sin, int64_t B, int64_t Tn, i
           RopeLayout layout, bool inverse);
 
 // ---- softmax / cross-entropy ----
-template <typename T> void softmax(const T* x, T* y, int64_t rows, int64_t n);
-template <typename T> void softmax_backward(const T* y, const T* dy, T* dx, int64_t rows, int64_t n);
+template <typename T>
+void softmax(const T* x, T* y, int64_t rows, int64_t n);
+template <typename T>
+void softmax_backward(const T* y, const T* dy, T* dx, int64_t rows, int64_t n);
 // Per-row loss (0 for ignored rows) and log-sum-exp. Targets outside [0, V) other than ignore_index are the
 // caller's to reject.
 template <typename T>
@@ -72,11 +89,14 @@ void cross_entropy_backward(const T* logits, const int32_t* targets, const T* ls
                             int64_t rows, int64_t V, int32_t ignore_index);
 
 // ---- indexing ----
-template <typename T> void gather_rows(const T* x, const int32_t* idx, T* y, int64_t m, int64_t d);
+template <typename T>
+void gather_rows(const T* x, const int32_t* idx, T* y, int64_t m, int64_t d);
 // dst[idx[i], :] += src[i, :] (deterministic; duplicates allowed)
-template <typename T> void scatter_add_rows(T* dst, const int32_t* idx, const T* src, int64_t m, int64_t d);
+template <typename T>
+void scatter_add_rows(T* dst, const int32_t* idx, const T* src, int64_t m, int64_t d);
 // Per row of x [rows, n]: the k largest values (descending; ties to the lower index) and their indices.
-template <typename T> void topk(const T* x, T* values, int32_t* indices, int64_t rows, int64_t n, int64_t k);
+template <typename T>
+void topk(const T* x, T* values, int32_t* indices, int64_t rows, int64_t n, int64_t k);
 
 // ---- attention ----
 // q [B, Tq, Hq, Dk], k [B, Tk, Hkv, Dk], v [B, Tk, Hkv, Dv], out [B, Tq, Hq, Dv], lse [B, Hq, Tq]; contiguous.

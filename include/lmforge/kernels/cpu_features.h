@@ -23,9 +23,13 @@ bool cpu_has_avx2();
 // Builds `name` twice from the always-inline template body `name##_impl` — once compiled for AVX2/FMA, once
 // portable — and a dispatcher that picks one at run time. The body is written once, in plain C++; GCC
 // vectorises it for each target.
-#define LMF_MULTIVERSION(ret, name, params, args)                                     \
-  LMF_TARGET_AVX2 static ret name##_avx2 params { return name##_impl args; }        \
-  static ret name##_generic params { return name##_impl args; }                     \
-  ret name params {                                                                  \
+#define LMF_MULTIVERSION(ret, name, params, args)                                       \
+  LMF_TARGET_AVX2 static ret name##_avx2 params {                                       \
+    return name##_impl args;                                                            \
+  }                                                                                     \
+  static ret name##_generic params {                                                    \
+    return name##_impl args;                                                            \
+  }                                                                                     \
+  ret name params {                                                                     \
     return ::lmforge::kernels::cpu_has_avx2() ? name##_avx2 args : name##_generic args; \
   }

@@ -1,6 +1,6 @@
-// The process's one thread pool (kernels layer: the lowest layer that splits work, so every layer may use it). Kernels split work with parallel_for; a call made from inside a parallel region
-// runs inline, so work never nests or oversubscribes. OpenBLAS is kept single-threaded and called from inside our
-// parallel regions (see docs/ENGINE.md).
+// The process's one thread pool (kernels layer: the lowest layer that splits work, so every layer may use it). Kernels
+// split work with parallel_for; a call made from inside a parallel region runs inline, so work never nests or
+// oversubscribes. OpenBLAS is kept single-threaded and called from inside our parallel regions (see docs/ENGINE.md).
 #pragma once
 #include <cstdint>
 #include <functional>

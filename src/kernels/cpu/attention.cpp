@@ -20,8 +20,8 @@
 
 #include "kernels/cpu/multiversion.h"
 #include "kernels/cpu/vec_math.h"
-#include "lmforge/kernels/thread_pool.h"
 #include "lmforge/kernels/cpu.h"
+#include "lmforge/kernels/thread_pool.h"
 
 namespace lmforge::kernels::cpu {
 
@@ -73,13 +73,12 @@ T* thread_scratch(size_t n) {
   return reinterpret_cast<T*>((addr + 63) & ~uintptr_t(63));
 }
 
-
 // Online-softmax step for one tile. S (nq x nk, row stride ld) holds scaled scores on entry and the unnormalised
 // probabilities exp(s - m) on exit, zero where masked, ready for O += P V. The running max m, sum l and the
 // accumulator O (nq x dv) are rescaled when the max grows.
 template <typename T>
-LMF_ALWAYS_INLINE void forward_tile_impl(T* S, int64_t ld, int64_t nq, int64_t nk, const int64_t* a,
-                                         const int64_t* b, T* m, T* l, T* O, int64_t dv) {
+LMF_ALWAYS_INLINE void forward_tile_impl(T* S, int64_t ld, int64_t nq, int64_t nk, const int64_t* a, const int64_t* b,
+                                         T* m, T* l, T* O, int64_t dv) {
   for (int64_t r = 0; r < nq; ++r) {
     T* s = S + r * ld;
     const int64_t c0 = a[r], c1 = b[r];
@@ -128,8 +127,8 @@ LMF_MULTIVERSION_T(void, forward_tile, forward_tile_impl,
                     int64_t dv),
                    (S, ld, nq, nk, a, b, m, l, O, dv))
 LMF_MULTIVERSION_T(void, backward_tile, backward_tile_impl,
-                   (T * S, T* dP, int64_t ld, int64_t nq, int64_t nk, const int64_t* a, const int64_t* b,
-                    const T* lse, const T* Di, T scale),
+                   (T * S, T* dP, int64_t ld, int64_t nq, int64_t nk, const int64_t* a, const int64_t* b, const T* lse,
+                    const T* Di, T scale),
                    (S, dP, ld, nq, nk, a, b, lse, Di, scale))
 
 }  // namespace
@@ -248,8 +247,7 @@ void attention_backward(const AttentionDims& d, const T* q, const T* k, const T*
 }
 
 template void attention<float>(const AttentionDims&, const float*, const float*, const float*, float*, float*);
-template void attention<double>(const AttentionDims&, const double*, const double*, const double*, double*,
-                                double*);
+template void attention<double>(const AttentionDims&, const double*, const double*, const double*, double*, double*);
 template void attention_backward<float>(const AttentionDims&, const float*, const float*, const float*, const float*,
                                         const float*, const float*, float*, float*, float*);
 template void attention_backward<double>(const AttentionDims&, const double*, const double*, const double*,

@@ -3,10 +3,10 @@
 #include <algorithm>
 #include <vector>
 
-#include "kernels/cpu/vec_math.h"
 #include "kernels/cpu/multiversion.h"
-#include "lmforge/kernels/thread_pool.h"
+#include "kernels/cpu/vec_math.h"
 #include "lmforge/kernels/cpu.h"
+#include "lmforge/kernels/thread_pool.h"
 
 namespace lmforge::kernels::cpu {
 
@@ -84,10 +84,11 @@ LMF_MULTIVERSION_T(void, mul_mv, mul_impl, (const T* a, const T* b, T* y, int64_
 LMF_MULTIVERSION_T(void, scale_mv, scale_impl, (const T* a, T s, T* y, int64_t n), (a, s, y, n))
 LMF_MULTIVERSION_T(void, axpy_mv, axpy_impl, (T alpha, const T* x, T* y, int64_t n), (alpha, x, y, n))
 LMF_MULTIVERSION_T(void, silu_mv, silu_impl, (const T* x, T* y, int64_t n), (x, y, n))
-LMF_MULTIVERSION_T(void, silu_backward_mv, silu_backward_impl, (const T* x, const T* dy, T* dx, int64_t n), (x, dy, dx, n))
+LMF_MULTIVERSION_T(void, silu_backward_mv, silu_backward_impl, (const T* x, const T* dy, T* dx, int64_t n),
+                   (x, dy, dx, n))
 LMF_MULTIVERSION_T(void, swiglu_mv, swiglu_impl, (const T* g, const T* u, T* y, int64_t n), (g, u, y, n))
-LMF_MULTIVERSION_T(void, swiglu_backward_mv, swiglu_backward_impl, (const T* g, const T* u, const T* dy, T* dg, T* du, int64_t n),
-                   (g, u, dy, dg, du, n))
+LMF_MULTIVERSION_T(void, swiglu_backward_mv, swiglu_backward_impl,
+                   (const T* g, const T* u, const T* dy, T* dg, T* du, int64_t n), (g, u, dy, dg, du, n))
 LMF_MULTIVERSION_T(double, block_sum_mv, block_sum_impl, (const T* a, int64_t n), (a, n))
 LMF_MULTIVERSION_T(double, block_sum_squares_mv, block_sum_squares_impl, (const T* a, int64_t n), (a, n))
 
@@ -180,20 +181,20 @@ void swiglu_backward(const T* g, const T* u, const T* dy, T* dg, T* du, int64_t 
                [&](int64_t s, int64_t e) { swiglu_backward_mv<T>(g + s, u + s, dy + s, dg + s, du + s, e - s); });
 }
 
-#define LMF_INST(T)                                                                  \
-  template void add<T>(const T*, const T*, T*, int64_t);                             \
-  template void sub<T>(const T*, const T*, T*, int64_t);                             \
-  template void mul<T>(const T*, const T*, T*, int64_t);                             \
-  template void scale<T>(const T*, T, T*, int64_t);                                  \
-  template void axpy<T>(T, const T*, T*, int64_t);                                   \
-  template void add_rowvec<T>(const T*, const T*, T*, int64_t, int64_t);             \
-  template void mul_rowvec<T>(const T*, const T*, T*, int64_t, int64_t);             \
-  template void sum_rows<T>(const T*, T*, int64_t, int64_t);                         \
-  template double sum<T>(const T*, int64_t);                                         \
-  template double sum_squares<T>(const T*, int64_t);                                 \
-  template void silu<T>(const T*, T*, int64_t);                                      \
-  template void silu_backward<T>(const T*, const T*, T*, int64_t);                   \
-  template void swiglu<T>(const T*, const T*, T*, int64_t);                          \
+#define LMF_INST(T)                                                      \
+  template void add<T>(const T*, const T*, T*, int64_t);                 \
+  template void sub<T>(const T*, const T*, T*, int64_t);                 \
+  template void mul<T>(const T*, const T*, T*, int64_t);                 \
+  template void scale<T>(const T*, T, T*, int64_t);                      \
+  template void axpy<T>(T, const T*, T*, int64_t);                       \
+  template void add_rowvec<T>(const T*, const T*, T*, int64_t, int64_t); \
+  template void mul_rowvec<T>(const T*, const T*, T*, int64_t, int64_t); \
+  template void sum_rows<T>(const T*, T*, int64_t, int64_t);             \
+  template double sum<T>(const T*, int64_t);                             \
+  template double sum_squares<T>(const T*, int64_t);                     \
+  template void silu<T>(const T*, T*, int64_t);                          \
+  template void silu_backward<T>(const T*, const T*, T*, int64_t);       \
+  template void swiglu<T>(const T*, const T*, T*, int64_t);              \
   template void swiglu_backward<T>(const T*, const T*, const T*, T*, T*, int64_t);
 LMF_INST(float)
 LMF_INST(double)

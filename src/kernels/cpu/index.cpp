@@ -4,8 +4,8 @@
 #include <numeric>
 #include <vector>
 
-#include "lmforge/kernels/thread_pool.h"
 #include "lmforge/kernels/cpu.h"
+#include "lmforge/kernels/thread_pool.h"
 
 namespace lmforge::kernels::cpu {
 
@@ -36,9 +36,8 @@ void topk(const T* x, T* values, int32_t* indices, int64_t rows, int64_t n, int6
     for (int64_t r = r0; r < r1; ++r) {
       const T* xr = x + r * n;
       std::iota(order.begin(), order.end(), 0);
-      std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
-        return xr[a] > xr[b] || (xr[a] == xr[b] && a < b);
-      });
+      std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                        [&](int32_t a, int32_t b) { return xr[a] > xr[b] || (xr[a] == xr[b] && a < b); });
       for (int64_t j = 0; j < k; ++j) {
         indices[r * k + j] = order[j];
         values[r * k + j] = xr[order[j]];
@@ -47,8 +46,8 @@ void topk(const T* x, T* values, int32_t* indices, int64_t rows, int64_t n, int6
   });
 }
 
-#define LMF_INST(T)                                                             \
-  template void gather_rows<T>(const T*, const int32_t*, T*, int64_t, int64_t); \
+#define LMF_INST(T)                                                                  \
+  template void gather_rows<T>(const T*, const int32_t*, T*, int64_t, int64_t);      \
   template void scatter_add_rows<T>(T*, const int32_t*, const T*, int64_t, int64_t); \
   template void topk<T>(const T*, T*, int32_t*, int64_t, int64_t, int64_t);
 LMF_INST(float)

@@ -3,8 +3,8 @@
 #include <cmath>
 
 #include "kernels/cpu/multiversion.h"
-#include "lmforge/kernels/thread_pool.h"
 #include "lmforge/kernels/cpu.h"
+#include "lmforge/kernels/thread_pool.h"
 
 namespace lmforge::kernels::cpu {
 
@@ -69,8 +69,8 @@ void sgd(T* p, const T* g, T* buf, int64_t n, double lr, double momentum, double
 
 template void adamw<float>(float*, const float*, float*, float*, int64_t, double, double, double, double, double,
                            int64_t);
-template void adamw<double>(double*, const double*, double*, double*, int64_t, double, double, double, double,
-                            double, int64_t);
+template void adamw<double>(double*, const double*, double*, double*, int64_t, double, double, double, double, double,
+                            int64_t);
 template void sgd<float>(float*, const float*, float*, int64_t, double, double, double, double, bool, bool);
 template void sgd<double>(double*, const double*, double*, int64_t, double, double, double, double, bool, bool);
 

@@ -1,8 +1,8 @@
 // Rotary position embedding. Half-split pairs (i, i + rot/2) as HF Llama's rotate_half; interleaved pairs
 // (2i, 2i+1) as the original RoFormer and DeepSeek's checkpoints.
 #include "kernels/cpu/multiversion.h"
-#include "lmforge/kernels/thread_pool.h"
 #include "lmforge/kernels/cpu.h"
+#include "lmforge/kernels/thread_pool.h"
 
 namespace lmforge::kernels::cpu {
 
@@ -44,14 +44,13 @@ template <typename T>
 void rope(const T* x, T* y, const T* cos, const T* sin, int64_t B, int64_t Tn, int64_t H, int64_t D, int64_t rot,
           RopeLayout layout, bool inverse) {
   const bool inter = layout == RopeLayout::Interleaved;
-  parallel_for(B * Tn * H, std::max<int64_t>(1, 8192 / std::max<int64_t>(D, 1)), [&](int64_t r0, int64_t r1) {
-    rope_rows<T>(x, y, cos, sin, r0, r1, Tn, H, D, rot, inter, inverse);
-  });
+  parallel_for(B * Tn * H, std::max<int64_t>(1, 8192 / std::max<int64_t>(D, 1)),
+               [&](int64_t r0, int64_t r1) { rope_rows<T>(x, y, cos, sin, r0, r1, Tn, H, D, rot, inter, inverse); });
 }
 
-template void rope<float>(const float*, float*, const float*, const float*, int64_t, int64_t, int64_t, int64_t,
-                          int64_t, RopeLayout, bool);
-template void rope<double>(const double*, double*, const double*, const double*, int64_t, int64_t, int64_t,
-                           int64_t, int64_t, RopeLayout, bool);
+template void rope<float>(const float*, float*, const float*, const float*, int64_t, int64_t, int64_t, int64_t, int64_t,
+                          RopeLayout, bool);
+template void rope<double>(const double*, double*, const double*, const double*, int64_t, int64_t, int64_t, int64_t,
+                           int64_t, RopeLayout, bool);
 
 }  // namespace lmforge::kernels::cpu

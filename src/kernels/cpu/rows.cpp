@@ -7,8 +7,8 @@
 
 #include "kernels/cpu/multiversion.h"
 #include "kernels/cpu/vec_math.h"
-#include "lmforge/kernels/thread_pool.h"
 #include "lmforge/kernels/cpu.h"
+#include "lmforge/kernels/thread_pool.h"
 
 namespace lmforge::kernels::cpu {
 
@@ -90,8 +90,8 @@ LMF_ALWAYS_INLINE T row_logsumexp(const T* x, int64_t n) {
 }
 
 template <typename T>
-LMF_ALWAYS_INLINE void xent_rows_impl(const T* logits, const int32_t* targets, T* loss, T* lse, int64_t r0,
-                                      int64_t r1, int64_t V, int32_t ignore) {
+LMF_ALWAYS_INLINE void xent_rows_impl(const T* logits, const int32_t* targets, T* loss, T* lse, int64_t r0, int64_t r1,
+                                      int64_t V, int32_t ignore) {
   for (int64_t r = r0; r < r1; ++r) {
     const T* xr = logits + r * V;
     lse[r] = row_logsumexp<T>(xr, V);
@@ -137,7 +137,9 @@ LMF_MULTIVERSION_T(void, xent_backward_rows, xent_backward_rows_impl,
                     int64_t V, int32_t ignore),
                    (logits, targets, lse, scale, dl, r0, r1, V, ignore))
 
-int64_t row_grain(int64_t n) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(n, 1)); }
+int64_t row_grain(int64_t n) {
+  return std::max<int64_t>(1, 16384 / std::max<int64_t>(n, 1));
+}
 
 }  // namespace
 
@@ -189,12 +191,12 @@ void cross_entropy_backward(const T* logits, const int32_t* targets, const T* ls
   });
 }
 
-#define LMF_INST(T)                                                                                           \
-  template void rmsnorm<T>(const T*, const T*, T*, T*, int64_t, int64_t, double);                             \
-  template void rmsnorm_backward<T>(const T*, const T*, const T*, const T*, T*, T*, int64_t, int64_t);        \
-  template void softmax<T>(const T*, T*, int64_t, int64_t);                                                   \
-  template void softmax_backward<T>(const T*, const T*, T*, int64_t, int64_t);                                \
-  template void cross_entropy<T>(const T*, const int32_t*, T*, T*, int64_t, int64_t, int32_t);                \
+#define LMF_INST(T)                                                                                    \
+  template void rmsnorm<T>(const T*, const T*, T*, T*, int64_t, int64_t, double);                      \
+  template void rmsnorm_backward<T>(const T*, const T*, const T*, const T*, T*, T*, int64_t, int64_t); \
+  template void softmax<T>(const T*, T*, int64_t, int64_t);                                            \
+  template void softmax_backward<T>(const T*, const T*, T*, int64_t, int64_t);                         \
+  template void cross_entropy<T>(const T*, const int32_t*, T*, T*, int64_t, int64_t, int32_t);         \
   template void cross_entropy_backward<T>(const T*, const int32_t*, const T*, T, T*, int64_t, int64_t, int32_t);
 LMF_INST(float)
 LMF_INST(double)
