@@ -15,4 +15,4 @@ echo "== engine ops vs references (lmforge bench ops --quick) =="
 "$lmforge" bench ops --quick
 echo
 echo "== training a byte-level transformer on $corpus =="
-"$bin/tiny_lm" --text "$corpus" --steps 300 --max-val-loss 3.0
+"$bin/tiny_lm" --text "$corpus" --steps 300 --max-val-loss 2.6
