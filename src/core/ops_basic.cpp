@@ -212,11 +212,6 @@ Var binary(Arith op, const char* name, const Var& a_in, const Var& b_in) {
             g = neg;
           }
         }
-        if (bc == Bcast::Scalar && g.shape() != b.shape()) {
-          double s = 0;
-          LMF_FLOAT_DISPATCH(dt, s = k::sum<T>(g.data<T>(), g.numel()));
-          g = Tensor::full(b.shape(), s, dt);
-        }
         b.accumulate_grad(g);
       }
     });

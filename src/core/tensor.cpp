@@ -292,8 +292,6 @@ void Tensor::copy_from(const Tensor& src) {
 }
 
 void Tensor::fill(double value) {
-  Tensor one = empty({1}, DType::F64);
-  *one.data<double>() = value;
   const int64_t n = numel();
   if (is_quantized(dtype_) || !is_contiguous()) {
     std::vector<float> v(static_cast<size_t>(n), static_cast<float>(value));
