@@ -33,7 +33,7 @@ demo: deps build
 format:
 	find include src tools tests bench examples fuzz -name '*.h' -o -name '*.cpp' | xargs clang-format -i
 
-lint: configure
+lint: configure build
 	find src tools -name '*.cpp' | xargs clang-tidy -p $(BUILD) --quiet
 
 # The unit suite under AddressSanitizer + UndefinedBehaviorSanitizer, in its own build folder.

@@ -99,11 +99,14 @@ std::vector<Var> checkpoint(const std::function<std::vector<Var>(const std::vect
   if (!outer) return outs;
   // Fresh output variables: the forward's internals are dropped and recomputed in backward.
   std::vector<Var> outputs;
+  outputs.reserve(outs.size());
   for (const Var& o : outs) outputs.emplace_back(o.value());
   std::vector<std::shared_ptr<VarImpl>> out_impls;
+  out_impls.reserve(outputs.size());
   for (const Var& o : outputs) out_impls.push_back(o.impl());
   outer->record("checkpoint", outputs, [fn, inputs, out_impls] {
     std::vector<Var> detached;
+    detached.reserve(inputs.size());
     for (const Var& in : inputs) detached.emplace_back(in.value(), in.requires_grad());
     Tape inner;
     std::vector<Var> replay;

@@ -231,6 +231,7 @@ double repeated(int repeats, double min_sample_ms, bool uses_pool, F&& f) {
   const int calls = calls_per_sample(time_ms(f), min_sample_ms);
   for (int c = 0; c < calls; ++c) f();
   std::vector<double> a;
+  a.reserve(static_cast<size_t>(repeats));
   for (int i = 0; i < repeats; ++i)
     a.push_back(time_ms([&] {
                   for (int c = 0; c < calls; ++c) f();
@@ -394,6 +395,7 @@ OpResult matmul_case(Env& env, const std::string& op, const std::string& shape, 
                      bool report_gbps = false) {
   Buf a(size_t(g.M * g.K), 11), c(size_t(g.M * g.N), 13);
   std::vector<Buf> bs;
+  bs.reserve(static_cast<size_t>(weight_sets));
   for (int i = 0; i < weight_sets; ++i) bs.emplace_back(size_t(g.K * g.N), 12 + 100 * i);
   const int64_t lda = g.ta ? g.M : g.K, ldb = g.tb ? g.K : g.N, ldc = g.N;
   size_t ours_i = 0, ref_i = 0;
@@ -599,6 +601,7 @@ OpResult bandwidth_case(Env& env, const std::string& op, const std::string& shap
   // The probe cycles through the same footprint: n_sets x bytes, half of it in each array.
   const double window = n_sets * bytes / 2;
   std::vector<decltype(make())> sets;
+  sets.reserve(static_cast<size_t>(n_sets));
   for (int i = 0; i < n_sets; ++i) sets.push_back(make());
   // One pass over every set and over the probe's whole window before anything is timed.
   for (auto& set : sets) run(*set);
@@ -664,7 +667,7 @@ void add_bandwidth_cases(std::vector<OpCase>& out, const std::shared_ptr<Env>& e
   const int64_t R = quick ? 256 : 2048;
   using Make = std::function<OpResult()>;
   auto add = [&](std::string op, std::string shape, Make run) {
-    out.push_back({std::move(op), std::move(shape), run});
+    out.push_back({std::move(op), std::move(shape), std::move(run)});
   };
 
   for (int64_t d : {int64_t(512), int64_t(1024)}) {

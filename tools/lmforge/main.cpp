@@ -7,7 +7,9 @@
 #include "lmforge/core/error.h"
 #include "lmforge/version.h"
 
-int main(int argc, char** argv) {
+namespace {
+
+int run(int argc, char** argv) {
   using namespace lmforge::cli;
   CLI::App app{
       "lmforge: data, tokenizer, pretraining, fine-tuning, evaluation, quantization, export and serving "
@@ -42,4 +44,15 @@ int main(int argc, char** argv) {
     return kRuntimeError;
   }
   return ctx.exit_code;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (...) {  // setting up the command line itself failed (e.g. out of memory)
+    std::fprintf(stderr, "lmforge: failed before parsing the command line\n");
+    return lmforge::cli::kRuntimeError;
+  }
 }

@@ -44,15 +44,13 @@ constexpr int64_t block_size(DType t) {
 constexpr size_t type_size(DType t) {
   switch (t) {
     case DType::F32:
+    case DType::I32:
       return 4;
     case DType::F64:
       return 8;
     case DType::BF16:
-      return 2;
     case DType::F16:
       return 2;
-    case DType::I32:
-      return 4;
     case DType::Q8_0:
       return sizeof(BlockQ8_0);
     case DType::Q4_0:

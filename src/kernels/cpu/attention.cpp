@@ -70,7 +70,7 @@ T* thread_scratch(size_t n) {
   constexpr size_t pad = 64 / sizeof(T);
   if (buf.size() < n + pad) buf.resize(n + pad);
   const auto addr = reinterpret_cast<uintptr_t>(buf.data());
-  return reinterpret_cast<T*>((addr + 63) & ~uintptr_t(63));
+  return reinterpret_cast<T*>((addr + 63) & ~uintptr_t(63));  // NOLINT(performance-no-int-to-ptr): aligning
 }
 
 // Online-softmax step for one tile. S (nq x nk, row stride ld) holds scaled scores on entry and the unnormalised
