@@ -1,0 +1,241 @@
+#include "lmforge/model/config.h"
+
+#include <fstream>
+#include <sstream>
+
+#include "lmforge/core/error.h"
+
+namespace lmforge::model {
+
+namespace {
+
+using nlohmann::json;
+
+// Typed field readers: absent (or null where allowed) keeps the default; a wrong type is an error.
+struct Reader {
+  const json& j;
+  const std::string& source;
+
+  [[noreturn]] void fail(const std::string& key, const std::string& what) const {
+    throw Error(source + ": field '" + key + "' " + what);
+  }
+  void integer(const char* key, int64_t& out, bool nullable = false) const {
+    auto it = j.find(key);
+    if (it == j.end() || (nullable && it->is_null())) return;
+    if (!it->is_number_integer()) fail(key, "must be an integer, got " + it->dump());
+    out = it->get<int64_t>();
+  }
+  void number(const char* key, double& out) const {
+    auto it = j.find(key);
+    if (it == j.end()) return;
+    if (!it->is_number()) fail(key, "must be a number, got " + it->dump());
+    out = it->get<double>();
+  }
+  void boolean(const char* key, bool& out) const {
+    auto it = j.find(key);
+    if (it == j.end()) return;
+    if (!it->is_boolean()) fail(key, "must be true or false, got " + it->dump());
+    out = it->get<bool>();
+  }
+  void string(const char* key, std::string& out) const {
+    auto it = j.find(key);
+    if (it == j.end()) return;
+    if (!it->is_string()) fail(key, "must be a string, got " + it->dump());
+    out = it->get<std::string>();
+  }
+};
+
+void require(bool ok, const std::string& source, const std::string& key, const std::string& what) {
+  if (!ok) throw Error(source + ": field '" + key + "' " + what);
+}
+
+}  // namespace
+
+ModelConfig parse_model_config(const json& j, const std::string& source) {
+  LMF_CHECK(j.is_object(), source, ": config must be a JSON object");
+  Reader r{j, source};
+  ModelConfig c;
+  r.string("model_type", c.model_type);
+  require(c.model_type == "llama" || c.model_type == "deepseek_v3", source, "model_type",
+          "must be \"llama\" or \"deepseek_v3\", got \"" + c.model_type + "\"");
+  r.integer("vocab_size", c.vocab_size);
+  r.integer("hidden_size", c.hidden_size);
+  r.integer("intermediate_size", c.intermediate_size);
+  r.integer("num_hidden_layers", c.num_hidden_layers);
+  r.integer("num_attention_heads", c.num_attention_heads);
+  c.num_key_value_heads = c.num_attention_heads;
+  r.integer("num_key_value_heads", c.num_key_value_heads, true);
+  r.integer("head_dim", c.head_dim, true);
+  r.integer("max_position_embeddings", c.max_position_embeddings);
+  r.number("rms_norm_eps", c.rms_norm_eps);
+  r.number("rope_theta", c.rope_theta);
+  r.number("initializer_range", c.initializer_range);
+  r.boolean("attention_bias", c.attention_bias);
+  r.boolean("tie_word_embeddings", c.tie_word_embeddings);
+  r.integer("bos_token_id", c.bos_token_id, true);
+  if (auto it = j.find("eos_token_id"); it != j.end() && !it->is_null()) {
+    if (it->is_number_integer()) {
+      c.eos_token_ids = {it->get<int64_t>()};
+    } else if (it->is_array()) {
+      for (const json& e : *it) {
+        require(e.is_number_integer(), source, "eos_token_id", "must be an integer or a list of integers");
+        c.eos_token_ids.push_back(e.get<int64_t>());
+      }
+    } else {
+      require(false, source, "eos_token_id", "must be an integer or a list of integers, got " + it->dump());
+    }
+  }
+  if (auto it = j.find("rope_scaling"); it != j.end() && !it->is_null()) {
+    require(it->is_object(), source, "rope_scaling", "must be an object or null");
+    Reader rs{*it, source};
+    RopeScaling s;
+    rs.string("type", s.type);
+    if (s.type.empty()) rs.string("rope_type", s.type);
+    require(s.type == "yarn", source, "rope_scaling.type", "\"" + s.type + "\" is not supported (only \"yarn\")");
+    rs.number("factor", s.factor);
+    rs.integer("original_max_position_embeddings", s.original_max_position_embeddings);
+    rs.number("beta_fast", s.beta_fast);
+    rs.number("beta_slow", s.beta_slow);
+    rs.number("mscale", s.mscale);
+    rs.number("mscale_all_dim", s.mscale_all_dim);
+    require(s.factor >= 1.0, source, "rope_scaling.factor", "must be >= 1");
+    require(s.original_max_position_embeddings > 0, source, "rope_scaling.original_max_position_embeddings",
+            "must be > 0");
+    c.rope_scaling = s;
+  }
+  r.integer("sliding_window", c.sliding_window, true);
+  if (auto it = j.find("layer_types"); it != j.end() && !it->is_null()) {
+    require(it->is_array(), source, "layer_types", "must be a list");
+    for (const json& t : *it) {
+      require(t.is_string() && (t == "full_attention" || t == "sliding_attention"), source, "layer_types",
+              "entries must be \"full_attention\" or \"sliding_attention\", got " + t.dump());
+      c.layer_types.push_back(t.get<std::string>());
+    }
+  }
+  if (c.is_deepseek()) {
+    r.integer("q_lora_rank", c.q_lora_rank, true);
+    r.integer("kv_lora_rank", c.kv_lora_rank);
+    r.integer("qk_nope_head_dim", c.qk_nope_head_dim);
+    r.integer("qk_rope_head_dim", c.qk_rope_head_dim);
+    r.integer("v_head_dim", c.v_head_dim);
+    r.integer("moe_intermediate_size", c.moe_intermediate_size);
+    r.integer("n_shared_experts", c.n_shared_experts, true);
+    r.integer("n_routed_experts", c.n_routed_experts, true);
+    r.integer("num_experts_per_tok", c.num_experts_per_tok, true);
+    r.integer("first_k_dense_replace", c.first_k_dense_replace);
+    r.integer("moe_layer_freq", c.moe_layer_freq);
+    r.integer("n_group", c.n_group, true);
+    r.integer("topk_group", c.topk_group, true);
+    r.string("scoring_func", c.scoring_func);
+    r.string("topk_method", c.topk_method);
+    r.boolean("norm_topk_prob", c.norm_topk_prob);
+    r.boolean("seq_aux", c.seq_aux);
+    r.number("routed_scaling_factor", c.routed_scaling_factor);
+    r.number("aux_loss_alpha", c.aux_loss_alpha);
+  }
+
+  // Consistency.
+  for (auto [key, v] : {std::pair{"vocab_size", c.vocab_size},
+                        {"hidden_size", c.hidden_size},
+                        {"num_hidden_layers", c.num_hidden_layers},
+                        {"num_attention_heads", c.num_attention_heads},
+                        {"num_key_value_heads", c.num_key_value_heads},
+                        {"max_position_embeddings", c.max_position_embeddings}})
+    require(v > 0, source, key, "must be > 0, got " + std::to_string(v));
+  require(c.rms_norm_eps > 0, source, "rms_norm_eps", "must be > 0");
+  require(c.rope_theta > 0, source, "rope_theta", "must be > 0");
+  require(c.num_attention_heads % c.num_key_value_heads == 0, source, "num_key_value_heads",
+          std::to_string(c.num_key_value_heads) + " does not divide num_attention_heads " +
+              std::to_string(c.num_attention_heads));
+  if (c.head_dim == 0) {
+    require(c.hidden_size % c.num_attention_heads == 0, source, "num_attention_heads",
+            std::to_string(c.num_attention_heads) + " does not divide hidden_size " + std::to_string(c.hidden_size) +
+                " (and no head_dim is given)");
+    c.head_dim = c.hidden_size / c.num_attention_heads;
+  }
+  require(c.head_dim > 0 && c.head_dim % 2 == 0, source, "head_dim", "must be even and > 0 (RoPE rotates pairs)");
+  if (!c.layer_types.empty()) {
+    require(static_cast<int64_t>(c.layer_types.size()) == c.num_hidden_layers, source, "layer_types",
+            "has " + std::to_string(c.layer_types.size()) + " entries for " + std::to_string(c.num_hidden_layers) +
+                " layers");
+    for (const auto& t : c.layer_types)
+      require(t != "sliding_attention" || c.sliding_window > 0, source, "sliding_window",
+              "must be > 0 when layer_types has sliding_attention layers");
+  }
+  require(c.sliding_window >= 0, source, "sliding_window", "must be >= 0");
+  const bool moe = c.is_deepseek() && c.n_routed_experts > 0;
+  if (!c.is_deepseek() || c.first_k_dense_replace > 0 || !moe)
+    require(c.intermediate_size > 0, source, "intermediate_size", "must be > 0");
+  if (c.is_deepseek()) {
+    require(c.kv_lora_rank > 0, source, "kv_lora_rank", "must be > 0");
+    require(c.qk_nope_head_dim >= 0 && c.qk_rope_head_dim > 0 && c.qk_rope_head_dim % 2 == 0, source,
+            "qk_rope_head_dim", "must be even and > 0 (qk_nope_head_dim >= 0)");
+    require(c.v_head_dim > 0, source, "v_head_dim", "must be > 0");
+    require(c.q_lora_rank >= 0, source, "q_lora_rank", "must be null or > 0");
+    require(c.moe_layer_freq > 0, source, "moe_layer_freq", "must be > 0");
+    require(c.first_k_dense_replace >= 0, source, "first_k_dense_replace", "must be >= 0");
+    require(c.scoring_func == "softmax" || c.scoring_func == "sigmoid", source, "scoring_func",
+            "must be \"softmax\" or \"sigmoid\", got \"" + c.scoring_func + "\"");
+    require(c.topk_method == "greedy" || c.topk_method == "group_limited_greedy" || c.topk_method == "noaux_tc", source,
+            "topk_method", "must be greedy, group_limited_greedy or noaux_tc, got \"" + c.topk_method + "\"");
+    if (moe) {
+      require(c.moe_intermediate_size > 0, source, "moe_intermediate_size", "must be > 0");
+      require(c.num_experts_per_tok > 0 && c.num_experts_per_tok <= c.n_routed_experts, source, "num_experts_per_tok",
+              std::to_string(c.num_experts_per_tok) +
+                  " must be in [1, n_routed_experts = " + std::to_string(c.n_routed_experts) + "]");
+      require(c.n_group > 0 && c.n_routed_experts % c.n_group == 0, source, "n_group",
+              std::to_string(c.n_group) + " does not divide n_routed_experts " + std::to_string(c.n_routed_experts));
+      require(c.topk_group > 0 && c.topk_group <= c.n_group, source, "topk_group",
+              "must be in [1, n_group = " + std::to_string(c.n_group) + "]");
+      require(c.n_shared_experts >= 0, source, "n_shared_experts", "must be >= 0");
+    }
+  }
+  return c;
+}
+
+ModelConfig load_model_config(const std::string& path) {
+  std::ifstream in(path);
+  LMF_CHECK(in.good(), path, ": cannot open config");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  json j = json::parse(ss.str(), nullptr, false);
+  LMF_CHECK(!j.is_discarded(), path, ": not valid JSON");
+  return parse_model_config(j, path);
+}
+
+bool ModelConfig::is_moe_layer(int64_t layer) const {
+  return is_deepseek() && n_routed_experts > 0 && layer >= first_k_dense_replace && layer % moe_layer_freq == 0;
+}
+
+bool ModelConfig::is_sliding_layer(int64_t layer) const {
+  return !layer_types.empty() && layer_types[static_cast<size_t>(layer)] == "sliding_attention";
+}
+
+int64_t ModelConfig::num_parameters() const {
+  const int64_t D = hidden_size;
+  int64_t n = vocab_size * D * (tie_word_embeddings ? 1 : 2) + D;  // embeddings, lm_head, final norm
+  for (int64_t l = 0; l < num_hidden_layers; ++l) {
+    n += 2 * D;  // input and post-attention norms
+    if (is_deepseek()) {
+      const int64_t qk = qk_nope_head_dim + qk_rope_head_dim;
+      n += q_lora_rank > 0 ? D * q_lora_rank + q_lora_rank + q_lora_rank * num_attention_heads * qk
+                           : D * num_attention_heads * qk;
+      n += D * (kv_lora_rank + qk_rope_head_dim) + kv_lora_rank;                  // kv_a_proj_with_mqa, norm
+      n += kv_lora_rank * num_attention_heads * (qk_nope_head_dim + v_head_dim);  // kv_b_proj
+      n += num_attention_heads * v_head_dim * D;                                  // o_proj
+    } else {
+      n += D * num_attention_heads * head_dim * 2 + D * num_key_value_heads * head_dim * 2;
+      if (attention_bias) n += num_attention_heads * head_dim + 2 * num_key_value_heads * head_dim;
+    }
+    if (is_moe_layer(l)) {
+      n += (n_shared_experts + n_routed_experts) * 3 * D * moe_intermediate_size;
+      n += n_routed_experts * D;                             // router
+      if (topk_method == "noaux_tc") n += n_routed_experts;  // e_score_correction_bias
+    } else {
+      n += 3 * D * intermediate_size;
+    }
+  }
+  return n;
+}
+
+}  // namespace lmforge::model
