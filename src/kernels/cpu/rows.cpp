@@ -40,7 +40,7 @@ LMF_ALWAYS_INLINE void rmsnorm_backward_rows_impl(const T* dy, const T* x, const
     for (; i + 8 <= d; i += 8)
       for (int j = 0; j < 8; ++j) acc[j] += w[i + j] * dyr[i + j] * xr[i + j];
     for (; i < d; ++i) acc[0] += w[i] * dyr[i] * xr[i];
-    const T dot = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    const T dot = reduce8(acc);
     const T c = rs * rs * rs * dot / static_cast<T>(d);
     for (int64_t k = 0; k < d; ++k) {
       dxr[k] = rs * w[k] * dyr[k] - c * xr[k];
@@ -67,12 +67,7 @@ LMF_ALWAYS_INLINE void softmax_backward_rows_impl(const T* y, const T* dy, T* dx
     const T* yr = y + r * n;
     const T* dyr = dy + r * n;
     T* dxr = dx + r * n;
-    T acc[8] = {};
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-      for (int j = 0; j < 8; ++j) acc[j] += yr[i + j] * dyr[i + j];
-    for (; i < n; ++i) acc[0] += yr[i] * dyr[i];
-    const T dot = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    const T dot = lanes_dot<T>(yr, dyr, n);
     for (int64_t k = 0; k < n; ++k) dxr[k] = yr[k] * (dyr[k] - dot);
   }
 }
@@ -85,7 +80,7 @@ LMF_ALWAYS_INLINE T row_logsumexp(const T* x, int64_t n) {
   for (; i + 8 <= n; i += 8)
     for (int j = 0; j < 8; ++j) acc[j] += vexp<T>(x[i + j] - m);
   for (; i < n; ++i) acc[0] += vexp<T>(x[i] - m);
-  const T s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  const T s = reduce8(acc);
   return m + static_cast<T>(std::log(static_cast<double>(s)));
 }
 

@@ -61,6 +61,12 @@ LMF_ALWAYS_INLINE T lanes_max(const T* x, int64_t n) {
   return acc[0];
 }
 
+// The fixed pairwise order in which every 8-lane accumulator is reduced.
+template <typename T>
+LMF_ALWAYS_INLINE T reduce8(const T* acc) {
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
 template <typename T>
 LMF_ALWAYS_INLINE T lanes_sum(const T* x, int64_t n) {
   T acc[8] = {};
@@ -68,17 +74,22 @@ LMF_ALWAYS_INLINE T lanes_sum(const T* x, int64_t n) {
   for (; i + 8 <= n; i += 8)
     for (int j = 0; j < 8; ++j) acc[j] += x[i + j];
   for (; i < n; ++i) acc[0] += x[i];
-  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  return reduce8(acc);
+}
+
+template <typename T>
+LMF_ALWAYS_INLINE T lanes_dot(const T* x, const T* y, int64_t n) {
+  T acc[8] = {};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) acc[j] += x[i + j] * y[i + j];
+  for (; i < n; ++i) acc[0] += x[i] * y[i];
+  return reduce8(acc);
 }
 
 template <typename T>
 LMF_ALWAYS_INLINE T lanes_sumsq(const T* x, int64_t n) {
-  T acc[8] = {};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int j = 0; j < 8; ++j) acc[j] += x[i + j] * x[i + j];
-  for (; i < n; ++i) acc[0] += x[i] * x[i];
-  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  return lanes_dot(x, x, n);
 }
 
 }  // namespace lmforge::kernels::cpu
