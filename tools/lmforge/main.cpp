@@ -20,6 +20,9 @@ int run(int argc, char** argv) {
   app.require_subcommand(0, 1);
   Context ctx;
   add_bench_command(app, ctx);
+  add_model_commands(app, ctx);
+  add_data_command(app, ctx);
+  add_train_command(app, ctx);
   add_placeholder_commands(app, ctx);
   try {
     app.parse(argc, argv);
