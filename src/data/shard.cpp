@@ -249,11 +249,14 @@ struct SplitWriter {
   std::vector<ShardInfo>* out;
   std::vector<uint32_t> buf;
   int64_t docs = 0;
+  // Shards cut the stream at exactly shard_tokens, inside a document if need be (readers see one stream); a
+  // document counts in the shard where it ends.
   void add_doc(const unsigned char* p, size_t n) {
-    for (size_t i = 0; i < n; ++i) buf.push_back(p[i]);
-    buf.push_back(kByteEos);
-    ++docs;
-    if (static_cast<int64_t>(buf.size()) >= shard_tokens) flush();
+    for (size_t i = 0; i <= n; ++i) {
+      buf.push_back(i < n ? p[i] : kByteEos);
+      if (i == n) ++docs;
+      if (static_cast<int64_t>(buf.size()) >= shard_tokens) flush();
+    }
   }
   void flush() {
     if (buf.empty()) return;

@@ -105,15 +105,32 @@ MoeOut moe_ffn(const Ctx& x, const LayerParams& L, int64_t layer, const Var& h) 
     ro.noise_seed = x.opt.seed * 1000003ULL + static_cast<uint64_t>(layer);
   }
   Route r = route(ops::linear(flat, L.router), L.expert_bias, ro);
+  // Tokens sorted by expert: one gather, each expert's MLP on its contiguous block, one weighted scatter-add.
   Dispatch d = dispatch(r, E);
-  Var w_flat = ops::reshape(r.weights, {N * K, 1});
-  Var y;
+  std::vector<int32_t> rows, slots;
+  std::vector<int64_t> count(static_cast<size_t>(E), 0);
   for (int64_t e = 0; e < E; ++e) {
     if (!d.rows[e].defined()) continue;
-    Var xe = ops::gather_rows(flat, d.rows[e]);
-    Var ye = ops::scale_rows(swiglu_mlp(L.experts[e], xe), ops::gather_rows(w_flat, d.slots[e]));
-    Var part = ops::scatter_add_rows(ye, d.rows[e], N);
-    y = y.defined() ? ops::add(y, part) : part;
+    count[e] = d.rows[e].numel();
+    rows.insert(rows.end(), d.rows[e].data<int32_t>(), d.rows[e].data<int32_t>() + count[e]);
+    slots.insert(slots.end(), d.slots[e].data<int32_t>(), d.slots[e].data<int32_t>() + count[e]);
+  }
+  Var y;
+  if (!rows.empty()) {
+    const auto M = static_cast<int64_t>(rows.size());
+    const Tensor rows_t = Tensor::from_ints(rows, {M}), slots_t = Tensor::from_ints(slots, {M});
+    Var xs = ops::gather_rows(flat, rows_t);
+    std::vector<Var> parts;
+    int64_t off = 0;
+    for (int64_t e = 0; e < E; ++e) {
+      if (count[e] == 0) continue;
+      Var xe = count[e] == M ? xs : ops::slice(xs, 0, off, off + count[e]);
+      parts.push_back(swiglu_mlp(L.experts[e], xe));
+      off += count[e];
+    }
+    Var ys = parts.size() == 1 ? parts[0] : ops::concat(parts, 0);
+    Var ws = ops::gather_rows(ops::reshape(r.weights, {N * K, 1}), slots_t);
+    y = ops::scatter_add_rows(ops::scale_rows(ys, ws), rows_t, N);
   }
   if (L.shared.gate.defined()) {
     Var s = swiglu_mlp(L.shared, flat);

@@ -97,7 +97,36 @@ double TrainConfig::lr_at(int64_t step) const {
   return lr * (min_lr_ratio + (1.0 - min_lr_ratio) * f);
 }
 
-TrainConfig parse_train_config(const std::string& text, const std::string& source, const std::string& base) {
+namespace {
+
+const std::set<std::string> kPathKeys = {"model.config", "model.init_from", "data.train", "checkpoint.dir"};
+
+void apply_override(toml::table& root, const std::string& ov) {
+  const size_t eq = ov.find('='), dot = ov.find('.');
+  if (eq == std::string::npos || dot == std::string::npos || dot > eq || dot == 0 || dot + 1 == eq)
+    throw Error("--set " + ov + ": expected section.key=value");
+  const std::string section = ov.substr(0, dot), key = ov.substr(dot + 1, eq - dot - 1), value = ov.substr(eq + 1);
+  if (!root.contains(section)) root.insert(section, toml::table{});
+  toml::table* t = root[section].as_table();
+  if (!t) throw Error("--set " + ov + ": " + section + " is not a section");
+  if (kPathKeys.count(section + "." + key)) {
+    std::string v = value;
+    if (v.size() >= 2 && v.front() == '"' && v.back() == '"') v = v.substr(1, v.size() - 2);
+    t->insert_or_assign(key, fs::absolute(v).lexically_normal().string());
+    return;
+  }
+  try {
+    toml::table parsed = toml::parse("v = " + value);
+    t->insert_or_assign(key, *parsed.get("v"));
+  } catch (const toml::parse_error&) {
+    t->insert_or_assign(key, value);  // a bare word: a string
+  }
+}
+
+}  // namespace
+
+TrainConfig parse_train_config(const std::string& text, const std::string& source, const std::string& base,
+                               const std::vector<std::string>& overrides) {
   toml::table root;
   try {
     root = toml::parse(text, source);
@@ -106,6 +135,7 @@ TrainConfig parse_train_config(const std::string& text, const std::string& sourc
     o << source << ":" << e.source().begin.line << ":" << e.source().begin.column << ": " << e.description();
     throw Error(o.str());
   }
+  for (const std::string& ov : overrides) apply_override(root, ov);
   static const std::set<std::string> kSections = {"model",    "data",       "optimizer", "schedule",
                                                   "training", "checkpoint", "logging"};
   for (const auto& [k, v] : root) {
@@ -189,12 +219,12 @@ TrainConfig parse_train_config(const std::string& text, const std::string& sourc
   return c;
 }
 
-TrainConfig load_train_config(const std::string& path) {
+TrainConfig load_train_config(const std::string& path, const std::vector<std::string>& overrides) {
   std::ifstream f(path, std::ios::binary);
   if (!f) throw Error(path + ": cannot open training config");
   std::stringstream ss;
   ss << f.rdbuf();
-  return parse_train_config(ss.str(), path, fs::path(path).parent_path().string());
+  return parse_train_config(ss.str(), path, fs::path(path).parent_path().string(), overrides);
 }
 
 }  // namespace lmforge::train

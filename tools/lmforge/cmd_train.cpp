@@ -3,6 +3,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "lmforge/commands.h"
 #include "lmforge/train/config.h"
@@ -14,11 +15,12 @@ namespace {
 
 struct TrainArgs {
   std::string config;
+  std::vector<std::string> set;
   train::RunOptions run;
 };
 
 int run_train(const TrainArgs& a) {
-  train::TrainConfig cfg = train::load_train_config(a.config);
+  train::TrainConfig cfg = train::load_train_config(a.config, a.set);
   train::RunResult r = train::run_training(cfg, a.run);
   if (r.exit_code != 0) return kRuntimeError;
   if (!a.run.quiet && !r.interrupted)
@@ -30,12 +32,13 @@ int run_train(const TrainArgs& a) {
 
 struct BenchTrainArgs {
   std::string config;
+  std::vector<std::string> set;
   int64_t steps = 6, warmup = 3;
   int threads = 0;
 };
 
 int run_bench_train(const BenchTrainArgs& a, bool json) {
-  train::TrainConfig cfg = train::load_train_config(a.config);
+  train::TrainConfig cfg = train::load_train_config(a.config, a.set);
   if (a.threads > 0) cfg.threads = a.threads;
   train::BenchResult r = train::bench_training(cfg, a.steps, a.warmup);
   nlohmann::json j = {{"config", a.config},
@@ -73,6 +76,7 @@ void add_train_command(CLI::App& app, Context& ctx) {
   auto ta = std::make_shared<TrainArgs>();
   CLI::App* t = app.add_subcommand("train", "pretrain a model from a TOML config");
   t->add_option("--config", ta->config, "training config (TOML)")->required();
+  t->add_option("--set", ta->set, "override a config key: section.key=value (repeatable)");
   t->add_flag("--resume", ta->run.resume, "continue from the newest checkpoint in [checkpoint] dir");
   t->add_option("--stop-at", ta->run.stop_at, "checkpoint and stop after this step (resume later)")
       ->check(CLI::Range(int64_t{1}, INT64_MAX));
@@ -91,6 +95,7 @@ void add_bench_train_command(CLI::App* bench, Context& ctx) {
       ->check(CLI::Range(int64_t{0}, int64_t{1000000}))
       ->capture_default_str();
   t->add_option("--threads", ba->threads, "override [training] threads")->check(CLI::Range(1, 1024));
+  t->add_option("--set", ba->set, "override a config key: section.key=value (repeatable)");
   t->add_flag("--json", ctx.json, "one JSON object: tokens_per_s, step_ms_median, peak_rss_mb, params, mfu, ...");
   t->callback([&ctx, ba] { ctx.exit_code = run_bench_train(*ba, ctx.json); });
 }

@@ -18,6 +18,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace lmforge::train {
 
@@ -58,7 +59,10 @@ struct TrainConfig {
   double lr_at(int64_t step) const;
 };
 
-TrainConfig load_train_config(const std::string& path);
-TrainConfig parse_train_config(const std::string& toml_text, const std::string& source, const std::string& base_dir);
+// overrides: "section.key=value" (value in TOML syntax; a bare word is taken as a string), applied before
+// validation; a relative path given this way is relative to the current directory, not to the TOML file.
+TrainConfig load_train_config(const std::string& path, const std::vector<std::string>& overrides = {});
+TrainConfig parse_train_config(const std::string& toml_text, const std::string& source, const std::string& base_dir,
+                               const std::vector<std::string>& overrides = {});
 
 }  // namespace lmforge::train
