@@ -51,6 +51,12 @@ fuzz:
 	LMFORGE_EXTRA_PACKAGES="clang-14 libclang-rt-14-dev" bash scripts/install-deps.sh
 	cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++-14 \
 	  -DLMFORGE_FUZZ=ON -DLMFORGE_SANITIZE=ON -DLMFORGE_BUILD_TESTS=OFF -DLMFORGE_BUILD_BENCH=OFF
-	cmake --build build-fuzz -j $(JOBS) --target fuzz_safetensors
+	cmake --build build-fuzz -j $(JOBS) --target fuzz_safetensors fuzz_train_config fuzz_model_config fuzz_token_shard
 	mkdir -p build-fuzz/corpus/safetensors && cp tests/reference/fixtures/*.safetensors build-fuzz/corpus/safetensors/
 	build-fuzz/bin/fuzz_safetensors -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 build-fuzz/corpus/safetensors
+	mkdir -p build-fuzz/corpus/train_config && cp configs/bench/*.toml configs/e2e/*.toml build-fuzz/corpus/train_config/
+	build-fuzz/bin/fuzz_train_config -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 build-fuzz/corpus/train_config
+	mkdir -p build-fuzz/corpus/model_config && cp configs/bench/*.json configs/e2e/*.json tests/reference/fixtures/*.json build-fuzz/corpus/model_config/
+	build-fuzz/bin/fuzz_model_config -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 build-fuzz/corpus/model_config
+	mkdir -p build-fuzz/corpus/token_shard
+	build-fuzz/bin/fuzz_token_shard -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 build-fuzz/corpus/token_shard
