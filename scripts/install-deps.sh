@@ -17,7 +17,8 @@ packages=(
 # Node regenerates the tokenizer parity fixtures and fetches the full tokenizer.json files the parity tests use
 # (tests/reference/tokenizer); without it those four cases are skipped.
 if [[ "${LMFORGE_WITH_NODE:-0}" == "1" ]]; then
-  packages+=(nodejs npm)
+  packages+=(nodejs)
+  command -v npm >/dev/null 2>&1 || packages+=(npm)
 fi
 # PyTorch regenerates the reference fixtures; CI uses the committed ones, so it is optional.
 if [[ "${LMFORGE_WITH_TORCH:-0}" == "1" ]]; then
