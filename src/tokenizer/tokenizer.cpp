@@ -217,6 +217,10 @@ void Tokenizer::Impl::encode_segment(std::string_view seg, std::vector<uint32_t>
   }
 }
 
+std::string repair_utf8(std::string_view s) {
+  return unicode::repair_utf8(s);
+}
+
 Tokenizer::Tokenizer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
 Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;

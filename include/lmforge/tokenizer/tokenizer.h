@@ -31,6 +31,9 @@ struct EncodeOptions {
   InvalidUtf8 invalid_utf8 = InvalidUtf8::kError;
 };
 
+// Replaces each invalid UTF-8 sequence with U+FFFD, as Rust's String::from_utf8_lossy does.
+std::string repair_utf8(std::string_view s);
+
 class Tokenizer {
  public:
   // Parses a tokenizer.json file; errors name `path` and the field at fault.
