@@ -19,7 +19,6 @@ struct Planned {
 void add_placeholder_commands(CLI::App& app, Context& ctx) {
   static const std::vector<Planned> planned = {
       {"data", "clean, deduplicate, filter and shard corpora", "#4 (tokenizer and corpus pipeline)"},
-      {"tokenizer", "train, inspect and run byte-level BPE tokenizers", "#4 (tokenizer and corpus pipeline)"},
       {"init-model", "write a randomly initialised model directory from a config.json", "#3 (model and pretraining)"},
       {"forward", "run a model on token ids and write the logits", "#3 (model and pretraining)"},
       {"train", "pretrain a model from a TOML config", "#3 (model and pretraining)"},
