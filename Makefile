@@ -54,3 +54,7 @@ fuzz:
 	cmake --build build-fuzz -j $(JOBS) --target fuzz_safetensors
 	mkdir -p build-fuzz/corpus/safetensors && cp tests/reference/fixtures/*.safetensors build-fuzz/corpus/safetensors/
 	build-fuzz/bin/fuzz_safetensors -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 build-fuzz/corpus/safetensors
+	cmake --build build-fuzz -j $(JOBS) --target fuzz_tokenizer_json
+	mkdir -p build-fuzz/corpus/tokenizer_json && cp tests/tokenizer/fixtures/mini_*.tokenizer.json build-fuzz/corpus/tokenizer_json/
+	build-fuzz/bin/fuzz_tokenizer_json -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -max_len=200000 \
+	  build-fuzz/corpus/tokenizer_json

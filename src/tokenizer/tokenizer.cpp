@@ -55,6 +55,32 @@ std::vector<uint32_t> special_ids(const json& item, const json& table, const Whe
   return out;
 }
 
+// Deepest nesting of arrays and objects in JSON text. Components nest (Sequence of Sequence ...) and are built
+// recursively, so a hostile file must not get to nest without bound.
+size_t json_nesting(std::string_view s) {
+  size_t depth = 0, deepest = 0;
+  bool in_string = false;
+  for (size_t i = 0; i < s.size(); ++i) {
+    char c = s[i];
+    if (in_string) {
+      if (c == '\\') {
+        ++i;
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      deepest = std::max(deepest, ++depth);
+    } else if ((c == ']' || c == '}') && depth > 0) {
+      --depth;
+    }
+  }
+  return deepest;
+}
+
+constexpr size_t kMaxJsonNesting = 64;
+
 }  // namespace
 
 void Tokenizer::Impl::parse_post_processor(const json& j, const Where& w) {
@@ -227,6 +253,8 @@ Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
 Tokenizer::~Tokenizer() = default;
 
 Tokenizer Tokenizer::from_json(std::string_view json_text, const std::string& name) {
+  LMF_CHECK(json_nesting(json_text) <= kMaxJsonNesting, name, ": JSON nested deeper than ", kMaxJsonNesting,
+            " levels; a tokenizer.json needs far fewer");
   json root = json::parse(json_text, nullptr, false);
   if (root.is_discarded()) {
     // Parse again with exceptions for nlohmann's position message.

@@ -74,6 +74,11 @@ TEST(TokenizerLoader, UnsupportedComponentsNameFileAndField) {
   no_model.erase("model");
   EXPECT_NE(load_error(no_model).find("t.json: model: missing"), std::string::npos);
   EXPECT_THROW(Tokenizer::from_json("{\"model\": ", "t.json"), lmforge::Error);
+  json deep = base();
+  json seq = {{"type", "NFC"}};
+  for (int i = 0; i < 200; ++i) seq = {{"type", "Sequence"}, {"normalizers", {seq}}};
+  deep["normalizer"] = seq;
+  EXPECT_NE(load_error(deep).find("t.json: JSON nested deeper than 64 levels"), std::string::npos);
   EXPECT_THROW(Tokenizer::from_file("/no/such/tokenizer.json"), lmforge::Error);
   EXPECT_NE(load_error(json::array()).find("t.json: top level must be a JSON object"), std::string::npos);
 }

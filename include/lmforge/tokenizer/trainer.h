@@ -21,7 +21,7 @@ struct TrainerOptions {
   std::string jsonl_field = "text";  // for .jsonl/.json inputs; other files are plain text
   int threads = 0;                   // 0: the process thread pool's size
   // Bounded memory: when more distinct words than this are held, those seen least are dropped (0: no bound).
-  size_t max_words = 20'000'000;
+  size_t max_words = 8'000'000;                 // about 0.6-1 GB of counts
   bool skip_bad = false;                        // malformed JSONL lines are counted and skipped instead of failing
   std::function<void(const std::string&)> log;  // progress lines; may be empty
 };
