@@ -146,7 +146,8 @@ class ByteLevel : public PreTokenizer {
     std::vector<std::pair<uint32_t, uint32_t>> scratch;
     for (Piece p : in) {
       if (add_prefix_space_ && (p.len == 0 || buf[p.off] != ' ')) {
-        std::string moved = " " + buf.substr(p.off, p.len);
+        std::string moved(1, ' ');
+        moved.append(buf, p.off, p.len);
         p = {static_cast<uint32_t>(buf.size()), static_cast<uint32_t>(moved.size())};
         buf += moved;
       }

@@ -283,6 +283,9 @@ Tokenizer Tokenizer::from_file(const std::string& path) {
 }
 
 void Tokenizer::encode_into(std::string_view text, std::vector<uint32_t>& out, const EncodeOptions& opt) const {
+  // Pieces address the text with 32-bit offsets (half the memory traffic of size_t in the hot loops).
+  LMF_CHECK(text.size() < (size_t{1} << 31), "input of ", text.size(),
+            " bytes is too long to encode at once (limit 2 GiB)");
   std::string repaired;
   size_t valid = unicode::valid_utf8_prefix(text);
   if (valid != text.size()) {

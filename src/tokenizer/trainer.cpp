@@ -60,6 +60,53 @@ json pre_tokenizer_for(const std::string& pattern) {
 
 using WordCounts = std::unordered_map<std::string, uint64_t, StringHash, std::equal_to<>>;
 
+// Open-addressing map from a pair key (never ~0) to V: the merge loop's counts and index are looked up a few times
+// per merged occurrence, where std::unordered_map's node chasing dominated.
+template <typename V>
+class PairMap {
+ public:
+  V& operator[](uint64_t key) {
+    if ((size_ + 1) * 4 > keys_.size() * 3) grow();  // load <= 3/4: linear probing stays short
+    size_t i = slot(key);
+    if (keys_[i] == kEmpty) {
+      keys_[i] = key;
+      ++size_;
+    }
+    return vals_[i];
+  }
+  template <typename F>
+  void for_each(F&& f) {
+    for (size_t i = 0; i < keys_.size(); ++i)
+      if (keys_[i] != kEmpty) f(keys_[i], vals_[i]);
+  }
+
+ private:
+  static constexpr uint64_t kEmpty = ~uint64_t{0};
+  size_t slot(uint64_t key) const {
+    uint64_t h = key * 0x9E3779B97F4A7C15ULL;
+    size_t mask = keys_.size() - 1;
+    for (size_t i = (h >> 20) & mask;; i = (i + 1) & mask)
+      if (keys_[i] == key || keys_[i] == kEmpty) return i;
+  }
+  void grow() {
+    std::vector<uint64_t> old_keys = std::move(keys_);
+    std::vector<V> old_vals = std::move(vals_);
+    size_t cap = old_keys.empty() ? 1024 : old_keys.size() * 2;
+    keys_.assign(cap, kEmpty);
+    vals_.clear();
+    vals_.resize(cap);
+    for (size_t i = 0; i < old_keys.size(); ++i) {
+      if (old_keys[i] == kEmpty) continue;
+      size_t j = slot(old_keys[i]);
+      keys_[j] = old_keys[i];
+      vals_[j] = std::move(old_vals[i]);
+    }
+  }
+  std::vector<uint64_t> keys_;
+  std::vector<V> vals_;
+  size_t size_ = 0;
+};
+
 uint64_t pair_key(uint32_t a, uint32_t b) {
   return (uint64_t{a} << 32) | b;
 }
@@ -304,12 +351,12 @@ std::string BpeTrainer::train() {
   WordCounts().swap(m.words);
 
   // Initial pair counts and the pair -> words index, counted per block in parallel and merged.
-  std::unordered_map<uint64_t, int64_t> pair_counts;
-  std::unordered_map<uint64_t, std::vector<uint32_t>> where;
+  PairMap<int64_t> pair_counts;
+  PairMap<std::vector<uint32_t>> where;
   std::mutex mu;
   parallel_for(static_cast<int64_t>(words.size()), 4096, [&](int64_t b, int64_t e) {
-    std::unordered_map<uint64_t, int64_t> lc;
-    std::unordered_map<uint64_t, std::vector<uint32_t>> lw;
+    PairMap<int64_t> lc;
+    PairMap<std::vector<uint32_t>> lw;
     for (int64_t i = b; i < e; ++i) {
       const auto& w = words[i];
       for (size_t k = 0; k + 1 < w.size(); ++k) {
@@ -320,11 +367,11 @@ std::string BpeTrainer::train() {
       }
     }
     std::lock_guard<std::mutex> lock(mu);
-    for (auto& [p, c] : lc) pair_counts[p] += c;
-    for (auto& [p, v] : lw) {
+    lc.for_each([&](uint64_t p, int64_t c) { pair_counts[p] += c; });
+    lw.for_each([&](uint64_t p, std::vector<uint32_t>& v) {
       auto& dst = where[p];
       dst.insert(dst.end(), v.begin(), v.end());
-    }
+    });
   });
 
   struct Cand {
@@ -334,8 +381,9 @@ std::string BpeTrainer::train() {
   // Highest count first; ties go to the smaller pair of ids (HF's Merge ordering), so training is deterministic.
   auto lower = [](const Cand& x, const Cand& y) { return x.count != y.count ? x.count < y.count : x.pair > y.pair; };
   std::priority_queue<Cand, std::vector<Cand>, decltype(lower)> queue(lower);
-  for (auto& [p, c] : pair_counts)
+  pair_counts.for_each([&](uint64_t p, int64_t c) {
     if (c > 0) queue.push({c, p});
+  });
 
   std::vector<std::pair<uint32_t, uint32_t>> merges;
   const uint64_t min_freq = std::max<uint64_t>(m.opt.min_frequency, 1);
@@ -360,7 +408,7 @@ std::string BpeTrainer::train() {
     pair_counts[top.pair] = 0;
 
     std::vector<uint32_t> targets = std::move(where[top.pair]);
-    where.erase(top.pair);
+    where[top.pair] = {};
     std::sort(targets.begin(), targets.end());
     targets.erase(std::unique(targets.begin(), targets.end()), targets.end());
     touched.clear();
