@@ -19,7 +19,7 @@ struct MatchState {
   pcre2_match_context* ctx = nullptr;
   MatchState() {
     data = pcre2_match_data_create(1, nullptr);
-    stack = pcre2_jit_stack_create(64 * 1024, 8 * 1024 * 1024, nullptr);
+    stack = pcre2_jit_stack_create(size_t{64} << 10, size_t{8} << 20, nullptr);
     ctx = pcre2_match_context_create(nullptr);
     if (ctx && stack) pcre2_jit_stack_assign(ctx, nullptr, stack);
   }

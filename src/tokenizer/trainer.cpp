@@ -326,6 +326,7 @@ std::string BpeTrainer::train() {
   }
   const auto& b2c = unicode::byte_to_cp();
   std::vector<std::pair<char32_t, int>> alphabet;
+  alphabet.reserve(256);
   for (int b = 0; b < 256; ++b) alphabet.emplace_back(b2c[b], b);
   std::sort(alphabet.begin(), alphabet.end());
   std::array<uint32_t, 256> byte_id{};

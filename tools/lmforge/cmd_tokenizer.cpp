@@ -129,7 +129,7 @@ int run_encode(const EncodeArgs& a) {
           ++skipped;
           continue;
         }
-        throw Error(where + ": " + problem + " (pass --skip-bad to skip such lines)");
+        throw Error(where.append(": ").append(problem).append(" (pass --skip-bad to skip such lines)"));
       }
       texts.push_back(j[a.field].get<std::string>());
       numbers.push_back(line_no);
