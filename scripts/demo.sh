@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
-# The engine demo (`make demo`): what the build can do today, end to end, in about a minute.
+# The demo (`make demo`): what the build can do today, end to end, in a few minutes.
 #  1. the op benchmarks in quick mode, each side by side with its reference (raw OpenBLAS, naive attention,
 #     copy bandwidth);
-#  2. a byte-level transformer trained from scratch by the engine on real English text.
+#  2. pretraining from real English text (the licence texts Debian's base-files ships on every system):
+#     byte-level token shards, `lmforge train` on a 9.6M-parameter hybrid-attention model (checkpoints,
+#     validation loss, a final model dir), then `lmforge forward` on the result.
 # Later issues turn this into the full pipeline (corpus -> tokenizer -> pretrain -> quantize -> serve).
 set -euo pipefail
 lmforge=${1:-build/bin/lmforge}
-bin=$(dirname "$lmforge")
-corpus=/usr/share/common-licenses/GPL-3   # real text shipped by Debian's base-files on every system
 
 "$lmforge" --version
 echo
 echo "== engine ops vs references (lmforge bench ops --quick) =="
 "$lmforge" bench ops --quick
 echo
-echo "== training a byte-level transformer on $corpus =="
-"$bin/tiny_lm" --text "$corpus" --steps 300 --max-val-loss 2.6
+echo "== pretraining a byte-level model on Debian's licence texts (lmforge data shard, train, forward) =="
+bash "$(dirname "$0")/train_byte_lm.sh" "$lmforge" runs/byte-lm 1.75
+echo "run folder: runs/byte-lm/run (log.jsonl, checkpoints/, final/)"

@@ -8,10 +8,12 @@ packages=(
   libopenblas-dev          # cblas_sgemm for f32 matmul
   libcli11-dev             # command-line parsing
   nlohmann-json3-dev       # JSON (safetensors headers, configs, --json output)
+  libtomlplusplus-dev      # TOML training configs
+  libssl-dev               # sha256 of token shards and checkpoints (OpenSSL EVP)
+  libpcre2-dev             # tokenizer pre-tokenizer regexes (Unicode properties, lookahead)
   libgtest-dev libgmock-dev  # unit tests
   libbenchmark-dev         # bench/ micro-benchmarks
   clang-format clang-tidy  # make format / make lint
-  libpcre2-dev             # tokenizer pre-tokenization regexes (JIT)
   libicu-dev               # tokenizer Unicode normalization and character classes
 )
 # Node regenerates the tokenizer parity fixtures and fetches the full tokenizer.json files the parity tests use

@@ -325,4 +325,45 @@ Var scatter_add_rows(const Var& src, const Tensor& idx_in, int64_t rows) {
   return out;
 }
 
+Var scale_rows(const Var& x, const Var& w) {
+  const DType dt = compute_dtype("scale_rows", {&x.value(), &w.value()});
+  LMF_CHECK(x.dim() == 2 && w.value().numel() == x.size(0) && (w.dim() == 1 || (w.dim() == 2 && w.size(1) == 1)),
+            "scale_rows: weights ", w.value().str(), " do not give one value per row of ", x.value().str());
+  const int64_t M = x.size(0), D = x.size(1);
+  Tensor X = prepare(x.value(), dt), Wt = prepare(w.value(), dt);
+  Tensor Y = Tensor::empty({M, D}, dt);
+  LMF_FLOAT_DISPATCH(dt, {
+    const T* xp = X.data<T>();
+    const T* wp = Wt.data<T>();
+    T* yp = Y.data<T>();
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t d = 0; d < D; ++d) yp[m * D + d] = xp[m * D + d] * wp[m];
+  });
+  Var out(Y);
+  if (needs_record({&x, &w})) {
+    active_tape()->record("scale_rows", {out}, [x, w, X, Wt, M, D, dt, o = out.impl()] {
+      Tensor dY = prepare(o->grad, dt);
+      Tensor dX = Tensor::empty({M, D}, dt), dW = Tensor::empty(w.shape(), dt);
+      LMF_FLOAT_DISPATCH(dt, {
+        const T* g = dY.data<T>();
+        const T* xp = X.data<T>();
+        const T* wp = Wt.data<T>();
+        T* dx = dX.data<T>();
+        T* dw = dW.data<T>();
+        for (int64_t m = 0; m < M; ++m) {
+          T acc = 0;
+          for (int64_t d = 0; d < D; ++d) {
+            dx[m * D + d] = g[m * D + d] * wp[m];
+            acc += g[m * D + d] * xp[m * D + d];
+          }
+          dw[m] = acc;
+        }
+      });
+      if (x.requires_grad()) x.accumulate_grad(dX);
+      if (w.requires_grad()) w.accumulate_grad(dW);
+    });
+  }
+  return out;
+}
+
 }  // namespace lmforge::ops

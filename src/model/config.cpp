@@ -55,6 +55,7 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
   LMF_CHECK(j.is_object(), source, ": config must be a JSON object");
   Reader r{j, source};
   ModelConfig c;
+  c.raw = j;
   r.string("model_type", c.model_type);
   require(c.model_type == "llama" || c.model_type == "deepseek_v3", source, "model_type",
           "must be \"llama\" or \"deepseek_v3\", got \"" + c.model_type + "\"");
@@ -132,6 +133,14 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
     r.boolean("seq_aux", c.seq_aux);
     r.number("routed_scaling_factor", c.routed_scaling_factor);
     r.number("aux_loss_alpha", c.aux_loss_alpha);
+    r.number("moe_capacity_factor", c.moe_capacity_factor);
+    r.number("moe_router_noise_std", c.moe_router_noise_std);
+    r.number("moe_bias_update_speed", c.moe_bias_update_speed);
+    require(c.moe_capacity_factor >= 0, source, "moe_capacity_factor", "must be >= 0 (0: no capacity limit)");
+    require(c.moe_router_noise_std >= 0, source, "moe_router_noise_std", "must be >= 0");
+    require(c.moe_bias_update_speed >= 0, source, "moe_bias_update_speed", "must be >= 0");
+    require(c.aux_loss_alpha >= 0, source, "aux_loss_alpha", "must be >= 0");
+    require(!c.attention_bias, source, "attention_bias", "is not supported for deepseek_v3 models");
   }
 
   // Consistency.
@@ -225,7 +234,7 @@ int64_t ModelConfig::num_parameters() const {
       n += num_attention_heads * v_head_dim * D;                                  // o_proj
     } else {
       n += D * num_attention_heads * head_dim * 2 + D * num_key_value_heads * head_dim * 2;
-      if (attention_bias) n += num_attention_heads * head_dim + 2 * num_key_value_heads * head_dim;
+      if (attention_bias) n += num_attention_heads * head_dim + 2 * num_key_value_heads * head_dim + D;
     }
     if (is_moe_layer(l)) {
       n += (n_shared_experts + n_routed_experts) * 3 * D * moe_intermediate_size;

@@ -102,6 +102,7 @@ void add_bench_command(CLI::App& app, Context& ctx) {
     args->repeats_given = repeats->count() > 0;
     ctx.exit_code = run_bench_ops(*args, ctx.json);
   });
+  add_bench_train_command(bench, ctx);
 }
 
 }  // namespace lmforge::cli

@@ -14,14 +14,20 @@ struct Planned {
   const char* what;
   const char* issue;
 };
+void add_planned(CLI::App* parent, Context& ctx, const Planned& p) {
+  CLI::App* sub = parent->add_subcommand(p.name, std::string(p.what) + " [not built yet]");
+  sub->allow_extras();
+  sub->callback([&ctx, p, parent] {
+    std::fprintf(stderr, "lmforge %s%s: not built yet; it will %s (issue %s)\n",
+                 parent->get_parent() ? (parent->get_name() + " ").c_str() : "", p.name, p.what, p.issue);
+    ctx.exit_code = kRuntimeError;
+  });
+}
+
 }  // namespace
 
 void add_placeholder_commands(CLI::App& app, Context& ctx) {
   static const std::vector<Planned> planned = {
-      {"data", "clean, deduplicate, filter and shard corpora", "#4 (tokenizer and corpus pipeline)"},
-      {"init-model", "write a randomly initialised model directory from a config.json", "#3 (model and pretraining)"},
-      {"forward", "run a model on token ids and write the logits", "#3 (model and pretraining)"},
-      {"train", "pretrain a model from a TOML config", "#3 (model and pretraining)"},
       {"finetune", "SFT, LoRA, DPO and EWC fine-tuning", "a later fine-tuning issue"},
       {"eval", "perplexity, multiple-choice and generation benchmarks", "#5 (inference, quantization, evaluation)"},
       {"quantize", "q8_0, q4_0, int8, GPTQ and AWQ quantization", "#5 (inference, quantization, evaluation)"},
@@ -32,14 +38,20 @@ void add_placeholder_commands(CLI::App& app, Context& ctx) {
       {"report", "HTML report of a run", "a later tracking issue"},
       {"pipeline", "run the whole chain from one TOML file", "a later pipeline issue"},
   };
-  for (const Planned& p : planned) {
-    CLI::App* sub = app.add_subcommand(p.name, std::string(p.what) + " [not built yet]");
-    sub->allow_extras();
-    sub->callback([&ctx, p] {
-      std::fprintf(stderr, "lmforge %s: not built yet; it will %s (issue %s)\n", p.name, p.what, p.issue);
-      ctx.exit_code = kRuntimeError;
-    });
-  }
+  for (const Planned& p : planned) add_planned(&app, ctx, p);
+}
+
+void add_data_command(CLI::App& app, Context& ctx) {
+  CLI::App* data = app.add_subcommand("data", "clean, deduplicate, filter and shard corpora");
+  data->require_subcommand(1);
+  add_data_shard_command(data, ctx);
+  static const std::vector<Planned> planned = {
+      {"clean", "normalise, repair and strip corpora", "#4 (tokenizer and corpus pipeline)"},
+      {"dedup", "exact and MinHash near-duplicate removal", "#4 (tokenizer and corpus pipeline)"},
+      {"filter", "length, language, quality and domain filters", "#4 (tokenizer and corpus pipeline)"},
+      {"stats", "corpus statistics", "#4 (tokenizer and corpus pipeline)"},
+  };
+  for (const Planned& p : planned) add_planned(data, ctx, p);
 }
 
 }  // namespace lmforge::cli

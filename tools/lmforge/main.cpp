@@ -21,6 +21,9 @@ int run(int argc, char** argv) {
   Context ctx;
   add_tokenizer_command(app, ctx);
   add_bench_command(app, ctx);
+  add_model_commands(app, ctx);
+  add_data_command(app, ctx);
+  add_train_command(app, ctx);
   add_placeholder_commands(app, ctx);
   try {
     app.parse(argc, argv);

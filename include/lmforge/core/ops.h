@@ -63,5 +63,7 @@ std::pair<Var, Tensor> topk(const Var& x, int64_t k);
 Var gather_rows(const Var& x, const Tensor& idx);
 // Returns a [rows, D] tensor with src [M, D] added at rows idx [M] (duplicates accumulate).
 Var scatter_add_rows(const Var& src, const Tensor& idx, int64_t rows);
+// x [M, D] with row m multiplied by w[m] (w of shape [M] or [M, 1]): the MoE combine weights.
+Var scale_rows(const Var& x, const Var& w);
 
 }  // namespace lmforge::ops

@@ -32,10 +32,15 @@ class Storage {
   void* data() const { return data_; }
   size_t bytes() const { return bytes_; }
 
+  // Large freed blocks are cached for reuse (see tensor.cpp); this returns them to the system.
+  static void release_cached_blocks();
+  static size_t cached_bytes();
+
  private:
   Storage() = default;
   void* data_ = nullptr;
   size_t bytes_ = 0;
+  size_t capacity_ = 0;  // bytes actually allocated (>= bytes_; a cached block may be slightly larger)
   bool owned_ = false;
   std::shared_ptr<void> keeper_;
 };

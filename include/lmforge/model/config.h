@@ -44,6 +44,12 @@ struct ModelConfig {
   std::string topk_method = "greedy";    // greedy | group_limited_greedy | noaux_tc
   bool norm_topk_prob = false, seq_aux = false;
   double routed_scaling_factor = 1.0, aux_loss_alpha = 0.0;
+  // lmforge's training-time MoE extras (our own keys; transformers ignores them):
+  double moe_capacity_factor = 0.0;    // > 0: each expert takes at most ceil(f * tokens * k / experts) tokens
+  double moe_router_noise_std = 0.0;   // Gaussian noise on router logits while training
+  double moe_bias_update_speed = 0.0;  // noaux_tc bias step per training step (DeepSeek-V3's gamma); 0: off
+
+  nlohmann::json raw;  // the file as read, written back unchanged by save
 
   bool is_deepseek() const { return model_type == "deepseek_v3"; }
   bool is_moe_layer(int64_t layer) const;

@@ -1,0 +1,245 @@
+// The trainer: config validation, the schedule, token shards, exact resume, the non-finite guard and damaged
+// checkpoints. Tiny models and byte-level shards of real text keep each run well under a second.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "lmforge/core/error.h"
+#include "lmforge/data/shard.h"
+#include "lmforge/io/safetensors.h"
+#include "lmforge/model/model.h"
+#include "lmforge/train/config.h"
+#include "lmforge/train/dataset.h"
+#include "lmforge/train/trainer.h"
+#include "temp_dir_test.h"
+
+namespace lmforge::train {
+namespace {
+
+namespace fs = std::filesystem;
+
+const char* kTinyLlama = R"({"model_type":"llama","vocab_size":257,"hidden_size":32,"intermediate_size":64,
+  "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"max_position_embeddings":64,
+  "rms_norm_eps":1e-5,"initializer_range":0.02,"layer_types":["sliding_attention","full_attention"],
+  "sliding_window":8})";
+const char* kTinyMoe = R"({"model_type":"deepseek_v3","vocab_size":257,"hidden_size":32,"intermediate_size":64,
+  "num_hidden_layers":2,"num_attention_heads":4,"q_lora_rank":null,"kv_lora_rank":16,"qk_nope_head_dim":8,
+  "qk_rope_head_dim":4,"v_head_dim":8,"moe_intermediate_size":16,"first_k_dense_replace":1,"n_shared_experts":1,
+  "n_routed_experts":4,"num_experts_per_tok":2,"scoring_func":"sigmoid","topk_method":"noaux_tc","n_group":1,
+  "topk_group":1,"norm_topk_prob":true,"routed_scaling_factor":1.0,"moe_bias_update_speed":0.001,
+  "aux_loss_alpha":0.001,"moe_capacity_factor":1.2,"moe_router_noise_std":0.1,"initializer_range":0.02})";
+
+class TrainTest : public lmforge::testing::TempDirTest {
+ protected:
+  void SetUp() override {
+    TempDirTest::SetUp();
+    data::ByteShardOptions o;
+    o.shard_tokens = 9000;  // several shards: reads cross shard boundaries
+    data::write_byte_shards({"/usr/share/common-licenses/GPL-3"}, path("shards"), o);
+  }
+  std::string write(const std::string& name, const std::string& text) {
+    std::ofstream(path(name)) << text;
+    return path(name);
+  }
+  TrainConfig config(const char* model_json, const std::string& run, const std::string& extra = "") {
+    write("model.json", model_json);
+    std::string t =
+        "[model]\nconfig = \"model.json\"\nseed = 3\n[data]\ntrain = \"shards\"\nseq_len = 16\n"
+        "micro_batch = 2\n[optimizer]\nlr = 3e-3\n[schedule]\nwarmup_steps = 2\n[training]\n"
+        "max_steps = 12\nglobal_batch = 4\nthreads = 1\n[checkpoint]\ndir = \"" +
+        run + "\"\nevery = 4\nkeep_last = 2\n[logging]\nevery = 1\nval_every = 6\nval_batches = 2\n" + extra;
+    return load_train_config(write(run + ".toml", t));
+  }
+  std::vector<std::pair<int64_t, double>> losses(const std::string& run) {
+    std::ifstream f(path(run) + "/log.jsonl");
+    std::vector<std::pair<int64_t, double>> out;
+    std::string line;
+    while (std::getline(f, line)) {
+      auto j = nlohmann::json::parse(line);
+      if (j.contains("loss") && !j.contains("event"))
+        out.emplace_back(j["step"].get<int64_t>(), j["loss"].get<double>());
+    }
+    return out;
+  }
+};
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST_F(TrainTest, BadConfigsNameTheKey) {
+  write("m.json", kTinyLlama);
+  const std::string base = "[model]\nconfig = \"m.json\"\n[data]\ntrain = \"shards\"\n[checkpoint]\ndir = \"r\"\n";
+  struct Case {
+    std::string extra, needle;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"[training]\nmax_stepz = 3\n", "max_stepz: unknown key"},
+           {"[training]\nmax_steps = \"3\"\n", "max_steps: must be an integer"},
+           {"[optimizer]\nlr = -1.0\n", "lr:"},
+           {"[training]\nglobal_batch = 12\n", "global_batch"},  // micro_batch 8 does not divide 12
+           {"[training]\nprecision = \"fp8\"\n", "precision"},
+           {"[bogus]\nx = 1\n", "unknown section [bogus]"},
+           {"[schedule]\nwarmup_steps = 5000\n", "warmup_steps"},
+       }) {
+    const std::string msg = error_of([&] { parse_train_config(base + c.extra, "t.toml", dir_.string()); });
+    EXPECT_NE(msg.find(c.needle), std::string::npos) << c.extra << " -> " << msg;
+    EXPECT_NE(msg.find("t.toml"), std::string::npos) << msg;
+  }
+  EXPECT_NE(error_of([&] { parse_train_config("[model]\nconfig = ", "t.toml", "."); }).find("t.toml:2"),
+            std::string::npos);
+}
+
+TEST_F(TrainTest, CosineScheduleWithWarmupAndFloor) {
+  TrainConfig c = config(kTinyLlama, "run");
+  c.lr = 1.0;
+  c.warmup_steps = 4;
+  c.max_steps = 14;
+  c.min_lr_ratio = 0.1;
+  EXPECT_DOUBLE_EQ(c.lr_at(0), 0.25);
+  EXPECT_DOUBLE_EQ(c.lr_at(3), 1.0);
+  EXPECT_NEAR(c.lr_at(4), 1.0, 1e-12);
+  EXPECT_NEAR(c.lr_at(9), 0.1 + 0.9 * 0.5, 1e-12);  // halfway through the decay
+  EXPECT_NEAR(c.lr_at(14), 0.1, 1e-12);
+  EXPECT_NEAR(c.lr_at(100), 0.1, 1e-12);
+}
+
+TEST_F(TrainTest, ShardsRoundTripAndDamageIsNamed) {
+  const std::vector<uint32_t> ids = {1, 2, 65535, 7};
+  data::write_shard(path("a.bin"), ids);
+  data::ShardReader r(path("a.bin"));
+  ASSERT_EQ(r.size(), 4);
+  EXPECT_EQ(r.width(), 2);
+  EXPECT_EQ(r.at(2), 65535u);
+  data::write_shard(path("b.bin"), {70000, 1});
+  EXPECT_EQ(data::ShardReader(path("b.bin")).width(), 4);
+  EXPECT_EQ(data::ShardReader(path("b.bin")).at(0), 70000u);
+  fs::resize_file(path("a.bin"), fs::file_size(path("a.bin")) - 1);
+  EXPECT_NE(error_of([&] { data::ShardReader x(path("a.bin")); }).find("count"), std::string::npos);
+  // The manifest names a missing shard.
+  fs::remove(path("shards") + "/train-00001.bin");
+  const std::string msg = error_of([&] { data::load_manifest(path("shards")); });
+  EXPECT_NE(msg.find("missing shard train-00001.bin"), std::string::npos) << msg;
+}
+
+TEST_F(TrainTest, DatasetIsDeterministicAndCoversEveryWindowPerEpoch) {
+  Dataset d(path("shards"), 16, 5, 257);
+  const int64_t W = d.windows_per_epoch();
+  int64_t pos = 0;
+  std::set<std::vector<int32_t>> seen;
+  for (int64_t i = 0; i < W; ++i) {
+    Batch b = d.next(1, pos);
+    const int32_t* p = b.inputs.data<int32_t>();
+    seen.insert(std::vector<int32_t>(p, p + 16));
+    // targets are the inputs shifted by one
+    EXPECT_EQ(b.inputs.data<int32_t>()[1], b.targets.data<int32_t>()[0]);
+  }
+  EXPECT_GT(static_cast<int64_t>(seen.size()), W * 9 / 10);  // windows are distinct (text rarely repeats 16 bytes)
+  Dataset d2(path("shards"), 16, 5, 257);
+  int64_t p1 = 37, p2 = 37;
+  EXPECT_EQ(d.next(3, p1).inputs.to_double_vector(), d2.next(3, p2).inputs.to_double_vector());
+  EXPECT_TRUE(d.has_validation());
+}
+
+TEST_F(TrainTest, LossFallsAndResumeReproducesTheUninterruptedRun) {
+  for (const char* model : {kTinyLlama, kTinyMoe}) {
+    SCOPED_TRACE(model == kTinyLlama ? "llama" : "moe");
+    fs::remove_all(path("a"));
+    fs::remove_all(path("b"));
+    RunOptions quiet;
+    quiet.quiet = true;
+    RunResult a = run_training(config(model, "a"), quiet);
+    EXPECT_EQ(a.steps_done, 12);
+    RunOptions stop = quiet;
+    stop.stop_at = 5;
+    RunResult b1 = run_training(config(model, "b"), stop);
+    EXPECT_TRUE(b1.interrupted);
+    EXPECT_EQ(b1.steps_done, 5);
+    RunOptions resume = quiet;
+    resume.resume = true;
+    RunResult b2 = run_training(config(model, "b"), resume);
+    EXPECT_EQ(b2.steps_done, 12);
+    auto la = losses("a"), lb = losses("b");
+    ASSERT_EQ(la.size(), 12u);
+    EXPECT_EQ(la, lb);  // bit for bit
+    EXPECT_LT(la.back().second, la.front().second - 0.5);
+    EXPECT_TRUE(fs::exists(path("a") + "/final/model.safetensors"));
+    // keep_last = 2: steps 8 and 12 remain.
+    int n = 0;
+    for (const auto& e : fs::directory_iterator(path("a") + "/checkpoints"))
+      n += e.path().filename().string()[0] != '.';
+    EXPECT_EQ(n, 2);
+    // The final model loads and is a valid model directory.
+    model::CausalLM m = model::CausalLM::load(path("a") + "/final");
+    EXPECT_GT(m.num_parameters(), 0);
+  }
+}
+
+TEST_F(TrainTest, FreshRunRefusesToOverwriteAndResumeNeedsACheckpoint) {
+  RunOptions o;
+  o.quiet = true;
+  o.resume = true;
+  EXPECT_NE(error_of([&] { run_training(config(kTinyLlama, "r"), o); }).find("no checkpoint"), std::string::npos);
+  o.resume = false;
+  o.stop_at = 4;
+  run_training(config(kTinyLlama, "r"), o);
+  EXPECT_NE(error_of([&] { run_training(config(kTinyLlama, "r"), o); }).find("--resume"), std::string::npos);
+}
+
+TEST_F(TrainTest, CorruptCheckpointIsNamedAndLeftAlone) {
+  RunOptions o;
+  o.quiet = true;
+  o.stop_at = 4;
+  run_training(config(kTinyLlama, "r"), o);
+  const std::string ck = path("r") + "/checkpoints/step-00000004/model.safetensors";
+  ASSERT_TRUE(fs::exists(ck));
+  {
+    std::fstream f(ck, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(-3, std::ios::end);
+    f.put('\x7f');
+  }
+  const auto size = fs::file_size(ck);
+  const auto mtime = fs::last_write_time(ck);
+  o.resume = true;
+  o.stop_at = 0;
+  const std::string msg = error_of([&] { run_training(config(kTinyLlama, "r"), o); });
+  EXPECT_NE(msg.find("model.safetensors"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("sha256"), std::string::npos) << msg;
+  EXPECT_EQ(fs::file_size(ck), size);
+  EXPECT_EQ(fs::last_write_time(ck), mtime);
+}
+
+TEST_F(TrainTest, NonFiniteStepsAreSkippedThenTheRunStops) {
+  // A model whose weights hold a NaN: every step is non-finite; after max_nonfinite_steps the run stops with
+  // exit code 1 and writes no checkpoint.
+  write("m.json", kTinyLlama);
+  model::CausalLM m(model::load_model_config(path("m.json")));
+  m.init_random(1);
+  m.parameters()[1].value().data<float>()[5] = NAN;  // layer 0 input norm: every token
+  m.save(path("nanmodel"));
+  write("n.toml",
+        "[model]\ninit_from = \"nanmodel\"\n[data]\ntrain = \"shards\"\nseq_len = 16\nmicro_batch = 2\n"
+        "[training]\nmax_steps = 20\nthreads = 1\nmax_nonfinite_steps = 3\n[checkpoint]\ndir = \"n\"\n"
+        "every = 1\n[logging]\nevery = 1\n");
+  RunOptions o;
+  o.quiet = true;
+  RunResult r = run_training(load_train_config(path("n.toml")), o);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_FALSE(fs::exists(path("n") + "/checkpoints"));
+  std::ifstream f(path("n") + "/log.jsonl");
+  std::string log((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  EXPECT_NE(log.find("\"nonfinite\""), std::string::npos);
+  EXPECT_NE(log.find("\"stopped\""), std::string::npos);
+}
+
+}  // namespace
+}  // namespace lmforge::train
