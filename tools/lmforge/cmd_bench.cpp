@@ -4,6 +4,7 @@
 #include <string>
 
 #include "bench_ops.h"
+#include "bench_tokenizer.h"
 #include "lmforge/commands.h"
 
 namespace lmforge::cli {
@@ -42,6 +43,28 @@ int run_bench_ops(const BenchOpsArgs& args, bool json) {
   return kOk;
 }
 
+int run_bench_tokenizer(const bench::TokenizerBenchOptions& opt, bool json) {
+  auto rows = bench::run_tokenizer_bench(opt);
+  double ours1 = 0, hf1 = 0, oursn = 0, hfn = 0;
+  for (const auto& r : rows) {
+    if (r.side == "lmforge") (r.threads == 1 && r.what.find("1 thread") != std::string::npos ? ours1 : oursn) = r.mb_s;
+    if (r.side == "hf") (r.what.find("1 thread") != std::string::npos ? hf1 : hfn) = r.mb_s;
+  }
+  if (json) {
+    for (const auto& r : rows)
+      std::printf("{\"side\":\"%s\",\"what\":\"%s\",\"threads\":%d,\"mb_s\":%.3f,\"tokens\":%zu}\n", r.side.c_str(),
+                  r.what.c_str(), r.threads, r.mb_s, r.tokens);
+    return kOk;
+  }
+  std::printf("lmforge bench tokenizer: %s on %s (first %zu bytes, documents of ~%zu bytes); best of %d\n\n",
+              opt.tokenizer.c_str(), opt.input.c_str(), opt.max_bytes, opt.doc_bytes, opt.repeats);
+  std::printf("%-8s %-22s %7s %10s %10s\n", "side", "what", "threads", "MB/s", "tokens");
+  for (const auto& r : rows)
+    std::printf("%-8s %-22s %7d %10.2f %10zu\n", r.side.c_str(), r.what.c_str(), r.threads, r.mb_s, r.tokens);
+  if (hf1 > 0) std::printf("\nratio (lmforge / hf): 1 thread %.2fx, batch %.2fx\n", ours1 / hf1, oursn / hfn);
+  return kOk;
+}
+
 }  // namespace
 
 void add_bench_command(CLI::App& app, Context& ctx) {
@@ -59,6 +82,22 @@ void add_bench_command(CLI::App& app, Context& ctx) {
                              ->capture_default_str();
   ops->add_flag("--quick", args->opt.quick, "small shapes and 3 repeats (CI, demo; a few seconds)");
   ops->add_option("--filter", args->opt.filter, "only cases whose 'op shape' contains this substring");
+  auto tok = std::make_shared<bench::TokenizerBenchOptions>();
+  CLI::App* t =
+      bench->add_subcommand("tokenizer", "encode MB/s of lmforge and HF tokenizers (Node binding), side by side");
+  t->add_option("--tokenizer", tok->tokenizer, "tokenizer.json")->required()->check(CLI::ExistingFile);
+  t->add_option("--input", tok->input, "text file to encode")->required()->check(CLI::ExistingFile);
+  t->add_option("--doc-bytes", tok->doc_bytes, "document size (cut after a newline)")->capture_default_str();
+  t->add_option("--max-bytes", tok->max_bytes, "bytes of the input to use")->capture_default_str();
+  t->add_option("--threads", tok->threads, "threads for the batch rows")
+      ->check(CLI::Range(1, 1024))
+      ->capture_default_str();
+  t->add_option("--repeats", tok->repeats, "timed runs of ours; best reported")
+      ->check(CLI::Range(1, 100))
+      ->capture_default_str();
+  t->add_option("--hf-script", tok->hf_script, "bench_hf.js for the HF side; empty: skip it")->capture_default_str();
+  t->add_flag("--json", ctx.json, "one JSON object per row");
+  t->callback([&ctx, tok] { ctx.exit_code = run_bench_tokenizer(*tok, ctx.json); });
   ops->callback([&ctx, args, repeats] {
     args->repeats_given = repeats->count() > 0;
     ctx.exit_code = run_bench_ops(*args, ctx.json);

@@ -19,6 +19,7 @@ int run(int argc, char** argv) {
   // At most one subcommand; "none" is reported after parsing so an unknown flag is named first.
   app.require_subcommand(0, 1);
   Context ctx;
+  add_tokenizer_command(app, ctx);
   add_bench_command(app, ctx);
   add_model_commands(app, ctx);
   add_data_command(app, ctx);

@@ -16,6 +16,8 @@ struct Context {
 };
 
 void add_bench_command(CLI::App& app, Context& ctx);
+void add_tokenizer_command(CLI::App& app, Context& ctx);
+void add_tokenizer_train_command(CLI::App& tokenizer_cmd, Context& ctx);
 void add_placeholder_commands(CLI::App& app, Context& ctx);
 void add_model_commands(CLI::App& app, Context& ctx);  // init-model, forward
 void add_data_command(CLI::App& app, Context& ctx);    // data shard (+ planned stages)

@@ -1,0 +1,128 @@
+// tokenizer.json loading: unsupported components and malformed fields fail with the file and JSON field named;
+// the Oniguruma-to-PCRE2 translation; invalid UTF-8 handling.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "lmforge/core/error.h"
+#include "lmforge/tokenizer/tokenizer.h"
+#include "tokenizer/regex.h"
+
+namespace fs = std::filesystem;
+using lmforge::tokenizer::EncodeOptions;
+using lmforge::tokenizer::InvalidUtf8;
+using lmforge::tokenizer::Tokenizer;
+using nlohmann::json;
+
+namespace {
+
+json base() {
+  std::ifstream in(fs::path(LMFORGE_SOURCE_DIR) / "tests/tokenizer/fixtures/mini_gpt2_template.tokenizer.json");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return json::parse(ss.str());
+}
+
+std::string load_error(const json& j) {
+  try {
+    Tokenizer::from_json(j.dump(), "t.json");
+  } catch (const lmforge::Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(TokenizerLoader, UnsupportedComponentsNameFileAndField) {
+  struct Case {
+    const char* pointer;
+    json value;
+    const char* expect;
+  };
+  const std::vector<Case> cases = {
+      {"/model/type", "Unigram", "t.json: model.type: unsupported model"},
+      {"/normalizer", json{{"type", "BertNormalizer"}},
+       "t.json: normalizer.type: unsupported normalizer \"BertNormalizer\""},
+      {"/pre_tokenizer", json{{"type", "Metaspace"}}, "t.json: pre_tokenizer.type: unsupported pre-tokenizer"},
+      {"/decoder", json{{"type", "WordPiece"}}, "t.json: decoder.type: unsupported decoder"},
+      {"/post_processor", json{{"type", "BertProcessing"}}, "t.json: post_processor.type: unsupported post-processor"},
+      {"/truncation", json{{"max_length", 5}}, "t.json: truncation: is not supported"},
+      {"/model/dropout", 0.1, "t.json: model.dropout"},
+      {"/model/merges/3", 7, "t.json: model.merges[3]: must be"},
+      {"/model/merges/4", "nospace", "t.json: model.merges[4]: must be"},
+      {"/model/merges/5", "zzzq qqqz", "t.json: model.merges[5]: token \"zzzq\" is not in the vocabulary"},
+      {"/model/vocab/hello", -3, "t.json: model.vocab.hello: id must be"},
+      {"/model/unk_token", "<nope>", "t.json: model.unk_token"},
+      {"/pre_tokenizer", json{{"type", "Split"}, {"pattern", {{"Regex", "(unclosed"}}}, {"behavior", "Isolated"}},
+       "t.json: pre_tokenizer.pattern: regex does not compile"},
+      {"/pre_tokenizer", json{{"type", "Split"}, {"pattern", {{"Regex", "a"}}}, {"behavior", "Sideways"}},
+       "t.json: pre_tokenizer.behavior: unknown behavior"},
+      {"/added_tokens/0/content", 5, "t.json: added_tokens[0].content: must be a string"},
+      {"/added_tokens/1/lstrip", "yes", "t.json: added_tokens[1].lstrip: must be true or false"},
+      {"/post_processor/processors/1/single/0", json{{"SpecialToken", {{"id", "<x>"}}}},
+       "\"<x>\" is not in special_tokens"},
+  };
+  for (const Case& c : cases) {
+    json j = base();
+    j[json::json_pointer(c.pointer)] = c.value;
+    std::string err = load_error(j);
+    EXPECT_NE(err.find(c.expect), std::string::npos) << c.pointer << " gave: " << err;
+  }
+  json no_model = base();
+  no_model.erase("model");
+  EXPECT_NE(load_error(no_model).find("t.json: model: missing"), std::string::npos);
+  EXPECT_THROW(Tokenizer::from_json("{\"model\": ", "t.json"), lmforge::Error);
+  json deep = base();
+  json seq = {{"type", "NFC"}};
+  for (int i = 0; i < 200; ++i) seq = {{"type", "Sequence"}, {"normalizers", {seq}}};
+  deep["normalizer"] = seq;
+  EXPECT_NE(load_error(deep).find("t.json: JSON nested deeper than 64 levels"), std::string::npos);
+  EXPECT_THROW(Tokenizer::from_file("/no/such/tokenizer.json"), lmforge::Error);
+  EXPECT_NE(load_error(json::array()).find("t.json: top level must be a JSON object"), std::string::npos);
+}
+
+TEST(TokenizerLoader, InvalidUtf8IsAnErrorOrReplaced) {
+  Tokenizer tok = Tokenizer::from_json(base().dump(), "t.json");
+  std::string bad = "ok \xff\xfe then \xE4\xBD";  // stray bytes and a truncated sequence
+  try {
+    tok.encode(bad);
+    FAIL() << "expected an error";
+  } catch (const lmforge::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("not valid UTF-8 at byte 3"), std::string::npos) << e.what();
+  }
+  EncodeOptions opt;
+  opt.invalid_utf8 = InvalidUtf8::kReplace;
+  opt.add_special_tokens = false;
+  EXPECT_EQ(tok.decode(tok.encode(bad, opt)), "ok \xEF\xBF\xBD\xEF\xBF\xBD then \xEF\xBF\xBD");
+  // Decoding ids that split a character repairs the text, as HF does; unknown ids are an error.
+  EXPECT_THROW(tok.decode(std::vector<uint32_t>{999999}), lmforge::Error);
+}
+
+TEST(TokenizerLoader, OnigurumaClassesTranslate) {
+  using lmforge::tokenizer::translate_onig_pattern;
+  EXPECT_EQ(translate_onig_pattern(R"(\s+(?!\S))"), R"(\p{White_Space}+(?!\P{White_Space}))");
+  EXPECT_EQ(translate_onig_pattern(R"([^\s\w])"), R"([^\p{White_Space}\p{L}\p{M}\p{Nd}\p{Pc}])");
+  EXPECT_EQ(translate_onig_pattern(R"(\\s[]\s])"), R"(\\s[]\p{White_Space}])");
+  // U+0085 (NEL) is whitespace to Oniguruma and Rust, not to PCRE2's own \s.
+  lmforge::tokenizer::Regex re(R"(\s+)", false, "test");
+  std::vector<std::pair<uint32_t, uint32_t>> m;
+  re.find_all(
+      "a\xC2\x85"
+      "b",
+      m);
+  ASSERT_EQ(m.size(), 1u);
+  EXPECT_EQ(m[0], (std::pair<uint32_t, uint32_t>{1, 3}));
+}
+
+TEST(TokenizerLoader, EncodeBatchMatchesOneByOne) {
+  Tokenizer tok = Tokenizer::from_json(base().dump(), "t.json");
+  std::vector<std::string> texts;
+  for (int i = 0; i < 200; ++i) texts.push_back("text number " + std::to_string(i * 7919) + " 你好 <sep> x");
+  std::vector<std::string_view> views(texts.begin(), texts.end());
+  auto batch = tok.encode_batch(views);
+  for (size_t i = 0; i < texts.size(); ++i) EXPECT_EQ(batch[i], tok.encode(texts[i]));
+}
+
+}  // namespace
