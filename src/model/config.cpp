@@ -11,6 +11,8 @@ namespace {
 
 using nlohmann::json;
 
+constexpr int64_t kMaxField = (int64_t{1} << 31) - 1;
+
 // Typed field readers: absent (or null where allowed) keeps the default; a wrong type is an error.
 struct Reader {
   const json& j;
@@ -23,6 +25,9 @@ struct Reader {
     auto it = j.find(key);
     if (it == j.end() || (nullable && it->is_null())) return;
     if (!it->is_number_integer()) fail(key, "must be an integer, got " + it->dump());
+    // No real config comes near 2^31 in any field; bounding them keeps size arithmetic far from overflow.
+    if (it->is_number_unsigned() ? it->get<uint64_t>() > kMaxField : std::llabs(it->get<int64_t>()) > kMaxField)
+      fail(key, "is out of range (" + it->dump() + ")");
     out = it->get<int64_t>();
   }
   void number(const char* key, double& out) const {
@@ -47,6 +52,43 @@ struct Reader {
 
 void require(bool ok, const std::string& source, const std::string& key, const std::string& what) {
   if (!ok) throw Error(source + ": field '" + key + "' " + what);
+}
+
+}  // namespace
+
+namespace {
+
+// The parameter count in any arithmetic type: int64 for the count, long double to reject configs whose count
+// would overflow before anything is allocated.
+template <typename N>
+N count_parameters(const ModelConfig& c) {
+  const N D = static_cast<N>(c.hidden_size), V = static_cast<N>(c.vocab_size),
+          H = static_cast<N>(c.num_attention_heads);
+  N n = V * D * (c.tie_word_embeddings ? 1 : 2) + D;  // embeddings, lm_head, final norm
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    n += 2 * D;  // input and post-attention norms
+    if (c.is_deepseek()) {
+      const N qk = static_cast<N>(c.qk_nope_head_dim + c.qk_rope_head_dim);
+      const N ql = static_cast<N>(c.q_lora_rank), kl = static_cast<N>(c.kv_lora_rank);
+      n += c.q_lora_rank > 0 ? D * ql + ql + ql * H * qk : D * H * qk;
+      n += D * (kl + static_cast<N>(c.qk_rope_head_dim)) + kl;          // kv_a_proj_with_mqa, norm
+      n += kl * H * static_cast<N>(c.qk_nope_head_dim + c.v_head_dim);  // kv_b_proj
+      n += H * static_cast<N>(c.v_head_dim) * D;                        // o_proj
+    } else {
+      const N hd = static_cast<N>(c.head_dim), kv = static_cast<N>(c.num_key_value_heads);
+      n += D * H * hd * 2 + D * kv * hd * 2;
+      if (c.attention_bias) n += H * hd + 2 * kv * hd + D;
+    }
+    if (c.is_moe_layer(l)) {
+      const N E = static_cast<N>(c.n_routed_experts);
+      n += static_cast<N>(c.n_shared_experts + c.n_routed_experts) * 3 * D * static_cast<N>(c.moe_intermediate_size);
+      n += E * D;                               // router
+      if (c.topk_method == "noaux_tc") n += E;  // e_score_correction_bias
+    } else {
+      n += 3 * D * static_cast<N>(c.intermediate_size);
+    }
+  }
+  return n;
 }
 
 }  // namespace
@@ -199,6 +241,10 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
       require(c.n_shared_experts >= 0, source, "n_shared_experts", "must be >= 0");
     }
   }
+  // Layers are walked one by one below and tensors sized from products of fields: refuse absurd models here.
+  require(c.num_hidden_layers <= 65536, source, "num_hidden_layers", "must be at most 65536");
+  require(count_parameters<long double>(c) < 0x1p50L, source, "hidden_size",
+          "and the other sizes describe more than 2^50 parameters");
   return c;
 }
 
@@ -221,30 +267,7 @@ bool ModelConfig::is_sliding_layer(int64_t layer) const {
 }
 
 int64_t ModelConfig::num_parameters() const {
-  const int64_t D = hidden_size;
-  int64_t n = vocab_size * D * (tie_word_embeddings ? 1 : 2) + D;  // embeddings, lm_head, final norm
-  for (int64_t l = 0; l < num_hidden_layers; ++l) {
-    n += 2 * D;  // input and post-attention norms
-    if (is_deepseek()) {
-      const int64_t qk = qk_nope_head_dim + qk_rope_head_dim;
-      n += q_lora_rank > 0 ? D * q_lora_rank + q_lora_rank + q_lora_rank * num_attention_heads * qk
-                           : D * num_attention_heads * qk;
-      n += D * (kv_lora_rank + qk_rope_head_dim) + kv_lora_rank;                  // kv_a_proj_with_mqa, norm
-      n += kv_lora_rank * num_attention_heads * (qk_nope_head_dim + v_head_dim);  // kv_b_proj
-      n += num_attention_heads * v_head_dim * D;                                  // o_proj
-    } else {
-      n += D * num_attention_heads * head_dim * 2 + D * num_key_value_heads * head_dim * 2;
-      if (attention_bias) n += num_attention_heads * head_dim + 2 * num_key_value_heads * head_dim + D;
-    }
-    if (is_moe_layer(l)) {
-      n += (n_shared_experts + n_routed_experts) * 3 * D * moe_intermediate_size;
-      n += n_routed_experts * D;                             // router
-      if (topk_method == "noaux_tc") n += n_routed_experts;  // e_score_correction_bias
-    } else {
-      n += 3 * D * intermediate_size;
-    }
-  }
-  return n;
+  return count_parameters<int64_t>(*this);
 }
 
 }  // namespace lmforge::model

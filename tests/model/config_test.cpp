@@ -83,3 +83,26 @@ TEST(ModelConfig, BadConfigsNameFileAndField) {
 
 }  // namespace
 }  // namespace lmforge::model
+
+namespace lmforge::model {
+namespace {
+
+TEST(ModelConfig, AbsurdSizesAreRefusedBeforeAnyArithmetic) {
+  auto err = [](const char* text) {
+    try {
+      parse_model_config(nlohmann::json::parse(text), "big.json");
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_NE(err(R"({"model_type":"llama","vocab_size":20000000000,"hidden_size":8,"intermediate_size":8,
+    "num_hidden_layers":1,"num_attention_heads":1})").find("'vocab_size' is out of range"), std::string::npos);
+  EXPECT_NE(err(R"({"model_type":"llama","vocab_size":2000000000,"hidden_size":2000000000,"intermediate_size":8,
+    "num_hidden_layers":1,"num_attention_heads":1})").find("2^50 parameters"), std::string::npos);
+  EXPECT_NE(err(R"({"model_type":"llama","vocab_size":8,"hidden_size":8,"intermediate_size":8,
+    "num_hidden_layers":100000000,"num_attention_heads":1})").find("num_hidden_layers"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace lmforge::model
