@@ -50,11 +50,9 @@ std::vector<int32_t> read_ids(const std::string& path, int64_t vocab) {
     } catch (const std::exception&) {
       used = 0;
     }
-    if (used != tok.size())
-      throw Error(path + ": token " + std::to_string(ids.size()) + " '" + tok + "' is not an integer");
-    if (v < 0 || v >= vocab)
-      throw Error(path + ": token id " + tok + " (position " + std::to_string(ids.size()) + ") outside [0, " +
-                  std::to_string(vocab) + ") (vocab_size)");
+    LMF_CHECK(used == tok.size(), path, ": token ", ids.size(), " '", tok, "' is not an integer");
+    LMF_CHECK(v >= 0 && v < vocab, path, ": token id ", tok, " (position ", ids.size(), ") outside [0, ", vocab,
+              ") (vocab_size)");
     ids.push_back(static_cast<int32_t>(v));
   }
   if (ids.empty()) throw Error(path + ": no token ids");
