@@ -23,6 +23,7 @@
 #include "lmforge/train/dataset.h"
 #include "train/checkpoint.h"
 #include "train/progress.h"
+#include "train/report.h"
 
 namespace lmforge::train {
 
@@ -224,6 +225,7 @@ RunResult run_training(const TrainConfig& c, const RunOptions& opt) {
         log.write({{"event", "stopped"}, {"reason", "non-finite steps"}, {"step", state.step}});
         progress.message("stopping: " + std::to_string(state.nonfinite_streak) +
                          " non-finite steps in a row; the last good checkpoint is kept as it was");
+        write_report(c.checkpoint_dir);
         res.exit_code = 1;
         res.steps_done = state.step;
         return res;
@@ -267,6 +269,7 @@ RunResult run_training(const TrainConfig& c, const RunOptions& opt) {
     if (sig != 0 || stop_here) {
       save(sig ? "signal" : "stop_at");
       log.write({{"event", "interrupted"}, {"step", state.step}, {"signal", sig}});
+      write_report(c.checkpoint_dir);
       progress.message("stopped at step " + std::to_string(state.step) + "; checkpoint saved; continue with --resume");
       res.interrupted = true;
       res.steps_done = state.step;
@@ -277,6 +280,7 @@ RunResult run_training(const TrainConfig& c, const RunOptions& opt) {
   save("final");
   m.save((fs::path(c.checkpoint_dir) / "final").string());
   log.write({{"event", "done"}, {"step", state.step}, {"final_loss", res.last_loss}, {"val_loss", res.last_val_loss}});
+  write_report(c.checkpoint_dir);
   progress.finish();
   res.steps_done = state.step;
   return res;

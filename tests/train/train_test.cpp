@@ -173,6 +173,10 @@ TEST_F(TrainTest, LossFallsAndResumeReproducesTheUninterruptedRun) {
     EXPECT_EQ(la, lb);  // bit for bit
     EXPECT_LT(la.back().second, la.front().second - 0.5);
     EXPECT_TRUE(fs::exists(path("a") + "/final/model.safetensors"));
+    std::ifstream rep(path("a") + "/report.html");
+    std::string html((std::istreambuf_iterator<char>(rep)), std::istreambuf_iterator<char>());
+    EXPECT_NE(html.find("<svg"), std::string::npos);
+    EXPECT_NE(html.find("validation loss"), std::string::npos);
     // keep_last = 2: steps 8 and 12 remain.
     int n = 0;
     for (const auto& e : fs::directory_iterator(path("a") + "/checkpoints"))
