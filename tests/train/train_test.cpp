@@ -131,6 +131,32 @@ TEST_F(TrainTest, ShardsRoundTripAndDamageIsNamed) {
   EXPECT_NE(msg.find("missing shard train-00001.bin"), std::string::npos) << msg;
 }
 
+TEST_F(TrainTest, JsonlDocumentsSplitByHashAndBadLinesAreNamed) {
+  {
+    std::ofstream f(path("docs.jsonl"));
+    for (int i = 0; i < 200; ++i)
+      f << nlohmann::json({{"text", "document number " + std::to_string(i)}}).dump() << "\n";
+  }
+  data::ByteShardOptions o;
+  o.val_fraction = 0.1;
+  data::ByteShardReport r = data::write_byte_shards({path("docs.jsonl")}, path("j"), o);
+  EXPECT_EQ(r.documents, 200);
+  data::Manifest m = data::load_manifest(path("j"), true);
+  ASSERT_EQ(m.val.size(), 1u);
+  EXPECT_GT(m.val[0].documents, 5);  // about 20 of 200
+  EXPECT_LT(m.val[0].documents, 40);
+  EXPECT_EQ(m.train[0].documents + m.val[0].documents, 200);
+  // Every document ends with EOS: count them in the train shard.
+  data::ShardReader tr(path("j/") + m.train[0].file);
+  int64_t eos = 0;
+  for (int64_t i = 0; i < tr.size(); ++i) eos += tr.at(i) == data::kByteEos;
+  EXPECT_EQ(eos, m.train[0].documents);
+  std::ofstream(path("bad.jsonl")) << "{\"text\": \"ok\"}\n{\"txt\": 1}\n";
+  const std::string msg = error_of([&] { data::write_byte_shards({path("bad.jsonl")}, path("k"), o); });
+  EXPECT_NE(msg.find("bad.jsonl:2"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("'text'"), std::string::npos) << msg;
+}
+
 TEST_F(TrainTest, DatasetIsDeterministicAndCoversEveryWindowPerEpoch) {
   Dataset d(path("shards"), 16, 5, 257);
   const int64_t W = d.windows_per_epoch();
