@@ -51,8 +51,8 @@ class SignalGuard {
     struct sigaction sa {};
     sa.sa_handler = on_signal;
     sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, &old_int_);
-    sigaction(SIGTERM, &sa, &old_term_);
+    install(SIGINT, sa, &old_int_);
+    install(SIGTERM, sa, &old_term_);
   }
   ~SignalGuard() {
     sigaction(SIGINT, &old_int_, nullptr);
@@ -62,6 +62,11 @@ class SignalGuard {
   SignalGuard& operator=(const SignalGuard&) = delete;
 
  private:
+  // A signal ignored on entry stays ignored (nohup, or SIGINT for a background job of a non-interactive shell).
+  static void install(int sig, const struct sigaction& sa, struct sigaction* old) {
+    sigaction(sig, nullptr, old);
+    if (old->sa_handler != SIG_IGN) sigaction(sig, &sa, nullptr);
+  }
   struct sigaction old_int_ {
   }, old_term_{};
 };

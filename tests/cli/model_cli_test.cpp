@@ -85,17 +85,32 @@ TEST_F(ModelCli, SigtermSavesACheckpointAndResumeContinues) {
   std::ofstream(path("t.toml")) << "[model]\nconfig = \"tiny.json\"\n[data]\ntrain = \"shards\"\nseq_len = 16\n"
                                    "micro_batch = 2\n[training]\nmax_steps = 1000000\nthreads = 1\n"
                                    "[checkpoint]\ndir = \"run\"\nevery = 0\n[logging]\nevery = 100\n";
-  r = sh(kBin + " train --quiet --config " + path("t.toml") + " & pid=$!; sleep 1.5; kill -TERM $pid; wait $pid");
+  // Signal only once the run is under way (its log has the start event): a signal that arrives before the handler
+  // is installed would just kill the process. The wait is bounded, and so is the run if the signal were lost.
+  const std::string log = path("run/log.jsonl");
+  const std::string wait_started = "for i in $(seq 600); do grep -q '\"event\":\"" + std::string("%s") + "\"' " + log +
+                                   " 2>/dev/null && break; sleep 0.1; done; sleep 0.3; ";
+  auto signal_when = [&](const char* event) {
+    std::string w = wait_started;
+    w.replace(w.find("%s"), 2, event);
+    return w;
+  };
+  r = sh("timeout 300 " + kBin + " train --quiet --config " + path("t.toml") + " & pid=$!; " + signal_when("start") +
+         "kill -TERM $pid; wait $pid");
   EXPECT_EQ(r.code, 0) << r.out;
-  std::ifstream f(path("run/log.jsonl"));
-  std::string log((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  EXPECT_NE(log.find("\"interrupted\""), std::string::npos) << log;
+  std::ifstream f(log);
+  std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  EXPECT_NE(text.find("\"interrupted\""), std::string::npos) << text;
   ASSERT_TRUE(fs::exists(path("run/checkpoints")));
   EXPECT_FALSE(fs::is_empty(path("run/checkpoints")));
-  // Resume (with a --set override) continues the run; SIGINT stops it the same way.
-  r = sh(kBin + " train --quiet --resume --config " + path("t.toml") + " --set training.max_steps=100000000 " +
-         "& pid=$!; sleep 0.5; kill -INT $pid; wait $pid");
+  // Resume (with a --set override) continues the run; a second SIGTERM stops it the same way. (SIGINT is ignored
+  // by background jobs of a non-interactive shell, and the trainer leaves ignored signals alone.)
+  r = sh("timeout 300 " + kBin + " train --quiet --resume --config " + path("t.toml") +
+         " --set training.max_steps=100000000 & pid=$!; " + signal_when("resume") + "kill -TERM $pid; wait $pid");
   EXPECT_EQ(r.code, 0) << r.out;
+  std::ifstream g(log);
+  text.assign((std::istreambuf_iterator<char>(g)), std::istreambuf_iterator<char>());
+  EXPECT_NE(text.find("\"resume\""), std::string::npos) << text;
 }
 
 }  // namespace
