@@ -1,0 +1,96 @@
+// `lmforge data ...` as a user runs it: exit codes, messages naming file:line:field, reports, atomic outputs.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+
+#include "temp_dir_test.h"
+
+namespace {
+
+struct CliRun {
+  int code;
+  std::string out;
+};
+
+CliRun run(const std::string& args) {
+  const std::string cmd = std::string(LMFORGE_BINARY) + " " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  const int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+class DataCli : public lmforge::testing::TempDirTest {
+ protected:
+  std::string write(const std::string& name, const std::string& body) {
+    std::ofstream(path(name), std::ios::binary) << body;
+    return path(name);
+  }
+  std::string read(const std::string& name) {
+    std::ifstream f(path(name));
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return ss.str();
+  }
+  static std::string fixture(const std::string& name) {
+    return std::string(LMFORGE_SOURCE_DIR) + "/tests/data/fixtures/" + name;
+  }
+};
+
+TEST_F(DataCli, CleanWritesOutputReportAndSummary) {
+  const auto in = write("in.jsonl",
+                        "{\"id\":7,\"text\":\"<p>Mail me:  a.b@example.com</p>\\u0007\"}\n"
+                        "{\"id\":8,\"text\":\"<br>\"}\n");
+  CliRun r = run("data clean --input " + in + " --output " + path("out.jsonl") + " --strip-html --mask-pii --report " +
+                 path("rep.json"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("clean: 2 documents"), std::string::npos) << r.out;
+  EXPECT_EQ(read("out.jsonl"), "{\"id\":7,\"text\":\"Mail me: <EMAIL>\"}\n");
+  auto rep = nlohmann::json::parse(read("rep.json"));
+  EXPECT_EQ(rep["stage"], "clean");
+  EXPECT_EQ(rep["documents_in"], 2);
+  EXPECT_EQ(rep["documents_out"], 1);
+  EXPECT_EQ(rep["dropped"]["empty_after_clean"]["documents"], 1);
+  EXPECT_EQ(rep["counters"]["pii_email"], 1);
+}
+
+TEST_F(DataCli, BadInputExitsTwoNamingFileLineAndField) {
+  const auto in = write("bad.jsonl", "{\"text\":\"ok\"}\n{\"body\":\"x\"}\n{\"text\":\n");
+  CliRun r = run("data clean --input " + in + " --output " + path("o.jsonl"));
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("bad.jsonl:2: field 'text' missing"), std::string::npos) << r.out;
+  EXPECT_FALSE(std::filesystem::exists(path("o.jsonl")));
+  r = run("data clean --skip-bad --json --quiet --input " + in + " --output " + path("o.jsonl"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto rep = nlohmann::json::parse(r.out);
+  EXPECT_EQ(rep["dropped"]["missing_field"]["documents"], 1);
+  EXPECT_EQ(rep["dropped"]["bad_json"]["documents"], 1);
+  EXPECT_EQ(run("data clean --input " + path("none.jsonl") + " --output " + path("o.jsonl")).code, 2);
+  EXPECT_EQ(run("data clean --input " + in + " --output " + path("o.jsonl") + " --invalid-utf8 maybe").code, 2);
+  const auto bad8 = write("b8.jsonl", "{\"text\":\"\xff\"}\n");
+  r = run("data clean --invalid-utf8 error --input " + bad8 + " --output " + path("o.jsonl"));
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("b8.jsonl:1: invalid UTF-8"), std::string::npos) << r.out;
+}
+
+TEST_F(DataCli, HugeSingleLineAndEmptyFile) {
+  std::string big = "{\"text\":\"" + std::string(100 << 20, 'a') + "\"}\n";
+  const auto in = write("big.jsonl", big);
+  big.clear();
+  CliRun r = run("data clean --quiet --input " + in + " --output " + path("o.jsonl"));
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(std::filesystem::file_size(path("o.jsonl")), (100u << 20) + 12);
+  r = run("data clean --input " + write("empty.jsonl", "") + " --output " + path("e.jsonl"));
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(read("e.jsonl"), "");
+}
+
+}  // namespace
