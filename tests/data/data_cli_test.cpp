@@ -94,3 +94,32 @@ TEST_F(DataCli, HugeSingleLineAndEmptyFile) {
 }
 
 }  // namespace
+
+namespace {
+TEST_F(DataCli, DedupRealEmailKeepsFirstOccurrenceDeterministically) {
+  const std::string in = fixture("spam_assassin_slice.jsonl");
+  CliRun a = run("data dedup --quiet --input " + in + " --output " + path("a.jsonl") + " --report " + path("rep.json"));
+  ASSERT_EQ(a.code, 0) << a.out;
+  auto rep = nlohmann::json::parse(read("rep.json"));
+  EXPECT_EQ(rep["documents_in"], 200);
+  EXPECT_EQ(rep["dropped"]["exact_duplicate"]["documents"], 19);
+  EXPECT_EQ(rep["counters"]["lsh_bands"], 9);
+  const int64_t out = rep["documents_out"];
+  EXPECT_EQ(out + 19 + rep["dropped"]["near_duplicate"]["documents"].get<int64_t>(), 200);
+  // Same result with one thread and with the Bloom filter.
+  CliRun b = run("data dedup --quiet --bloom --bloom-capacity 10000 --input " + in + " --output " + path("b.jsonl"));
+  ASSERT_EQ(b.code, 0) << b.out;
+  CliRun c = run("data dedup --quiet --input " + in + " --output " + path("c.jsonl"));
+  setenv("LMFORGE_THREADS", "1", 1);
+  CliRun d = run("data dedup --quiet --input " + in + " --output " + path("d.jsonl"));
+  unsetenv("LMFORGE_THREADS");
+  EXPECT_EQ(read("a.jsonl"), read("b.jsonl"));
+  EXPECT_EQ(read("a.jsonl"), read("d.jsonl"));
+  // The first message survives; ids keep their input order.
+  std::istringstream lines(read("a.jsonl"));
+  std::string first;
+  std::getline(lines, first);
+  EXPECT_EQ(nlohmann::json::parse(first)["id"], "00002");
+  EXPECT_EQ(run("data dedup --input " + in + " --output " + path("x.jsonl") + " --threshold 2").code, 2);
+}
+}  // namespace
