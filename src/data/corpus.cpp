@@ -284,10 +284,18 @@ StageReport run_stage(const std::string& stage, const std::vector<std::string>& 
     if (!reader.next_batch(batch)) break;
     if (fns.map) {
       parallel_for(static_cast<int64_t>(batch.size()), 8, [&](int64_t b, int64_t e) {
-        for (int64_t i = b; i < e; ++i) fns.map(batch[static_cast<size_t>(i)]);
+        for (int64_t i = b; i < e; ++i) {
+          Document& d = batch[static_cast<size_t>(i)];
+          try {
+            fns.map(d);
+          } catch (const std::exception& ex) {  // exceptions must not leave a pool thread
+            d.error = ex.what();
+          }
+        }
       });
     }
     for (Document& d : batch) {
+      if (!d.error.empty()) throw Error(d.source + ":" + std::to_string(d.line) + ": " + d.error);
       if (d.drop.empty() && fns.ordered) fns.ordered(d);
       if (!d.drop.empty()) {
         rep.drop(d.drop, static_cast<int64_t>(d.text.size()));

@@ -123,3 +123,38 @@ TEST_F(DataCli, DedupRealEmailKeepsFirstOccurrenceDeterministically) {
   EXPECT_EQ(run("data dedup --input " + in + " --output " + path("x.jsonl") + " --threshold 2").code, 2);
 }
 }  // namespace
+
+namespace {
+TEST_F(DataCli, FilterAndStats) {
+  const std::string in = fixture("spam_assassin_slice.jsonl");
+  const std::string tok =
+      std::string(LMFORGE_SOURCE_DIR) + "/tests/tokenizer/fixtures/mini_deepseek_pattern.tokenizer.json";
+  const auto bl = write("block.txt", "# comment line\n(?i)\\bviagra\\b\n\n(?i)free money\n");
+  CliRun r = run("data filter --quiet --json --input " + in + " --output " + path("f.jsonl") + " --block-list " + bl +
+                 " --quality --min-chars 100");
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto rep = nlohmann::json::parse(r.out);
+  EXPECT_EQ(rep["documents_in"], 200);
+  EXPECT_GT(rep["documents_out"].get<int>(), 50);
+  EXPECT_GT(rep["dropped"]["mean_word_length"]["documents"].get<int>(), 0);
+  // With a tokenizer the default window is 32-2048 tokens.
+  r = run("data filter --quiet --json --input " + in + " --output " + path("t.jsonl") + " --tokenizer " + tok);
+  ASSERT_EQ(r.code, 0) << r.out;
+  rep = nlohmann::json::parse(r.out);
+  EXPECT_EQ(rep["documents_out"].get<int>() +
+                rep["dropped"].value("too_few_tokens", nlohmann::json{{"documents", 0}})["documents"].get<int>() +
+                rep["dropped"].value("too_many_tokens", nlohmann::json{{"documents", 0}})["documents"].get<int>(),
+            200);
+  EXPECT_EQ(run("data filter --input " + in + " --output " + path("x.jsonl") + " --block-regex '(bad'").code, 2);
+  EXPECT_EQ(run("data filter --input " + in + " --output " + path("x.jsonl") + " --min-tokens 5").code, 2);
+
+  r = run("data stats --quiet --input " + in + " --tokenizer " + tok + " --report " + path("s.json"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto s = nlohmann::json::parse(r.out);
+  EXPECT_EQ(s["documents"], 200);
+  EXPECT_EQ(s["exact_duplicates"], 19);
+  EXPECT_GT(s["tokens"].get<int64_t>(), 10000);
+  EXPECT_EQ(s["chars_per_document"]["max"], 2488);
+  EXPECT_EQ(nlohmann::json::parse(read("s.json")), s);
+}
+}  // namespace

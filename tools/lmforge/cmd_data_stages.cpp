@@ -1,4 +1,5 @@
-// lmforge data dedup | filter | stats.
+// lmforge data dedup | filter | stats (docs/DATA.md).
+#include <bit>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -6,6 +7,9 @@
 
 #include "data_cli.h"
 #include "lmforge/data/dedup.h"
+#include "lmforge/data/filter.h"
+#include "lmforge/data/stats.h"
+#include "lmforge/tokenizer/tokenizer.h"
 
 namespace lmforge::cli {
 
@@ -64,14 +68,84 @@ int run_dedup(const DedupArgs& a, const Context& ctx) {
   return finish_stage(r, a.common, ctx);
 }
 
-void planned(CLI::App* data, Context& ctx, const char* name, const char* what) {
-  CLI::App* sub = data->add_subcommand(name, std::string(what) + " [not built yet]");
-  sub->allow_extras();
-  sub->callback([&ctx, name] {
-    std::fprintf(stderr, "lmforge data %s: not built yet (issue #4)\n", name);
-    ctx.exit_code = kRuntimeError;
-  });
+struct FilterArgs {
+  CommonArgs common;
+  std::string tokenizer, block_list;
+  bool quality = false;
+  data::FilterOptions opt;
+};
+
+int run_filter(FilterArgs& a, const Context& ctx) {
+  std::unique_ptr<tokenizer::Tokenizer> tok;
+  if (!a.tokenizer.empty()) {
+    tok = std::make_unique<tokenizer::Tokenizer>(tokenizer::Tokenizer::from_file(a.tokenizer));
+    if (a.opt.min_tokens == 0 && a.opt.max_tokens == 0) {  // the seeds' default window
+      a.opt.min_tokens = 32;
+      a.opt.max_tokens = 2048;
+    }
+  }
+  if (!a.block_list.empty())
+    for (auto& p : data::read_block_list(a.block_list)) a.opt.block_patterns.push_back(p);
+  if (a.quality) {  // --quality fills what was not set explicitly
+    data::FilterOptions g;
+    g.set_gopher_quality();
+    if (a.opt.max_symbol_word_ratio < 0) a.opt.max_symbol_word_ratio = g.max_symbol_word_ratio;
+    if (a.opt.max_duplicate_line_fraction < 0) a.opt.max_duplicate_line_fraction = g.max_duplicate_line_fraction;
+    if (a.opt.max_duplicate_ngram_fraction < 0) a.opt.max_duplicate_ngram_fraction = g.max_duplicate_ngram_fraction;
+    if (a.opt.min_mean_word_length < 0) a.opt.min_mean_word_length = g.min_mean_word_length;
+    if (a.opt.max_mean_word_length < 0) a.opt.max_mean_word_length = g.max_mean_word_length;
+    if (a.opt.min_stop_words == 0) a.opt.min_stop_words = g.min_stop_words;
+  }
+  data::DocumentFilter filter(a.opt, tok.get());
+  data::StageFns fns;
+  fns.map = [&](data::Document& d) { d.drop = filter.check(d.text); };
+  data::StageReport r = data::run_stage("filter", a.common.inputs, a.common.output, read_options(a.common), fns);
+  return finish_stage(r, a.common, ctx);
 }
+
+struct StatsArgs {
+  CommonArgs common;
+  std::string tokenizer;
+};
+
+int run_stats(const StatsArgs& a, const Context& ctx) {
+  std::unique_ptr<tokenizer::Tokenizer> tok;
+  if (!a.tokenizer.empty()) tok = std::make_unique<tokenizer::Tokenizer>(tokenizer::Tokenizer::from_file(a.tokenizer));
+  data::DocumentFilter measure(data::FilterOptions{}, nullptr);
+  data::CorpusStats stats;
+  data::StageFns fns;
+  fns.map = [&](data::Document& d) {
+    const data::TextMetrics m = measure.measure(d.text);
+    const data::Hash128 h = data::dedup_hash(d.text);
+    int64_t tokens = -1;
+    if (tok) {
+      tokenizer::EncodeOptions eo;
+      eo.add_special_tokens = false;
+      tokens = static_cast<int64_t>(tok->encode(d.text, eo).size());
+    }
+    d.scratch = {h.lo,
+                 h.hi,
+                 static_cast<uint64_t>(tokens),
+                 static_cast<uint64_t>(m.cjk_letters),
+                 static_cast<uint64_t>(m.latin_letters),
+                 static_cast<uint64_t>(m.letters),
+                 std::bit_cast<uint64_t>(m.duplicate_line_fraction),
+                 std::bit_cast<uint64_t>(m.mean_word_length)};
+  };
+  fns.ordered = [&](data::Document& d) {
+    const auto& s = d.scratch;
+    stats.add(d.text, static_cast<int64_t>(s[2]), {s[0], s[1]}, static_cast<int64_t>(s[3]), static_cast<int64_t>(s[4]),
+              static_cast<int64_t>(s[5]), std::bit_cast<double>(s[6]), std::bit_cast<double>(s[7]));
+  };
+  data::StageReport r = data::run_stage("stats", a.common.inputs, "", read_options(a.common), fns);
+  nlohmann::json j = stats.to_json();
+  j["read"] = r.to_json();
+  data::write_report(a.common.report, j);
+  if (!a.common.quiet) std::fputs(r.summary().c_str(), stderr);
+  std::printf("%s\n", j.dump(ctx.json ? -1 : 2).c_str());
+  return kOk;
+}
+
 }  // namespace
 
 void add_data_dedup_command(CLI::App* data, Context& ctx) {
@@ -96,10 +170,37 @@ void add_data_dedup_command(CLI::App* data, Context& ctx) {
   sub->callback([&ctx, a] { ctx.exit_code = run_dedup(*a, ctx); });
 }
 void add_data_filter_command(CLI::App* data, Context& ctx) {
-  planned(data, ctx, "filter", "length, language, quality and domain filters");
+  auto a = std::make_shared<FilterArgs>();
+  CLI::App* sub = data->add_subcommand("filter", "drop documents by length, script share, quality and block list");
+  add_common_data_options(sub, a->common, ctx, true);
+  data::FilterOptions& o = a->opt;
+  sub->add_option("--min-chars", o.min_chars, "fewest characters (code points)");
+  sub->add_option("--max-chars", o.max_chars, "most characters (0: no limit)");
+  sub->add_option("--tokenizer", a->tokenizer, "tokenizer.json for token limits (default window 32-2048)")
+      ->check(CLI::ExistingFile);
+  sub->add_option("--min-tokens", o.min_tokens, "fewest tokens");
+  sub->add_option("--max-tokens", o.max_tokens, "most tokens (0: no limit)");
+  sub->add_option("--script", o.script, "cjk, or a Unicode script name (han, latin, cyrillic, ...)");
+  sub->add_option("--min-script-share", o.min_script_share, "least share of letters in --script");
+  sub->add_flag("--quality", a->quality, "Gopher quality rules (each can be overridden by its own flag)");
+  sub->add_option("--max-symbol-ratio", o.max_symbol_word_ratio, "most '#' and ellipses per word");
+  sub->add_option("--max-dup-lines", o.max_duplicate_line_fraction, "largest share of repeated lines");
+  sub->add_option("--max-dup-ngrams", o.max_duplicate_ngram_fraction,
+                  "largest share of characters in repeated word 5-grams");
+  sub->add_option("--min-mean-word-length", o.min_mean_word_length, "shortest mean word length");
+  sub->add_option("--max-mean-word-length", o.max_mean_word_length, "longest mean word length");
+  sub->add_option("--min-stop-words", o.min_stop_words, "fewest distinct English stop words");
+  sub->add_option("--block-regex", o.block_patterns, "drop documents matching this regex (repeatable)");
+  sub->add_option("--block-list", a->block_list, "file of block regexes, one a line")->check(CLI::ExistingFile);
+  sub->callback([&ctx, a] { ctx.exit_code = run_filter(*a, ctx); });
 }
+
 void add_data_stats_command(CLI::App* data, Context& ctx) {
-  planned(data, ctx, "stats", "corpus statistics");
+  auto a = std::make_shared<StatsArgs>();
+  CLI::App* sub = data->add_subcommand("stats", "corpus statistics as JSON on stdout");
+  add_common_data_options(sub, a->common, ctx, false);
+  sub->add_option("--tokenizer", a->tokenizer, "tokenizer.json: token counts too")->check(CLI::ExistingFile);
+  sub->callback([&ctx, a] { ctx.exit_code = run_stats(*a, ctx); });
 }
 
 }  // namespace lmforge::cli

@@ -36,6 +36,7 @@ struct Document {
   int64_t line = 0;               // 1-based line of JSONL / plain-text line or paragraph start
   std::vector<uint64_t> scratch;  // per-stage working data (hashes, signatures)
   std::string drop;               // drop reason set by a stage; empty keeps the document
+  std::string error;              // set when `map` threw: the stage fails naming source:line
 };
 
 struct DropCount {
