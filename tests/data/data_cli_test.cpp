@@ -158,3 +158,27 @@ TEST_F(DataCli, FilterAndStats) {
   EXPECT_EQ(nlohmann::json::parse(read("s.json")), s);
 }
 }  // namespace
+
+namespace {
+TEST_F(DataCli, ShardWithTokenizerOrBytes) {
+  const std::string in = fixture("spam_assassin_slice.jsonl");
+  const std::string tok =
+      std::string(LMFORGE_SOURCE_DIR) + "/tests/tokenizer/fixtures/mini_deepseek_pattern.tokenizer.json";
+  CliRun r = run("data shard --quiet --json --eos-id 0 --input " + in + " --output " + path("s") + " --tokenizer " +
+                 tok + " --report " + path("r.json"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["train_documents"].get<int>() + j["val_documents"].get<int>(), 200);
+  EXPECT_EQ(j["bytes_per_id"], 2);
+  EXPECT_TRUE(std::filesystem::exists(path("s/manifest.json")));
+  EXPECT_EQ(nlohmann::json::parse(read("r.json")), j);
+  // Without --eos-id the tokenizer's own end-of-text token is used.
+  r = run("data shard --quiet --json --input " + in + " --output " + path("s2") + " --tokenizer " + tok);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["eos_id"], 1057);
+  EXPECT_EQ(run("data shard --input " + in + " --output " + path("s3")).code, 2);  // neither --bytes nor --tokenizer
+  r = run("data shard --bytes --json --input /usr/share/common-licenses/GPL-3 --output " + path("b"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_GT(nlohmann::json::parse(r.out)["train_tokens"].get<int>(), 30000);
+}
+}  // namespace
