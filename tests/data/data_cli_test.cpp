@@ -182,3 +182,37 @@ TEST_F(DataCli, ShardWithTokenizerOrBytes) {
   EXPECT_GT(nlohmann::json::parse(r.out)["train_tokens"].get<int>(), 30000);
 }
 }  // namespace
+
+namespace {
+TEST_F(DataCli, OneConfigFileForEveryStage) {
+  const auto in =
+      write("in.jsonl", "{\"text\":\"<b>Write to a@b.com</b>\"}\n{\"text\":\"<b>write TO a@b.com!</b>\"}\n");
+  const auto cfg =
+      write("pipeline.toml", "[input]\ninput = [\"" + in + "\"]\nskip-bad = true\n\n[clean]\noutput = \"" +
+                                 path("clean.jsonl") +
+                                 "\"\nstrip-html = true\nmask-pii = true\n\n[dedup]\n"
+                                 "method = \"exact\"\n\n[filter]\nmin-chars = 3\nblock-regex = [\"x{5}\"]\n");
+  CliRun r = run("data clean --quiet --config " + cfg);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(read("clean.jsonl"), "{\"text\":\"Write to <EMAIL>\"}\n{\"text\":\"write TO <EMAIL>!\"}\n");
+  // A flag on the command line wins over the file.
+  r = run("data clean --quiet --config " + cfg + " --output " + path("c2.jsonl") + " --text-unit line");
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = run("data dedup --quiet --json --config " + cfg + " --input " + path("clean.jsonl") + " --output " +
+          path("d.jsonl"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["dropped"]["exact_duplicate"]["documents"], 1);
+  // Errors name the file, the section and the key.
+  const auto bad = write("bad.toml", "[filter]\nmin-chars = \"many\"\n");
+  r = run("data filter --config " + bad + " --input " + in + " --output " + path("f.jsonl"));
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("bad.toml: [filter] min-chars"), std::string::npos) << r.out;
+  const auto unknown = write("unknown.toml", "[dedup]\nthreshhold = 0.5\n");
+  r = run("data dedup --config " + unknown + " --input " + in + " --output " + path("f.jsonl"));
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("[dedup] threshhold: unknown key"), std::string::npos) << r.out;
+  r = run("data dedup --output " + path("f.jsonl"));
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("--input is required"), std::string::npos) << r.out;
+}
+}  // namespace

@@ -14,10 +14,11 @@
 namespace lmforge::cli {
 
 void add_common_data_options(CLI::App* sub, CommonArgs& a, Context& ctx, bool output) {
-  sub->add_option("--input", a.inputs, "input files: *.jsonl (one JSON object a line) or plain text")
-      ->required()
+  sub->add_option("--config", a.config, "TOML file with [input] and per-stage sections (docs/DATA.md); flags win")
       ->check(CLI::ExistingFile);
-  if (output) sub->add_option("--output", a.output, "output JSONL (written atomically)")->required();
+  sub->add_option("--input", a.inputs, "input files: *.jsonl (one JSON object a line) or plain text (required)")
+      ->check(CLI::ExistingFile);
+  if (output) sub->add_option("--output", a.output, "output JSONL, written atomically (required)");
   sub->add_option("--report", a.report, "write the stage report (JSON) here");
   sub->add_option("--field", a.field, "JSONL text field")->capture_default_str();
   sub->add_option("--invalid-utf8", a.invalid_utf8, "invalid UTF-8: repair (U+FFFD), drop, or error")
@@ -112,7 +113,10 @@ void add_data_command(CLI::App& app, Context& ctx) {
   clean->add_flag("--mask-pii", ca->opt.mask_pii, "replace e-mails, phone numbers and IPv4 addresses with masks");
   clean->add_flag("--keep-control", ca->keep_control, "keep control characters");
   clean->add_flag("--keep-whitespace", ca->keep_whitespace, "leave whitespace as it is");
-  clean->callback([&ctx, ca] { ctx.exit_code = run_clean(*ca, ctx); });
+  clean->callback([&ctx, ca, clean] {
+    apply_data_config(clean, ca->common, true);
+    ctx.exit_code = run_clean(*ca, ctx);
+  });
 
   add_data_dedup_command(data, ctx);
   add_data_filter_command(data, ctx);

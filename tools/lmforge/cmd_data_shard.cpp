@@ -80,7 +80,10 @@ void add_data_shard_command(CLI::App* data, Context& ctx) {
   shard->add_option("--val-fraction", a->opt.val_fraction, "share of documents held out (by a hash of the text)")
       ->capture_default_str();
   shard->add_option("--shard-tokens", a->opt.shard_tokens, "tokens per shard file")->capture_default_str();
-  shard->callback([&ctx, a] { ctx.exit_code = run_shard(*a, ctx); });
+  shard->callback([&ctx, a, shard] {
+    apply_data_config(shard, a->common, true);
+    ctx.exit_code = run_shard(*a, ctx);
+  });
 }
 
 }  // namespace lmforge::cli

@@ -167,7 +167,10 @@ void add_data_dedup_command(CLI::App* data, Context& ctx) {
   sub->add_option("--bands", a->mh.bands, "LSH bands (default: from the threshold)");
   sub->add_option("--rows", a->mh.rows, "LSH rows per band (default: from the threshold)");
   sub->add_option("--seed", a->mh.seed, "MinHash seed")->capture_default_str();
-  sub->callback([&ctx, a] { ctx.exit_code = run_dedup(*a, ctx); });
+  sub->callback([&ctx, a, sub] {
+    apply_data_config(sub, a->common, true);
+    ctx.exit_code = run_dedup(*a, ctx);
+  });
 }
 void add_data_filter_command(CLI::App* data, Context& ctx) {
   auto a = std::make_shared<FilterArgs>();
@@ -192,7 +195,10 @@ void add_data_filter_command(CLI::App* data, Context& ctx) {
   sub->add_option("--min-stop-words", o.min_stop_words, "fewest distinct English stop words");
   sub->add_option("--block-regex", o.block_patterns, "drop documents matching this regex (repeatable)");
   sub->add_option("--block-list", a->block_list, "file of block regexes, one a line")->check(CLI::ExistingFile);
-  sub->callback([&ctx, a] { ctx.exit_code = run_filter(*a, ctx); });
+  sub->callback([&ctx, a, sub] {
+    apply_data_config(sub, a->common, true);
+    ctx.exit_code = run_filter(*a, ctx);
+  });
 }
 
 void add_data_stats_command(CLI::App* data, Context& ctx) {
@@ -200,7 +206,10 @@ void add_data_stats_command(CLI::App* data, Context& ctx) {
   CLI::App* sub = data->add_subcommand("stats", "corpus statistics as JSON on stdout");
   add_common_data_options(sub, a->common, ctx, false);
   sub->add_option("--tokenizer", a->tokenizer, "tokenizer.json: token counts too")->check(CLI::ExistingFile);
-  sub->callback([&ctx, a] { ctx.exit_code = run_stats(*a, ctx); });
+  sub->callback([&ctx, a, sub] {
+    apply_data_config(sub, a->common, false);
+    ctx.exit_code = run_stats(*a, ctx);
+  });
 }
 
 }  // namespace lmforge::cli

@@ -10,13 +10,15 @@ namespace lmforge::cli {
 
 struct CommonArgs {
   std::vector<std::string> inputs;
-  std::string output, report, field = "text", invalid_utf8 = "repair", unit = "file";
+  std::string config, output, report, field = "text", invalid_utf8 = "repair", unit = "file";
   bool skip_bad = false, quiet = false;
 };
 
-// --input --output (when `output`) --report --field --invalid-utf8 --text-unit --skip-bad --quiet --json
+// --config --input --output (when `output`) --report --field --invalid-utf8 --text-unit --skip-bad --quiet --json
 void add_common_data_options(CLI::App* sub, CommonArgs& a, Context& ctx, bool output);
 data::ReadOptions read_options(const CommonArgs& a);
+// Fills options not given on the command line from --config (data_config.cpp), then checks --input/--output.
+void apply_data_config(CLI::App* sub, CommonArgs& a, bool output);
 // Writes --report, prints the summary on stderr and, with --json, the report on stdout.
 int finish_stage(const data::StageReport& r, const CommonArgs& a, const Context& ctx);
 
