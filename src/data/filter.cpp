@@ -9,6 +9,7 @@
 
 #include "lmforge/core/error.h"
 #include "lmforge/data/corpus.h"
+#include "lmforge/data/domain.h"
 #include "lmforge/tokenizer/tokenizer.h"
 #include "tokenizer/regex.h"
 #include "tokenizer/unicode.h"
@@ -171,6 +172,7 @@ std::string DocumentFilter::check(std::string_view text) const {
       (opt_.max_mean_word_length >= 0 && m.mean_word_length > opt_.max_mean_word_length))
     return "mean_word_length";
   if (m.stop_words < opt_.min_stop_words) return "stop_words";
+  if (opt_.domain && opt_.domain->score(text) < opt_.min_domain_score) return "domain_score";
   std::vector<std::pair<uint32_t, uint32_t>> hits;
   for (const auto& re : blocks_->res) {
     re->find_all(text, hits);

@@ -7,6 +7,7 @@
 
 #include "data_cli.h"
 #include "lmforge/data/dedup.h"
+#include "lmforge/data/domain.h"
 #include "lmforge/data/filter.h"
 #include "lmforge/data/stats.h"
 #include "lmforge/tokenizer/tokenizer.h"
@@ -71,6 +72,7 @@ int run_dedup(const DedupArgs& a, const Context& ctx) {
 struct FilterArgs {
   CommonArgs common;
   std::string tokenizer, block_list;
+  std::vector<std::string> domain_ref;
   bool quality = false;
   data::FilterOptions opt;
 };
@@ -95,6 +97,17 @@ int run_filter(FilterArgs& a, const Context& ctx) {
     if (a.opt.min_mean_word_length < 0) a.opt.min_mean_word_length = g.min_mean_word_length;
     if (a.opt.max_mean_word_length < 0) a.opt.max_mean_word_length = g.max_mean_word_length;
     if (a.opt.min_stop_words == 0) a.opt.min_stop_words = g.min_stop_words;
+  }
+  if (!a.domain_ref.empty()) {
+    // The reference corpus is read whole (it is meant to be small: a few MB of the wanted domain).
+    data::StageReport ref_report;
+    data::CorpusReader reader(a.domain_ref, read_options(a.common), ref_report);
+    std::vector<data::Document> docs;
+    while (reader.next_batch(docs)) {
+    }
+    std::vector<std::string> texts;
+    for (auto& d : docs) texts.push_back(std::move(d.text));
+    a.opt.domain = std::make_shared<data::DomainScorer>(texts);
   }
   data::DocumentFilter filter(a.opt, tok.get());
   data::StageFns fns;
@@ -194,6 +207,10 @@ void add_data_filter_command(CLI::App* data, Context& ctx) {
   sub->add_option("--max-mean-word-length", o.max_mean_word_length, "longest mean word length");
   sub->add_option("--min-stop-words", o.min_stop_words, "fewest distinct English stop words");
   sub->add_option("--block-regex", o.block_patterns, "drop documents matching this regex (repeatable)");
+  sub->add_option("--domain-ref", a->domain_ref, "reference corpus of the wanted domain (TF-IDF cosine filter)")
+      ->check(CLI::ExistingFile);
+  sub->add_option("--min-domain-score", o.min_domain_score, "least TF-IDF cosine to the reference")
+      ->capture_default_str();
   sub->add_option("--block-list", a->block_list, "file of block regexes, one a line")->check(CLI::ExistingFile);
   sub->callback([&ctx, a, sub] {
     apply_data_config(sub, a->common, true);

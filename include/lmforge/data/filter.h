@@ -20,6 +20,8 @@ class Tokenizer;
 
 namespace lmforge::data {
 
+class DomainScorer;
+
 struct FilterOptions {
   int64_t min_chars = 0, max_chars = 0;    // code points; max 0 = no limit
   int64_t min_tokens = 0, max_tokens = 0;  // need a tokenizer; max 0 = no limit
@@ -31,7 +33,9 @@ struct FilterOptions {
   double min_mean_word_length = -1, max_mean_word_length = -1;
   int min_stop_words = 0;
   std::vector<std::string> stop_words = {"the", "be", "to", "of", "and", "that", "have", "with"};
-  std::vector<std::string> block_patterns;  // PCRE2 regexes; a match anywhere drops the document
+  std::vector<std::string> block_patterns;     // PCRE2 regexes; a match anywhere drops the document
+  std::shared_ptr<const DomainScorer> domain;  // TF-IDF domain filter (domain.h); null: off
+  double min_domain_score = 0.3;
   void set_gopher_quality();
 };
 
