@@ -1,6 +1,7 @@
 #include "lmforge/data/dedup.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <limits>
 
@@ -181,6 +182,53 @@ bool MinHashDeduper::is_duplicate(const std::vector<uint32_t>& sig) {
   const auto id = static_cast<uint32_t>(kept_.size() / static_cast<size_t>(P));
   kept_.insert(kept_.end(), sig.begin(), sig.end());
   for (int b = 0; b < bands_; ++b) tables_[b].emplace(keys[b], id);
+  return false;
+}
+
+SimHashDeduper::SimHashDeduper(int max_distance, int shingle) : max_distance_(max_distance), shingle_(shingle) {
+  LMF_CHECK(max_distance >= 0 && max_distance <= 15, "dedup: --simhash-distance must be in [0, 15], got ",
+            max_distance);
+  LMF_CHECK(shingle >= 1 && shingle <= 64, "dedup: --shingle must be in [1, 64], got ", shingle);
+  const int blocks = max_distance + 1;
+  for (int b = 0; b <= blocks; ++b) starts_.push_back(64 * b / blocks);
+  tables_.resize(static_cast<size_t>(blocks));
+}
+
+uint64_t SimHashDeduper::fingerprint(std::string_view text) const {
+  const std::vector<std::string> words = dedup_words(text);
+  if (words.empty()) return 0;
+  std::vector<uint64_t> wh(words.size());
+  for (size_t i = 0; i < words.size(); ++i) wh[i] = hash64(words[i], 0x5EED);
+  const auto k = static_cast<size_t>(shingle_);
+  const size_t n_sh = words.size() >= k ? words.size() - k + 1 : 1;
+  int64_t acc[64] = {};
+  for (size_t s = 0; s < n_sh; ++s) {
+    uint64_t h = 0x84222325CBF29CE4ull;
+    for (size_t j = s; j < std::min(words.size(), s + k); ++j) h = (h ^ wh[j]) * 0x100000001B3ull + (h >> 29);
+    h = hash64(std::string_view(reinterpret_cast<const char*>(&h), 8), 0x51);
+    for (int b = 0; b < 64; ++b) acc[b] += (h >> b) & 1 ? 1 : -1;
+  }
+  uint64_t fp = 0;
+  for (int b = 0; b < 64; ++b) fp |= static_cast<uint64_t>(acc[b] > 0) << b;
+  return fp == 0 ? 1 : fp;  // 0 is reserved for "no words"
+}
+
+uint64_t SimHashDeduper::block(uint64_t fp, int b) const {
+  const int lo = starts_[b], width = starts_[b + 1] - lo;
+  return width == 64 ? fp : (fp >> lo) & ((1ull << width) - 1);
+}
+
+bool SimHashDeduper::is_duplicate(uint64_t fp) {
+  if (fp == 0) return false;
+  const int blocks = static_cast<int>(tables_.size());
+  for (int b = 0; b < blocks; ++b) {
+    auto [lo, hi] = tables_[b].equal_range(block(fp, b));
+    for (auto it = lo; it != hi; ++it) {
+      ++checked_;
+      if (std::popcount(fp ^ it->second) <= max_distance_) return true;
+    }
+  }
+  for (int b = 0; b < blocks; ++b) tables_[b].emplace(block(fp, b), fp);
   return false;
 }
 

@@ -23,25 +23,34 @@ struct DedupArgs {
   int64_t bloom_capacity = 100000000;
   double bloom_fp = 1e-6;
   data::MinHashOptions mh;
+  int simhash_distance = 3;
 };
 
 int run_dedup(const DedupArgs& a, const Context& ctx) {
-  const bool exact = a.method != "minhash", near = a.method != "exact";
+  const bool simhash = a.method == "simhash";
+  const bool exact = a.method == "exact" || a.method == "both", near = a.method == "minhash" || a.method == "both";
   data::ExactDeduper ex = a.bloom ? data::ExactDeduper(a.bloom_capacity, a.bloom_fp) : data::ExactDeduper();
   std::unique_ptr<data::MinHashDeduper> mh;
   if (near) mh = std::make_unique<data::MinHashDeduper>(a.mh);
+  std::unique_ptr<data::SimHashDeduper> sh;
+  if (simhash) sh = std::make_unique<data::SimHashDeduper>(a.simhash_distance, a.mh.shingle);
   data::StageFns fns;
   fns.map = [&](data::Document& d) {
     if (exact) {
       const data::Hash128 h = data::dedup_hash(d.text);
       d.scratch = {h.lo, h.hi};
     }
+    if (simhash) d.scratch = {sh->fingerprint(d.text)};
     if (near) {
       const std::vector<uint32_t> sig = mh->signature(d.text);
       for (uint32_t v : sig) d.scratch.push_back(v);
     }
   };
   fns.ordered = [&](data::Document& d) {
+    if (simhash) {
+      if (sh->is_duplicate(d.scratch[0])) d.drop = "near_duplicate";
+      return;
+    }
     size_t off = 0;
     if (exact) {
       off = 2;
@@ -62,6 +71,7 @@ int run_dedup(const DedupArgs& a, const Context& ctx) {
     r.counters["lsh_rows"] = mh->rows();
     r.counters["lsh_candidates_checked"] = mh->candidates_checked();
   }
+  if (simhash) r.counters["simhash_candidates_checked"] = sh->candidates_checked();
   if (ex.bloom()) {
     r.counters["bloom_bytes"] = static_cast<int64_t>(ex.bloom_bytes());
     r.counters["bloom_hashes"] = ex.bloom_hashes();
@@ -167,8 +177,8 @@ void add_data_dedup_command(CLI::App* data, Context& ctx) {
                                        "remove exact and near duplicates (MinHash + LSH); the first "
                                        "occurrence survives");
   add_common_data_options(sub, a->common, ctx, true);
-  sub->add_option("--method", a->method, "exact, minhash, or both (exact first)")
-      ->check(CLI::IsMember({"exact", "minhash", "both"}))
+  sub->add_option("--method", a->method, "exact, minhash, both (exact first), or simhash")
+      ->check(CLI::IsMember({"exact", "minhash", "both", "simhash"}))
       ->capture_default_str();
   sub->add_flag("--bloom", a->bloom, "exact dedup in a Bloom filter instead of a hash set");
   sub->add_option("--bloom-capacity", a->bloom_capacity, "documents the Bloom filter is sized for")
@@ -179,6 +189,8 @@ void add_data_dedup_command(CLI::App* data, Context& ctx) {
   sub->add_option("--shingle", a->mh.shingle, "words per shingle")->capture_default_str();
   sub->add_option("--bands", a->mh.bands, "LSH bands (default: from the threshold)");
   sub->add_option("--rows", a->mh.rows, "LSH rows per band (default: from the threshold)");
+  sub->add_option("--simhash-distance", a->simhash_distance, "simhash: most differing bits of 64 for a duplicate")
+      ->capture_default_str();
   sub->add_option("--seed", a->mh.seed, "MinHash seed")->capture_default_str();
   sub->callback([&ctx, a, sub] {
     apply_data_config(sub, a->common, true);

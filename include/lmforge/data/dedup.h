@@ -84,4 +84,25 @@ class MinHashDeduper {
   int64_t checked_ = 0;
 };
 
+// SimHash (Charikar 2002), the alternative near-duplicate method: a 64-bit fingerprint where each bit is the sign
+// of the summed ±1 bits of the document's word-shingle hashes; documents within `max_distance` bits (Hamming) are
+// near duplicates. Lookup splits the fingerprint into max_distance + 1 blocks: two fingerprints that close agree
+// exactly on at least one block (pigeonhole), so each block indexes the kept fingerprints.
+class SimHashDeduper {
+ public:
+  SimHashDeduper(int max_distance, int shingle);
+  // Thread-safe; 0 for a document without words (never a duplicate).
+  uint64_t fingerprint(std::string_view text) const;
+  // Ordered: true when within max_distance of a kept fingerprint; otherwise keeps it.
+  bool is_duplicate(uint64_t fp);
+  int64_t candidates_checked() const { return checked_; }
+
+ private:
+  uint64_t block(uint64_t fp, int b) const;
+  int max_distance_, shingle_;
+  std::vector<int> starts_;  // bit offset of each block (plus 64 at the end)
+  std::vector<std::unordered_multimap<uint64_t, uint64_t>> tables_;
+  int64_t checked_ = 0;
+};
+
 }  // namespace lmforge::data
