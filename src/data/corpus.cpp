@@ -301,9 +301,9 @@ StageReport run_stage(const std::string& stage, const std::vector<std::string>& 
         rep.drop(d.drop, static_cast<int64_t>(d.text.size()));
         continue;
       }
-      ++rep.docs_out;
-      rep.bytes_out += static_cast<int64_t>(d.text.size());
-      if (writer) writer->write(d);
+      rep.docs_out += d.copies;
+      rep.bytes_out += d.copies * static_cast<int64_t>(d.text.size());
+      for (int64_t c = 0; c < d.copies && writer; ++c) writer->write(d);
     }
   }
   if (writer) writer->commit();

@@ -1,5 +1,6 @@
-// lmforge data clean | dedup | filter | stats: the corpus stages (docs/DATA.md). Each reads JSONL or plain text,
-// writes JSONL atomically, prints a human summary on stderr and, with --report, the stage report as JSON.
+// lmforge data clean (and the options every data stage shares); dedup, filter, balance, stats: the corpus stages
+// (docs/DATA.md). Each reads JSONL or plain text, writes JSONL atomically, prints a human summary on stderr and, with
+// --report, the stage report as JSON.
 #include <atomic>
 #include <cstdio>
 #include <memory>
@@ -120,6 +121,7 @@ void add_data_command(CLI::App& app, Context& ctx) {
 
   add_data_dedup_command(data, ctx);
   add_data_filter_command(data, ctx);
+  add_data_balance_command(data, ctx);
   add_data_stats_command(data, ctx);
 }
 

@@ -1,4 +1,4 @@
-// lmforge data dedup | filter | stats (docs/DATA.md).
+// lmforge data dedup | filter | balance | stats (docs/DATA.md).
 #include <bit>
 #include <cstdio>
 #include <memory>
@@ -6,6 +6,8 @@
 #include <vector>
 
 #include "data_cli.h"
+#include "lmforge/core/error.h"
+#include "lmforge/data/balance.h"
 #include "lmforge/data/dedup.h"
 #include "lmforge/data/domain.h"
 #include "lmforge/data/filter.h"
@@ -126,6 +128,20 @@ int run_filter(FilterArgs& a, const Context& ctx) {
   return finish_stage(r, a.common, ctx);
 }
 
+struct BalanceArgs {
+  CommonArgs common;
+  std::string ratio, mode = "under";
+  data::BalanceOptions opt;
+};
+
+int run_balance(BalanceArgs& a, const Context& ctx) {
+  if (a.ratio.empty()) throw Error("lmforge data balance: --ratio is required (e.g. spam:1,ham:3)");
+  a.opt.ratio = data::parse_class_ratio(a.ratio);
+  a.opt.oversample = a.mode == "over";
+  return finish_stage(data::balance_classes(a.common.inputs, a.common.output, read_options(a.common), a.opt), a.common,
+                      ctx);
+}
+
 struct StatsArgs {
   CommonArgs common;
   std::string tokenizer;
@@ -227,6 +243,22 @@ void add_data_filter_command(CLI::App* data, Context& ctx) {
   sub->callback([&ctx, a, sub] {
     apply_data_config(sub, a->common, true);
     ctx.exit_code = run_filter(*a, ctx);
+  });
+}
+
+void add_data_balance_command(CLI::App* data, Context& ctx) {
+  auto a = std::make_shared<BalanceArgs>();
+  CLI::App* sub = data->add_subcommand("balance", "bring labelled classes to a ratio by under- or over-sampling");
+  add_common_data_options(sub, a->common, ctx, true);
+  sub->add_option("--label-field", a->opt.label_field, "JSONL field holding the class")->capture_default_str();
+  sub->add_option("--ratio", a->ratio, "target ratio, CLASS:WEIGHT,... (e.g. spam:1,ham:3); required");
+  sub->add_option("--mode", a->mode, "under: drop from larger classes; over: repeat smaller ones")
+      ->check(CLI::IsMember({"under", "over"}))
+      ->capture_default_str();
+  sub->add_option("--seed", a->opt.seed, "seed of the hash that picks documents")->capture_default_str();
+  sub->callback([&ctx, a, sub] {
+    apply_data_config(sub, a->common, true);
+    ctx.exit_code = run_balance(*a, ctx);
   });
 }
 

@@ -24,6 +24,7 @@ int finish_stage(const data::StageReport& r, const CommonArgs& a, const Context&
 
 void add_data_dedup_command(CLI::App* data, Context& ctx);
 void add_data_filter_command(CLI::App* data, Context& ctx);
+void add_data_balance_command(CLI::App* data, Context& ctx);
 void add_data_stats_command(CLI::App* data, Context& ctx);
 
 }  // namespace lmforge::cli

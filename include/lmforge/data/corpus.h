@@ -37,6 +37,7 @@ struct Document {
   std::vector<uint64_t> scratch;  // per-stage working data (hashes, signatures)
   std::string drop;               // drop reason set by a stage; empty keeps the document
   std::string error;              // set when `map` threw: the stage fails naming source:line
+  int64_t copies = 1;             // times the document is written (over-sampling)
 };
 
 struct DropCount {
