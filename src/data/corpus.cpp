@@ -141,10 +141,10 @@ struct CorpusReader::Impl {
     if (!line.empty() && line.back() == '\r') line.pop_back();
     if (line.find_first_not_of(" \t") == std::string::npos) return false;
     ++report->docs_in;
-    report->bytes_in += static_cast<int64_t>(line.size());
+    const auto bytes = static_cast<int64_t>(line.size());  // as read, before any repair
+    report->bytes_in += bytes;
     if (!check_utf8(line)) return false;
     nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
-    const auto bytes = static_cast<int64_t>(line.size());
     if (j.is_discarded() || !j.is_object()) {
       bad("bad_json", j.is_discarded() ? "malformed JSON" : "line is not a JSON object", bytes);
       return false;

@@ -72,6 +72,8 @@ TEST_F(CorpusTest, InvalidUtf8IsRepairedDroppedOrAnError) {
                         "b\"}\n{\"text\":\"fine\"}\n");
   StageReport r = run_stage("copy", {in}, path("o.jsonl"), {}, {});
   EXPECT_EQ(r.counters["utf8_repaired"], 1);
+  EXPECT_EQ(r.bytes_in, 5 + 4);  // the repaired text: a, U+FFFD, b; then "fine"
+  EXPECT_EQ(r.bytes_in, r.bytes_out);
   EXPECT_EQ(nlohmann::json::parse(lines(path("o.jsonl"))[0])["text"],
             "a\xEF\xBF\xBD"
             "b");
