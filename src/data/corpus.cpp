@@ -170,8 +170,10 @@ struct CorpusReader::Impl {
   bool plain_doc(std::string text, int64_t line, Document& out) {
     if (text.find_first_not_of(" \t\r\n") == std::string::npos) return false;
     ++report->docs_in;
-    report->bytes_in += static_cast<int64_t>(text.size());
-    if (!check_utf8(text)) return false;
+    const auto raw = static_cast<int64_t>(text.size());
+    const bool keep = check_utf8(text);
+    report->bytes_in += keep ? static_cast<int64_t>(text.size()) : raw;  // the repaired text, as for JSONL
+    if (!keep) return false;
     out.text = std::move(text);
     out.meta = nullptr;
     out.source = name;

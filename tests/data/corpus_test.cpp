@@ -89,6 +89,7 @@ TEST_F(CorpusTest, InvalidUtf8IsRepairedDroppedOrAnError) {
   const auto txt = write("t.txt", "x\xc3(\n");
   r = run_stage("copy", {txt}, path("o2.jsonl"), {}, {});
   EXPECT_EQ(r.counters["utf8_repaired"], 1);
+  EXPECT_EQ(r.bytes_in, r.bytes_out);
 }
 
 TEST_F(CorpusTest, PlainTextByFileLineOrParagraph) {
