@@ -216,3 +216,33 @@ TEST_F(DataCli, OneConfigFileForEveryStage) {
   EXPECT_NE(r.out.find("--input is required"), std::string::npos) << r.out;
 }
 }  // namespace
+
+namespace {
+TEST_F(DataCli, RunChainsTheStagesOfTheConfig) {
+  const std::string tok =
+      std::string(LMFORGE_SOURCE_DIR) + "/tests/tokenizer/fixtures/mini_deepseek_pattern.tokenizer.json";
+  const auto cfg = write("p.toml", "[pipeline]\nstages = [\"clean\", \"dedup\", \"filter\", \"shard\"]\nwork = \"" +
+                                       path("w") + "\"\n[input]\ninput = [\"" + fixture("spam_assassin_slice.jsonl") +
+                                       "\"]\n[clean]\nstrip-html = true\n[filter]\nmin-chars = 100\n[shard]\n"
+                                       "tokenizer = \"" +
+                                       tok + "\"\n");
+  CliRun r = run("data run --config " + cfg);
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto dedup = nlohmann::json::parse(read("w/2-dedup.report.json"));
+  const auto filter = nlohmann::json::parse(read("w/3-filter.report.json"));
+  EXPECT_EQ(nlohmann::json::parse(read("w/1-clean.report.json"))["documents_in"], 200);
+  EXPECT_EQ(filter["documents_in"], dedup["documents_out"]);  // each stage reads the previous one's output
+  EXPECT_TRUE(std::filesystem::exists(path("w/4-shard/manifest.json")));
+  const auto bad = write("bad.toml", "[pipeline]\nstages = [\"shard\", \"clean\"]\n");
+  r = run("data run --config " + bad);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("must come last"), std::string::npos) << r.out;
+  // A failing stage stops the run with its exit code.
+  const auto fails = write("f.toml", "[pipeline]\nstages = [\"clean\", \"dedup\"]\nwork = \"" + path("w2") +
+                                         "\"\n[input]\ninput = [\"" + fixture("spam_assassin_slice.jsonl") +
+                                         "\"]\n[dedup]\nthreshold = 7\n");
+  r = run("data run --config " + fails);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("stage dedup failed"), std::string::npos) << r.out;
+}
+}  // namespace

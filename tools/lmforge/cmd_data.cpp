@@ -123,6 +123,7 @@ void add_data_command(CLI::App& app, Context& ctx) {
   add_data_filter_command(data, ctx);
   add_data_balance_command(data, ctx);
   add_data_stats_command(data, ctx);
+  add_data_run_command(data, ctx);
 }
 
 }  // namespace lmforge::cli

@@ -26,5 +26,6 @@ void add_data_dedup_command(CLI::App* data, Context& ctx);
 void add_data_filter_command(CLI::App* data, Context& ctx);
 void add_data_balance_command(CLI::App* data, Context& ctx);
 void add_data_stats_command(CLI::App* data, Context& ctx);
+void add_data_run_command(CLI::App* data, Context& ctx);
 
 }  // namespace lmforge::cli

@@ -74,12 +74,14 @@ void apply_data_config(CLI::App* sub, CommonArgs& a, bool output) {
       throw Error(a.config + ":" + std::to_string(e.source().begin.line) +
                   ": invalid TOML: " + std::string(e.description()));
     }
-    static const std::set<std::string> sections = {"input", "clean", "dedup", "filter", "balance", "shard", "stats"};
+    static const std::set<std::string> sections = {"pipeline", "input",   "clean", "dedup",
+                                                   "filter",   "balance", "shard", "stats"};
     static const std::set<std::string> input_keys = {"input", "field", "invalid-utf8", "text-unit", "skip-bad"};
     for (const auto& [name, node] : root) {
       const std::string s(name.str());
       if (!sections.count(s))
-        throw Error(a.config + ": [" + s + "]: unknown section (input, clean, dedup, filter, balance, shard, stats)");
+        throw Error(a.config + ": [" + s +
+                    "]: unknown section (pipeline, input, clean, dedup, filter, balance, shard, stats)");
       if (!node.is_table()) throw Error(a.config + ": " + s + ": must be a [section]");
     }
     if (const toml::table* t = root["input"].as_table()) apply_section(sub, *t, "input", a.config, &input_keys);
