@@ -215,7 +215,8 @@ void add_data_dedup_command(CLI::App* data, Context& ctx) {
 }
 void add_data_filter_command(CLI::App* data, Context& ctx) {
   auto a = std::make_shared<FilterArgs>();
-  CLI::App* sub = data->add_subcommand("filter", "drop documents by length, script share, quality and block list");
+  CLI::App* sub = data->add_subcommand(
+      "filter", "drop documents by length, tokens, script share, quality, TF-IDF domain and block list");
   add_common_data_options(sub, a->common, ctx, true);
   data::FilterOptions& o = a->opt;
   sub->add_option("--min-chars", o.min_chars, "fewest characters (code points)");
