@@ -1,4 +1,4 @@
-// lmforge init-model / forward / data shard --bytes: making a model, running it on ids, and byte-level shards.
+// lmforge init-model / forward: making a model and running it on ids.
 #include <cstdio>
 #include <fstream>
 #include <memory>
@@ -8,7 +8,6 @@
 
 #include "lmforge/commands.h"
 #include "lmforge/core/error.h"
-#include "lmforge/data/shard.h"
 #include "lmforge/io/safetensors.h"
 #include "lmforge/model/model.h"
 
@@ -80,33 +79,6 @@ int run_forward(const ForwardArgs& a) {
   return kOk;
 }
 
-struct ShardArgs {
-  std::vector<std::string> inputs;
-  std::string output;
-  bool bytes = false;
-  data::ByteShardOptions opt;
-};
-
-int run_shard(const ShardArgs& a, bool json) {
-  if (!a.bytes) {
-    std::fprintf(stderr,
-                 "lmforge data shard: only --bytes (byte-level ids) is built yet; tokenizer-based sharding comes with "
-                 "issue #4\n");
-    return kUsageError;
-  }
-  data::ByteShardReport r = data::write_byte_shards(a.inputs, a.output, a.opt);
-  if (json) {
-    std::printf("{\"documents\":%lld,\"train_tokens\":%lld,\"val_tokens\":%lld,\"shards\":%lld,\"output\":\"%s\"}\n",
-                static_cast<long long>(r.documents), static_cast<long long>(r.train_tokens),
-                static_cast<long long>(r.val_tokens), static_cast<long long>(r.shards), a.output.c_str());
-  } else {
-    std::fprintf(stderr, "data shard: %lld documents -> %lld train + %lld val tokens in %lld shards under %s\n",
-                 static_cast<long long>(r.documents), static_cast<long long>(r.train_tokens),
-                 static_cast<long long>(r.val_tokens), static_cast<long long>(r.shards), a.output.c_str());
-  }
-  return kOk;
-}
-
 }  // namespace
 
 void add_model_commands(CLI::App& app, Context& ctx) {
@@ -127,20 +99,6 @@ void add_model_commands(CLI::App& app, Context& ctx) {
   fwd->add_option("--ids-file", fa->ids_file, "whitespace-separated token ids")->required();
   fwd->add_option("--out", fa->out, "safetensors file with one f32 tensor 'logits' [T, vocab_size]")->required();
   fwd->callback([&ctx, fa] { ctx.exit_code = run_forward(*fa); });
-}
-
-void add_data_shard_command(CLI::App* data, Context& ctx) {
-  auto sa = std::make_shared<ShardArgs>();
-  CLI::App* shard = data->add_subcommand("shard", "write token shards and a manifest (train and val splits)");
-  shard->add_option("--input", sa->inputs, "text files (one document each) or .jsonl (one document a line)")
-      ->required();
-  shard->add_option("--output", sa->output, "output folder (shards + manifest.json)")->required();
-  shard->add_flag("--bytes", sa->bytes, "byte-level ids 0-255, EOS 256 (no tokenizer)");
-  shard->add_option("--val-fraction", sa->opt.val_fraction, "share held out for validation")->capture_default_str();
-  shard->add_option("--shard-tokens", sa->opt.shard_tokens, "tokens per shard file")->capture_default_str();
-  shard->add_option("--field", sa->opt.text_field, "JSONL text field")->capture_default_str();
-  shard->add_flag("--json", ctx.json, "print a JSON summary");
-  shard->callback([&ctx, sa] { ctx.exit_code = run_shard(*sa, ctx.json); });
 }
 
 }  // namespace lmforge::cli

@@ -41,17 +41,4 @@ void add_placeholder_commands(CLI::App& app, Context& ctx) {
   for (const Planned& p : planned) add_planned(&app, ctx, p);
 }
 
-void add_data_command(CLI::App& app, Context& ctx) {
-  CLI::App* data = app.add_subcommand("data", "clean, deduplicate, filter and shard corpora");
-  data->require_subcommand(1);
-  add_data_shard_command(data, ctx);
-  static const std::vector<Planned> planned = {
-      {"clean", "normalise, repair and strip corpora", "#4 (tokenizer and corpus pipeline)"},
-      {"dedup", "exact and MinHash near-duplicate removal", "#4 (tokenizer and corpus pipeline)"},
-      {"filter", "length, language, quality and domain filters", "#4 (tokenizer and corpus pipeline)"},
-      {"stats", "corpus statistics", "#4 (tokenizer and corpus pipeline)"},
-  };
-  for (const Planned& p : planned) add_planned(data, ctx, p);
-}
-
 }  // namespace lmforge::cli

@@ -1,0 +1,44 @@
+// `lmforge data shard --tokenizer T.json`: JSONL or plain text to token shards (shard.h) with a manifest.
+// Documents are encoded in parallel (no BOS/EOS template; the EOS id is appended to every document), assigned to
+// train or validation by a hash of their text (so the split is stable when documents are added, reordered or
+// re-run), and written as uint16 ids when the vocabulary fits, else uint32.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "lmforge/data/corpus.h"
+
+namespace lmforge::tokenizer {
+class Tokenizer;
+}
+
+namespace lmforge::data {
+
+struct TokenShardOptions {
+  double val_fraction = 0.05;
+  int64_t shard_tokens = 1 << 26;
+  int64_t eos_id = -1;  // -1: the tokenizer's end-of-text token (see resolve_eos_id)
+  ReadOptions read;
+};
+
+struct TokenShardReport {
+  StageReport read;
+  int64_t train_documents = 0, val_documents = 0, train_tokens = 0, val_tokens = 0, shards = 0;
+  int64_t eos_id = 0;
+  int width = 2;
+  nlohmann::json to_json() const;
+};
+
+// `requested` when >= 0 (checked against the vocabulary), else the first of <｜end▁of▁sentence｜>,
+// <|endoftext|>, <|end_of_text|>, </s>, <eos> the tokenizer has; an error naming --eos-id when none.
+uint32_t resolve_eos_id(const tokenizer::Tokenizer& tok, int64_t requested, const std::string& tokenizer_path);
+
+// True when a document with this text goes to validation.
+bool is_val_text(std::string_view text, double val_fraction);
+
+TokenShardReport write_token_shards(const std::vector<std::string>& inputs, const std::string& out_dir,
+                                    const tokenizer::Tokenizer& tok, const std::string& tokenizer_path,
+                                    const TokenShardOptions& opt);
+
+}  // namespace lmforge::data
