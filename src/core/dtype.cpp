@@ -25,15 +25,20 @@ std::string_view dtype_name(DType t) {
       return "q8_0";
     case DType::Q4_0:
       return "q4_0";
+    case DType::U8:
+      return "u8";
+    case DType::I8:
+      return "i8";
   }
   return "?";
 }
 
 DType parse_dtype(std::string_view name) {
-  for (DType t : {DType::F32, DType::F64, DType::BF16, DType::F16, DType::I32, DType::Q8_0, DType::Q4_0}) {
+  for (DType t :
+       {DType::F32, DType::F64, DType::BF16, DType::F16, DType::I32, DType::Q8_0, DType::Q4_0, DType::U8, DType::I8}) {
     if (dtype_name(t) == name) return t;
   }
-  throw Error("unknown dtype '" + std::string(name) + "' (expected f32, f64, bf16, f16, i32, q8_0 or q4_0)");
+  throw Error("unknown dtype '" + std::string(name) + "' (expected f32, f64, bf16, f16, i32, q8_0, q4_0, u8 or i8)");
 }
 
 // ---- binary16 ----

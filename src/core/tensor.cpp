@@ -1,5 +1,7 @@
 #include "lmforge/core/tensor.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -380,7 +382,7 @@ void Tensor::copy_from(const Tensor& src) {
 
 void Tensor::fill(double value) {
   const int64_t n = numel();
-  if (is_quantized(dtype_) || !is_contiguous()) {
+  if (is_quantized(dtype_) || dtype_ == DType::U8 || dtype_ == DType::I8 || !is_contiguous()) {
     std::vector<float> v(static_cast<size_t>(n), static_cast<float>(value));
     copy_from(from_vector(v, shape_));
     return;
@@ -461,6 +463,12 @@ void row_to_f32(DType from, const void* src, float* dst, int64_t n) {
     case DType::Q4_0:
       dequantize_row_q4_0(static_cast<const BlockQ4_0*>(src), dst, n);
       break;
+    case DType::U8:
+      for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(static_cast<const uint8_t*>(src)[i]);
+      break;
+    case DType::I8:
+      for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(static_cast<const int8_t*>(src)[i]);
+      break;
   }
 }
 
@@ -486,6 +494,14 @@ void row_from_f32(DType to, const float* src, void* dst, int64_t n) {
       break;
     case DType::Q4_0:
       quantize_row_q4_0(src, static_cast<BlockQ4_0*>(dst), n);
+      break;
+    case DType::U8:
+      for (int64_t i = 0; i < n; ++i)
+        static_cast<uint8_t*>(dst)[i] = static_cast<uint8_t>(std::clamp(std::nearbyint(src[i]), 0.0f, 255.0f));
+      break;
+    case DType::I8:
+      for (int64_t i = 0; i < n; ++i)
+        static_cast<int8_t*>(dst)[i] = static_cast<int8_t>(std::clamp(std::nearbyint(src[i]), -128.0f, 127.0f));
       break;
   }
 }

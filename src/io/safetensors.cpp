@@ -38,7 +38,7 @@ struct StDtype {
 
 constexpr StDtype kStDtypes[] = {
     {"BOOL", 8, 0, false, DType::F32},    {"F4", 4, 1, false, DType::F32},      {"F6_E2M3", 6, 2, false, DType::F32},
-    {"F6_E3M2", 6, 3, false, DType::F32}, {"U8", 8, 4, false, DType::F32},      {"I8", 8, 5, false, DType::F32},
+    {"F6_E3M2", 6, 3, false, DType::F32}, {"U8", 8, 4, true, DType::U8},        {"I8", 8, 5, true, DType::I8},
     {"F8_E5M2", 8, 6, false, DType::F32}, {"F8_E4M3", 8, 7, false, DType::F32}, {"F8_E8M0", 8, 8, false, DType::F32},
     {"I16", 16, 9, false, DType::F32},    {"U16", 16, 10, false, DType::F32},   {"F16", 16, 11, true, DType::F16},
     {"BF16", 16, 12, true, DType::BF16},  {"I32", 32, 13, true, DType::I32},    {"U32", 32, 14, false, DType::F32},
@@ -366,7 +366,7 @@ Tensor SafetensorsFile::get(const std::string& name) const {
   const StDtype* st = find_st_dtype(e.dtype);
   if (!st->supported) {
     fail(path_, "tensor " + quote(name) + " has dtype " + e.dtype +
-                    ", which lmforge does not support (supported: F32, F64, F16, BF16, I32)");
+                    ", which lmforge does not support (supported: F32, F64, F16, BF16, I32, U8, I8)");
   }
   unsigned char* p = data_ + e.begin;
   const size_t nbytes = static_cast<size_t>(e.end - e.begin);

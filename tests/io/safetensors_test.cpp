@@ -503,7 +503,7 @@ TEST_F(SafetensorsTest, BadMissingFile) {
 // ---- valid files this reader accepts ----
 
 TEST_F(SafetensorsTest, UnsupportedDtypeListsButGetFails) {
-  for (const char* dt : {"I64", "U8", "I8", "I16", "BOOL", "F8_E4M3", "F8_E5M2"}) {
+  for (const char* dt : {"I64", "I16", "BOOL", "F8_E4M3", "F8_E5M2"}) {
     const std::string elem = std::string(dt) == "I64" ? "8" : std::string(dt) == "I16" ? "2" : "1";
     const std::string p = write_raw(
         "u.safetensors", st_file(std::string(R"({"ids":{"dtype":")") + dt + R"(","shape":[2],"data_offsets":[0,)" +
@@ -524,6 +524,24 @@ TEST_F(SafetensorsTest, UnsupportedDtypeListsButGetFails) {
     }
     EXPECT_THROW(load_safetensors(p), Error);
   }
+}
+
+// U8 / I8 carry the raw codes of quantized weights; they round-trip byte for byte.
+TEST_F(SafetensorsTest, U8AndI8RoundTrip) {
+  Tensor u = Tensor::empty({3}, DType::U8);
+  Tensor i = Tensor::empty({2, 2}, DType::I8);
+  const uint8_t uv[3] = {0, 7, 255};
+  const int8_t iv[4] = {-128, -1, 0, 127};
+  std::memcpy(u.raw_data(), uv, 3);
+  std::memcpy(i.raw_data(), iv, 4);
+  const std::string p = path("q.safetensors");
+  save_safetensors(p, {{"codes", u}, {"signed", i}});
+  auto back = load_safetensors(p);
+  ASSERT_EQ(back.at("codes").dtype(), DType::U8);
+  ASSERT_EQ(back.at("signed").dtype(), DType::I8);
+  EXPECT_EQ(std::memcmp(back.at("codes").raw_data(), uv, 3), 0);
+  EXPECT_EQ(std::memcmp(back.at("signed").raw_data(), iv, 4), 0);
+  EXPECT_EQ(back.at("signed").shape(), (Shape{2, 2}));
 }
 
 TEST_F(SafetensorsTest, GapsTrailingBytesAndSharedEmptyOffsetsAreAccepted) {

@@ -8,7 +8,8 @@
 
 namespace lmforge {
 
-enum class DType : uint8_t { F32, F64, BF16, F16, I32, Q8_0, Q4_0 };
+// U8 and I8 hold raw codes of the engine's own weight formats (see weight_matrix.h).
+enum class DType : uint8_t { F32, F64, BF16, F16, I32, Q8_0, Q4_0, U8, I8 };
 
 constexpr int64_t kQ8BlockSize = 32;
 constexpr int64_t kQ4BlockSize = 32;
@@ -48,6 +49,9 @@ constexpr size_t type_size(DType t) {
       return 4;
     case DType::F64:
       return 8;
+    case DType::U8:
+    case DType::I8:
+      return 1;
     case DType::BF16:
     case DType::F16:
       return 2;

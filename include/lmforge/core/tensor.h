@@ -59,6 +59,14 @@ template <>
 struct DTypeOf<int32_t> {
   static constexpr DType value = DType::I32;
 };
+template <>
+struct DTypeOf<uint8_t> {
+  static constexpr DType value = DType::U8;
+};
+template <>
+struct DTypeOf<int8_t> {
+  static constexpr DType value = DType::I8;
+};
 
 class Tensor {
  public:

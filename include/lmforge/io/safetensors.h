@@ -72,7 +72,7 @@ class SafetensorsFile {
 
 using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
 
-// Writes tensors of dtype f32, f64, f16, bf16 or i32 (non-contiguous ones are made contiguous), atomically.
+// Writes tensors of dtype f32, f64, f16, bf16, i32, u8 or i8 (non-contiguous ones are made contiguous), atomically.
 // Layout matches the reference implementation byte for byte: tensors sorted by dtype alignment (largest
 // first) then name, compact JSON with "__metadata__" first, header padded with spaces to a multiple of 8 so
 // every tensor is aligned to its element size. Metadata keys are written in sorted order.

@@ -1,0 +1,75 @@
+// Weight matrices in every storage format the inference engine runs (f32, f16, bf16, GGUF's q8_0 / q4_0,
+// 4-bit with groups of 128, int8 per output channel), and their products with f32 activations.
+//
+// This is the one place where the engine multiplies by a weight: the decoder's projections, the experts and the
+// LM head all call weight_matmul, so a new format or a faster kernel is an edit here and in src/kernels/cpu/,
+// never across the model code.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "lmforge/core/tensor.h"
+
+namespace lmforge {
+
+enum class WeightFormat : uint8_t {
+  F32,
+  F16,
+  BF16,
+  Q8_0,          // GGUF block_q8_0 (32 values, f16 scale)
+  Q4_0,          // GGUF block_q4_0 (32 values, f16 scale, codes - 8)
+  Q4_G128,       // 4-bit, groups of 128 along a row, symmetric: value = scale * (q - 8)
+  Q4_G128_ASYM,  // 4-bit, groups of 128, asymmetric: value = scale * (q - zero)
+  INT8,          // int8 per output channel (row): value = scale[row] * q
+};
+
+// "f32", "f16", "bf16", "q8_0", "q4_0", "q4_g128", "q4_g128_asym", "int8".
+std::string_view weight_format_name(WeightFormat f);
+// Throws lmforge::Error naming the string and listing the formats.
+WeightFormat parse_weight_format(std::string_view name);
+// Values per block along a row (1, 32 or 128); cols must be a multiple of it.
+int64_t weight_format_block(WeightFormat f);
+
+// A [rows, cols] matrix: rows = output features, cols = input features (nn.Linear.weight's layout).
+// Immutable once built; copies share the bytes.
+class WeightMatrix {
+ public:
+  WeightMatrix() = default;
+
+  // Round-to-nearest from an f32 (or f16/bf16) [rows, cols] tensor.
+  static WeightMatrix quantize(const Tensor& w, WeightFormat format);
+  // From already-quantized parts: the format's codes and (where it has them) per-group scales and zero points.
+  // The layout of each part is documented in weight_matrix.cpp; sizes are checked and bad ones are an Error
+  // naming `what` (e.g. the tensor name and file).
+  static WeightMatrix from_parts(WeightFormat format, int64_t rows, int64_t cols, Tensor codes, Tensor scales,
+                                 Tensor zeros, const std::string& what);
+
+  bool defined() const { return rows_ > 0; }
+  WeightFormat format() const { return format_; }
+  int64_t rows() const { return rows_; }
+  int64_t cols() const { return cols_; }
+  // Bytes read by one full product (codes + scales + zeros): the decode bandwidth figure.
+  size_t nbytes() const;
+  const Tensor& codes() const { return codes_; }
+  const Tensor& scales() const { return scales_; }
+  const Tensor& zeros() const { return zeros_; }
+
+  // f32 [rows, cols].
+  Tensor dequantize() const;
+  // Rows [r0, r1) as f32 into out (row-major, (r1 - r0) * cols floats).
+  void dequantize_rows(int64_t r0, int64_t r1, float* out) const;
+
+ private:
+  WeightFormat format_ = WeightFormat::F32;
+  int64_t rows_ = 0, cols_ = 0;
+  Tensor codes_, scales_, zeros_;
+};
+
+// y[n, rows] = x[n, cols] · Wᵀ, or y += ... with accumulate. x and y are contiguous f32 with row strides cols and
+// rows. Splits over the process thread pool; n = 1 is the decode path (bandwidth-bound), n > 1 prefill.
+void weight_matmul(const WeightMatrix& w, const float* x, int64_t n, float* y, bool accumulate = false);
+
+}  // namespace lmforge

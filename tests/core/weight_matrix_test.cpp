@@ -1,0 +1,93 @@
+#include "lmforge/core/weight_matrix.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "lmforge/core/error.h"
+
+namespace lmforge {
+namespace {
+
+Tensor random_weight(int64_t rows, int64_t cols, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.0f, 0.02f);
+  std::vector<float> v(static_cast<size_t>(rows * cols));
+  for (float& x : v) x = nd(rng);
+  return Tensor::from_vector(v, {rows, cols});
+}
+
+double rel_err(const float* a, const float* b, int64_t n) {
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+    den += double(b[i]) * b[i];
+  }
+  return std::sqrt(num / den);
+}
+
+// Each format's round trip stays within its grid's error, and the product equals the dequantized f32 product.
+TEST(WeightMatrix, RoundTripAndProductPerFormat) {
+  const int64_t rows = 96, cols = 256;
+  const Tensor w = random_weight(rows, cols, 1);
+  const struct {
+    WeightFormat f;
+    double max_rel;
+  } cases[] = {{WeightFormat::F32, 0},
+               {WeightFormat::F16, 1e-3},
+               {WeightFormat::BF16, 5e-3},
+               {WeightFormat::Q8_0, 1e-2},
+               {WeightFormat::Q4_0, 0.2},
+               {WeightFormat::Q4_G128, 0.2},
+               {WeightFormat::Q4_G128_ASYM, 0.2},
+               {WeightFormat::INT8, 2e-2}};
+  for (const auto& c : cases) {
+    SCOPED_TRACE(std::string(weight_format_name(c.f)));
+    const WeightMatrix m = WeightMatrix::quantize(w, c.f);
+    EXPECT_EQ(m.rows(), rows);
+    EXPECT_EQ(m.cols(), cols);
+    const Tensor dq = m.dequantize();
+    EXPECT_LE(rel_err(dq.data<float>(), w.data<float>(), rows * cols), c.max_rel);
+    for (int64_t n : {1, 3, 17}) {
+      const Tensor x = random_weight(n, cols, 7);
+      std::vector<float> y(static_cast<size_t>(n * rows)), ref(static_cast<size_t>(n * rows), 0.0f);
+      weight_matmul(m, x.data<float>(), n, y.data());
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t r = 0; r < rows; ++r) {
+          double s = 0;
+          for (int64_t k = 0; k < cols; ++k)
+            s += double(x.data<float>()[i * cols + k]) * dq.data<float>()[r * cols + k];
+          ref[i * rows + r] = static_cast<float>(s);
+        }
+      EXPECT_LE(rel_err(y.data(), ref.data(), n * rows), 1e-5);
+      weight_matmul(m, x.data<float>(), n, y.data(), /*accumulate=*/true);
+      for (float& v : ref) v *= 2;
+      EXPECT_LE(rel_err(y.data(), ref.data(), n * rows), 1e-5);
+    }
+    const WeightMatrix again =
+        WeightMatrix::from_parts(c.f, rows, cols, m.codes(), m.scales(), m.zeros(), "test weight");
+    EXPECT_EQ(again.nbytes(), m.nbytes());
+  }
+}
+
+TEST(WeightMatrix, BadPartsAndNamesAreErrors) {
+  EXPECT_THROW(parse_weight_format("q3_k"), Error);
+  EXPECT_EQ(parse_weight_format("q4_g128_asym"), WeightFormat::Q4_G128_ASYM);
+  const Tensor w = random_weight(4, 100, 2);
+  EXPECT_THROW(WeightMatrix::quantize(w, WeightFormat::Q8_0), Error);  // 100 is not a multiple of 32
+  const WeightMatrix m = WeightMatrix::quantize(random_weight(4, 128, 3), WeightFormat::Q4_G128_ASYM);
+  try {
+    WeightMatrix::from_parts(WeightFormat::Q4_G128_ASYM, 4, 128, m.codes(), m.scales(), Tensor(), "layer.0.w");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("layer.0.w"), std::string::npos);
+    EXPECT_NE(std::string(e.what()).find("zeros"), std::string::npos);
+  }
+  Tensor bad_zeros = Tensor::full({4, 1}, 16, DType::U8);
+  EXPECT_THROW(WeightMatrix::from_parts(WeightFormat::Q4_G128_ASYM, 4, 128, m.codes(), m.scales(), bad_zeros, "w"),
+               Error);
+}
+
+}  // namespace
+}  // namespace lmforge
