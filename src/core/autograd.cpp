@@ -1,5 +1,6 @@
 #include "lmforge/core/autograd.h"
 
+
 #include "lmforge/kernels/cpu.h"
 
 namespace lmforge {
@@ -23,21 +24,59 @@ Tensor add_fresh(const Tensor& a, const Tensor& b) {
 }
 }  // namespace
 
-Var::Var(Tensor value, bool requires_grad, std::string name) : p_(std::make_shared<VarImpl>()) {
-  p_->value = std::move(value);
-  p_->requires_grad = requires_grad;
-  p_->name = std::move(name);
+Var::Var(Tensor value, bool requires_grad, std::string name) : h_(std::make_shared<Handle>()) {
+  h_->impl = std::make_shared<VarImpl>();
+  VarImpl& p = *h_->impl;
+  p.shape = value.shape();
+  p.value = std::move(value);
+  p.requires_grad = requires_grad;
+  p.name = std::move(name);
 }
 
-void Var::accumulate_grad(const Tensor& g) const {
-  if (!p_->requires_grad || !g.defined()) return;
-  LMF_CHECK(g.shape() == p_->value.shape(), "gradient of shape ", shape_str(g.shape()), " for ",
-            p_->name.empty() ? "a variable" : p_->name, " of shape ", shape_str(p_->value.shape()));
-  if (!p_->grad.defined()) {
-    p_->grad = g;
+Var::Handle::~Handle() {
+  if (impl && !impl->is_leaf && impl.use_count() > 1) impl->value = Tensor();
+}
+
+void VarImpl::accumulate_grad(const Tensor& g) {
+  if (!requires_grad || !g.defined()) return;
+  LMF_CHECK(g.shape() == grad_shape(), "gradient of shape ", shape_str(g.shape()), " for ",
+            name.empty() ? "a variable" : name, " of shape ", shape_str(grad_shape()));
+  if (!grad.defined()) {
+    grad = g;
   } else {
-    p_->grad = add_fresh(p_->grad, g);
+    grad = add_fresh(grad, g);
   }
+}
+
+namespace {
+thread_local SavedPrecision t_saved_precision = SavedPrecision::F32;
+}
+
+SavedPrecision saved_precision() {
+  return t_saved_precision;
+}
+SavedPrecisionScope::SavedPrecisionScope(SavedPrecision p) : saved_(t_saved_precision) {
+  t_saved_precision = p;
+}
+SavedPrecisionScope::~SavedPrecisionScope() {
+  t_saved_precision = saved_;
+}
+
+DType saved_dtype() {
+  switch (t_saved_precision) {
+    case SavedPrecision::BF16:
+      return DType::BF16;
+    case SavedPrecision::F16:
+      return DType::F16;
+    default:
+      return DType::F32;
+  }
+}
+
+Tensor save_for_backward(const Tensor& t) {
+  const DType n = saved_dtype();
+  if (!t.defined() || t.dtype() != DType::F32 || n == DType::F32) return t;
+  return t.to(n);
 }
 
 Var parameter(Tensor value, std::string name) {
@@ -133,9 +172,14 @@ void Tape::backward_seeded() {
     bool any = false;
     for (auto& o : n.outputs) any = any || o->grad.defined();
     if (any && n.backward) n.backward();
+      fprintf(stderr, "  node %zu %s peak %.1f live %.1f\n", i, n.op, Storage::peak_live_bytes() / 1048576.0,
+              Storage::live_bytes() / 1048576.0);
     // Free what this node saved and the gradients of its intermediate outputs as soon as they are used.
     n.backward = nullptr;
-    for (auto& o : n.outputs) o->grad = Tensor();
+    for (auto& o : n.outputs) {
+      o->grad = Tensor();
+      o->narrow = Tensor();
+    }
   }
   nodes_.clear();
 }

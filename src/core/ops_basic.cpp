@@ -2,13 +2,41 @@
 #include <algorithm>
 
 #include "core/ops_util.h"
+#include "lmforge/core/half.h"
 #include "lmforge/core/ops.h"
+#include "lmforge/kernels/thread_pool.h"
 
 namespace lmforge::ops {
 
 using detail::compute_dtype;
+using detail::keep;
 using detail::prepare;
 namespace k = kernels::cpu;
+
+namespace detail {
+
+void round_in_place(Tensor& t, DType narrow) {
+  if (narrow == DType::F32 || !t.defined()) return;
+  LMF_CHECK(t.dtype() == DType::F32 && t.is_contiguous(), "round_in_place: needs a contiguous f32 tensor");
+  float* x = t.data<float>();
+  const int64_t n = t.numel();
+  if (narrow == DType::BF16) {
+    parallel_for(n, 1 << 16, [x](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) x[i] = bf16_to_f32(f32_to_bf16(x[i]));
+    });
+  } else {
+    parallel_for(n, 1 << 16, [x](int64_t i0, int64_t i1) {
+      uint16_t buf[1024];
+      for (int64_t i = i0; i < i1; i += 1024) {
+        const int64_t m = std::min<int64_t>(1024, i1 - i);
+        f32_to_f16_row(x + i, buf, m);
+        f16_to_f32_row(buf, x + i, m);
+      }
+    });
+  }
+}
+
+}  // namespace detail
 
 // ---- matmul ----
 
@@ -70,51 +98,79 @@ void run_matmul(const T* A, const T* B, T* C, int64_t batch, int64_t M, int64_t 
 Var matmul(const Var& a, const Var& b, bool ta, bool tb) {
   const DType dt = compute_dtype("matmul", {&a.value(), &b.value()});
   MatmulPlan p = plan_matmul(a.value(), b.value(), ta, tb);
+  // Mixed precision: operands and result rounded to bf16/f16 (a bf16 GEMM with f32 accumulation), and so are the
+  // gradients the backward computes; f32 master weights are untouched.
+  const DType lowp = detail::lowp_dtype(dt);
   Tensor A = prepare(a.value(), dt), B = prepare(b.value(), dt);
+  // What backward keeps: activations as (shared) narrow copies; a leaf (the f32 master weight) as itself, rounded
+  // again in backward rather than kept twice.
+  Tensor sA = keep(a, A), sB = keep(b, B);
+  if (lowp != DType::F32) {
+    A = sA.dtype() == lowp ? sA.to(DType::F32) : detail::round_through(A, lowp);
+    B = sB.dtype() == lowp ? sB.to(DType::F32) : detail::round_through(B, lowp);
+  }
   Tensor C = Tensor::empty(p.out_shape, dt);
   LMF_FLOAT_DISPATCH(
       dt, run_matmul<T>(A.data<T>(), B.data<T>(), C.data<T>(), p.batch, p.M, p.N, p.K, ta, tb, !p.batched, false));
+  detail::round_in_place(C, lowp);
   Var out(C);
   if (needs_record({&a, &b})) {
-    active_tape()->record("matmul", {out}, [a, b, A, B, p, ta, tb, dt, o = out.impl()] {
-      Tensor dY = prepare(o->grad, dt);
-      if (a.requires_grad()) {
-        Tensor dA = Tensor::empty(a.shape(), dt);
-        // dA = dY op(B)ᵀ, or for a stored transposed: dAᵀ... = op(B) dYᵀ.
-        LMF_FLOAT_DISPATCH(dt, {
-          const int64_t M = p.M, N = p.N, K = p.K;
-          for (int64_t i = 0; i < p.batch; ++i) {
-            const T* Bi = B.data<T>() + (p.batched ? i * K * N : 0);
-            const T* dYi = dY.data<T>() + i * M * N;
-            T* dAi = dA.data<T>() + i * M * K;
-            if (!ta) {
-              k::gemm<T>(false, !tb, M, K, N, T(1), dYi, N, Bi, tb ? K : N, T(0), dAi, K);
+    // dA needs B and dB needs A: keep only what a gradient will use.
+    if (!b.requires_grad()) sA = Tensor();
+    if (!a.requires_grad()) sB = Tensor();
+    active_tape()->record(
+        "matmul", {out}, [a = a.grad_ref(), b = b.grad_ref(), sA, sB, p, ta, tb, dt, lowp, o = out.impl()] {
+          Tensor dY = prepare(o->grad, dt);
+          if (lowp != DType::F32) {
+            // Round the incoming gradient in place when nothing else holds it (the usual case), else a copy.
+            if (dY.storage().use_count() <= 2 && dY.is_contiguous() && dY.offset() == 0) {
+              o->grad = Tensor();
+              detail::round_in_place(dY, lowp);
             } else {
-              k::gemm<T>(tb, true, K, M, N, T(1), Bi, tb ? K : N, dYi, N, T(0), dAi, M);
+              dY = detail::round_through(dY, lowp);
             }
           }
-        });
-        a.accumulate_grad(dA);
-      }
-      if (b.requires_grad()) {
-        Tensor dB = Tensor::empty(b.shape(), dt);
-        LMF_FLOAT_DISPATCH(dt, {
-          const int64_t M = p.M, N = p.N, K = p.K;
-          for (int64_t i = 0; i < p.batch; ++i) {
-            const T* Ai = A.data<T>() + i * M * K;
-            const T* dYi = dY.data<T>() + i * M * N;
-            T* dBi = dB.data<T>() + (p.batched ? i * K * N : 0);
-            const T beta = (!p.batched && i > 0) ? T(1) : T(0);  // a shared b sums over a's blocks
-            if (!tb) {
-              k::gemm<T>(!ta, false, K, N, M, T(1), Ai, ta ? M : K, dYi, N, beta, dBi, N);
-            } else {
-              k::gemm<T>(true, ta, N, K, M, T(1), dYi, N, Ai, ta ? M : K, beta, dBi, K);
-            }
+          if (a.requires_grad()) {
+            const Tensor B = sB.dtype() == dt ? detail::round_through(sB, lowp) : prepare(sB, dt);
+            Tensor dA = Tensor::empty(a.shape(), dt);
+            // dA = dY op(B)ᵀ, or for a stored transposed: dAᵀ... = op(B) dYᵀ.
+            LMF_FLOAT_DISPATCH(dt, {
+              const int64_t M = p.M, N = p.N, K = p.K;
+              for (int64_t i = 0; i < p.batch; ++i) {
+                const T* Bi = B.data<T>() + (p.batched ? i * K * N : 0);
+                const T* dYi = dY.data<T>() + i * M * N;
+                T* dAi = dA.data<T>() + i * M * K;
+                if (!ta) {
+                  k::gemm<T>(false, !tb, M, K, N, T(1), dYi, N, Bi, tb ? K : N, T(0), dAi, K);
+                } else {
+                  k::gemm<T>(tb, true, K, M, N, T(1), Bi, tb ? K : N, dYi, N, T(0), dAi, M);
+                }
+              }
+            });
+            detail::round_in_place(dA, lowp);
+            a.accumulate_grad(dA);
+          }
+          if (b.requires_grad()) {
+            const Tensor A = sA.dtype() == dt ? detail::round_through(sA, lowp) : prepare(sA, dt);
+            Tensor dB = Tensor::empty(b.shape(), dt);
+            LMF_FLOAT_DISPATCH(dt, {
+              const int64_t M = p.M, N = p.N, K = p.K;
+              for (int64_t i = 0; i < p.batch; ++i) {
+                const T* Ai = A.data<T>() + i * M * K;
+                const T* dYi = dY.data<T>() + i * M * N;
+                T* dBi = dB.data<T>() + (p.batched ? i * K * N : 0);
+                const T beta = (!p.batched && i > 0) ? T(1) : T(0);  // a shared b sums over a's blocks
+                if (!tb) {
+                  k::gemm<T>(!ta, false, K, N, M, T(1), Ai, ta ? M : K, dYi, N, beta, dBi, N);
+                } else {
+                  k::gemm<T>(true, ta, N, K, M, T(1), dYi, N, Ai, ta ? M : K, beta, dBi, K);
+                }
+              }
+            });
+            detail::round_in_place(dB, lowp);
+            b.accumulate_grad(dB);
           }
         });
-        b.accumulate_grad(dB);
-      }
-    });
   }
   return out;
 }
@@ -194,16 +250,17 @@ Var binary(Arith op, const char* name, const Var& a_in, const Var& b_in) {
   Var out(arith(op, A, B, bc, dt));
   if (needs_record({&a, &b})) {
     // Save operands only when the gradient needs them (mul).
-    Tensor sa = op == Arith::Mul ? A : Tensor(), sb = op == Arith::Mul ? B : Tensor();
-    active_tape()->record(name, {out}, [op, a, b, sa, sb, bc, dt, o = out.impl()] {
+    const bool mul = op == Arith::Mul;
+    Tensor sa = mul && b.requires_grad() ? keep(a, A) : Tensor(), sb = mul && a.requires_grad() ? keep(b, B) : Tensor();
+    active_tape()->record(name, {out}, [op, a = a.grad_ref(), b = b.grad_ref(), sa, sb, bc, dt, o = out.impl()] {
       Tensor dY = prepare(o->grad, dt);
       if (a.requires_grad()) {
-        a.accumulate_grad(op == Arith::Mul ? arith(Arith::Mul, dY, sb, bc, dt) : dY);
+        a.accumulate_grad(op == Arith::Mul ? arith(Arith::Mul, dY, prepare(sb, dt), bc, dt) : dY);
       }
       if (b.requires_grad()) {
         Tensor g;
         if (op == Arith::Mul) {
-          g = reduce_to(arith(Arith::Mul, dY, sa, Bcast::Same, dt), b.shape(), dt);
+          g = reduce_to(arith(Arith::Mul, dY, prepare(sa, dt), Bcast::Same, dt), b.shape(), dt);
         } else {
           g = reduce_to(dY, b.shape(), dt);
           if (op == Arith::Sub) {
@@ -238,7 +295,7 @@ Var scale(const Var& a, double s) {
   LMF_FLOAT_DISPATCH(dt, k::scale<T>(A.data<T>(), static_cast<T>(s), Y.data<T>(), A.numel()));
   Var out(Y);
   if (needs_record({&a})) {
-    active_tape()->record("scale", {out}, [a, s, dt, o = out.impl()] {
+    active_tape()->record("scale", {out}, [a = a.grad_ref(), s, dt, o = out.impl()] {
       Tensor dY = prepare(o->grad, dt);
       Tensor g = Tensor::empty(dY.shape(), dt);
       LMF_FLOAT_DISPATCH(dt, k::scale<T>(dY.data<T>(), static_cast<T>(s), g.data<T>(), g.numel()));
@@ -255,8 +312,9 @@ Var sum(const Var& a) {
   LMF_FLOAT_DISPATCH(dt, s = k::sum<T>(A.data<T>(), A.numel()));
   Var out(Tensor::full({1}, s, dt));
   if (needs_record({&a})) {
-    active_tape()->record("sum", {out},
-                          [a, dt, o = out.impl()] { a.accumulate_grad(Tensor::full(a.shape(), o->grad.item(), dt)); });
+    active_tape()->record("sum", {out}, [a = a.grad_ref(), dt, o = out.impl()] {
+      a.accumulate_grad(Tensor::full(a.shape(), o->grad.item(), dt));
+    });
   }
   return out;
 }
@@ -271,7 +329,10 @@ Var mean(const Var& a) {
 Var reshape(const Var& a, const Shape& shape) {
   Var out(a.value().reshape(shape));
   if (needs_record({&a})) {
-    active_tape()->record("reshape", {out}, [a, o = out.impl()] { a.accumulate_grad(o->grad.reshape(a.shape())); });
+    // A view: ops that save it and ops that save `a` share one narrow copy (see detail::keep).
+    if (out.value().storage() == a.value().storage()) out.impl()->view_of = a.impl();
+    active_tape()->record("reshape", {out},
+                          [a = a.grad_ref(), o = out.impl()] { a.accumulate_grad(o->grad.reshape(a.shape())); });
   }
   return out;
 }
@@ -279,8 +340,9 @@ Var reshape(const Var& a, const Shape& shape) {
 Var transpose(const Var& a, int64_t d0, int64_t d1) {
   Var out(a.value().transpose(d0, d1).contiguous());
   if (needs_record({&a})) {
-    active_tape()->record("transpose", {out},
-                          [a, d0, d1, o = out.impl()] { a.accumulate_grad(o->grad.transpose(d0, d1).contiguous()); });
+    active_tape()->record("transpose", {out}, [a = a.grad_ref(), d0, d1, o = out.impl()] {
+      a.accumulate_grad(o->grad.transpose(d0, d1).contiguous());
+    });
   }
   return out;
 }
@@ -288,7 +350,7 @@ Var transpose(const Var& a, int64_t d0, int64_t d1) {
 Var slice(const Var& a, int64_t dim, int64_t start, int64_t end) {
   Var out(a.value().slice(dim, start, end).contiguous());
   if (needs_record({&a})) {
-    active_tape()->record("slice", {out}, [a, dim, start, end, o = out.impl()] {
+    active_tape()->record("slice", {out}, [a = a.grad_ref(), dim, start, end, o = out.impl()] {
       DType dt = o->grad.dtype();
       Tensor g = Tensor::zeros(a.shape(), dt);
       Tensor view = g.slice(dim, start, end);
@@ -329,10 +391,12 @@ Var concat(const std::vector<Var>& parts, int64_t dim) {
   bool any = false;
   for (const Var& p : parts) any = any || p.requires_grad();
   if (active_tape() && any) {
-    active_tape()->record("concat", {out}, [parts, starts, dim, o = out.impl()] {
-      for (size_t i = 0; i < parts.size(); ++i) {
-        if (!parts[i].requires_grad()) continue;
-        parts[i].accumulate_grad(o->grad.slice(dim, starts[i], starts[i] + parts[i].shape()[dim]).contiguous());
+    std::vector<GradRef> refs;
+    for (const Var& p : parts) refs.push_back(p.grad_ref());
+    active_tape()->record("concat", {out}, [refs, starts, dim, o = out.impl()] {
+      for (size_t i = 0; i < refs.size(); ++i) {
+        if (!refs[i].requires_grad()) continue;
+        refs[i].accumulate_grad(o->grad.slice(dim, starts[i], starts[i] + refs[i].shape()[dim]).contiguous());
       }
     });
   }

@@ -8,6 +8,8 @@ namespace lmforge::ops {
 
 using detail::check_ids;
 using detail::compute_dtype;
+using detail::keep;
+using detail::keep_output;
 using detail::prepare;
 namespace k = kernels::cpu;
 
@@ -30,7 +32,7 @@ Var embedding(const Var& weight, const Tensor& ids_in) {
   LMF_FLOAT_DISPATCH(dt, k::gather_rows<T>(W.data<T>(), id, Y.data<T>(), ids.numel(), D));
   Var out(Y);
   if (needs_record({&weight})) {
-    active_tape()->record("embedding", {out}, [weight, ids, dt, V, D, o = out.impl()] {
+    active_tape()->record("embedding", {out}, [weight = weight.grad_ref(), ids, dt, V, D, o = out.impl()] {
       Tensor dY = prepare(o->grad, dt);
       Tensor g = Tensor::zeros({V, D}, dt);
       LMF_FLOAT_DISPATCH(dt, k::scatter_add_rows<T>(g.data<T>(), ids.data<int32_t>(), dY.data<T>(), ids.numel(), D));
@@ -52,14 +54,17 @@ Var rmsnorm(const Var& x, const Var& w, double eps) {
   LMF_FLOAT_DISPATCH(dt, k::rmsnorm<T>(X.data<T>(), W.data<T>(), Y.data<T>(), R.data<T>(), rows, d, eps));
   Var out(Y);
   if (needs_record({&x, &w})) {
-    active_tape()->record("rmsnorm", {out}, [x, w, X, W, R, rows, d, dt, o = out.impl()] {
-      Tensor dY = prepare(o->grad, dt);
-      Tensor dX = Tensor::empty(X.shape(), dt), dW = Tensor::zeros({d}, dt);
-      LMF_FLOAT_DISPATCH(dt, k::rmsnorm_backward<T>(dY.data<T>(), X.data<T>(), W.data<T>(), R.data<T>(), dX.data<T>(),
-                                                    dW.data<T>(), rows, d));
-      x.accumulate_grad(dX);
-      w.accumulate_grad(dW);
-    });
+    active_tape()->record(
+        "rmsnorm", {out},
+        [x = x.grad_ref(), w = w.grad_ref(), sX = keep(x, X), sW = keep(w, W), R, rows, d, dt, o = out.impl()] {
+          Tensor dY = prepare(o->grad, dt);
+          const Tensor X = prepare(sX, dt), W = prepare(sW, dt);
+          Tensor dX = Tensor::empty(X.shape(), dt), dW = Tensor::zeros({d}, dt);
+          LMF_FLOAT_DISPATCH(dt, k::rmsnorm_backward<T>(dY.data<T>(), X.data<T>(), W.data<T>(), R.data<T>(),
+                                                        dX.data<T>(), dW.data<T>(), rows, d));
+          x.accumulate_grad(dX);
+          w.accumulate_grad(dW);
+        });
   }
   return out;
 }
@@ -95,7 +100,7 @@ Var rope(const Var& x, const Tensor& cos, const Tensor& sin, k::RopeLayout layou
                      k::rope<T>(X.data<T>(), Y.data<T>(), C.data<T>(), S.data<T>(), B, Tn, H, D, rot, layout, false));
   Var out(Y);
   if (needs_record({&x})) {
-    active_tape()->record("rope", {out}, [x, C, S, B, Tn, H, D, rot, layout, dt, o = out.impl()] {
+    active_tape()->record("rope", {out}, [x = x.grad_ref(), C, S, B, Tn, H, D, rot, layout, dt, o = out.impl()] {
       Tensor dY = prepare(o->grad, dt);
       Tensor dX = Tensor::empty(dY.shape(), dt);
       LMF_FLOAT_DISPATCH(
@@ -115,8 +120,9 @@ Var silu(const Var& x) {
   LMF_FLOAT_DISPATCH(dt, k::silu<T>(X.data<T>(), Y.data<T>(), X.numel()));
   Var out(Y);
   if (needs_record({&x})) {
-    active_tape()->record("silu", {out}, [x, X, dt, o = out.impl()] {
+    active_tape()->record("silu", {out}, [x = x.grad_ref(), sX = keep(x, X), dt, o = out.impl()] {
       Tensor dY = prepare(o->grad, dt);
+      const Tensor X = prepare(sX, dt);
       Tensor dX = Tensor::empty(X.shape(), dt);
       LMF_FLOAT_DISPATCH(dt, k::silu_backward<T>(X.data<T>(), dY.data<T>(), dX.data<T>(), X.numel()));
       x.accumulate_grad(dX);
@@ -132,16 +138,20 @@ Var swiglu(const Var& gate, const Var& up) {
   Tensor G = prepare(gate.value(), dt), U = prepare(up.value(), dt);
   Tensor Y = Tensor::empty(G.shape(), dt);
   LMF_FLOAT_DISPATCH(dt, k::swiglu<T>(G.data<T>(), U.data<T>(), Y.data<T>(), G.numel()));
+  detail::round_in_place(Y, detail::lowp_dtype(dt));  // an element-wise op on bf16/f16 inputs
   Var out(Y);
   if (needs_record({&gate, &up})) {
-    active_tape()->record("swiglu", {out}, [gate, up, G, U, dt, o = out.impl()] {
-      Tensor dY = prepare(o->grad, dt);
-      Tensor dG = Tensor::empty(G.shape(), dt), dU = Tensor::empty(U.shape(), dt);
-      LMF_FLOAT_DISPATCH(
-          dt, k::swiglu_backward<T>(G.data<T>(), U.data<T>(), dY.data<T>(), dG.data<T>(), dU.data<T>(), G.numel()));
-      gate.accumulate_grad(dG);
-      up.accumulate_grad(dU);
-    });
+    active_tape()->record(
+        "swiglu", {out},
+        [gate = gate.grad_ref(), up = up.grad_ref(), sG = keep(gate, G), sU = keep(up, U), dt, o = out.impl()] {
+          Tensor dY = prepare(o->grad, dt);
+          const Tensor G = prepare(sG, dt), U = prepare(sU, dt);
+          Tensor dG = Tensor::empty(G.shape(), dt), dU = Tensor::empty(U.shape(), dt);
+          LMF_FLOAT_DISPATCH(
+              dt, k::swiglu_backward<T>(G.data<T>(), U.data<T>(), dY.data<T>(), dG.data<T>(), dU.data<T>(), G.numel()));
+          gate.accumulate_grad(dG);
+          up.accumulate_grad(dU);
+        });
   }
   return out;
 }
@@ -154,8 +164,9 @@ Var softmax(const Var& x) {
   LMF_FLOAT_DISPATCH(dt, k::softmax<T>(X.data<T>(), Y.data<T>(), rows, n));
   Var out(Y);
   if (needs_record({&x})) {
-    active_tape()->record("softmax", {out}, [x, Y, rows, n, dt, o = out.impl()] {
+    active_tape()->record("softmax", {out}, [x = x.grad_ref(), sY = keep_output(out, Y), rows, n, dt, o = out.impl()] {
       Tensor dY = prepare(o->grad, dt);
+      const Tensor Y = prepare(sY, dt);
       Tensor dX = Tensor::empty(Y.shape(), dt);
       LMF_FLOAT_DISPATCH(dt, k::softmax_backward<T>(Y.data<T>(), dY.data<T>(), dX.data<T>(), rows, n));
       x.accumulate_grad(dX);
@@ -190,18 +201,24 @@ Var attention(const Var& q, const Var& kk, const Var& v, const AttentionOptions&
   Tensor Q = prepare(q.value(), dt), K = prepare(kk.value(), dt), Vt = prepare(v.value(), dt);
   Tensor O = Tensor::empty({d.B, d.Tq, d.Hq, d.Dv}, dt), L = Tensor::empty({d.B, d.Hq, d.Tq}, dt);
   LMF_FLOAT_DISPATCH(dt, k::attention<T>(d, Q.data<T>(), K.data<T>(), Vt.data<T>(), O.data<T>(), L.data<T>()));
+  detail::round_in_place(O, detail::lowp_dtype(dt));  // bf16/f16 attention output under mixed precision
   Var out(O);
   if (needs_record({&q, &kk, &v})) {
-    active_tape()->record("attention", {out}, [q, kk, v, Q, K, Vt, O, L, d, dt, o = out.impl()] {
-      Tensor dO = prepare(o->grad, dt);
-      Tensor dQ = Tensor::empty(Q.shape(), dt), dK = Tensor::empty(K.shape(), dt), dV = Tensor::empty(Vt.shape(), dt);
-      LMF_FLOAT_DISPATCH(dt,
-                         k::attention_backward<T>(d, Q.data<T>(), K.data<T>(), Vt.data<T>(), O.data<T>(), L.data<T>(),
-                                                  dO.data<T>(), dQ.data<T>(), dK.data<T>(), dV.data<T>()));
-      q.accumulate_grad(dQ);
-      kk.accumulate_grad(dK);
-      v.accumulate_grad(dV);
-    });
+    active_tape()->record("attention", {out},
+                          [q = q.grad_ref(), kk = kk.grad_ref(), v = v.grad_ref(), sQ = keep(q, Q), sK = keep(kk, K),
+                           sV = keep(v, Vt), sO = keep_output(out, O), L, d, dt, o = out.impl()] {
+                            Tensor dO = prepare(o->grad, dt);
+                            const Tensor Q = prepare(sQ, dt), K = prepare(sK, dt), Vt = prepare(sV, dt),
+                                         O = prepare(sO, dt);
+                            Tensor dQ = Tensor::empty(Q.shape(), dt), dK = Tensor::empty(K.shape(), dt),
+                                   dV = Tensor::empty(Vt.shape(), dt);
+                            LMF_FLOAT_DISPATCH(dt, k::attention_backward<T>(d, Q.data<T>(), K.data<T>(), Vt.data<T>(),
+                                                                            O.data<T>(), L.data<T>(), dO.data<T>(),
+                                                                            dQ.data<T>(), dK.data<T>(), dV.data<T>()));
+                            q.accumulate_grad(dQ);
+                            kk.accumulate_grad(dK);
+                            v.accumulate_grad(dV);
+                          });
   }
   return out;
 }
@@ -236,11 +253,21 @@ Var cross_entropy(const Var& logits, const Tensor& targets_in, int32_t ignore_in
   Var out(Tensor::full({1}, total / denom, dt));
   if (needs_record({&logits})) {
     active_tape()->record(
-        "cross_entropy", {out}, [logits, X, targets, lse, rows, V, denom, ignore_index, dt, o = out.impl()] {
+        "cross_entropy", {out},
+        [logits = logits.grad_ref(), sX = keep(logits, X), targets, lse, rows, V, denom, ignore_index, dt,
+         o = out.impl()] {
           const double g = o->grad.item() / denom;
-          Tensor dX = Tensor::empty(X.shape(), dt);
-          LMF_FLOAT_DISPATCH(dt, k::cross_entropy_backward<T>(X.data<T>(), targets.data<int32_t>(), lse.data<T>(),
-                                                              static_cast<T>(g), dX.data<T>(), rows, V, ignore_index));
+          Tensor dX = Tensor::empty(sX.shape(), dt);
+          // Narrow saved logits are widened a block of rows at a time, not all at once: this is the step's
+          // memory peak (the whole [tokens, vocab] gradient is being made).
+          const int64_t block = sX.dtype() == dt ? rows : std::max<int64_t>(1, (int64_t{1} << 21) / V);
+          for (int64_t r0 = 0; r0 < rows; r0 += block) {
+            const int64_t n = std::min(block, rows - r0);
+            const Tensor X = prepare(sX.view({rows, V}).slice(0, r0, r0 + n), dt);
+            LMF_FLOAT_DISPATCH(
+                dt, k::cross_entropy_backward<T>(X.data<T>(), targets.data<int32_t>() + r0, lse.data<T>() + r0,
+                                                 static_cast<T>(g), dX.data<T>() + r0 * V, n, V, ignore_index));
+          }
           logits.accumulate_grad(dX.view(logits.shape()));
         });
   }
@@ -259,7 +286,7 @@ std::pair<Var, Tensor> topk(const Var& x, int64_t kk) {
   LMF_FLOAT_DISPATCH(dt, k::topk<T>(X.data<T>(), vals.data<T>(), idx.data<int32_t>(), rows, n, kk));
   Var out(vals);
   if (needs_record({&x})) {
-    active_tape()->record("topk", {out}, [x, idx, rows, n, kk, dt, o = out.impl()] {
+    active_tape()->record("topk", {out}, [x = x.grad_ref(), idx, rows, n, kk, dt, o = out.impl()] {
       Tensor dV = prepare(o->grad, dt);
       Tensor g = Tensor::zeros({rows, n}, dt);
       LMF_FLOAT_DISPATCH(dt, {
@@ -290,7 +317,7 @@ Var gather_rows(const Var& x, const Tensor& idx_in) {
   LMF_FLOAT_DISPATCH(dt, k::gather_rows<T>(X.data<T>(), ix, Y.data<T>(), M, D));
   Var out(Y);
   if (needs_record({&x})) {
-    active_tape()->record("gather_rows", {out}, [x, idx, N, M, D, dt, o = out.impl()] {
+    active_tape()->record("gather_rows", {out}, [x = x.grad_ref(), idx, N, M, D, dt, o = out.impl()] {
       Tensor dY = prepare(o->grad, dt);
       Tensor g = Tensor::zeros({N, D}, dt);
       LMF_FLOAT_DISPATCH(dt, k::scatter_add_rows<T>(g.data<T>(), idx.data<int32_t>(), dY.data<T>(), M, D));
@@ -315,7 +342,7 @@ Var scatter_add_rows(const Var& src, const Tensor& idx_in, int64_t rows) {
   LMF_FLOAT_DISPATCH(dt, k::scatter_add_rows<T>(Y.data<T>(), ix, S.data<T>(), M, D));
   Var out(Y);
   if (needs_record({&src})) {
-    active_tape()->record("scatter_add_rows", {out}, [src, idx, M, D, dt, o = out.impl()] {
+    active_tape()->record("scatter_add_rows", {out}, [src = src.grad_ref(), idx, M, D, dt, o = out.impl()] {
       Tensor dY = prepare(o->grad, dt);
       Tensor g = Tensor::empty({M, D}, dt);
       LMF_FLOAT_DISPATCH(dt, k::gather_rows<T>(dY.data<T>(), idx.data<int32_t>(), g.data<T>(), M, D));
@@ -341,27 +368,30 @@ Var scale_rows(const Var& x, const Var& w) {
   });
   Var out(Y);
   if (needs_record({&x, &w})) {
-    active_tape()->record("scale_rows", {out}, [x, w, X, Wt, M, D, dt, o = out.impl()] {
-      Tensor dY = prepare(o->grad, dt);
-      Tensor dX = Tensor::empty({M, D}, dt), dW = Tensor::empty(w.shape(), dt);
-      LMF_FLOAT_DISPATCH(dt, {
-        const T* g = dY.data<T>();
-        const T* xp = X.data<T>();
-        const T* wp = Wt.data<T>();
-        T* dx = dX.data<T>();
-        T* dw = dW.data<T>();
-        for (int64_t m = 0; m < M; ++m) {
-          T acc = 0;
-          for (int64_t d = 0; d < D; ++d) {
-            dx[m * D + d] = g[m * D + d] * wp[m];
-            acc += g[m * D + d] * xp[m * D + d];
-          }
-          dw[m] = acc;
-        }
-      });
-      if (x.requires_grad()) x.accumulate_grad(dX);
-      if (w.requires_grad()) w.accumulate_grad(dW);
-    });
+    active_tape()->record(
+        "scale_rows", {out},
+        [x = x.grad_ref(), w = w.grad_ref(), sX = keep(x, X), sW = keep(w, Wt), M, D, dt, o = out.impl()] {
+          Tensor dY = prepare(o->grad, dt);
+          const Tensor X = prepare(sX, dt), Wt = prepare(sW, dt);
+          Tensor dX = Tensor::empty({M, D}, dt), dW = Tensor::empty(w.shape(), dt);
+          LMF_FLOAT_DISPATCH(dt, {
+            const T* g = dY.data<T>();
+            const T* xp = X.data<T>();
+            const T* wp = Wt.data<T>();
+            T* dx = dX.data<T>();
+            T* dw = dW.data<T>();
+            for (int64_t m = 0; m < M; ++m) {
+              T acc = 0;
+              for (int64_t d = 0; d < D; ++d) {
+                dx[m * D + d] = g[m * D + d] * wp[m];
+                acc += g[m * D + d] * xp[m * D + d];
+              }
+              dw[m] = acc;
+            }
+          });
+          if (x.requires_grad()) x.accumulate_grad(dX);
+          if (w.requires_grad()) w.accumulate_grad(dW);
+        });
   }
   return out;
 }

@@ -1,5 +1,6 @@
 #include "lmforge/core/optim.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "lmforge/kernels/cpu.h"
@@ -174,7 +175,7 @@ void Sgd::load_state(const std::vector<std::pair<std::string, Tensor>>& state, i
   steps_ = steps;
 }
 
-double clip_grad_norm(const std::vector<Var>& params, double max_norm) {
+double clip_grad_norm(const std::vector<Var>& params, double max_norm, double grad_scale) {
   double sq = 0.0;
   for (const Var& p : params) {
     if (!p.grad().defined()) continue;
@@ -182,10 +183,10 @@ double clip_grad_norm(const std::vector<Var>& params, double max_norm) {
     sq += g.dtype() == DType::F64 ? k::sum_squares(g.data<double>(), g.numel())
                                   : k::sum_squares(g.to(DType::F32).data<float>(), g.numel());
   }
-  const double norm = std::sqrt(sq);
+  const double norm = std::sqrt(sq) / grad_scale;
   if (!std::isfinite(norm)) return norm;
-  const double coef = max_norm / (norm + 1e-6);
-  if (coef >= 1.0) return norm;
+  const double coef = std::min(1.0, max_norm / (norm + 1e-6)) / grad_scale;
+  if (coef == 1.0) return norm;
   for (const Var& p : params) {
     if (!p.grad().defined()) continue;
     Tensor g = p.grad().contiguous();

@@ -1,6 +1,7 @@
 #include "lmforge/core/tensor.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -108,6 +109,26 @@ class BlockCache {
 
 }  // namespace
 
+namespace {
+std::atomic<size_t> g_live_bytes{0}, g_peak_live_bytes{0};
+void count_alloc(size_t n) {
+  const size_t now = g_live_bytes.fetch_add(n, std::memory_order_relaxed) + n;
+  size_t peak = g_peak_live_bytes.load(std::memory_order_relaxed);
+  while (now > peak && !g_peak_live_bytes.compare_exchange_weak(peak, now, std::memory_order_relaxed)) {
+  }
+}
+}  // namespace
+
+size_t Storage::live_bytes() {
+  return g_live_bytes.load(std::memory_order_relaxed);
+}
+size_t Storage::peak_live_bytes() {
+  return g_peak_live_bytes.load(std::memory_order_relaxed);
+}
+void Storage::reset_peak_live_bytes() {
+  g_peak_live_bytes.store(g_live_bytes.load(std::memory_order_relaxed), std::memory_order_relaxed);
+}
+
 void Storage::release_cached_blocks() {
   BlockCache::get().release();
 }
@@ -133,6 +154,7 @@ std::shared_ptr<Storage> Storage::allocate(size_t bytes) {
   s->bytes_ = bytes;
   s->capacity_ = capacity;
   s->owned_ = true;
+  count_alloc(capacity);
   return s;
 }
 
@@ -145,6 +167,7 @@ std::shared_ptr<Storage> Storage::borrow(void* data, size_t bytes, std::shared_p
 }
 
 Storage::~Storage() {
+  if (owned_) g_live_bytes.fetch_sub(capacity_, std::memory_order_relaxed);
   if (owned_ && !BlockCache::get().give(data_, capacity_)) std::free(data_);
 }
 

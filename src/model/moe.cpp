@@ -159,8 +159,8 @@ Route route(const Var& logits, const Tensor& bias, const RouteOptions& o) {
   if (aux) outs.push_back(r.aux_loss);
   if (needs_record({&logits})) {
     active_tape()->record("moe_route", outs,
-                          [logits, S, denom, aux_coef, idx, kept, N, E, K, o, normalise, dt, w = r.weights.impl(),
-                           a = aux ? r.aux_loss.impl() : nullptr] {
+                          [logits = logits.grad_ref(), S, denom, aux_coef, idx, kept, N, E, K, o, normalise, dt,
+                           w = r.weights.impl(), a = aux ? r.aux_loss.impl() : nullptr] {
                             const std::vector<double> gw = w->grad.defined()
                                                                ? w->grad.to_double_vector()
                                                                : std::vector<double>(static_cast<size_t>(N * K), 0.0);

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <sstream>
@@ -76,6 +77,7 @@ std::string Checkpoints::save(const RunState& s, const model::CausalLM& m, const
                       {"data_position", s.data_position},
                       {"nonfinite_streak", s.nonfinite_streak},
                       {"loss_scale", s.loss_scale},
+                      {"good_steps", s.good_steps},
                       {"rng", "counter-based: router noise and data order derive from the seeds and step/position"},
                       {"sha256",
                        {{"model.safetensors", data::sha256_file((tmp / "model.safetensors").string())},
@@ -107,6 +109,9 @@ RunState Checkpoints::load(const std::string& dir, model::CausalLM& m, Optimizer
   s.nonfinite_streak = field("nonfinite_streak");
   const int64_t opt_steps = field("optimizer_steps");
   s.loss_scale = j.value("loss_scale", 0.0);
+  s.good_steps = j.value("good_steps", int64_t{0});
+  if (!std::isfinite(s.loss_scale) || s.loss_scale < 0 || s.good_steps < 0)
+    throw Error(tj + ": field 'loss_scale' or 'good_steps' out of range (corrupt checkpoint)");
   for (const char* file : {"model.safetensors", "optimizer.safetensors"}) {
     const std::string p = (fs::path(dir) / file).string();
     if (!fs::exists(p)) throw Error(p + ": missing (incomplete checkpoint)");

@@ -15,7 +15,8 @@ struct RunState {
   int64_t step = 0;           // optimizer steps done
   int64_t data_position = 0;  // windows served
   int64_t nonfinite_streak = 0;
-  double loss_scale = 0;  // fp16 dynamic loss scale (0 when unused)
+  double loss_scale = 0;   // fp16 dynamic loss scale (0 when unused)
+  int64_t good_steps = 0;  // fp16: steps since the scale last changed
 };
 
 class Checkpoints {

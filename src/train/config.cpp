@@ -194,6 +194,7 @@ TrainConfig parse_train_config(const std::string& text, const std::string& sourc
   t.integer("max_nonfinite_steps", c.max_nonfinite_steps, 1);
   t.number("bias_update_speed", c.bias_update_speed, -1.0, 1.0);
   t.number("loss_scale", c.loss_scale, 1.0, 1e12);
+  t.integer("loss_scale_growth_interval", c.loss_scale_growth_interval, 1);
   t.finish();
   if (c.global_batch % c.micro_batch != 0)
     throw Error(source + ": [training] global_batch: " + std::to_string(c.global_batch) +

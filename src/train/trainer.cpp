@@ -88,14 +88,19 @@ uint64_t mix(uint64_t a, uint64_t b) {
 struct StepStats {
   double loss = 0, aux = 0, grad_norm = 0;
   bool finite = true;
+  bool overflow = false;  // fp16: the loss was finite but a scaled gradient overflowed
   std::vector<model::ExpertLoad> load;
   int64_t dropped = 0;
 };
 
 // One optimizer step's forward/backward over the accumulation micro-batches (gradients left on the params).
+// precision: how activations are rounded and kept (bf16 / fp16 mixed precision; the master weights, their
+// gradients and the optimizer state stay f32). loss_scale multiplies the loss before backward (fp16), and the
+// gradients are divided by it again before clipping.
 StepStats forward_backward(const model::CausalLM& m, const TrainConfig& c, Dataset& data, int64_t& position,
-                           int64_t step) {
+                           int64_t step, SavedPrecision precision, double loss_scale) {
   StepStats st;
+  SavedPrecisionScope mixed(precision);  // also for backward: checkpointed blocks replay their forward
   const int64_t accum = c.accumulation();
   for (Var p : m.parameters()) p.zero_grad();
   for (int64_t a = 0; a < accum; ++a) {
@@ -126,11 +131,12 @@ StepStats forward_backward(const model::CausalLM& m, const TrainConfig& c, Datas
         }
       }
     }
-    tape.backward(total);
+    tape.backward(total, Tensor::full({1}, loss_scale, total.dtype()));
   }
   for (const auto& l : st.load) st.dropped += l.dropped;
-  st.grad_norm = clip_grad_norm(m.parameters(), c.grad_clip > 0 ? c.grad_clip : INFINITY);
+  st.grad_norm = clip_grad_norm(m.parameters(), c.grad_clip > 0 ? c.grad_clip : INFINITY, loss_scale);
   st.finite = std::isfinite(st.loss) && std::isfinite(st.aux) && std::isfinite(st.grad_norm);
+  st.overflow = loss_scale > 1.0 && !st.finite && std::isfinite(st.loss) && std::isfinite(st.aux);
   return st;
 }
 
@@ -153,6 +159,12 @@ nlohmann::json load_json(const std::vector<model::ExpertLoad>& load) {
   return a;
 }
 
+SavedPrecision precision_of(const TrainConfig& c) {
+  if (c.precision == "bf16") return SavedPrecision::BF16;
+  if (c.precision == "fp16") return SavedPrecision::F16;
+  return SavedPrecision::F32;
+}
+
 void set_threads(int threads) {
   if (threads > 0) ThreadPool::global().set_num_threads(threads);
 }
@@ -160,9 +172,8 @@ void set_threads(int threads) {
 }  // namespace
 
 RunResult run_training(const TrainConfig& c, const RunOptions& opt) {
-  if (c.precision != "f32")
-    throw Error(c.source + ": [training] precision: '" + c.precision +
-                "' is not built yet in the trainer (f32 only for now)");
+  const SavedPrecision precision = precision_of(c);
+  const bool scaled = precision == SavedPrecision::F16;
   set_threads(c.threads);
   model::CausalLM m = build_model(c);
   const model::ModelConfig& mc = m.config();
@@ -187,6 +198,8 @@ RunResult run_training(const TrainConfig& c, const RunOptions& opt) {
                 ": holds checkpoints from an earlier run; pass --resume to continue it, or choose "
                 "another [checkpoint] dir");
   }
+  if (scaled && state.loss_scale <= 0) state.loss_scale = c.loss_scale;
+  if (!scaled) state.loss_scale = 0;
   fs::create_directories(c.checkpoint_dir);
   JsonlLog log((fs::path(c.checkpoint_dir) / "log.jsonl").string(), opt.resume ? state.step : -1);
   if (opt.resume)
@@ -214,7 +227,18 @@ RunResult run_training(const TrainConfig& c, const RunOptions& opt) {
   while (state.step < c.max_steps) {
     const double lr = c.lr_at(state.step);
     const int64_t pos_before = state.data_position;
-    StepStats st = forward_backward(m, c, *data, state.data_position, state.step);
+    StepStats st =
+        forward_backward(m, c, *data, state.data_position, state.step, precision, scaled ? state.loss_scale : 1.0);
+    if (st.overflow && state.loss_scale > 1.0) {
+      // fp16 dynamic loss scaling (torch.cuda.amp.GradScaler's rule): an overflow skips the step and halves the
+      // scale; growth_interval good steps in a row double it. Not a non-finite step for the guard.
+      for (Var p : m.parameters()) p.zero_grad();
+      state.loss_scale = std::max(1.0, state.loss_scale * 0.5);
+      state.good_steps = 0;
+      log.write({{"event", "overflow"}, {"step", state.step}, {"loss_scale", state.loss_scale}});
+      ++state.step;  // the batch is consumed, the weights do not move
+      continue;
+    }
     if (!st.finite) {
       ++state.nonfinite_streak;
       for (Var p : m.parameters()) p.zero_grad();
@@ -239,6 +263,10 @@ RunResult run_training(const TrainConfig& c, const RunOptions& opt) {
       continue;
     }
     state.nonfinite_streak = 0;
+    if (scaled && ++state.good_steps >= c.loss_scale_growth_interval) {
+      state.loss_scale = std::min(state.loss_scale * 2.0, 1e12);
+      state.good_steps = 0;
+    }
     optim.set_lr(lr);
     optim.step();
     if (bias_speed > 0 && mc.topk_method == "noaux_tc") m.update_expert_bias(st.load, bias_speed);
@@ -365,11 +393,15 @@ BenchResult bench_training(const TrainConfig& c, int64_t steps, int64_t warmup) 
   r.sgemm_gflops = sgemm();
   r.tokens_per_step = c.global_batch * c.seq_len;
   int64_t position = 0;
+  r.precision = c.precision;
   for (int64_t s = 0; s < warmup + steps; ++s) {
+    if (s == warmup) Storage::reset_peak_live_bytes();
     auto t0 = Clock::now();
-    StepStats st = forward_backward(m, c, *data, position, s);
+    const SavedPrecision precision = precision_of(c);
+    StepStats st =
+        forward_backward(m, c, *data, position, s, precision, precision == SavedPrecision::F16 ? c.loss_scale : 1.0);
     optim.set_lr(c.lr_at(s));
-    optim.step();
+    if (st.finite) optim.step();
     const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
     if (s == 0) r.first_loss = st.loss;
     r.last_loss = st.loss;
@@ -384,6 +416,7 @@ BenchResult bench_training(const TrainConfig& c, int64_t steps, int64_t warmup) 
                                               : 0.5 * (sorted[sorted.size() / 2 - 1] + sorted[sorted.size() / 2]));
   r.tokens_per_s = r.step_ms_median > 0 ? static_cast<double>(r.tokens_per_step) / (r.step_ms_median * 1e-3) : 0;
   r.peak_rss_mb = peak_rss_mb();
+  r.peak_tensor_mb = static_cast<double>(Storage::peak_live_bytes()) / (1024.0 * 1024.0);
   r.flops_per_token = flops_per_token(m, c.seq_len);
   r.sgemm_gflops = std::max(r.sgemm_gflops, sgemm());
   r.mfu = r.sgemm_gflops > 0 ? r.flops_per_token * r.tokens_per_s / (r.sgemm_gflops * 1e9) : 0;

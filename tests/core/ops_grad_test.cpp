@@ -1,6 +1,10 @@
 // Every op's backward against central finite differences in double precision, and its f32 path against f64.
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <memory>
+#include <random>
+
 #include "gradcheck.h"
 #include "lmforge/core/ops.h"
 
@@ -199,6 +203,72 @@ TEST(OpsGrad, MatmulRowVectorPath) {
     testing::check_gradients([&](const std::vector<Var>& v) { return ops::matmul(v[0], v[1], false, tb); }, {x, w},
                              {true, true}, 1e-6, 1e-5, 1e-4, 40);
   }
+}
+
+}  // namespace
+}  // namespace lmforge
+
+namespace lmforge {
+namespace {
+
+// Backward closures keep gradient slots, not values: an intermediate the backward does not need is freed as soon
+// as the model code drops it, and the gradient still arrives.
+TEST(Autograd, UnneededIntermediatesAreFreedAndGradientsStillFlow) {
+  Var x = parameter(Tensor::full({4, 8}, 0.5), "x");
+  Tape tape;
+  Var y;
+  std::weak_ptr<Storage> mid;
+  {
+    TapeScope scope(&tape);
+    Var a = ops::scale(x, 2.0);  // scale's backward needs no value
+    mid = a.value().storage();
+    y = ops::sum(ops::scale(a, 3.0));
+  }
+  EXPECT_TRUE(mid.expired());
+  tape.backward(y);
+  ASSERT_TRUE(x.grad().defined());
+  EXPECT_FLOAT_EQ(static_cast<float>(x.grad().to_double_vector()[0]), 6.0f);
+}
+
+// Under SavedPrecision BF16 the activations a backward needs are kept as bf16 copies; the gradients stay within
+// bf16's rounding of the f32 ones, and a tape-less forward (inference) is untouched by the scope.
+TEST(Autograd, Bf16SavedActivationsGiveCloseGradients) {
+  std::mt19937 rng(3);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  auto rnd = [&](Shape s) {
+    std::vector<float> v(static_cast<size_t>(shape_numel(s)));
+    for (float& f : v) f = nd(rng);
+    return Tensor::from_vector(v, s);
+  };
+  const Tensor xv = rnd({16, 32}), wv = rnd({24, 32}), gv = rnd({16, 24});
+  auto grads = [&](SavedPrecision p, std::weak_ptr<Storage>* saved_input) {
+    SavedPrecisionScope scope(p);
+    Var x = parameter(xv, "x"), w = parameter(wv, "w");
+    Tape tape;
+    Var loss;
+    {
+      TapeScope ts(&tape);
+      Var h = ops::silu(ops::matmul(x, w, false, true));
+      if (saved_input) *saved_input = h.value().storage();
+      loss = ops::sum(ops::mul(h, Var(gv)));
+    }
+    tape.backward(loss);
+    return std::make_pair(x.grad().to_double_vector(), w.grad().to_double_vector());
+  };
+  std::weak_ptr<Storage> h32, h16;
+  auto [gx32, gw32] = grads(SavedPrecision::F32, &h32);
+  auto [gx16, gw16] = grads(SavedPrecision::BF16, &h16);
+  auto rel = [](const std::vector<double>& a, const std::vector<double>& b) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+      num += (a[i] - b[i]) * (a[i] - b[i]);
+      den += b[i] * b[i];
+    }
+    return std::sqrt(num / den);
+  };
+  EXPECT_GT(rel(gx16, gx32), 0.0);  // it really ran in reduced precision
+  EXPECT_LT(rel(gx16, gx32), 2e-2);
+  EXPECT_LT(rel(gw16, gw32), 2e-2);
 }
 
 }  // namespace

@@ -88,6 +88,7 @@ TEST_F(TrainTest, BadConfigsNameTheKey) {
            {"[optimizer]\nlr = -1.0\n", "lr:"},
            {"[training]\nglobal_batch = 12\n", "global_batch"},  // micro_batch 8 does not divide 12
            {"[training]\nprecision = \"fp8\"\n", "precision"},
+           {"[training]\nloss_scale_growth_interval = 0\n", "loss_scale_growth_interval"},
            {"[bogus]\nx = 1\n", "unknown section [bogus]"},
            {"[schedule]\nwarmup_steps = 5000\n", "warmup_steps"},
        }) {
@@ -246,6 +247,71 @@ TEST_F(TrainTest, CorruptCheckpointIsNamedAndLeftAlone) {
   EXPECT_NE(msg.find("sha256"), std::string::npos) << msg;
   EXPECT_EQ(fs::file_size(ck), size);
   EXPECT_EQ(fs::last_write_time(ck), mtime);
+}
+
+// bf16 and fp16 mixed precision: the loss falls about as far as in f32, and --resume is still bit-exact (the fp16
+// loss scale and its good-step counter are part of the checkpoint).
+TEST_F(TrainTest, MixedPrecisionTrainsAndResumesExactly) {
+  RunOptions quiet;
+  quiet.quiet = true;
+  fs::remove_all(path("f32"));
+  run_training(config(kTinyLlama, "f32"), quiet);
+  const double f32_last = losses("f32").back().second;
+  for (const char* prec : {"bf16", "fp16"}) {
+    SCOPED_TRACE(prec);
+    const std::string a = std::string(prec) + "a", b = std::string(prec) + "b";
+    auto cfg = [&](const std::string& run) {
+      TrainConfig c = config(kTinyLlama, run);
+      c.precision = prec;
+      c.loss_scale_growth_interval = 3;
+      return c;
+    };
+    run_training(cfg(a), quiet);
+    RunOptions stop = quiet;
+    stop.stop_at = 5;
+    run_training(cfg(b), stop);
+    RunOptions resume = quiet;
+    resume.resume = true;
+    run_training(cfg(b), resume);
+    auto la = losses(a), lb = losses(b);
+    // fp16 may skip a step or two while the loss scale backs off from its initial 65536.
+    ASSERT_GE(la.size(), 10u);
+    EXPECT_EQ(la, lb);
+    EXPECT_LT(la.back().second, la.front().second - 0.5);
+    EXPECT_NEAR(la.back().second, f32_last, 0.05 * f32_last);  // tiny model, 12 steps: within 5% of f32
+  }
+}
+
+// fp16: a loss scale far too large overflows; each overflow skips the step and halves the scale (logged), and
+// none of it counts towards the non-finite guard, so training goes on and the loss falls.
+TEST_F(TrainTest, Fp16LossScaleBacksOffOnOverflow) {
+  TrainConfig c = config(kTinyLlama, "ls");
+  c.precision = "fp16";
+  c.loss_scale = 1e12;
+  c.max_nonfinite_steps = 2;
+  c.max_steps = 30;
+  c.warmup_steps = 0;
+  RunOptions quiet;
+  quiet.quiet = true;
+  RunResult r = run_training(c, quiet);
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_EQ(r.steps_done, 30);
+  std::ifstream f(path("ls") + "/log.jsonl");
+  int overflows = 0;
+  double last_scale = 0;
+  std::string line;
+  while (std::getline(f, line)) {
+    auto j = nlohmann::json::parse(line);
+    if (j.value("event", "") == "overflow") {
+      ++overflows;
+      last_scale = j["loss_scale"].get<double>();
+    }
+  }
+  EXPECT_GE(overflows, 3);  // 1e12 * 2^-k: several halvings before the gradients fit in f16
+  EXPECT_LT(last_scale, 1e12 / 4);
+  auto l = losses("ls");
+  ASSERT_FALSE(l.empty());
+  EXPECT_LT(l.back().second, l.front().second);
 }
 
 TEST_F(TrainTest, NonFiniteStepsAreSkippedThenTheRunStops) {

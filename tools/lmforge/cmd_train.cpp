@@ -46,6 +46,8 @@ int run_bench_train(const BenchTrainArgs& a, bool json) {
                       {"step_ms_median", r.step_ms_median},
                       {"step_ms", r.step_ms},
                       {"peak_rss_mb", r.peak_rss_mb},
+                      {"peak_tensor_mb", r.peak_tensor_mb},
+                      {"precision", r.precision},
                       {"params", r.params},
                       {"mfu", r.mfu},
                       {"sgemm_gflops", r.sgemm_gflops},

@@ -83,6 +83,8 @@ class Sgd : public Optimizer {
 // Scales all gradients so their global L2 norm is at most max_norm (torch.nn.utils.clip_grad_norm_: factor
 // max_norm / (norm + 1e-6), applied only when below 1). Returns the norm before clipping; non-finite when a
 // gradient holds inf/NaN (then nothing is scaled).
-double clip_grad_norm(const std::vector<Var>& params, double max_norm);
+// grad_scale: the gradients hold grad_scale times the true gradient (fp16 loss scaling); they are divided by it
+// in the same pass, and the norm returned is the true one.
+double clip_grad_norm(const std::vector<Var>& params, double max_norm, double grad_scale = 1.0);
 
 }  // namespace lmforge

@@ -35,6 +35,11 @@ class Storage {
   // Large freed blocks are cached for reuse (see tensor.cpp); this returns them to the system.
   static void release_cached_blocks();
   static size_t cached_bytes();
+  // Bytes of tensor storage allocated and not yet freed (cached blocks not counted), and its high-water mark
+  // since the last reset: the memory figure the model's own tensors account for, free of allocator effects.
+  static size_t live_bytes();
+  static size_t peak_live_bytes();
+  static void reset_peak_live_bytes();
 
  private:
   Storage() = default;

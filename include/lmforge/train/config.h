@@ -12,7 +12,7 @@
 //   [training]   max_steps = 1000, global_batch = 8 (sequences; a multiple of micro_batch: accumulation),
 //                precision = "f32" (f32 | bf16 | fp16), activation_checkpointing = false, threads = 0 (all),
 //                max_nonfinite_steps = 5, bias_update_speed = -1 (use the model's moe_bias_update_speed)
-//                loss_scale = 65536 (fp16 initial dynamic loss scale)
+//                loss_scale = 65536 (fp16 initial dynamic loss scale), loss_scale_growth_interval = 2000
 //   [checkpoint] dir = "run/", every = 100, keep_last = 3
 //   [logging]    every = 10, val_every = 100, val_batches = 8, progress = "auto" (auto | bar | lines | off)
 #pragma once
@@ -47,6 +47,7 @@ struct TrainConfig {
   int64_t max_nonfinite_steps = 5;
   double bias_update_speed = -1;
   double loss_scale = 65536.0;
+  int64_t loss_scale_growth_interval = 2000;
   // [checkpoint]
   std::string checkpoint_dir;
   int64_t checkpoint_every = 100, keep_last = 3;

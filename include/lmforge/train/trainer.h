@@ -39,6 +39,9 @@ struct BenchResult {
   double tokens_per_s = 0, step_ms_median = 0, peak_rss_mb = 0, mfu = 0, sgemm_gflops = 0, flops_per_token = 0;
   int64_t params = 0, steps = 0, tokens_per_step = 0, threads = 0;
   double first_loss = 0, last_loss = 0;
+  // Peak bytes of live tensor storage during the timed steps (allocator caches excluded), MB; and the precision.
+  double peak_tensor_mb = 0;
+  std::string precision;
   std::vector<double> step_ms;
 };
 BenchResult bench_training(const TrainConfig& cfg, int64_t steps, int64_t warmup);
