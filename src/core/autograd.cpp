@@ -172,8 +172,6 @@ void Tape::backward_seeded() {
     bool any = false;
     for (auto& o : n.outputs) any = any || o->grad.defined();
     if (any && n.backward) n.backward();
-      fprintf(stderr, "  node %zu %s peak %.1f live %.1f\n", i, n.op, Storage::peak_live_bytes() / 1048576.0,
-              Storage::live_bytes() / 1048576.0);
     // Free what this node saved and the gradients of its intermediate outputs as soon as they are used.
     n.backward = nullptr;
     for (auto& o : n.outputs) {
