@@ -8,14 +8,14 @@
 # llama.cpp's arithmetic on the same weights (it also quantizes activations to q8_0 for q8_0/q4_0 products), not
 # the quantization error of the weights, which test_export bounds separately.
 #
-# usage: llamacpp_interop.sh LMFORGE WORKDIR [arch ...]   (arch: llama deepseek2; default both)
+# usage: llamacpp_interop.sh LMFORGE WORKDIR [model ...]   (llama llama_tied deepseek2 deepseek2_lite; default all)
 # exit 0 pass, 1 fail, 77 skip (no node or no node-llama-cpp).
 set -euo pipefail
 LMF="$1"
 WORK="$2"
 shift 2
 ARCHS=("$@")
-[[ ${#ARCHS[@]} -eq 0 ]] && ARCHS=(llama deepseek2)
+[[ ${#ARCHS[@]} -eq 0 ]] && ARCHS=(llama llama_tied deepseek2 deepseek2_lite)
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 REF="$HERE/tests/reference/llamacpp"
 
@@ -62,6 +62,27 @@ cat > cfg_deepseek2.json <<'EOF'
  "eos_token_id": 1}
 EOF
 
+# llama_tied: tied embeddings, attention biases, and a tokenizer whose post-processor adds <|bos|> (so the GGUF says
+# add_bos_token); deepseek2_lite: no q_lora_rank (DeepSeek-V2-Lite style q_proj), softmax greedy routing, tied.
+node -e '
+const fs = require("fs");
+const c = JSON.parse(fs.readFileSync("cfg_llama.json"));
+Object.assign(c, {tie_word_embeddings: true, attention_bias: true});
+fs.writeFileSync("cfg_llama_tied.json", JSON.stringify(c));
+const d = JSON.parse(fs.readFileSync("cfg_deepseek2.json"));
+Object.assign(d, {q_lora_rank: null, scoring_func: "softmax", topk_method: "greedy", norm_topk_prob: false,
+                  routed_scaling_factor: 1.0, tie_word_embeddings: true, n_shared_experts: 2});
+fs.writeFileSync("cfg_deepseek2_lite.json", JSON.stringify(d));
+const t = JSON.parse(fs.readFileSync("tok_llama.json"));
+t.post_processor = {type: "TemplateProcessing",
+  single: [{SpecialToken: {id: "<|bos|>", type_id: 0}}, {Sequence: {id: "A", type_id: 0}}],
+  pair: [{SpecialToken: {id: "<|bos|>", type_id: 0}}, {Sequence: {id: "A", type_id: 0}},
+         {SpecialToken: {id: "<|bos|>", type_id: 0}}, {Sequence: {id: "B", type_id: 1}}],
+  special_tokens: {"<|bos|>": {id: "<|bos|>", ids: [0], tokens: ["<|bos|>"]}}};
+fs.writeFileSync("tok_llama_tied.json", JSON.stringify(t));
+fs.copyFileSync("tok_deepseek2.json", "tok_deepseek2_lite.json");
+'
+
 fail=0
 for arch in "${ARCHS[@]}"; do
   "$LMF" init-model --config "cfg_$arch.json" --seed 7 --out "m_$arch" 2> /dev/null
@@ -80,7 +101,7 @@ for arch in "${ARCHS[@]}"; do
       q8_0) bound=4e-2 ;;
       q4_0) bound=6e-2 ;;
     esac
-    if [[ $arch == deepseek2 && ( $type == q8_0 || $type == q4_0 ) ]]; then
+    if [[ $arch == deepseek2* && ( $type == q8_0 || $type == q4_0 ) ]]; then
       metric=median
       [[ $type == q8_0 ]] && bound=5e-2
       [[ $type == q4_0 ]] && bound=6e-2

@@ -159,7 +159,8 @@ void export_deepseek2(io::GgufWriter& w, Emitter& e, Tensors& t, const model::Mo
   // plus the RoPE part and whose value is the latent; the *_mla keys give the per-head sizes after decompression.
   set_u32(w, a + ".attention.head_count_kv", 1);
   set_u32(w, a + ".rope.dimension_count", c.qk_rope_head_dim);
-  if (c.q_lora_rank > 0) set_u32(w, a + ".attention.q_lora_rank", c.q_lora_rank);
+  // Written as 0 when null: this llama.cpp reads the key unconditionally and then uses attn_q instead of q_a/q_b.
+  set_u32(w, a + ".attention.q_lora_rank", c.q_lora_rank);
   set_u32(w, a + ".attention.kv_lora_rank", c.kv_lora_rank);
   set_u32(w, a + ".attention.key_length", c.kv_lora_rank + c.qk_rope_head_dim);
   set_u32(w, a + ".attention.value_length", c.kv_lora_rank);

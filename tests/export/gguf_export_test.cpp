@@ -342,6 +342,40 @@ TEST_F(GgufExport, DeepseekRoundTripF32IsBitExact) {
   EXPECT_EQ(logits(dir, ids), logits(path("back"), ids));
 }
 
+TEST_F(GgufExport, DeepseekWithoutQLoraRoundTrips) {
+  // DeepSeek-V2-Lite style: q_proj instead of q_a/q_b; the GGUF says q_lora_rank 0 (llama.cpp reads the key).
+  json c = kDeepseek;
+  c["q_lora_rank"] = nullptr;
+  c["scoring_func"] = "softmax";
+  c["topk_method"] = "greedy";
+  c.erase("rope_scaling");
+  const std::string dir = make_model("lite", c, "deepseek-v3");
+  ex::export_gguf(dir, path("lite.gguf"), opts("q8_0"));
+  io::GgufFile f = io::GgufFile::open(path("lite.gguf"));
+  EXPECT_EQ(f.get_int("deepseek2.attention.q_lora_rank"), 0);
+  EXPECT_EQ(f.get_int("deepseek2.expert_gating_func"), 1);
+  EXPECT_FALSE(f.contains("blk.1.exp_probs_b.bias"));
+  EXPECT_FALSE(f.contains("deepseek2.expert_group_count"));  // greedy routing ignores groups
+  EXPECT_EQ(f.tensor("blk.0.attn_q.weight").type, 8u);
+  EXPECT_EQ(f.tensor("blk.0.attn_k_b.weight").type, 0u);      // rows of 16 values: stays f32
+  EXPECT_EQ(f.tensor("blk.1.ffn_gate_inp.weight").type, 0u);  // the router stays f32
+  ex::import_gguf(path("lite.gguf"), path("back"));
+  model::ModelConfig cb = model::load_model_config(path("back/config.json"));
+  EXPECT_EQ(cb.q_lora_rank, 0);
+  EXPECT_EQ(cb.topk_method, "greedy");
+  EXPECT_EQ(cb.scoring_func, "softmax");
+  auto a = tensors(dir), b = tensors(path("back"));
+  EXPECT_EQ(b["model.layers.0.self_attn.q_proj.weight"].to_float_vector(),
+            a["model.layers.0.self_attn.q_proj.weight"].to(DType::Q8_0).to(DType::F32).to_float_vector());
+  // kv_b: the k part went through attn_k_b (rows of 16 values: f32, exact), the v part through attn_v_b (rows of
+  // kv_lora_rank 32: q8_0).
+  Tensor kv_a = a["model.layers.2.self_attn.kv_b_proj.weight"].view({4, 32, 32});
+  Tensor kv_b = b["model.layers.2.self_attn.kv_b_proj.weight"].view({4, 32, 32});
+  EXPECT_EQ(kv_b.slice(1, 0, 16).contiguous().to_float_vector(), kv_a.slice(1, 0, 16).contiguous().to_float_vector());
+  EXPECT_EQ(kv_b.slice(1, 16, 32).contiguous().to_float_vector(),
+            kv_a.slice(1, 16, 32).contiguous().to(DType::Q8_0).to(DType::F32).to_float_vector());
+}
+
 TEST_F(GgufExport, RefusesWhatItCannotExportFaithfully) {
   auto expect_error = [](auto&& f, const std::string& needle) {
     try {

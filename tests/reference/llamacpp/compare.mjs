@@ -48,7 +48,10 @@ const [T, V] = ours.shape;
 const llama = await nlc.getLlama({ gpu: false, build: "never", logLevel: nlc.LlamaLogLevel.error });
 const model = await llama.loadModel({ modelPath: args.gguf, gpuLayers: 0 });
 // HF matches added tokens in any text; llama.cpp does so for control tokens only when parsing specials.
+// BOS/EOS as llama.cpp adds them for a prompt (tokenizer.ggml.add_bos_token / add_eos_token).
 const theirIds = Array.from(model.tokenize(text, true));
+if (model.tokens.shouldPrependBosToken && model.tokens.bos != null) theirIds.unshift(model.tokens.bos);
+if (model.tokens.shouldAppendEosToken && model.tokens.eos != null) theirIds.push(model.tokens.eos);
 const kv = (args.kv ?? "f32").toUpperCase();
 const ctx = await model.createContext({
   contextSize: Math.max(64, T + 8),
@@ -103,7 +106,7 @@ let firstDiff = -1;
 for (let i = 0; i < Math.max(theirIds.length, ourIds.length); i++) if (theirIds[i] !== ourIds[i]) { firstDiff = i; break; }
 const result = {
   gguf: args.gguf, tokens: T, vocab: V, ids_equal: idsEqual, first_id_difference: firstDiff,
-  llamacpp_ids_count: theirIds.length, logits_rel_diff: rel, logits_max_abs_diff: maxAbs,
+  llamacpp_ids_count: theirIds.length, llamacpp_adds_bos: model.tokens.shouldPrependBosToken, logits_rel_diff: rel, logits_max_abs_diff: maxAbs,
   position_rel_diff_median: quantile(0.5), position_rel_diff_p90: quantile(0.9), position_rel_diff_max: sorted[sorted.length - 1],
   metric: args.metric ?? "all", max_rel: Number(args["max-rel"]), greedy_checked: greedyChecked, greedy_agree: greedyAgree, kv_cache: kv,
 };
