@@ -104,7 +104,8 @@ void add_common_hparams(io::GgufWriter& w, const std::string& a, const model::Mo
   }
 }
 
-void export_llama(io::GgufWriter& w, Emitter& e, Tensors& t, const model::ModelConfig& c, const std::string& src) {
+void export_llama(io::GgufWriter& w, Emitter& e, Tensors& t, const model::ModelConfig& c, const std::string& src,
+                  const GgufExportOptions& opt) {
   for (int64_t l = 0; l < c.num_hidden_layers; ++l)
     if (c.is_sliding_layer(l))
       throw Error(src + ": layer_types[" + std::to_string(l) +
@@ -137,12 +138,32 @@ void export_llama(io::GgufWriter& w, Emitter& e, Tensors& t, const model::ModelC
     e.add(b + "ffn_gate.weight", t.take(p + "mlp.gate_proj.weight"));
     e.add(b + "ffn_up.weight", t.take(p + "mlp.up_proj.weight"));
     e.add(b + "ffn_down.weight", t.take(p + "mlp.down_proj.weight"));
+    if (opt.progress) opt.progress(l + 1, c.num_hidden_layers);
   }
   e.add("output_norm.weight", t.take("model.norm.weight"));
   if (!c.tie_word_embeddings) e.add("output.weight", t.take("lm_head.weight"));
 }
 
-void export_deepseek2(io::GgufWriter& w, Emitter& e, Tensors& t, const model::ModelConfig& c, const std::string& src) {
+// One MoE layer: the router (f32), the expert bias, the routed experts stacked, the shared experts.
+void export_moe(Emitter& e, Tensors& t, const model::ModelConfig& c, const std::string& m, const std::string& b) {
+  e.add(b + "ffn_gate_inp.weight", t.take(m + "gate.weight"), /*matrix=*/false);
+  if (t.has(m + "gate.e_score_correction_bias"))
+    e.add(b + "exp_probs_b.bias", t.take(m + "gate.e_score_correction_bias"));
+  for (const char* proj : {"gate", "up", "down"}) {
+    std::vector<Tensor> parts;
+    for (int64_t x = 0; x < c.n_routed_experts; ++x)
+      parts.push_back(t.take(m + "experts." + std::to_string(x) + "." + proj + "_proj.weight"));
+    e.add(b + "ffn_" + proj + "_exps.weight", stack(parts));
+  }
+  if (c.n_shared_experts > 0) {
+    e.add(b + "ffn_gate_shexp.weight", t.take(m + "shared_experts.gate_proj.weight"));
+    e.add(b + "ffn_up_shexp.weight", t.take(m + "shared_experts.up_proj.weight"));
+    e.add(b + "ffn_down_shexp.weight", t.take(m + "shared_experts.down_proj.weight"));
+  }
+}
+
+void export_deepseek2(io::GgufWriter& w, Emitter& e, Tensors& t, const model::ModelConfig& c, const std::string& src,
+                      const GgufExportOptions& opt) {
   if (c.moe_layer_freq != 1)
     throw Error(src + ": moe_layer_freq " + std::to_string(c.moe_layer_freq) +
                 ": llama.cpp's deepseek2 makes every layer after first_k_dense_replace an MoE layer (not exported)");
@@ -212,22 +233,10 @@ void export_deepseek2(io::GgufWriter& w, Emitter& e, Tensors& t, const model::Mo
       e.add(b + "ffn_gate.weight", t.take(m + "gate_proj.weight"));
       e.add(b + "ffn_up.weight", t.take(m + "up_proj.weight"));
       e.add(b + "ffn_down.weight", t.take(m + "down_proj.weight"));
-      continue;
+    } else {
+      export_moe(e, t, c, m, b);
     }
-    e.add(b + "ffn_gate_inp.weight", t.take(m + "gate.weight"), /*matrix=*/false);
-    if (t.has(m + "gate.e_score_correction_bias"))
-      e.add(b + "exp_probs_b.bias", t.take(m + "gate.e_score_correction_bias"));
-    for (const char* proj : {"gate", "up", "down"}) {
-      std::vector<Tensor> parts;
-      for (int64_t x = 0; x < c.n_routed_experts; ++x)
-        parts.push_back(t.take(m + "experts." + std::to_string(x) + "." + proj + "_proj.weight"));
-      e.add(b + "ffn_" + proj + "_exps.weight", stack(parts));
-    }
-    if (c.n_shared_experts > 0) {
-      e.add(b + "ffn_gate_shexp.weight", t.take(m + "shared_experts.gate_proj.weight"));
-      e.add(b + "ffn_up_shexp.weight", t.take(m + "shared_experts.up_proj.weight"));
-      e.add(b + "ffn_down_shexp.weight", t.take(m + "shared_experts.down_proj.weight"));
-    }
+    if (opt.progress) opt.progress(l + 1, c.num_hidden_layers);
   }
   e.add("output_norm.weight", t.take("model.norm.weight"));
   if (!c.tie_word_embeddings) e.add("output.weight", t.take("lm_head.weight"));
@@ -266,9 +275,9 @@ GgufExportSummary export_gguf(const std::string& model_dir, const std::string& o
   Emitter e(w, type);
   Tensors t(m.state(), (fs::path(model_dir) / "model.safetensors").string());
   if (cfg.is_deepseek()) {
-    export_deepseek2(w, e, t, cfg, config_path);
+    export_deepseek2(w, e, t, cfg, config_path, opt);
   } else {
-    export_llama(w, e, t, cfg, config_path);
+    export_llama(w, e, t, cfg, config_path, opt);
   }
   t.check_all_used();
   s.pre = add_tokenizer_metadata(w, model_dir, cfg, opt.pre);

@@ -455,7 +455,9 @@ GgufFile GgufFile::open(const std::string& path) {
     ::close(fd);
     return parse(path, nullptr, nullptr, 0);
   }
-  void* p = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE | MAP_NORESERVE, fd, 0);
+  // Private and writable like safetensors' mapping: a write through a tensor view copies the page instead of
+  // faulting, and the file never changes.
+  void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, fd, 0);
   const int err = errno;
   ::close(fd);
   if (p == MAP_FAILED) fail(path, "cannot memory-map: " + std::generic_category().message(err));
@@ -531,7 +533,6 @@ Tensor GgufFile::get(const std::string& name) const {
   const unsigned char* p = tensor_data(name);
   const size_t elem = dt == DType::F32 ? 4 : 2;  // blocks start with an f16 scale
   if (ti.nbytes > 0 && reinterpret_cast<uintptr_t>(p) % elem == 0) {
-    // The mapping is read-only; callers treat loaded weights as constants or copy them first.
     return Tensor::from_storage(Storage::borrow(const_cast<unsigned char*>(p), ti.nbytes, keeper_), dt, ti.shape);
   }
   Tensor t = Tensor::empty(ti.shape, dt);

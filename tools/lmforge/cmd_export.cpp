@@ -1,4 +1,6 @@
 // lmforge export gguf / import gguf: model directories to and from llama.cpp's GGUF (docs/FORMATS.md).
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
 #include <memory>
@@ -28,7 +30,23 @@ double seconds_since(std::chrono::steady_clock::time_point t) {
 int run_export(const ExportArgs& a, bool json) {
   const auto t0 = std::chrono::steady_clock::now();
   std::fprintf(stderr, "export gguf: %s -> %s (%s)\n", a.model.c_str(), a.out.c_str(), a.opt.type.c_str());
-  const exporter::GgufExportSummary s = exporter::export_gguf(a.model, a.out, a.opt);
+  exporter::GgufExportOptions opt = a.opt;
+  // Layer progress: redrawn in place on a terminal; otherwise a line at most every 5 s, so logs stay short.
+  const bool tty = ::isatty(2) != 0;
+  auto last = t0;
+  opt.progress = [&](int64_t done, int64_t total) {
+    const auto now = std::chrono::steady_clock::now();
+    if (tty) {
+      std::fprintf(stderr, "\rexport gguf: layer %lld/%lld", static_cast<long long>(done),
+                   static_cast<long long>(total));
+      if (done == total) std::fputc('\n', stderr);
+    } else if (std::chrono::duration<double>(now - last).count() >= 5.0 && done < total) {
+      std::fprintf(stderr, "export gguf: layer %lld/%lld, %.0f s\n", static_cast<long long>(done),
+                   static_cast<long long>(total), seconds_since(t0));
+      last = now;
+    }
+  };
+  const exporter::GgufExportSummary s = exporter::export_gguf(a.model, a.out, opt);
   if (json) {
     nlohmann::json j = {{"out", a.out},     {"architecture", s.architecture}, {"type", a.opt.type},
                         {"pre", s.pre},     {"tensors", s.tensors},           {"quantized_tensors", s.quantized},

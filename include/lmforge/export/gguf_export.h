@@ -7,6 +7,7 @@
 // model directory from such a file (quantized tensors dequantized). The mapping is documented in docs/FORMATS.md.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 
 namespace lmforge::exporter {
@@ -18,6 +19,8 @@ struct GgufExportOptions {
   // tokenizer.ggml.pre; empty: chosen by matching tokenizer.json's pre-tokenizer (an unknown one is an error).
   std::string pre;
   std::string name;  // general.name; empty: the model directory's name
+  // Called after each layer's tensors are converted (done, total), before the file is written.
+  std::function<void(int64_t, int64_t)> progress;
 };
 
 struct GgufExportSummary {
