@@ -48,6 +48,14 @@ fetch_node_refs() {
       echo "install-deps: npm ci in $dir"
       (cd "$dir" && npm ci --no-audit --no-fund)
     fi
+    # llama.cpp for the GGUF interop test: node-llama-cpp's prebuilt linux-x64 CPU library only (no GPU builds, no
+    # build scripts). `npm install` rather than `npm ci`: registries that lack the mac/win binaries leave them out
+    # of the lock file, which `npm ci` then refuses; with the lock file present the same versions are installed.
+    dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/reference/llamacpp"
+    if [[ ! -d "$dir/node_modules/node-llama-cpp" ]]; then
+      echo "install-deps: npm install in $dir"
+      (cd "$dir" && npm install --no-audit --no-fund --ignore-scripts --omit=optional)
+    fi
   fi
 }
 

@@ -24,5 +24,6 @@ void add_data_command(CLI::App& app, Context& ctx);    // data shard (+ planned 
 void add_data_shard_command(CLI::App* data, Context& ctx);
 void add_train_command(CLI::App& app, Context& ctx);          // train
 void add_bench_train_command(CLI::App* bench, Context& ctx);  // bench train
+void add_export_commands(CLI::App& app, Context& ctx);        // export gguf, import gguf
 
 }  // namespace lmforge::cli

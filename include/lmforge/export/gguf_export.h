@@ -1,0 +1,48 @@
+// GGUF export and import of lmforge model directories, for llama.cpp interop.
+//
+// Export: config.json + model.safetensors + tokenizer.json (+ tokenizer_config.json) become one GGUF v3 file with
+// architecture "llama" (model_type llama) or "deepseek2" (model_type deepseek_v3), llama.cpp's tensor names and
+// layouts (Q/K rows permuted for llama's RoPE, experts stacked, kv_b_proj split into attn_k_b / attn_v_b), the
+// hyperparameters llama.cpp reads and the tokenizer as tokenizer.ggml.* metadata. Import is the inverse: an f32
+// model directory from such a file (quantized tensors dequantized). The mapping is documented in docs/FORMATS.md.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <string>
+
+namespace lmforge::exporter {
+
+struct GgufExportOptions {
+  // Tensor type of the weight matrices: "f32", "f16", "q8_0" or "q4_0". Norms, biases, the MoE router and
+  // matrices whose rows are not a multiple of 32 values stay f32 (as llama.cpp's converter keeps them).
+  std::string type = "f32";
+  // tokenizer.ggml.pre; empty: chosen by matching tokenizer.json's pre-tokenizer (an unknown one is an error).
+  std::string pre;
+  std::string name;  // general.name; empty: the model directory's name
+  // Called after each layer's tensors are converted (done, total), before the file is written.
+  std::function<void(int64_t, int64_t)> progress;
+};
+
+struct GgufExportSummary {
+  std::string architecture;  // "llama" | "deepseek2"
+  std::string pre;           // tokenizer.ggml.pre written
+  int64_t tensors = 0;
+  int64_t quantized = 0;  // tensors stored in the requested type (the rest f32)
+  uint64_t bytes = 0;     // file size
+};
+
+// Throws lmforge::Error naming the file and field for anything it cannot export faithfully.
+GgufExportSummary export_gguf(const std::string& model_dir, const std::string& out_path,
+                              const GgufExportOptions& opt = {});
+
+struct GgufImportSummary {
+  std::string architecture;
+  std::string model_type;  // "llama" | "deepseek_v3"
+  int64_t tensors = 0;     // tensors written to model.safetensors
+  bool tokenizer = false;  // tokenizer.json written
+};
+
+// Writes config.json, model.safetensors (f32), tokenizer.json and tokenizer_config.json into `out_dir`.
+GgufImportSummary import_gguf(const std::string& gguf_path, const std::string& out_dir);
+
+}  // namespace lmforge::exporter

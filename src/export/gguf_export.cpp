@@ -1,0 +1,291 @@
+// Model directory -> GGUF (architectures llama and deepseek2, llama.cpp's conventions).
+#include "lmforge/export/gguf_export.h"
+
+#include <filesystem>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "gguf_layout.h"
+#include "gguf_tokenizer.h"
+#include "lmforge/core/error.h"
+#include "lmforge/io/gguf.h"
+#include "lmforge/model/model.h"
+
+namespace lmforge::exporter {
+
+namespace fs = std::filesystem;
+using io::GgufValue;
+
+namespace {
+
+// llama_ftype values for general.file_type.
+uint32_t file_type(DType t) {
+  switch (t) {
+    case DType::F16:
+      return 1;
+    case DType::Q4_0:
+      return 2;
+    case DType::Q8_0:
+      return 7;
+    default:
+      return 0;
+  }
+}
+
+class Emitter {
+ public:
+  Emitter(io::GgufWriter& w, DType type) : w_(w), type_(type) {}
+
+  // Weight matrices (2-D and stacked 3-D) take the requested type when their rows split into 32-value blocks;
+  // 1-D tensors and the MoE router stay f32, as in llama.cpp's converter (the router's logits decide routing).
+  void add(const std::string& name, const Tensor& t, bool matrix = true) {
+    Tensor f = t.to(DType::F32).contiguous();
+    DType dt = DType::F32;
+    if (matrix && f.dim() >= 2 && type_ != DType::F32) {
+      if (type_ == DType::F16 || f.size(-1) % 32 == 0) dt = type_;
+    }
+    if (dt != DType::F32) ++quantized_;
+    w_.add_tensor(name, dt == DType::F32 ? f : f.to(dt));
+  }
+  int64_t quantized() const { return quantized_; }
+
+ private:
+  io::GgufWriter& w_;
+  DType type_;
+  int64_t quantized_ = 0;
+};
+
+// The checkpoint's tensors by HF name; each is consumed once so leftovers can be reported.
+class Tensors {
+ public:
+  Tensors(std::vector<std::pair<std::string, Tensor>> state, std::string source) : source_(std::move(source)) {
+    for (auto& [k, v] : state) map_.emplace(std::move(k), std::move(v));
+  }
+  bool has(const std::string& name) const { return map_.count(name) != 0; }
+  Tensor take(const std::string& name) {
+    auto it = map_.find(name);
+    LMF_CHECK(it != map_.end(), source_, ": tensor ", name, " missing");
+    Tensor t = it->second;
+    map_.erase(it);
+    return t;
+  }
+  void check_all_used() const {
+    if (!map_.empty())
+      throw Error(source_ + ": tensor " + map_.begin()->first + " has no GGUF counterpart in this exporter");
+  }
+
+ private:
+  std::map<std::string, Tensor> map_;
+  std::string source_;
+};
+
+void set_u32(io::GgufWriter& w, const std::string& key, int64_t v) {
+  LMF_CHECK(v >= 0 && v <= 0xffffffffLL, "GGUF ", key, " = ", v, " does not fit a uint32");
+  w.set(key, GgufValue::u32(static_cast<uint32_t>(v)));
+}
+
+void add_common_hparams(io::GgufWriter& w, const std::string& a, const model::ModelConfig& c) {
+  set_u32(w, a + ".vocab_size", c.vocab_size);
+  set_u32(w, a + ".context_length", c.max_position_embeddings);
+  set_u32(w, a + ".embedding_length", c.hidden_size);
+  set_u32(w, a + ".block_count", c.num_hidden_layers);
+  set_u32(w, a + ".feed_forward_length", c.intermediate_size);
+  set_u32(w, a + ".attention.head_count", c.num_attention_heads);
+  w.set(a + ".rope.freq_base", GgufValue::f32(static_cast<float>(c.rope_theta)));
+  w.set(a + ".attention.layer_norm_rms_epsilon", GgufValue::f32(static_cast<float>(c.rms_norm_eps)));
+  if (c.rope_scaling) {
+    const model::RopeScaling& s = *c.rope_scaling;
+    w.set(a + ".rope.scaling.type", GgufValue::string(s.type));
+    w.set(a + ".rope.scaling.factor", GgufValue::f32(static_cast<float>(s.factor)));
+    set_u32(w, a + ".rope.scaling.original_context_length", s.original_max_position_embeddings);
+    w.set(a + ".rope.scaling.yarn_beta_fast", GgufValue::f32(static_cast<float>(s.beta_fast)));
+    w.set(a + ".rope.scaling.yarn_beta_slow", GgufValue::f32(static_cast<float>(s.beta_slow)));
+  }
+}
+
+void export_llama(io::GgufWriter& w, Emitter& e, Tensors& t, const model::ModelConfig& c, const std::string& src,
+                  const GgufExportOptions& opt) {
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+    if (c.is_sliding_layer(l))
+      throw Error(src + ": layer_types[" + std::to_string(l) +
+                  "] is sliding_attention; GGUF architecture llama has no per-layer sliding window, so llama.cpp "
+                  "would attend over the full context (not exported)");
+  if (c.rope_scaling && c.rope_scaling->mscale != 1.0)
+    throw Error(src + ": rope_scaling.mscale != 1 has no llama GGUF key (not exported)");
+  const std::string a = "llama";
+  add_common_hparams(w, a, c);
+  set_u32(w, a + ".attention.head_count_kv", c.num_key_value_heads);
+  set_u32(w, a + ".rope.dimension_count", c.head_dim);
+  set_u32(w, a + ".attention.key_length", c.head_dim);
+  set_u32(w, a + ".attention.value_length", c.head_dim);
+
+  e.add("token_embd.weight", t.take("model.embed_tokens.weight"));
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".", b = "blk." + std::to_string(l) + ".";
+    e.add(b + "attn_norm.weight", t.take(p + "input_layernorm.weight"));
+    e.add(b + "attn_q.weight", permute_qk_to_gguf(t.take(p + "self_attn.q_proj.weight"), c.num_attention_heads));
+    e.add(b + "attn_k.weight", permute_qk_to_gguf(t.take(p + "self_attn.k_proj.weight"), c.num_key_value_heads));
+    e.add(b + "attn_v.weight", t.take(p + "self_attn.v_proj.weight"));
+    e.add(b + "attn_output.weight", t.take(p + "self_attn.o_proj.weight"));
+    if (c.attention_bias) {
+      e.add(b + "attn_q.bias", permute_qk_to_gguf(t.take(p + "self_attn.q_proj.bias"), c.num_attention_heads));
+      e.add(b + "attn_k.bias", permute_qk_to_gguf(t.take(p + "self_attn.k_proj.bias"), c.num_key_value_heads));
+      e.add(b + "attn_v.bias", t.take(p + "self_attn.v_proj.bias"));
+      e.add(b + "attn_output.bias", t.take(p + "self_attn.o_proj.bias"));
+    }
+    e.add(b + "ffn_norm.weight", t.take(p + "post_attention_layernorm.weight"));
+    e.add(b + "ffn_gate.weight", t.take(p + "mlp.gate_proj.weight"));
+    e.add(b + "ffn_up.weight", t.take(p + "mlp.up_proj.weight"));
+    e.add(b + "ffn_down.weight", t.take(p + "mlp.down_proj.weight"));
+    if (opt.progress) opt.progress(l + 1, c.num_hidden_layers);
+  }
+  e.add("output_norm.weight", t.take("model.norm.weight"));
+  if (!c.tie_word_embeddings) e.add("output.weight", t.take("lm_head.weight"));
+}
+
+// One MoE layer: the router (f32), the expert bias, the routed experts stacked, the shared experts.
+void export_moe(Emitter& e, Tensors& t, const model::ModelConfig& c, const std::string& m, const std::string& b) {
+  e.add(b + "ffn_gate_inp.weight", t.take(m + "gate.weight"), /*matrix=*/false);
+  if (t.has(m + "gate.e_score_correction_bias"))
+    e.add(b + "exp_probs_b.bias", t.take(m + "gate.e_score_correction_bias"));
+  for (const char* proj : {"gate", "up", "down"}) {
+    std::vector<Tensor> parts;
+    for (int64_t x = 0; x < c.n_routed_experts; ++x)
+      parts.push_back(t.take(m + "experts." + std::to_string(x) + "." + proj + "_proj.weight"));
+    e.add(b + "ffn_" + proj + "_exps.weight", stack(parts));
+  }
+  if (c.n_shared_experts > 0) {
+    e.add(b + "ffn_gate_shexp.weight", t.take(m + "shared_experts.gate_proj.weight"));
+    e.add(b + "ffn_up_shexp.weight", t.take(m + "shared_experts.up_proj.weight"));
+    e.add(b + "ffn_down_shexp.weight", t.take(m + "shared_experts.down_proj.weight"));
+  }
+}
+
+void export_deepseek2(io::GgufWriter& w, Emitter& e, Tensors& t, const model::ModelConfig& c, const std::string& src,
+                      const GgufExportOptions& opt) {
+  if (c.moe_layer_freq != 1)
+    throw Error(src + ": moe_layer_freq " + std::to_string(c.moe_layer_freq) +
+                ": llama.cpp's deepseek2 makes every layer after first_k_dense_replace an MoE layer (not exported)");
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+    if (c.is_sliding_layer(l))
+      throw Error(src + ": layer_types[" + std::to_string(l) + "] is sliding_attention; deepseek2 has none");
+  if (c.n_group > 1 && c.topk_method == "group_limited_greedy")
+    throw Error(src +
+                ": topk_method group_limited_greedy (group score = max) differs from llama.cpp's expert "
+                "groups (sum of the top two); not exported");
+  const std::string a = "deepseek2";
+  add_common_hparams(w, a, c);
+  // llama.cpp runs MLA as multi-query attention over the latent: one KV head whose key is the compressed latent
+  // plus the RoPE part and whose value is the latent; the *_mla keys give the per-head sizes after decompression.
+  set_u32(w, a + ".attention.head_count_kv", 1);
+  set_u32(w, a + ".rope.dimension_count", c.qk_rope_head_dim);
+  // Written as 0 when null: this llama.cpp reads the key unconditionally and then uses attn_q instead of q_a/q_b.
+  set_u32(w, a + ".attention.q_lora_rank", c.q_lora_rank);
+  set_u32(w, a + ".attention.kv_lora_rank", c.kv_lora_rank);
+  set_u32(w, a + ".attention.key_length", c.kv_lora_rank + c.qk_rope_head_dim);
+  set_u32(w, a + ".attention.value_length", c.kv_lora_rank);
+  set_u32(w, a + ".attention.key_length_mla", c.qk_nope_head_dim + c.qk_rope_head_dim);
+  set_u32(w, a + ".attention.value_length_mla", c.v_head_dim);
+  set_u32(w, a + ".leading_dense_block_count", c.first_k_dense_replace);
+  set_u32(w, a + ".expert_count", c.n_routed_experts);
+  set_u32(w, a + ".expert_used_count", c.num_experts_per_tok);
+  set_u32(w, a + ".expert_shared_count", c.n_shared_experts);
+  set_u32(w, a + ".expert_feed_forward_length", c.moe_intermediate_size);
+  w.set(a + ".expert_weights_scale", GgufValue::f32(static_cast<float>(c.routed_scaling_factor)));
+  w.set(a + ".expert_weights_norm", GgufValue::boolean(c.norm_topk_prob));
+  set_u32(w, a + ".expert_gating_func", c.scoring_func == "sigmoid" ? 2 : 1);  // llama_expert_gating_func_type
+  if (c.topk_method == "noaux_tc" && c.n_group > 1) {
+    set_u32(w, a + ".expert_group_count", c.n_group);
+    set_u32(w, a + ".expert_group_used_count", c.topk_group);
+  }
+  if (c.rope_scaling) {
+    if (c.rope_scaling->mscale != c.rope_scaling->mscale_all_dim)
+      throw Error(src + ": rope_scaling.mscale != mscale_all_dim has no deepseek2 GGUF key (not exported)");
+    // llama.cpp's converter: yarn_log_multiplier = 0.1 * mscale_all_dim (the attention-scale correction).
+    w.set(a + ".rope.scaling.yarn_log_multiplier",
+          GgufValue::f32(static_cast<float>(0.1 * c.rope_scaling->mscale_all_dim)));
+  }
+
+  e.add("token_embd.weight", t.take("model.embed_tokens.weight"));
+  const int64_t H = c.num_attention_heads;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".", b = "blk." + std::to_string(l) + ".";
+    const std::string s = p + "self_attn.";
+    e.add(b + "attn_norm.weight", t.take(p + "input_layernorm.weight"));
+    if (c.q_lora_rank > 0) {
+      e.add(b + "attn_q_a.weight", t.take(s + "q_a_proj.weight"));
+      e.add(b + "attn_q_a_norm.weight", t.take(s + "q_a_layernorm.weight"));
+      e.add(b + "attn_q_b.weight", t.take(s + "q_b_proj.weight"));
+    } else {
+      e.add(b + "attn_q.weight", t.take(s + "q_proj.weight"));
+    }
+    e.add(b + "attn_kv_a_mqa.weight", t.take(s + "kv_a_proj_with_mqa.weight"));
+    e.add(b + "attn_kv_a_norm.weight", t.take(s + "kv_a_layernorm.weight"));
+    Tensor k_b, v_b;
+    split_kv_b(t.take(s + "kv_b_proj.weight"), H, c.qk_nope_head_dim, c.v_head_dim, k_b, v_b);
+    e.add(b + "attn_k_b.weight", k_b);
+    e.add(b + "attn_v_b.weight", v_b);
+    e.add(b + "attn_output.weight", t.take(s + "o_proj.weight"));
+    e.add(b + "ffn_norm.weight", t.take(p + "post_attention_layernorm.weight"));
+    const std::string m = p + "mlp.";
+    if (!c.is_moe_layer(l)) {
+      e.add(b + "ffn_gate.weight", t.take(m + "gate_proj.weight"));
+      e.add(b + "ffn_up.weight", t.take(m + "up_proj.weight"));
+      e.add(b + "ffn_down.weight", t.take(m + "down_proj.weight"));
+    } else {
+      export_moe(e, t, c, m, b);
+    }
+    if (opt.progress) opt.progress(l + 1, c.num_hidden_layers);
+  }
+  e.add("output_norm.weight", t.take("model.norm.weight"));
+  if (!c.tie_word_embeddings) e.add("output.weight", t.take("lm_head.weight"));
+}
+
+}  // namespace
+
+GgufExportSummary export_gguf(const std::string& model_dir, const std::string& out_path, const GgufExportOptions& opt) {
+  DType type;
+  if (opt.type == "f32") {
+    type = DType::F32;
+  } else if (opt.type == "f16") {
+    type = DType::F16;
+  } else if (opt.type == "q8_0") {
+    type = DType::Q8_0;
+  } else if (opt.type == "q4_0") {
+    type = DType::Q4_0;
+  } else {
+    throw Error("--type " + opt.type + ": not one of f32, f16, q8_0, q4_0");
+  }
+  const std::string config_path = (fs::path(model_dir) / "config.json").string();
+  const model::ModelConfig cfg = model::load_model_config(config_path);
+  const model::CausalLM m = model::CausalLM::load(model_dir);
+
+  io::GgufWriter w;
+  GgufExportSummary s;
+  s.architecture = cfg.is_deepseek() ? "deepseek2" : "llama";
+  w.set("general.architecture", GgufValue::string(s.architecture));
+  std::string name = opt.name;
+  if (name.empty()) name = fs::absolute(fs::path(model_dir)).lexically_normal().filename().string();
+  if (name.empty()) name = fs::absolute(fs::path(model_dir)).lexically_normal().parent_path().filename().string();
+  w.set("general.name", GgufValue::string(name));
+  w.set("general.file_type", GgufValue::u32(file_type(type)));
+  if (type == DType::Q8_0 || type == DType::Q4_0) w.set("general.quantization_version", GgufValue::u32(2));
+
+  Emitter e(w, type);
+  Tensors t(m.state(), (fs::path(model_dir) / "model.safetensors").string());
+  if (cfg.is_deepseek()) {
+    export_deepseek2(w, e, t, cfg, config_path, opt);
+  } else {
+    export_llama(w, e, t, cfg, config_path, opt);
+  }
+  t.check_all_used();
+  s.pre = add_tokenizer_metadata(w, model_dir, cfg, opt.pre);
+  w.write(out_path);
+  s.tensors = static_cast<int64_t>(w.tensor_count());
+  s.quantized = e.quantized();
+  s.bytes = fs::file_size(out_path);
+  return s;
+}
+
+}  // namespace lmforge::exporter

@@ -1,0 +1,270 @@
+// GGUF (llama, deepseek2) -> lmforge model directory (f32), the inverse of gguf_export.cpp.
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "gguf_layout.h"
+#include "gguf_tokenizer.h"
+#include "lmforge/core/error.h"
+#include "lmforge/export/gguf_export.h"
+#include "lmforge/io/gguf.h"
+#include "lmforge/model/model.h"
+
+namespace lmforge::exporter {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+// The file's tensors as f32 (dequantized), each consumed once so leftovers can be named.
+class Source {
+ public:
+  explicit Source(const io::GgufFile& f) : f_(f) {
+    for (const io::GgufTensorInfo& ti : f.tensors()) left_.insert(ti.name);
+  }
+  bool has(const std::string& name) const { return f_.contains(name); }
+  Tensor take(const std::string& name, const Shape& shape) {
+    if (!f_.contains(name)) throw Error(f_.path() + ": tensor \"" + name + "\" missing");
+    Tensor t = f_.get(name);
+    if (t.shape() != shape)
+      throw Error(f_.path() + ": tensor \"" + name + "\" has shape " + shape_str(t.shape()) + ", expected " +
+                  shape_str(shape) + " from the metadata");
+    left_.erase(name);
+    // f32 tensors are views of the read-only mapping: copy, so nothing downstream can write through them.
+    return t.dtype() == DType::F32 ? t.clone() : t.to(DType::F32).contiguous();
+  }
+  void check_all_used() const {
+    if (!left_.empty())
+      throw Error(f_.path() + ": tensor \"" + *left_.begin() + "\" has no lmforge counterpart (not imported)");
+  }
+
+ private:
+  const io::GgufFile& f_;
+  std::set<std::string> left_;
+};
+
+std::string fmt15(double x) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.15g", x);
+  return buf;
+}
+
+int64_t opt_int(const io::GgufFile& f, const std::string& key, int64_t dflt) {
+  return f.find(key) ? f.get_int(key) : dflt;
+}
+
+json common_config(const io::GgufFile& f, const std::string& a, int64_t vocab) {
+  json c;
+  c["vocab_size"] = vocab;
+  c["hidden_size"] = f.get_int(a + ".embedding_length");
+  c["intermediate_size"] = f.get_int(a + ".feed_forward_length");
+  c["num_hidden_layers"] = f.get_int(a + ".block_count");
+  c["num_attention_heads"] = f.get_int(a + ".attention.head_count");
+  c["max_position_embeddings"] = f.get_int(a + ".context_length");
+  c["rms_norm_eps"] = shortest_float(f.get_float(a + ".attention.layer_norm_rms_epsilon"));
+  c["rope_theta"] = f.find(a + ".rope.freq_base") ? shortest_float(f.get_float(a + ".rope.freq_base")) : 10000.0;
+  c["hidden_act"] = "silu";
+  c["torch_dtype"] = "float32";
+  if (f.find(a + ".rope.scaling.type")) {
+    const std::string type = f.get_string(a + ".rope.scaling.type");
+    if (type != "none") {
+      if (type != "yarn")
+        throw Error(f.path() + ": " + a + ".rope.scaling.type \"" + type + "\": only yarn is supported by lmforge");
+      json s = {{"type", "yarn"},
+                {"factor", shortest_float(f.get_float(a + ".rope.scaling.factor"))},
+                {"original_max_position_embeddings", f.get_int(a + ".rope.scaling.original_context_length")}};
+      if (f.find(a + ".rope.scaling.yarn_beta_fast"))
+        s["beta_fast"] = shortest_float(f.get_float(a + ".rope.scaling.yarn_beta_fast"));
+      if (f.find(a + ".rope.scaling.yarn_beta_slow"))
+        s["beta_slow"] = shortest_float(f.get_float(a + ".rope.scaling.yarn_beta_slow"));
+      if (f.find(a + ".rope.scaling.yarn_log_multiplier")) {
+        // The f32 multiplier's shortest decimal over 0.1, rounded to 15 digits: 0.0707 gives back 0.707.
+        const double lm = shortest_float(f.get_float(a + ".rope.scaling.yarn_log_multiplier"));
+        const double m = std::strtod(fmt15(lm / 0.1).c_str(), nullptr);
+        s["mscale"] = m;  // DeepSeek's configs give mscale == mscale_all_dim; GGUF keeps only the latter
+        s["mscale_all_dim"] = m;
+      }
+      c["rope_scaling"] = s;
+    }
+  }
+  if (f.find("tokenizer.ggml.bos_token_id")) c["bos_token_id"] = f.get_int("tokenizer.ggml.bos_token_id");
+  if (f.find("tokenizer.ggml.eos_token_id")) c["eos_token_id"] = f.get_int("tokenizer.ggml.eos_token_id");
+  if (f.find("tokenizer.ggml.padding_token_id")) c["pad_token_id"] = f.get_int("tokenizer.ggml.padding_token_id");
+  return c;
+}
+
+void import_llama(const io::GgufFile& f, json& c, const model::ModelConfig& cfg, Source& s,
+                  std::map<std::string, Tensor>& out) {
+  (void)c;
+  const int64_t D = cfg.hidden_size, H = cfg.num_attention_heads, Hkv = cfg.num_key_value_heads, hd = cfg.head_dim;
+  const int64_t F = cfg.intermediate_size, V = cfg.vocab_size;
+  out["model.embed_tokens.weight"] = s.take("token_embd.weight", {V, D});
+  for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".", b = "blk." + std::to_string(l) + ".";
+    out[p + "input_layernorm.weight"] = s.take(b + "attn_norm.weight", {D});
+    out[p + "self_attn.q_proj.weight"] = unpermute_qk_from_gguf(s.take(b + "attn_q.weight", {H * hd, D}), H);
+    out[p + "self_attn.k_proj.weight"] = unpermute_qk_from_gguf(s.take(b + "attn_k.weight", {Hkv * hd, D}), Hkv);
+    out[p + "self_attn.v_proj.weight"] = s.take(b + "attn_v.weight", {Hkv * hd, D});
+    out[p + "self_attn.o_proj.weight"] = s.take(b + "attn_output.weight", {D, H * hd});
+    if (cfg.attention_bias) {
+      out[p + "self_attn.q_proj.bias"] = unpermute_qk_from_gguf(s.take(b + "attn_q.bias", {H * hd}), H);
+      out[p + "self_attn.k_proj.bias"] = unpermute_qk_from_gguf(s.take(b + "attn_k.bias", {Hkv * hd}), Hkv);
+      out[p + "self_attn.v_proj.bias"] = s.take(b + "attn_v.bias", {Hkv * hd});
+      out[p + "self_attn.o_proj.bias"] = s.take(b + "attn_output.bias", {D});
+    }
+    out[p + "post_attention_layernorm.weight"] = s.take(b + "ffn_norm.weight", {D});
+    out[p + "mlp.gate_proj.weight"] = s.take(b + "ffn_gate.weight", {F, D});
+    out[p + "mlp.up_proj.weight"] = s.take(b + "ffn_up.weight", {F, D});
+    out[p + "mlp.down_proj.weight"] = s.take(b + "ffn_down.weight", {D, F});
+  }
+  (void)f;
+}
+
+void import_deepseek2(const io::GgufFile& f, const model::ModelConfig& cfg, Source& s,
+                      std::map<std::string, Tensor>& out) {
+  const int64_t D = cfg.hidden_size, H = cfg.num_attention_heads, V = cfg.vocab_size;
+  const int64_t nope = cfg.qk_nope_head_dim, rope = cfg.qk_rope_head_dim, vd = cfg.v_head_dim, r = cfg.kv_lora_rank;
+  const int64_t E = cfg.n_routed_experts, Fm = cfg.moe_intermediate_size;
+  out["model.embed_tokens.weight"] = s.take("token_embd.weight", {V, D});
+  for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".", b = "blk." + std::to_string(l) + ".";
+    const std::string a = p + "self_attn.";
+    out[p + "input_layernorm.weight"] = s.take(b + "attn_norm.weight", {D});
+    if (cfg.q_lora_rank > 0) {
+      out[a + "q_a_proj.weight"] = s.take(b + "attn_q_a.weight", {cfg.q_lora_rank, D});
+      out[a + "q_a_layernorm.weight"] = s.take(b + "attn_q_a_norm.weight", {cfg.q_lora_rank});
+      out[a + "q_b_proj.weight"] = s.take(b + "attn_q_b.weight", {H * (nope + rope), cfg.q_lora_rank});
+    } else {
+      out[a + "q_proj.weight"] = s.take(b + "attn_q.weight", {H * (nope + rope), D});
+    }
+    out[a + "kv_a_proj_with_mqa.weight"] = s.take(b + "attn_kv_a_mqa.weight", {r + rope, D});
+    out[a + "kv_a_layernorm.weight"] = s.take(b + "attn_kv_a_norm.weight", {r});
+    if (s.has(b + "attn_kv_b.weight")) {  // files from converters before the k_b/v_b split
+      out[a + "kv_b_proj.weight"] = s.take(b + "attn_kv_b.weight", {H * (nope + vd), r});
+    } else {
+      out[a + "kv_b_proj.weight"] =
+          join_kv_b(s.take(b + "attn_k_b.weight", {H, r, nope}), s.take(b + "attn_v_b.weight", {H, vd, r}));
+    }
+    out[a + "o_proj.weight"] = s.take(b + "attn_output.weight", {D, H * vd});
+    out[p + "post_attention_layernorm.weight"] = s.take(b + "ffn_norm.weight", {D});
+    const std::string m = p + "mlp.";
+    if (!cfg.is_moe_layer(l)) {
+      const int64_t F = cfg.intermediate_size;
+      out[m + "gate_proj.weight"] = s.take(b + "ffn_gate.weight", {F, D});
+      out[m + "up_proj.weight"] = s.take(b + "ffn_up.weight", {F, D});
+      out[m + "down_proj.weight"] = s.take(b + "ffn_down.weight", {D, F});
+      continue;
+    }
+    out[m + "gate.weight"] = s.take(b + "ffn_gate_inp.weight", {E, D});
+    if (cfg.topk_method == "noaux_tc") out[m + "gate.e_score_correction_bias"] = s.take(b + "exp_probs_b.bias", {E});
+    for (const char* proj : {"gate", "up", "down"}) {
+      const bool down = std::string(proj) == "down";
+      Tensor st = s.take(b + "ffn_" + proj + "_exps.weight", down ? Shape{E, D, Fm} : Shape{E, Fm, D});
+      for (int64_t x = 0; x < E; ++x)
+        out[m + "experts." + std::to_string(x) + "." + proj + "_proj.weight"] = st.select(0, x).contiguous();
+    }
+    if (cfg.n_shared_experts > 0) {
+      const int64_t Fs = Fm * cfg.n_shared_experts;
+      out[m + "shared_experts.gate_proj.weight"] = s.take(b + "ffn_gate_shexp.weight", {Fs, D});
+      out[m + "shared_experts.up_proj.weight"] = s.take(b + "ffn_up_shexp.weight", {Fs, D});
+      out[m + "shared_experts.down_proj.weight"] = s.take(b + "ffn_down_shexp.weight", {D, Fs});
+    }
+  }
+  (void)f;
+}
+
+}  // namespace
+
+GgufImportSummary import_gguf(const std::string& gguf_path, const std::string& out_dir) {
+  const io::GgufFile f = io::GgufFile::open(gguf_path);
+  GgufImportSummary sum;
+  sum.architecture = f.get_string("general.architecture");
+  const std::string& a = sum.architecture;
+  if (a != "llama" && a != "deepseek2")
+    throw Error(gguf_path + ": general.architecture \"" + a + "\": only llama and deepseek2 can be imported");
+  if (!f.contains("token_embd.weight")) throw Error(gguf_path + ": tensor \"token_embd.weight\" missing");
+  const Shape emb = f.tensor("token_embd.weight").shape;
+  if (emb.size() != 2) throw Error(gguf_path + ": tensor \"token_embd.weight\" is not 2-D");
+  json c = common_config(f, a, emb[0]);
+  c["tie_word_embeddings"] = !f.contains("output.weight");
+  const int64_t L = c["num_hidden_layers"].get<int64_t>();
+  if (a == "llama") {
+    c["architectures"] = {"LlamaForCausalLM"};
+    c["model_type"] = "llama";
+    c["num_key_value_heads"] = opt_int(f, a + ".attention.head_count_kv", c["num_attention_heads"].get<int64_t>());
+    const int64_t hd = opt_int(f, a + ".attention.key_length",
+                               c["hidden_size"].get<int64_t>() / std::max<int64_t>(1, c["num_attention_heads"]));
+    c["head_dim"] = hd;
+    if (opt_int(f, a + ".attention.value_length", hd) != hd || opt_int(f, a + ".rope.dimension_count", hd) != hd)
+      throw Error(gguf_path +
+                  ": llama.attention.value_length / rope.dimension_count differ from key_length "
+                  "(partial RoPE or unequal head sizes are not supported by lmforge)");
+    c["attention_bias"] = f.contains("blk.0.attn_q.bias");
+    if (f.contains("rope_freqs.weight"))
+      throw Error(gguf_path + ": tensor \"rope_freqs.weight\" (Llama-3.1 RoPE scaling) is not supported by lmforge");
+  } else {
+    c["architectures"] = {"DeepseekV3ForCausalLM"};
+    c["model_type"] = "deepseek_v3";
+    c["num_key_value_heads"] = c["num_attention_heads"];
+    if (!f.find(a + ".attention.key_length_mla"))
+      throw Error(gguf_path + ": " + a +
+                  ".attention.key_length_mla missing (a GGUF without MLA sizes is not "
+                  "supported)");
+    const int64_t rope = f.get_int(a + ".rope.dimension_count");
+    c["qk_rope_head_dim"] = rope;
+    c["qk_nope_head_dim"] = f.get_int(a + ".attention.key_length_mla") - rope;
+    c["v_head_dim"] = f.get_int(a + ".attention.value_length_mla");
+    c["kv_lora_rank"] = f.get_int(a + ".attention.kv_lora_rank");
+    const int64_t q_lora = opt_int(f, a + ".attention.q_lora_rank", 0);
+    c["q_lora_rank"] = q_lora > 0 ? json(q_lora) : json();
+    c["moe_intermediate_size"] = f.get_int(a + ".expert_feed_forward_length");
+    c["n_routed_experts"] = f.get_int(a + ".expert_count");
+    c["num_experts_per_tok"] = f.get_int(a + ".expert_used_count");
+    c["n_shared_experts"] = opt_int(f, a + ".expert_shared_count", 0);
+    c["first_k_dense_replace"] = opt_int(f, a + ".leading_dense_block_count", 0);
+    c["moe_layer_freq"] = 1;
+    c["routed_scaling_factor"] =
+        f.find(a + ".expert_weights_scale") ? shortest_float(f.get_float(a + ".expert_weights_scale")) : 1.0;
+    c["norm_topk_prob"] = f.find(a + ".expert_weights_norm") && f.get_bool(a + ".expert_weights_norm");
+    const int64_t gating = opt_int(f, a + ".expert_gating_func", 1);
+    if (gating != 1 && gating != 2)
+      throw Error(gguf_path + ": " + a + ".expert_gating_func " + std::to_string(gating) + " (1 softmax, 2 sigmoid)");
+    c["scoring_func"] = gating == 2 ? "sigmoid" : "softmax";
+    const bool has_bias =
+        f.contains("blk." + std::to_string(c["first_k_dense_replace"].get<int64_t>()) + ".exp_probs_b.bias");
+    c["topk_method"] = has_bias ? "noaux_tc" : "greedy";
+    c["n_group"] = opt_int(f, a + ".expert_group_count", 1);
+    c["topk_group"] = opt_int(f, a + ".expert_group_used_count", 1);
+  }
+  const std::string label = gguf_path + " (metadata)";
+  const model::ModelConfig cfg = model::parse_model_config(c, label);
+  (void)L;
+
+  Source s(f);
+  std::map<std::string, Tensor> out;
+  if (a == "llama") {
+    import_llama(f, c, cfg, s, out);
+  } else {
+    import_deepseek2(f, cfg, s, out);
+  }
+  out["model.norm.weight"] = s.take("output_norm.weight", {cfg.hidden_size});
+  if (!cfg.tie_word_embeddings) out["lm_head.weight"] = s.take("output.weight", {cfg.vocab_size, cfg.hidden_size});
+  s.check_all_used();
+
+  model::CausalLM m(cfg);
+  m.load_weights(out, gguf_path);
+  fs::create_directories(out_dir);
+  sum.tokenizer = write_tokenizer_from_gguf(f, out_dir, cfg.max_position_embeddings);
+  m.save(out_dir, DType::F32);
+  sum.model_type = cfg.model_type;
+  sum.tensors = static_cast<int64_t>(out.size());
+  return sum;
+}
+
+}  // namespace lmforge::exporter

@@ -1,0 +1,100 @@
+// lmforge export gguf / import gguf as a user runs them: outputs, --json, and exit code 2 with a message naming the
+// file, field or flag for bad input.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "lmforge/io/gguf.h"
+#include "temp_dir_test.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+
+struct CliRun {
+  int code;
+  std::string out;
+};
+
+CliRun sh(const std::string& script) {
+  FILE* p = popen(("(" + script + ") 2>&1").c_str(), "r");
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  const int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+const std::string kBin = LMFORGE_BINARY;
+const char* kTiny = R"({"model_type":"llama","vocab_size":300,"hidden_size":32,"intermediate_size":64,
+  "num_hidden_layers":1,"num_attention_heads":2,"max_position_embeddings":64,"initializer_range":0.1})";
+
+class ExportCli : public lmforge::testing::TempDirTest {
+ protected:
+  void SetUp() override {
+    TempDirTest::SetUp();
+    std::ofstream(path("tiny.json")) << kTiny;
+    std::ofstream(path("corpus.txt")) << "the cat sat on the mat; the dog sat on the log. 12 345 6789\n";
+    CliRun r = sh(kBin + " init-model --config " + path("tiny.json") + " --out " + path("m"));
+    ASSERT_EQ(r.code, 0) << r.out;
+    r = sh(kBin + " tokenizer train --input " + path("corpus.txt") + " --vocab-size 280 --min-frequency 1 " +
+           "--special-tokens '<s>' --pattern gpt2 --out " + path("m/tokenizer.json"));
+    ASSERT_EQ(r.code, 0) << r.out;
+  }
+};
+
+TEST_F(ExportCli, ExportThenImportWithJson) {
+  CliRun r = sh(kBin + " export gguf --model " + path("m") + " --out " + path("m.gguf") + " --type q8_0 --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto j = nlohmann::json::parse(r.out.substr(r.out.find('{')));
+  EXPECT_EQ(j["architecture"], "llama");
+  EXPECT_EQ(j["pre"], "gpt-2");
+  EXPECT_EQ(j["tensors"], 3 + 9);
+  EXPECT_EQ(j["quantized_tensors"], 2 + 7);
+  EXPECT_EQ(j["bytes"], fs::file_size(path("m.gguf")));
+  EXPECT_EQ(lmforge::io::GgufFile::open(path("m.gguf")).get_string("general.name"), "m");
+  r = sh(kBin + " import gguf --in " + path("m.gguf") + " --out " + path("back"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("model_type llama, 12 tensors (f32), tokenizer.json"), std::string::npos) << r.out;
+  for (const char* f : {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"})
+    EXPECT_TRUE(fs::exists(path(std::string("back/") + f))) << f;
+  // The imported tokenizer encodes like the original.
+  std::ofstream(path("t.txt")) << "the cat sat on 12345 mats";
+  CliRun a = sh(kBin + " tokenizer encode --tokenizer " + path("m/tokenizer.json") + " < " + path("t.txt"));
+  CliRun b = sh(kBin + " tokenizer encode --tokenizer " + path("back/tokenizer.json") + " < " + path("t.txt"));
+  EXPECT_EQ(a.code, 0);
+  EXPECT_EQ(a.out, b.out);
+}
+
+TEST_F(ExportCli, BadInputExitsTwoNamingTheCulprit) {
+  struct Case {
+    std::string cmd, needle;
+  };
+  std::ofstream(path("junk.gguf")) << "GGUF\x03";
+  std::ofstream(path("notgguf.bin")) << "hello world, not a gguf file at all";
+  const Case cases[] = {
+      {"export gguf --model " + path("nope") + " --out " + path("x.gguf"), "nope/config.json"},
+      {"export gguf --model " + path("m") + " --out " + path("x.gguf") + " --type q5_0", "--type"},
+      {"export gguf --model " + path("m") + " --out " + path("x.gguf") + " --pre no-such-pre", "--pre no-such-pre"},
+      {"export gguf --out " + path("x.gguf"), "--model"},
+      {"import gguf --in " + path("junk.gguf") + " --out " + path("o"), "junk.gguf"},
+      {"import gguf --in " + path("notgguf.bin") + " --out " + path("o"), "notgguf.bin: not a GGUF file"},
+      {"import gguf --in " + path("missing.gguf") + " --out " + path("o"), "missing.gguf: cannot open"},
+      {"export", "A subcommand is required"},
+  };
+  for (const Case& c : cases) {
+    CliRun r = sh(kBin + " " + c.cmd);
+    EXPECT_EQ(r.code, 2) << c.cmd << "\n" << r.out;
+    EXPECT_NE(r.out.find(c.needle), std::string::npos) << c.cmd << "\n" << r.out;
+  }
+  EXPECT_FALSE(fs::exists(path("x.gguf")));
+  EXPECT_FALSE(fs::exists(path("o/model.safetensors")));
+}
+
+}  // namespace

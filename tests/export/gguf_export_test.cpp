@@ -1,0 +1,451 @@
+// GGUF export/import: the file's structure against llama.cpp's conventions, round trips (bit-exact at f32, the
+// quantizers' own result at q8_0/q4_0), tokenizer ids, and refusals.
+#include "lmforge/export/gguf_export.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "export/gguf_layout.h"
+#include "export/gguf_tokenizer.h"
+#include "lmforge/core/autograd.h"
+#include "lmforge/core/error.h"
+#include "lmforge/io/gguf.h"
+#include "lmforge/io/safetensors.h"
+#include "lmforge/model/model.h"
+#include "lmforge/tokenizer/tokenizer.h"
+#include "lmforge/tokenizer/trainer.h"
+#include "temp_dir_test.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using lmforge::DType;
+using lmforge::Error;
+using lmforge::Tensor;
+using nlohmann::json;
+namespace ex = lmforge::exporter;
+namespace io = lmforge::io;
+namespace model = lmforge::model;
+
+const json kLlama = json::parse(R"({"model_type":"llama","vocab_size":600,"hidden_size":64,"intermediate_size":96,
+  "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"max_position_embeddings":128,
+  "rms_norm_eps":1e-5,"rope_theta":500000.0,"initializer_range":0.1,"tie_word_embeddings":false,
+  "bos_token_id":0,"eos_token_id":1})");
+const json kDeepseek = json::parse(R"({"model_type":"deepseek_v3","vocab_size":600,"hidden_size":64,
+  "intermediate_size":96,"moe_intermediate_size":32,"num_hidden_layers":3,"num_attention_heads":4,
+  "num_key_value_heads":4,"q_lora_rank":32,"kv_lora_rank":32,"qk_nope_head_dim":16,"qk_rope_head_dim":8,
+  "v_head_dim":16,"n_shared_experts":1,"n_routed_experts":4,"num_experts_per_tok":2,"first_k_dense_replace":1,
+  "n_group":2,"topk_group":1,"scoring_func":"sigmoid","topk_method":"noaux_tc","norm_topk_prob":true,
+  "routed_scaling_factor":2.5,"max_position_embeddings":256,"rms_norm_eps":1e-6,"rope_theta":10000.0,
+  "rope_scaling":{"type":"yarn","factor":4.0,"original_max_position_embeddings":64,"beta_fast":32.0,"beta_slow":1.0,
+  "mscale":0.707,"mscale_all_dim":0.707},"initializer_range":0.1,"tie_word_embeddings":true})");
+
+const std::vector<std::string> kTexts = {
+    "The quick brown fox jumps over the lazy dog.",
+    "Version 3.14159 of 2026-11-23: caf\xc3\xa9, na\xc3\xafve <|eos|> end",
+    "  spaces\tand\nnewlines\n\n  42 1234567 \xe4\xb8\xad\xe6\x96\x87 \xf0\x9f\x98\x80"};
+
+std::string train_tokenizer(const std::string& pattern) {
+  lmforge::tokenizer::TrainerOptions o;
+  o.vocab_size = 500;
+  o.special_tokens = {"<|bos|>", "<|eos|>"};
+  o.pattern = pattern;
+  o.threads = 1;
+  lmforge::tokenizer::BpeTrainer t(o);
+  std::ifstream in("/usr/share/common-licenses/GPL-3");
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (text.empty()) text = "the licence text is missing; a tiny corpus of words words words 123 456";
+  t.add_documents({text});
+  return t.train();
+}
+
+ex::GgufExportOptions opts(const std::string& type, const std::string& pre = "") {
+  ex::GgufExportOptions o;
+  o.type = type;
+  o.pre = pre;
+  return o;
+}
+
+class GgufExport : public lmforge::testing::TempDirTest {
+ protected:
+  // A random model directory with a trained tokenizer.
+  std::string make_model(const std::string& name, const json& cfg, const std::string& pattern = "llama3") {
+    const std::string dir = path(name);
+    model::CausalLM m(model::parse_model_config(cfg, name));
+    m.init_random(11);
+    if (cfg["model_type"] == "deepseek_v3") {  // non-zero expert bias, so exp_probs_b is checked for real
+      for (auto& [n, t] : m.state())
+        if (n.find("e_score_correction_bias") != std::string::npos)
+          for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = 0.01f * static_cast<float>(i);
+    }
+    m.save(dir);
+    std::ofstream(dir + "/tokenizer.json") << train_tokenizer(pattern);
+    std::ofstream(dir + "/tokenizer_config.json") << R"({"chat_template":"{{ messages }}"})";
+    return dir;
+  }
+
+  static std::map<std::string, Tensor> tensors(const std::string& dir) {
+    return io::load_safetensors(dir + "/model.safetensors");
+  }
+
+  static std::vector<float> logits(const std::string& dir, const std::vector<int32_t>& ids) {
+    model::CausalLM m = model::CausalLM::load(dir);
+    lmforge::TapeScope none(nullptr);
+    return m.forward(Tensor::from_ints(ids, {1, static_cast<int64_t>(ids.size())})).logits.value().to_float_vector();
+  }
+
+  static void expect_same_tokenizer(const std::string& a, const std::string& b) {
+    auto ta = lmforge::tokenizer::Tokenizer::from_file(a + "/tokenizer.json");
+    auto tb = lmforge::tokenizer::Tokenizer::from_file(b + "/tokenizer.json");
+    for (const std::string& s : kTexts) {
+      EXPECT_EQ(ta.encode(s), tb.encode(s)) << s;
+      EXPECT_EQ(ta.encode(s, {.add_special_tokens = false}), tb.encode(s, {.add_special_tokens = false})) << s;
+    }
+  }
+};
+
+TEST(GgufLayout, QkPermutationIsLlamaCppConverters) {
+  // llama.cpp's permute: reshape(n_head, 2, d/2, ...).swapaxes(1, 2). One head of d = 4: rows [0, 2, 1, 3].
+  Tensor w = Tensor::from_vector(std::vector<float>{0, 1, 2, 3, 4, 5, 6, 7}, {8, 1});
+  Tensor p = ex::permute_qk_to_gguf(w, 2);
+  EXPECT_EQ(p.to_float_vector(), (std::vector<float>{0, 2, 1, 3, 4, 6, 5, 7}));
+  Tensor w6 = Tensor::from_vector(std::vector<float>{0, 1, 2, 3, 4, 5}, {6});
+  EXPECT_EQ(ex::permute_qk_to_gguf(w6, 1).to_float_vector(), (std::vector<float>{0, 3, 1, 4, 2, 5}));
+  EXPECT_EQ(ex::unpermute_qk_from_gguf(ex::permute_qk_to_gguf(w6, 1), 1).to_float_vector(), w6.to_float_vector());
+  EXPECT_THROW(ex::permute_qk_to_gguf(w6, 4), Error);
+}
+
+TEST(GgufLayout, KvBSplitMatchesConverter) {
+  // kv_b [H * (nope + v), r] viewed [H, nope + v, r]; k_b = first nope rows transposed -> [H, r, nope].
+  const int64_t H = 2, nope = 2, v = 1, r = 3;
+  std::vector<float> x(H * (nope + v) * r);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i);
+  Tensor k_b, v_b;
+  ex::split_kv_b(Tensor::from_vector(x, {H * (nope + v), r}), H, nope, v, k_b, v_b);
+  EXPECT_EQ(k_b.shape(), (lmforge::Shape{H, r, nope}));
+  EXPECT_EQ(v_b.shape(), (lmforge::Shape{H, v, r}));
+  // head 1, k_b[1][j][i] = kv_b[1 * 3 + i][j]
+  EXPECT_EQ(k_b.to_float_vector(), (std::vector<float>{0, 3, 1, 4, 2, 5, 9, 12, 10, 13, 11, 14}));
+  EXPECT_EQ(v_b.to_float_vector(), (std::vector<float>{6, 7, 8, 15, 16, 17}));
+  EXPECT_EQ(ex::join_kv_b(k_b, v_b).to_float_vector(), x);
+}
+
+TEST(GgufLayout, ShortestFloat) {
+  EXPECT_EQ(ex::shortest_float(static_cast<float>(1e-6)), 1e-6);
+  EXPECT_EQ(ex::shortest_float(static_cast<float>(1e-5)), 1e-5);
+  EXPECT_EQ(ex::shortest_float(500000.0), 500000.0);
+  EXPECT_EQ(ex::shortest_float(static_cast<float>(0.707)), 0.707);
+}
+
+TEST(GgufPre, MatchesKnownPreTokenizers) {
+  using lmforge::tokenizer::BpeTrainer;
+  EXPECT_EQ(ex::gguf_pre_name(json::parse(BpeTrainer::pre_tokenizer_json("llama3"))), "llama-bpe");
+  EXPECT_EQ(ex::gguf_pre_name(json::parse(BpeTrainer::pre_tokenizer_json("deepseek-v3"))), "deepseek-v3");
+  EXPECT_EQ(ex::gguf_pre_name(json::parse(BpeTrainer::pre_tokenizer_json("qwen2"))), "qwen2");
+  EXPECT_EQ(ex::gguf_pre_name(json::parse(BpeTrainer::pre_tokenizer_json("gpt2"))), "gpt-2");
+  EXPECT_EQ(ex::gguf_pre_name(json::parse(BpeTrainer::pre_tokenizer_json("\\s+"))), "");
+  // GPT-2's own tokenizer.json spelling (trim_offsets differs; ids do not).
+  EXPECT_EQ(ex::gguf_pre_name(
+                json::parse(R"({"type":"ByteLevel","add_prefix_space":false,"trim_offsets":true,"use_regex":true})")),
+            "gpt-2");
+  // DeepSeek-V3's fixture cut (same three Splits and ByteLevel).
+  std::ifstream in(std::string(LMFORGE_SOURCE_DIR) + "/tests/tokenizer/fixtures/mini_deepseek_pattern.tokenizer.json");
+  EXPECT_EQ(ex::gguf_pre_name(json::parse(in)["pre_tokenizer"]), "deepseek-v3");
+}
+
+TEST_F(GgufExport, LlamaFileFollowsLlamaCppConventions) {
+  const std::string dir = make_model("m", kLlama);
+  auto s = ex::export_gguf(dir, path("m.gguf"), opts("q8_0"));
+  EXPECT_EQ(s.architecture, "llama");
+  EXPECT_EQ(s.pre, "llama-bpe");
+  io::GgufFile f = io::GgufFile::open(path("m.gguf"));
+  EXPECT_EQ(f.get_string("general.architecture"), "llama");
+  EXPECT_EQ(f.get_int("general.file_type"), 7);
+  EXPECT_EQ(f.get_int("llama.block_count"), 2);
+  EXPECT_EQ(f.get_int("llama.embedding_length"), 64);
+  EXPECT_EQ(f.get_int("llama.feed_forward_length"), 96);
+  EXPECT_EQ(f.get_int("llama.attention.head_count"), 4);
+  EXPECT_EQ(f.get_int("llama.attention.head_count_kv"), 2);
+  EXPECT_EQ(f.get_int("llama.rope.dimension_count"), 16);
+  EXPECT_EQ(f.get_int("llama.context_length"), 128);
+  EXPECT_EQ(f.get_int("llama.vocab_size"), 600);
+  EXPECT_FLOAT_EQ(static_cast<float>(f.get_float("llama.rope.freq_base")), 500000.0f);
+  EXPECT_FLOAT_EQ(static_cast<float>(f.get_float("llama.attention.layer_norm_rms_epsilon")), 1e-5f);
+  EXPECT_EQ(f.get_string("tokenizer.ggml.model"), "gpt2");
+  EXPECT_EQ(f.get_string("tokenizer.ggml.pre"), "llama-bpe");
+  EXPECT_EQ(f.at("tokenizer.ggml.tokens").strings.size(), 600u);  // padded to the embedding's rows
+  EXPECT_EQ(f.at("tokenizer.ggml.tokens").strings[599], "[PAD599]");
+  EXPECT_EQ(f.at("tokenizer.ggml.token_type").ints[0], 3);  // <|bos|>: control
+  EXPECT_EQ(f.at("tokenizer.ggml.token_type").ints[300], 1);
+  EXPECT_EQ(f.at("tokenizer.ggml.token_type").ints[599], 5);
+  EXPECT_EQ(f.at("tokenizer.ggml.merges").strings.size(), 500u - 258u);
+  EXPECT_EQ(f.get_int("tokenizer.ggml.bos_token_id"), 0);
+  EXPECT_EQ(f.get_int("tokenizer.ggml.eos_token_id"), 1);
+  EXPECT_FALSE(f.get_bool("tokenizer.ggml.add_bos_token"));
+  EXPECT_EQ(f.get_string("tokenizer.chat_template"), "{{ messages }}");
+  // Weight matrices q8_0 (ggml type 8), norms f32, shapes as ggml's ne reversed.
+  EXPECT_EQ(f.tensor("blk.0.attn_q.weight").type, 8u);
+  EXPECT_EQ(f.tensor("blk.1.attn_k.weight").shape, (lmforge::Shape{32, 64}));
+  EXPECT_EQ(f.tensor("blk.1.ffn_down.weight").shape, (lmforge::Shape{64, 96}));
+  EXPECT_EQ(f.tensor("blk.0.attn_norm.weight").type, 0u);
+  EXPECT_EQ(f.tensor("token_embd.weight").shape, (lmforge::Shape{600, 64}));
+  EXPECT_EQ(f.tensors().size(), 3u + 2u * 9u);
+  // q_proj went through the permutation before quantization.
+  auto st = tensors(dir);
+  Tensor q = ex::permute_qk_to_gguf(st["model.layers.0.self_attn.q_proj.weight"], 4).to(DType::Q8_0);
+  Tensor got = f.get("blk.0.attn_q.weight");
+  ASSERT_EQ(got.nbytes(), q.nbytes());
+  EXPECT_EQ(std::memcmp(got.raw_data(), q.raw_data(), q.nbytes()), 0);
+}
+
+TEST_F(GgufExport, LlamaRoundTripF32IsBitExact) {
+  const std::string dir = make_model("m", kLlama);
+  ex::export_gguf(dir, path("m.gguf"));
+  auto imp = ex::import_gguf(path("m.gguf"), path("back"));
+  EXPECT_EQ(imp.model_type, "llama");
+  EXPECT_TRUE(imp.tokenizer);
+  auto a = tensors(dir), b = tensors(path("back"));
+  ASSERT_EQ(a.size(), b.size());
+  for (auto& [name, t] : a) {
+    ASSERT_TRUE(b.count(name)) << name;
+    EXPECT_EQ(t.to_float_vector(), b[name].to_float_vector()) << name;
+  }
+  model::ModelConfig ca = model::load_model_config(dir + "/config.json");
+  model::ModelConfig cb = model::load_model_config(path("back/config.json"));
+  EXPECT_EQ(cb.model_type, ca.model_type);
+  EXPECT_EQ(cb.vocab_size, ca.vocab_size);
+  EXPECT_EQ(cb.hidden_size, ca.hidden_size);
+  EXPECT_EQ(cb.intermediate_size, ca.intermediate_size);
+  EXPECT_EQ(cb.num_hidden_layers, ca.num_hidden_layers);
+  EXPECT_EQ(cb.num_attention_heads, ca.num_attention_heads);
+  EXPECT_EQ(cb.num_key_value_heads, ca.num_key_value_heads);
+  EXPECT_EQ(cb.head_dim, ca.head_dim);
+  EXPECT_EQ(cb.max_position_embeddings, ca.max_position_embeddings);
+  EXPECT_EQ(cb.rms_norm_eps, ca.rms_norm_eps);
+  EXPECT_EQ(cb.rope_theta, ca.rope_theta);
+  EXPECT_EQ(cb.tie_word_embeddings, ca.tie_word_embeddings);
+  EXPECT_EQ(cb.bos_token_id, ca.bos_token_id);
+  EXPECT_EQ(cb.eos_token_ids, ca.eos_token_ids);
+  expect_same_tokenizer(dir, path("back"));
+  std::ifstream tc(path("back/tokenizer_config.json"));
+  EXPECT_EQ(json::parse(tc)["chat_template"], "{{ messages }}");
+  const std::vector<int32_t> ids = {5, 17, 300, 2, 599, 42};
+  EXPECT_EQ(logits(dir, ids), logits(path("back"), ids));
+}
+
+TEST_F(GgufExport, QuantizedRoundTripIsTheQuantizersResult) {
+  const std::string dir = make_model("m", kLlama);
+  auto a = tensors(dir);
+  for (auto [type, dt, bound] : {std::tuple{"q8_0", DType::Q8_0, 0.01}, std::tuple{"q4_0", DType::Q4_0, 0.15},
+                                 std::tuple{"f16", DType::F16, 1e-3}}) {
+    const std::string out = path(std::string("m_") + type);
+    auto s = ex::export_gguf(dir, out + ".gguf", opts(type));
+    EXPECT_EQ(s.quantized, 2 + 2 * 7) << type;  // embeddings, output and 7 matrices per layer
+    ex::import_gguf(out + ".gguf", out);
+    auto b = tensors(out);
+    for (auto& [name, t] : a) {
+      if (t.dim() == 1) {
+        EXPECT_EQ(t.to_float_vector(), b[name].to_float_vector()) << type << " " << name;  // norms stay f32
+        continue;
+      }
+      // Exactly the engine's quantizer (ggml's reference algorithm) followed by dequantization...
+      EXPECT_EQ(b[name].to_float_vector(), t.to(dt).to(DType::F32).to_float_vector()) << type << " " << name;
+      // ...and within the format's error of the original.
+      std::vector<float> x = t.to_float_vector(), y = b[name].to_float_vector();
+      double num = 0, den = 0;
+      for (size_t i = 0; i < x.size(); ++i) {
+        num += (x[i] - y[i]) * (x[i] - y[i]);
+        den += x[i] * x[i];
+      }
+      EXPECT_LT(std::sqrt(num / den), bound) << type << " " << name;
+    }
+    expect_same_tokenizer(dir, out);
+  }
+}
+
+TEST_F(GgufExport, DeepseekRoundTripF32IsBitExact) {
+  const std::string dir = make_model("ds", kDeepseek, "deepseek-v3");
+  auto s = ex::export_gguf(dir, path("ds.gguf"));
+  EXPECT_EQ(s.architecture, "deepseek2");
+  EXPECT_EQ(s.pre, "deepseek-v3");
+  io::GgufFile f = io::GgufFile::open(path("ds.gguf"));
+  EXPECT_EQ(f.get_int("deepseek2.attention.head_count_kv"), 1);
+  EXPECT_EQ(f.get_int("deepseek2.attention.key_length"), 32 + 8);
+  EXPECT_EQ(f.get_int("deepseek2.attention.value_length"), 32);
+  EXPECT_EQ(f.get_int("deepseek2.attention.key_length_mla"), 24);
+  EXPECT_EQ(f.get_int("deepseek2.attention.value_length_mla"), 16);
+  EXPECT_EQ(f.get_int("deepseek2.rope.dimension_count"), 8);
+  EXPECT_EQ(f.get_int("deepseek2.attention.q_lora_rank"), 32);
+  EXPECT_EQ(f.get_int("deepseek2.leading_dense_block_count"), 1);
+  EXPECT_EQ(f.get_int("deepseek2.expert_count"), 4);
+  EXPECT_EQ(f.get_int("deepseek2.expert_used_count"), 2);
+  EXPECT_EQ(f.get_int("deepseek2.expert_shared_count"), 1);
+  EXPECT_EQ(f.get_int("deepseek2.expert_feed_forward_length"), 32);
+  EXPECT_EQ(f.get_int("deepseek2.expert_gating_func"), 2);
+  EXPECT_EQ(f.get_int("deepseek2.expert_group_count"), 2);
+  EXPECT_EQ(f.get_int("deepseek2.expert_group_used_count"), 1);
+  EXPECT_TRUE(f.get_bool("deepseek2.expert_weights_norm"));
+  EXPECT_FLOAT_EQ(static_cast<float>(f.get_float("deepseek2.expert_weights_scale")), 2.5f);
+  EXPECT_EQ(f.get_string("deepseek2.rope.scaling.type"), "yarn");
+  EXPECT_FLOAT_EQ(static_cast<float>(f.get_float("deepseek2.rope.scaling.yarn_log_multiplier")), 0.0707f);
+  EXPECT_EQ(f.tensor("blk.1.ffn_gate_exps.weight").shape, (lmforge::Shape{4, 32, 64}));
+  EXPECT_EQ(f.tensor("blk.1.ffn_down_exps.weight").shape, (lmforge::Shape{4, 64, 32}));
+  EXPECT_EQ(f.tensor("blk.2.attn_k_b.weight").shape, (lmforge::Shape{4, 32, 16}));
+  EXPECT_EQ(f.tensor("blk.2.attn_v_b.weight").shape, (lmforge::Shape{4, 16, 32}));
+  EXPECT_EQ(f.tensor("blk.1.exp_probs_b.bias").shape, (lmforge::Shape{4}));
+  EXPECT_TRUE(f.contains("blk.0.ffn_gate.weight"));
+  EXPECT_FALSE(f.contains("output.weight"));  // tied
+  // Experts stacked in order: expert 3's gate_proj is the last slice.
+  auto st = tensors(dir);
+  EXPECT_EQ(f.get("blk.1.ffn_gate_exps.weight").select(0, 3).contiguous().to_float_vector(),
+            st["model.layers.1.mlp.experts.3.gate_proj.weight"].to_float_vector());
+
+  ex::import_gguf(path("ds.gguf"), path("back"));
+  auto b = tensors(path("back"));
+  ASSERT_EQ(st.size(), b.size());
+  for (auto& [name, t] : st) {
+    ASSERT_TRUE(b.count(name)) << name;
+    EXPECT_EQ(t.to_float_vector(), b[name].to_float_vector()) << name;
+  }
+  model::ModelConfig ca = model::load_model_config(dir + "/config.json");
+  model::ModelConfig cb = model::load_model_config(path("back/config.json"));
+  EXPECT_EQ(cb.q_lora_rank, ca.q_lora_rank);
+  EXPECT_EQ(cb.kv_lora_rank, ca.kv_lora_rank);
+  EXPECT_EQ(cb.qk_nope_head_dim, ca.qk_nope_head_dim);
+  EXPECT_EQ(cb.qk_rope_head_dim, ca.qk_rope_head_dim);
+  EXPECT_EQ(cb.v_head_dim, ca.v_head_dim);
+  EXPECT_EQ(cb.n_routed_experts, ca.n_routed_experts);
+  EXPECT_EQ(cb.n_shared_experts, ca.n_shared_experts);
+  EXPECT_EQ(cb.num_experts_per_tok, ca.num_experts_per_tok);
+  EXPECT_EQ(cb.first_k_dense_replace, ca.first_k_dense_replace);
+  EXPECT_EQ(cb.scoring_func, ca.scoring_func);
+  EXPECT_EQ(cb.topk_method, ca.topk_method);
+  EXPECT_EQ(cb.n_group, ca.n_group);
+  EXPECT_EQ(cb.topk_group, ca.topk_group);
+  EXPECT_EQ(cb.norm_topk_prob, ca.norm_topk_prob);
+  EXPECT_EQ(cb.routed_scaling_factor, ca.routed_scaling_factor);
+  ASSERT_TRUE(cb.rope_scaling.has_value());
+  EXPECT_EQ(cb.rope_scaling->factor, ca.rope_scaling->factor);
+  EXPECT_EQ(cb.rope_scaling->original_max_position_embeddings, ca.rope_scaling->original_max_position_embeddings);
+  EXPECT_EQ(cb.rope_scaling->mscale_all_dim, ca.rope_scaling->mscale_all_dim);
+  EXPECT_EQ(cb.rope_scaling->mscale, ca.rope_scaling->mscale);
+  EXPECT_EQ(cb.tie_word_embeddings, true);
+  expect_same_tokenizer(dir, path("back"));
+  const std::vector<int32_t> ids = {5, 17, 300, 2, 599, 42, 7, 7};
+  EXPECT_EQ(logits(dir, ids), logits(path("back"), ids));
+}
+
+TEST_F(GgufExport, DeepseekWithoutQLoraRoundTrips) {
+  // DeepSeek-V2-Lite style: q_proj instead of q_a/q_b; the GGUF says q_lora_rank 0 (llama.cpp reads the key).
+  json c = kDeepseek;
+  c["q_lora_rank"] = nullptr;
+  c["scoring_func"] = "softmax";
+  c["topk_method"] = "greedy";
+  c.erase("rope_scaling");
+  const std::string dir = make_model("lite", c, "deepseek-v3");
+  ex::export_gguf(dir, path("lite.gguf"), opts("q8_0"));
+  io::GgufFile f = io::GgufFile::open(path("lite.gguf"));
+  EXPECT_EQ(f.get_int("deepseek2.attention.q_lora_rank"), 0);
+  EXPECT_EQ(f.get_int("deepseek2.expert_gating_func"), 1);
+  EXPECT_FALSE(f.contains("blk.1.exp_probs_b.bias"));
+  EXPECT_FALSE(f.contains("deepseek2.expert_group_count"));  // greedy routing ignores groups
+  EXPECT_EQ(f.tensor("blk.0.attn_q.weight").type, 8u);
+  EXPECT_EQ(f.tensor("blk.0.attn_k_b.weight").type, 0u);      // rows of 16 values: stays f32
+  EXPECT_EQ(f.tensor("blk.1.ffn_gate_inp.weight").type, 0u);  // the router stays f32
+  ex::import_gguf(path("lite.gguf"), path("back"));
+  model::ModelConfig cb = model::load_model_config(path("back/config.json"));
+  EXPECT_EQ(cb.q_lora_rank, 0);
+  EXPECT_EQ(cb.topk_method, "greedy");
+  EXPECT_EQ(cb.scoring_func, "softmax");
+  auto a = tensors(dir), b = tensors(path("back"));
+  EXPECT_EQ(b["model.layers.0.self_attn.q_proj.weight"].to_float_vector(),
+            a["model.layers.0.self_attn.q_proj.weight"].to(DType::Q8_0).to(DType::F32).to_float_vector());
+  // kv_b: the k part went through attn_k_b (rows of 16 values: f32, exact), the v part through attn_v_b (rows of
+  // kv_lora_rank 32: q8_0).
+  Tensor kv_a = a["model.layers.2.self_attn.kv_b_proj.weight"].view({4, 32, 32});
+  Tensor kv_b = b["model.layers.2.self_attn.kv_b_proj.weight"].view({4, 32, 32});
+  EXPECT_EQ(kv_b.slice(1, 0, 16).contiguous().to_float_vector(), kv_a.slice(1, 0, 16).contiguous().to_float_vector());
+  EXPECT_EQ(kv_b.slice(1, 16, 32).contiguous().to_float_vector(),
+            kv_a.slice(1, 16, 32).contiguous().to(DType::Q8_0).to(DType::F32).to_float_vector());
+}
+
+TEST_F(GgufExport, RefusesWhatItCannotExportFaithfully) {
+  auto expect_error = [](auto&& f, const std::string& needle) {
+    try {
+      f();
+      ADD_FAILURE() << "no error; expected " << needle;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  json sliding = kLlama;
+  sliding["sliding_window"] = 16;
+  sliding["layer_types"] = {"sliding_attention", "full_attention"};
+  const std::string sdir = make_model("sliding", sliding);
+  expect_error([&] { ex::export_gguf(sdir, path("s.gguf")); }, "layer_types[0] is sliding_attention");
+  EXPECT_FALSE(fs::exists(path("s.gguf")));
+
+  const std::string dir = make_model("m", kLlama);
+  fs::remove(dir + "/tokenizer.json");
+  expect_error([&] { ex::export_gguf(dir, path("m.gguf")); }, "tokenizer.json: missing");
+
+  std::ifstream in(std::string(LMFORGE_SOURCE_DIR) + "/tests/tokenizer/fixtures/mini_split_string.tokenizer.json");
+  json tj = json::parse(in);
+  json small = kLlama;
+  small["vocab_size"] = 1100;
+  const std::string udir = make_model("u", small);
+  std::ofstream(udir + "/tokenizer.json") << tj.dump();
+  expect_error([&] { ex::export_gguf(udir, path("u.gguf")); }, "pre_tokenizer matches none");
+  EXPECT_NO_THROW(ex::export_gguf(udir, path("u.gguf"), opts("f32", "gpt-2")));  // --pre overrides
+
+  json tiny = kLlama;
+  tiny["vocab_size"] = 300;  // fewer rows than the tokenizer's 500 tokens
+  const std::string tdir = make_model("t", tiny);
+  expect_error([&] { ex::export_gguf(tdir, path("t.gguf")); }, "more than the model's vocab_size 300");
+  expect_error([&] { ex::export_gguf(tdir, path("t.gguf"), opts("q5_0")); }, "--type q5_0");
+}
+
+TEST_F(GgufExport, ImportRefusesBadFiles) {
+  auto expect_error = [](auto&& f, const std::string& needle) {
+    try {
+      f();
+      ADD_FAILURE() << "no error; expected " << needle;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  io::GgufWriter w;
+  w.set("general.architecture", io::GgufValue::string("gpt2"));
+  w.write(path("gpt2.gguf"));
+  expect_error([&] { ex::import_gguf(path("gpt2.gguf"), path("o")); }, "general.architecture \"gpt2\"");
+
+  // A llama file missing one tensor, and one with a misshapen tensor.
+  const std::string dir = make_model("m", kLlama);
+  ex::export_gguf(dir, path("m.gguf"));
+  io::GgufFile f = io::GgufFile::open(path("m.gguf"));
+  for (const std::string mode : {"missing", "shape"}) {
+    io::GgufWriter w2;
+    for (const auto& [k, v] : f.metadata()) w2.set(k, v);
+    for (const auto& ti : f.tensors()) {
+      if (ti.name == "blk.1.ffn_up.weight") {
+        if (mode == "missing") continue;
+        w2.add_tensor(ti.name, Tensor::zeros({96, 32}));
+      } else {
+        w2.add_tensor(ti.name, f.get(ti.name));
+      }
+    }
+    w2.write(path(mode + ".gguf"));
+    expect_error(
+        [&] { ex::import_gguf(path(mode + ".gguf"), path("o_" + mode)); },
+        mode == "missing" ? "tensor \"blk.1.ffn_up.weight\" missing" : "has shape [96, 32], expected [96, 64]");
+  }
+}
+
+}  // namespace

@@ -1,0 +1,111 @@
+// lmforge export gguf / import gguf: model directories to and from llama.cpp's GGUF (docs/FORMATS.md).
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "lmforge/commands.h"
+#include "lmforge/export/gguf_export.h"
+
+namespace lmforge::cli {
+
+namespace {
+
+struct ExportArgs {
+  std::string model, out;
+  exporter::GgufExportOptions opt;
+};
+
+struct ImportArgs {
+  std::string in, out;
+};
+
+double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+int run_export(const ExportArgs& a, bool json) {
+  const auto t0 = std::chrono::steady_clock::now();
+  std::fprintf(stderr, "export gguf: %s -> %s (%s)\n", a.model.c_str(), a.out.c_str(), a.opt.type.c_str());
+  exporter::GgufExportOptions opt = a.opt;
+  // Layer progress: redrawn in place on a terminal; otherwise a line at most every 5 s, so logs stay short.
+  const bool tty = ::isatty(2) != 0;
+  auto last = t0;
+  opt.progress = [&](int64_t done, int64_t total) {
+    const auto now = std::chrono::steady_clock::now();
+    if (tty) {
+      std::fprintf(stderr, "\rexport gguf: layer %lld/%lld", static_cast<long long>(done),
+                   static_cast<long long>(total));
+      if (done == total) std::fputc('\n', stderr);
+    } else if (std::chrono::duration<double>(now - last).count() >= 5.0 && done < total) {
+      std::fprintf(stderr, "export gguf: layer %lld/%lld, %.0f s\n", static_cast<long long>(done),
+                   static_cast<long long>(total), seconds_since(t0));
+      last = now;
+    }
+  };
+  const exporter::GgufExportSummary s = exporter::export_gguf(a.model, a.out, opt);
+  if (json) {
+    nlohmann::json j = {{"out", a.out},     {"architecture", s.architecture}, {"type", a.opt.type},
+                        {"pre", s.pre},     {"tensors", s.tensors},           {"quantized_tensors", s.quantized},
+                        {"bytes", s.bytes}, {"seconds", seconds_since(t0)}};
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    std::fprintf(stderr,
+                 "export gguf: architecture %s, %lld tensors (%lld in %s, the rest f32), tokenizer pre \"%s\", "
+                 "%.1f MB in %.1f s\n",
+                 s.architecture.c_str(), static_cast<long long>(s.tensors), static_cast<long long>(s.quantized),
+                 a.opt.type.c_str(), s.pre.c_str(), static_cast<double>(s.bytes) / 1e6, seconds_since(t0));
+  }
+  return kOk;
+}
+
+int run_import(const ImportArgs& a, bool json) {
+  const auto t0 = std::chrono::steady_clock::now();
+  std::fprintf(stderr, "import gguf: %s -> %s\n", a.in.c_str(), a.out.c_str());
+  const exporter::GgufImportSummary s = exporter::import_gguf(a.in, a.out);
+  if (json) {
+    nlohmann::json j = {{"out", a.out},         {"architecture", s.architecture}, {"model_type", s.model_type},
+                        {"tensors", s.tensors}, {"tokenizer", s.tokenizer},       {"seconds", seconds_since(t0)}};
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    std::fprintf(stderr, "import gguf: %s -> model_type %s, %lld tensors (f32)%s, %.1f s\n", s.architecture.c_str(),
+                 s.model_type.c_str(), static_cast<long long>(s.tensors),
+                 s.tokenizer ? ", tokenizer.json" : ", no tokenizer in the file", seconds_since(t0));
+  }
+  return kOk;
+}
+
+}  // namespace
+
+void add_export_commands(CLI::App& app, Context& ctx) {
+  CLI::App* exp = app.add_subcommand("export", "export a model directory to another format (GGUF)");
+  exp->require_subcommand(1);
+  auto ea = std::make_shared<ExportArgs>();
+  CLI::App* g = exp->add_subcommand("gguf", "write a GGUF v3 file llama.cpp loads (architectures llama, deepseek2)");
+  g->add_option("--model", ea->model, "model directory (config.json, model.safetensors, tokenizer.json)")->required();
+  g->add_option("--out", ea->out, "GGUF file to write (atomically)")->required();
+  g->add_option("--type", ea->opt.type, "weight matrix type; norms, biases and the MoE router stay f32")
+      ->check(CLI::IsMember({"f32", "f16", "q8_0", "q4_0"}))
+      ->capture_default_str();
+  g->add_option("--pre", ea->opt.pre,
+                "tokenizer.ggml.pre (default: matched from tokenizer.json: deepseek-v3, llama-bpe, qwen2, gpt-2)");
+  g->add_option("--name", ea->opt.name, "general.name (default: the model directory's name)");
+  g->add_flag("--json", ctx.json, "print a JSON summary on stdout");
+  g->callback([&ctx, ea] { ctx.exit_code = run_export(*ea, ctx.json); });
+
+  CLI::App* imp = app.add_subcommand("import", "import a model from another format (GGUF) as a model directory");
+  imp->require_subcommand(1);
+  auto ia = std::make_shared<ImportArgs>();
+  CLI::App* gi = imp->add_subcommand("gguf",
+                                     "read a llama or deepseek2 GGUF into config.json, model.safetensors "
+                                     "(f32), tokenizer.json");
+  gi->add_option("--in", ia->in, "GGUF file")->required();
+  gi->add_option("--out", ia->out, "model directory to write")->required();
+  gi->add_flag("--json", ctx.json, "print a JSON summary on stdout");
+  gi->callback([&ctx, ia] { ctx.exit_code = run_import(*ia, ctx.json); });
+}
+
+}  // namespace lmforge::cli
