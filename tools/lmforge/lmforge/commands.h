@@ -25,4 +25,8 @@ void add_data_shard_command(CLI::App* data, Context& ctx);
 void add_train_command(CLI::App& app, Context& ctx);          // train
 void add_bench_train_command(CLI::App* bench, Context& ctx);  // bench train
 
+// export onnx (cmd_export_onnx.cpp) and, until branch `export` brings cmd_export.cpp, its parent.
+void add_export_command(CLI::App& app, Context& ctx);
+void add_export_onnx_command(CLI::App* export_cmd, Context& ctx);
+
 }  // namespace lmforge::cli
