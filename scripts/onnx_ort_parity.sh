@@ -95,6 +95,14 @@ res=$(node "$ref/run_onnx.js" --onnx "$w/external.onnx" --config "$work/llama_gq
   { echo "FAIL llama_gqa_sliding with external data: $res"; exit 1; }
 echo "llama_gqa_sliding, external data: $res"
 
+# The dense MoE form (--moe-dispatch dense) computes the same logits.
+w="$work/dsv3_mla_moe"
+"$bin" export onnx --model "$work/dsv3_mla_moe.model" --out "$w/dense.onnx" --moe-dispatch dense --quiet
+res=$(node "$ref/run_onnx.js" --onnx "$w/dense.onnx" --config "$work/dsv3_mla_moe.model/config.json" \
+  --ids "$work/dsv3_mla_moe.ids1" --ref "$w/ref1.safetensors" --ids2 "$work/dsv3_mla_moe.ids2" \
+  --ref2 "$w/ref2.safetensors" --tol "$tol") || { echo "FAIL dsv3_mla_moe with dense MoE: $res"; exit 1; }
+echo "dsv3_mla_moe, dense MoE: $res"
+
 # The PyTorch parity fixtures: their weights, ids and PyTorch logits.
 for name in llama_gqa_sliding dsv3_mla_moe_sigmoid dsv3_moe_softmax_greedy; do
   d="$work/fixture_$name"

@@ -212,10 +212,11 @@ std::string swiglu_mlp(DecoderGraph& d, const std::string& prefix, const std::st
   return b.linear(b.mul(silu, b.linear(x, d.w(prefix + "up_proj.weight"))), d.w(prefix + "down_proj.weight"));
 }
 
-void build_decoder_graph(const model::CausalLM& m, onnx::GraphProto* g, OnnxGraphBuilder& b) {
+void build_decoder_graph(const model::CausalLM& m, const OnnxExportOptions& opt, onnx::GraphProto* g,
+                         OnnxGraphBuilder& b) {
   const ModelConfig& c = m.config();
   check_exportable(c);
-  DecoderGraph d{c, b, {}};
+  DecoderGraph d{c, b, {}, opt.moe_dispatch};
   for (const auto& [name, t] : m.state()) d.weights.emplace(name, t);
   const bool ds = c.is_deepseek();
   const int64_t kv_heads = ds ? c.num_attention_heads : c.num_key_value_heads;

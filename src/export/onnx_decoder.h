@@ -4,6 +4,7 @@
 #include <string>
 
 #include "export/onnx_graph.h"
+#include "lmforge/export/onnx.h"
 #include "lmforge/model/model.h"
 
 namespace lmforge::exporter {
@@ -12,6 +13,7 @@ struct DecoderGraph {
   const model::ModelConfig& c;
   OnnxGraphBuilder& b;
   std::map<std::string, Tensor> weights;  // HF name -> tensor (the model's state)
+  OnnxExportOptions::MoeDispatch moe_dispatch = OnnxExportOptions::MoeDispatch::Sparse;
 
   // Adds the named weight as an initializer (once) and returns its value name.
   std::string w(const std::string& name);
@@ -23,6 +25,7 @@ std::string swiglu_mlp(DecoderGraph& d, const std::string& prefix, const std::st
 std::string moe_ffn(DecoderGraph& d, int64_t layer, const std::string& h);
 
 // Fills graph inputs, outputs and nodes for `m`. Throws lmforge::Error naming the config field it cannot export.
-void build_decoder_graph(const model::CausalLM& m, onnx::GraphProto* g, OnnxGraphBuilder& b);
+void build_decoder_graph(const model::CausalLM& m, const OnnxExportOptions& opt, onnx::GraphProto* g,
+                         OnnxGraphBuilder& b);
 
 }  // namespace lmforge::exporter

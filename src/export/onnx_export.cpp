@@ -61,7 +61,7 @@ OnnxExportResult export_onnx(const model::CausalLM& m, const std::string& out, c
   meta->set_value(m.config().model_type);
 
   OnnxGraphBuilder b(model.mutable_graph());
-  build_decoder_graph(m, model.mutable_graph(), b);
+  build_decoder_graph(m, opt, model.mutable_graph(), b);
 
   OnnxExportResult res;
   res.nodes = model.graph().node_size();

@@ -94,6 +94,14 @@ onnx::AttributeProto OnnxGraphBuilder::attr(const std::string& name, const std::
   return a;
 }
 
+onnx::AttributeProto OnnxGraphBuilder::attr(const std::string& name, const std::string& v) {
+  onnx::AttributeProto a;
+  a.set_name(name);
+  a.set_type(onnx::AttributeProto::STRING);
+  a.set_s(v);
+  return a;
+}
+
 std::string OnnxGraphBuilder::linear(const std::string& x, const std::string& w, const std::string& bias) {
   // Weights keep the Hugging Face [out, in] layout (and names); ONNX Runtime folds the Transpose at load time.
   std::string y = op("MatMul", {x, transpose(w, {1, 0})});

@@ -42,6 +42,7 @@ class OnnxGraphBuilder {
   static onnx::AttributeProto attr(const std::string& name, int64_t v);
   static onnx::AttributeProto attr(const std::string& name, float v);
   static onnx::AttributeProto attr(const std::string& name, const std::vector<int64_t>& v);
+  static onnx::AttributeProto attr(const std::string& name, const std::string& v);
 
   // Composite pieces.
   std::string linear(const std::string& x, const std::string& w, const std::string& bias = "");  // x · wᵀ (+ b)

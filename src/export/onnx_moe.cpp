@@ -4,12 +4,11 @@
 // noaux_tc; weights are the unbiased scores of the chosen experts, normalised when norm_topk_prob, times
 // routed_scaling_factor. TopK breaks ties towards the lower index, as route() does.
 //
-// Combination is the dense-equivalent form: every routed expert runs on every token and its output is scaled by
-// the token's routing weight, which is exactly 0 for experts the token did not choose, so the sum equals the sparse
-// one (up to float summation order). It costs n_routed_experts / num_experts_per_tok times the routed FLOPs of a
-// sparse dispatch; see docs/FORMATS.md.
-#include <limits>
-
+// Combination, sparse (default): each expert gathers the rows that chose it (NonZero + GatherND, possibly no rows),
+// runs on them, and adds its weighted output back (ScatterND, reduction add). Dense (--moe-dispatch dense): every
+// routed expert runs on every token, scaled by the token's routing weight, which is exactly 0 for experts it did not
+// choose; no data-dependent shapes, but n_routed_experts / num_experts_per_tok times the routed FLOPs. Both equal
+// lmforge's sparse mixture up to float summation order; see docs/FORMATS.md.
 #include "export/onnx_decoder.h"
 #include "lmforge/core/error.h"
 
@@ -69,17 +68,37 @@ std::string moe_ffn(DecoderGraph& d, int64_t layer, const std::string& h) {
     wts = b.op("Div", {wts, b.add(sum, b.float_scalar(1e-20f))});
   }
   if (c.routed_scaling_factor != 1.0) wts = b.mul(wts, b.float_scalar(static_cast<float>(c.routed_scaling_factor)));
-  // Routing weights [N, E]: zeros except the chosen experts (scores are finite, so scores * 0 is exactly 0).
-  const std::string dense =
-      b.op("ScatterElements", {b.mul(scores, b.float_scalar(0.0f)), idx, wts}, {G::attr("axis", int64_t{1})});
-
   std::string y;
-  for (int64_t e = 0; e < E; ++e) {
-    const std::string ye =
-        b.mul(swiglu_mlp(d, p + "experts." + std::to_string(e) + ".", flat), b.slice(dense, 1, e, e + 1));
-    y = y.empty() ? ye : b.add(y, ye);
+  if (d.moe_dispatch == OnnxExportOptions::MoeDispatch::Dense) {
+    // Routing weights [N, E]: zeros except the chosen experts (scores are finite, so scores * 0 is exactly 0).
+    const std::string dense =
+        b.op("ScatterElements", {b.mul(scores, b.float_scalar(0.0f)), idx, wts}, {G::attr("axis", int64_t{1})});
+    for (int64_t e = 0; e < E; ++e) {
+      const std::string ye =
+          b.mul(swiglu_mlp(d, p + "experts." + std::to_string(e) + ".", flat), b.slice(dense, 1, e, e + 1));
+      y = y.empty() ? ye : b.add(y, ye);
+    }
+    if (c.n_shared_experts > 0) y = b.add(y, swiglu_mlp(d, p + "shared_experts.", flat));
+  } else {
+    // Sparse: each expert gathers the rows that chose it (possibly none), and adds its weighted output back.
+    y = c.n_shared_experts > 0 ? swiglu_mlp(d, p + "shared_experts.", flat)
+                               : b.op("ConstantOfShape", {b.op("Shape", {flat})});
+    const std::string zero = b.float_scalar(0.0f);
+    for (int64_t e = 0; e < E; ++e) {
+      const std::string hit = b.op("Equal", {idx, b.int_scalar(e)});  // [N, K]
+      const std::string w_e =
+          b.op("ReduceSum", {b.op("Where", {hit, wts, zero}), b.ints({1})}, {G::attr("keepdims", int64_t{0})});  // [N]
+      const std::string chosen =
+          b.op("Greater", {b.op("ReduceMax", {b.op("Cast", {hit}, {G::attr("to", int64_t{onnx::TensorProto::FLOAT})})},
+                                {G::attr("axes", std::vector<int64_t>{1}), G::attr("keepdims", int64_t{0})}),
+                           b.float_scalar(0.5f)});                              // [N]
+      const std::string rows = b.transpose(b.op("NonZero", {chosen}), {1, 0});  // [M, 1]
+      const std::string xs = b.op("GatherND", {flat, rows});                    // [M, D]
+      const std::string ye = b.mul(swiglu_mlp(d, p + "experts." + std::to_string(e) + ".", xs),
+                                   b.unsqueeze(b.op("GatherND", {w_e, rows}), {1}));
+      y = b.op("ScatterND", {y, rows, ye}, {G::attr("reduction", std::string("add"))});
+    }
   }
-  if (c.n_shared_experts > 0) y = b.add(y, swiglu_mlp(d, p + "shared_experts.", flat));
   return b.op("Reshape", {y, b.op("Shape", {h})});
 }
 

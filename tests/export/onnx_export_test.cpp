@@ -130,6 +130,21 @@ TEST_F(OnnxExport, DeepseekCachesFullPerHeadKeysAndValues) {
   }
   EXPECT_EQ(topk, 3);  // one MoE layer: two best per group, best groups, best experts
   EXPECT_EQ(gather_elements, 1);
+  // Sparse dispatch (the default): per routed expert one NonZero row selection and one ScatterND add.
+  auto count = [](const onnx::ModelProto& x, const std::string& op) {
+    int k = 0;
+    for (const auto& n : x.graph().node()) k += n.op_type() == op;
+    return k;
+  };
+  EXPECT_EQ(count(p, "NonZero"), 4);
+  EXPECT_EQ(count(p, "ScatterND"), 4);
+  EXPECT_EQ(count(p, "ScatterElements"), 0);
+  OnnxExportOptions dense;
+  dense.moe_dispatch = OnnxExportOptions::MoeDispatch::Dense;
+  export_onnx(m, path("dense.onnx"), dense);
+  const onnx::ModelProto pd = read_model(path("dense.onnx"));
+  EXPECT_EQ(count(pd, "NonZero"), 0);
+  EXPECT_EQ(count(pd, "ScatterElements"), 1);
   // Tied embeddings: one initializer serves the embedding and the head.
   int embed = 0;
   for (const auto& t : p.graph().initializer()) embed += t.name() == "model.embed_tokens.weight";

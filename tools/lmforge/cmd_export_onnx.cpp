@@ -13,7 +13,7 @@ namespace lmforge::cli {
 namespace {
 
 struct OnnxArgs {
-  std::string model, out, external_data = "auto";
+  std::string model, out, external_data = "auto", moe_dispatch = "sparse";
   bool quiet = false;
 };
 
@@ -28,6 +28,8 @@ int run_export_onnx(const OnnxArgs& a, bool json) {
   opt.external_data = a.external_data == "always"  ? exporter::OnnxExportOptions::ExternalData::Always
                       : a.external_data == "never" ? exporter::OnnxExportOptions::ExternalData::Never
                                                    : exporter::OnnxExportOptions::ExternalData::Auto;
+  opt.moe_dispatch = a.moe_dispatch == "dense" ? exporter::OnnxExportOptions::MoeDispatch::Dense
+                                               : exporter::OnnxExportOptions::MoeDispatch::Sparse;
   log("building and checking the graph (" + m.config().model_type + ", " +
       std::to_string(m.config().num_hidden_layers) + " layers, " + std::to_string(m.num_parameters()) + " parameters)");
   const exporter::OnnxExportResult r = exporter::export_onnx(m, a.out, opt);
@@ -60,6 +62,11 @@ void add_export_onnx_command(CLI::App* export_cmd, Context& ctx) {
   sub->add_option("--external-data", a->external_data,
                   "weights in OUT.data beside OUT: auto (when over 2 GB), always, never")
       ->check(CLI::IsMember({"auto", "always", "never"}))
+      ->capture_default_str();
+  sub->add_option("--moe-dispatch", a->moe_dispatch,
+                  "deepseek_v3 experts: sparse (each expert on the tokens that chose it) or dense (every expert on "
+                  "every token, weight 0 where not chosen; static shapes)")
+      ->check(CLI::IsMember({"sparse", "dense"}))
       ->capture_default_str();
   sub->add_flag("--quiet", a->quiet, "no log lines");
   sub->add_flag("--json", ctx.json, "print a JSON summary on stdout");

@@ -20,6 +20,11 @@ namespace lmforge::exporter {
 struct OnnxExportOptions {
   enum class ExternalData { Auto, Always, Never };
   ExternalData external_data = ExternalData::Auto;
+  // DeepSeekMoE experts: Sparse gathers each expert's tokens (NonZero, Gather, ScatterND add), Dense runs every
+  // expert on every token scaled by its routing weight (zero for unchosen experts). Same result; Dense has no
+  // data-dependent shapes, Sparse does n_routed_experts / num_experts_per_tok times less expert work.
+  enum class MoeDispatch { Sparse, Dense };
+  MoeDispatch moe_dispatch = MoeDispatch::Sparse;
 };
 
 struct OnnxExportResult {
