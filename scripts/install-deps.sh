@@ -15,9 +15,11 @@ packages=(
   libbenchmark-dev         # bench/ micro-benchmarks
   clang-format clang-tidy  # make format / make lint
   libicu-dev               # tokenizer Unicode normalization and character classes
+  libonnx-dev libprotobuf-dev  # ONNX export: ONNX's protobuf classes and checker
 )
 # Node regenerates the tokenizer parity fixtures and fetches the full tokenizer.json files the parity tests use
-# (tests/reference/tokenizer); without it those four cases are skipped.
+# (tests/reference/tokenizer); without it those four cases are skipped. It also runs ONNX Runtime for the ONNX
+# export's parity test (tests/reference/onnx; skipped without it).
 if [[ "${LMFORGE_WITH_NODE:-0}" == "1" ]]; then
   packages+=(nodejs)
   command -v npm >/dev/null 2>&1 || packages+=(npm)
@@ -55,6 +57,12 @@ fetch_node_refs() {
     if [[ ! -d "$dir/node_modules/node-llama-cpp" ]]; then
       echo "install-deps: npm install in $dir"
       (cd "$dir" && npm install --no-audit --no-fund --ignore-scripts --omit=optional)
+    fi
+    # ONNX Runtime (CPU) for the ONNX export's parity test; its install script only fetches CUDA parts: skipped.
+    dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/reference/onnx"
+    if [[ ! -d "$dir/node_modules/onnxruntime-node" ]]; then
+      echo "install-deps: npm ci in $dir"
+      (cd "$dir" && ONNXRUNTIME_NODE_INSTALL_CUDA=skip npm ci --no-audit --no-fund)
     fi
   fi
 }

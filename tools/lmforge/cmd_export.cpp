@@ -81,8 +81,9 @@ int run_import(const ImportArgs& a, bool json) {
 }  // namespace
 
 void add_export_commands(CLI::App& app, Context& ctx) {
-  CLI::App* exp = app.add_subcommand("export", "export a model directory to another format (GGUF)");
+  CLI::App* exp = app.add_subcommand("export", "export a model directory to another format (GGUF, ONNX)");
   exp->require_subcommand(1);
+  add_export_onnx_command(exp, ctx);
   auto ea = std::make_shared<ExportArgs>();
   CLI::App* g = exp->add_subcommand("gguf", "write a GGUF v3 file llama.cpp loads (architectures llama, deepseek2)");
   g->add_option("--model", ea->model, "model directory (config.json, model.safetensors, tokenizer.json)")->required();

@@ -26,4 +26,7 @@ void add_train_command(CLI::App& app, Context& ctx);          // train
 void add_bench_train_command(CLI::App* bench, Context& ctx);  // bench train
 void add_export_commands(CLI::App& app, Context& ctx);        // export gguf, import gguf
 
+// export onnx (cmd_export_onnx.cpp), under the `export` parent of cmd_export.cpp.
+void add_export_onnx_command(CLI::App* export_cmd, Context& ctx);
+
 }  // namespace lmforge::cli
