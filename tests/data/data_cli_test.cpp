@@ -177,9 +177,19 @@ TEST_F(DataCli, ShardWithTokenizerOrBytes) {
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_EQ(nlohmann::json::parse(r.out)["eos_id"], 1057);
   EXPECT_EQ(run("data shard --input " + in + " --output " + path("s3")).code, 2);  // neither --bytes nor --tokenizer
-  r = run("data shard --bytes --json --input /usr/share/common-licenses/GPL-3 --output " + path("b"));
+  r = run("data shard --bytes --quiet --json --input /usr/share/common-licenses/GPL-3 --output " + path("b"));
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_GT(nlohmann::json::parse(r.out)["train_tokens"].get<int>(), 30000);
+  // --bytes reads like every stage: a bad line is named, or counted and skipped with --skip-bad.
+  const auto bad = write("bad.jsonl", "{\"text\":\"one\"}\n{\"body\":\"two\"}\n{\"text\":\"three\"}\n");
+  r = run("data shard --bytes --quiet --input " + bad + " --output " + path("b2"));
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("bad.jsonl:2: field 'text' missing"), std::string::npos) << r.out;
+  r = run("data shard --bytes --quiet --json --skip-bad --input " + bad + " --output " + path("b3"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["documents"], 2);
+  EXPECT_EQ(j["read"]["dropped"]["missing_field"]["documents"], 1);
 }
 }  // namespace
 

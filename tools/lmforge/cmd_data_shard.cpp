@@ -20,37 +20,27 @@ struct ShardArgs {
   data::TokenShardOptions opt;
 };
 
-int run_bytes(const ShardArgs& a, const Context& ctx) {
-  data::ByteShardOptions bo;
-  bo.val_fraction = a.opt.val_fraction;
-  bo.shard_tokens = a.opt.shard_tokens;
-  bo.text_field = a.common.field;
-  data::ByteShardReport r = data::write_byte_shards(a.common.inputs, a.common.output, bo);
-  if (ctx.json) {
-    std::printf("%s\n", nlohmann::json({{"documents", r.documents},
-                                        {"train_tokens", r.train_tokens},
-                                        {"val_tokens", r.val_tokens},
-                                        {"shards", r.shards},
-                                        {"output", a.common.output}})
-                            .dump()
-                            .c_str());
-  } else {
-    std::fprintf(stderr, "data shard: %lld documents -> %lld train + %lld val tokens in %lld shards under %s\n",
-                 static_cast<long long>(r.documents), static_cast<long long>(r.train_tokens),
-                 static_cast<long long>(r.val_tokens), static_cast<long long>(r.shards), a.common.output.c_str());
-  }
-  return kOk;
-}
-
 int run_shard(ShardArgs& a, const Context& ctx) {
   if (a.bytes == !a.tokenizer.empty()) {
     std::fprintf(stderr, "lmforge data shard: give exactly one of --bytes and --tokenizer\n");
     return kUsageError;
   }
-  if (a.bytes) return run_bytes(a, ctx);
-  const auto tok = tokenizer::Tokenizer::from_file(a.tokenizer);
   a.opt.read = read_options(a.common);
-  data::TokenShardReport r = data::write_token_shards(a.common.inputs, a.common.output, tok, a.tokenizer, a.opt);
+  data::TokenShardReport r;
+  if (a.bytes) {
+    if (a.opt.eos_id >= 0) {
+      std::fprintf(stderr, "lmforge data shard: --eos-id applies to --tokenizer; with --bytes EOS is 256\n");
+      return kUsageError;
+    }
+    data::ByteShardOptions bo;
+    bo.val_fraction = a.opt.val_fraction;
+    bo.shard_tokens = a.opt.shard_tokens;
+    bo.read = a.opt.read;
+    r = data::write_byte_shards(a.common.inputs, a.common.output, bo);
+  } else {
+    const auto tok = tokenizer::Tokenizer::from_file(a.tokenizer);
+    r = data::write_token_shards(a.common.inputs, a.common.output, tok, a.tokenizer, a.opt);
+  }
   const nlohmann::json j = r.to_json();
   data::write_report(a.common.report, j);
   if (!a.common.quiet) {
@@ -77,7 +67,9 @@ void add_data_shard_command(CLI::App* data, Context& ctx) {
   shard->add_flag("--bytes", a->bytes, "byte-level ids 0-255, EOS 256 (no tokenizer)");
   shard->add_option("--tokenizer", a->tokenizer, "tokenizer.json to encode with")->check(CLI::ExistingFile);
   shard->add_option("--eos-id", a->opt.eos_id, "id appended after each document (default: the tokenizer's EOS)");
-  shard->add_option("--val-fraction", a->opt.val_fraction, "share of documents held out (by a hash of the text)")
+  shard
+      ->add_option("--val-fraction", a->opt.val_fraction,
+                   "share held out: documents chosen by a hash of the text (below 20 documents: the tail of each)")
       ->capture_default_str();
   shard->add_option("--shard-tokens", a->opt.shard_tokens, "tokens per shard file")->capture_default_str();
   shard->callback([&ctx, a, shard] {

@@ -35,6 +35,7 @@ struct Document {
   std::string source;             // file name
   int64_t line = 0;               // 1-based line of JSONL / plain-text line or paragraph start
   std::vector<uint64_t> scratch;  // per-stage working data (hashes, signatures)
+  std::vector<uint32_t> ids;      // token ids (shard)
   std::string drop;               // drop reason set by a stage; empty keeps the document
   std::string error;              // set when `map` threw: the stage fails naming source:line
   int64_t copies = 1;             // times the document is written (over-sampling)
