@@ -27,6 +27,9 @@ struct ReadOptions {
   Utf8Policy utf8 = Utf8Policy::kRepair;
   TextUnit unit = TextUnit::kFile;  // plain-text inputs (not *.jsonl)
   bool jsonl_by_extension = true;   // *.jsonl and *.json are JSONL; everything else plain text
+  // Called after each batch with the input bytes read so far (file positions), the inputs' total size and the
+  // documents read; may be empty. The CLI draws its progress bar from it.
+  std::function<void(int64_t bytes_read, int64_t bytes_total, int64_t documents)> progress;
 };
 
 struct Document {

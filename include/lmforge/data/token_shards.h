@@ -7,6 +7,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -51,6 +52,29 @@ struct ShardEncoding {
 };
 TokenShardReport write_shards(const std::vector<std::string>& inputs, const std::string& out_dir,
                               const ShardEncoding& enc, const TokenShardOptions& opt);
+
+// write_shards as a stage that another driver can run (the single-pass `data run`): fns().map encodes (in
+// parallel), fns().ordered assigns documents to splits and appends them in input order, finish() writes the last
+// shards and the manifest. The functions refer to this object, which must outlive them.
+class ShardWriter {
+ public:
+  ShardWriter(const std::string& out_dir, ShardEncoding enc, const TokenShardOptions& opt);
+  ~ShardWriter();
+  ShardWriter(const ShardWriter&) = delete;
+  ShardWriter& operator=(const ShardWriter&) = delete;
+  StageFns fns();
+  // `read` is the stage's report from its driver; an error when no document arrived.
+  TokenShardReport finish(StageReport read);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Encodings for write_shards / ShardWriter: a tokenizer (no BOS/EOS template, invalid UTF-8 replaced; the EOS
+// from resolve_eos_id; `tok` must outlive the encoding), or bytes (ids 0-255, EOS 256 = kByteEos in shard.h).
+ShardEncoding tokenizer_encoding(const tokenizer::Tokenizer& tok, const std::string& tokenizer_path, int64_t eos_id);
+ShardEncoding byte_encoding();
 
 // Documents below this count are split inside (see above).
 constexpr int64_t kSplitInsideBelow = 20;
