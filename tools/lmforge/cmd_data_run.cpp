@@ -166,7 +166,8 @@ int run_pipeline(const RunArgs& a) {
 
 void add_data_run_command(CLI::App* data, Context& ctx) {
   auto a = std::make_shared<RunArgs>();
-  CLI::App* sub = data->add_subcommand("run", "run the stages listed in a config's [pipeline] one after another");
+  CLI::App* sub = data->add_subcommand(
+      "run", "run the stages listed in a config's [pipeline] in one streaming pass (--processes: one process each)");
   sub->add_option("--config", a->config, "TOML with [pipeline] stages and work, [input] and stage sections")
       ->required()
       ->check(CLI::ExistingFile);
