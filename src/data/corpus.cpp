@@ -96,12 +96,25 @@ struct CorpusReader::Impl {
   bool jsonl = false;
   bool open = false;
   int64_t lineno = 0;
+  int64_t total_bytes = 0;  // sizes of all inputs
+  int64_t done_bytes = 0;   // sizes of the inputs already read to the end
+  int64_t current_size = 0;
+
+  // Bytes of input consumed so far, for progress.
+  int64_t position() {
+    if (!open) return done_bytes;
+    const std::streamoff p = file.tellg();
+    return done_bytes + (p < 0 ? current_size : static_cast<int64_t>(p));
+  }
 
   bool open_next() {
     while (next_input < inputs.size()) {
       name = inputs[next_input++];
       file = std::ifstream(name, std::ios::binary);
       if (!file) throw Error(name + ": cannot open input");
+      std::error_code ec;
+      const auto size = fs::file_size(name, ec);
+      current_size = ec ? 0 : static_cast<int64_t>(size);
       const std::string ext = fs::path(name).extension().string();
       jsonl = opt.jsonl_by_extension && (ext == ".jsonl" || ext == ".json");
       lineno = 0;
@@ -181,13 +194,19 @@ struct CorpusReader::Impl {
     return true;
   }
 
+  void close_current() {
+    open = false;
+    done_bytes += current_size;
+    current_size = 0;
+  }
+
   // Reads the next document; false at the end of all inputs.
   bool next(Document& out) {
     for (;;) {
       if (!open && !open_next()) return false;
       if (!jsonl && opt.unit == TextUnit::kFile) {
         std::string s((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
-        open = false;
+        close_current();
         lineno = 1;
         if (plain_doc(std::move(s), 1, out)) return true;
         continue;
@@ -208,7 +227,7 @@ struct CorpusReader::Impl {
           para += line;
         }
         if (para.empty()) {
-          open = false;
+          close_current();
           continue;
         }
         if (plain_doc(std::move(para), start, out)) return true;
@@ -216,7 +235,7 @@ struct CorpusReader::Impl {
       }
       std::string line;
       if (!std::getline(file, line)) {
-        open = false;
+        close_current();
         continue;
       }
       ++lineno;
@@ -232,6 +251,13 @@ CorpusReader::CorpusReader(std::vector<std::string> inputs, ReadOptions opt, Sta
   impl_->inputs = std::move(inputs);
   impl_->opt = std::move(opt);
   impl_->report = &report;
+  if (impl_->opt.progress) {
+    for (const std::string& in : impl_->inputs) {
+      std::error_code ec;
+      const auto size = fs::file_size(in, ec);
+      if (!ec) impl_->total_bytes += static_cast<int64_t>(size);
+    }
+  }
 }
 CorpusReader::~CorpusReader() = default;
 
@@ -244,6 +270,7 @@ bool CorpusReader::next_batch(std::vector<Document>& out, size_t max_docs, size_
     out.push_back(std::move(d));
     ++n;
   }
+  if (impl_->opt.progress) impl_->opt.progress(impl_->position(), impl_->total_bytes, impl_->report->docs_in);
   return n > 0;
 }
 

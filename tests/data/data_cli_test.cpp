@@ -3,6 +3,7 @@
 #include <sys/wait.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -177,9 +178,19 @@ TEST_F(DataCli, ShardWithTokenizerOrBytes) {
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_EQ(nlohmann::json::parse(r.out)["eos_id"], 1057);
   EXPECT_EQ(run("data shard --input " + in + " --output " + path("s3")).code, 2);  // neither --bytes nor --tokenizer
-  r = run("data shard --bytes --json --input /usr/share/common-licenses/GPL-3 --output " + path("b"));
+  r = run("data shard --bytes --quiet --json --input /usr/share/common-licenses/GPL-3 --output " + path("b"));
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_GT(nlohmann::json::parse(r.out)["train_tokens"].get<int>(), 30000);
+  // --bytes reads like every stage: a bad line is named, or counted and skipped with --skip-bad.
+  const auto bad = write("bad.jsonl", "{\"text\":\"one\"}\n{\"body\":\"two\"}\n{\"text\":\"three\"}\n");
+  r = run("data shard --bytes --quiet --input " + bad + " --output " + path("b2"));
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("bad.jsonl:2: field 'text' missing"), std::string::npos) << r.out;
+  r = run("data shard --bytes --quiet --json --skip-bad --input " + bad + " --output " + path("b3"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["documents"], 2);
+  EXPECT_EQ(j["read"]["dropped"]["missing_field"]["documents"], 1);
 }
 }  // namespace
 
@@ -244,5 +255,75 @@ TEST_F(DataCli, RunChainsTheStagesOfTheConfig) {
   r = run("data run --config " + fails);
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.out.find("stage dedup failed"), std::string::npos) << r.out;
+  r = run("data run --processes --config " + fails);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("stage dedup failed"), std::string::npos) << r.out;
+}
+
+// The single pass and the process chain give the same documents, shards, statistics and reports (timings aside).
+TEST_F(DataCli, RunInOnePassEqualsTheProcessChain) {
+  const std::string tok =
+      std::string(LMFORGE_SOURCE_DIR) + "/tests/tokenizer/fixtures/mini_deepseek_pattern.tokenizer.json";
+  auto config = [&](const std::string& work) {
+    return write(work + ".toml",
+                 "[pipeline]\nstages = [\"clean\", \"dedup\", \"filter\", \"stats\", \"shard\"]\n"
+                 "work = \"" +
+                     path(work) + "\"\n[input]\ninput = [\"" + fixture("spam_assassin_slice.jsonl") +
+                     "\"]\nskip-bad = true\n[clean]\nstrip-html = true\nmask-pii = true\n"
+                     "[dedup]\nthreshold = 0.7\n[filter]\nmin-chars = 100\nquality = true\n"
+                     "[stats]\ntokenizer = \"" +
+                     tok + "\"\n[shard]\ntokenizer = \"" + tok + "\"\nval-fraction = 0.2\nshard-tokens = 5000\n");
+  };
+  CliRun one = run("data run --quiet --config " + config("one"));
+  ASSERT_EQ(one.code, 0) << one.out;
+  CliRun chain = run("data run --processes --config " + config("chain"));
+  ASSERT_EQ(chain.code, 0) << chain.out;
+  // The single pass writes no intermediate files, only the last JSONL stage's output.
+  EXPECT_FALSE(std::filesystem::exists(path("one/1-clean.jsonl")));
+  EXPECT_FALSE(std::filesystem::exists(path("one/2-dedup.jsonl")));
+  EXPECT_TRUE(std::filesystem::exists(path("chain/2-dedup.jsonl")));
+  EXPECT_EQ(read("one/3-filter.jsonl"), read("chain/3-filter.jsonl"));
+  EXPECT_GT(read("one/3-filter.jsonl").size(), 10000u);
+  auto untimed = [](nlohmann::json j) {
+    j.erase("seconds");
+    j.erase("mb_per_s");
+    return j;
+  };
+  for (const char* rep : {"1-clean.report.json", "2-dedup.report.json", "3-filter.report.json"}) {
+    const auto a = nlohmann::json::parse(read(std::string("one/") + rep));
+    const auto b = nlohmann::json::parse(read(std::string("chain/") + rep));
+    EXPECT_EQ(untimed(a), untimed(b)) << rep;
+  }
+  const auto dedup = nlohmann::json::parse(read("one/2-dedup.report.json"));
+  EXPECT_GT(dedup["dropped"]["exact_duplicate"]["documents"].get<int>(), 0);
+  EXPECT_GT(dedup["dropped"]["near_duplicate"]["documents"].get<int>(), 0);
+  auto stats_a = nlohmann::json::parse(read("one/4-stats.json"));
+  auto stats_b = nlohmann::json::parse(read("chain/4-stats.json"));
+  stats_a["read"] = untimed(stats_a["read"]);
+  stats_b["read"] = untimed(stats_b["read"]);
+  EXPECT_EQ(stats_a, stats_b);
+  auto shard_a = nlohmann::json::parse(read("one/5-shard.report.json"));
+  auto shard_b = nlohmann::json::parse(read("chain/5-shard.report.json"));
+  shard_a["read"] = untimed(shard_a["read"]);
+  shard_b["read"] = untimed(shard_b["read"]);
+  EXPECT_EQ(shard_a, shard_b);
+  EXPECT_EQ(nlohmann::json::parse(read("one/5-shard/manifest.json")),
+            nlohmann::json::parse(read("chain/5-shard/manifest.json")));  // same shards, sha256 and all
+}
+}  // namespace
+
+namespace {
+TEST_F(DataCli, ProgressOnStderrUnlessQuiet) {
+  const std::string in = fixture("spam_assassin_slice.jsonl");
+  ::setenv("LMFORGE_PROGRESS", "bar", 1);  // as on a terminal
+  CliRun r = run("data clean --input " + in + " --output " + path("c.jsonl"));
+  CliRun q = run("data clean --quiet --input " + in + " --output " + path("q.jsonl"));
+  ::unsetenv("LMFORGE_PROGRESS");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("\r[====================] data clean: "), std::string::npos) << r.out;  // full at the end
+  EXPECT_NE(r.out.find("MB/s, 200 documents, ETA 0m00s"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("\nclean: 200 documents"), std::string::npos) << r.out;  // the summary on its own line
+  ASSERT_EQ(q.code, 0) << q.out;
+  EXPECT_EQ(q.out, "");
 }
 }  // namespace

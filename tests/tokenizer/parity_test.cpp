@@ -210,7 +210,7 @@ TEST_P(HfParityRandom, LiveRandomTextsMatchHf) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Live, HfParityRandom,
-                         ::testing::Values("gpt2", "llama3", "qwen3", "deepseek_v3", "mini_gpt2_template",
+                         ::testing::Values("gpt2", "llama3", "qwen2_5", "qwen3", "deepseek_v3", "mini_gpt2_template",
                                            "mini_nfkc_lower", "mini_nfc_prepend_digits", "mini_split_mergedwithnext",
                                            "mini_split_invert", "mini_char_byte_fallback", "mini_char_unk_fused"),
                          [](const auto& info) { return info.param; });

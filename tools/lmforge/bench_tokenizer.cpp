@@ -28,6 +28,11 @@ std::vector<std::string> documents(const std::string& path, size_t doc_bytes, si
   std::string all(max_bytes, '\0');
   in.read(all.data(), static_cast<std::streamsize>(max_bytes));
   all.resize(static_cast<size_t>(in.gcount()));
+  // A longer file is cut after its last whole line, never inside a UTF-8 sequence (bench_hf.js does the same).
+  if (all.size() == max_bytes && in.peek() != std::char_traits<char>::eof()) {
+    const size_t nl = all.rfind('\n');
+    if (nl != std::string::npos) all.resize(nl + 1);
+  }
   LMF_CHECK(!all.empty(), path, ": --input is empty");
   std::vector<std::string> docs;
   for (size_t start = 0; start < all.size();) {

@@ -15,6 +15,7 @@
 namespace lmforge::cli {
 
 void add_common_data_options(CLI::App* sub, CommonArgs& a, Context& ctx, bool output) {
+  a.stage = sub->get_name();
   sub->add_option("--config", a.config, "TOML file with [input] and per-stage sections (docs/DATA.md); flags win")
       ->check(CLI::ExistingFile);
   sub->add_option("--input", a.inputs, "input files: *.jsonl (one JSON object a line) or plain text (required)")
@@ -29,12 +30,19 @@ void add_common_data_options(CLI::App* sub, CommonArgs& a, Context& ctx, bool ou
       ->check(CLI::IsMember({"file", "line", "paragraph"}))
       ->capture_default_str();
   sub->add_flag("--skip-bad", a.skip_bad, "count and skip malformed JSON lines and missing fields");
-  sub->add_flag("--quiet", a.quiet, "no summary on stderr");
+  sub->add_flag("--quiet", a.quiet, "no progress and no summary on stderr");
   sub->add_flag("--json", ctx.json, "print the report as JSON on stdout");
 }
 
-data::ReadOptions read_options(const CommonArgs& a) {
+data::ReadOptions read_options(const CommonArgs& a, bool progress) {
   data::ReadOptions o;
+  if (progress && !a.quiet) {
+    a.progress = std::make_shared<ByteProgress>("data " + a.stage, 0);
+    o.progress = [p = a.progress](int64_t done, int64_t total, int64_t docs) {
+      p->set_total(total);
+      p->update(done, docs);
+    };
+  }
   o.field = a.field;
   o.skip_bad = a.skip_bad;
   o.utf8 = a.invalid_utf8 == "drop"    ? data::Utf8Policy::kDrop
@@ -46,11 +54,29 @@ data::ReadOptions read_options(const CommonArgs& a) {
   return o;
 }
 
+void end_progress(const CommonArgs& a) {
+  if (a.progress) a.progress->finish();
+}
+
 int finish_stage(const data::StageReport& r, const CommonArgs& a, const Context& ctx) {
+  end_progress(a);
   data::write_report(a.report, r.to_json());
   if (!a.quiet) std::fputs(r.summary().c_str(), stderr);
   if (ctx.json) std::printf("%s\n", r.to_json().dump().c_str());
   return kOk;
+}
+
+int run_plan(const StagePlan& p) {
+  data::StageReport r =
+      data::run_stage(p.name, p.common->inputs, p.writes_jsonl ? p.common->output : "", read_options(*p.common), p.fns);
+  return p.finish(r);
+}
+
+void dispatch(StagePlan p, Context& ctx, const PlanSink* sink) {
+  if (sink)
+    (*sink)(std::move(p));
+  else
+    ctx.exit_code = run_plan(p);
 }
 
 namespace {
@@ -62,45 +88,50 @@ struct CleanArgs {
   bool keep_control = false, keep_whitespace = false;
 };
 
-int run_clean(CleanArgs& a, const Context& ctx) {
-  a.opt.normal_form = a.form == "nfkc"   ? data::NormalForm::kNfkc
-                      : a.form == "none" ? data::NormalForm::kNone
-                                         : data::NormalForm::kNfc;
-  a.opt.strip_control = !a.keep_control;
-  a.opt.normalize_whitespace = !a.keep_whitespace;
-  data::TextCleaner cleaner(a.opt);
+struct CleanCounters {
   std::atomic<int64_t> tags{0}, controls{0}, emails{0}, phones{0}, ips{0}, normalized{0};
-  data::StageFns fns;
-  fns.map = [&](data::Document& d) {
+};
+
+StagePlan plan_clean(const std::shared_ptr<CleanArgs>& a, Context& ctx) {
+  a->opt.normal_form = a->form == "nfkc"   ? data::NormalForm::kNfkc
+                       : a->form == "none" ? data::NormalForm::kNone
+                                           : data::NormalForm::kNfc;
+  a->opt.strip_control = !a->keep_control;
+  a->opt.normalize_whitespace = !a->keep_whitespace;
+  auto cleaner = std::make_shared<data::TextCleaner>(a->opt);
+  auto n = std::make_shared<CleanCounters>();
+  StagePlan p;
+  p.name = "clean";
+  p.common = &a->common;
+  p.fns.map = [cleaner, n](data::Document& d) {
     data::CleanCounts c;
-    d.text = cleaner.clean(d.text, &c);
-    tags += c.html_tags;
-    controls += c.control_chars;
-    emails += c.emails;
-    phones += c.phones;
-    ips += c.ips;
-    normalized += c.normalized ? 1 : 0;
+    d.text = cleaner->clean(d.text, &c);
+    n->tags += c.html_tags;
+    n->controls += c.control_chars;
+    n->emails += c.emails;
+    n->phones += c.phones;
+    n->ips += c.ips;
+    n->normalized += c.normalized ? 1 : 0;
     if (d.text.empty()) d.drop = "empty_after_clean";
   };
-  data::StageReport r = data::run_stage("clean", a.common.inputs, a.common.output, read_options(a.common), fns);
-  r.counters["html_tags_removed"] = tags;
-  r.counters["control_chars_removed"] = controls;
-  r.counters["documents_renormalized"] = normalized;
-  if (a.opt.mask_pii) {
-    r.counters["pii_email"] = emails;
-    r.counters["pii_phone"] = phones;
-    r.counters["pii_ip"] = ips;
-  }
-  return finish_stage(r, a.common, ctx);
+  p.finish = [a, n, &ctx](data::StageReport& r) {
+    r.counters["html_tags_removed"] = n->tags;
+    r.counters["control_chars_removed"] = n->controls;
+    r.counters["documents_renormalized"] = n->normalized;
+    if (a->opt.mask_pii) {
+      r.counters["pii_email"] = n->emails;
+      r.counters["pii_phone"] = n->phones;
+      r.counters["pii_ip"] = n->ips;
+    }
+    return finish_stage(r, a->common, ctx);
+  };
+  p.keep = a;
+  return p;
 }
 
 }  // namespace
 
-void add_data_command(CLI::App& app, Context& ctx) {
-  CLI::App* data = app.add_subcommand("data", "clean, deduplicate, filter and shard corpora");
-  data->require_subcommand(1);
-  add_data_shard_command(data, ctx);
-
+void add_data_clean_command(CLI::App* data, Context& ctx, const PlanSink* sink) {
   auto ca = std::make_shared<CleanArgs>();
   CLI::App* clean = data->add_subcommand("clean",
                                          "normalise Unicode, strip control characters and HTML, "
@@ -114,15 +145,25 @@ void add_data_command(CLI::App& app, Context& ctx) {
   clean->add_flag("--mask-pii", ca->opt.mask_pii, "replace e-mails, phone numbers and IPv4 addresses with masks");
   clean->add_flag("--keep-control", ca->keep_control, "keep control characters");
   clean->add_flag("--keep-whitespace", ca->keep_whitespace, "leave whitespace as it is");
-  clean->callback([&ctx, ca, clean] {
+  clean->callback([&ctx, ca, clean, sink] {
     apply_data_config(clean, ca->common, true);
-    ctx.exit_code = run_clean(*ca, ctx);
+    dispatch(plan_clean(ca, ctx), ctx, sink);
   });
+}
 
-  add_data_dedup_command(data, ctx);
-  add_data_filter_command(data, ctx);
-  add_data_balance_command(data, ctx);
-  add_data_stats_command(data, ctx);
+void add_data_stage_commands(CLI::App* data, Context& ctx, const PlanSink* sink) {
+  add_data_shard_command(data, ctx, sink);
+  add_data_clean_command(data, ctx, sink);
+  add_data_dedup_command(data, ctx, sink);
+  add_data_filter_command(data, ctx, sink);
+  add_data_balance_command(data, ctx, sink);
+  add_data_stats_command(data, ctx, sink);
+}
+
+void add_data_command(CLI::App& app, Context& ctx) {
+  CLI::App* data = app.add_subcommand("data", "clean, deduplicate, filter and shard corpora");
+  data->require_subcommand(1);
+  add_data_stage_commands(data, ctx, nullptr);
   add_data_run_command(data, ctx);
 }
 

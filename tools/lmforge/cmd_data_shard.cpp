@@ -20,56 +20,59 @@ struct ShardArgs {
   data::TokenShardOptions opt;
 };
 
-int run_bytes(const ShardArgs& a, const Context& ctx) {
-  data::ByteShardOptions bo;
-  bo.val_fraction = a.opt.val_fraction;
-  bo.shard_tokens = a.opt.shard_tokens;
-  bo.text_field = a.common.field;
-  data::ByteShardReport r = data::write_byte_shards(a.common.inputs, a.common.output, bo);
-  if (ctx.json) {
-    std::printf("%s\n", nlohmann::json({{"documents", r.documents},
-                                        {"train_tokens", r.train_tokens},
-                                        {"val_tokens", r.val_tokens},
-                                        {"shards", r.shards},
-                                        {"output", a.common.output}})
-                            .dump()
-                            .c_str());
-  } else {
-    std::fprintf(stderr, "data shard: %lld documents -> %lld train + %lld val tokens in %lld shards under %s\n",
-                 static_cast<long long>(r.documents), static_cast<long long>(r.train_tokens),
-                 static_cast<long long>(r.val_tokens), static_cast<long long>(r.shards), a.common.output.c_str());
-  }
-  return kOk;
-}
+struct ShardState {
+  std::unique_ptr<tokenizer::Tokenizer> tok;
+  std::unique_ptr<data::ShardWriter> writer;
+};
 
-int run_shard(ShardArgs& a, const Context& ctx) {
-  if (a.bytes == !a.tokenizer.empty()) {
-    std::fprintf(stderr, "lmforge data shard: give exactly one of --bytes and --tokenizer\n");
-    return kUsageError;
+StagePlan plan_shard(const std::shared_ptr<ShardArgs>& ap, Context& ctx) {
+  ShardArgs& a = *ap;
+  if (a.bytes == !a.tokenizer.empty()) throw Error("lmforge data shard: give exactly one of --bytes and --tokenizer");
+  if (a.bytes && a.opt.eos_id >= 0)
+    throw Error("lmforge data shard: --eos-id applies to --tokenizer; with --bytes EOS is 256");
+  auto st = std::make_shared<ShardState>();
+  data::ShardEncoding enc;
+  if (a.bytes) {
+    enc = data::byte_encoding();
+  } else {
+    st->tok = std::make_unique<tokenizer::Tokenizer>(tokenizer::Tokenizer::from_file(a.tokenizer));
+    enc = data::tokenizer_encoding(*st->tok, a.tokenizer, a.opt.eos_id);
   }
-  if (a.bytes) return run_bytes(a, ctx);
-  const auto tok = tokenizer::Tokenizer::from_file(a.tokenizer);
-  a.opt.read = read_options(a.common);
-  data::TokenShardReport r = data::write_token_shards(a.common.inputs, a.common.output, tok, a.tokenizer, a.opt);
-  const nlohmann::json j = r.to_json();
-  data::write_report(a.common.report, j);
-  if (!a.common.quiet) {
-    std::fputs(r.read.summary().c_str(), stderr);
-    std::fprintf(stderr,
-                 "data shard: %lld train documents (%lld tokens) + %lld val documents (%lld tokens) in %lld shards "
-                 "of uint%d ids, EOS %lld, under %s\n",
-                 static_cast<long long>(r.train_documents), static_cast<long long>(r.train_tokens),
-                 static_cast<long long>(r.val_documents), static_cast<long long>(r.val_tokens),
-                 static_cast<long long>(r.shards), r.width * 8, static_cast<long long>(r.eos_id),
-                 a.common.output.c_str());
-  }
-  if (ctx.json) std::printf("%s\n", j.dump().c_str());
-  return kOk;
+  st->writer = std::make_unique<data::ShardWriter>(a.common.output, std::move(enc), a.opt);
+  StagePlan p;
+  p.name = "shard";
+  p.common = &a.common;
+  p.writes_jsonl = false;
+  p.fns = st->writer->fns();
+  p.finish = [ap, st, &ctx](data::StageReport& read) {
+    const data::TokenShardReport r = st->writer->finish(read);
+    end_progress(ap->common);
+    const nlohmann::json j = r.to_json();
+    data::write_report(ap->common.report, j);
+    if (!ap->common.quiet) {
+      std::fputs(r.read.summary().c_str(), stderr);
+      std::fprintf(stderr,
+                   "data shard: %lld train documents (%lld tokens) + %lld val documents (%lld tokens) in %lld "
+                   "shards of uint%d ids, EOS %lld, under %s\n",
+                   static_cast<long long>(r.train_documents), static_cast<long long>(r.train_tokens),
+                   static_cast<long long>(r.val_documents), static_cast<long long>(r.val_tokens),
+                   static_cast<long long>(r.shards), r.width * 8, static_cast<long long>(r.eos_id),
+                   ap->common.output.c_str());
+    }
+    if (ctx.json) std::printf("%s\n", j.dump().c_str());
+    return kOk;
+  };
+  p.keep = ap;
+  return p;
 }
 
 }  // namespace
 
 void add_data_shard_command(CLI::App* data, Context& ctx) {
+  add_data_shard_command(data, ctx, nullptr);
+}
+
+void add_data_shard_command(CLI::App* data, Context& ctx, const PlanSink* sink) {
   auto a = std::make_shared<ShardArgs>();
   CLI::App* shard = data->add_subcommand("shard", "write token shards and a manifest (train and val splits)");
   add_common_data_options(shard, a->common, ctx, true);
@@ -77,12 +80,14 @@ void add_data_shard_command(CLI::App* data, Context& ctx) {
   shard->add_flag("--bytes", a->bytes, "byte-level ids 0-255, EOS 256 (no tokenizer)");
   shard->add_option("--tokenizer", a->tokenizer, "tokenizer.json to encode with")->check(CLI::ExistingFile);
   shard->add_option("--eos-id", a->opt.eos_id, "id appended after each document (default: the tokenizer's EOS)");
-  shard->add_option("--val-fraction", a->opt.val_fraction, "share of documents held out (by a hash of the text)")
+  shard
+      ->add_option("--val-fraction", a->opt.val_fraction,
+                   "share held out: documents chosen by a hash of the text (below 20 documents: the tail of each)")
       ->capture_default_str();
   shard->add_option("--shard-tokens", a->opt.shard_tokens, "tokens per shard file")->capture_default_str();
-  shard->callback([&ctx, a, shard] {
+  shard->callback([&ctx, a, shard, sink] {
     apply_data_config(shard, a->common, true);
-    ctx.exit_code = run_shard(*a, ctx);
+    dispatch(plan_shard(a, ctx), ctx, sink);
   });
 }
 

@@ -28,57 +28,68 @@ struct DedupArgs {
   int simhash_distance = 3;
 };
 
-int run_dedup(const DedupArgs& a, const Context& ctx) {
-  const bool simhash = a.method == "simhash";
-  const bool exact = a.method == "exact" || a.method == "both", near = a.method == "minhash" || a.method == "both";
-  data::ExactDeduper ex = a.bloom ? data::ExactDeduper(a.bloom_capacity, a.bloom_fp) : data::ExactDeduper();
+struct DedupState {
+  std::unique_ptr<data::ExactDeduper> ex;
   std::unique_ptr<data::MinHashDeduper> mh;
-  if (near) mh = std::make_unique<data::MinHashDeduper>(a.mh);
   std::unique_ptr<data::SimHashDeduper> sh;
-  if (simhash) sh = std::make_unique<data::SimHashDeduper>(a.simhash_distance, a.mh.shingle);
-  data::StageFns fns;
-  fns.map = [&](data::Document& d) {
+};
+
+StagePlan plan_dedup(const std::shared_ptr<DedupArgs>& a, Context& ctx) {
+  const bool simhash = a->method == "simhash";
+  const bool exact = a->method == "exact" || a->method == "both", near = a->method == "minhash" || a->method == "both";
+  auto st = std::make_shared<DedupState>();
+  st->ex = std::make_unique<data::ExactDeduper>(a->bloom ? data::ExactDeduper(a->bloom_capacity, a->bloom_fp)
+                                                         : data::ExactDeduper());
+  if (near) st->mh = std::make_unique<data::MinHashDeduper>(a->mh);
+  if (simhash) st->sh = std::make_unique<data::SimHashDeduper>(a->simhash_distance, a->mh.shingle);
+  StagePlan p;
+  p.name = "dedup";
+  p.common = &a->common;
+  p.fns.map = [st, exact, near, simhash](data::Document& d) {
     if (exact) {
       const data::Hash128 h = data::dedup_hash(d.text);
       d.scratch = {h.lo, h.hi};
     }
-    if (simhash) d.scratch = {sh->fingerprint(d.text)};
+    if (simhash) d.scratch = {st->sh->fingerprint(d.text)};
     if (near) {
-      const std::vector<uint32_t> sig = mh->signature(d.text);
+      const std::vector<uint32_t> sig = st->mh->signature(d.text);
       for (uint32_t v : sig) d.scratch.push_back(v);
     }
   };
-  fns.ordered = [&](data::Document& d) {
+  p.fns.ordered = [st, exact, near, simhash](data::Document& d) {
     if (simhash) {
-      if (sh->is_duplicate(d.scratch[0])) d.drop = "near_duplicate";
+      if (st->sh->is_duplicate(d.scratch[0])) d.drop = "near_duplicate";
       return;
     }
     size_t off = 0;
     if (exact) {
       off = 2;
-      if (!ex.insert({d.scratch[0], d.scratch[1]})) {
+      if (!st->ex->insert({d.scratch[0], d.scratch[1]})) {
         d.drop = "exact_duplicate";
         return;
       }
     }
     if (near) {
       std::vector<uint32_t> sig(d.scratch.begin() + static_cast<std::ptrdiff_t>(off), d.scratch.end());
-      if (mh->is_duplicate(sig)) d.drop = "near_duplicate";
+      if (st->mh->is_duplicate(sig)) d.drop = "near_duplicate";
     }
     d.scratch.clear();
   };
-  data::StageReport r = data::run_stage("dedup", a.common.inputs, a.common.output, read_options(a.common), fns);
-  if (near) {
-    r.counters["lsh_bands"] = mh->bands();
-    r.counters["lsh_rows"] = mh->rows();
-    r.counters["lsh_candidates_checked"] = mh->candidates_checked();
-  }
-  if (simhash) r.counters["simhash_candidates_checked"] = sh->candidates_checked();
-  if (ex.bloom()) {
-    r.counters["bloom_bytes"] = static_cast<int64_t>(ex.bloom_bytes());
-    r.counters["bloom_hashes"] = ex.bloom_hashes();
-  }
-  return finish_stage(r, a.common, ctx);
+  p.finish = [a, st, &ctx](data::StageReport& r) {
+    if (st->mh) {
+      r.counters["lsh_bands"] = st->mh->bands();
+      r.counters["lsh_rows"] = st->mh->rows();
+      r.counters["lsh_candidates_checked"] = st->mh->candidates_checked();
+    }
+    if (st->sh) r.counters["simhash_candidates_checked"] = st->sh->candidates_checked();
+    if (st->ex->bloom()) {
+      r.counters["bloom_bytes"] = static_cast<int64_t>(st->ex->bloom_bytes());
+      r.counters["bloom_hashes"] = st->ex->bloom_hashes();
+    }
+    return finish_stage(r, a->common, ctx);
+  };
+  p.keep = a;
+  return p;
 }
 
 struct FilterArgs {
@@ -89,7 +100,8 @@ struct FilterArgs {
   data::FilterOptions opt;
 };
 
-int run_filter(FilterArgs& a, const Context& ctx) {
+StagePlan plan_filter(const std::shared_ptr<FilterArgs>& ap, Context& ctx) {
+  FilterArgs& a = *ap;
   std::unique_ptr<tokenizer::Tokenizer> tok;
   if (!a.tokenizer.empty()) {
     tok = std::make_unique<tokenizer::Tokenizer>(tokenizer::Tokenizer::from_file(a.tokenizer));
@@ -113,7 +125,7 @@ int run_filter(FilterArgs& a, const Context& ctx) {
   if (!a.domain_ref.empty()) {
     // The reference corpus is read whole (it is meant to be small: a few MB of the wanted domain).
     data::StageReport ref_report;
-    data::CorpusReader reader(a.domain_ref, read_options(a.common), ref_report);
+    data::CorpusReader reader(a.domain_ref, read_options(a.common, false), ref_report);
     std::vector<data::Document> docs;
     while (reader.next_batch(docs)) {
     }
@@ -121,11 +133,16 @@ int run_filter(FilterArgs& a, const Context& ctx) {
     for (auto& d : docs) texts.push_back(std::move(d.text));
     a.opt.domain = std::make_shared<data::DomainScorer>(texts);
   }
-  data::DocumentFilter filter(a.opt, tok.get());
-  data::StageFns fns;
-  fns.map = [&](data::Document& d) { d.drop = filter.check(d.text); };
-  data::StageReport r = data::run_stage("filter", a.common.inputs, a.common.output, read_options(a.common), fns);
-  return finish_stage(r, a.common, ctx);
+  std::shared_ptr<tokenizer::Tokenizer> shared_tok(std::move(tok));
+  auto filter = std::make_shared<data::DocumentFilter>(a.opt, shared_tok.get());
+  StagePlan p;
+  p.name = "filter";
+  p.common = &a.common;
+  // The filter holds a plain pointer to the tokenizer: the map function keeps both alive.
+  p.fns.map = [filter, shared_tok](data::Document& d) { d.drop = filter->check(d.text); };
+  p.finish = [ap, &ctx](data::StageReport& r) { return finish_stage(r, ap->common, ctx); };
+  p.keep = ap;
+  return p;
 }
 
 struct BalanceArgs {
@@ -147,14 +164,18 @@ struct StatsArgs {
   std::string tokenizer;
 };
 
-int run_stats(const StatsArgs& a, const Context& ctx) {
-  std::unique_ptr<tokenizer::Tokenizer> tok;
-  if (!a.tokenizer.empty()) tok = std::make_unique<tokenizer::Tokenizer>(tokenizer::Tokenizer::from_file(a.tokenizer));
-  data::DocumentFilter measure(data::FilterOptions{}, nullptr);
-  data::CorpusStats stats;
-  data::StageFns fns;
-  fns.map = [&](data::Document& d) {
-    const data::TextMetrics m = measure.measure(d.text);
+StagePlan plan_stats(const std::shared_ptr<StatsArgs>& a, Context& ctx) {
+  std::shared_ptr<tokenizer::Tokenizer> tok;
+  if (!a->tokenizer.empty())
+    tok = std::make_shared<tokenizer::Tokenizer>(tokenizer::Tokenizer::from_file(a->tokenizer));
+  auto measure = std::make_shared<data::DocumentFilter>(data::FilterOptions{}, nullptr);
+  auto stats = std::make_shared<data::CorpusStats>();
+  StagePlan p;
+  p.name = "stats";
+  p.common = &a->common;
+  p.writes_jsonl = false;
+  p.fns.map = [tok, measure](data::Document& d) {
+    const data::TextMetrics m = measure->measure(d.text);
     const data::Hash128 h = data::dedup_hash(d.text);
     int64_t tokens = -1;
     if (tok) {
@@ -171,23 +192,27 @@ int run_stats(const StatsArgs& a, const Context& ctx) {
                  std::bit_cast<uint64_t>(m.duplicate_line_fraction),
                  std::bit_cast<uint64_t>(m.mean_word_length)};
   };
-  fns.ordered = [&](data::Document& d) {
+  p.fns.ordered = [stats](data::Document& d) {
     const auto& s = d.scratch;
-    stats.add(d.text, static_cast<int64_t>(s[2]), {s[0], s[1]}, static_cast<int64_t>(s[3]), static_cast<int64_t>(s[4]),
-              static_cast<int64_t>(s[5]), std::bit_cast<double>(s[6]), std::bit_cast<double>(s[7]));
+    stats->add(d.text, static_cast<int64_t>(s[2]), {s[0], s[1]}, static_cast<int64_t>(s[3]), static_cast<int64_t>(s[4]),
+               static_cast<int64_t>(s[5]), std::bit_cast<double>(s[6]), std::bit_cast<double>(s[7]));
   };
-  data::StageReport r = data::run_stage("stats", a.common.inputs, "", read_options(a.common), fns);
-  nlohmann::json j = stats.to_json();
-  j["read"] = r.to_json();
-  data::write_report(a.common.report, j);
-  if (!a.common.quiet) std::fputs(r.summary().c_str(), stderr);
-  std::printf("%s\n", j.dump(ctx.json ? -1 : 2).c_str());
-  return kOk;
+  p.finish = [a, stats, &ctx](data::StageReport& r) {
+    nlohmann::json j = stats->to_json();
+    j["read"] = r.to_json();
+    end_progress(a->common);
+    data::write_report(a->common.report, j);
+    if (!a->common.quiet) std::fputs(r.summary().c_str(), stderr);
+    std::printf("%s\n", j.dump(ctx.json ? -1 : 2).c_str());
+    return kOk;
+  };
+  p.keep = a;
+  return p;
 }
 
 }  // namespace
 
-void add_data_dedup_command(CLI::App* data, Context& ctx) {
+void add_data_dedup_command(CLI::App* data, Context& ctx, const PlanSink* sink) {
   auto a = std::make_shared<DedupArgs>();
   CLI::App* sub = data->add_subcommand("dedup",
                                        "remove exact and near duplicates (MinHash + LSH); the first "
@@ -208,12 +233,12 @@ void add_data_dedup_command(CLI::App* data, Context& ctx) {
   sub->add_option("--simhash-distance", a->simhash_distance, "simhash: most differing bits of 64 for a duplicate")
       ->capture_default_str();
   sub->add_option("--seed", a->mh.seed, "MinHash seed")->capture_default_str();
-  sub->callback([&ctx, a, sub] {
+  sub->callback([&ctx, a, sub, sink] {
     apply_data_config(sub, a->common, true);
-    ctx.exit_code = run_dedup(*a, ctx);
+    dispatch(plan_dedup(a, ctx), ctx, sink);
   });
 }
-void add_data_filter_command(CLI::App* data, Context& ctx) {
+void add_data_filter_command(CLI::App* data, Context& ctx, const PlanSink* sink) {
   auto a = std::make_shared<FilterArgs>();
   CLI::App* sub = data->add_subcommand(
       "filter", "drop documents by length, tokens, script share, quality, TF-IDF domain and block list");
@@ -241,13 +266,13 @@ void add_data_filter_command(CLI::App* data, Context& ctx) {
   sub->add_option("--min-domain-score", o.min_domain_score, "least TF-IDF cosine to the reference")
       ->capture_default_str();
   sub->add_option("--block-list", a->block_list, "file of block regexes, one a line")->check(CLI::ExistingFile);
-  sub->callback([&ctx, a, sub] {
+  sub->callback([&ctx, a, sub, sink] {
     apply_data_config(sub, a->common, true);
-    ctx.exit_code = run_filter(*a, ctx);
+    dispatch(plan_filter(a, ctx), ctx, sink);
   });
 }
 
-void add_data_balance_command(CLI::App* data, Context& ctx) {
+void add_data_balance_command(CLI::App* data, Context& ctx, const PlanSink* sink) {
   auto a = std::make_shared<BalanceArgs>();
   CLI::App* sub = data->add_subcommand("balance", "bring labelled classes to a ratio by under- or over-sampling");
   add_common_data_options(sub, a->common, ctx, true);
@@ -257,20 +282,22 @@ void add_data_balance_command(CLI::App* data, Context& ctx) {
       ->check(CLI::IsMember({"under", "over"}))
       ->capture_default_str();
   sub->add_option("--seed", a->opt.seed, "seed of the hash that picks documents")->capture_default_str();
-  sub->callback([&ctx, a, sub] {
+  sub->callback([&ctx, a, sub, sink] {
+    // Balancing counts the classes before it writes: two passes over its input, so it cannot join a single pass.
+    if (sink) throw Error("data balance: reads its input twice and cannot run in a single pass");
     apply_data_config(sub, a->common, true);
     ctx.exit_code = run_balance(*a, ctx);
   });
 }
 
-void add_data_stats_command(CLI::App* data, Context& ctx) {
+void add_data_stats_command(CLI::App* data, Context& ctx, const PlanSink* sink) {
   auto a = std::make_shared<StatsArgs>();
   CLI::App* sub = data->add_subcommand("stats", "corpus statistics as JSON on stdout");
   add_common_data_options(sub, a->common, ctx, false);
   sub->add_option("--tokenizer", a->tokenizer, "tokenizer.json: token counts too")->check(CLI::ExistingFile);
-  sub->callback([&ctx, a, sub] {
+  sub->callback([&ctx, a, sub, sink] {
     apply_data_config(sub, a->common, false);
-    ctx.exit_code = run_stats(*a, ctx);
+    dispatch(plan_stats(a, ctx), ctx, sink);
   });
 }
 

@@ -11,6 +11,7 @@
 
 #include "lmforge/commands.h"
 #include "lmforge/core/error.h"
+#include "lmforge/core/progress.h"
 #include "lmforge/kernels/thread_pool.h"
 #include "lmforge/tokenizer/tokenizer.h"
 #include "lmforge/tokenizer/trainer.h"
@@ -23,33 +24,6 @@ using tokenizer::EncodeOptions;
 using tokenizer::InvalidUtf8;
 using tokenizer::Tokenizer;
 
-// Progress on stderr: a rewritten line on a terminal, a plain log line every few seconds otherwise.
-class Progress {
- public:
-  explicit Progress(std::string what) : what_(std::move(what)), tty_(isatty(2) != 0), start_(now()), last_(start_) {}
-  void update(size_t items, size_t bytes, bool force = false) {
-    double t = now();
-    if (!force && t - last_ < (tty_ ? 0.5 : 5.0)) return;
-    last_ = t;
-    double mb = static_cast<double>(bytes) / 1e6;
-    std::fprintf(stderr, "%s%s: %zu lines, %.1f MB, %.1f MB/s%s", tty_ ? "\r" : "", what_.c_str(), items, mb,
-                 mb / std::max(t - start_, 1e-9), tty_ ? "" : "\n");
-    shown_ = true;
-  }
-  void done() {
-    if (shown_ && tty_) std::fprintf(stderr, "\n");
-  }
-
- private:
-  static double now() {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-  }
-  std::string what_;
-  bool tty_;
-  double start_, last_;
-  bool shown_ = false;
-};
-
 struct EncodeArgs {
   std::string tokenizer;
   bool jsonl = false;
@@ -58,6 +32,7 @@ struct EncodeArgs {
   bool replace_invalid = false;
   bool skip_bad = false;
   int threads = 0;
+  bool quiet = false;
 };
 
 std::string read_all_stdin() {
@@ -96,7 +71,8 @@ int run_encode(const EncodeArgs& a) {
   if (a.threads > 0) ThreadPool::global().set_num_threads(a.threads);
   // Lines are read in batches and encoded in parallel; output keeps input order.
   constexpr size_t kBatchLines = 4096;
-  Progress progress("lmforge tokenizer encode");
+  // stdin has no known size: bytes, MB/s and lines, no ETA.
+  ByteProgress progress("tokenizer encode", 0, a.quiet ? ByteProgress::Mode::kOff : ByteProgress::Mode::kAuto, "lines");
   size_t line_no = 0, bytes = 0, skipped = 0;
   std::string line;
   std::vector<std::string> texts;
@@ -146,9 +122,9 @@ int run_encode(const EncodeArgs& a) {
       out += "]}\n";
     }
     std::fwrite(out.data(), 1, out.size(), stdout);
-    progress.update(line_no, bytes);
+    progress.update(static_cast<int64_t>(bytes), static_cast<int64_t>(line_no));
   }
-  progress.done();
+  progress.finish();
   if (skipped) std::fprintf(stderr, "lmforge tokenizer encode: skipped %zu bad line(s)\n", skipped);
   return kOk;
 }
@@ -234,6 +210,7 @@ void add_tokenizer_command(CLI::App& app, Context& ctx) {
               "replace invalid UTF-8 with U+FFFD instead of failing (exit 2)");
   e->add_flag("--skip-bad", enc->skip_bad, "with --jsonl: count and skip malformed lines instead of failing");
   e->add_option("--threads", enc->threads, "encoding threads (default: all cores)")->check(CLI::Range(1, 1024));
+  e->add_flag("--quiet", enc->quiet, "no progress on stderr (with --jsonl)");
   e->callback([&ctx, enc] { ctx.exit_code = run_encode(*enc); });
 
   auto dec = std::make_shared<DecodeArgs>();

@@ -27,6 +27,9 @@ struct ReadOptions {
   Utf8Policy utf8 = Utf8Policy::kRepair;
   TextUnit unit = TextUnit::kFile;  // plain-text inputs (not *.jsonl)
   bool jsonl_by_extension = true;   // *.jsonl and *.json are JSONL; everything else plain text
+  // Called after each batch with the input bytes read so far (file positions), the inputs' total size and the
+  // documents read; may be empty. The CLI draws its progress bar from it.
+  std::function<void(int64_t bytes_read, int64_t bytes_total, int64_t documents)> progress;
 };
 
 struct Document {
@@ -35,6 +38,7 @@ struct Document {
   std::string source;             // file name
   int64_t line = 0;               // 1-based line of JSONL / plain-text line or paragraph start
   std::vector<uint64_t> scratch;  // per-stage working data (hashes, signatures)
+  std::vector<uint32_t> ids;      // token ids (shard)
   std::string drop;               // drop reason set by a stage; empty keeps the document
   std::string error;              // set when `map` threw: the stage fails naming source:line
   int64_t copies = 1;             // times the document is written (over-sampling)

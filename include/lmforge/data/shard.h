@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "lmforge/data/token_shards.h"
+
 namespace lmforge::data {
 
 constexpr char kShardMagic[8] = {'L', 'M', 'F', 'S', 'H', 'A', 'R', 'D'};
@@ -64,18 +66,17 @@ struct Manifest {
 Manifest load_manifest(const std::string& dir, bool verify_sha256 = false);
 void save_manifest(const std::string& dir, const Manifest& m);
 
-// Byte-level tokenisation: every byte is its own id (0-255), documents end with EOS = 256.
+// Byte-level tokenisation: every byte is its own id (0-255), documents end with EOS = 256. The same reader, split
+// rule and report as `data shard --tokenizer` (write_shards in token_shards.h): --skip-bad, --invalid-utf8,
+// --field and --text-unit apply, and train/validation is chosen by a hash of the text (a corpus of fewer than 20
+// documents holds out the tail of each instead).
 constexpr uint32_t kByteEos = 256;
 struct ByteShardOptions {
-  double val_fraction = 0.05;       // share of documents (or of the single document's bytes) held out
-  int64_t shard_tokens = 1 << 26;   // tokens per shard file
-  std::string text_field = "text";  // JSONL inputs
+  double val_fraction = 0.05;      // share of documents (or of each document's bytes, below 20 documents) held out
+  int64_t shard_tokens = 1 << 26;  // tokens per shard file
+  ReadOptions read;  // field, --skip-bad, --invalid-utf8, --text-unit (default: a plain file is one document)
 };
-struct ByteShardReport {
-  int64_t documents = 0, train_tokens = 0, val_tokens = 0, bad_lines = 0;
-  int64_t shards = 0;
-};
-// Inputs: plain text files (each one document) or .jsonl files (one document per line, field text_field).
+using ByteShardReport = TokenShardReport;
 ByteShardReport write_byte_shards(const std::vector<std::string>& inputs, const std::string& out_dir,
                                   const ByteShardOptions& opt);
 

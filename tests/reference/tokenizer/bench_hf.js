@@ -13,7 +13,10 @@ const os = require('os');
 const { Tokenizer } = require('@anush008/tokenizers');
 
 function documents(file, docBytes, maxBytes) {
-  const buf = fs.readFileSync(file).subarray(0, maxBytes);
+  const whole = fs.readFileSync(file);
+  let buf = whole.subarray(0, maxBytes);
+  // A longer file is cut after its last whole line, never inside a UTF-8 sequence (as lmforge bench tokenizer).
+  if (whole.length > maxBytes && buf.lastIndexOf(10) >= 0) buf = buf.subarray(0, buf.lastIndexOf(10) + 1);
   const docs = [];
   let start = 0;
   while (start < buf.length) {

