@@ -63,9 +63,7 @@ void add_prune_command(CLI::App& app, Context& ctx) {
   auto a = std::make_shared<PruneArgs>();
   CLI::App* p = app.add_subcommand("prune", "remove the smallest-L1 FFN channels (structured pruning)");
   p->add_option("--model", a->model, "model directory")->required();
-  p->add_option("--ratio", a->ratio, "fraction of FFN channels to remove, e.g. 0.2")
-      ->check(CLI::Range(0.0, 1.0))
-      ->capture_default_str();
+  p->add_option("--ratio", a->ratio, "fraction of FFN channels to remove, e.g. 0.2")->capture_default_str();
   p->add_option("--out", a->out, "output model directory (f32)")->required();
   p->add_flag("--json", ctx.json, "print a JSON summary");
   p->callback([&ctx, a] {
