@@ -118,6 +118,17 @@ TEST(Qgemm, EachFormatMatchesDequantizedReference) {
   }
 }
 
+// int8 has no block constraint: a row length that is not a multiple of 32 still multiplies correctly.
+TEST(Qgemm, Int8RaggedRows) {
+  const int64_t rows = 9, cols = 70;
+  const WeightMatrix m =
+      WeightMatrix::quantize(Tensor::from_vector(gaussian(rows * cols, 5, 0.02f), {rows, cols}), WeightFormat::INT8);
+  const std::vector<float> x = gaussian(cols, 6, 1.0f);
+  std::vector<float> y(static_cast<size_t>(rows));
+  weight_matmul(m, x.data(), 1, y.data());
+  EXPECT_LE(rel_err(y, reference(m.dequantize(), x, 1, rows, cols)), 1e-5);
+}
+
 // A zero activation block and a zero weight group must give exact zeros, not NaN (scale 0, inverse guarded).
 TEST(Qgemm, ZeroBlocksGiveZero) {
   const int64_t rows = 8, cols = 256;

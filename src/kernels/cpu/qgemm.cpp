@@ -457,7 +457,10 @@ bool qgemm_available(QImpl impl) {
 void qgemm(const QWeight& w, const float* x, int64_t n, float* y, bool accumulate, QImpl impl) {
   if (n <= 0 || w.rows <= 0) return;
   const int64_t rows = w.rows, cols = w.cols;
-  if (n >= kGemmRows) {
+  // int8 rows may have any length; the 8-bit activation blocks need a multiple of 32, so other lengths take the
+  // dequantizing path.
+  const bool ragged = w.format == QFormat::INT8 && cols % kBlock != 0;
+  if (n >= kGemmRows || ragged) {
     const int64_t panels = (rows + kPanel - 1) / kPanel;
     parallel_for(panels, 1, [&](int64_t p0, int64_t p1) {
       std::vector<float> buf(static_cast<size_t>(kPanel * cols));
