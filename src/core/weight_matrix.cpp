@@ -18,6 +18,7 @@
 #include "lmforge/core/half.h"
 #include "lmforge/core/quant.h"
 #include "lmforge/kernels/cpu.h"
+#include "lmforge/kernels/qgemm.h"
 #include "lmforge/kernels/thread_pool.h"
 
 namespace lmforge {
@@ -294,8 +295,43 @@ Tensor WeightMatrix::dequantize() const {
   return out;
 }
 
-// Reference product: f32 goes to GEMM; other formats dequantize a panel of rows at a time and multiply it, so
-// memory stays bounded. The vectorised kernels for the quantized formats replace this per format.
+kernels::cpu::QWeight qweight_view(const WeightMatrix& w) {
+  kernels::cpu::QWeight q;
+  using kernels::cpu::QFormat;
+  switch (w.format()) {
+    case WeightFormat::F16:
+      q.format = QFormat::F16;
+      break;
+    case WeightFormat::BF16:
+      q.format = QFormat::BF16;
+      break;
+    case WeightFormat::Q8_0:
+      q.format = QFormat::Q8_0;
+      break;
+    case WeightFormat::Q4_0:
+      q.format = QFormat::Q4_0;
+      break;
+    case WeightFormat::Q4_G128:
+      q.format = QFormat::Q4_G128;
+      break;
+    case WeightFormat::Q4_G128_ASYM:
+      q.format = QFormat::Q4_G128_ASYM;
+      break;
+    case WeightFormat::INT8:
+      q.format = QFormat::INT8;
+      break;
+    case WeightFormat::F32:
+      LMF_CHECK(false, "qweight_view: f32 weights go to gemm");
+  }
+  q.rows = w.rows();
+  q.cols = w.cols();
+  q.codes = w.codes().raw_data();
+  q.scales = w.scales().defined() ? w.scales().raw_data() : nullptr;
+  q.zeros = w.zeros().defined() ? w.zeros().raw_data() : nullptr;
+  return q;
+}
+
+// f32 goes to GEMM; the other formats to the quantized kernels (src/kernels/cpu/qgemm.cpp).
 void weight_matmul(const WeightMatrix& w, const float* x, int64_t n, float* y, bool accumulate) {
   LMF_CHECK(w.defined(), "weight_matmul: undefined weight");
   const int64_t rows = w.rows(), cols = w.cols();
@@ -305,17 +341,7 @@ void weight_matmul(const WeightMatrix& w, const float* x, int64_t n, float* y, b
                               accumulate ? 1.0f : 0.0f, y, rows);
     return;
   }
-  constexpr int64_t kPanel = 64;
-  const int64_t panels = (rows + kPanel - 1) / kPanel;
-  parallel_for(panels, 1, [&](int64_t p0, int64_t p1) {
-    std::vector<float> buf(static_cast<size_t>(kPanel * cols));
-    for (int64_t p = p0; p < p1; ++p) {
-      const int64_t r0 = p * kPanel, r1 = std::min(rows, r0 + kPanel);
-      w.dequantize_rows(r0, r1, buf.data());
-      kernels::cpu::gemm_serial<float>(false, true, n, r1 - r0, cols, 1.0f, x, cols, buf.data(), cols,
-                                       accumulate ? 1.0f : 0.0f, y + r0, rows);
-    }
-  });
+  kernels::cpu::qgemm(qweight_view(w), x, n, y, accumulate);
 }
 
 }  // namespace lmforge

@@ -12,13 +12,19 @@ namespace {
 
 using kernels::cpu::RopeLayout;
 
-Var linear_bias(const Var& x, const Var& w, const Var& b) {
-  Var y = ops::linear(x, w);
+// A projection, reported to the observer first when there is one.
+Var proj(const ForwardOptions& o, const Var& x, const Var& w) {
+  if (o.observe) o.observe(w.name(), x.value());
+  return ops::linear(x, w);
+}
+
+Var linear_bias(const ForwardOptions& o, const Var& x, const Var& w, const Var& b) {
+  Var y = proj(o, x, w);
   return b.defined() ? ops::add(y, b) : y;
 }
 
-Var swiglu_mlp(const Mlp& m, const Var& x) {
-  return ops::linear(ops::swiglu(ops::linear(x, m.gate), ops::linear(x, m.up)), m.down);
+Var swiglu_mlp(const ForwardOptions& o, const Mlp& m, const Var& x) {
+  return proj(o, ops::swiglu(proj(o, x, m.gate), proj(o, x, m.up)), m.down);
 }
 
 struct Ctx {
@@ -40,13 +46,13 @@ ops::AttentionOptions span(const Ctx& x, int64_t layer, double scale) {
 Var llama_attention(const Ctx& x, const LayerParams& L, int64_t layer, const Var& h) {
   const ModelConfig& c = x.c;
   const int64_t H = c.num_attention_heads, Hkv = c.num_key_value_heads, hd = c.head_dim;
-  Var q = ops::reshape(linear_bias(h, L.q, L.q_bias), {x.B, x.T, H, hd});
-  Var k = ops::reshape(linear_bias(h, L.k, L.k_bias), {x.B, x.T, Hkv, hd});
-  Var v = ops::reshape(linear_bias(h, L.v, L.v_bias), {x.B, x.T, Hkv, hd});
+  Var q = ops::reshape(linear_bias(x.opt, h, L.q, L.q_bias), {x.B, x.T, H, hd});
+  Var k = ops::reshape(linear_bias(x.opt, h, L.k, L.k_bias), {x.B, x.T, Hkv, hd});
+  Var v = ops::reshape(linear_bias(x.opt, h, L.v, L.v_bias), {x.B, x.T, Hkv, hd});
   q = ops::rope(q, x.cos, x.sin, RopeLayout::HalfSplit);
   k = ops::rope(k, x.cos, x.sin, RopeLayout::HalfSplit);
   Var a = ops::attention(q, k, v, span(x, layer, 0.0));
-  return linear_bias(ops::reshape(a, {x.B, x.T, H * hd}), L.o, L.o_bias);
+  return linear_bias(x.opt, ops::reshape(a, {x.B, x.T, H * hd}), L.o, L.o_bias);
 }
 
 // The low-rank latents' RMSNorms use eps 1e-6 whatever rms_norm_eps says: HF DeepseekV3 (and DeepSeek's own code)
@@ -58,14 +64,14 @@ Var mla_attention(const Ctx& x, const LayerParams& L, int64_t layer, const Var& 
   const ModelConfig& c = x.c;
   const int64_t H = c.num_attention_heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim, vd = c.v_head_dim;
   const int64_t r = c.kv_lora_rank;
-  Var q = c.q_lora_rank > 0 ? ops::linear(ops::rmsnorm(ops::linear(h, L.q_a), L.q_a_norm, kLatentNormEps), L.q_b)
-                            : ops::linear(h, L.q);
+  const ForwardOptions& o = x.opt;
+  Var q =
+      c.q_lora_rank > 0 ? proj(o, ops::rmsnorm(proj(o, h, L.q_a), L.q_a_norm, kLatentNormEps), L.q_b) : proj(o, h, L.q);
   q = ops::reshape(q, {x.B, x.T, H, nope + rope});
-  Var kv = ops::linear(h, L.kv_a);  // [B, T, r + rope]
+  Var kv = proj(o, h, L.kv_a);  // [B, T, r + rope]
   Var latent = ops::slice(kv, 2, 0, r);
   Var k_pe = ops::reshape(ops::slice(kv, 2, r, r + rope), {x.B, x.T, 1, rope});
-  Var kvb =
-      ops::reshape(ops::linear(ops::rmsnorm(latent, L.kv_a_norm, kLatentNormEps), L.kv_b), {x.B, x.T, H, nope + vd});
+  Var kvb = ops::reshape(proj(o, ops::rmsnorm(latent, L.kv_a_norm, kLatentNormEps), L.kv_b), {x.B, x.T, H, nope + vd});
   Var v = ops::slice(kvb, 3, nope, nope + vd);
   k_pe = ops::rope(k_pe, x.cos, x.sin, RopeLayout::Interleaved);
   Var q_pe = ops::rope(ops::slice(q, 3, nope, nope + rope), x.cos, x.sin, RopeLayout::Interleaved);
@@ -76,7 +82,7 @@ Var mla_attention(const Ctx& x, const LayerParams& L, int64_t layer, const Var& 
     kf = ops::concat({ops::slice(kvb, 3, 0, nope), k_pe_heads}, 3);
   }
   Var a = ops::attention(qf, kf, v, span(x, layer, mla_softmax_scale(c)));
-  return ops::linear(ops::reshape(a, {x.B, x.T, H * vd}), L.o);
+  return proj(o, ops::reshape(a, {x.B, x.T, H * vd}), L.o);
 }
 
 struct MoeOut {
@@ -125,7 +131,7 @@ MoeOut moe_ffn(const Ctx& x, const LayerParams& L, int64_t layer, const Var& h) 
     for (int64_t e = 0; e < E; ++e) {
       if (count[e] == 0) continue;
       Var xe = count[e] == M ? xs : ops::slice(xs, 0, off, off + count[e]);
-      parts.push_back(swiglu_mlp(L.experts[e], xe));
+      parts.push_back(swiglu_mlp(x.opt, L.experts[e], xe));
       off += count[e];
     }
     Var ys = parts.size() == 1 ? parts[0] : ops::concat(parts, 0);
@@ -133,7 +139,7 @@ MoeOut moe_ffn(const Ctx& x, const LayerParams& L, int64_t layer, const Var& h) 
     y = ops::scatter_add_rows(ops::scale_rows(ys, ws), rows_t, N);
   }
   if (L.shared.gate.defined()) {
-    Var s = swiglu_mlp(L.shared, flat);
+    Var s = swiglu_mlp(x.opt, L.shared, flat);
     y = y.defined() ? ops::add(y, s) : s;
   }
   if (!y.defined()) y = Var(Tensor::zeros({N, D}, flat.dtype()));
@@ -169,7 +175,7 @@ ForwardResult CausalLM::forward(const Tensor& ids, const ForwardOptions& opt) co
       Var a = cc.is_deepseek() ? mla_attention(*ctx, L, l, h) : llama_attention(*ctx, L, l, h);
       Var x1 = ops::add(xin, a);
       Var h2 = ops::rmsnorm(x1, L.post_norm, cc.rms_norm_eps);
-      if (!L.moe) return {ops::add(x1, swiglu_mlp(L.mlp, h2))};
+      if (!L.moe) return {ops::add(x1, swiglu_mlp(ctx->opt, L.mlp, h2))};
       MoeOut mo = moe_ffn(*ctx, L, l, h2);
       if (!*recorded) {
         *load_sink = mo.load;
@@ -185,7 +191,7 @@ ForwardResult CausalLM::forward(const Tensor& ids, const ForwardOptions& opt) co
     if (L.moe) res.expert_load.push_back(*load_sink);
   }
   x = ops::rmsnorm(x, m.norm, c.rms_norm_eps);
-  res.logits = ops::linear(x, m.lm_head.defined() ? m.lm_head : m.embed);
+  res.logits = proj(opt, x, m.lm_head.defined() ? m.lm_head : m.embed);
   for (const Var& a : aux_terms) res.aux_loss = res.aux_loss.defined() ? ops::add(res.aux_loss, a) : a;
   return res;
 }

@@ -60,10 +60,15 @@ TEST(WeightMatrix, RoundTripAndProductPerFormat) {
             s += double(x.data<float>()[i * cols + k]) * dq.data<float>()[r * cols + k];
           ref[i * rows + r] = static_cast<float>(s);
         }
-      EXPECT_LE(rel_err(y.data(), ref.data(), n * rows), 1e-5);
+      // Integer formats quantize the activations to 8-bit blocks on the decode path (n < 16): half a step of
+      // amax/127 per value, about 0.3% of the product's norm for Gaussian data (tests/kernels/qgemm_test.cpp
+      // checks that path exactly against quantized activations).
+      const bool exact = c.f == WeightFormat::F32 || c.f == WeightFormat::F16 || c.f == WeightFormat::BF16 || n >= 16;
+      const double tol = exact ? 1e-5 : 1e-2;
+      EXPECT_LE(rel_err(y.data(), ref.data(), n * rows), tol);
       weight_matmul(m, x.data<float>(), n, y.data(), /*accumulate=*/true);
       for (float& v : ref) v *= 2;
-      EXPECT_LE(rel_err(y.data(), ref.data(), n * rows), 1e-5);
+      EXPECT_LE(rel_err(y.data(), ref.data(), n * rows), tol);
     }
     const WeightMatrix again =
         WeightMatrix::from_parts(c.f, rows, cols, m.codes(), m.scales(), m.zeros(), "test weight");

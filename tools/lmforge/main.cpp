@@ -25,6 +25,9 @@ int run(int argc, char** argv) {
   add_data_command(app, ctx);
   add_train_command(app, ctx);
   add_export_commands(app, ctx);
+  add_eval_command(app, ctx);
+  add_quantize_command(app, ctx);
+  add_prune_command(app, ctx);
   add_placeholder_commands(app, ctx);
   try {
     app.parse(argc, argv);

@@ -72,4 +72,10 @@ class WeightMatrix {
 // rows. Splits over the process thread pool; n = 1 is the decode path (bandwidth-bound), n > 1 prefill.
 void weight_matmul(const WeightMatrix& w, const float* x, int64_t n, float* y, bool accumulate = false);
 
+namespace kernels::cpu {
+struct QWeight;
+}
+// The kernels' raw view of a non-f32 weight (the bytes stay owned by w).
+kernels::cpu::QWeight qweight_view(const WeightMatrix& w);
+
 }  // namespace lmforge

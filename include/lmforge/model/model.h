@@ -4,6 +4,7 @@
 // (config.json + model.safetensors) moves between lmforge and transformers unchanged.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -20,6 +21,9 @@ struct ForwardOptions {
   bool checkpoint_blocks = false;  // activation checkpointing per decoder block (with a tape)
   uint64_t seed = 0;               // router noise
   int64_t pos0 = 0;                // position of the first token
+  // Called before each linear projection (attention, MLA, MLP, experts, lm_head; not the router) with the weight's
+  // HF name and the projection's input [..., in_features]: how quantizers collect calibration statistics.
+  std::function<void(const std::string& weight_name, const Tensor& input)> observe;
 };
 
 struct ExpertLoad {

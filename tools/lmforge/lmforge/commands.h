@@ -24,6 +24,10 @@ void add_data_command(CLI::App& app, Context& ctx);    // data shard (+ planned 
 void add_data_shard_command(CLI::App* data, Context& ctx);
 void add_train_command(CLI::App& app, Context& ctx);          // train
 void add_bench_train_command(CLI::App* bench, Context& ctx);  // bench train
+void add_bench_quant_command(CLI::App* bench, Context& ctx);  // bench quant
+void add_eval_command(CLI::App& app, Context& ctx);           // eval perplexity
+void add_quantize_command(CLI::App& app, Context& ctx);       // quantize
+void add_prune_command(CLI::App& app, Context& ctx);          // prune
 void add_export_commands(CLI::App& app, Context& ctx);        // export gguf, import gguf
 
 // export onnx (cmd_export_onnx.cpp), under the `export` parent of cmd_export.cpp.

@@ -1,0 +1,31 @@
+// Products of f32 activations with weights stored in 16-bit or quantized formats: y[n, rows] = x[n, cols] · Wᵀ.
+//
+// The layouts are WeightMatrix's (src/core/weight_matrix.cpp documents them); this layer sees raw bytes only.
+// For the integer formats (q8_0, q4_0, q4_g128, q4_g128_asym, int8) the activations are first quantized to 8-bit
+// blocks of 32 with an f32 scale, as ggml does for its q8_0 / q4_0 dot products, so the inner loop is an integer
+// dot product (AVX2 maddubs) with one float multiply-add per block. That adds an activation rounding error of at
+// most half a step (amax / 254) per value; f16 and bf16 weights multiply f32 activations directly.
+#pragma once
+#include <cstdint>
+
+namespace lmforge::kernels::cpu {
+
+enum class QFormat : uint8_t { F16, BF16, Q8_0, Q4_0, Q4_G128, Q4_G128_ASYM, INT8 };
+
+struct QWeight {
+  QFormat format = QFormat::Q8_0;
+  int64_t rows = 0, cols = 0;  // cols a multiple of the format's block (32, or 128 for the g128 formats)
+  const void* codes = nullptr;
+  const void* scales = nullptr;  // f16 [rows, cols/128] (g128), f32 [rows] (int8); unused otherwise
+  const void* zeros = nullptr;   // u8 [rows, cols/128] (q4_g128_asym only)
+};
+
+enum class QImpl { Auto, Generic, Avx2 };
+
+// Splits the rows over the thread pool. accumulate: y += instead of y =.
+void qgemm(const QWeight& w, const float* x, int64_t n, float* y, bool accumulate, QImpl impl = QImpl::Auto);
+
+// True when `impl` can run here (Avx2 needs the CPU's AVX2/FMA/F16C).
+bool qgemm_available(QImpl impl);
+
+}  // namespace lmforge::kernels::cpu

@@ -1,0 +1,62 @@
+// Quantized model directories (docs/QUANTIZATION.md): config.json with a `quantization_config` entry, and
+// model.safetensors holding each quantized linear weight NAME as its codes (plus NAME.scales / NAME.zeros where the
+// format has them) and every other tensor in f32. The engine is built from load_quantized_model(); evaluation can
+// use load_causal_lm_any(), which dequantizes into an f32 CausalLM.
+#pragma once
+#include <map>
+#include <string>
+#include <vector>
+
+#include "lmforge/core/weight_matrix.h"
+#include "lmforge/model/model.h"
+
+namespace lmforge::quant {
+
+struct QuantConfig {
+  std::string method = "rtn";                        // rtn | gptq | awq (how the codes were chosen)
+  WeightFormat format = WeightFormat::Q8_0;          // every quantized linear projection
+  WeightFormat lm_head_format = WeightFormat::Q8_0;  // lm_head.weight (untied models)
+  std::vector<std::string> not_quantized;            // linears kept f32 (input size not a multiple of the block)
+  nlohmann::json extra = nlohmann::json::object();   // method details (calibration tokens, alpha, damping...)
+
+  nlohmann::json to_json() const;
+  // `source` names the file in errors.
+  static QuantConfig from_json(const nlohmann::json& j, const std::string& source);
+};
+
+struct QuantizedWeights {
+  model::ModelConfig config;
+  bool quantized = false;  // false: a plain f32/bf16/f16 model dir (linears come back as F32 WeightMatrix)
+  QuantConfig quant;
+  std::map<std::string, WeightMatrix> linear;  // every linear projection and lm_head (HF names)
+  std::map<std::string, Tensor> dense;         // embeddings, norms, router gates, biases, buffers: f32
+};
+
+// True for the weights that quantization applies to: attention / MLA / MLP / expert projections and lm_head.
+// Router gates (mlp.gate.weight), embeddings and norms stay f32.
+bool is_linear_weight(const std::string& name);
+
+// The format `name` gets under `q` (f32 when it is listed as not quantized).
+WeightFormat format_for(const QuantConfig& q, const std::string& name);
+
+// Reads a model dir, quantized or not. Every tensor is checked against the config (names, shapes, dtypes, the
+// quantized parts' sizes); problems are an lmforge::Error naming the file and the tensor.
+QuantizedWeights load_quantized_model(const std::string& dir);
+
+// An f32 CausalLM with the dequantized weights (the reference for the quantized engine, and what eval runs).
+model::CausalLM dequantize_to_causal_lm(const QuantizedWeights& q);
+// Either kind of directory as an f32 CausalLM.
+model::CausalLM load_causal_lm_any(const std::string& dir);
+
+// Writes `dir` (created if needed): model.safetensors, then config.json with quantization_config, both atomically;
+// copies tokenizer.json, tokenizer_config.json, generation_config.json and special_tokens_map.json from `src_dir`
+// where they exist.
+void save_quantized_model(const std::string& dir, const QuantizedWeights& q, const std::string& src_dir);
+
+// Round-to-nearest: every linear weight of `m` in q.format (lm_head in q.lm_head_format).
+QuantizedWeights quantize_rtn(const model::CausalLM& m, QuantConfig q);
+
+// Splits a model's state into linears (as F32 WeightMatrix) and dense tensors.
+QuantizedWeights split_state(const model::CausalLM& m);
+
+}  // namespace lmforge::quant

@@ -1,0 +1,499 @@
+// Quantized and 16-bit weight products (include/lmforge/kernels/qgemm.h).
+//
+// Decode (few activation rows) is bandwidth-bound: each weight byte is read once, so the kernels stream tiles of
+// kTile rows against the activations (kept in L1/L2) with one integer dot product per 32-value block. Prefill
+// (many activation rows) is compute-bound: there a panel of rows is dequantized once and multiplied with sgemm,
+// which beats integer dot products per activation row and keeps the activations exact.
+//
+// The integer formats see the activations as 8-bit blocks of 32 (XQuant): codes, the f32 scale, and the sums of
+// each 4 consecutive codes in the i32 lane layout that _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), 1) produces,
+// so a 4-bit weight's offset (q - 8) is subtracted exactly in integers: dot(q - 8, x) = dot(q, x) - 8 * sum(x).
+#include "lmforge/kernels/qgemm.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "lmforge/kernels/cpu.h"
+#include "lmforge/kernels/cpu_features.h"
+#include "lmforge/kernels/thread_pool.h"
+
+#if LMF_HAVE_X86
+#include <immintrin.h>
+#endif
+
+namespace lmforge::kernels::cpu {
+
+namespace {
+
+constexpr int64_t kBlock = 32;
+constexpr int64_t kGroup = 128;
+constexpr int kTile = 4;           // weight rows per pass: the activations are loaded once for four rows
+constexpr int64_t kGemmRows = 16;  // from this many activation rows on, dequantize panels and use sgemm
+constexpr int64_t kPanel = 64;     // rows per dequantized panel
+constexpr size_t kQ8Bytes = 34;    // GGUF block_q8_0: f16 d, 32 x i8
+constexpr size_t kQ4Bytes = 18;    // GGUF block_q4_0: f16 d, 16 bytes of nibbles
+
+// IEEE half to float without F16C (the portable path; the AVX2 path uses _cvtsh_ss).
+inline float half_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1fu, man = h & 0x3ffu, bits;
+  if (exp == 0) {
+    if (man == 0) {
+      bits = sign;
+    } else {  // subnormal: normalise
+      exp = 127 - 15 + 1;
+      while ((man & 0x400u) == 0) {
+        man <<= 1;
+        --exp;
+      }
+      bits = sign | (exp << 23) | ((man & 0x3ffu) << 13);
+    }
+  } else if (exp == 31) {
+    bits = sign | 0x7f800000u | (man << 13);
+  } else {
+    bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+inline float bf16_to_float(uint16_t h) {
+  const uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+inline uint16_t load_u16(const uint8_t* p) {
+  uint16_t v;
+  std::memcpy(&v, p, 2);
+  return v;
+}
+
+// Activations of one row quantized to 8-bit blocks of 32.
+struct XQuant {
+  int64_t nb = 0;
+  std::vector<float> d;     // scale per block
+  std::vector<float> ds;    // d * sum(codes) per block (the asymmetric zero-point correction)
+  std::vector<int8_t> q;    // codes, nb * 32
+  std::vector<int32_t> p4;  // sums of 4 consecutive codes, nb * 8, in madd lane order
+  void quantize(const float* x, int64_t cols) {
+    nb = cols / kBlock;
+    d.resize(nb);
+    ds.resize(nb);
+    q.resize(nb * kBlock);
+    p4.resize(nb * 8);
+    for (int64_t b = 0; b < nb; ++b) {
+      const float* xb = x + b * kBlock;
+      float amax = 0.0f;
+      for (int64_t j = 0; j < kBlock; ++j) amax = std::max(amax, std::fabs(xb[j]));
+      const float db = amax / 127.0f, id = db > 0.0f ? 1.0f / db : 0.0f;
+      int8_t* qb = q.data() + b * kBlock;
+      int32_t sum = 0;
+      for (int64_t j = 0; j < kBlock; ++j) {
+        qb[j] = static_cast<int8_t>(std::nearbyint(xb[j] * id));
+        sum += qb[j];
+      }
+      // maddubs pairs (2i, 2i+1) into 16-bit lane i; madd pairs 16-bit lanes (2k, 2k+1) into 32-bit lane k. In a
+      // 256-bit register lanes 0-3 hold values 0-15 and lanes 4-7 values 16-31, so 32-bit lane k sums 4k..4k+3.
+      for (int k = 0; k < 8; ++k) p4[b * 8 + k] = qb[4 * k] + qb[4 * k + 1] + qb[4 * k + 2] + qb[4 * k + 3];
+      d[b] = db;
+      ds[b] = db * static_cast<float>(sum);
+    }
+  }
+};
+
+bool is_int_format(QFormat f) {
+  return f != QFormat::F16 && f != QFormat::BF16;
+}
+
+size_t row_bytes(const QWeight& w) {
+  switch (w.format) {
+    case QFormat::F16:
+    case QFormat::BF16:
+      return static_cast<size_t>(w.cols) * 2;
+    case QFormat::Q8_0:
+      return static_cast<size_t>(w.cols / kBlock) * kQ8Bytes;
+    case QFormat::Q4_0:
+      return static_cast<size_t>(w.cols / kBlock) * kQ4Bytes;
+    case QFormat::Q4_G128:
+    case QFormat::Q4_G128_ASYM:
+      return static_cast<size_t>(w.cols / 2);
+    case QFormat::INT8:
+      return static_cast<size_t>(w.cols);
+  }
+  return 0;
+}
+
+// ---- portable path: the same arithmetic as the AVX2 path, one value at a time ----
+
+float dot_generic(const QWeight& w, int64_t r, const float* x, const XQuant& xq) {
+  const auto* row = static_cast<const uint8_t*>(w.codes) + static_cast<size_t>(r) * row_bytes(w);
+  const int64_t nb = w.cols / kBlock;
+  switch (w.format) {
+    case QFormat::F16:
+    case QFormat::BF16: {
+      float acc = 0.0f;
+      for (int64_t j = 0; j < w.cols; ++j) {
+        const uint16_t h = load_u16(row + 2 * j);
+        acc += (w.format == QFormat::F16 ? half_to_float(h) : bf16_to_float(h)) * x[j];
+      }
+      return acc;
+    }
+    case QFormat::Q8_0:
+    case QFormat::INT8: {
+      const bool q8 = w.format == QFormat::Q8_0;
+      float acc = 0.0f;
+      for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* blk = q8 ? row + b * kQ8Bytes : row + b * kBlock;
+        const auto* wq = reinterpret_cast<const int8_t*>(q8 ? blk + 2 : blk);
+        int32_t dot = 0;
+        for (int64_t j = 0; j < kBlock; ++j) dot += wq[j] * xq.q[b * kBlock + j];
+        acc += static_cast<float>(dot) * (q8 ? half_to_float(load_u16(blk)) : 1.0f) * xq.d[b];
+      }
+      return q8 ? acc : acc * static_cast<const float*>(w.scales)[r];
+    }
+    case QFormat::Q4_0: {
+      float acc = 0.0f;
+      for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* blk = row + b * kQ4Bytes;
+        const int8_t* xb = xq.q.data() + b * kBlock;
+        int32_t dot = 0;
+        for (int64_t j = 0; j < 16; ++j)
+          dot += ((blk[2 + j] & 0x0f) - 8) * xb[j] + ((blk[2 + j] >> 4) - 8) * xb[j + 16];
+        acc += static_cast<float>(dot) * half_to_float(load_u16(blk)) * xq.d[b];
+      }
+      return acc;
+    }
+    case QFormat::Q4_G128:
+    case QFormat::Q4_G128_ASYM: {
+      const int64_t groups = w.cols / kGroup;
+      const auto* scales = static_cast<const uint16_t*>(w.scales) + r * groups;
+      const auto* zeros = static_cast<const uint8_t*>(w.zeros);
+      float acc = 0.0f;
+      for (int64_t g = 0; g < groups; ++g) {
+        const uint8_t* c = row + g * (kGroup / 2);
+        const int32_t z = zeros ? zeros[r * groups + g] : 8;
+        float gacc = 0.0f;
+        for (int64_t sb = 0; sb < 4; ++sb) {  // activation block sb of the group
+          const int64_t b = g * 4 + sb;
+          const int8_t* xb = xq.q.data() + b * kBlock;
+          int32_t dot = 0;
+          for (int64_t j = 0; j < kBlock; ++j) {
+            const int64_t v = sb * kBlock + j;  // value index within the group
+            const int32_t code = v < 64 ? (c[v] & 0x0f) : (c[v - 64] >> 4);
+            dot += (code - z) * xb[j];
+          }
+          gacc += static_cast<float>(dot) * xq.d[b];
+        }
+        acc += gacc * half_to_float(scales[g]);
+      }
+      return acc;
+    }
+  }
+  return 0.0f;
+}
+
+void rows_generic(const QWeight& w, const float* x, const XQuant* xq, int64_t r0, int64_t r1, float* y,
+                  bool accumulate) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const float v = dot_generic(w, r, x, *xq);
+    y[r] = accumulate ? y[r] + v : v;
+  }
+}
+
+// ---- AVX2 path ----
+#if LMF_HAVE_X86
+
+LMF_TARGET_AVX2 inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+LMF_TARGET_AVX2 inline float f16(const uint8_t* p) {
+  return _cvtsh_ss(load_u16(p));
+}
+
+// Signed x signed bytes: maddubs needs one unsigned operand, so |w| times x with w's sign (ggml's trick).
+LMF_TARGET_AVX2 inline __m256i dot_i8(__m256i w, __m256i x) {
+  const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+  return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+}
+// Unsigned 4-bit codes (0..15) x signed bytes: at most 2 * 15 * 127 per 16-bit lane, no saturation.
+LMF_TARGET_AVX2 inline __m256i dot_u4(__m256i w, __m256i x) {
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1));
+}
+
+template <int R>
+LMF_TARGET_AVX2 void tile_q8(const uint8_t* row0, size_t stride, const XQuant& xq, const float* row_scale, float* out) {
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  const bool q8 = row_scale == nullptr;  // q8_0 blocks; otherwise int8 rows with one scale each
+  const size_t bbytes = q8 ? kQ8Bytes : kBlock;
+  for (int64_t b = 0; b < xq.nb; ++b) {
+    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq.q.data() + b * kBlock));
+    const float dx = xq.d[b];
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* blk = row0 + r * stride + b * bbytes;
+      const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q8 ? blk + 2 : blk));
+      const __m256 f = _mm256_cvtepi32_ps(dot_i8(wv, x));
+      acc[r] = _mm256_fmadd_ps(f, _mm256_set1_ps(q8 ? f16(blk) * dx : dx), acc[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) out[r] = hsum(acc[r]) * (q8 ? 1.0f : row_scale[r]);
+}
+
+template <int R>
+LMF_TARGET_AVX2 void tile_q4_0(const uint8_t* row0, size_t stride, const XQuant& xq, float* out) {
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  for (int64_t b = 0; b < xq.nb; ++b) {
+    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq.q.data() + b * kBlock));
+    const __m256i off =
+        _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq.p4.data() + b * 8)), 3);
+    const float dx = xq.d[b];
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* blk = row0 + r * stride + b * kQ4Bytes;
+      const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2));
+      const __m256i w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(c, 4), c), low);
+      const __m256 f = _mm256_cvtepi32_ps(_mm256_sub_epi32(dot_u4(w, x), off));
+      acc[r] = _mm256_fmadd_ps(f, _mm256_set1_ps(f16(blk) * dx), acc[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) out[r] = hsum(acc[r]);
+}
+
+template <int R>
+LMF_TARGET_AVX2 void tile_g128(const uint8_t* row0, size_t stride, const uint16_t* scales0, const uint8_t* zeros0,
+                               int64_t groups, const XQuant& xq, float* out) {
+  __m256 acc[R];
+  float corr[R];
+  for (int r = 0; r < R; ++r) {
+    acc[r] = _mm256_setzero_ps();
+    corr[r] = 0.0f;
+  }
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  for (int64_t g = 0; g < groups; ++g) {
+    const int8_t* xg = xq.q.data() + g * kGroup;
+    __m256i x[4];
+    for (int sb = 0; sb < 4; ++sb) x[sb] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xg + sb * kBlock));
+    __m256 dx[4];
+    for (int sb = 0; sb < 4; ++sb) dx[sb] = _mm256_set1_ps(xq.d[g * 4 + sb]);
+    __m256i off[4];
+    if (!zeros0) {
+      for (int sb = 0; sb < 4; ++sb)
+        off[sb] =
+            _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq.p4.data() + (g * 4 + sb) * 8)), 3);
+    }
+    const float gsum = zeros0 ? xq.ds[g * 4] + xq.ds[g * 4 + 1] + xq.ds[g * 4 + 2] + xq.ds[g * 4 + 3] : 0.0f;
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* c = row0 + r * stride + g * (kGroup / 2);
+      const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c));
+      const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + 32));
+      // bytes 0-31: values 0-31 (low nibbles) and 64-95 (high); bytes 32-63: values 32-63 and 96-127.
+      __m256i d[4] = {dot_u4(_mm256_and_si256(v0, low), x[0]), dot_u4(_mm256_and_si256(v1, low), x[1]),
+                      dot_u4(_mm256_and_si256(_mm256_srli_epi16(v0, 4), low), x[2]),
+                      dot_u4(_mm256_and_si256(_mm256_srli_epi16(v1, 4), low), x[3])};
+      if (!zeros0) {
+        for (int sb = 0; sb < 4; ++sb) d[sb] = _mm256_sub_epi32(d[sb], off[sb]);
+      }
+      __m256 gacc = _mm256_mul_ps(_mm256_cvtepi32_ps(d[0]), dx[0]);
+      gacc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[1]), dx[1], gacc);
+      gacc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[2]), dx[2], gacc);
+      gacc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[3]), dx[3], gacc);
+      const float dw = _cvtsh_ss(scales0[r * groups + g]);
+      acc[r] = _mm256_fmadd_ps(gacc, _mm256_set1_ps(dw), acc[r]);
+      if (zeros0) corr[r] += dw * static_cast<float>(zeros0[r * groups + g]) * gsum;
+    }
+  }
+  for (int r = 0; r < R; ++r) out[r] = hsum(acc[r]) - corr[r];
+}
+
+LMF_TARGET_AVX2 inline __m256 load8(const uint8_t* p, bool bf16) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return bf16 ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)) : _mm256_cvtph_ps(h);
+}
+
+template <int R>
+LMF_TARGET_AVX2 void tile_f16(const uint8_t* row0, size_t stride, bool bf16, const float* x, int64_t cols, float* out) {
+  __m256 acc[R][2];
+  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  int64_t j = 0;
+  for (; j + 16 <= cols; j += 16) {
+    const __m256 x0 = _mm256_loadu_ps(x + j), x1 = _mm256_loadu_ps(x + j + 8);
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* p = row0 + r * stride + j * 2;
+      acc[r][0] = _mm256_fmadd_ps(load8(p, bf16), x0, acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(load8(p + 16, bf16), x1, acc[r][1]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    float s = hsum(_mm256_add_ps(acc[r][0], acc[r][1]));
+    for (int64_t t = j; t < cols; ++t) {
+      const uint16_t h = load_u16(row0 + r * stride + t * 2);
+      s += (bf16 ? bf16_to_float(h) : _cvtsh_ss(h)) * x[t];
+    }
+    out[r] = s;
+  }
+}
+
+template <int R>
+LMF_TARGET_AVX2 void tile_avx2(const QWeight& w, int64_t r, const float* x, const XQuant& xq, float* out) {
+  const size_t stride = row_bytes(w);
+  const uint8_t* row0 = static_cast<const uint8_t*>(w.codes) + static_cast<size_t>(r) * stride;
+  switch (w.format) {
+    case QFormat::F16:
+    case QFormat::BF16:
+      tile_f16<R>(row0, stride, w.format == QFormat::BF16, x, w.cols, out);
+      break;
+    case QFormat::Q8_0:
+      tile_q8<R>(row0, stride, xq, nullptr, out);
+      break;
+    case QFormat::INT8:
+      tile_q8<R>(row0, stride, xq, static_cast<const float*>(w.scales) + r, out);
+      break;
+    case QFormat::Q4_0:
+      tile_q4_0<R>(row0, stride, xq, out);
+      break;
+    case QFormat::Q4_G128:
+    case QFormat::Q4_G128_ASYM: {
+      const int64_t groups = w.cols / kGroup;
+      const auto* zeros = static_cast<const uint8_t*>(w.zeros);
+      tile_g128<R>(row0, stride, static_cast<const uint16_t*>(w.scales) + r * groups,
+                   w.format == QFormat::Q4_G128_ASYM ? zeros + r * groups : nullptr, groups, xq, out);
+      break;
+    }
+  }
+}
+
+LMF_TARGET_AVX2 void rows_avx2(const QWeight& w, const float* x, const XQuant* xq, int64_t r0, int64_t r1, float* y,
+                               bool accumulate) {
+  float tmp[kTile];
+  int64_t r = r0;
+  for (; r + kTile <= r1; r += kTile) {
+    tile_avx2<kTile>(w, r, x, *xq, tmp);
+    for (int i = 0; i < kTile; ++i) y[r + i] = accumulate ? y[r + i] + tmp[i] : tmp[i];
+  }
+  for (; r < r1; ++r) {
+    tile_avx2<1>(w, r, x, *xq, tmp);
+    y[r] = accumulate ? y[r] + tmp[0] : tmp[0];
+  }
+}
+#endif  // LMF_HAVE_X86
+
+bool use_avx2(QImpl impl) {
+#if LMF_HAVE_X86
+  if (impl == QImpl::Avx2) return true;
+  return impl == QImpl::Auto && cpu_has_avx2();
+#else
+  (void)impl;
+  return false;
+#endif
+}
+
+// One row of the weight into f32 (the prefill path's panels).
+void dequant_row(const QWeight& w, int64_t r, float* out) {
+  const auto* row = static_cast<const uint8_t*>(w.codes) + static_cast<size_t>(r) * row_bytes(w);
+  const int64_t nb = w.cols / kBlock;
+  switch (w.format) {
+    case QFormat::F16:
+      for (int64_t j = 0; j < w.cols; ++j) out[j] = half_to_float(load_u16(row + 2 * j));
+      break;
+    case QFormat::BF16:
+      for (int64_t j = 0; j < w.cols; ++j) out[j] = bf16_to_float(load_u16(row + 2 * j));
+      break;
+    case QFormat::Q8_0:
+      for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* blk = row + b * kQ8Bytes;
+        const float d = half_to_float(load_u16(blk));
+        for (int64_t j = 0; j < kBlock; ++j)
+          out[b * kBlock + j] = d * static_cast<float>(static_cast<int8_t>(blk[2 + j]));
+      }
+      break;
+    case QFormat::Q4_0:
+      for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* blk = row + b * kQ4Bytes;
+        const float d = half_to_float(load_u16(blk));
+        for (int64_t j = 0; j < 16; ++j) {
+          out[b * kBlock + j] = d * static_cast<float>((blk[2 + j] & 0x0f) - 8);
+          out[b * kBlock + j + 16] = d * static_cast<float>((blk[2 + j] >> 4) - 8);
+        }
+      }
+      break;
+    case QFormat::Q4_G128:
+    case QFormat::Q4_G128_ASYM: {
+      const int64_t groups = w.cols / kGroup;
+      const auto* scales = static_cast<const uint16_t*>(w.scales) + r * groups;
+      const auto* zeros = static_cast<const uint8_t*>(w.zeros);
+      for (int64_t g = 0; g < groups; ++g) {
+        const float d = half_to_float(scales[g]);
+        const float z = zeros ? static_cast<float>(zeros[r * groups + g]) : 8.0f;
+        const uint8_t* c = row + g * (kGroup / 2);
+        for (int64_t j = 0; j < kGroup / 2; ++j) {
+          out[g * kGroup + j] = d * (static_cast<float>(c[j] & 0x0f) - z);
+          out[g * kGroup + j + 64] = d * (static_cast<float>(c[j] >> 4) - z);
+        }
+      }
+      break;
+    }
+    case QFormat::INT8: {
+      const float s = static_cast<const float*>(w.scales)[r];
+      for (int64_t j = 0; j < w.cols; ++j) out[j] = s * static_cast<float>(static_cast<int8_t>(row[j]));
+      break;
+    }
+  }
+}
+
+}  // namespace
+
+bool qgemm_available(QImpl impl) {
+  return impl != QImpl::Avx2 || (LMF_HAVE_X86 && cpu_has_avx2());
+}
+
+void qgemm(const QWeight& w, const float* x, int64_t n, float* y, bool accumulate, QImpl impl) {
+  if (n <= 0 || w.rows <= 0) return;
+  const int64_t rows = w.rows, cols = w.cols;
+  // int8 rows may have any length; the 8-bit activation blocks need a multiple of 32, so other lengths take the
+  // dequantizing path.
+  const bool ragged = w.format == QFormat::INT8 && cols % kBlock != 0;
+  if (n >= kGemmRows || ragged) {
+    const int64_t panels = (rows + kPanel - 1) / kPanel;
+    parallel_for(panels, 1, [&](int64_t p0, int64_t p1) {
+      std::vector<float> buf(static_cast<size_t>(kPanel * cols));
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t r0 = p * kPanel, r1 = std::min(rows, r0 + kPanel);
+        for (int64_t r = r0; r < r1; ++r) dequant_row(w, r, buf.data() + (r - r0) * cols);
+        gemm_serial<float>(false, true, n, r1 - r0, cols, 1.0f, x, cols, buf.data(), cols, accumulate ? 1.0f : 0.0f,
+                           y + r0, rows);
+      }
+    });
+    return;
+  }
+  std::vector<XQuant> xq(static_cast<size_t>(n));
+  if (is_int_format(w.format))
+    for (int64_t t = 0; t < n; ++t) xq[t].quantize(x + t * cols, cols);
+  const bool avx2 = use_avx2(impl);
+  // Tiles of kTile rows, at least 16 tiles per chunk so a chunk streams tens of kB of weights.
+  const int64_t tiles = (rows + kTile - 1) / kTile;
+  parallel_for(tiles, 16, [&](int64_t t0, int64_t t1) {
+    const int64_t r0 = t0 * kTile, r1 = std::min(rows, t1 * kTile);
+    for (int64_t t = 0; t < n; ++t) {
+      const float* xt = x + t * cols;
+      float* yt = y + t * rows;
+#if LMF_HAVE_X86
+      if (avx2) {
+        rows_avx2(w, xt, &xq[t], r0, r1, yt, accumulate);
+        continue;
+      }
+#endif
+      rows_generic(w, xt, &xq[t], r0, r1, yt, accumulate);
+    }
+  });
+  (void)avx2;
+}
+
+}  // namespace lmforge::kernels::cpu

@@ -1,0 +1,197 @@
+// AWQ (Lin et al. 2023, "Activation-aware Weight Quantization"): before round-to-nearest, scale each input channel
+// of a linear by s = mean|x|^alpha (so channels that carry large activations get finer steps) and fold 1/s into the
+// op that produces the input, which leaves the f32 function unchanged. alpha is searched per group of linears that
+// share an input, minimising the group's output error on calibration inputs; an optional per-group clipping search
+// then shrinks each row's range where that lowers the output error.
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "lmforge/core/error.h"
+#include "lmforge/quant/methods.h"
+#include "quant/calib_runner.h"
+
+namespace lmforge::quant {
+
+namespace {
+
+constexpr int64_t kGroup = 128;
+
+// Rows of X evenly subsampled to at most `max_rows`.
+std::vector<float> subsample(const Captured& c, int64_t max_rows) {
+  const int64_t n = c.n();
+  if (n <= max_rows) return c.x;
+  std::vector<float> out(static_cast<size_t>(max_rows * c.cols));
+  for (int64_t i = 0; i < max_rows; ++i) {
+    const int64_t r = i * n / max_rows;
+    std::copy(c.x.begin() + r * c.cols, c.x.begin() + (r + 1) * c.cols, out.begin() + i * c.cols);
+  }
+  return out;
+}
+
+// ||X (A - B)ᵀ||² for X [n, cols], A and B [rows, cols].
+double output_error(const std::vector<float>& X, int64_t n, const Tensor& A, const Tensor& B) {
+  const int64_t rows = A.size(0), cols = A.size(1);
+  std::vector<float> D(static_cast<size_t>(rows * cols)), Y(static_cast<size_t>(n * rows));
+  const float* a = A.data<float>();
+  const float* b = B.data<float>();
+  for (size_t i = 0; i < D.size(); ++i) D[i] = a[i] - b[i];
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n), static_cast<int>(rows),
+              static_cast<int>(cols), 1.0f, X.data(), static_cast<int>(cols), D.data(), static_cast<int>(cols), 0.0f,
+              Y.data(), static_cast<int>(rows));
+  double e = 0;
+  for (float v : Y) e += static_cast<double>(v) * v;
+  return e;
+}
+
+Tensor scale_columns(const Tensor& w, const std::vector<double>& s, bool inverse) {
+  Tensor out = w.clone();
+  float* p = out.data<float>();
+  const int64_t rows = w.size(0), cols = w.size(1);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c)
+      p[r * cols + c] = static_cast<float>(inverse ? p[r * cols + c] / s[c] : p[r * cols + c] * s[c]);
+  return out;
+}
+
+Tensor fake_quant(const Tensor& w, WeightFormat f) {
+  return WeightMatrix::quantize(w, f).dequantize();
+}
+
+struct ScaleGroup {
+  std::string prev;  // norm weight [cols] or previous linear [cols, *] (rows scaled)
+  bool prev_is_norm = true;
+  std::vector<std::string> linears;  // share the input
+};
+
+// Per row and group of 128, the clipping ratio in {1, 0.95, ..., 0.5} of the row-group's max |w| that minimises
+// that group's output error on X; applied by clamping w in place.
+void clip_search(Tensor& w, const std::vector<float>& X, int64_t n, WeightFormat f) {
+  const int64_t rows = w.size(0), cols = w.size(1);
+  float* p = w.data<float>();
+  std::vector<float> cand(static_cast<size_t>(kGroup));
+  for (int64_t g = 0; g < cols / kGroup; ++g) {
+    for (int64_t r = 0; r < rows; ++r) {
+      float* wg = p + r * cols + g * kGroup;
+      float amax = 0;
+      for (int64_t j = 0; j < kGroup; ++j) amax = std::max(amax, std::fabs(wg[j]));
+      if (amax == 0) continue;
+      double best = -1;
+      float best_ratio = 1.0f;
+      for (int step = 0; step <= 10; ++step) {
+        const float ratio = 1.0f - 0.05f * static_cast<float>(step);
+        for (int64_t j = 0; j < kGroup; ++j) cand[j] = std::clamp(wg[j], -ratio * amax, ratio * amax);
+        // quantize this one group as a [1, 128] weight
+        const Tensor q = fake_quant(Tensor::from_vector(cand, {1, kGroup}), f);
+        double err = 0;
+        for (int64_t i = 0; i < n; ++i) {
+          double d = 0;
+          const float* x = X.data() + i * cols + g * kGroup;
+          for (int64_t j = 0; j < kGroup; ++j) d += static_cast<double>(x[j]) * (wg[j] - q.data<float>()[j]);
+          err += d * d;
+        }
+        if (best < 0 || err < best) {
+          best = err;
+          best_ratio = ratio;
+        }
+      }
+      for (int64_t j = 0; j < kGroup; ++j) wg[j] = std::clamp(wg[j], -best_ratio * amax, best_ratio * amax);
+    }
+  }
+}
+
+}  // namespace
+
+QuantizedWeights quantize_awq(const model::CausalLM& m, QuantConfig q, const std::vector<Tensor>& calib,
+                              const AwqOptions& opt, const Log& log) {
+  LMF_CHECK(q.format == WeightFormat::Q4_G128 || q.format == WeightFormat::Q4_G128_ASYM,
+            "awq: format must be q4_g128 or q4_g128_asym");
+  model::CausalLM work = clone_model(m);
+  const model::ModelConfig& c = m.config();
+  nlohmann::json alphas = nlohmann::json::array();
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    std::vector<ScaleGroup> groups;
+    if (!c.is_deepseek() && !c.is_moe_layer(l)) {
+      const std::string a = p + "self_attn.", f = p + "mlp.";
+      groups.push_back(
+          {p + "input_layernorm.weight", true, {a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"}});
+      // o's input channels are v's output rows only without grouped-query sharing (AutoAWQ's condition too).
+      if (c.num_key_value_heads == c.num_attention_heads && !c.attention_bias)
+        groups.push_back({a + "v_proj.weight", false, {a + "o_proj.weight"}});
+      groups.push_back({p + "post_attention_layernorm.weight", true, {f + "gate_proj.weight", f + "up_proj.weight"}});
+      groups.push_back({f + "up_proj.weight", false, {f + "down_proj.weight"}});
+    }
+    // One capture per group: its input changes once the previous group's scales are folded in.
+    nlohmann::json layer_alpha = nlohmann::json::object();
+    for (const ScaleGroup& g : groups) {
+      InputCollector col(g.linears[0]);
+      run_calibration(work, calib, col.observer());
+      std::map<std::string, Captured> cap = col.take();
+      auto it = cap.find(g.linears[0]);
+      if (it == cap.end() || it->second.n() == 0) continue;
+      const Captured& X = it->second;
+      const std::vector<float> Xs = subsample(X, opt.max_rows);
+      const int64_t n = static_cast<int64_t>(Xs.size()) / X.cols;
+      const std::vector<double> mean = X.mean_abs();
+      std::vector<Tensor> W;
+      for (const std::string& name : g.linears) W.push_back(parameter_tensor(work, name).clone());
+      bool ok = true;
+      for (const Tensor& w : W) ok = ok && w.size(1) % kGroup == 0;
+      if (!ok) continue;
+      double best = -1, best_alpha = 0;
+      std::vector<double> best_s(mean.size(), 1.0);
+      for (int k = 0; k <= opt.grid; ++k) {
+        const double alpha = static_cast<double>(k) / opt.grid;
+        std::vector<double> s(mean.size());
+        double mx = 0, mn = 1e300;
+        for (size_t i = 0; i < s.size(); ++i) {
+          s[i] = std::pow(std::max(mean[i], 1e-4), alpha);
+          mx = std::max(mx, s[i]);
+          mn = std::min(mn, s[i]);
+        }
+        const double norm = std::sqrt(mx * mn);  // AWQ normalises s around 1
+        for (double& v : s) v /= norm;
+        double err = 0;
+        for (const Tensor& w : W)
+          err += output_error(Xs, n, w, scale_columns(fake_quant(scale_columns(w, s, false), q.format), s, true));
+        if (best < 0 || err < best) {
+          best = err;
+          best_alpha = alpha;
+          best_s = s;
+        }
+      }
+      layer_alpha[g.linears[0]] = best_alpha;
+      // Fold: linears' columns times s, the producer divided by s (norm weights, or the previous linear's rows).
+      for (size_t i = 0; i < W.size(); ++i) set_parameter(work, g.linears[i], scale_columns(W[i], best_s, false));
+      Tensor prev = parameter_tensor(work, g.prev).clone();
+      float* pp = prev.data<float>();
+      const int64_t inner = g.prev_is_norm ? 1 : prev.size(1);
+      for (size_t ch = 0; ch < best_s.size(); ++ch)
+        for (int64_t j = 0; j < inner; ++j) pp[ch * inner + j] = static_cast<float>(pp[ch * inner + j] / best_s[ch]);
+      set_parameter(work, g.prev, prev);
+      if (opt.clip_search) {
+        std::vector<float> Xq = Xs;  // the inputs as the scaled linears now see them: x / s
+        for (int64_t r = 0; r < n; ++r)
+          for (int64_t ch = 0; ch < X.cols; ++ch)
+            Xq[r * X.cols + ch] = static_cast<float>(Xq[r * X.cols + ch] / best_s[ch]);
+        const std::vector<float> Xc = subsample(Captured{X.cols, Xq}, 256);
+        for (const std::string& name : g.linears) {
+          Tensor w = parameter_tensor(work, name).clone();
+          clip_search(w, Xc, static_cast<int64_t>(Xc.size()) / X.cols, q.format);
+          set_parameter(work, name, w);
+        }
+      }
+    }
+    alphas.push_back(layer_alpha);
+    if (log) log("awq: layer " + std::to_string(l + 1) + "/" + std::to_string(c.num_hidden_layers) + " done");
+  }
+  QuantizedWeights out = quantize_rtn(work, q);
+  out.quant.method = "awq";
+  out.quant.extra = {{"grid", opt.grid}, {"clip_search", opt.clip_search}, {"alpha", alphas}};
+  if (c.is_deepseek()) out.quant.extra["note"] = "deepseek_v3 layers: no AWQ scaling implemented (round-to-nearest)";
+  return out;
+}
+
+}  // namespace lmforge::quant

@@ -1,0 +1,251 @@
+// Quantized model directories: writing, reading with every size checked, and dequantizing into a CausalLM.
+#include "lmforge/quant/quantized_model.h"
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include "lmforge/core/error.h"
+#include "lmforge/io/atomic_file.h"
+#include "lmforge/io/safetensors.h"
+
+namespace lmforge::quant {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+int format_bits(WeightFormat f) {
+  switch (f) {
+    case WeightFormat::F32:
+      return 32;
+    case WeightFormat::F16:
+    case WeightFormat::BF16:
+      return 16;
+    case WeightFormat::Q8_0:
+    case WeightFormat::INT8:
+      return 8;
+    default:
+      return 4;
+  }
+}
+
+// The codes as stored in the file: GGUF blocks become raw bytes (safetensors has no block dtypes).
+Tensor codes_for_file(const WeightMatrix& w) {
+  const Tensor& c = w.codes();
+  if (c.dtype() != DType::Q8_0 && c.dtype() != DType::Q4_0) return c;
+  const auto per_row = static_cast<int64_t>(c.nbytes() / static_cast<size_t>(w.rows()));
+  Tensor out = Tensor::empty({w.rows(), per_row}, DType::U8);
+  std::memcpy(out.raw_data(), c.raw_data(), c.nbytes());
+  return out;
+}
+
+std::string read_text(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  LMF_CHECK(in.good(), p.string(), ": cannot read");
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+}  // namespace
+
+bool is_linear_weight(const std::string& name) {
+  return name == "lm_head.weight" || ends_with(name, "_proj.weight") || ends_with(name, "_proj_with_mqa.weight");
+}
+
+WeightFormat format_for(const QuantConfig& q, const std::string& name) {
+  if (std::find(q.not_quantized.begin(), q.not_quantized.end(), name) != q.not_quantized.end())
+    return WeightFormat::F32;
+  return name == "lm_head.weight" ? q.lm_head_format : q.format;
+}
+
+nlohmann::json QuantConfig::to_json() const {
+  nlohmann::json j;
+  j["quant_method"] = "lmforge";
+  j["method"] = method;
+  j["format"] = std::string(weight_format_name(format));
+  j["bits"] = format_bits(format);
+  const int64_t block = weight_format_block(format);
+  j["group_size"] = block > 1 ? block : (format == WeightFormat::INT8 ? -1 : 0);  // -1: per output channel
+  j["sym"] = format != WeightFormat::Q4_G128_ASYM;
+  j["lm_head_format"] = std::string(weight_format_name(lm_head_format));
+  j["not_quantized"] = not_quantized;
+  if (!extra.empty()) j["details"] = extra;
+  return j;
+}
+
+QuantConfig QuantConfig::from_json(const nlohmann::json& j, const std::string& source) {
+  LMF_CHECK(j.is_object(), source, ": quantization_config is not an object");
+  QuantConfig q;
+  const auto str = [&](const char* key) -> std::string {
+    LMF_CHECK(j.contains(key) && j[key].is_string(), source, ": quantization_config.", key,
+              " is missing or not a string");
+    return j[key].get<std::string>();
+  };
+  const std::string qm = str("quant_method");
+  LMF_CHECK(qm == "lmforge", source, ": quantization_config.quant_method '", qm,
+            "' is not lmforge's (GPTQ/AWQ checkpoints from other tools are not read yet)");
+  q.method = str("method");
+  const auto fmt = [&](const char* key) {
+    try {
+      return parse_weight_format(str(key));
+    } catch (const Error& e) {
+      throw Error(source + ": quantization_config." + key + ": " + e.what());
+    }
+  };
+  q.format = fmt("format");
+  q.lm_head_format = fmt("lm_head_format");
+  if (j.contains("not_quantized")) {
+    LMF_CHECK(j["not_quantized"].is_array(), source, ": quantization_config.not_quantized is not an array");
+    for (const auto& n : j["not_quantized"]) {
+      LMF_CHECK(n.is_string(), source, ": quantization_config.not_quantized holds a non-string");
+      q.not_quantized.push_back(n.get<std::string>());
+    }
+  }
+  if (j.contains("details")) q.extra = j["details"];
+  return q;
+}
+
+QuantizedWeights split_state(const model::CausalLM& m) {
+  QuantizedWeights q;
+  q.config = m.config();
+  for (const auto& [name, t] : m.state()) {
+    if (is_linear_weight(name))
+      q.linear.emplace(name, WeightMatrix::quantize(t, WeightFormat::F32));
+    else
+      q.dense.emplace(name, t);
+  }
+  return q;
+}
+
+QuantizedWeights quantize_rtn(const model::CausalLM& m, QuantConfig qc) {
+  QuantizedWeights q;
+  q.config = m.config();
+  q.quantized = true;
+  for (const auto& [name, t] : m.state()) {
+    if (!is_linear_weight(name)) {
+      q.dense.emplace(name, t);
+      continue;
+    }
+    WeightFormat f = format_for(qc, name);
+    if (t.size(1) % weight_format_block(f) != 0) {  // e.g. a 4-bit group of 128 over a 96-wide input
+      qc.not_quantized.push_back(name);
+      f = WeightFormat::F32;
+    }
+    q.linear.emplace(name, WeightMatrix::quantize(t, f));
+  }
+  q.quant = std::move(qc);
+  return q;
+}
+
+void save_quantized_model(const std::string& dir, const QuantizedWeights& q, const std::string& src_dir) {
+  fs::create_directories(dir);
+  io::NamedTensors out;
+  for (const auto& [name, w] : q.linear) {
+    out.emplace_back(name, codes_for_file(w));
+    if (w.scales().defined()) out.emplace_back(name + ".scales", w.scales());
+    if (w.zeros().defined()) out.emplace_back(name + ".zeros", w.zeros());
+  }
+  for (const auto& [name, t] : q.dense) out.emplace_back(name, t.dtype() == DType::F32 ? t : t.to(DType::F32));
+  io::save_safetensors((fs::path(dir) / "model.safetensors").string(), out,
+                       {{"format", "pt"}, {"lmforge_quantization", std::string(weight_format_name(q.quant.format))}});
+  nlohmann::json j = q.config.raw.is_object() ? q.config.raw : nlohmann::json::object();
+  j["model_type"] = q.config.model_type;
+  if (q.quantized) j["quantization_config"] = q.quant.to_json();
+  io::write_file_atomic((fs::path(dir) / "config.json").string(), j.dump(2) + "\n");
+  if (src_dir.empty() || fs::equivalent(fs::path(src_dir), fs::path(dir))) return;
+  for (const char* f : {"tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json"})
+    if (fs::exists(fs::path(src_dir) / f))
+      io::write_file_atomic((fs::path(dir) / f).string(), read_text(fs::path(src_dir) / f));
+}
+
+QuantizedWeights load_quantized_model(const std::string& dir) {
+  LMF_CHECK(fs::is_directory(dir), dir, ": not a model directory");
+  const fs::path cfg_path = fs::path(dir) / "config.json";
+  LMF_CHECK(fs::exists(cfg_path), dir, ": no config.json in the model directory");
+  const std::string text = read_text(cfg_path);
+  const nlohmann::json raw = nlohmann::json::parse(text, nullptr, false);
+  LMF_CHECK(!raw.is_discarded() && raw.is_object(), cfg_path.string(), ": not a JSON object");
+  QuantizedWeights q;
+  q.config = model::parse_model_config(raw, cfg_path.string());
+  if (!raw.contains("quantization_config")) {  // a plain model dir (sharded ones too)
+    q = split_state(model::CausalLM::load(dir));
+    return q;
+  }
+  q.quantized = true;
+  q.quant = QuantConfig::from_json(raw["quantization_config"], cfg_path.string());
+  q.config.raw.erase("quantization_config");
+  const std::string st_path = (fs::path(dir) / "model.safetensors").string();
+  LMF_CHECK(fs::exists(st_path), dir, ": a quantized model dir needs model.safetensors (not sharded)");
+  const io::SafetensorsFile file = io::SafetensorsFile::open(st_path);
+  std::set<std::string> used;
+  const auto get = [&](const std::string& name, bool required) -> Tensor {
+    if (!file.contains(name)) {
+      LMF_CHECK(!required, st_path, ": tensor '", name, "' is missing (the config expects it)");
+      return {};
+    }
+    used.insert(name);
+    return file.get(name);
+  };
+  const model::CausalLM shape_source(q.config);  // names and shapes only (zero pages, never touched)
+  for (const auto& [name, t] : shape_source.state()) {
+    if (!is_linear_weight(name)) {
+      Tensor v = get(name, true);
+      LMF_CHECK(v.shape() == t.shape() && is_floating(v.dtype()), st_path, ": tensor '", name, "' is ", v.str(),
+                ", the config expects f32 ", shape_str(t.shape()));
+      q.dense.emplace(name, v.to(DType::F32).contiguous());
+      continue;
+    }
+    const WeightFormat f = format_for(q.quant, name);
+    const int64_t rows = t.size(0), cols = t.size(1);
+    const std::string what = st_path + ": tensor '" + name + "'";
+    Tensor codes = get(name, true), scales, zeros;
+    if (f == WeightFormat::Q4_G128 || f == WeightFormat::Q4_G128_ASYM || f == WeightFormat::INT8)
+      scales = get(name + ".scales", true);
+    if (f == WeightFormat::Q4_G128_ASYM) zeros = get(name + ".zeros", true);
+    if (f == WeightFormat::Q8_0 || f == WeightFormat::Q4_0) {
+      LMF_CHECK(cols % 32 == 0, what, ": input size ", cols, " is not a multiple of 32 for ", weight_format_name(f));
+      const int64_t per_row = cols / 32 * (f == WeightFormat::Q8_0 ? 34 : 18);
+      LMF_CHECK(codes.dtype() == DType::U8 && codes.shape() == Shape({rows, per_row}), what, ": ",
+                weight_format_name(f), " codes must be u8 [", rows, ", ", per_row, "], got ", codes.str());
+      Tensor blocks = Tensor::empty({rows, cols}, f == WeightFormat::Q8_0 ? DType::Q8_0 : DType::Q4_0);
+      std::memcpy(blocks.raw_data(), codes.contiguous().raw_data(), blocks.nbytes());
+      codes = blocks;
+    } else if (f == WeightFormat::F32) {
+      LMF_CHECK(codes.shape() == t.shape() && is_floating(codes.dtype()), what, " is ", codes.str(),
+                ", the config expects f32 ", shape_str(t.shape()));
+      codes = codes.to(DType::F32).contiguous();
+    }
+    q.linear.emplace(name, WeightMatrix::from_parts(f, rows, cols, codes, scales, zeros, what));
+  }
+  for (const std::string& name : file.names()) {
+    if (used.count(name) || name.find("rotary_emb.inv_freq") != std::string::npos) continue;
+    LMF_CHECK(false, st_path, ": unexpected tensor '", name, "' (not part of this config's quantized model)");
+  }
+  return q;
+}
+
+model::CausalLM dequantize_to_causal_lm(const QuantizedWeights& q) {
+  model::CausalLM m(q.config);
+  std::map<std::string, Tensor> tensors = q.dense;
+  for (const auto& [name, w] : q.linear) tensors[name] = w.dequantize();
+  m.load_weights(tensors, "quantized weights");
+  return m;
+}
+
+model::CausalLM load_causal_lm_any(const std::string& dir) {
+  const fs::path cfg_path = fs::path(dir) / "config.json";
+  if (fs::exists(cfg_path)) {
+    const nlohmann::json raw = nlohmann::json::parse(read_text(cfg_path), nullptr, false);
+    if (raw.is_object() && raw.contains("quantization_config"))
+      return dequantize_to_causal_lm(load_quantized_model(dir));
+  }
+  return model::CausalLM::load(dir);
+}
+
+}  // namespace lmforge::quant

@@ -1,0 +1,110 @@
+// lmforge quantize / prune / eval perplexity as a user runs them: outputs, files, and exit code 2 with one line for
+// bad input.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "lmforge/model/model.h"
+#include "temp_dir_test.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+
+struct CliRun {
+  int code;
+  std::string out;
+};
+CliRun sh(const std::string& cmd) {
+  FILE* p = popen(("(" + cmd + ") 2>&1").c_str(), "r");
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  const int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+const std::string kBin = LMFORGE_BINARY;
+
+class QuantCli : public lmforge::testing::TempDirTest {
+ protected:
+  void SetUp() override {
+    TempDirTest::SetUp();
+    const char* j = R"({"model_type":"llama","vocab_size":257,"hidden_size":128,"intermediate_size":256,
+      "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":4,"max_position_embeddings":128})";
+    lmforge::model::CausalLM m(lmforge::model::parse_model_config(nlohmann::json::parse(j), "tiny"));
+    m.init_random(1);
+    m.save(path("f32"));
+    std::ofstream(path("text.txt")) << "The quick brown fox jumps over the lazy dog. " << std::string(20, 'a')
+                                    << " GNU General Public License, version 3, of the Free Software Foundation.\n";
+  }
+  nlohmann::json ppl(const std::string& dir) {
+    const CliRun r = sh(kBin + " eval perplexity --model " + dir + " --data " + path("text.txt") +
+                        " --ctx 64 --stride 32 --json 2>/dev/null");
+    EXPECT_EQ(r.code, 0) << r.out;
+    return nlohmann::json::parse(r.out);
+  }
+};
+
+TEST_F(QuantCli, QuantizeThenEvalPerplexity) {
+  const nlohmann::json base = ppl(path("f32"));
+  EXPECT_GT(base["tokens"].get<int>(), 100);
+  EXPECT_NEAR(base["ppl"].get<double>(), std::exp(base["nll"].get<double>()), 1e-6);
+  for (const std::string type : {"q8_0", "q4_0", "q4_g128", "int8"}) {
+    const CliRun q =
+        sh(kBin + " quantize --model " + path("f32") + " --type " + type + " --out " + path(type) + " --json");
+    ASSERT_EQ(q.code, 0) << q.out;
+    const nlohmann::json cfg = nlohmann::json::parse(std::ifstream(path(type) + "/config.json"));
+    EXPECT_EQ(cfg["quantization_config"]["format"], type);
+    EXPECT_EQ(cfg["quantization_config"]["lm_head_format"], "q8_0");
+    const nlohmann::json r = ppl(path(type));
+    EXPECT_EQ(r["tokens"], base["tokens"]);
+    EXPECT_NE(r["nll"].get<double>(), base["nll"].get<double>());
+    EXPECT_NEAR(r["nll"].get<double>(), base["nll"].get<double>(), 0.1);  // random weights: near-uniform output
+  }
+  const CliRun g = sh(kBin + " quantize --model " + path("f32") + " --type gptq-q4 --calib " + path("text.txt") +
+                      " --calib-tokens 200 --calib-ctx 64 --out " + path("gptq"));
+  ASSERT_EQ(g.code, 0) << g.out;
+  EXPECT_EQ(nlohmann::json::parse(std::ifstream(path("gptq") + "/config.json"))["quantization_config"]["method"],
+            "gptq");
+  (void)ppl(path("gptq"));
+}
+
+TEST_F(QuantCli, PruneWritesTrainableModel) {
+  const CliRun r = sh(kBin + " prune --model " + path("f32") + " --ratio 0.25 --out " + path("pruned") + " --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const nlohmann::json cfg = nlohmann::json::parse(std::ifstream(path("pruned") + "/config.json"));
+  EXPECT_EQ(cfg["intermediate_size"], 192);
+  EXPECT_EQ(lmforge::model::CausalLM::load(path("pruned")).config().intermediate_size, 192);
+  (void)ppl(path("pruned"));
+}
+
+TEST_F(QuantCli, BadInputExitsTwoWithOneLine) {
+  const auto expect2 = [](const CliRun& r, const std::string& needle) {
+    EXPECT_EQ(r.code, 2) << r.out;
+    EXPECT_NE(r.out.find(needle), std::string::npos) << r.out;
+    EXPECT_LE(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;
+  };
+  const std::string q = kBin + " quantize --model " + path("f32") + " --out " + path("o");
+  expect2(sh(q + " --type q3_k"), "--type");
+  expect2(sh(q + " --type gptq-q4"), "--calib");
+  expect2(sh(q + " --type q4_g128 --group-size 64"), "--group-size");
+  expect2(sh(q + " --type q4_0 --lm-head q9"), "--lm-head");
+  expect2(sh(kBin + " quantize --model " + path("nope") + " --type q8_0 --out " + path("o")), "nope");
+  expect2(sh(kBin + " prune --model " + path("f32") + " --ratio 1.5 --out " + path("o")), "--ratio");
+  const std::string e = kBin + " eval perplexity --model " + path("f32");  // --ctx default 512 > 128: set it
+  expect2(sh(e + " --ctx 64 --data " + path("missing.txt")), "missing.txt");
+  expect2(sh(e + " --data " + path("text.txt") + " --ctx 4096"), "--ctx");
+  expect2(sh(e + " --data " + path("text.txt") + " --ctx 16 --stride 32"), "--stride");
+  // a quantized dir whose scales were damaged
+  ASSERT_EQ(sh(kBin + " quantize --model " + path("f32") + " --type q4_g128 --out " + path("q4")).code, 0);
+  fs::resize_file(path("q4") + "/model.safetensors", fs::file_size(path("q4") + "/model.safetensors") / 2);
+  expect2(sh(kBin + " eval perplexity --model " + path("q4") + " --data " + path("text.txt") + " --ctx 64"),
+          "model.safetensors");
+}
+
+}  // namespace

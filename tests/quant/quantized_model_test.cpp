@@ -1,0 +1,185 @@
+// Quantized model dirs: round trip through the files, logits against the f32 model, and bad files rejected with
+// one line naming the file and the tensor or field.
+#include "lmforge/quant/quantized_model.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "lmforge/core/error.h"
+#include "lmforge/io/safetensors.h"
+#include "temp_dir_test.h"
+
+namespace lmforge::quant {
+namespace {
+
+namespace fs = std::filesystem;
+
+model::ModelConfig tiny_config() {
+  const char* j = R"({"model_type":"llama","vocab_size":300,"hidden_size":128,"intermediate_size":256,
+    "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"max_position_embeddings":128})";
+  return model::parse_model_config(nlohmann::json::parse(j), "tiny");
+}
+
+model::CausalLM tiny_model(uint64_t seed = 1) {
+  model::CausalLM m(tiny_config());
+  m.init_random(seed);
+  return m;
+}
+
+Tensor ids(int64_t T, int64_t V, uint32_t seed = 5) {
+  std::vector<int32_t> v(static_cast<size_t>(T));
+  uint32_t s = seed;
+  for (auto& x : v) x = static_cast<int32_t>((s = s * 1103515245u + 12345u) >> 8) % static_cast<int32_t>(V);
+  return Tensor::from_ints(v, {1, T});
+}
+
+double rel(const Tensor& a, const Tensor& b) {
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < a.numel(); ++i) {
+    const double d = double(a.data<float>()[i]) - b.data<float>()[i];
+    num += d * d;
+    den += double(b.data<float>()[i]) * b.data<float>()[i];
+  }
+  return std::sqrt(num / den);
+}
+
+using QuantDir = testing::TempDirTest;
+
+TEST_F(QuantDir, RoundTripEveryFormat) {
+  const model::CausalLM m = tiny_model();
+  const Tensor x = ids(24, 300);
+  const Tensor ref = m.forward(x).logits.value();
+  // logits relative error bounds: lm_head is q8_0 throughout (~0.5%); 4-bit weights round by ~10% each
+  const struct {
+    WeightFormat f;
+    double bound;
+  } cases[] = {{WeightFormat::F16, 1e-2},         {WeightFormat::BF16, 2e-2}, {WeightFormat::Q8_0, 2e-2},
+               {WeightFormat::INT8, 3e-2},        {WeightFormat::Q4_0, 0.25}, {WeightFormat::Q4_G128, 0.25},
+               {WeightFormat::Q4_G128_ASYM, 0.25}};
+  for (const auto& c : cases) {
+    SCOPED_TRACE(std::string(weight_format_name(c.f)));
+    QuantConfig qc;
+    qc.format = c.f;
+    qc.lm_head_format = WeightFormat::Q8_0;
+    const QuantizedWeights q = quantize_rtn(m, qc);
+    const std::string dir = path(std::string(weight_format_name(c.f)));
+    save_quantized_model(dir, q, "");
+    const QuantizedWeights back = load_quantized_model(dir);
+    ASSERT_TRUE(back.quantized);
+    EXPECT_EQ(back.quant.format, c.f);
+    ASSERT_EQ(back.linear.size(), q.linear.size());
+    for (const auto& [name, w] : q.linear) {
+      const WeightMatrix& b = back.linear.at(name);
+      EXPECT_EQ(b.format(), name == "lm_head.weight" ? WeightFormat::Q8_0 : c.f) << name;
+      EXPECT_EQ(b.nbytes(), w.nbytes()) << name;
+      EXPECT_EQ(rel(b.dequantize(), w.dequantize()), 0.0) << name;
+    }
+    const Tensor got = load_causal_lm_any(dir).forward(x).logits.value();
+    EXPECT_LE(rel(got, ref), c.bound);
+    EXPECT_GT(rel(got, ref), 0.0);  // it really is the quantized model
+  }
+}
+
+TEST_F(QuantDir, PlainDirLoadsAsF32Linears) {
+  const model::CausalLM m = tiny_model();
+  m.save(path("f32"));
+  const QuantizedWeights q = load_quantized_model(path("f32"));
+  EXPECT_FALSE(q.quantized);
+  EXPECT_EQ(q.linear.at("model.layers.0.self_attn.q_proj.weight").format(), WeightFormat::F32);
+  EXPECT_TRUE(q.dense.count("model.embed_tokens.weight"));
+  EXPECT_FALSE(q.linear.count("model.embed_tokens.weight"));
+}
+
+// Rewrites one tensor (or drops / adds one) in a saved quantized dir.
+void edit_tensors(const std::string& dir, const std::function<void(io::NamedTensors&)>& fn) {
+  const std::string p = dir + "/model.safetensors";
+  io::NamedTensors t;
+  for (auto& [name, v] : io::load_safetensors(p)) t.emplace_back(name, v.clone());
+  fn(t);
+  io::save_safetensors(p, t);
+}
+
+void expect_error(const std::string& dir, const std::string& needle1, const std::string& needle2) {
+  try {
+    (void)load_quantized_model(dir);
+    ADD_FAILURE() << "no error; expected one naming " << needle1;
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find(needle1), std::string::npos) << m;
+    EXPECT_NE(m.find(needle2), std::string::npos) << m;
+    EXPECT_EQ(m.find('\n'), std::string::npos) << m;
+  }
+}
+
+TEST_F(QuantDir, BadFilesNameFileAndTensor) {
+  const model::CausalLM m = tiny_model();
+  QuantConfig qc;
+  qc.format = WeightFormat::Q4_G128_ASYM;
+  const QuantizedWeights q = quantize_rtn(m, qc);
+  const std::string good = path("good");
+  save_quantized_model(good, q, "");
+  const std::string w = "model.layers.1.mlp.down_proj.weight";
+  const auto fresh = [&](const std::string& name) {
+    const std::string d = path(name);
+    fs::copy(good, d);
+    return d;
+  };
+  {  // scales of the wrong shape
+    const std::string d = fresh("scales");
+    edit_tensors(d, [&](io::NamedTensors& t) {
+      for (auto& [n, v] : t)
+        if (n == w + ".scales") v = Tensor::zeros({3, 2}, DType::F16);
+    });
+    expect_error(d, "model.safetensors", w);
+  }
+  {  // zero points missing
+    const std::string d = fresh("zeros");
+    edit_tensors(
+        d, [&](io::NamedTensors& t) { std::erase_if(t, [&](const auto& p) { return p.first == w + ".zeros"; }); });
+    expect_error(d, "model.safetensors", w + ".zeros");
+  }
+  {  // zero point out of range
+    const std::string d = fresh("zerorange");
+    edit_tensors(d, [&](io::NamedTensors& t) {
+      for (auto& [n, v] : t)
+        if (n == w + ".zeros") v.data<uint8_t>()[0] = 200;
+    });
+    expect_error(d, w, "zero point");
+  }
+  {  // codes as f32 (an unquantized tensor where the config says q4)
+    const std::string d = fresh("codes");
+    edit_tensors(d, [&](io::NamedTensors& t) {
+      for (auto& [n, v] : t)
+        if (n == w) v = Tensor::zeros({128, 256});
+    });
+    expect_error(d, "model.safetensors", w);
+  }
+  {  // a tensor the config does not know
+    const std::string d = fresh("extra");
+    edit_tensors(d,
+                 [&](io::NamedTensors& t) { t.emplace_back("model.layers.0.mlp.extra.weight", Tensor::zeros({2})); });
+    expect_error(d, "model.safetensors", "model.layers.0.mlp.extra.weight");
+  }
+  {  // config and tensors disagree: a bigger FFN in the config
+    const std::string d = fresh("config");
+    std::ifstream in(d + "/config.json");
+    nlohmann::json j = nlohmann::json::parse(in);
+    j["intermediate_size"] = 384;
+    std::ofstream(d + "/config.json") << j.dump();
+    expect_error(d, "model.safetensors", "mlp.");
+  }
+  {  // unknown format name in quantization_config
+    const std::string d = fresh("format");
+    std::ifstream in(d + "/config.json");
+    nlohmann::json j = nlohmann::json::parse(in);
+    j["quantization_config"]["format"] = "q3_k";
+    std::ofstream(d + "/config.json") << j.dump();
+    expect_error(d, "config.json", "quantization_config.format");
+  }
+}
+
+}  // namespace
+}  // namespace lmforge::quant

@@ -1,0 +1,241 @@
+// `lmforge bench quant`: the quantized weight products (weight_matmul) at decode and prefill shapes, each timed
+// interleaved with a STREAM-like copy probe that moves the same number of bytes, so the figure that matters --
+// effective weight bandwidth as a fraction of copy bandwidth -- sees the same machine noise on both sides. The
+// ggml reference times (BENCHMARKS.md: test-backend-ops, 2 threads, copy bandwidth 45 GB/s on that machine) are
+// scaled by the same fraction so runs on faster or slower machines compare.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "lmforge/commands.h"
+#include "lmforge/core/error.h"
+#include "lmforge/core/weight_matrix.h"
+#include "lmforge/kernels/cpu_features.h"
+#include "lmforge/kernels/thread_pool.h"
+
+#if LMF_HAVE_X86
+#include <immintrin.h>
+#endif
+
+namespace lmforge::cli {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr double kRefCopyGbps = 45.0;  // BENCHMARKS.md, the machine ggml's figures were measured on
+
+struct QuantBenchOptions {
+  int threads = 2;
+  int repeats = 15;
+  int64_t m = 4096, k = 14336, prefill_n = 64;
+  bool quick = false;
+  std::string formats = "f32,f16,bf16,q8_0,q4_0,q4_g128,q4_g128_asym,int8";
+};
+
+double ggml_ms(WeightFormat f) {  // m=4096 k=14336 n=1, BENCHMARKS.md
+  switch (f) {
+    case WeightFormat::F32:
+      return 8.86;
+    case WeightFormat::F16:
+      return 4.87;
+    case WeightFormat::Q8_0:
+      return 2.97;
+    case WeightFormat::Q4_0:
+      return 2.46;
+    default:
+      return 0;
+  }
+}
+
+#if LMF_HAVE_X86
+LMF_TARGET_AVX2 void copy_avx2(float* __restrict d, const float* __restrict s, int64_t n) {
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m256 a = _mm256_loadu_ps(s + i), b = _mm256_loadu_ps(s + i + 8);
+    const __m256 c = _mm256_loadu_ps(s + i + 16), e = _mm256_loadu_ps(s + i + 24);
+    _mm256_storeu_ps(d + i, a);
+    _mm256_storeu_ps(d + i + 8, b);
+    _mm256_storeu_ps(d + i + 16, c);
+    _mm256_storeu_ps(d + i + 24, e);
+  }
+  for (; i < n; ++i) d[i] = s[i];
+}
+#endif
+
+// Copies `bytes` (half read, half written: STREAM's count) cycling through two 256 MiB arrays, split over the pool.
+class CopyProbe {
+ public:
+  CopyProbe() : src_(kFloats, 1.0f), dst_(kFloats, 2.0f) {}
+  void copy(double bytes) {
+    int64_t left = static_cast<int64_t>(bytes / 8);
+    while (left > 0) {
+      if (off_ >= kFloats) off_ = 0;
+      const int64_t take = std::min(left, kFloats - off_);
+      float* d = dst_.data() + off_;
+      const float* s = src_.data() + off_;
+      parallel_for(take, 1 << 16, [&](int64_t b, int64_t e) {
+#if LMF_HAVE_X86
+        if (kernels::cpu_has_avx2()) {
+          copy_avx2(d + b, s + b, e - b);
+          return;
+        }
+#endif
+        std::memcpy(d + b, s + b, static_cast<size_t>(e - b) * sizeof(float));
+      });
+      off_ += take;
+      left -= take;
+    }
+  }
+
+ private:
+  static constexpr int64_t kFloats = int64_t{64} << 20;
+  std::vector<float> src_, dst_;
+  int64_t off_ = 0;
+};
+
+template <typename F>
+double time_ms(F&& f) {
+  const auto t0 = Clock::now();
+  f();
+  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+}
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
+struct Row {
+  std::string format, shape;
+  double ms = 0, copy_ms = 0, bytes = 0, gbps = 0, copy_gbps = 0, frac = 0;
+  double ggml_ms = 0, ggml_frac = 0, vs_ggml = 0;  // vs_ggml: our fraction of copy / ggml's
+};
+
+Row run_case(const QuantBenchOptions& o, CopyProbe& probe, WeightFormat f, int64_t n) {
+  const int64_t m = o.m, k = o.k;
+  // Enough copies of the weight that each call reads it from DRAM (the L3 is 32 MiB).
+  std::mt19937 rng(1);
+  std::normal_distribution<float> nd(0.0f, 0.02f);
+  std::vector<float> wv(static_cast<size_t>(m * k));
+  for (float& v : wv) v = nd(rng);
+  const Tensor w = Tensor::from_vector(wv, {m, k});
+  wv.clear();
+  wv.shrink_to_fit();
+  std::vector<WeightMatrix> mats;
+  mats.push_back(WeightMatrix::quantize(w, f));
+  const double bytes = static_cast<double>(mats[0].nbytes());
+  while (static_cast<double>(mats.size()) * bytes < 96.0 * (1 << 20)) mats.push_back(WeightMatrix::quantize(w, f));
+  std::vector<float> x(static_cast<size_t>(n * k)), y(static_cast<size_t>(n * m));
+  for (float& v : x) v = nd(rng) * 50.0f;
+  size_t next = 0;
+  const auto ours = [&] {
+    weight_matmul(mats[next], x.data(), n, y.data());
+    next = (next + 1) % mats.size();
+  };
+  for (int i = 0; i < 3; ++i) {  // warm-up: page faults, pool wake-up
+    ours();
+    probe.copy(bytes);
+  }
+  std::vector<double> t_ours, t_copy;
+  for (int r = 0; r < o.repeats; ++r) {
+    t_ours.push_back(time_ms(ours));
+    t_copy.push_back(time_ms([&] { probe.copy(bytes); }));
+  }
+  Row row;
+  row.format = std::string(weight_format_name(f));
+  row.shape = "m=" + std::to_string(m) + " k=" + std::to_string(k) + " n=" + std::to_string(n);
+  row.ms = median(t_ours);
+  row.copy_ms = median(t_copy);
+  row.bytes = bytes;
+  row.gbps = bytes / row.ms / 1e6;
+  row.copy_gbps = bytes / row.copy_ms / 1e6;
+  row.frac = row.gbps / row.copy_gbps;
+  if (n == 1 && m == 4096 && k == 14336 && ggml_ms(f) > 0) {
+    row.ggml_ms = ggml_ms(f);
+    row.ggml_frac = bytes / row.ggml_ms / 1e6 / kRefCopyGbps;
+    row.vs_ggml = row.frac / row.ggml_frac;
+  }
+  return row;
+}
+
+int run_bench_quant(const QuantBenchOptions& o, bool json) {
+  std::vector<WeightFormat> formats;
+  std::string list = o.formats;
+  for (size_t p = 0; p <= list.size();) {
+    const size_t e = std::min(list.find(',', p), list.size());
+    const std::string name = list.substr(p, e - p);
+    try {
+      formats.push_back(parse_weight_format(name));
+    } catch (const Error& err) {
+      std::fprintf(stderr, "lmforge bench quant: --formats: %s\n", err.what());
+      return kUsageError;
+    }
+    p = e + 1;
+  }
+  ThreadCountScope threads(o.threads);
+  CopyProbe probe;
+  if (!json) {
+    std::printf(
+        "lmforge bench quant: weight_matmul, %d thread(s), median of %d, interleaved with a copy of the same bytes\n"
+        "frac = our weight GB/s / copy GB/s; vs-ggml = frac / ggml's frac (its ms at %.0f GB/s copy, "
+        "BENCHMARKS.md)\n\n",
+        o.threads, o.repeats, kRefCopyGbps);
+    std::printf("%-13s %-24s %9s %9s %9s %7s %9s %8s\n", "format", "shape", "ms", "GB/s", "copyGB/s", "frac", "ggml ms",
+                "vs-ggml");
+  }
+  for (int64_t n : {int64_t{1}, o.prefill_n}) {
+    for (WeightFormat f : formats) {
+      const Row r = run_case(o, probe, f, n);
+      if (json) {
+        std::printf(
+            "{\"format\":\"%s\",\"shape\":\"%s\",\"threads\":%d,\"repeats\":%d,\"ms\":%.4f,\"weight_bytes\":%.0f,"
+            "\"gbps\":%.3f,\"copy_gbps\":%.3f,\"frac_of_copy\":%.4f,\"ggml_ms\":%.3f,\"ggml_frac_of_copy\":%.4f,"
+            "\"vs_ggml\":%.4f}\n",
+            r.format.c_str(), r.shape.c_str(), o.threads, o.repeats, r.ms, r.bytes, r.gbps, r.copy_gbps, r.frac,
+            r.ggml_ms, r.ggml_frac, r.vs_ggml);
+      } else {
+        std::printf("%-13s %-24s %9.3f %9.2f %9.2f %7.3f %9s %8s\n", r.format.c_str(), r.shape.c_str(), r.ms, r.gbps,
+                    r.copy_gbps, r.frac, r.ggml_ms > 0 ? std::to_string(r.ggml_ms).substr(0, 5).c_str() : "-",
+                    r.vs_ggml > 0 ? (std::to_string(r.vs_ggml).substr(0, 4) + "x").c_str() : "-");
+      }
+      std::fflush(stdout);
+    }
+  }
+  return kOk;
+}
+
+}  // namespace
+
+void add_bench_quant_command(CLI::App* bench, Context& ctx) {
+  auto o = std::make_shared<QuantBenchOptions>();
+  CLI::App* q = bench->add_subcommand(
+      "quant", "quantized weight products (decode n=1 and prefill) against copy bandwidth and ggml's figures");
+  q->add_option("--threads", o->threads, "threads")->check(CLI::Range(1, 1024))->capture_default_str();
+  q->add_option("--repeats", o->repeats, "timed repetitions per side; median")
+      ->check(CLI::Range(1, 10000))
+      ->capture_default_str();
+  q->add_option("--rows", o->m, "output features m")->check(CLI::Range(1, 1 << 20))->capture_default_str();
+  q->add_option("--cols", o->k, "input features k (a multiple of 128)")
+      ->check(CLI::Range(128, 1 << 20))
+      ->capture_default_str();
+  q->add_option("--prefill", o->prefill_n, "activation rows of the prefill case")
+      ->check(CLI::Range(2, 4096))
+      ->capture_default_str();
+  q->add_option("--formats", o->formats, "comma-separated weight formats")->capture_default_str();
+  q->add_flag("--json", ctx.json, "one JSON object per row");
+  q->callback([&ctx, o] {
+    if (o->k % 128 != 0) {
+      std::fprintf(stderr, "lmforge bench quant: --cols must be a multiple of 128, got %lld\n",
+                   static_cast<long long>(o->k));
+      ctx.exit_code = kUsageError;
+      return;
+    }
+    ctx.exit_code = run_bench_quant(*o, ctx.json);
+  });
+}
+
+}  // namespace lmforge::cli

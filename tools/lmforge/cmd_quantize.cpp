@@ -1,0 +1,159 @@
+// lmforge quantize: a model dir in, a quantized model dir out (docs/QUANTIZATION.md).
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "lmforge/commands.h"
+#include "lmforge/core/error.h"
+#include "lmforge/kernels/thread_pool.h"
+#include "lmforge/quant/methods.h"
+#include "lmforge/quant/quantized_model.h"
+
+namespace lmforge::cli {
+
+namespace {
+
+struct QuantizeArgs {
+  std::string model, type, out, calib, lm_head;
+  int64_t calib_tokens = 4096, calib_ctx = 256, group_size = 128;
+  bool asym = false, act_order = false, awq_clip = false;
+  double damp = 0.01;
+  int threads = 0;
+};
+
+constexpr const char* kTypes = "f16, bf16, q8_0, q4_0, q4_g128, q4_g128_asym, int8, gptq-q4, awq-q4";
+
+int run_quantize(const QuantizeArgs& a, bool json) {
+  const bool gptq = a.type == "gptq-q4", awq = a.type == "awq-q4";
+  quant::QuantConfig qc;
+  if (gptq || awq) {
+    qc.format = a.asym ? WeightFormat::Q4_G128_ASYM : WeightFormat::Q4_G128;
+    qc.method = gptq ? "gptq" : "awq";
+  } else {
+    try {
+      qc.format = parse_weight_format(a.type);
+    } catch (const Error&) {
+      std::fprintf(stderr, "lmforge quantize: --type '%s' is not a quantization type (expected one of: %s)\n",
+                   a.type.c_str(), kTypes);
+      return kUsageError;
+    }
+    if (qc.format == WeightFormat::F32) {
+      std::fprintf(stderr, "lmforge quantize: --type f32 is not a quantization (expected one of: %s)\n", kTypes);
+      return kUsageError;
+    }
+    if (a.asym && qc.format == WeightFormat::Q4_G128) qc.format = WeightFormat::Q4_G128_ASYM;
+  }
+  if (a.group_size != 128) {
+    std::fprintf(stderr, "lmforge quantize: --group-size %lld: only 128 is implemented\n",
+                 static_cast<long long>(a.group_size));
+    return kUsageError;
+  }
+  if ((gptq || awq) && a.calib.empty()) {
+    std::fprintf(stderr, "lmforge quantize: --type %s needs --calib DATA (text, JSONL or token shards)\n",
+                 a.type.c_str());
+    return kUsageError;
+  }
+  // The output layer at 8 bits or more by default, as llama.cpp does (q6_K there): 4-bit logits cost far more
+  // perplexity than 4-bit hidden projections; 16-bit types keep it at their own precision.
+  qc.lm_head_format =
+      qc.format == WeightFormat::F16 || qc.format == WeightFormat::BF16 ? qc.format : WeightFormat::Q8_0;
+  if (!a.lm_head.empty()) {
+    try {
+      qc.lm_head_format = parse_weight_format(a.lm_head);
+    } catch (const Error& e) {
+      std::fprintf(stderr, "lmforge quantize: --lm-head: %s\n", e.what());
+      return kUsageError;
+    }
+  }
+  namespace fs = std::filesystem;
+  if (fs::exists(a.out) && fs::exists(a.model) && fs::equivalent(a.out, a.model)) {
+    std::fprintf(stderr, "lmforge quantize: --out must differ from --model\n");
+    return kUsageError;
+  }
+  if (a.threads > 0) ThreadPool::global().set_num_threads(a.threads);
+  const auto t0 = std::chrono::steady_clock::now();
+  const model::CausalLM m = model::CausalLM::load(a.model);
+  quant::QuantizedWeights q;
+  if (gptq || awq) {
+    quant::CalibOptions co;
+    co.path = a.calib;
+    co.model_dir = a.model;
+    co.tokens = a.calib_tokens;
+    co.ctx = a.calib_ctx;
+    const std::vector<Tensor> calib = quant::load_calibration(co);
+    const auto log = [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); };
+    if (gptq) {
+      quant::GptqOptions go;
+      go.damp = a.damp;
+      go.act_order = a.act_order;
+      q = quant::quantize_gptq(m, qc, calib, go, log);
+    } else {
+      quant::AwqOptions ao;
+      ao.clip_search = a.awq_clip;
+      q = quant::quantize_awq(m, qc, calib, ao, log);
+    }
+    q.quant.extra["calib"] = a.calib;
+    q.quant.extra["calib_tokens"] = a.calib_tokens;
+  } else {
+    q = quant::quantize_rtn(m, qc);
+  }
+  quant::save_quantized_model(a.out, q, a.model);
+  size_t before = 0, after = 0;
+  for (const auto& [name, t] : m.state()) before += t.nbytes();
+  for (const auto& [name, w] : q.linear) after += w.nbytes();
+  for (const auto& [name, t] : q.dense) after += t.nbytes();
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (json) {
+    nlohmann::json j{{"model", a.model},
+                     {"out", a.out},
+                     {"type", a.type},
+                     {"format", std::string(weight_format_name(q.quant.format))},
+                     {"method", q.quant.method},
+                     {"lm_head_format", std::string(weight_format_name(q.quant.lm_head_format))},
+                     {"bytes_in", before},
+                     {"bytes_out", after},
+                     {"not_quantized", q.quant.not_quantized},
+                     {"seconds", secs}};
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    std::printf("quantized %s -> %s: %s (%s), lm_head %s; weights %.1f MB -> %.1f MB in %.1f s\n", a.model.c_str(),
+                a.out.c_str(), std::string(weight_format_name(q.quant.format)).c_str(), q.quant.method.c_str(),
+                std::string(weight_format_name(q.quant.lm_head_format)).c_str(), before / 1e6, after / 1e6, secs);
+    if (!q.quant.not_quantized.empty())
+      std::printf("kept f32 (input size not a multiple of the block): %zu tensors\n", q.quant.not_quantized.size());
+  }
+  return kOk;
+}
+
+}  // namespace
+
+void add_quantize_command(CLI::App& app, Context& ctx) {
+  auto a = std::make_shared<QuantizeArgs>();
+  CLI::App* q = app.add_subcommand("quantize", "quantize a model dir: q8_0, q4_0, q4_g128[_asym], int8, GPTQ, AWQ");
+  q->add_option("--model", a->model, "model directory (config.json + model.safetensors)")->required();
+  q->add_option("--type", a->type, std::string("quantization: ") + kTypes)->required();
+  q->add_option("--out", a->out, "output model directory")->required();
+  q->add_option("--calib", a->calib, "calibration data for gptq-q4 / awq-q4: text, .jsonl or token-shard dir");
+  q->add_option("--calib-tokens", a->calib_tokens, "calibration tokens")
+      ->check(CLI::Range(int64_t{16}, int64_t{1} << 30))
+      ->capture_default_str();
+  q->add_option("--calib-ctx", a->calib_ctx, "calibration sequence length")
+      ->check(CLI::Range(int64_t{2}, int64_t{1} << 20))
+      ->capture_default_str();
+  q->add_option("--group-size", a->group_size, "group size of the 4-bit group formats (128)")->capture_default_str();
+  q->add_flag("--asym", a->asym, "asymmetric 4-bit groups (q4_g128_asym: scale and zero point)");
+  q->add_flag("--act-order", a->act_order, "GPTQ: quantize columns in order of decreasing Hessian diagonal");
+  q->add_option("--damp", a->damp, "GPTQ: damping as a fraction of the mean Hessian diagonal")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  q->add_flag("--awq-clip", a->awq_clip, "AWQ: also search a per-group clipping ratio");
+  q->add_option("--lm-head", a->lm_head, "format of lm_head.weight (default q8_0; 16-bit types keep their own)");
+  q->add_option("--threads", a->threads, "threads")->check(CLI::Range(1, 1024));
+  q->add_flag("--json", ctx.json, "print a JSON summary");
+  q->callback([&ctx, a] { ctx.exit_code = run_quantize(*a, ctx.json); });
+}
+
+}  // namespace lmforge::cli
