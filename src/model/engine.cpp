@@ -216,6 +216,36 @@ double Engine::weight_bytes_per_token() const {
   return b;
 }
 
+double Engine::matmul_flops_per_token() const {
+  const Impl& m = *impl_;
+  const ModelConfig& c = m.c;
+  double f = 0;
+  auto add = [&f](const WeightMatrix& w, double share = 1.0) {
+    if (w.defined()) f += 2.0 * share * static_cast<double>(w.rows()) * static_cast<double>(w.cols());
+  };
+  auto add_mlp = [&](const EngineMlp& e, double share = 1.0) {
+    add(e.gate, share);
+    add(e.up, share);
+    add(e.down, share);
+  };
+  for (const EngineLayer& L : m.layers) {
+    for (const WeightMatrix* w : {&L.q, &L.k, &L.v, &L.o, &L.q_a, &L.q_b, &L.kv_a, &L.kv_b}) add(*w);
+    if (L.moe) {
+      add(L.router);
+      for (const EngineMlp& e : L.experts)
+        add_mlp(e, static_cast<double>(c.num_experts_per_tok) / static_cast<double>(c.n_routed_experts));
+      if (L.shared.gate.defined()) add_mlp(L.shared);
+    } else {
+      add_mlp(L.mlp);
+    }
+  }
+  return f;
+}
+
+double Engine::lm_head_flops() const {
+  return 2.0 * static_cast<double>(impl_->lm_head.rows()) * static_cast<double>(impl_->lm_head.cols());
+}
+
 Tensor Engine::Impl::run(const std::vector<int32_t>& ids, std::vector<Segment>& segs,
                          const std::vector<int64_t>& out_rows) {
   const int64_t N = static_cast<int64_t>(ids.size()), D = c.hidden_size;

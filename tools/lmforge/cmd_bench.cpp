@@ -103,6 +103,7 @@ void add_bench_command(CLI::App& app, Context& ctx) {
     ctx.exit_code = run_bench_ops(*args, ctx.json);
   });
   add_bench_train_command(bench, ctx);
+  add_bench_generate_command(bench, ctx);
 }
 
 }  // namespace lmforge::cli

@@ -29,10 +29,8 @@ void add_planned(CLI::App* parent, Context& ctx, const Planned& p) {
 void add_placeholder_commands(CLI::App& app, Context& ctx) {
   static const std::vector<Planned> planned = {
       {"finetune", "SFT, LoRA, DPO and EWC fine-tuning", "a later fine-tuning issue"},
-      {"eval", "perplexity, multiple-choice and generation benchmarks", "#5 (inference, quantization, evaluation)"},
       {"quantize", "q8_0, q4_0, int8, GPTQ and AWQ quantization", "#5 (inference, quantization, evaluation)"},
       {"export", "export to GGUF and ONNX", "#5 (inference, quantization, evaluation)"},
-      {"generate", "generate text from a prompt or a chat", "#5 (inference, quantization, evaluation)"},
       {"serve", "OpenAI-compatible HTTP server", "a later serving issue"},
       {"runs", "list and compare experiment runs", "a later tracking issue"},
       {"report", "HTML report of a run", "a later tracking issue"},

@@ -24,6 +24,8 @@ int run(int argc, char** argv) {
   add_model_commands(app, ctx);
   add_data_command(app, ctx);
   add_train_command(app, ctx);
+  add_generate_command(app, ctx);
+  add_eval_command(app, ctx);
   add_placeholder_commands(app, ctx);
   try {
     app.parse(argc, argv);

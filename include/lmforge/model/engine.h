@@ -72,6 +72,10 @@ class Engine {
   // Bytes of weights one decode step reads for one token: every linear weight a token passes through (routed
   // experts counted num_experts_per_tok of n_routed_experts) plus one embedding row.
   double weight_bytes_per_token() const;
+  // Multiply-add FLOPs (2 per weight) of the weight products one token passes through, without the LM head
+  // (routed experts counted num_experts_per_tok of n_routed_experts); and the LM head's.
+  double matmul_flops_per_token() const;
+  double lm_head_flops() const;
   // Bytes held by the sequence's cache for its current length.
   size_t cache_bytes(SeqId id) const;
 
