@@ -13,8 +13,9 @@ namespace {
 bool is_digit(char c) {
   return c >= '0' && c <= '9';
 }
+// Python's str.split() separators among the ASCII bytes (it also splits on \x1c-\x1f).
 bool ascii_space(char c) {
-  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+  return c == ' ' || (c >= '\t' && c <= '\r') || (c >= '\x1c' && c <= '\x1f');
 }
 
 // 13a's symbol class [\{-\~\[-\` -\&\(-\+\:-\@\/].

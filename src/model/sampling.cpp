@@ -117,10 +117,46 @@ size_t incomplete_utf8_tail(const std::string& s) {
   for (size_t back = 1; back <= std::min<size_t>(3, n); ++back) {
     const auto c = static_cast<unsigned char>(s[n - back]);
     if ((c & 0xC0) == 0x80) continue;  // continuation byte: look further back
-    const size_t need = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
+    const size_t need = c > 0xF4 ? 1 : c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC2 ? 2 : 1;
     return need > back ? back : 0;
   }
   return 0;
+}
+
+// Invalid UTF-8 sequences become U+FFFD, one per maximal invalid subpart (Rust's from_utf8_lossy, as the
+// tokenizer's decode does), so streamed text is always valid UTF-8.
+std::string repair(const std::string& s) {
+  std::string out;
+  size_t i = 0;
+  const size_t n = s.size();
+  while (i < n) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    size_t len = 0;
+    unsigned char lo = 0x80, hi = 0xBF;
+    if (c < 0x80)
+      len = 1;
+    else if (c >= 0xC2 && c <= 0xDF)
+      len = 2;
+    else if (c >= 0xE0 && c <= 0xEF)
+      len = 3, lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
+    else if (c >= 0xF0 && c <= 0xF4)
+      len = 4, lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
+    size_t k = 1;
+    if (len > 1) {
+      for (; k < len && i + k < n; ++k) {
+        const auto d = static_cast<unsigned char>(s[i + k]);
+        if (k == 1 ? (d < lo || d > hi) : (d < 0x80 || d > 0xBF)) break;
+      }
+    }
+    if (len > 0 && k == len) {
+      out.append(s, i, len);
+    } else {
+      out += "\xEF\xBF\xBD";
+      if (len == 0) k = 1;
+    }
+    i += k;
+  }
+  return out;
 }
 
 }  // namespace
@@ -134,7 +170,7 @@ std::string StopStream::push(std::string_view bytes) {
     stopped_ = true;
     std::string out = pending_.substr(0, first);
     pending_.clear();
-    return out;
+    return repair(out);
   }
   // Hold back the longest tail that is a proper prefix of a stop string, and an incomplete character.
   size_t hold = incomplete_utf8_tail(pending_);
@@ -146,15 +182,14 @@ std::string StopStream::push(std::string_view bytes) {
       }
   std::string out = pending_.substr(0, pending_.size() - hold);
   pending_.erase(0, pending_.size() - hold);
-  return out;
+  return repair(out);
 }
 
 std::string StopStream::finish() {
   if (stopped_) return {};
   std::string out = std::move(pending_);
   pending_.clear();
-  if (size_t t = incomplete_utf8_tail(out); t > 0) out.replace(out.size() - t, t, "\xEF\xBF\xBD");
-  return out;
+  return repair(out);
 }
 
 GenerateResult generate(Engine& engine, const std::vector<int32_t>& prompt, const SamplingParams& p,

@@ -147,6 +147,9 @@ TEST(StopStream, HoldsBackHalfACharacter) {
   EXPECT_EQ(s.push("\xAD"), "\xE4\xB8\xAD");  // 中
   EXPECT_EQ(s.push("\xE4"), "");
   EXPECT_EQ(s.finish(), "\xEF\xBF\xBD");  // cut off: U+FFFD
+  StopStream t({});
+  EXPECT_EQ(t.push("x\xEE\xFCy\xC0"),
+            "x\xEF\xBF\xBD\xEF\xBF\xBDy\xEF\xBF\xBD");  // \xC0 never starts a character  // invalid bytes replaced
 }
 
 TEST(Generate, StopsOnIdsStringsAndLength) {
