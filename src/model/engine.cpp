@@ -1,13 +1,19 @@
 // Engine construction from named weights, sequences, and the decoder loop over a batch of rows.
 #include <algorithm>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <set>
 
 #include "lmforge/core/error.h"
+#include "lmforge/io/safetensors.h"
 #include "lmforge/kernels/cpu.h"
 #include "lmforge/model/rope.h"
 #include "model/engine_impl.h"
 
 namespace lmforge::model {
+
+namespace fs = std::filesystem;
 
 namespace {
 
@@ -125,9 +131,48 @@ Engine Engine::from_model(const CausalLM& m, EngineOptions opt) {
   return Engine(m.config(), w, opt, "model");
 }
 
+// Reads the safetensors directly (not through CausalLM, which allocates every parameter and then copies the file
+// in): f32 tensors stay views of the file mapping, so loading copies nothing and peak RSS is the weights once
+// (874 MB instead of 1,887 MB for infer-250m); other dtypes are widened to f32.
 Engine Engine::load(const std::string& dir, EngineOptions opt) {
-  const CausalLM m = CausalLM::load(dir);
-  return from_model(m, opt);
+  LMF_CHECK(fs::is_directory(dir), dir, ": not a model directory");
+  const fs::path cfg_path = fs::path(dir) / "config.json";
+  LMF_CHECK(fs::exists(cfg_path), dir, ": no config.json in the model directory");
+  ModelConfig cfg = load_model_config(cfg_path.string());
+  const fs::path single = fs::path(dir) / "model.safetensors", index = fs::path(dir) / "model.safetensors.index.json";
+  std::vector<std::string> files;
+  std::string source;
+  if (fs::exists(single)) {
+    source = single.string();
+    files.push_back(source);
+  } else {
+    LMF_CHECK(fs::exists(index), dir, ": neither model.safetensors nor model.safetensors.index.json");
+    source = index.string();
+    std::ifstream in(index);
+    const nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+    LMF_CHECK(!j.is_discarded() && j.contains("weight_map") && j["weight_map"].is_object(), source,
+              ": field 'weight_map' is missing or not an object");
+    std::set<std::string> shards;
+    for (const auto& [name, file] : j["weight_map"].items()) {
+      LMF_CHECK(file.is_string(), source, ": weight_map entry '", name, "' is not a file name");
+      const std::string f = file.get<std::string>();
+      LMF_CHECK(f.find('/') == std::string::npos && f.find("..") == std::string::npos, source, ": weight_map entry '",
+                name, "' names a file outside the model directory: ", f);
+      shards.insert(f);
+    }
+    for (const std::string& f : shards) files.push_back((fs::path(dir) / f).string());
+  }
+  EngineWeights w;
+  for (const std::string& f : files) {
+    const io::SafetensorsFile st = io::SafetensorsFile::open(f);
+    for (const std::string& name : st.names()) {
+      const Tensor t = st.get(name);
+      LMF_CHECK(is_floating(t.dtype()), f, ": tensor '", name, "' has dtype ", dtype_name(t.dtype()),
+                ", expected a floating-point type");
+      w.tensors.emplace(name, t.dtype() == DType::F32 && t.is_contiguous() ? t : t.to(DType::F32).contiguous());
+    }
+  }
+  return Engine(std::move(cfg), w, opt, source);
 }
 
 Engine::Engine(Engine&&) noexcept = default;
