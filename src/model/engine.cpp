@@ -1,5 +1,6 @@
 // Engine construction from named weights, sequences, and the decoder loop over a batch of rows.
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -131,9 +132,10 @@ Engine Engine::from_model(const CausalLM& m, EngineOptions opt) {
   return Engine(m.config(), w, opt, "model");
 }
 
-// Reads the safetensors directly (not through CausalLM, which allocates every parameter and then copies the file
-// in): f32 tensors stay views of the file mapping, so loading copies nothing and peak RSS is the weights once
-// (874 MB instead of 1,887 MB for infer-250m); other dtypes are widened to f32.
+// Reads the safetensors directly (not through CausalLM). f32 weights are copied out of the file mapping into
+// anonymous memory: decode read them 1.3-1.6x faster there than through the private file mapping (infer-250m,
+// 1 thread, 4 alternating runs: 8.5-8.9 vs 5.3-6.6 tok/s). LMFORGE_ENGINE_MMAP=1 keeps views of the mapping
+// instead (peak RSS 842 MB instead of 1,887 MB, the mapping and the copy overlapping while loading).
 Engine Engine::load(const std::string& dir, EngineOptions opt) {
   LMF_CHECK(fs::is_directory(dir), dir, ": not a model directory");
   const fs::path cfg_path = fs::path(dir) / "config.json";
@@ -163,13 +165,16 @@ Engine Engine::load(const std::string& dir, EngineOptions opt) {
     for (const std::string& f : shards) files.push_back((fs::path(dir) / f).string());
   }
   EngineWeights w;
+  const char* env = std::getenv("LMFORGE_ENGINE_MMAP");
+  const bool copy = !(env && std::string(env) == "1");
   for (const std::string& f : files) {
     const io::SafetensorsFile st = io::SafetensorsFile::open(f);
     for (const std::string& name : st.names()) {
       const Tensor t = st.get(name);
       LMF_CHECK(is_floating(t.dtype()), f, ": tensor '", name, "' has dtype ", dtype_name(t.dtype()),
                 ", expected a floating-point type");
-      w.tensors.emplace(name, t.dtype() == DType::F32 && t.is_contiguous() ? t : t.to(DType::F32).contiguous());
+      w.tensors.emplace(
+          name, t.dtype() == DType::F32 && t.is_contiguous() ? (copy ? t.clone() : t) : t.to(DType::F32).contiguous());
     }
   }
   return Engine(std::move(cfg), w, opt, source);
