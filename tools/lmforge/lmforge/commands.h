@@ -24,8 +24,10 @@ void add_data_command(CLI::App& app, Context& ctx);    // data shard (+ planned 
 void add_data_shard_command(CLI::App* data, Context& ctx);
 void add_train_command(CLI::App& app, Context& ctx);          // train
 void add_bench_train_command(CLI::App* bench, Context& ctx);  // bench train
-void add_bench_generate_command(CLI::App* bench, Context& ctx);  // bench generate
-void add_generate_command(CLI::App& app, Context& ctx);          // generate
-void add_eval_command(CLI::App& app, Context& ctx);              // eval perplexity | choice | generate
+
+// Inference (issue 5): bench generate, generate, eval perplexity | choice | generate.
+void add_bench_generate_command(CLI::App* bench, Context& ctx);
+void add_generate_command(CLI::App& app, Context& ctx);
+void add_eval_command(CLI::App& app, Context& ctx);
 
 }  // namespace lmforge::cli
