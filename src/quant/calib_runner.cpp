@@ -6,7 +6,7 @@
 #include <cmath>
 #include <cstring>
 
-#include "eval/perplexity.h"
+#include "eval/lm_perplexity.h"
 #include "lmforge/core/error.h"
 #include "lmforge/quant/methods.h"
 #include "lmforge/quant/quantized_model.h"
@@ -88,7 +88,7 @@ std::vector<Tensor> load_calibration(const CalibOptions& opt) {
   const model::ModelConfig cfg = model::load_model_config(opt.model_dir + "/config.json");
   std::string how;
   const std::vector<int32_t> ids =
-      eval::load_eval_tokens(opt.path, opt.model_dir, cfg.vocab_size, opt.tokens, "train", "text", &how);
+      eval::lm::load_eval_tokens(opt.path, opt.model_dir, cfg.vocab_size, opt.tokens, "train", "text", &how);
   LMF_CHECK(ids.size() >= 2, opt.path, ": calibration data has fewer than 2 tokens");
   std::vector<Tensor> out;
   const auto n = static_cast<int64_t>(ids.size());

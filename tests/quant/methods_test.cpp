@@ -6,7 +6,7 @@
 
 #include <cmath>
 
-#include "eval/perplexity.h"
+#include "eval/lm_perplexity.h"
 #include "lmforge/core/half.h"
 #include "lmforge/io/safetensors.h"
 #include "quant/calib_runner.h"
@@ -188,10 +188,10 @@ TEST(Perplexity, MatchesForwardAndLoss) {
       prev_end = end;
       if (end == 100) break;
     }
-    eval::PerplexityOptions o;
+    eval::lm::PerplexityOptions o;
     o.ctx = ctx;
     o.stride = stride;
-    const eval::PerplexityResult r = eval::perplexity(m, ids, o);
+    const eval::lm::PerplexityResult r = eval::lm::perplexity(m, ids, o);
     // Every token with context in its window is scored once: all but the first when windows overlap; disjoint
     // windows (stride == ctx) also skip each window's first token, as Hugging Face's loop does.
     EXPECT_EQ(r.tokens, count);
@@ -202,9 +202,9 @@ TEST(Perplexity, MatchesForwardAndLoss) {
   // one window = the model's own mean loss
   const Tensor all = Tensor::from_ints(ids, {1, 100});
   const double loss = model::causal_lm_loss(m.forward(all).logits, all).value().item();
-  eval::PerplexityOptions o;
+  eval::lm::PerplexityOptions o;
   o.ctx = 100;
-  EXPECT_NEAR(eval::perplexity(m, ids, o).nll, loss, 1e-5);
+  EXPECT_NEAR(eval::lm::perplexity(m, ids, o).nll, loss, 1e-5);
 }
 
 }  // namespace

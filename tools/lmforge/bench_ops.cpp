@@ -808,4 +808,14 @@ std::string table_row(const OpResult& r) {
              r.ref_ms, r.ratio, r.rate, r.unit == "gflops" ? "GFLOP/s" : "GB/s", r.reference.c_str());
 }
 
+double measure_copy_gb_s(int threads, size_t bytes_per_array, int repeats) {
+  ThreadCountScope scope(threads);
+  CopyProbe p(bytes_per_array);
+  const double moved = 2 * p.array_bytes();
+  p.copy_bytes(moved);  // first touch
+  std::vector<double> ms;
+  for (int r = 0; r < repeats; ++r) ms.push_back(time_ms([&] { p.copy_bytes(moved); }));
+  return moved / median(ms) / 1e6;
+}
+
 }  // namespace lmforge::bench

@@ -47,4 +47,8 @@ std::string to_json_line(const OpResult& r);
 std::string table_header();
 std::string table_row(const OpResult& r);
 
+// STREAM-like copy bandwidth in GB/s (bytes read + written per second; ordinary stores) over two arrays of
+// `bytes_per_array`, split over the pool at `threads`; median of `repeats` passes. Used by bench generate.
+double measure_copy_gb_s(int threads, size_t bytes_per_array, int repeats);
+
 }  // namespace lmforge::bench

@@ -104,6 +104,7 @@ void add_bench_command(CLI::App& app, Context& ctx) {
   });
   add_bench_train_command(bench, ctx);
   add_bench_quant_command(bench, ctx);
+  add_bench_generate_command(bench, ctx);
 }
 
 }  // namespace lmforge::cli

@@ -1,15 +1,14 @@
-// lmforge eval: evaluation of a model directory (f32 or quantized). `eval perplexity` lives here; the other
-// benchmarks (choice, generate) register on the same parent.
+// lmforge eval perplexity | choice | generate: benchmarks on the inference engine.
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
 #include <memory>
 #include <nlohmann/json.hpp>
-#include <string>
 
-#include "eval/perplexity.h"
+#include "eval/lm_perplexity.h"
 #include "lmforge/commands.h"
+#include "lmforge/eval/eval.h"
 #include "lmforge/kernels/thread_pool.h"
 #include "lmforge/quant/quantized_model.h"
 
@@ -17,13 +16,75 @@ namespace lmforge::cli {
 
 namespace {
 
+struct EvalArgs {
+  std::string model, data, tasks, field = "text";
+  int64_t ctx = 0, stride = 0, max_tokens = 64;
+  std::vector<std::string> stop;
+  int threads = 0;
+};
+
+// Progress on stderr: a rewritten line on a terminal, nothing otherwise (the result line says it all).
+std::function<void(int64_t, int64_t)> progress(const char* what) {
+  if (!isatty(fileno(stderr))) return {};
+  return [what](int64_t done, int64_t total) {
+    std::fprintf(stderr, "\r%s %lld/%lld", what, static_cast<long long>(done), static_cast<long long>(total));
+    if (done == total) std::fprintf(stderr, "\n");
+    std::fflush(stderr);
+  };
+}
+
+void print(const nlohmann::json& j, bool json, const std::string& text) {
+  if (json)
+    std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+  else
+    std::printf("%s\n", text.c_str());
+}
+
+int run_choice(const EvalArgs& a, bool json) {
+  const std::vector<eval::ChoiceItem> items = eval::load_choice_tasks(a.tasks);
+  eval::ModelDir m = eval::open_model_dir(a.model, true);
+  const eval::ChoiceResult r = eval::evaluate_choice(m, items, progress("choice: items"));
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "choice: acc %.4f, acc_norm %.4f over %lld items", r.acc, r.acc_norm,
+                static_cast<long long>(r.items));
+  print({{"items", r.items}, {"acc", r.acc}, {"acc_norm", r.acc_norm}, {"tasks", a.tasks}, {"model", a.model}}, json,
+        buf);
+  return kOk;
+}
+
+int run_generate_eval(const EvalArgs& a, bool json) {
+  const std::vector<eval::GenItem> items = eval::load_gen_tasks(a.data);
+  eval::ModelDir m = eval::open_model_dir(a.model, true);
+  model::SamplingParams p = eval::generation_defaults(m);
+  p.temperature = 0;  // greedy
+  p.max_tokens = a.max_tokens;
+  p.stop = a.stop;
+  const eval::GenEvalResult r = eval::evaluate_generation(m, items, p, progress("generate: items"));
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "generate: BLEU %.2f (bp %.3f, %lld/%lld tokens), ROUGE-L F %.4f over %lld items",
+                r.bleu.score, r.bleu.bp, static_cast<long long>(r.bleu.sys_len), static_cast<long long>(r.bleu.ref_len),
+                r.rouge_l, static_cast<long long>(r.items));
+  print({{"items", r.items},
+         {"bleu", r.bleu.score},
+         {"bleu_bp", r.bleu.bp},
+         {"bleu_precisions", std::vector<double>(r.bleu.precisions, r.bleu.precisions + 4)},
+         {"sys_len", r.bleu.sys_len},
+         {"ref_len", r.bleu.ref_len},
+         {"rouge_l", r.rouge_l},
+         {"outputs", r.outputs},
+         {"data", a.data},
+         {"model", a.model}},
+        json, buf);
+  return kOk;
+}
+
 struct PplArgs {
   std::string model, data, split = "val", text_field = "text";
   int64_t ctx = 512, stride = 0, max_tokens = 0;
   int threads = 0;
 };
 
-int run_perplexity(const PplArgs& a, bool json) {
+int run_lm_perplexity(const PplArgs& a, bool json) {
   if (a.stride > a.ctx) {
     std::fprintf(stderr, "lmforge eval perplexity: --stride (%lld) must not exceed --ctx (%lld)\n",
                  static_cast<long long>(a.stride), static_cast<long long>(a.ctx));
@@ -38,14 +99,14 @@ int run_perplexity(const PplArgs& a, bool json) {
   }
   std::string how;
   const std::vector<int32_t> ids =
-      eval::load_eval_tokens(a.data, a.model, m.config().vocab_size, a.max_tokens, a.split, a.text_field, &how);
-  eval::PerplexityOptions opt;
+      eval::lm::load_eval_tokens(a.data, a.model, m.config().vocab_size, a.max_tokens, a.split, a.text_field, &how);
+  eval::lm::PerplexityOptions opt;
   opt.ctx = a.ctx;
   opt.stride = a.stride;
   const bool tty = isatty(STDERR_FILENO) != 0;
   const auto t0 = std::chrono::steady_clock::now();
   int64_t last_pct = -1;
-  const eval::PerplexityResult r = eval::perplexity(m, ids, opt, [&](int64_t done, int64_t total) {
+  const eval::lm::PerplexityResult r = eval::lm::perplexity(m, ids, opt, [&](int64_t done, int64_t total) {
     const int64_t pct = 100 * done / total;
     if (pct / 10 == last_pct / 10 && done != total && !tty) return;  // plain logs: every 10%
     last_pct = pct;
@@ -80,28 +141,51 @@ int run_perplexity(const PplArgs& a, bool json) {
 }  // namespace
 
 void add_eval_command(CLI::App& app, Context& ctx) {
-  CLI::App* eval = app.add_subcommand("eval", "evaluate a model: perplexity (and benchmarks)");
-  eval->require_subcommand(1);
-  auto a = std::make_shared<PplArgs>();
-  CLI::App* p = eval->add_subcommand(
+  CLI::App* ev = app.add_subcommand("eval", "perplexity, multiple-choice and generation benchmarks on a model");
+  ev->require_subcommand(1);
+  auto a = std::make_shared<EvalArgs>();
+
+  auto pa = std::make_shared<PplArgs>();
+  CLI::App* p = ev->add_subcommand(
       "perplexity", "sliding-window perplexity of a model dir (f32 or quantized) on text, JSONL or token shards");
-  p->add_option("--model", a->model, "model directory (config.json + model.safetensors)")->required();
-  p->add_option("--data", a->data, "text file, .jsonl file, or token-shard directory (manifest.json)")->required();
-  p->add_option("--ctx", a->ctx, "window length in tokens")
+  p->add_option("--model", pa->model, "model directory (config.json + model.safetensors)")->required();
+  p->add_option("--data", pa->data, "text file, .jsonl file, or token-shard directory (manifest.json)")->required();
+  p->add_option("--ctx", pa->ctx, "window length in tokens")
       ->check(CLI::Range(int64_t{2}, int64_t{1} << 20))
       ->capture_default_str();
-  p->add_option("--stride", a->stride, "tokens the window advances by (default: --ctx)")
+  p->add_option("--stride", pa->stride, "tokens the window advances by (default: --ctx)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
-  p->add_option("--max-tokens", a->max_tokens, "evaluate at most this many tokens (0: all)")
+  p->add_option("--max-tokens", pa->max_tokens, "evaluate at most this many tokens (0: all)")
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 40))
       ->capture_default_str();
-  p->add_option("--split", a->split, "token shards: val or train")
+  p->add_option("--split", pa->split, "token shards: val or train")
       ->check(CLI::IsMember({"val", "train"}))
       ->capture_default_str();
-  p->add_option("--text-field", a->text_field, "JSONL field holding the text")->capture_default_str();
-  p->add_option("--threads", a->threads, "threads (default: LMFORGE_THREADS or all cores)")->check(CLI::Range(1, 1024));
+  p->add_option("--text-field,--field", pa->text_field, "JSONL field holding the text")->capture_default_str();
+  p->add_option("--threads", pa->threads, "threads (default: LMFORGE_THREADS or all cores)")
+      ->check(CLI::Range(1, 1024));
   p->add_flag("--json", ctx.json, "one JSON object: tokens, nll (mean), ppl, ...");
-  p->callback([&ctx, a] { ctx.exit_code = run_perplexity(*a, ctx.json); });
+  p->callback([&ctx, pa] { ctx.exit_code = run_lm_perplexity(*pa, ctx.json); });
+
+  CLI::App* ch = ev->add_subcommand("choice", "multiple-choice accuracy by log-likelihood (acc, acc_norm)");
+  ch->add_option("--model", a->model, "model directory (with tokenizer.json)")->required();
+  ch->add_option("--tasks", a->tasks, "JSONL: {\"context\": str, \"choices\": [str, ...], \"label\": int} per line")
+      ->required()
+      ->check(CLI::ExistingFile);
+  ch->add_flag("--json", ctx.json, "one JSON object: items, acc, acc_norm");
+  ch->callback([&ctx, a] { ctx.exit_code = run_choice(*a, ctx.json); });
+
+  CLI::App* g = ev->add_subcommand("generate", "BLEU and ROUGE-L of greedy generations against references");
+  g->add_option("--model", a->model, "model directory (with tokenizer.json)")->required();
+  g->add_option("--data", a->data, "JSONL: {\"prompt\": str, \"reference\": str} per line")
+      ->required()
+      ->check(CLI::ExistingFile);
+  g->add_option("--max-tokens", a->max_tokens, "tokens generated per prompt at most")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20))
+      ->capture_default_str();
+  g->add_option("--stop", a->stop, "stop string (repeatable), e.g. a newline");
+  g->add_flag("--json", ctx.json, "one JSON object: items, bleu, bleu_bp, bleu_precisions, rouge_l, outputs");
+  g->callback([&ctx, a] { ctx.exit_code = run_generate_eval(*a, ctx.json); });
 }
 
 }  // namespace lmforge::cli

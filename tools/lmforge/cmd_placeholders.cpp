@@ -29,7 +29,6 @@ void add_planned(CLI::App* parent, Context& ctx, const Planned& p) {
 void add_placeholder_commands(CLI::App& app, Context& ctx) {
   static const std::vector<Planned> planned = {
       {"finetune", "SFT, LoRA, DPO and EWC fine-tuning", "a later fine-tuning issue"},
-      {"generate", "generate text from a prompt or a chat", "#5 (inference, quantization, evaluation)"},
       {"serve", "OpenAI-compatible HTTP server", "a later serving issue"},
       {"runs", "list and compare experiment runs", "a later tracking issue"},
       {"report", "HTML report of a run", "a later tracking issue"},

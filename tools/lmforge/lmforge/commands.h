@@ -25,12 +25,16 @@ void add_data_shard_command(CLI::App* data, Context& ctx);
 void add_train_command(CLI::App& app, Context& ctx);          // train
 void add_bench_train_command(CLI::App* bench, Context& ctx);  // bench train
 void add_bench_quant_command(CLI::App* bench, Context& ctx);  // bench quant
-void add_eval_command(CLI::App& app, Context& ctx);           // eval perplexity
 void add_quantize_command(CLI::App& app, Context& ctx);       // quantize
 void add_prune_command(CLI::App& app, Context& ctx);          // prune
 void add_export_commands(CLI::App& app, Context& ctx);        // export gguf, import gguf
 
 // export onnx (cmd_export_onnx.cpp), under the `export` parent of cmd_export.cpp.
 void add_export_onnx_command(CLI::App* export_cmd, Context& ctx);
+
+// Inference (issue 5): bench generate, generate, eval perplexity | choice | generate.
+void add_bench_generate_command(CLI::App* bench, Context& ctx);
+void add_generate_command(CLI::App& app, Context& ctx);
+void add_eval_command(CLI::App& app, Context& ctx);
 
 }  // namespace lmforge::cli

@@ -1,9 +1,10 @@
-// Perplexity of a causal LM over a token stream with sliding windows (the method of Hugging Face's "Perplexity of
-// fixed-length models"): windows of `ctx` tokens start every `stride` tokens; in each window only the tokens that
-// the previous window did not score count, so every token is scored at most once, each with up to ctx - 1 tokens
-// of context (at least ctx - stride once the first window is past). A window's first token has no context in it
-// and is not scored: with overlapping windows that only drops token 0; with stride == ctx it drops the first
-// token of every window, as Hugging Face's loop does.
+// The reference path of evaluation, on an f32 CausalLM (quantized dirs dequantized by quant::load_causal_lm_any):
+// `lmforge eval perplexity` and calibration use it; eval.h has the engine's versions. Perplexity of a causal LM over a
+// token stream with sliding windows (the method of Hugging Face's "Perplexity of fixed-length models"): windows of
+// `ctx` tokens start every `stride` tokens; in each window only the tokens that the previous window did not score
+// count, so every token is scored at most once, each with up to ctx - 1 tokens of context (at least ctx - stride once
+// the first window is past). A window's first token has no context in it and is not scored: with overlapping windows
+// that only drops token 0; with stride == ctx it drops the first token of every window, as Hugging Face's loop does.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -12,7 +13,7 @@
 
 #include "lmforge/model/model.h"
 
-namespace lmforge::eval {
+namespace lmforge::eval::lm {
 
 struct PerplexityOptions {
   int64_t ctx = 512;
@@ -39,4 +40,4 @@ std::vector<int32_t> load_eval_tokens(const std::string& path, const std::string
                                       int64_t max_tokens, const std::string& split, const std::string& text_field,
                                       std::string* how);
 
-}  // namespace lmforge::eval
+}  // namespace lmforge::eval::lm

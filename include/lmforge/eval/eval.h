@@ -1,0 +1,85 @@
+// Evaluation on the inference engine: perplexity (sliding window), multiple-choice log-likelihood accuracy, and
+// BLEU / ROUGE-L of greedy generations. Models come in through eval::open_model_dir (model_dir.h).
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "lmforge/eval/model_dir.h"
+
+namespace lmforge::eval {
+
+// ---- perplexity ----
+// Hugging Face's "perplexity of fixed-length models": windows of `ctx` tokens starting every `stride` tokens; each
+// window scores only the tokens the previous window did not (its last end - prev_end tokens), each predicted from
+// the window's tokens before it. The first token of the data is never scored.
+struct PerplexityResult {
+  int64_t tokens = 0;  // tokens scored
+  int64_t windows = 0;
+  double nll = 0;  // mean negative log-likelihood per scored token (nats)
+  double ppl = 0;  // exp(nll)
+};
+PerplexityResult perplexity(model::Engine& engine, const std::vector<int32_t>& ids, int64_t ctx, int64_t stride,
+                            const std::function<void(int64_t done, int64_t total)>& progress = {});
+
+// Token ids for perplexity from a file: token shards (a directory with manifest.json: its val split, else train),
+// JSONL (field `text` of every line), or plain text; texts are joined with "\n\n" and encoded with the model's
+// tokenizer (one BOS at the start if the tokenizer adds one).
+std::vector<int32_t> load_eval_tokens(const ModelDir& m, const std::string& path, const std::string& field = "text");
+
+// ---- multiple choice ----
+// JSONL, one task item a line: {"context": "...", "choices": ["...", ...], "label": i}. Each choice is scored by
+// the log-likelihood of its tokens after the context (lm-evaluation-harness style: context encoded with special
+// tokens, the continuation without; whitespace at the end of the context moves to the continuation).
+// acc: the highest log-likelihood is the label; acc_norm: the highest log-likelihood per byte of the continuation.
+struct ChoiceItem {
+  std::string context;
+  std::vector<std::string> choices;
+  int64_t label = 0;
+};
+std::vector<ChoiceItem> load_choice_tasks(const std::string& path);
+struct ChoiceResult {
+  int64_t items = 0;
+  double acc = 0, acc_norm = 0;
+  std::vector<std::vector<double>> loglik;  // per item, per choice
+};
+ChoiceResult evaluate_choice(ModelDir& m, const std::vector<ChoiceItem>& items,
+                             const std::function<void(int64_t done, int64_t total)>& progress = {});
+// Sum of log p(continuation | context) on the engine (both non-empty).
+double continuation_loglik(model::Engine& engine, const std::vector<int32_t>& context,
+                           const std::vector<int32_t>& continuation);
+
+// ---- generation metrics ----
+// sacrebleu's tokenizer "13a" (mteval-v13a): unescapes &quot; &amp; &lt; &gt;, splits off punctuation and symbols,
+// periods and commas not between digits, dashes after digits. ASCII whitespace only separates tokens.
+std::vector<std::string> tokenize_13a(const std::string& line);
+// sacrebleu's default corpus BLEU (0-100): 13a tokens, n-grams 1-4 clipped against one reference per hypothesis,
+// summed over the corpus; smoothing "exp" (the n-th zero-match precision becomes 100 / (2^k * total) for the k-th
+// such order), brevity penalty exp(1 - ref/hyp) when the corpus hypothesis is shorter.
+struct BleuResult {
+  double score = 0, bp = 0;
+  double precisions[4] = {0, 0, 0, 0};
+  int64_t sys_len = 0, ref_len = 0;
+};
+BleuResult corpus_bleu(const std::vector<std::string>& hyps, const std::vector<std::string>& refs);
+// rouge-score's ROUGE-L F-measure for one pair: lowercase, non [a-z0-9] runs become spaces, no stemming;
+// P = LCS / |hyp|, R = LCS / |ref|, F = 2PR / (P + R) (0 when either is 0).
+double rouge_l(const std::string& hyp, const std::string& ref);
+
+// JSONL {"prompt": "...", "reference": "..."} per line; greedy generations (max_tokens, stop strings) scored with
+// corpus BLEU and mean ROUGE-L F.
+struct GenItem {
+  std::string prompt, reference;
+};
+std::vector<GenItem> load_gen_tasks(const std::string& path);
+struct GenEvalResult {
+  int64_t items = 0;
+  BleuResult bleu;
+  double rouge_l = 0;
+  std::vector<std::string> outputs;
+};
+GenEvalResult evaluate_generation(ModelDir& m, const std::vector<GenItem>& items, const model::SamplingParams& p,
+                                  const std::function<void(int64_t done, int64_t total)>& progress = {});
+
+}  // namespace lmforge::eval

@@ -1,0 +1,67 @@
+// The engine's FFN: dense SwiGLU, or DeepSeekMoE with inference routing (the training forward's route() without
+// noise or capacity) running only the experts some token chose.
+#include <cstring>
+
+#include "lmforge/kernels/cpu.h"
+#include "lmforge/model/moe.h"
+#include "model/engine_impl.h"
+
+namespace lmforge::model {
+
+namespace {
+
+// out [n, D] = down(silu(gate x) * up x), or out += ... with accumulate.
+void swiglu_mlp(const EngineMlp& m, const float* x, int64_t n, float* out, bool accumulate) {
+  const int64_t F = m.gate.rows();
+  std::vector<float> g(static_cast<size_t>(n * F)), u(g.size());
+  weight_matmul(m.gate, x, n, g.data());
+  weight_matmul(m.up, x, n, u.data());
+  kernels::cpu::swiglu(g.data(), u.data(), g.data(), n * F);
+  weight_matmul(m.down, g.data(), n, out, accumulate);
+}
+
+}  // namespace
+
+void Engine::Impl::ffn(int64_t layer, const float* h, int64_t N, float* out) {
+  const EngineLayer& L = layers[layer];
+  const int64_t D = c.hidden_size;
+  if (!L.moe) {
+    swiglu_mlp(L.mlp, h, N, out, false);
+    return;
+  }
+  const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok;
+  Tensor logits = Tensor::empty({N, E});
+  weight_matmul(L.router, h, N, logits.data<float>());
+  RouteOptions ro;
+  ro.sigmoid = c.scoring_func == "sigmoid";
+  ro.method = c.topk_method;
+  ro.top_k = K;
+  ro.n_group = c.n_group;
+  ro.topk_group = c.topk_group;
+  ro.norm_topk_prob = c.norm_topk_prob;
+  ro.routed_scaling_factor = c.routed_scaling_factor;
+  const Route r = route(Var(logits), L.expert_bias, ro);
+  const Tensor wts = r.weights.value().to(DType::F32).contiguous();
+  const std::vector<int32_t> experts = r.experts.to_int_vector();
+  // Tokens per expert, in token order; each chosen expert runs once over its tokens.
+  std::vector<std::vector<int64_t>> rows(static_cast<size_t>(E));
+  for (int64_t t = 0; t < N; ++t)
+    for (int64_t j = 0; j < K; ++j)
+      if (experts[t * K + j] >= 0) rows[experts[t * K + j]].push_back(t * K + j);
+  std::memset(out, 0, sizeof(float) * static_cast<size_t>(N * D));
+  std::vector<float> xs, ys;
+  for (int64_t e = 0; e < E; ++e) {
+    const auto n = static_cast<int64_t>(rows[e].size());
+    if (n == 0) continue;
+    xs.resize(static_cast<size_t>(n * D));
+    ys.resize(xs.size());
+    for (int64_t i = 0; i < n; ++i)
+      std::memcpy(xs.data() + i * D, h + (rows[e][i] / K) * D, sizeof(float) * static_cast<size_t>(D));
+    swiglu_mlp(L.experts[e], xs.data(), n, ys.data(), false);
+    for (int64_t i = 0; i < n; ++i)
+      kernels::cpu::axpy(wts.data<float>()[rows[e][i]], ys.data() + i * D, out + (rows[e][i] / K) * D, D);
+  }
+  if (L.shared.gate.defined()) swiglu_mlp(L.shared, h, N, out, true);
+}
+
+}  // namespace lmforge::model

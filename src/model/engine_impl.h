@@ -1,0 +1,81 @@
+// The engine's state, shared by construction (engine.cpp), attention and caches (engine_attention.cpp) and the
+// FFN (engine_ffn.cpp).
+#pragma once
+#include <unordered_map>
+#include <vector>
+
+#include "lmforge/model/engine.h"
+
+namespace lmforge::model {
+
+struct EngineMlp {
+  WeightMatrix gate, up, down;
+};
+
+struct EngineLayer {
+  std::vector<float> input_norm, post_norm;
+  // llama attention
+  WeightMatrix q, k, v, o;
+  std::vector<float> q_bias, k_bias, v_bias, o_bias;
+  // MLA (q_proj in `q` when q_lora_rank is null)
+  WeightMatrix q_a, q_b, kv_a, kv_b;
+  std::vector<float> q_a_norm, kv_a_norm;
+  // Absorbed form, per head, from kv_b_proj dequantized: uk_t[h] = (W_uk[h])ᵀ [kv_lora_rank, nope] maps a query's
+  // nope part into latent space; uv[h] = W_uv[h] [v_head_dim, kv_lora_rank] maps an attended latent to values.
+  std::vector<WeightMatrix> uk_t, uv;
+  int64_t window = 0;  // sliding window (0: full causal)
+  // FFN
+  bool moe = false;
+  EngineMlp mlp;
+  WeightMatrix router;
+  Tensor expert_bias;
+  std::vector<EngineMlp> experts;
+  EngineMlp shared;
+};
+
+// One layer's cache of a sequence. Rows are tokens: GQA rows [2, Hkv, head_dim] are split into k and v buffers;
+// MLA rows are [kv_lora_rank + qk_rope_head_dim] (normed latent, then roped key part) in `k`. Full layers grow
+// the buffers; sliding layers hold `window` rows and token p lives in row p % window.
+struct LayerCache {
+  std::vector<float> k, v;
+  int64_t rows = 0;  // capacity in tokens
+};
+
+struct Sequence {
+  int64_t len = 0;
+  std::vector<LayerCache> layers;
+};
+
+// A run of consecutive tokens of one sequence inside a batch of rows: rows [row0, row0 + n) are positions
+// [pos0, pos0 + n) of sequence `seq`.
+struct Segment {
+  Sequence* seq;
+  int64_t row0, n, pos0;
+};
+
+struct Engine::Impl {
+  ModelConfig c;
+  EngineOptions opt;
+  WeightMatrix embed, lm_head;
+  std::vector<float> final_norm;
+  std::vector<EngineLayer> layers;
+  Tensor rope_cos, rope_sin;  // [max_position_embeddings, rot/2]
+  int64_t rot = 0;
+  std::unordered_map<SeqId, Sequence> seqs;
+  SeqId next_id = 0;
+
+  Sequence& seq(SeqId id);
+  // Runs the decoder over N rows (the segments' tokens, in row order) and returns the final-norm hidden states of
+  // the rows listed in `out_rows` as logits [out_rows, vocab].
+  Tensor run(const std::vector<int32_t>& ids, std::vector<Segment>& segs, const std::vector<int64_t>& out_rows);
+
+  // h [N, D] -> attention output [N, D] (before the residual add); appends the rows' keys to the caches.
+  void attention(int64_t layer, const float* h, int64_t N, std::vector<Segment>& segs, float* out);
+  void ffn(int64_t layer, const float* h, int64_t N, float* out);
+};
+
+// Gathers rope rows for positions into cos/sin [N, rot/2].
+void rope_rows(const Engine::Impl& m, const std::vector<int64_t>& pos, std::vector<float>& cos,
+               std::vector<float>& sin);
+
+}  // namespace lmforge::model

@@ -1,0 +1,169 @@
+// generate, eval and bench generate as a user runs them: a tokenizer trained on Debian's GPL-3 text and a small
+// random llama, outputs, reproducibility, and bad input (exit 2 with one line naming the fault).
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "temp_dir_test.h"
+
+namespace {
+
+struct CliRun {
+  int code;
+  std::string out;
+};
+
+CliRun sh(const std::string& script) {
+  FILE* p = popen(("(" + script + ") 2>&1").c_str(), "r");
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  const int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+nlohmann::json last_json(const std::string& out) {
+  const size_t b = out.rfind("\n{", out.size() - 2);
+  return nlohmann::json::parse(out.substr(b == std::string::npos ? 0 : b + 1));
+}
+
+const std::string kBin = LMFORGE_BINARY;
+
+class InferCli : public lmforge::testing::TempDirTest {
+ protected:
+  void SetUp() override {
+    TempDirTest::SetUp();
+    CliRun r = sh(kBin + " tokenizer train --input /usr/share/common-licenses/GPL-3 --out " + path("tok.json") +
+                  " --vocab-size 320 --special-tokens '<s>,</s>' --threads 1");
+    ASSERT_EQ(r.code, 0) << r.out;
+    std::ofstream(path("cfg.json")) << R"({"model_type":"llama","vocab_size":320,"hidden_size":32,
+      "intermediate_size":64,"num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,
+      "max_position_embeddings":128,"initializer_range":0.02,"bos_token_id":0,"eos_token_id":1})";
+    r = sh(kBin + " init-model --config " + path("cfg.json") + " --seed 3 --out " + path("m") + " && cp " +
+           path("tok.json") + " " + path("m/tokenizer.json"));
+    ASSERT_EQ(r.code, 0) << r.out;
+    model = " --model " + path("m");
+  }
+  std::string model;
+};
+
+TEST_F(InferCli, GenerateIsReproducibleAndStopsAtMaxTokens) {
+  const std::string cmd = kBin + " generate" + model +
+                          " --prompt 'This License' --max-tokens 7 --temperature 0.9 "
+                          "--top-k 40 --ignore-eos --json --seed ";
+  CliRun a = sh(cmd + "5"), b = sh(cmd + "5"), c = sh(cmd + "6");
+  ASSERT_EQ(a.code, 0) << a.out;
+  const auto ja = last_json(a.out), jb = last_json(b.out), jc = last_json(c.out);
+  EXPECT_EQ(ja["completion_tokens"], 7);
+  EXPECT_EQ(ja["finish_reason"], "length");
+  EXPECT_EQ(ja["tokens"], jb["tokens"]);
+  EXPECT_NE(ja["tokens"], jc["tokens"]);
+  // Streaming prints the same text the JSON reports (the stream ends with a newline).
+  CliRun s = sh(kBin + " generate" + model + " --prompt 'This License' --max-tokens 7 --temperature 0 --ignore-eos");
+  CliRun sj =
+      sh(kBin + " generate" + model + " --prompt 'This License' --max-tokens 7 --temperature 0 --ignore-eos --json");
+  ASSERT_EQ(s.code, 0) << s.out;
+  EXPECT_EQ(s.out, last_json(sj.out)["text"].get<std::string>() + "\n");
+}
+
+TEST_F(InferCli, ChatUsesTheBuiltInFormatAndSaysSo) {
+  std::ofstream(path("chat.jsonl")) << R"({"role":"system","content":"Be brief."})"
+                                    << "\n"
+                                    << R"({"role":"user","content":"What is free software?"})"
+                                    << "\n";
+  CliRun r = sh(kBin + " generate" + model + " --chat " + path("chat.jsonl") + " --max-tokens 3 --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("no chat_template; using the built-in ChatML format"), std::string::npos) << r.out;
+  std::ofstream(path("bad.jsonl")) << R"({"role":"user"})"
+                                   << "\n";
+  r = sh(kBin + " generate" + model + " --chat " + path("bad.jsonl"));
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("bad.jsonl:1: needs string fields 'role' and 'content'"), std::string::npos) << r.out;
+}
+
+TEST_F(InferCli, GenerateBadInputExitsTwo) {
+  std::string longp;
+  for (int i = 0; i < 300; ++i) longp += "free ";
+  CliRun r = sh(kBin + " generate" + model + " --prompt '" + longp + "'");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("the model's context (max_position_embeddings) is 128"), std::string::npos) << r.out;
+  r = sh(kBin + " generate --model " + path("nope") + " --prompt hi");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("not a model directory"), std::string::npos) << r.out;
+  r = sh(kBin + " generate" + model + " --prompt hi --top-p 0");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("top_p"), std::string::npos) << r.out;
+  EXPECT_EQ(sh(kBin + " generate" + model + " --prompt hi --bogus").code, 2);
+  EXPECT_EQ(sh(kBin + " generate" + model).code, 2);  // neither --prompt nor --chat
+  sh("rm " + path("m/tokenizer.json"));
+  r = sh(kBin + " generate" + model + " --prompt hi");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("no tokenizer.json"), std::string::npos) << r.out;
+}
+
+TEST_F(InferCli, EvalPerplexityChoiceAndGenerate) {
+  sh("head -c 3000 /usr/share/common-licenses/GPL-3 > " + path("t.txt"));
+  CliRun r = sh(kBin + " eval perplexity" + model + " --data " + path("t.txt") + " --ctx 32 --stride 16 --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  nlohmann::json j = last_json(r.out);
+  EXPECT_GT(j["tokens"].get<int64_t>(), 100);
+  EXPECT_NEAR(j["ppl"].get<double>(), std::exp(j["nll"].get<double>()), 1e-6 * j["ppl"].get<double>());
+  // A random model is near-uniform over 320 tokens: perplexity within a factor of two of that.
+  EXPECT_GT(j["ppl"].get<double>(), 160);
+  EXPECT_LT(j["ppl"].get<double>(), 640);
+
+  std::ofstream(path("ch.jsonl")) << R"({"context":"The GNU General Public","choices":[" License"," Banana"],)"
+                                  << R"("label":0})"
+                                  << "\n"
+                                  << R"({"context":"Free","choices":[" software"," xq", " x"],"label":2})"
+                                  << "\n";
+  r = sh(kBin + " eval choice" + model + " --tasks " + path("ch.jsonl") + " --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  j = last_json(r.out);
+  EXPECT_EQ(j["items"], 2);
+  for (const char* k : {"acc", "acc_norm"}) {
+    const double v = j[k].get<double>();
+    EXPECT_TRUE(v == 0 || v == 0.5 || v == 1) << k << " " << v;
+  }
+
+  std::ofstream(path("g.jsonl")) << R"({"prompt":"The GNU","reference":"General Public License"})"
+                                 << "\n";
+  r = sh(kBin + " eval generate" + model + " --data " + path("g.jsonl") + " --max-tokens 8 --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  j = last_json(r.out);
+  EXPECT_EQ(j["items"], 1);
+  EXPECT_TRUE(j.contains("bleu") && j.contains("rouge_l") && j["outputs"].size() == 1);
+
+  std::ofstream(path("bad.jsonl")) << R"({"context":"a","choices":["b","c"],"label":5})"
+                                   << "\n";
+  r = sh(kBin + " eval choice" + model + " --tasks " + path("bad.jsonl"));
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("bad.jsonl:1: label 5 is not an index into 'choices'"), std::string::npos) << r.out;
+  r = sh(kBin + " eval perplexity" + model + " --data " + path("t.txt") + " --ctx 200");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("exceeds the model's context"), std::string::npos) << r.out;
+  EXPECT_EQ(sh(kBin + " eval perplexity" + model + " --data " + path("missing.txt")).code, 2);
+  EXPECT_EQ(sh(kBin + " eval").code, 2);
+}
+
+TEST_F(InferCli, BenchGenerateReportsRatesAndCeilings) {
+  CliRun r = sh(kBin + " bench generate" + model + " --prompt-tokens 16 --gen-tokens 8 --copy-mib 8 --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const nlohmann::json j = last_json(r.out);
+  for (const char* k : {"prefill_tokens_per_s", "decode_tokens_per_s", "peak_rss_mb", "weight_bytes", "copy_gb_s",
+                        "decode_ceiling_tokens_per_s", "sgemm_gflops", "prefill_fraction_of_sgemm"})
+    EXPECT_GT(j[k].get<double>(), 0) << k;
+  // Weights read per token: every matrix of the config (f32) plus one embedding row.
+  const double per_layer = 4.0 * (32 * 32 + 2 * 16 * 32 + 32 * 32 + 3 * 64 * 32);
+  EXPECT_DOUBLE_EQ(j["weight_bytes"].get<double>(), 2 * per_layer + 4.0 * (320 * 32 + 32));
+  r = sh(kBin + " bench generate" + model + " --prompt-tokens 120 --gen-tokens 9");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("exceed the model's context"), std::string::npos) << r.out;
+}
+
+}  // namespace

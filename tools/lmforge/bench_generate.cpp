@@ -1,0 +1,186 @@
+// lmforge bench generate: prefill and decode rates of the inference engine on a model directory, with the machine's
+// limits measured in the same run (copy bandwidth for decode, raw OpenBLAS sgemm for prefill) and the ratios.
+#include <cblas.h>
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "bench_ops.h"
+#include "lmforge/commands.h"
+#include "lmforge/kernels/cpu.h"
+#include "lmforge/kernels/thread_pool.h"
+#include "lmforge/model/engine.h"
+
+namespace lmforge::cli {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// ggml's f32 MUL_MAT at the decode shape (m=4096, k=14336, n=1, 2 threads) reads weights at 26.5 GB/s
+// (/work/shared/BENCHMARKS.md): the decode rate ggml implies for a model is that over the bytes per token.
+constexpr double kGgmlF32WeightGbS = 26.5;
+
+struct Args {
+  std::string model;
+  int64_t prompt_tokens = 512, gen_tokens = 128;
+  int threads = 2, repeats = 1;
+  uint64_t seed = 0;
+  bool no_absorb = false;
+  int copy_mib = 512;
+};
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
+double peak_rss_mb() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<double>(ru.ru_maxrss) / 1024.0;
+}
+
+// Raw OpenBLAS with its own threads at the prefill's FFN shape (tokens x intermediate x hidden), median of 5.
+double sgemm_gflops(int64_t M, int64_t N, int64_t K, int threads) {
+  std::vector<float> a(static_cast<size_t>(M * K), 0.5f), b(static_cast<size_t>(K * N), 0.25f),
+      c(static_cast<size_t>(M * N));
+  kernels::cpu::blas_set_threads(threads);
+  auto run = [&] {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(M), int(N), int(K), 1.0f, a.data(), int(K), b.data(),
+                int(K), 0.0f, c.data(), int(N));
+  };
+  run();
+  std::vector<double> ms;
+  for (int r = 0; r < 5; ++r) {
+    const auto t0 = Clock::now();
+    run();
+    ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+  }
+  kernels::cpu::blas_set_threads(1);
+  return 2.0 * double(M) * double(N) * double(K) / (median(ms) * 1e-3) / 1e9;
+}
+
+int32_t argmax(const float* x, int64_t n) {
+  return static_cast<int32_t>(std::max_element(x, x + n) - x);
+}
+
+int run_bench_generate(const Args& a, bool json) {
+  ThreadCountScope scope(a.threads);
+  model::EngineOptions eo;
+  eo.mla_absorb = !a.no_absorb;
+  model::Engine e = model::Engine::load(a.model, eo);
+  const model::ModelConfig& c = e.config();
+  if (a.prompt_tokens + a.gen_tokens > c.max_position_embeddings) {
+    std::fprintf(
+        stderr, "lmforge bench generate: --prompt-tokens + --gen-tokens (%lld) exceed the model's context (%lld)\n",
+        static_cast<long long>(a.prompt_tokens + a.gen_tokens), static_cast<long long>(c.max_position_embeddings));
+    return kUsageError;
+  }
+  std::mt19937_64 rng(a.seed);
+  std::vector<int32_t> prompt(static_cast<size_t>(a.prompt_tokens));
+  for (auto& t : prompt) t = static_cast<int32_t>(rng() % static_cast<uint64_t>(c.vocab_size));
+  {  // warm-up: page in the weights and start the pool's threads
+    const model::SeqId s = e.add_sequence();
+    const Tensor l = e.prefill(s, std::span<const int32_t>(prompt.data(), std::min<size_t>(prompt.size(), 16)));
+    for (int i = 0; i < 2; ++i) e.decode({s}, {argmax(l.data<float>(), c.vocab_size)});
+    e.free_sequence(s);
+  }
+  std::vector<double> prefill_s, decode_s;
+  for (int r = 0; r < a.repeats; ++r) {
+    const model::SeqId s = e.add_sequence();
+    auto t0 = Clock::now();
+    Tensor l = e.prefill(s, prompt);
+    prefill_s.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+    t0 = Clock::now();
+    for (int64_t i = 0; i < a.gen_tokens; ++i) l = e.decode({s}, {argmax(l.data<float>(), c.vocab_size)});
+    decode_s.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+    e.free_sequence(s);
+  }
+  const double rss = peak_rss_mb();  // before the probes allocate their arrays
+  const double prefill_tps = double(a.prompt_tokens) / median(prefill_s);
+  const double decode_tps = double(a.gen_tokens) / median(decode_s);
+  // Prefill FLOPs: the weight products for every prompt token, the LM head once (only the last token's logits are
+  // computed), and causal attention (QKᵀ and PV: 4 x heads x head dims per visible key).
+  const int64_t P = a.prompt_tokens;
+  const double qk = c.is_deepseek() ? double(c.qk_nope_head_dim + c.qk_rope_head_dim) : double(c.head_dim);
+  const double vd = c.is_deepseek() ? double(c.v_head_dim) : double(c.head_dim);
+  double visible = 0;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const int64_t w = c.is_sliding_layer(l) ? c.sliding_window : 0;
+    for (int64_t t = 0; t < P; ++t) visible += double(w > 0 ? std::min(w, t + 1) : t + 1);
+  }
+  const double prefill_flops = e.matmul_flops_per_token() * double(P) + e.lm_head_flops() +
+                               2.0 * double(c.num_attention_heads) * (qk + vd) * visible;
+  const double prefill_gflops = prefill_flops / median(prefill_s) / 1e9;
+  const double copy = bench::measure_copy_gb_s(a.threads, static_cast<size_t>(a.copy_mib) << 20, 5);
+  const double sgemm =
+      sgemm_gflops(P, c.is_moe_layer(0) ? c.moe_intermediate_size : c.intermediate_size, c.hidden_size, a.threads);
+  const double wb = e.weight_bytes_per_token();
+  const double ceiling = copy * 1e9 / wb;
+  const double ggml = kGgmlF32WeightGbS * 1e9 / wb;
+  nlohmann::json j = {{"model", a.model},
+                      {"threads", a.threads},
+                      {"prompt_tokens", P},
+                      {"gen_tokens", a.gen_tokens},
+                      {"repeats", a.repeats},
+                      {"mla_absorb", eo.mla_absorb},
+                      {"prefill_tokens_per_s", prefill_tps},
+                      {"decode_tokens_per_s", decode_tps},
+                      {"peak_rss_mb", rss},
+                      {"weight_bytes", wb},
+                      {"copy_gb_s", copy},
+                      {"decode_ceiling_tokens_per_s", ceiling},
+                      {"decode_fraction_of_ceiling", decode_tps / ceiling},
+                      {"decode_weight_gb_s", decode_tps * wb / 1e9},
+                      {"ggml_f32_implied_tokens_per_s", ggml},
+                      {"decode_vs_ggml_f32_implied", decode_tps / ggml},
+                      {"sgemm_gflops", sgemm},
+                      {"prefill_gflops", prefill_gflops},
+                      {"prefill_fraction_of_sgemm", prefill_gflops / sgemm}};
+  if (json) {
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    std::printf(
+        "bench generate %s: prefill %.1f tok/s (%.1f GFLOP/s, %.0f%% of sgemm %.1f), decode %.2f tok/s (%.0f%% of "
+        "the %.2f tok/s ceiling at %.1f GB/s copy; %.2fx the ggml-implied %.2f), %.1f MB weights/token, peak RSS "
+        "%.0f MB, %d threads, median of %d\n",
+        a.model.c_str(), prefill_tps, prefill_gflops, 100 * prefill_gflops / sgemm, sgemm, decode_tps,
+        100 * decode_tps / ceiling, ceiling, copy, decode_tps / ggml, ggml, wb / 1e6, rss, a.threads, a.repeats);
+  }
+  return kOk;
+}
+
+}  // namespace
+
+void add_bench_generate_command(CLI::App* bench, Context& ctx) {
+  auto a = std::make_shared<Args>();
+  CLI::App* g = bench->add_subcommand(
+      "generate", "prefill and decode tokens/s of the inference engine, against copy bandwidth and sgemm");
+  g->add_option("--model", a->model, "model directory (config.json + model.safetensors)")->required();
+  g->add_option("--prompt-tokens", a->prompt_tokens, "random prompt ids")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 24))
+      ->capture_default_str();
+  g->add_option("--gen-tokens", a->gen_tokens, "greedy decode steps")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 24))
+      ->capture_default_str();
+  g->add_option("--threads", a->threads, "threads")->check(CLI::Range(1, 1024))->capture_default_str();
+  g->add_option("--repeats", a->repeats, "timed runs; medians reported")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  g->add_option("--seed", a->seed, "prompt ids seed")->capture_default_str();
+  g->add_option("--copy-mib", a->copy_mib, "size of each copy-probe array")
+      ->check(CLI::Range(1, 1 << 16))
+      ->capture_default_str();
+  g->add_flag("--no-absorb", a->no_absorb, "decode MLA layers by decompressing K/V (default: absorbed form)");
+  g->add_flag("--json", ctx.json,
+              "one JSON object: prefill_tokens_per_s, decode_tokens_per_s, peak_rss_mb, weight_bytes, copy_gb_s, ...");
+  g->callback([&ctx, a] { ctx.exit_code = run_bench_generate(*a, ctx.json); });
+}
+
+}  // namespace lmforge::cli

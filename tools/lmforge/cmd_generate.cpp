@@ -1,0 +1,145 @@
+// lmforge generate: text from a prompt or a chat, streamed to stdout.
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "lmforge/commands.h"
+#include "lmforge/core/error.h"
+#include "lmforge/eval/model_dir.h"
+#include "lmforge/tokenizer/chat_template.h"
+
+namespace lmforge::cli {
+
+namespace {
+
+struct GenArgs {
+  std::string model, prompt, chat;
+  model::SamplingParams p;
+  std::vector<std::string> logit_bias;  // ID=BIAS
+  bool raw = false;
+};
+
+std::vector<tokenizer::ChatMessage> read_chat(const std::string& path) {
+  std::ifstream in(path);
+  LMF_CHECK(in.good(), path, ": cannot read");
+  std::vector<tokenizer::ChatMessage> msgs;
+  std::string line;
+  for (int64_t n = 1; std::getline(in, line); ++n) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+    LMF_CHECK(!j.is_discarded() && j.is_object(), path, ":", n, ": not a JSON object");
+    LMF_CHECK(j.contains("role") && j["role"].is_string() && j.contains("content") && j["content"].is_string(), path,
+              ":", n, ": needs string fields 'role' and 'content'");
+    msgs.push_back({j["role"].get<std::string>(), j["content"].get<std::string>()});
+  }
+  LMF_CHECK(!msgs.empty(), path, ": no messages");
+  return msgs;
+}
+
+int run_generate(const GenArgs& a, const CLI::App& cmd, bool json) {
+  eval::ModelDir m = eval::open_model_dir(a.model, true);
+  // generation_config.json first, then the flags the user gave.
+  model::SamplingParams p = eval::generation_defaults(m);
+  p.max_tokens = cmd.count("--max-tokens") ? a.p.max_tokens
+                                           : (m.generation_config.contains("max_new_tokens") ? p.max_tokens : 256);
+  if (cmd.count("--temperature")) p.temperature = a.p.temperature;
+  if (cmd.count("--top-p")) p.top_p = a.p.top_p;
+  if (cmd.count("--top-k")) p.top_k = a.p.top_k;
+  if (cmd.count("--min-p")) p.min_p = a.p.min_p;
+  if (cmd.count("--repetition-penalty")) p.repetition_penalty = a.p.repetition_penalty;
+  p.presence_penalty = a.p.presence_penalty;
+  p.frequency_penalty = a.p.frequency_penalty;
+  p.seed = a.p.seed;
+  p.stop = a.p.stop;
+  p.ignore_eos = a.p.ignore_eos;
+  p.stop_ids.insert(p.stop_ids.end(), a.p.stop_ids.begin(), a.p.stop_ids.end());
+  for (const std::string& b : a.logit_bias) {
+    const size_t eq = b.find('=');
+    LMF_CHECK(eq != std::string::npos, "--logit-bias: expected ID=BIAS, got '", b, "'");
+    try {
+      p.logit_bias[std::stoi(b.substr(0, eq))] = std::stof(b.substr(eq + 1));
+    } catch (const std::exception&) {
+      LMF_CHECK(false, "--logit-bias: expected ID=BIAS, got '", b, "'");
+    }
+  }
+  model::validate(p);
+  std::vector<int32_t> ids;
+  if (!a.chat.empty()) {
+    const tokenizer::ChatPrompt cp = tokenizer::render_chat(read_chat(a.chat), m.chat_template, m.bos_token);
+    if (!cp.note.empty()) std::fprintf(stderr, "lmforge generate: %s\n", cp.note.c_str());
+    ids = m.encode(cp.text, false);
+  } else {
+    ids = m.encode(a.prompt, !a.raw);
+  }
+  const int64_t ctx = m.engine.config().max_position_embeddings;
+  if (static_cast<int64_t>(ids.size()) >= ctx) {
+    std::fprintf(stderr,
+                 "lmforge generate: the prompt has %zu tokens; the model's context (max_position_embeddings) "
+                 "is %lld\n",
+                 ids.size(), static_cast<long long>(ctx));
+    return kUsageError;
+  }
+  LMF_CHECK(!ids.empty(), "lmforge generate: the prompt encodes to no tokens");
+  auto on_text = [json](std::string_view s) {
+    if (json) return;
+    std::fwrite(s.data(), 1, s.size(), stdout);
+    std::fflush(stdout);
+  };
+  const model::GenerateResult r = model::generate(
+      m.engine, ids, p, [&m](int32_t t) { return m.token_bytes(t); }, on_text);
+  if (json) {
+    const nlohmann::json j = {{"text", r.text},
+                              {"finish_reason", r.finish_reason},
+                              {"prompt_tokens", r.prompt_tokens},
+                              {"completion_tokens", r.tokens.size()},
+                              {"tokens", r.tokens}};
+    std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+  } else {
+    std::printf("\n");
+  }
+  return kOk;
+}
+
+}  // namespace
+
+void add_generate_command(CLI::App& app, Context& ctx) {
+  auto a = std::make_shared<GenArgs>();
+  CLI::App* g = app.add_subcommand("generate", "generate text from a prompt or a chat (streamed to stdout)");
+  g->add_option("--model", a->model, "model directory (config.json, model.safetensors, tokenizer.json)")->required();
+  auto* prompt = g->add_option("--prompt", a->prompt, "prompt text");
+  auto* chat = g->add_option("--chat", a->chat,
+                             "JSONL of {\"role\", \"content\"} messages, rendered with the model's "
+                             "chat format")
+                   ->check(CLI::ExistingFile);
+  prompt->excludes(chat);
+  g->add_option("--max-tokens", a->p.max_tokens,
+                "tokens to generate at most (default: generation_config's "
+                "max_new_tokens, else 256)")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
+  g->add_option("--temperature", a->p.temperature, "0: greedy (default: generation_config, else 1)");
+  g->add_option("--top-p", a->p.top_p, "nucleus sampling mass in (0, 1]");
+  g->add_option("--top-k", a->p.top_k, "keep the k most likely tokens (0: off)");
+  g->add_option("--min-p", a->p.min_p, "drop tokens below min_p x the top probability");
+  g->add_option("--repetition-penalty", a->p.repetition_penalty, "HF/vLLM repetition penalty over prompt and output");
+  g->add_option("--presence-penalty", a->p.presence_penalty, "OpenAI presence penalty (output tokens)");
+  g->add_option("--frequency-penalty", a->p.frequency_penalty, "OpenAI frequency penalty (output tokens)");
+  g->add_option("--logit-bias", a->logit_bias, "ID=BIAS added to a token's logit (repeatable)");
+  g->add_option("--seed", a->p.seed, "sampling seed (same seed, same output)")->capture_default_str();
+  g->add_option("--stop", a->p.stop, "stop string (repeatable); the text ends before it");
+  g->add_option("--stop-id", a->p.stop_ids, "stop token id (repeatable)");
+  g->add_flag("--ignore-eos", a->p.ignore_eos, "do not stop at the model's EOS ids");
+  g->add_flag("--raw", a->raw, "encode --prompt without the tokenizer's special tokens (BOS)");
+  g->add_flag("--json", ctx.json,
+              "print one JSON object (text, finish_reason, token counts, ids) instead of streaming");
+  g->callback([&ctx, a, g, prompt, chat] {
+    if (!prompt->count() && !chat->count()) {
+      std::fprintf(stderr, "lmforge generate: give --prompt TEXT or --chat FILE.jsonl\n");
+      ctx.exit_code = kUsageError;
+      return;
+    }
+    ctx.exit_code = run_generate(*a, *g, ctx.json);
+  });
+}
+
+}  // namespace lmforge::cli
