@@ -4,6 +4,7 @@
 #include <fstream>
 
 #include "lmforge/core/error.h"
+#include "lmforge/quant/quantized_model.h"
 
 namespace lmforge::eval {
 
@@ -27,9 +28,21 @@ std::string token_text(const nlohmann::json& v) {
 
 }  // namespace
 
+model::Engine load_engine(const std::string& dir, const model::EngineOptions& opt) {
+  LMF_CHECK(fs::is_directory(dir), dir, ": not a model directory");
+  const fs::path cfg = fs::path(dir) / "config.json";
+  if (fs::exists(cfg) && read_json(cfg).contains("quantization_config")) {
+    // A quantized dir from `lmforge quantize`: the weights stay in their formats; every product runs on them.
+    quant::QuantizedWeights q = quant::load_quantized_model(dir);
+    model::EngineWeights w{std::move(q.linear), std::move(q.dense)};
+    return model::Engine(q.config, w, opt, dir);
+  }
+  return model::Engine::load(dir, opt);
+}
+
 ModelDir open_model_dir(const std::string& dir, bool need_tokenizer) {
   LMF_CHECK(fs::is_directory(dir), dir, ": not a model directory");
-  ModelDir m{dir, model::Engine::load(dir), std::nullopt, nlohmann::json::object(), "", ""};
+  ModelDir m{dir, load_engine(dir), std::nullopt, nlohmann::json::object(), "", ""};
   const fs::path tok = fs::path(dir) / "tokenizer.json";
   if (fs::exists(tok)) {
     m.tokenizer.emplace(tokenizer::Tokenizer::from_file(tok.string()));

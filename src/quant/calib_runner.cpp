@@ -6,7 +6,7 @@
 #include <cmath>
 #include <cstring>
 
-#include "eval/lm_perplexity.h"
+#include "quant/lm_perplexity.h"
 #include "lmforge/core/error.h"
 #include "lmforge/quant/methods.h"
 #include "lmforge/quant/quantized_model.h"

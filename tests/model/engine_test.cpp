@@ -221,7 +221,9 @@ TEST(Engine, WeightsConstructorTakesQuantizedMatrices) {
   Engine eq(k.cfg, qw, {}, "q8"), ed(k.cfg, dw, {}, "deq");
   const std::vector<int32_t> toks = k.row(0);
   const std::vector<float> a = run_chunked(eq, toks, 1), b = run_chunked(ed, toks, 1);
-  EXPECT_LT(rel(a, b), 1e-5);
+  // The q8_0 decode kernels round activations to 8-bit blocks as ggml does: within that rounding of the product
+  // with the dequantized weights (token by token, so every product is the n = 1 path).
+  EXPECT_LT(rel(a, b), 2e-2);
   EXPECT_GT(rel(a, k.ref(0)), 1e-6);  // really quantized
   EngineWeights missing = dw;
   missing.tensors.erase("model.layers.1.self_attn.k_proj.weight");

@@ -6,7 +6,7 @@
 
 #include <cmath>
 
-#include "eval/lm_perplexity.h"
+#include "quant/lm_perplexity.h"
 #include "lmforge/core/half.h"
 #include "lmforge/io/safetensors.h"
 #include "quant/calib_runner.h"

@@ -12,6 +12,7 @@
 
 #include "bench_ops.h"
 #include "lmforge/commands.h"
+#include "lmforge/eval/model_dir.h"
 #include "lmforge/kernels/cpu.h"
 #include "lmforge/kernels/thread_pool.h"
 #include "lmforge/model/engine.h"
@@ -74,7 +75,7 @@ int run_bench_generate(const Args& a, bool json) {
   ThreadCountScope scope(a.threads);
   model::EngineOptions eo;
   eo.mla_absorb = !a.no_absorb;
-  model::Engine e = model::Engine::load(a.model, eo);
+  model::Engine e = eval::load_engine(a.model, eo);
   const model::ModelConfig& c = e.config();
   if (a.prompt_tokens + a.gen_tokens > c.max_position_embeddings) {
     std::fprintf(

@@ -6,11 +6,11 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
-#include "eval/lm_perplexity.h"
 #include "lmforge/commands.h"
 #include "lmforge/eval/eval.h"
 #include "lmforge/kernels/thread_pool.h"
 #include "lmforge/quant/quantized_model.h"
+#include "quant/lm_perplexity.h"
 
 namespace lmforge::cli {
 
@@ -93,7 +93,8 @@ int run_lm_perplexity(const PplArgs& a, bool json) {
   if (a.threads > 0) ThreadPool::global().set_num_threads(a.threads);
   const model::CausalLM m = quant::load_causal_lm_any(a.model);
   if (a.ctx > m.config().max_position_embeddings) {
-    std::fprintf(stderr, "lmforge eval perplexity: --ctx %lld exceeds the model's max_position_embeddings (%lld)\n",
+    std::fprintf(stderr,
+                 "lmforge eval perplexity: --ctx %lld exceeds the model's context (max_position_embeddings %lld)\n",
                  static_cast<long long>(a.ctx), static_cast<long long>(m.config().max_position_embeddings));
     return kUsageError;
   }

@@ -28,6 +28,9 @@ struct ModelDir {
 
 // Errors name the directory and the file at fault. need_tokenizer: a missing tokenizer.json is an error.
 ModelDir open_model_dir(const std::string& dir, bool need_tokenizer);
+// The engine of a model dir: plain (f32/bf16/f16 safetensors) or quantized by `lmforge quantize`
+// (config.json's quantization_config), whose weights keep their formats.
+model::Engine load_engine(const std::string& dir, const model::EngineOptions& opt = {});
 
 // Sampling defaults from generation_config.json: do_sample (false: temperature 0), temperature, top_p, top_k,
 // min_p, repetition_penalty, max_new_tokens, and eos_token_id (int or list) added to stop_ids.

@@ -1,5 +1,5 @@
 // Sliding-window perplexity and the evaluation token loaders.
-#include "eval/lm_perplexity.h"
+#include "quant/lm_perplexity.h"
 
 #include <algorithm>
 #include <cmath>
