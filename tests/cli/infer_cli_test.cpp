@@ -8,24 +8,13 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "cli_run.h"
 #include "temp_dir_test.h"
 
 namespace {
 
-struct CliRun {
-  int code;
-  std::string out;
-};
-
-CliRun sh(const std::string& script) {
-  FILE* p = popen(("(" + script + ") 2>&1").c_str(), "r");
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  const int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
+using lmforge::testing::CliRun;
+using lmforge::testing::sh;
 
 nlohmann::json last_json(const std::string& out) {
   const size_t b = out.rfind("\n{", out.size() - 2);

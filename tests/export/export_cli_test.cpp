@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "cli_run.h"
 #include "lmforge/io/gguf.h"
 #include "temp_dir_test.h"
 
@@ -16,20 +17,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct CliRun {
-  int code;
-  std::string out;
-};
-
-CliRun sh(const std::string& script) {
-  FILE* p = popen(("(" + script + ") 2>&1").c_str(), "r");
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  const int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
+using lmforge::testing::CliRun;
+using lmforge::testing::sh;
 
 const std::string kBin = LMFORGE_BINARY;
 const char* kTiny = R"({"model_type":"llama","vocab_size":300,"hidden_size":32,"intermediate_size":64,

@@ -13,6 +13,7 @@
 #include <fstream>
 #include <map>
 
+#include "cli_run.h"
 #include "lmforge/core/error.h"
 #include "lmforge/export/onnx.h"
 #include "lmforge/model/model.h"
@@ -214,20 +215,8 @@ TEST_F(OnnxExport, UnexportableConfigNamesTheField) {
   EXPECT_FALSE(fs::exists(path("x.onnx")));
 }
 
-struct CliRun {
-  int code;
-  std::string out;
-};
-
-CliRun sh(const std::string& script) {
-  FILE* p = popen(("(" + script + ") 2>&1").c_str(), "r");
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  const int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
+using lmforge::testing::CliRun;
+using lmforge::testing::sh;
 
 const std::string kBin = LMFORGE_BINARY;
 
