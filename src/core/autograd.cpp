@@ -1,6 +1,5 @@
 #include "lmforge/core/autograd.h"
 
-
 #include "lmforge/kernels/cpu.h"
 
 namespace lmforge {

@@ -6,10 +6,10 @@
 #include <cmath>
 #include <cstring>
 
-#include "quant/lm_perplexity.h"
 #include "lmforge/core/error.h"
 #include "lmforge/quant/methods.h"
 #include "lmforge/quant/quantized_model.h"
+#include "quant/lm_perplexity.h"
 
 namespace lmforge::quant {
 

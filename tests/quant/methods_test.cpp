@@ -6,10 +6,10 @@
 
 #include <cmath>
 
-#include "quant/lm_perplexity.h"
 #include "lmforge/core/half.h"
 #include "lmforge/io/safetensors.h"
 #include "quant/calib_runner.h"
+#include "quant/lm_perplexity.h"
 
 namespace lmforge::quant {
 namespace {
