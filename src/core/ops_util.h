@@ -42,15 +42,7 @@ inline Tensor keep(const Var& v, const Tensor& t) {
 
 // The narrow dtype products compute in under mixed precision (BF16 / F16 for f32 ops), or F32 when they do not.
 inline DType lowp_dtype(DType dt) {
-  if (dt != DType::F32) return DType::F32;
-  switch (saved_precision()) {
-    case SavedPrecision::BF16:
-      return DType::BF16;
-    case SavedPrecision::F16:
-      return DType::F16;
-    default:
-      return DType::F32;
-  }
+  return dt == DType::F32 ? saved_dtype() : DType::F32;
 }
 
 // t's values rounded to `narrow` (kept in f32): what a bf16/f16 product sees and gives. No-op for F32. In f16,

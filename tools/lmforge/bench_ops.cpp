@@ -266,6 +266,8 @@ void copy_sse(float* __restrict d, const float* __restrict s, int64_t n) {
 }
 #endif
 
+}  // namespace
+
 // STREAM "Copy" (a[i] = b[i]) with ordinary stores, as our kernels write: no non-temporal stores, which would
 // skip the write-allocate read that every one of our kernels pays. Split over the pool like our kernels.
 void stream_copy(float* d, const float* s, int64_t n) {
@@ -280,6 +282,8 @@ void stream_copy(float* d, const float* s, int64_t n) {
 #endif
   });
 }
+
+namespace {
 
 // Two arrays far larger than the L3. copy_bytes(n, window) moves n bytes (n/2 read, n/2 written, STREAM's
 // convention) starting where the last call stopped, cycling through the first `window` bytes of each array, so

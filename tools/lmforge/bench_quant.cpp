@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_ops.h"
 #include "lmforge/commands.h"
 #include "lmforge/core/error.h"
 #include "lmforge/core/weight_matrix.h"
@@ -52,21 +53,6 @@ double ggml_ms(WeightFormat f) {  // m=4096 k=14336 n=1, BENCHMARKS.md
   }
 }
 
-#if LMF_HAVE_X86
-LMF_TARGET_AVX2 void copy_avx2(float* __restrict d, const float* __restrict s, int64_t n) {
-  int64_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    const __m256 a = _mm256_loadu_ps(s + i), b = _mm256_loadu_ps(s + i + 8);
-    const __m256 c = _mm256_loadu_ps(s + i + 16), e = _mm256_loadu_ps(s + i + 24);
-    _mm256_storeu_ps(d + i, a);
-    _mm256_storeu_ps(d + i + 8, b);
-    _mm256_storeu_ps(d + i + 16, c);
-    _mm256_storeu_ps(d + i + 24, e);
-  }
-  for (; i < n; ++i) d[i] = s[i];
-}
-#endif
-
 // Copies `bytes` (half read, half written: STREAM's count) cycling through two 256 MiB arrays, split over the pool.
 class CopyProbe {
  public:
@@ -78,15 +64,7 @@ class CopyProbe {
       const int64_t take = std::min(left, kFloats - off_);
       float* d = dst_.data() + off_;
       const float* s = src_.data() + off_;
-      parallel_for(take, 1 << 16, [&](int64_t b, int64_t e) {
-#if LMF_HAVE_X86
-        if (kernels::cpu_has_avx2()) {
-          copy_avx2(d + b, s + b, e - b);
-          return;
-        }
-#endif
-        std::memcpy(d + b, s + b, static_cast<size_t>(e - b) * sizeof(float));
-      });
+      bench::stream_copy(d, s, take);
       off_ += take;
       left -= take;
     }
