@@ -249,6 +249,28 @@ TEST_F(TrainTest, CorruptCheckpointIsNamedAndLeftAlone) {
   EXPECT_EQ(fs::last_write_time(ck), mtime);
 }
 
+// A hostile fp16 loss scale in trainer.json (negative, or not finite) is refused on --resume, naming the field.
+TEST_F(TrainTest, CheckpointWithABadLossScaleIsRefused) {
+  RunOptions o;
+  o.quiet = true;
+  o.stop_at = 4;
+  TrainConfig c = config(kTinyLlama, "ls_bad");
+  c.precision = "fp16";
+  run_training(c, o);
+  const std::string tj = path("ls_bad") + "/checkpoints/step-00000004/trainer.json";
+  ASSERT_TRUE(fs::exists(tj));
+  std::ifstream in(tj);
+  nlohmann::json j = nlohmann::json::parse(in);
+  in.close();
+  j["loss_scale"] = -8.0;
+  std::ofstream(tj) << j.dump();
+  o.resume = true;
+  o.stop_at = 0;
+  const std::string msg = error_of([&] { run_training(c, o); });
+  EXPECT_NE(msg.find("loss_scale"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("trainer.json"), std::string::npos) << msg;
+}
+
 // bf16 and fp16 mixed precision: the loss falls about as far as in f32, and --resume is still bit-exact (the fp16
 // loss scale and its good-step counter are part of the checkpoint).
 TEST_F(TrainTest, MixedPrecisionTrainsAndResumesExactly) {
