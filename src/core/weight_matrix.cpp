@@ -321,7 +321,8 @@ kernels::cpu::QWeight qweight_view(const WeightMatrix& w) {
       q.format = QFormat::INT8;
       break;
     case WeightFormat::F32:
-      LMF_CHECK(false, "qweight_view: f32 weights go to gemm");
+      q.format = QFormat::F32;
+      break;
   }
   q.rows = w.rows();
   q.cols = w.cols();
@@ -331,16 +332,12 @@ kernels::cpu::QWeight qweight_view(const WeightMatrix& w) {
   return q;
 }
 
-// f32 goes to GEMM; the other formats to the quantized kernels (src/kernels/cpu/qgemm.cpp).
+// Every format goes to the kernels in src/kernels/cpu/qgemm.cpp: decode-sized products stream the weights through
+// their tile kernels (f32 included: sgemv left bandwidth unused there), and larger ones (f32 from 16 activation
+// rows, the others from 16 too) run sgemm.
 void weight_matmul(const WeightMatrix& w, const float* x, int64_t n, float* y, bool accumulate) {
   LMF_CHECK(w.defined(), "weight_matmul: undefined weight");
-  const int64_t rows = w.rows(), cols = w.cols();
   if (n <= 0) return;
-  if (w.format() == WeightFormat::F32) {
-    kernels::cpu::gemm<float>(false, true, n, rows, cols, 1.0f, x, cols, w.codes().data<float>(), cols,
-                              accumulate ? 1.0f : 0.0f, y, rows);
-    return;
-  }
   kernels::cpu::qgemm(qweight_view(w), x, n, y, accumulate);
 }
 

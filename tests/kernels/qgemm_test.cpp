@@ -61,9 +61,9 @@ std::vector<double> reference(const Tensor& dq, const std::vector<float>& x, int
   return y;
 }
 
-const WeightFormat kFormats[] = {WeightFormat::F16,  WeightFormat::BF16,    WeightFormat::Q8_0,
-                                 WeightFormat::Q4_0, WeightFormat::Q4_G128, WeightFormat::Q4_G128_ASYM,
-                                 WeightFormat::INT8};
+const WeightFormat kFormats[] = {WeightFormat::F32,          WeightFormat::F16,  WeightFormat::BF16,
+                                 WeightFormat::Q8_0,         WeightFormat::Q4_0, WeightFormat::Q4_G128,
+                                 WeightFormat::Q4_G128_ASYM, WeightFormat::INT8};
 
 TEST(Qgemm, EachFormatMatchesDequantizedReference) {
   ThreadCountScope threads(2);
@@ -76,7 +76,7 @@ TEST(Qgemm, EachFormatMatchesDequantizedReference) {
     for (int64_t k = 0; k < cols; ++k) wa[r * cols + k] += 0.01f * static_cast<float>(r % 5);
   for (WeightFormat f : kFormats) {
     SCOPED_TRACE(std::string(weight_format_name(f)));
-    const bool integer = f != WeightFormat::F16 && f != WeightFormat::BF16;
+    const bool integer = f != WeightFormat::F32 && f != WeightFormat::F16 && f != WeightFormat::BF16;
     const WeightMatrix m =
         WeightMatrix::quantize(Tensor::from_vector(f == WeightFormat::Q4_G128_ASYM ? wa : wv, {rows, cols}), f);
     const Tensor dq = m.dequantize();

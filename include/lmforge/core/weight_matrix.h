@@ -75,7 +75,7 @@ void weight_matmul(const WeightMatrix& w, const float* x, int64_t n, float* y, b
 namespace kernels::cpu {
 struct QWeight;
 }
-// The kernels' raw view of a non-f32 weight (the bytes stay owned by w).
+// The kernels' raw view of a weight in any format (the bytes stay owned by w).
 kernels::cpu::QWeight qweight_view(const WeightMatrix& w);
 
 }  // namespace lmforge

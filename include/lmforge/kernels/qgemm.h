@@ -10,7 +10,7 @@
 
 namespace lmforge::kernels::cpu {
 
-enum class QFormat : uint8_t { F16, BF16, Q8_0, Q4_0, Q4_G128, Q4_G128_ASYM, INT8 };
+enum class QFormat : uint8_t { F16, BF16, Q8_0, Q4_0, Q4_G128, Q4_G128_ASYM, INT8, F32 };
 
 struct QWeight {
   QFormat format = QFormat::Q8_0;
@@ -22,7 +22,9 @@ struct QWeight {
 
 enum class QImpl { Auto, Generic, Avx2 };
 
-// Splits the rows over the thread pool. accumulate: y += instead of y =.
+// Splits the rows over the thread pool. accumulate: y += instead of y =. F32 weights with n >= 16 go to sgemm
+// (gemm<float>); below that, every format streams its rows through the tile kernels, which prefetch the next tile
+// of weights while they multiply the current one (decode is bound by how fast the weights arrive).
 void qgemm(const QWeight& w, const float* x, int64_t n, float* y, bool accumulate, QImpl impl = QImpl::Auto);
 
 // True when `impl` can run here (Avx2 needs the CPU's AVX2/FMA/F16C).

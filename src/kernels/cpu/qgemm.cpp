@@ -74,16 +74,19 @@ inline uint16_t load_u16(const uint8_t* p) {
 // Activations of one row quantized to 8-bit blocks of 32.
 struct XQuant {
   int64_t nb = 0;
-  std::vector<float> d;     // scale per block
-  std::vector<float> ds;    // d * sum(codes) per block (the asymmetric zero-point correction)
-  std::vector<int8_t> q;    // codes, nb * 32
-  std::vector<int32_t> p4;  // sums of 4 consecutive codes, nb * 8, in madd lane order
-  void quantize(const float* x, int64_t cols) {
+  std::vector<float> d;        // scale per block
+  std::vector<float> ds;       // d * sum(codes) per block (the asymmetric zero-point correction)
+  std::vector<int8_t> q;       // codes, nb * 32
+  std::vector<int32_t> p4;     // sums of 4 consecutive codes, nb * 8, in madd lane order
+  void resize(int64_t cols) {  // keeps the capacity: the buffers are reused call after call (thread-local)
     nb = cols / kBlock;
     d.resize(nb);
     ds.resize(nb);
     q.resize(nb * kBlock);
     p4.resize(nb * 8);
+  }
+  void quantize(const float* x, int64_t cols) {
+    resize(cols);
     for (int64_t b = 0; b < nb; ++b) {
       const float* xb = x + b * kBlock;
       float amax = 0.0f;
@@ -105,11 +108,13 @@ struct XQuant {
 };
 
 bool is_int_format(QFormat f) {
-  return f != QFormat::F16 && f != QFormat::BF16;
+  return f != QFormat::F16 && f != QFormat::BF16 && f != QFormat::F32;
 }
 
 size_t row_bytes(const QWeight& w) {
   switch (w.format) {
+    case QFormat::F32:
+      return static_cast<size_t>(w.cols) * 4;
     case QFormat::F16:
     case QFormat::BF16:
       return static_cast<size_t>(w.cols) * 2;
@@ -132,6 +137,12 @@ float dot_generic(const QWeight& w, int64_t r, const float* x, const XQuant& xq)
   const auto* row = static_cast<const uint8_t*>(w.codes) + static_cast<size_t>(r) * row_bytes(w);
   const int64_t nb = w.cols / kBlock;
   switch (w.format) {
+    case QFormat::F32: {
+      const auto* wr = reinterpret_cast<const float*>(row);
+      float acc = 0.0f;
+      for (int64_t j = 0; j < w.cols; ++j) acc += wr[j] * x[j];
+      return acc;
+    }
     case QFormat::F16:
     case QFormat::BF16: {
       float acc = 0.0f;
@@ -227,13 +238,24 @@ LMF_TARGET_AVX2 inline __m256i dot_u4(__m256i w, __m256i x) {
   return _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1));
 }
 
+// Software prefetch of the weight stream. A tile reads R rows side by side, R short streams that the hardware
+// prefetchers barely learn before they end (k = 1024 is 17 cache lines a row at q8_0), so decode from DRAM ran at
+// a third of what the same kernel reaches from L2. Each tile therefore prefetches the next tile's bytes while it
+// works, `bytes` per step of its loop, in step with its own progress (pf == nullptr: nothing to prefetch).
+template <size_t Bytes>
+LMF_TARGET_AVX2 inline void prefetch_span(const uint8_t* pf) {
+  for (size_t o = 0; o < Bytes; o += 64) _mm_prefetch(reinterpret_cast<const char*>(pf + o), _MM_HINT_T0);
+}
+
 template <int R>
-LMF_TARGET_AVX2 void tile_q8(const uint8_t* row0, size_t stride, const XQuant& xq, const float* row_scale, float* out) {
+LMF_TARGET_AVX2 void tile_q8(const uint8_t* row0, size_t stride, const XQuant& xq, const float* row_scale, float* out,
+                             const uint8_t* pf) {
   __m256 acc[R];
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   const bool q8 = row_scale == nullptr;  // q8_0 blocks; otherwise int8 rows with one scale each
   const size_t bbytes = q8 ? kQ8Bytes : kBlock;
   for (int64_t b = 0; b < xq.nb; ++b) {
+    if (pf) prefetch_span<R * kQ8Bytes>(pf + b * R * bbytes);
     const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq.q.data() + b * kBlock));
     const float dx = xq.d[b];
     for (int r = 0; r < R; ++r) {
@@ -247,11 +269,12 @@ LMF_TARGET_AVX2 void tile_q8(const uint8_t* row0, size_t stride, const XQuant& x
 }
 
 template <int R>
-LMF_TARGET_AVX2 void tile_q4_0(const uint8_t* row0, size_t stride, const XQuant& xq, float* out) {
+LMF_TARGET_AVX2 void tile_q4_0(const uint8_t* row0, size_t stride, const XQuant& xq, float* out, const uint8_t* pf) {
   __m256 acc[R];
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   const __m256i low = _mm256_set1_epi8(0x0f);
   for (int64_t b = 0; b < xq.nb; ++b) {
+    if (pf) prefetch_span<R * kQ4Bytes>(pf + b * R * kQ4Bytes);
     const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq.q.data() + b * kBlock));
     const __m256i off =
         _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq.p4.data() + b * 8)), 3);
@@ -269,7 +292,7 @@ LMF_TARGET_AVX2 void tile_q4_0(const uint8_t* row0, size_t stride, const XQuant&
 
 template <int R>
 LMF_TARGET_AVX2 void tile_g128(const uint8_t* row0, size_t stride, const uint16_t* scales0, const uint8_t* zeros0,
-                               int64_t groups, const XQuant& xq, float* out) {
+                               int64_t groups, const XQuant& xq, float* out, const uint8_t* pf) {
   __m256 acc[R];
   float corr[R];
   for (int r = 0; r < R; ++r) {
@@ -278,6 +301,7 @@ LMF_TARGET_AVX2 void tile_g128(const uint8_t* row0, size_t stride, const uint16_
   }
   const __m256i low = _mm256_set1_epi8(0x0f);
   for (int64_t g = 0; g < groups; ++g) {
+    if (pf) prefetch_span<R * kGroup / 2>(pf + g * R * (kGroup / 2));
     const int8_t* xg = xq.q.data() + g * kGroup;
     __m256i x[4];
     for (int sb = 0; sb < 4; ++sb) x[sb] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xg + sb * kBlock));
@@ -319,11 +343,13 @@ LMF_TARGET_AVX2 inline __m256 load8(const uint8_t* p, bool bf16) {
 }
 
 template <int R>
-LMF_TARGET_AVX2 void tile_f16(const uint8_t* row0, size_t stride, bool bf16, const float* x, int64_t cols, float* out) {
+LMF_TARGET_AVX2 void tile_f16(const uint8_t* row0, size_t stride, bool bf16, const float* x, int64_t cols, float* out,
+                              const uint8_t* pf) {
   __m256 acc[R][2];
   for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
   int64_t j = 0;
   for (; j + 16 <= cols; j += 16) {
+    if (pf) prefetch_span<R * 32>(pf + j * R * 2);
     const __m256 x0 = _mm256_loadu_ps(x + j), x1 = _mm256_loadu_ps(x + j + 8);
     for (int r = 0; r < R; ++r) {
       const uint8_t* p = row0 + r * stride + j * 2;
@@ -341,46 +367,119 @@ LMF_TARGET_AVX2 void tile_f16(const uint8_t* row0, size_t stride, bool bf16, con
   }
 }
 
+// f32 rows (decode's GEMV): OpenBLAS's sgemv left a third of the copy bandwidth unused at the engine's shapes.
 template <int R>
-LMF_TARGET_AVX2 void tile_avx2(const QWeight& w, int64_t r, const float* x, const XQuant& xq, float* out) {
+LMF_TARGET_AVX2 void tile_f32(const uint8_t* row0, size_t stride, const float* x, int64_t cols, float* out,
+                              const uint8_t* pf) {
+  __m256 acc[R][2];
+  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  int64_t j = 0;
+  for (; j + 16 <= cols; j += 16) {
+    if (pf) prefetch_span<R * 64>(pf + j * R * 4);
+    const __m256 x0 = _mm256_loadu_ps(x + j), x1 = _mm256_loadu_ps(x + j + 8);
+    for (int r = 0; r < R; ++r) {
+      const auto* p = reinterpret_cast<const float*>(row0 + r * stride) + j;
+      acc[r][0] = _mm256_fmadd_ps(_mm256_loadu_ps(p), x0, acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(_mm256_loadu_ps(p + 8), x1, acc[r][1]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    float s = hsum(_mm256_add_ps(acc[r][0], acc[r][1]));
+    const auto* p = reinterpret_cast<const float*>(row0 + r * stride);
+    for (int64_t t = j; t < cols; ++t) s += p[t] * x[t];
+    out[r] = s;
+  }
+}
+
+template <int R>
+LMF_TARGET_AVX2 void tile_avx2(const QWeight& w, int64_t r, const float* x, const XQuant& xq, float* out,
+                               const uint8_t* pf) {
   const size_t stride = row_bytes(w);
   const uint8_t* row0 = static_cast<const uint8_t*>(w.codes) + static_cast<size_t>(r) * stride;
   switch (w.format) {
+    case QFormat::F32:
+      tile_f32<R>(row0, stride, x, w.cols, out, pf);
+      break;
     case QFormat::F16:
     case QFormat::BF16:
-      tile_f16<R>(row0, stride, w.format == QFormat::BF16, x, w.cols, out);
+      tile_f16<R>(row0, stride, w.format == QFormat::BF16, x, w.cols, out, pf);
       break;
     case QFormat::Q8_0:
-      tile_q8<R>(row0, stride, xq, nullptr, out);
+      tile_q8<R>(row0, stride, xq, nullptr, out, pf);
       break;
     case QFormat::INT8:
-      tile_q8<R>(row0, stride, xq, static_cast<const float*>(w.scales) + r, out);
+      tile_q8<R>(row0, stride, xq, static_cast<const float*>(w.scales) + r, out, pf);
       break;
     case QFormat::Q4_0:
-      tile_q4_0<R>(row0, stride, xq, out);
+      tile_q4_0<R>(row0, stride, xq, out, pf);
       break;
     case QFormat::Q4_G128:
     case QFormat::Q4_G128_ASYM: {
       const int64_t groups = w.cols / kGroup;
       const auto* zeros = static_cast<const uint8_t*>(w.zeros);
       tile_g128<R>(row0, stride, static_cast<const uint16_t*>(w.scales) + r * groups,
-                   w.format == QFormat::Q4_G128_ASYM ? zeros + r * groups : nullptr, groups, xq, out);
+                   w.format == QFormat::Q4_G128_ASYM ? zeros + r * groups : nullptr, groups, xq, out, pf);
       break;
     }
   }
 }
 
-LMF_TARGET_AVX2 void rows_avx2(const QWeight& w, const float* x, const XQuant* xq, int64_t r0, int64_t r1, float* y,
-                               bool accumulate) {
+// XQuant::quantize with the same arithmetic (amax / 127, x * (1 / d) rounded to nearest even), 32 values at a time.
+LMF_TARGET_AVX2 void quantize_avx2(XQuant& xq, const float* x, int64_t cols) {
+  xq.resize(cols);
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+  for (int64_t b = 0; b < xq.nb; ++b) {
+    const float* xb = x + b * kBlock;
+    __m256 v[4];
+    for (int i = 0; i < 4; ++i) v[i] = _mm256_loadu_ps(xb + 8 * i);
+    const __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+                                   _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])));
+    __m128 m4 = _mm_max_ps(_mm256_extractf128_ps(m, 1), _mm256_castps256_ps128(m));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    const float db = _mm_cvtss_f32(m4) / 127.0f, id = db > 0.0f ? 1.0f / db : 0.0f;
+    const __m256 vid = _mm256_set1_ps(id);
+    __m256i q[4];
+    for (int i = 0; i < 4; ++i) q[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], vid));
+    // packs work within 128-bit halves: dwords come out as (0-3, 8-11, 16-19, 24-27 | 4-7, ...), hence the permute.
+    const __m256i codes = _mm256_permutevar8x32_epi32(
+        _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3])), perm);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(xq.q.data() + b * kBlock), codes);
+    const __m256i p4 = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, codes), ones16);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(xq.p4.data() + b * 8), p4);
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(p4), _mm256_extracti128_si256(p4, 1));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+    xq.d[b] = db;
+    xq.ds[b] = db * static_cast<float>(_mm_cvtsi128_si32(s4));
+  }
+}
+
+// Rows [r0, r1) for each of the n activation rows. The loop runs over tiles outside and activation rows inside,
+// so a batch of n sequences reads each tile of weights from memory once and from L1/L2 n - 1 times.
+LMF_TARGET_AVX2 void rows_avx2(const QWeight& w, const float* x, const XQuant* xq, int64_t n, int64_t r0, int64_t r1,
+                               float* y, bool accumulate) {
+  const size_t stride = row_bytes(w);
+  const auto* base = static_cast<const uint8_t*>(w.codes);
   float tmp[kTile];
   int64_t r = r0;
   for (; r + kTile <= r1; r += kTile) {
-    tile_avx2<kTile>(w, r, x, *xq, tmp);
-    for (int i = 0; i < kTile; ++i) y[r + i] = accumulate ? y[r + i] + tmp[i] : tmp[i];
+    // The next tile of this chunk; the g128 scales and zeros are small and stay in cache.
+    const uint8_t* pf = r + 2 * kTile <= r1 ? base + static_cast<size_t>(r + kTile) * stride : nullptr;
+    for (int64_t t = 0; t < n; ++t) {
+      float* yt = y + t * w.rows;
+      tile_avx2<kTile>(w, r, x + t * w.cols, xq[t], tmp, t == 0 ? pf : nullptr);
+      for (int i = 0; i < kTile; ++i) yt[r + i] = accumulate ? yt[r + i] + tmp[i] : tmp[i];
+    }
   }
   for (; r < r1; ++r) {
-    tile_avx2<1>(w, r, x, *xq, tmp);
-    y[r] = accumulate ? y[r] + tmp[0] : tmp[0];
+    for (int64_t t = 0; t < n; ++t) {
+      float* yt = y + t * w.rows;
+      tile_avx2<1>(w, r, x + t * w.cols, xq[t], tmp, nullptr);
+      yt[r] = accumulate ? yt[r] + tmp[0] : tmp[0];
+    }
   }
 }
 #endif  // LMF_HAVE_X86
@@ -400,6 +499,9 @@ void dequant_row(const QWeight& w, int64_t r, float* out) {
   const auto* row = static_cast<const uint8_t*>(w.codes) + static_cast<size_t>(r) * row_bytes(w);
   const int64_t nb = w.cols / kBlock;
   switch (w.format) {
+    case QFormat::F32:
+      std::memcpy(out, row, sizeof(float) * static_cast<size_t>(w.cols));
+      break;
     case QFormat::F16:
       for (int64_t j = 0; j < w.cols; ++j) out[j] = half_to_float(load_u16(row + 2 * j));
       break;
@@ -460,6 +562,11 @@ void qgemm(const QWeight& w, const float* x, int64_t n, float* y, bool accumulat
   // int8 rows may have any length; the 8-bit activation blocks need a multiple of 32, so other lengths take the
   // dequantizing path.
   const bool ragged = w.format == QFormat::INT8 && cols % kBlock != 0;
+  if (w.format == QFormat::F32 && n >= kGemmRows) {
+    gemm<float>(false, true, n, rows, cols, 1.0f, x, cols, static_cast<const float*>(w.codes), cols,
+                accumulate ? 1.0f : 0.0f, y, rows);
+    return;
+  }
   if (n >= kGemmRows || ragged) {
     const int64_t panels = (rows + kPanel - 1) / kPanel;
     parallel_for(panels, 1, [&](int64_t p0, int64_t p1) {
@@ -473,25 +580,33 @@ void qgemm(const QWeight& w, const float* x, int64_t n, float* y, bool accumulat
     });
     return;
   }
-  std::vector<XQuant> xq(static_cast<size_t>(n));
-  if (is_int_format(w.format))
-    for (int64_t t = 0; t < n; ++t) xq[t].quantize(x + t * cols, cols);
   const bool avx2 = use_avx2(impl);
+  // The quantized activations, one per row of x; thread-local so decode allocates nothing per product.
+  thread_local std::vector<XQuant> tl_xq;
+  if (tl_xq.size() < static_cast<size_t>(n)) tl_xq.resize(static_cast<size_t>(n));
+  const XQuant* xq = tl_xq.data();
+  if (is_int_format(w.format)) {
+    for (int64_t t = 0; t < n; ++t) {
+#if LMF_HAVE_X86
+      if (avx2) {
+        quantize_avx2(tl_xq[t], x + t * cols, cols);
+        continue;
+      }
+#endif
+      tl_xq[t].quantize(x + t * cols, cols);
+    }
+  }
   // Tiles of kTile rows, at least 16 tiles per chunk so a chunk streams tens of kB of weights.
   const int64_t tiles = (rows + kTile - 1) / kTile;
   parallel_for(tiles, 16, [&](int64_t t0, int64_t t1) {
     const int64_t r0 = t0 * kTile, r1 = std::min(rows, t1 * kTile);
-    for (int64_t t = 0; t < n; ++t) {
-      const float* xt = x + t * cols;
-      float* yt = y + t * rows;
 #if LMF_HAVE_X86
-      if (avx2) {
-        rows_avx2(w, xt, &xq[t], r0, r1, yt, accumulate);
-        continue;
-      }
-#endif
-      rows_generic(w, xt, &xq[t], r0, r1, yt, accumulate);
+    if (avx2) {
+      rows_avx2(w, x, xq, n, r0, r1, y, accumulate);
+      return;
     }
+#endif
+    for (int64_t t = 0; t < n; ++t) rows_generic(w, x + t * cols, xq + t, r0, r1, y + t * rows, accumulate);
   });
   (void)avx2;
 }
