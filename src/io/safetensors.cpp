@@ -332,7 +332,9 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
     fail(path, "cannot memory-map " + std::to_string(size) + " bytes: " + errno_text(err));
   }
   std::shared_ptr<void> mapping(p, [size](void* q) { ::munmap(q, size); });
-  return parse(path, std::move(mapping), static_cast<const unsigned char*>(p), size);
+  SafetensorsFile f = parse(path, std::move(mapping), static_cast<const unsigned char*>(p), size);
+  f.mapped_ = true;
+  return f;
 }
 
 SafetensorsFile SafetensorsFile::from_bytes(std::string_view bytes, const std::string& label) {
@@ -380,6 +382,15 @@ Tensor SafetensorsFile::get(const std::string& name) const {
     std::memcpy(t.raw_data(), p, nbytes);
   }
   return t;
+}
+
+void SafetensorsFile::drop_pages(const std::string& name) const {
+  if (!mapped_) return;
+  const SafetensorsEntry& e = entry(name);
+  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t b = (reinterpret_cast<uintptr_t>(data_ + e.begin) + page - 1) / page * page;
+  const uintptr_t end = reinterpret_cast<uintptr_t>(data_ + e.end) / page * page;
+  if (end > b) ::madvise(reinterpret_cast<void*>(b), end - b, MADV_DONTNEED);
 }
 
 std::map<std::string, Tensor> load_safetensors(const std::string& path) {

@@ -21,9 +21,24 @@ namespace {
 struct Loader {
   const EngineWeights& w;
   const std::string& source;
+  mutable std::set<std::string> used;
+
+  // Every tensor must be one the config asks for, as CausalLM::load_weights requires, except rotary inv_freq
+  // buffers and layers past num_hidden_layers (DeepSeek-V3's multi-token-prediction layer).
+  void check_all_used(const ModelConfig& c) const {
+    auto check = [&](const std::string& name) {
+      if (used.count(name) || name.find("rotary_emb.inv_freq") != std::string::npos) return;
+      if (name.rfind("model.layers.", 0) == 0 && std::atoll(name.c_str() + 13) >= c.num_hidden_layers) return;
+      LMF_CHECK(false, source, ": unexpected tensor '", name, "' (not part of a ", c.model_type,
+                " model with this config)");
+    };
+    for (const auto& [name, m] : w.matrices) check(name);
+    for (const auto& [name, t] : w.tensors) check(name);
+  }
 
   WeightMatrix mat(const std::string& name, int64_t rows, int64_t cols) const {
     WeightMatrix m;
+    used.insert(name);
     if (auto it = w.matrices.find(name); it != w.matrices.end()) {
       m = it->second;
     } else if (auto jt = w.tensors.find(name); jt != w.tensors.end()) {
@@ -37,6 +52,7 @@ struct Loader {
     return m;
   }
   std::vector<float> vec(const std::string& name, int64_t n) const {
+    used.insert(name);
     auto it = w.tensors.find(name);
     LMF_CHECK(it != w.tensors.end(), source, ": tensor '", name, "' is missing (the config expects it)");
     LMF_CHECK(it->second.numel() == n && it->second.dim() == 1, source, ": tensor '", name, "' has shape ",
@@ -57,10 +73,11 @@ Engine::Engine(ModelConfig config, const EngineWeights& weights, EngineOptions o
   m.c = std::move(config);
   m.opt = opt;
   const ModelConfig& c = m.c;
-  const Loader ld{weights, source.empty() ? std::string("engine weights") : source};
+  const Loader ld{weights, source.empty() ? std::string("engine weights") : source, {}};
   const int64_t D = c.hidden_size, H = c.num_attention_heads;
   m.embed = ld.mat("model.embed_tokens.weight", c.vocab_size, D);
   m.lm_head = c.tie_word_embeddings ? m.embed : ld.mat("lm_head.weight", c.vocab_size, D);
+  if (c.tie_word_embeddings) ld.used.insert("lm_head.weight");  // some tied checkpoints still carry a copy
   m.final_norm = ld.vec("model.norm.weight", D);
   m.layers.resize(static_cast<size_t>(c.num_hidden_layers));
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
@@ -122,6 +139,7 @@ Engine::Engine(ModelConfig config, const EngineWeights& weights, EngineOptions o
       L.mlp = ld.mlp(p + "mlp.", D, c.intermediate_size);
     }
   }
+  ld.check_all_used(c);
   m.rot = c.is_deepseek() ? c.qk_rope_head_dim : c.head_dim;
   std::tie(m.rope_cos, m.rope_sin) = rope_tables(c, m.rot, c.max_position_embeddings, 0);
 }
@@ -134,8 +152,9 @@ Engine Engine::from_model(const CausalLM& m, EngineOptions opt) {
 
 // Reads the safetensors directly (not through CausalLM). f32 weights are copied out of the file mapping into
 // anonymous memory: decode read them 1.3-1.6x faster there than through the private file mapping (infer-250m,
-// 1 thread, 4 alternating runs: 8.5-8.9 vs 5.3-6.6 tok/s). LMFORGE_ENGINE_MMAP=1 keeps views of the mapping
-// instead (peak RSS 842 MB instead of 1,887 MB, the mapping and the copy overlapping while loading).
+// 1 thread, 4 alternating runs: 8.5-8.9 vs 5.3-6.6 tok/s); large tensor storage also asks for transparent huge
+// pages (core/tensor.cpp). Each tensor's file pages are dropped once it is copied, so the peak is the copy plus
+// one tensor, not the copy plus the file. LMFORGE_ENGINE_MMAP=1 keeps views of the mapping instead.
 Engine Engine::load(const std::string& dir, EngineOptions opt) {
   LMF_CHECK(fs::is_directory(dir), dir, ": not a model directory");
   const fs::path cfg_path = fs::path(dir) / "config.json";
@@ -173,8 +192,9 @@ Engine Engine::load(const std::string& dir, EngineOptions opt) {
       const Tensor t = st.get(name);
       LMF_CHECK(is_floating(t.dtype()), f, ": tensor '", name, "' has dtype ", dtype_name(t.dtype()),
                 ", expected a floating-point type");
-      w.tensors.emplace(
-          name, t.dtype() == DType::F32 && t.is_contiguous() ? (copy ? t.clone() : t) : t.to(DType::F32).contiguous());
+      const bool view = t.dtype() == DType::F32 && t.is_contiguous() && !copy;
+      w.tensors.emplace(name, view ? t : t.dtype() == DType::F32 ? t.clone() : t.to(DType::F32).contiguous());
+      if (!view) st.drop_pages(name);  // copied: do not hold the file's pages and the copy at once
     }
   }
   return Engine(std::move(cfg), w, opt, source);

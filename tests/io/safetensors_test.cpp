@@ -202,6 +202,25 @@ TEST_F(SafetensorsTest, GetIsZeroCopyAndOutlivesTheFile) {
   EXPECT_EQ(SafetensorsFile::open(p).get("w").to_float_vector(), (std::vector<float>{1, 2, 3, 4}));
 }
 
+// drop_pages gives a tensor's whole pages back; reading it again re-reads the file, and its neighbours' bytes
+// (sharing the first and last page) are untouched.
+TEST_F(SafetensorsTest, DropPagesThenReadAgain) {
+  const std::string p = path("d.safetensors");
+  std::vector<float> big(5000), small{1, 2, 3};
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<float>(i) * 0.5f;
+  save_safetensors(p, {{"a", tf(small, {3})}, {"big", Tensor::from_vector(big, {5000})}, {"z", tf(small, {3})}});
+  SafetensorsFile f = SafetensorsFile::open(p);
+  const std::vector<float> before = f.get("big").to_float_vector();
+  f.drop_pages("big");
+  EXPECT_EQ(f.get("big").to_float_vector(), before);
+  EXPECT_EQ(f.get("a").to_float_vector(), small);
+  EXPECT_EQ(f.get("z").to_float_vector(), small);
+  EXPECT_THROW(f.drop_pages("missing"), Error);
+  const SafetensorsFile m = SafetensorsFile::from_bytes(serialize_safetensors({{"w", tf(small, {3})}}));
+  m.drop_pages("w");  // not a mapping: nothing to drop
+  EXPECT_EQ(m.get("w").to_float_vector(), small);
+}
+
 TEST_F(SafetensorsTest, ReplacingTheFileLeavesOpenViewsIntact) {
   const std::string p = path("r.safetensors");
   save_safetensors(p, {{"w", tf({1, 2}, {2})}});

@@ -235,6 +235,33 @@ TEST(Engine, WeightsConstructorTakesQuantizedMatrices) {
               std::string::npos)
         << err.what();
   }
+  // A tensor the config does not ask for means config and file disagree (here: a layer the config lacks would be
+  // skipped; a stray name is not), as CausalLM::load_weights holds.
+  EngineWeights extra = dw;
+  extra.tensors.emplace("model.layers.0.self_attn.q_norm.weight", Tensor::zeros({8}));
+  try {
+    Engine bad(k.cfg, extra, {}, "dir/model.safetensors");
+    FAIL() << "no error";
+  } catch (const Error& err) {
+    EXPECT_NE(std::string(err.what()).find("unexpected tensor 'model.layers.0.self_attn.q_norm.weight'"),
+              std::string::npos)
+        << err.what();
+  }
+  EngineWeights mtp = dw;  // DeepSeek-V3's multi-token-prediction layer sits past num_hidden_layers: ignored
+  mtp.tensors.emplace("model.layers." + std::to_string(k.cfg.num_hidden_layers) + ".eh_proj.weight",
+                      Tensor::zeros({4, 4}));
+  EXPECT_NO_THROW(Engine(k.cfg, mtp, {}, "mtp"));
+}
+
+// Engine::load copies f32 weights out of the file and drops the file's pages as it goes: the copy must not
+// depend on pages that were dropped, and the logits equal those of the model the file came from.
+TEST(Engine, LoadFromDirMatchesTheModel) {
+  const Case k("llama_gqa_sliding");
+  const std::string dir = ::testing::TempDir() + "/engine_load_dir";
+  k.model.save(dir);
+  Engine a = Engine::load(dir), b = Engine::from_model(k.model);
+  const std::vector<int32_t> toks = k.row(0);
+  EXPECT_EQ(run_chunked(a, toks, 3), run_chunked(b, toks, 3));
 }
 
 }  // namespace

@@ -195,7 +195,9 @@ TEST(Perplexity, MatchesForwardAndLoss) {
     // Every token with context in its window is scored once: all but the first when windows overlap; disjoint
     // windows (stride == ctx) also skip each window's first token, as Hugging Face's loop does.
     EXPECT_EQ(r.tokens, count);
-    if (stride < ctx || ctx == 100) EXPECT_EQ(count, 99);
+    if (stride < ctx || ctx == 100) {
+      EXPECT_EQ(count, 99);
+    }
     EXPECT_NEAR(r.nll, total / double(count), 1e-5);
     EXPECT_NEAR(r.ppl, std::exp(r.nll), 1e-9);
   }

@@ -54,6 +54,12 @@ class SafetensorsFile {
   // dtypes lmforge has no DType for (I64, U8, BOOL, F8_*, ...).
   Tensor get(const std::string& name) const;
 
+  // Returns the pages holding this tensor's bytes to the kernel (madvise DONTNEED), so a loader that copies each
+  // tensor out does not hold the file mapping and the copy at once. Only when no view of the tensor from get() is
+  // in use: the next read of those pages re-reads the file, and changes made through a view are lost. Pages shared
+  // with a neighbouring tensor are kept. Does nothing for from_bytes().
+  void drop_pages(const std::string& name) const;
+
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
 
  private:
@@ -63,6 +69,7 @@ class SafetensorsFile {
 
   std::string path_;
   std::shared_ptr<void> keeper_;   // owns the bytes `data_` points into
+  bool mapped_ = false;            // data_ is a file mapping (open), not a copy (from_bytes)
   unsigned char* data_ = nullptr;  // start of the data buffer
   uint64_t data_bytes_ = 0;
   std::vector<SafetensorsEntry> entries_;  // data-buffer order
