@@ -295,6 +295,42 @@ Tensor WeightMatrix::dequantize() const {
   return out;
 }
 
+WeightMatrix WeightMatrix::concat_rows(const std::vector<WeightMatrix>& parts) {
+  LMF_CHECK(!parts.empty() && parts[0].defined(), "concat_rows: no matrices");
+  const WeightMatrix& a = parts[0];
+  int64_t rows = 0;
+  for (const WeightMatrix& p : parts) {
+    LMF_CHECK(p.defined() && p.format() == a.format() && p.cols() == a.cols(),
+              "concat_rows: ", weight_format_name(p.format()), " [", p.rows(), ", ", p.cols(),
+              "] does not stack under ", weight_format_name(a.format()), " [", a.rows(), ", ", a.cols(), "]");
+    rows += p.rows();
+  }
+  // Every part is row-major by output row (codes, and scales / zeros where the format has them): stacking is
+  // appending bytes.
+  auto stack = [&](const Tensor& (WeightMatrix::*get)() const) {
+    const Tensor& first = (a.*get)();
+    if (!first.defined()) return Tensor();
+    Shape shape = first.shape();
+    shape[0] = rows;
+    Tensor out = Tensor::empty(shape, first.dtype());
+    auto* dst = static_cast<uint8_t*>(out.raw_data());
+    for (const WeightMatrix& p : parts) {
+      const Tensor t = (p.*get)().contiguous();
+      std::memcpy(dst, t.raw_data(), t.nbytes());
+      dst += t.nbytes();
+    }
+    return out;
+  };
+  WeightMatrix m;
+  m.format_ = a.format();
+  m.rows_ = rows;
+  m.cols_ = a.cols();
+  m.codes_ = stack(&WeightMatrix::codes);
+  m.scales_ = stack(&WeightMatrix::scales);
+  m.zeros_ = stack(&WeightMatrix::zeros);
+  return m;
+}
+
 kernels::cpu::QWeight qweight_view(const WeightMatrix& w) {
   kernels::cpu::QWeight q;
   using kernels::cpu::QFormat;

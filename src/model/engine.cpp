@@ -61,7 +61,7 @@ struct Loader {
     return {t.data<float>(), t.data<float>() + n};
   }
   EngineMlp mlp(const std::string& p, int64_t D, int64_t F) const {
-    return {mat(p + "gate_proj.weight", F, D), mat(p + "up_proj.weight", F, D), mat(p + "down_proj.weight", D, F)};
+    return {mat(p + "gate_proj.weight", F, D), mat(p + "up_proj.weight", F, D), mat(p + "down_proj.weight", D, F), {}};
   }
 };
 
@@ -140,6 +140,22 @@ Engine::Engine(ModelConfig config, const EngineWeights& weights, EngineOptions o
     }
   }
   ld.check_all_used(c);
+  if (opt.fuse) {
+    auto fuse_mlp = [](EngineMlp& e) {
+      if (!e.gate.defined() || e.gate.format() != e.up.format()) return;
+      e.gate_up = WeightMatrix::concat_rows({e.gate, e.up});
+      e.gate = e.up = WeightMatrix();
+    };
+    for (EngineLayer& L : m.layers) {
+      if (L.q.defined() && L.k.defined() && L.q.format() == L.k.format() && L.k.format() == L.v.format()) {
+        L.qkv = WeightMatrix::concat_rows({L.q, L.k, L.v});
+        L.q = L.k = L.v = WeightMatrix();
+      }
+      if (L.mlp.defined()) fuse_mlp(L.mlp);
+      for (EngineMlp& e : L.experts) fuse_mlp(e);
+      if (L.shared.defined()) fuse_mlp(L.shared);
+    }
+  }
   m.rot = c.is_deepseek() ? c.qk_rope_head_dim : c.head_dim;
   std::tie(m.rope_cos, m.rope_sin) = rope_tables(c, m.rot, c.max_position_embeddings, 0);
 }
@@ -261,10 +277,11 @@ double Engine::weight_bytes_per_token() const {
   auto add_mlp = [&](const EngineMlp& e, double share = 1.0) {
     add(e.gate, share);
     add(e.up, share);
+    add(e.gate_up, share);
     add(e.down, share);
   };
   for (const EngineLayer& L : m.layers) {
-    for (const WeightMatrix* w : {&L.q, &L.k, &L.v, &L.o, &L.q_a, &L.q_b, &L.kv_a}) add(*w);
+    for (const WeightMatrix* w : {&L.q, &L.k, &L.v, &L.qkv, &L.o, &L.q_a, &L.q_b, &L.kv_a}) add(*w);
     // MLA decode reads the absorbed per-head matrices instead of kv_b (the same number of values, f32).
     if (c.is_deepseek()) {
       if (m.opt.mla_absorb) {
@@ -278,7 +295,7 @@ double Engine::weight_bytes_per_token() const {
       add(L.router);
       for (const EngineMlp& e : L.experts)
         add_mlp(e, static_cast<double>(c.num_experts_per_tok) / static_cast<double>(c.n_routed_experts));
-      if (L.shared.gate.defined()) add_mlp(L.shared);
+      if (L.shared.defined()) add_mlp(L.shared);
     } else {
       add_mlp(L.mlp);
     }
@@ -296,15 +313,16 @@ double Engine::matmul_flops_per_token() const {
   auto add_mlp = [&](const EngineMlp& e, double share = 1.0) {
     add(e.gate, share);
     add(e.up, share);
+    add(e.gate_up, share);
     add(e.down, share);
   };
   for (const EngineLayer& L : m.layers) {
-    for (const WeightMatrix* w : {&L.q, &L.k, &L.v, &L.o, &L.q_a, &L.q_b, &L.kv_a, &L.kv_b}) add(*w);
+    for (const WeightMatrix* w : {&L.q, &L.k, &L.v, &L.qkv, &L.o, &L.q_a, &L.q_b, &L.kv_a, &L.kv_b}) add(*w);
     if (L.moe) {
       add(L.router);
       for (const EngineMlp& e : L.experts)
         add_mlp(e, static_cast<double>(c.num_experts_per_tok) / static_cast<double>(c.n_routed_experts));
-      if (L.shared.gate.defined()) add_mlp(L.shared);
+      if (L.shared.defined()) add_mlp(L.shared);
     } else {
       add_mlp(L.mlp);
     }

@@ -155,9 +155,21 @@ void Engine::Impl::attention(int64_t layer, const float* h, int64_t N, std::vect
     const int64_t hd = c.head_dim, Hkv = c.num_key_value_heads;
     std::vector<float> q(static_cast<size_t>(N * H * hd)), k(static_cast<size_t>(N * Hkv * hd)), v(k.size());
     std::vector<float> qr(q.size()), kr(k.size()), att(q.size());
-    weight_matmul(L.q, h, N, q.data());
-    weight_matmul(L.k, h, N, k.data());
-    weight_matmul(L.v, h, N, v.data());
+    if (L.qkv.defined()) {
+      const int64_t nq = H * hd, nk = Hkv * hd, row = nq + 2 * nk;
+      std::vector<float> qkv(static_cast<size_t>(N * row));
+      weight_matmul(L.qkv, h, N, qkv.data());
+      for (int64_t t = 0; t < N; ++t) {
+        const float* src = qkv.data() + t * row;
+        std::copy(src, src + nq, q.data() + t * nq);
+        std::copy(src + nq, src + nq + nk, k.data() + t * nk);
+        std::copy(src + nq + nk, src + row, v.data() + t * nk);
+      }
+    } else {
+      weight_matmul(L.q, h, N, q.data());
+      weight_matmul(L.k, h, N, k.data());
+      weight_matmul(L.v, h, N, v.data());
+    }
     add_bias(q.data(), L.q_bias, N);
     add_bias(k.data(), L.k_bias, N);
     add_bias(v.data(), L.v_bias, N);

@@ -12,11 +12,19 @@ namespace {
 
 // out [n, D] = down(silu(gate x) * up x), or out += ... with accumulate.
 void swiglu_mlp(const EngineMlp& m, const float* x, int64_t n, float* out, bool accumulate) {
-  const int64_t F = m.gate.rows();
-  std::vector<float> g(static_cast<size_t>(n * F)), u(g.size());
-  weight_matmul(m.gate, x, n, g.data());
-  weight_matmul(m.up, x, n, u.data());
-  kernels::cpu::swiglu(g.data(), u.data(), g.data(), n * F);
+  const int64_t F = m.inner();
+  std::vector<float> g(static_cast<size_t>(n * F));
+  if (m.gate_up.defined()) {
+    std::vector<float> gu(static_cast<size_t>(n * 2 * F));
+    weight_matmul(m.gate_up, x, n, gu.data());
+    for (int64_t t = 0; t < n; ++t)
+      kernels::cpu::swiglu(gu.data() + t * 2 * F, gu.data() + t * 2 * F + F, g.data() + t * F, F);
+  } else {
+    std::vector<float> u(g.size());
+    weight_matmul(m.gate, x, n, g.data());
+    weight_matmul(m.up, x, n, u.data());
+    kernels::cpu::swiglu(g.data(), u.data(), g.data(), n * F);
+  }
   weight_matmul(m.down, g.data(), n, out, accumulate);
 }
 
@@ -61,7 +69,7 @@ void Engine::Impl::ffn(int64_t layer, const float* h, int64_t N, float* out) {
     for (int64_t i = 0; i < n; ++i)
       kernels::cpu::axpy(wts.data<float>()[rows[e][i]], ys.data() + i * D, out + (rows[e][i] / K) * D, D);
   }
-  if (L.shared.gate.defined()) swiglu_mlp(L.shared, h, N, out, true);
+  if (L.shared.defined()) swiglu_mlp(L.shared, h, N, out, true);
 }
 
 }  // namespace lmforge::model

@@ -10,12 +10,16 @@ namespace lmforge::model {
 
 struct EngineMlp {
   WeightMatrix gate, up, down;
+  WeightMatrix gate_up;  // gate and up stacked [2F, D] (EngineOptions::fuse; gate and up are then empty)
+  bool defined() const { return down.defined(); }
+  int64_t inner() const { return down.cols(); }
 };
 
 struct EngineLayer {
   std::vector<float> input_norm, post_norm;
   // llama attention
   WeightMatrix q, k, v, o;
+  WeightMatrix qkv;  // q, k, v stacked (EngineOptions::fuse; q, k, v are then empty)
   std::vector<float> q_bias, k_bias, v_bias, o_bias;
   // MLA (q_proj in `q` when q_lora_rank is null)
   WeightMatrix q_a, q_b, kv_a, kv_b;

@@ -76,6 +76,33 @@ TEST(WeightMatrix, RoundTripAndProductPerFormat) {
   }
 }
 
+// Stacking rows (the engine's fused q/k/v and gate/up) keeps every row's bytes: the stacked matrix dequantizes to
+// the parts' dequantized rows one after the other, in every format; a different format or width is an error.
+TEST(WeightMatrix, ConcatRowsStacksEveryFormat) {
+  for (const char* name : {"f32", "f16", "bf16", "q8_0", "q4_0", "q4_g128", "q4_g128_asym", "int8"}) {
+    SCOPED_TRACE(name);
+    const WeightFormat f = parse_weight_format(name);
+    const WeightMatrix a = WeightMatrix::quantize(random_weight(5, 256, 11), f),
+                       b = WeightMatrix::quantize(random_weight(3, 256, 12), f);
+    const WeightMatrix m = WeightMatrix::concat_rows({a, b});
+    ASSERT_EQ(m.rows(), 8);
+    ASSERT_EQ(m.cols(), 256);
+    EXPECT_EQ(m.format(), f);
+    EXPECT_EQ(m.nbytes(), a.nbytes() + b.nbytes());
+    const std::vector<float> got = m.dequantize().to_float_vector(), da = a.dequantize().to_float_vector(),
+                             db = b.dequantize().to_float_vector();
+    std::vector<float> want = da;
+    want.insert(want.end(), db.begin(), db.end());
+    EXPECT_EQ(got, want);
+  }
+  const WeightMatrix q8 = WeightMatrix::quantize(random_weight(2, 64, 1), WeightFormat::Q8_0);
+  EXPECT_THROW(WeightMatrix::concat_rows({q8, WeightMatrix::quantize(random_weight(2, 64, 1), WeightFormat::Q4_0)}),
+               Error);
+  EXPECT_THROW(WeightMatrix::concat_rows({q8, WeightMatrix::quantize(random_weight(2, 96, 1), WeightFormat::Q8_0)}),
+               Error);
+  EXPECT_THROW(WeightMatrix::concat_rows({}), Error);
+}
+
 TEST(WeightMatrix, BadPartsAndNamesAreErrors) {
   EXPECT_THROW(parse_weight_format("q3_k"), Error);
   EXPECT_EQ(parse_weight_format("q4_g128_asym"), WeightFormat::Q4_G128_ASYM);

@@ -90,6 +90,7 @@ class EngineParity : public ::testing::TestWithParam<const char*> {};
 TEST_P(EngineParity, PrefillTokenByTokenAndChunksMatchPyTorch) {
   const Case k(GetParam());
   for (bool absorb : {false, true}) {
+    SCOPED_TRACE(absorb ? "absorbed" : "decompressed");
     Engine e = Engine::from_model(k.model, {absorb});
     for (int64_t b = 0; b < k.ids.size(0); ++b) {
       const std::vector<float> ref = k.ref(b);
@@ -99,6 +100,19 @@ TEST_P(EngineParity, PrefillTokenByTokenAndChunksMatchPyTorch) {
     }
     EXPECT_EQ(e.num_sequences(), 0u);
   }
+}
+
+// q/k/v and gate/up stacked into one matrix each (the default) or kept apart: the same logits, and the same weight
+// bytes per token.
+TEST_P(EngineParity, FusedProjectionsChangeNothing) {
+  const Case k(GetParam());
+  EngineOptions apart;
+  apart.fuse = false;
+  Engine fused = Engine::from_model(k.model), separate = Engine::from_model(k.model, apart);
+  EXPECT_DOUBLE_EQ(fused.weight_bytes_per_token(), separate.weight_bytes_per_token());
+  EXPECT_DOUBLE_EQ(fused.matmul_flops_per_token(), separate.matmul_flops_per_token());
+  for (int64_t chunk : {int64_t{1}, int64_t{1} << 20})
+    EXPECT_LT(rel(run_chunked(fused, k.row(0), chunk), run_chunked(separate, k.row(0), chunk)), 1e-6);
 }
 
 TEST_P(EngineParity, LastLogitsOnlyByDefault) {

@@ -57,6 +57,10 @@ class WeightMatrix {
   const Tensor& scales() const { return scales_; }
   const Tensor& zeros() const { return zeros_; }
 
+  // The rows of `parts`, in order, as one matrix (same format and cols; an Error otherwise): products that share
+  // an input (q/k/v, gate/up) then stream their weights in one pass.
+  static WeightMatrix concat_rows(const std::vector<WeightMatrix>& parts);
+
   // f32 [rows, cols].
   Tensor dequantize() const;
   // Rows [r0, r1) as f32 into out (row-major, (r1 - r0) * cols floats).

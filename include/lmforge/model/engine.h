@@ -28,6 +28,9 @@ namespace lmforge::model {
 
 struct EngineOptions {
   bool mla_absorb = true;  // decode MLA layers in the absorbed-weight form (prefill always decompresses)
+  // Stack q/k/v and each MLP's gate/up (same format) into one matrix at load: one pass over the weights, one
+  // activation quantization and one parallel region instead of three or two.
+  bool fuse = true;
 };
 
 // A model's weights by Hugging Face name. Every projection, expert, router and the LM head may be in `matrices`
