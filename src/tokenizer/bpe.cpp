@@ -261,8 +261,8 @@ void BpeModel::merge(std::vector<Symbol>& syms) const {
   };
   // Lowest rank first; among equal ranks the leftmost (HF's Merge ordering).
   auto later = [](const Cand& x, const Cand& y) { return x.rank != y.rank ? x.rank > y.rank : x.pos > y.pos; };
-  std::vector<Cand> heap;
-  heap.reserve(syms.size() * 2);
+  thread_local std::vector<Cand> heap;  // reused: no allocation per piece
+  heap.clear();
   for (size_t i = 0; i + 1 < syms.size(); ++i)
     if (const auto* e = merges_.find(syms[i].id, syms[i + 1].id))
       heap.push_back({e->rank, static_cast<int32_t>(i), e->id});
