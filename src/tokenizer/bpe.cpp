@@ -55,6 +55,7 @@ struct BpeModel::CacheShard {
   std::vector<uint64_t> seen;
   std::vector<unsigned char> arena;
   size_t used = 0, arena_top = 0;
+  bool filled = false;  // the shard has been full (and started over) at least once
 
   // Appends the cached ids of `piece` to out; false when it is not cached.
   bool get(uint64_t h, std::string_view piece, std::vector<uint32_t>& out) const {
@@ -69,13 +70,15 @@ struct BpeModel::CacheShard {
       return true;
     }
   }
-  // True the second time a hash is offered (within the reach of the direct-mapped table): worth caching.
+  // Whether a piece just computed is worth caching: anything until the shard first fills (a small or repetitive
+  // input is then served from the cache from its second sighting on), afterwards only a piece met before (within
+  // the reach of the direct-mapped table), so a stream of unique pieces cannot keep flushing the recurring ones.
   bool admit(uint64_t h) {
     if (seen.empty()) seen.resize(kCacheSeenPerShard);
     uint64_t& s = seen[(h >> 24) & (kCacheSeenPerShard - 1)];
-    if (s == h) return true;
+    const bool again = s == h;
     s = h;
-    return false;
+    return again || !filled;
   }
   void put(uint64_t h, std::string_view piece, const uint32_t* ids, size_t n) {
     const size_t key = (piece.size() + 3u) & ~size_t{3};
@@ -88,6 +91,7 @@ struct BpeModel::CacheShard {
       std::fill(slots.begin(), slots.end(), Slot{});
       used = 0;
       arena_top = 0;
+      filled = true;
     }
     size_t i = h & (kCacheSlotsPerShard - 1);
     while (slots[i].hash != 0) {
