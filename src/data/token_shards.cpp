@@ -1,5 +1,6 @@
 #include "lmforge/data/token_shards.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 
@@ -45,9 +46,12 @@ struct SplitShards {
   std::vector<uint32_t> buf;
   int64_t docs = 0;
   void add(const std::vector<uint32_t>& ids) {
-    for (size_t i = 0; i < ids.size(); ++i) {
-      buf.push_back(ids[i]);
-      if (i + 1 == ids.size()) ++docs;
+    for (size_t i = 0; i < ids.size();) {
+      const size_t n = std::min(ids.size() - i, static_cast<size_t>(shard_tokens) - buf.size());
+      buf.insert(buf.end(), ids.begin() + static_cast<std::ptrdiff_t>(i),
+                 ids.begin() + static_cast<std::ptrdiff_t>(i + n));
+      i += n;
+      if (i == ids.size()) ++docs;
       if (static_cast<int64_t>(buf.size()) >= shard_tokens) flush();
     }
   }

@@ -1,6 +1,8 @@
 #include "tokenizer/bpe.h"
 
+#include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <queue>
 
 #include "tokenizer/unicode.h"
@@ -39,8 +41,71 @@ void MergeTable::insert(uint32_t a, uint32_t b, uint32_t rank, uint32_t id) {
 }
 
 struct BpeModel::CacheShard {
+  struct Slot {
+    uint64_t hash = 0;  // 0: empty (a piece whose hash is 0 is never cached)
+    uint32_t off = 0;   // into arena: the piece's bytes, then its ids (4-byte aligned)
+    uint16_t len = 0;   // piece bytes
+    uint16_t ids = 0;   // id count
+  };
+  static_assert((kCacheSlotsPerShard & (kCacheSlotsPerShard - 1)) == 0 &&
+                (kCacheSeenPerShard & (kCacheSeenPerShard - 1)) == 0);
   std::mutex mu;
-  std::unordered_map<std::string, std::vector<uint32_t>, StringHash, std::equal_to<>> map;
+  // Allocated on first use, so a tokenizer that encodes little costs little.
+  std::vector<Slot> slots;
+  std::vector<uint64_t> seen;
+  std::vector<unsigned char> arena;
+  size_t used = 0, arena_top = 0;
+  bool filled = false;  // the shard has been full (and started over) at least once
+
+  // Appends the cached ids of `piece` to out; false when it is not cached.
+  bool get(uint64_t h, std::string_view piece, std::vector<uint32_t>& out) const {
+    if (slots.empty()) return false;
+    for (size_t i = h & (kCacheSlotsPerShard - 1);; i = (i + 1) & (kCacheSlotsPerShard - 1)) {
+      const Slot& s = slots[i];
+      if (s.hash == 0) return false;
+      if (s.hash != h || s.len != piece.size() || std::memcmp(arena.data() + s.off, piece.data(), s.len) != 0) continue;
+      const size_t first = out.size();
+      out.resize(first + s.ids);
+      std::memcpy(out.data() + first, arena.data() + s.off + ((s.len + 3u) & ~3u), s.ids * sizeof(uint32_t));
+      return true;
+    }
+  }
+  // Whether a piece just computed is worth caching: anything until the shard first fills (a small or repetitive
+  // input is then served from the cache from its second sighting on), afterwards only a piece met before (within
+  // the reach of the direct-mapped table), so a stream of unique pieces cannot keep flushing the recurring ones.
+  bool admit(uint64_t h) {
+    if (seen.empty()) seen.resize(kCacheSeenPerShard);
+    uint64_t& s = seen[(h >> 24) & (kCacheSeenPerShard - 1)];
+    const bool again = s == h;
+    s = h;
+    return again || !filled;
+  }
+  void put(uint64_t h, std::string_view piece, const uint32_t* ids, size_t n) {
+    const size_t key = (piece.size() + 3u) & ~size_t{3};
+    const size_t need = key + n * sizeof(uint32_t);
+    if (slots.empty()) {
+      slots.resize(kCacheSlotsPerShard);
+      arena.resize(kCacheArenaBytes);
+    }
+    if ((used + 1) * 2 > kCacheSlotsPerShard || arena_top + need > arena.size()) {
+      std::fill(slots.begin(), slots.end(), Slot{});
+      used = 0;
+      arena_top = 0;
+      filled = true;
+    }
+    size_t i = h & (kCacheSlotsPerShard - 1);
+    while (slots[i].hash != 0) {
+      if (slots[i].hash == h && slots[i].len == piece.size() &&
+          std::memcmp(arena.data() + slots[i].off, piece.data(), piece.size()) == 0)
+        return;  // another thread cached it meanwhile
+      i = (i + 1) & (kCacheSlotsPerShard - 1);
+    }
+    std::memcpy(arena.data() + arena_top, piece.data(), piece.size());
+    std::memcpy(arena.data() + arena_top + key, ids, n * sizeof(uint32_t));
+    slots[i] = {h, static_cast<uint32_t>(arena_top), static_cast<uint16_t>(piece.size()), static_cast<uint16_t>(n)};
+    arena_top += need;
+    ++used;
+  }
 };
 
 BpeModel::~BpeModel() = default;
@@ -200,8 +265,8 @@ void BpeModel::merge(std::vector<Symbol>& syms) const {
   };
   // Lowest rank first; among equal ranks the leftmost (HF's Merge ordering).
   auto later = [](const Cand& x, const Cand& y) { return x.rank != y.rank ? x.rank > y.rank : x.pos > y.pos; };
-  std::vector<Cand> heap;
-  heap.reserve(syms.size() * 2);
+  thread_local std::vector<Cand> heap;  // reused: no allocation per piece
+  heap.clear();
   for (size_t i = 0; i + 1 < syms.size(); ++i)
     if (const auto* e = merges_.find(syms[i].id, syms[i + 1].id))
       heap.push_back({e->rank, static_cast<int32_t>(i), e->id});
@@ -257,27 +322,26 @@ void BpeModel::encode_piece(std::string_view piece, bool byte_level, std::vector
       }
     }
   }
-  const bool cacheable = piece.size() <= kCacheMaxPiece;
   CacheShard* shard = nullptr;
-  if (cacheable) {
-    size_t h = StringHash{}(piece);
-    shard = &cache_[(h >> 7) % kCacheShards];
-    std::lock_guard<std::mutex> lock(shard->mu);
-    auto f = shard->map.find(piece);
-    if (f != shard->map.end()) {
-      out.insert(out.end(), f->second.begin(), f->second.end());
-      return;
+  uint64_t h = 0;
+  bool admit = false;
+  if (piece.size() <= kCacheMaxPiece) {
+    h = StringHash{}(piece);
+    if (h != 0) {
+      shard = &cache_[(h >> 58) % kCacheShards];
+      std::lock_guard<std::mutex> lock(shard->mu);
+      if (shard->get(h, piece, out)) return;
+      admit = shard->admit(h);
     }
   }
   thread_local std::vector<Symbol> syms;
   initial_symbols(piece, byte_level, syms);
   merge(syms);
-  size_t first = out.size();
+  const size_t first = out.size();
   for (int32_t i = syms.empty() ? -1 : 0; i >= 0; i = syms[i].next) out.push_back(syms[i].id);
-  if (shard) {
+  if (admit) {
     std::lock_guard<std::mutex> lock(shard->mu);
-    if (shard->map.size() >= kCacheEntriesPerShard) shard->map.clear();
-    shard->map.emplace(std::string(piece), std::vector<uint32_t>(out.begin() + first, out.end()));
+    shard->put(h, piece, out.data() + first, out.size() - first);
   }
 }
 

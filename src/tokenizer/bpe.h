@@ -96,10 +96,16 @@ class BpeModel {
   bool fuse_unk_ = false;
   int64_t unk_id_ = -1;
 
-  // Results for frequent pieces, sharded so threads rarely wait for one another.
+  // Results for pieces that recur, sharded so threads rarely wait for one another. Once a shard has filled, a
+  // piece is cached only the second time it is met within a while (a direct-mapped table of hashes remembers the
+  // first), so text whose pieces are mostly unique (Chinese: a whole clause is one piece) costs a probe per piece
+  // and does not flush the recurring ones. Each shard is a flat open-addressing index over a byte arena; when
+  // either fills, the shard starts over (no per-entry allocation or free).
   struct CacheShard;
   static constexpr size_t kCacheShards = 64;
-  static constexpr size_t kCacheEntriesPerShard = 4096;
+  static constexpr size_t kCacheSlotsPerShard = 4096;  // at most half are used
+  static constexpr size_t kCacheArenaBytes = 96 << 10;
+  static constexpr size_t kCacheSeenPerShard = 8192;
   static constexpr size_t kCacheMaxPiece = 64;
   std::unique_ptr<CacheShard[]> cache_;
 };

@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <fstream>
 
 #include "lmforge/core/error.h"
@@ -66,6 +67,38 @@ TEST_F(TokenShards, RealEmailRoundTripsThroughShards) {
   // Same inputs, same shards (sha256 in the manifest).
   write_token_shards({in}, path("s2"), tok, kMini, o);
   EXPECT_EQ(load_manifest(path("s2")).to_json()["splits"], m.to_json()["splits"]);
+}
+
+// Shards hold exactly --shard-tokens ids (the last one the rest), cut inside documents; a document counts in the
+// shard where its EOS lands. Checked against a plain walk over the expected id stream.
+TEST_F(TokenShards, ShardsCutInsideDocumentsAtShardTokens) {
+  std::string jsonl;
+  std::vector<uint32_t> stream;
+  for (int i = 0; i < 60; ++i) {
+    const std::string text(static_cast<size_t>(1 + (i * 37) % 23), static_cast<char>('a' + i % 26));
+    jsonl += "{\"text\":\"" + text + "\"}\n";
+    stream.insert(stream.end(), text.begin(), text.end());
+    stream.push_back(kByteEos);
+  }
+  const auto in = write("docs.jsonl", jsonl);
+  for (int64_t st : {1, 7, 23, 24, 100, 100000}) {
+    ByteShardOptions o;
+    o.val_fraction = 0;
+    o.shard_tokens = st;
+    const std::string dir = path("s" + std::to_string(st));
+    const ByteShardReport r = write_byte_shards({in}, dir, o);
+    const Manifest m = load_manifest(dir, true);
+    EXPECT_EQ(read_all(dir, m.train), stream) << st;
+    int64_t pos = 0;
+    for (const ShardInfo& s : m.train) {
+      const int64_t end = pos + s.tokens;
+      EXPECT_EQ(s.tokens, std::min<int64_t>(st, static_cast<int64_t>(stream.size()) - pos)) << st;
+      EXPECT_EQ(s.documents, std::count(stream.begin() + pos, stream.begin() + end, kByteEos)) << st << " " << s.file;
+      pos = end;
+    }
+    EXPECT_EQ(pos, static_cast<int64_t>(stream.size()));
+    EXPECT_EQ(r.train_documents, 60);
+  }
 }
 
 TEST_F(TokenShards, EosResolution) {

@@ -125,4 +125,25 @@ TEST(TokenizerLoader, EncodeBatchMatchesOneByOne) {
   for (size_t i = 0; i < texts.size(); ++i) EXPECT_EQ(batch[i], tok.encode(texts[i]));
 }
 
+// The piece cache (bpe.cpp) admits a piece the second time it is met and starts a shard over when it fills: ids
+// must not depend on it. 200,000 distinct words, each met three times, overflow every shard several times.
+TEST(TokenizerLoader, PieceCacheDoesNotChangeIds) {
+  const std::string j = base().dump();
+  Tokenizer cold = Tokenizer::from_json(j, "t.json");
+  Tokenizer warm = Tokenizer::from_json(j, "t.json");
+  std::vector<std::string> docs;
+  for (int d = 0; d < 200; ++d) {
+    std::string t;
+    for (int w = 0; w < 1000; ++w) t += " w" + std::to_string((d * 1000 + w) * 7919 % 1000003) + (w % 9 ? "" : " the");
+    docs.push_back(t);
+  }
+  std::vector<std::vector<uint32_t>> want;
+  for (const auto& t : docs) want.push_back(cold.encode(t));
+  for (int pass = 0; pass < 3; ++pass)
+    for (size_t i = 0; i < docs.size(); ++i)
+      ASSERT_EQ(warm.encode(docs[i]), want[i]) << "pass " << pass << " doc " << i;
+  std::vector<std::string_view> views(docs.begin(), docs.end());
+  EXPECT_EQ(warm.encode_batch(views), want);  // several threads sharing the cache
+}
+
 }  // namespace
