@@ -53,6 +53,15 @@ std::vector<Case> reference_cases() {
       {"B2_window5_T37", dims(2, 37, 37, 4, 1, 8, 8, true, 5)},
       // Queries 4..6 sit past every key's window: they see nothing.
       {"rows_without_keys", dims(1, 5, 3, 2, 1, 8, 8, true, 2, 2)},
+      // One query row (a decode step) takes the direct-dot path: long and short caches, windows, batches, no keys.
+      {"decode_Tq1_Tk200", dims(1, 1, 200, 4, 2, 64, 64, true, 0, 199)},
+      {"decode_Tq1_Tk70_dk24_dv16", dims(1, 1, 70, 4, 1, 24, 16, true, 0, 69)},
+      {"decode_Tq1_window8", dims(1, 1, 70, 4, 2, 16, 16, true, 8, 69)},
+      {"decode_Tq1_B2", dims(2, 1, 33, 4, 2, 16, 8, true, 0, 32)},
+      {"decode_Tq1_noncausal", dims(1, 1, 33, 2, 2, 16, 16, false)},
+      {"decode_Tq1_no_keys", dims(1, 1, 3, 2, 1, 8, 8, true, 2, 5)},
+      {"decode_Tq1_group8", dims(2, 1, 45, 8, 1, 32, 32, true, 0, 44)},
+      {"decode_Tq1_group2_no_keys", dims(1, 1, 3, 4, 2, 16, 16, true, 2, 5)},
   };
 }
 
@@ -67,6 +76,8 @@ std::vector<Case> fd_cases() {
       {"decode", dims(1, 3, 8, 2, 1, 6, 4, true, 0, 5)},
       {"B2", dims(2, 5, 5, 2, 1, 4, 4)},
       {"rows_without_keys", dims(1, 5, 3, 2, 1, 4, 4, true, 2, 2)},
+      {"decode_Tq1", dims(1, 1, 7, 4, 2, 6, 4, true, 0, 6)},
+      {"decode_Tq1_window3", dims(1, 1, 7, 2, 1, 4, 4, true, 3, 6)},
   };
 }
 

@@ -456,8 +456,8 @@ LMF_TARGET_AVX2 void tile_avx2(const QWeight& w, int64_t r, const float* x, cons
   const size_t stride = row_bytes(w);
   const uint8_t* row0 = static_cast<const uint8_t*>(w.codes) + static_cast<size_t>(r) * stride;
   switch (w.format) {
-    case QFormat::F32:
-      tile_f32<R>(row0, stride, x, w.cols, out, pf);
+    case QFormat::F32:  // 4 bytes a value: rows long enough for the hardware prefetchers; ours cost 15% here
+      tile_f32<R>(row0, stride, x, w.cols, out, nullptr);
       break;
     case QFormat::F16:
     case QFormat::BF16:
