@@ -8,11 +8,6 @@
 #include <map>
 #include <mutex>
 #include <sstream>
-#include <string>
-
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 #include "lmforge/core/half.h"
 #include "lmforge/core/quant.h"
@@ -141,30 +136,6 @@ size_t Storage::cached_bytes() {
   return BlockCache::get().cached();
 }
 
-namespace {
-
-// Large blocks (weights, activations of a batch) ask for transparent huge pages where the kernel gives them only
-// on request (THP "madvise" mode, Debian's default): streaming hundreds of MB through 4 KiB pages costs a TLB
-// walk every 4 KiB. LMFORGE_HUGEPAGES=0 turns this off.
-void advise_huge_pages(void* p, size_t bytes) {
-#ifdef MADV_HUGEPAGE
-  constexpr size_t kHuge = size_t{2} << 20;
-  static const bool enabled = [] {
-    const char* e = std::getenv("LMFORGE_HUGEPAGES");
-    return !(e && std::string(e) == "0");
-  }();
-  if (!enabled || bytes < 2 * kHuge) return;
-  const uintptr_t b = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) / kHuge * kHuge;
-  const uintptr_t e = (reinterpret_cast<uintptr_t>(p) + bytes) / kHuge * kHuge;
-  if (e > b) ::madvise(reinterpret_cast<void*>(b), e - b, MADV_HUGEPAGE);
-#else
-  (void)p;
-  (void)bytes;
-#endif
-}
-
-}  // namespace
-
 std::shared_ptr<Storage> Storage::allocate(size_t bytes) {
   auto s = std::shared_ptr<Storage>(new Storage());
   size_t rounded = (bytes + 63) / 64 * 64;
@@ -172,7 +143,6 @@ std::shared_ptr<Storage> Storage::allocate(size_t bytes) {
   BlockCache& cache = BlockCache::get();
   const size_t capacity = cache.round(rounded);
   s->data_ = cache.take(capacity);
-  const bool fresh = s->data_ == nullptr;
   if (!s->data_) {
     s->data_ = std::aligned_alloc(64, capacity);
     if (!s->data_) {  // the cache may hold what we need
@@ -181,7 +151,6 @@ std::shared_ptr<Storage> Storage::allocate(size_t bytes) {
     }
   }
   if (!s->data_) throw Error("out of memory allocating " + std::to_string(bytes) + " bytes");
-  if (fresh) advise_huge_pages(s->data_, capacity);
   s->bytes_ = bytes;
   s->capacity_ = capacity;
   s->owned_ = true;

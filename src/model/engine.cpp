@@ -168,9 +168,9 @@ Engine Engine::from_model(const CausalLM& m, EngineOptions opt) {
 
 // Reads the safetensors directly (not through CausalLM). f32 weights are copied out of the file mapping into
 // anonymous memory: decode read them 1.3-1.6x faster there than through the private file mapping (infer-250m,
-// 1 thread, 4 alternating runs: 8.5-8.9 vs 5.3-6.6 tok/s); large tensor storage also asks for transparent huge
-// pages (core/tensor.cpp). Each tensor's file pages are dropped once it is copied, so the peak is the copy plus
-// one tensor, not the copy plus the file. LMFORGE_ENGINE_MMAP=1 keeps views of the mapping instead.
+// 1 thread, 4 alternating runs: 8.5-8.9 vs 5.3-6.6 tok/s). Each tensor's file pages are dropped once it is copied, so
+// the peak is the copy plus one tensor, not the copy plus the file. LMFORGE_ENGINE_MMAP=1 keeps views of the mapping
+// instead.
 Engine Engine::load(const std::string& dir, EngineOptions opt) {
   LMF_CHECK(fs::is_directory(dir), dir, ": not a model directory");
   const fs::path cfg_path = fs::path(dir) / "config.json";
