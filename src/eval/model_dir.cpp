@@ -35,7 +35,7 @@ model::Engine load_engine(const std::string& dir, const model::EngineOptions& op
     // A quantized dir from `lmforge quantize`: the weights stay in their formats; every product runs on them.
     quant::QuantizedWeights q = quant::load_quantized_model(dir);
     model::EngineWeights w{std::move(q.linear), std::move(q.dense)};
-    return model::Engine(q.config, w, opt, dir);
+    return model::Engine(q.config, std::move(w), opt, dir);
   }
   return model::Engine::load(dir, opt);
 }

@@ -19,7 +19,7 @@ namespace fs = std::filesystem;
 namespace {
 
 struct Loader {
-  const EngineWeights& w;
+  EngineWeights& w;  // entries are erased as they are taken, so a fused copy can replace them without a second model
   const std::string& source;
   mutable std::set<std::string> used;
 
@@ -41,9 +41,11 @@ struct Loader {
     used.insert(name);
     if (auto it = w.matrices.find(name); it != w.matrices.end()) {
       m = it->second;
+      w.matrices.erase(it);
     } else if (auto jt = w.tensors.find(name); jt != w.tensors.end()) {
       LMF_CHECK(jt->second.dim() == 2, source, ": tensor '", name, "' must be 2-D, got ", jt->second.str());
       m = WeightMatrix::quantize(jt->second.to(DType::F32).contiguous(), WeightFormat::F32);
+      w.tensors.erase(jt);
     } else {
       LMF_CHECK(false, source, ": tensor '", name, "' is missing (the config expects it)");
     }
@@ -58,7 +60,9 @@ struct Loader {
     LMF_CHECK(it->second.numel() == n && it->second.dim() == 1, source, ": tensor '", name, "' has shape ",
               shape_str(it->second.shape()), ", the config expects [", n, "]");
     const Tensor t = it->second.to(DType::F32).contiguous();
-    return {t.data<float>(), t.data<float>() + n};
+    std::vector<float> out(t.data<float>(), t.data<float>() + n);
+    w.tensors.erase(it);
+    return out;
   }
   EngineMlp mlp(const std::string& p, int64_t D, int64_t F) const {
     return {mat(p + "gate_proj.weight", F, D), mat(p + "up_proj.weight", F, D), mat(p + "down_proj.weight", D, F), {}};
@@ -67,7 +71,7 @@ struct Loader {
 
 }  // namespace
 
-Engine::Engine(ModelConfig config, const EngineWeights& weights, EngineOptions opt, const std::string& source)
+Engine::Engine(ModelConfig config, EngineWeights weights, EngineOptions opt, const std::string& source)
     : impl_(std::make_unique<Impl>()) {
   Impl& m = *impl_;
   m.c = std::move(config);
@@ -154,6 +158,9 @@ Engine::Engine(ModelConfig config, const EngineWeights& weights, EngineOptions o
       if (L.mlp.defined()) fuse_mlp(L.mlp);
       for (EngineMlp& e : L.experts) fuse_mlp(e);
       if (L.shared.defined()) fuse_mlp(L.shared);
+      // The parts just replaced went to the allocator's block cache, sized for them and not for the next layer's
+      // stacked matrices: hand them back so fusing costs one layer's worth of memory, not the model's.
+      Storage::release_cached_blocks();
     }
   }
   m.rot = c.is_deepseek() ? c.qk_rope_head_dim : c.head_dim;
@@ -213,7 +220,7 @@ Engine Engine::load(const std::string& dir, EngineOptions opt) {
       if (!view) st.drop_pages(name);  // copied: do not hold the file's pages and the copy at once
     }
   }
-  return Engine(std::move(cfg), w, opt, source);
+  return Engine(std::move(cfg), std::move(w), opt, source);
 }
 
 Engine::Engine(Engine&&) noexcept = default;

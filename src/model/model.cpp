@@ -18,7 +18,10 @@ namespace {
 
 struct Builder {
   CausalLM::Impl& m;
+  bool shapes_only = false;  // record names and shapes, allocate nothing
   Var add(const std::string& name, const Shape& shape) {
+    m.param_shapes.emplace_back(name, shape);
+    if (shapes_only) return {};
     Var v = parameter(Tensor::zeros(shape), name);
     m.named.emplace_back(name, v);
     return v;
@@ -32,9 +35,24 @@ struct Builder {
 }  // namespace
 
 CausalLM::CausalLM(ModelConfig config) : cfg_(std::move(config)), impl_(std::make_shared<Impl>()) {
+  build(false);
+}
+
+CausalLM::CausalLM(ModelConfig config, ShapesOnly) : cfg_(std::move(config)), impl_(std::make_shared<Impl>()) {
+  build(true);
+}
+
+std::vector<std::pair<std::string, Shape>> CausalLM::tensor_shapes(const ModelConfig& config) {
+  const CausalLM m(config, ShapesOnly{});
+  std::vector<std::pair<std::string, Shape>> out = m.impl_->param_shapes;
+  for (const auto& [name, t] : m.impl_->buffers) out.emplace_back(name, t->shape());
+  return out;
+}
+
+void CausalLM::build(bool shapes_only) {
   const ModelConfig& c = cfg_;
   Impl& m = *impl_;
-  Builder b{m};
+  Builder b{m, shapes_only};
   const int64_t D = c.hidden_size, H = c.num_attention_heads;
   m.embed = b.add("model.embed_tokens.weight", {c.vocab_size, D});
   m.layers.resize(static_cast<size_t>(c.num_hidden_layers));

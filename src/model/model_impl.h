@@ -28,8 +28,9 @@ struct LayerParams {
 struct CausalLM::Impl {
   Var embed, norm, lm_head;  // lm_head undefined when tied
   std::vector<LayerParams> layers;
-  std::vector<std::pair<std::string, Var>> named;        // trainable, HF names, HF order
-  std::vector<std::pair<std::string, Tensor*>> buffers;  // non-trainable tensors saved with the model
+  std::vector<std::pair<std::string, Var>> named;           // trainable, HF names, HF order
+  std::vector<std::pair<std::string, Tensor*>> buffers;     // non-trainable tensors saved with the model
+  std::vector<std::pair<std::string, Shape>> param_shapes;  // named's shapes (all a shapes-only build records)
 };
 
 }  // namespace lmforge::model

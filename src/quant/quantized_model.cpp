@@ -192,17 +192,16 @@ QuantizedWeights load_quantized_model(const std::string& dir) {
     used.insert(name);
     return file.get(name);
   };
-  const model::CausalLM shape_source(q.config);  // names and shapes only (zero pages, never touched)
-  for (const auto& [name, t] : shape_source.state()) {
+  for (const auto& [name, shape] : model::CausalLM::tensor_shapes(q.config)) {  // names and shapes, no model
     if (!is_linear_weight(name)) {
       Tensor v = get(name, true);
-      LMF_CHECK(v.shape() == t.shape() && is_floating(v.dtype()), st_path, ": tensor '", name, "' is ", v.str(),
-                ", the config expects f32 ", shape_str(t.shape()));
+      LMF_CHECK(v.shape() == shape && is_floating(v.dtype()), st_path, ": tensor '", name, "' is ", v.str(),
+                ", the config expects f32 ", shape_str(shape));
       q.dense.emplace(name, v.to(DType::F32).contiguous());
       continue;
     }
     const WeightFormat f = format_for(q.quant, name);
-    const int64_t rows = t.size(0), cols = t.size(1);
+    const int64_t rows = shape[0], cols = shape[1];
     const std::string what = st_path + ": tensor '" + name + "'";
     Tensor codes = get(name, true), scales, zeros;
     if (f == WeightFormat::Q4_G128 || f == WeightFormat::Q4_G128_ASYM || f == WeightFormat::INT8)
@@ -216,10 +215,16 @@ QuantizedWeights load_quantized_model(const std::string& dir) {
       Tensor blocks = Tensor::empty({rows, cols}, f == WeightFormat::Q8_0 ? DType::Q8_0 : DType::Q4_0);
       std::memcpy(blocks.raw_data(), codes.contiguous().raw_data(), blocks.nbytes());
       codes = blocks;
+      file.drop_pages(name);  // copied: do not hold the file's pages as well
     } else if (f == WeightFormat::F32) {
-      LMF_CHECK(codes.shape() == t.shape() && is_floating(codes.dtype()), what, " is ", codes.str(),
-                ", the config expects f32 ", shape_str(t.shape()));
-      codes = codes.to(DType::F32).contiguous();
+      LMF_CHECK(codes.shape() == shape && is_floating(codes.dtype()), what, " is ", codes.str(),
+                ", the config expects f32 ", shape_str(shape));
+      if (codes.dtype() == DType::F32) {
+        codes = codes.contiguous().clone();
+        file.drop_pages(name);
+      } else {
+        codes = codes.to(DType::F32).contiguous();
+      }
     }
     q.linear.emplace(name, WeightMatrix::from_parts(f, rows, cols, codes, scales, zeros, what));
   }

@@ -46,7 +46,9 @@ using SeqId = int64_t;
 class Engine {
  public:
   // Errors (missing or misshapen tensors) name `source` and the tensor.
-  Engine(ModelConfig config, const EngineWeights& weights, EngineOptions opt = {}, const std::string& source = "");
+  // `weights` is consumed as it is loaded (pass an rvalue to let each tensor go once it is in place: fusing q/k/v
+  // and gate/up then never holds the whole model twice).
+  Engine(ModelConfig config, EngineWeights weights, EngineOptions opt = {}, const std::string& source = "");
   // The f32 parameters of a CausalLM, wrapped (shared, not copied).
   static Engine from_model(const CausalLM& m, EngineOptions opt = {});
   // The one loader for model directories (generate, eval, bench): config.json + safetensors.

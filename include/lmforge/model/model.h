@@ -42,6 +42,9 @@ class CausalLM {
  public:
   // Parameters allocated and zeroed; use init_random or load_weights.
   explicit CausalLM(ModelConfig config);
+  // Every tensor name (parameters, then buffers) with its shape, in state() order, without allocating the model:
+  // what loaders of other layouts (quantized dirs) check a file against.
+  static std::vector<std::pair<std::string, Shape>> tensor_shapes(const ModelConfig& config);
 
   // normal(0, initializer_range) for matrices and embeddings, ones for norms, zeros for biases.
   void init_random(uint64_t seed);
@@ -76,6 +79,10 @@ class CausalLM {
   ModelConfig cfg_;
   std::shared_ptr<Impl> impl_;
   std::vector<Var> params_;
+
+  struct ShapesOnly {};
+  CausalLM(ModelConfig config, ShapesOnly);
+  void build(bool shapes_only);
 };
 
 // Mean next-token cross-entropy of logits [B, T, V] against ids [B, T]: position t predicts ids[t + 1]
