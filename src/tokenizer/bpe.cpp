@@ -1,9 +1,12 @@
 #include "tokenizer/bpe.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstring>
 #include <queue>
+#include <string>
+#include <vector>
 
 #include "tokenizer/unicode.h"
 
@@ -110,7 +113,30 @@ struct BpeModel::CacheShard {
 
 BpeModel::~BpeModel() = default;
 
-BpeModel::BpeModel(const json& j, const Where& w) : cache_(new CacheShard[kCacheShards]) {
+namespace {
+
+std::atomic<uint64_t> g_next_instance{1};
+
+// Each thread's small direct-mapped front cache of pieces that the shared cache has already served once: a hit here
+// takes no lock, so frequent words (most of English text) do not bounce the shared shards' mutexes between cores.
+// Entries are tagged with the owning model's instance number; their buffers are reused, so a warm cache allocates
+// nothing.
+struct FrontEntry {
+  uint64_t hash = 0, owner = 0;
+  std::string piece;
+  std::vector<uint32_t> ids;
+};
+constexpr size_t kFrontEntries = 2048;
+
+FrontEntry& front_slot(uint64_t h) {
+  thread_local std::vector<FrontEntry> front(kFrontEntries);
+  return front[(h >> 7) & (kFrontEntries - 1)];
+}
+
+}  // namespace
+
+BpeModel::BpeModel(const json& j, const Where& w)
+    : cache_(new CacheShard[kCacheShards]), instance_(g_next_instance.fetch_add(1)) {
   if (!j.is_object()) fail(w, "must be an object");
   auto type = j.find("type");
   if (type != j.end() && !(type->is_string() && *type == "BPE")) {
@@ -328,10 +354,26 @@ void BpeModel::encode_piece(std::string_view piece, bool byte_level, std::vector
   if (piece.size() <= kCacheMaxPiece) {
     h = StringHash{}(piece);
     if (h != 0) {
+      FrontEntry& fe = front_slot(h);
+      if (fe.hash == h && fe.owner == instance_ && fe.piece == piece) {
+        out.insert(out.end(), fe.ids.begin(), fe.ids.end());
+        return;
+      }
       shard = &cache_[(h >> 58) % kCacheShards];
-      std::lock_guard<std::mutex> lock(shard->mu);
-      if (shard->get(h, piece, out)) return;
-      admit = shard->admit(h);
+      const size_t first = out.size();
+      bool hit;
+      {
+        std::lock_guard<std::mutex> lock(shard->mu);
+        hit = shard->get(h, piece, out);
+        if (!hit) admit = shard->admit(h);
+      }
+      if (hit) {  // recurring: keep it in this thread's front cache too
+        fe.hash = h;
+        fe.owner = instance_;
+        fe.piece.assign(piece);
+        fe.ids.assign(out.begin() + static_cast<std::ptrdiff_t>(first), out.end());
+        return;
+      }
     }
   }
   thread_local std::vector<Symbol> syms;

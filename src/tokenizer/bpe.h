@@ -108,6 +108,7 @@ class BpeModel {
   static constexpr size_t kCacheSeenPerShard = 8192;
   static constexpr size_t kCacheMaxPiece = 64;
   std::unique_ptr<CacheShard[]> cache_;
+  uint64_t instance_ = 0;  // unique per model: keys each thread's front cache (see encode_piece)
 };
 
 }  // namespace lmforge::tokenizer

@@ -6,6 +6,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <thread>
 
 #include "lmforge/core/error.h"
 #include "lmforge/tokenizer/tokenizer.h"
@@ -144,6 +145,29 @@ TEST(TokenizerLoader, PieceCacheDoesNotChangeIds) {
       ASSERT_EQ(warm.encode(docs[i]), want[i]) << "pass " << pass << " doc " << i;
   std::vector<std::string_view> views(docs.begin(), docs.end());
   EXPECT_EQ(warm.encode_batch(views), want);  // several threads sharing the cache
+}
+
+// Each thread keeps a small front cache of recurring pieces shared by every tokenizer it runs: entries are tagged
+// with their tokenizer, so two tokenizers with different vocabularies encoding the same text on one thread each
+// still get their own ids (the reference ids come from fresh threads, whose front caches are empty).
+TEST(TokenizerLoader, FrontCacheIsPerTokenizer) {
+  // b is a with the ids of "Ġthe" and "Ġat" swapped: the same pieces, different ids.
+  json jb = base();
+  auto& vocab = jb["model"]["vocab"];
+  const int the = vocab["\u0120the"].get<int>(), at = vocab["\u0120at"].get<int>();
+  vocab["\u0120the"] = at;
+  vocab["\u0120at"] = the;
+  const Tokenizer a = Tokenizer::from_json(base().dump(), "a.json"), b = Tokenizer::from_json(jb.dump(), "b.json");
+  std::string text;
+  for (int i = 0; i < 300; ++i) text += " the cat sat at the mat " + std::to_string(i % 7);
+  std::vector<uint32_t> want_a, want_b;
+  std::thread([&] { want_a = a.encode(text); }).join();
+  std::thread([&] { want_b = b.encode(text); }).join();
+  ASSERT_NE(want_a, want_b);
+  for (int pass = 0; pass < 3; ++pass) {
+    EXPECT_EQ(a.encode(text), want_a) << "pass " << pass;
+    EXPECT_EQ(b.encode(text), want_b) << "pass " << pass;
+  }
 }
 
 }  // namespace

@@ -120,6 +120,7 @@ int run_bench_generate(const Args& a, bool json) {
                                2.0 * double(c.num_attention_heads) * (qk + vd) * visible;
   const double prefill_gflops = prefill_flops / median(prefill_s) / 1e9;
   const double copy = bench::measure_copy_gb_s(a.threads, static_cast<size_t>(a.copy_mib) << 20, 5);
+  const double read = bench::measure_read_gb_s(a.threads, static_cast<size_t>(a.copy_mib) << 21, 5);
   const double sgemm =
       sgemm_gflops(P, c.is_moe_layer(0) ? c.moe_intermediate_size : c.intermediate_size, c.hidden_size, a.threads);
   const double wb = e.weight_bytes_per_token();
@@ -138,6 +139,8 @@ int run_bench_generate(const Args& a, bool json) {
                       {"copy_gb_s", copy},
                       {"decode_ceiling_tokens_per_s", ceiling},
                       {"decode_fraction_of_ceiling", decode_tps / ceiling},
+                      {"read_gb_s", read},
+                      {"decode_fraction_of_read_ceiling", decode_tps * wb / 1e9 / read},
                       {"decode_weight_gb_s", decode_tps * wb / 1e9},
                       {"ggml_f32_implied_tokens_per_s", ggml},
                       {"decode_vs_ggml_f32_implied", decode_tps / ggml},
@@ -149,10 +152,11 @@ int run_bench_generate(const Args& a, bool json) {
   } else {
     std::printf(
         "bench generate %s: prefill %.1f tok/s (%.1f GFLOP/s, %.0f%% of sgemm %.1f), decode %.2f tok/s (%.0f%% of "
-        "the %.2f tok/s ceiling at %.1f GB/s copy; %.2fx the ggml-implied %.2f), %.1f MB weights/token, peak RSS "
-        "%.0f MB, %d threads, median of %d\n",
+        "the %.2f tok/s ceiling at %.1f GB/s copy, %.0f%% of %.1f GB/s read-only; %.2fx the ggml-implied %.2f), "
+        "%.1f MB weights/token, peak RSS %.0f MB, %d threads, median of %d\n",
         a.model.c_str(), prefill_tps, prefill_gflops, 100 * prefill_gflops / sgemm, sgemm, decode_tps,
-        100 * decode_tps / ceiling, ceiling, copy, decode_tps / ggml, ggml, wb / 1e6, rss, a.threads, a.repeats);
+        100 * decode_tps / ceiling, ceiling, copy, 100 * decode_tps * wb / 1e9 / read, read, decode_tps / ggml, ggml,
+        wb / 1e6, rss, a.threads, a.repeats);
   }
   return kOk;
 }

@@ -13,6 +13,7 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdarg>
@@ -255,6 +256,34 @@ LMF_TARGET_AVX2 void copy_avx2(float* __restrict d, const float* __restrict s, i
   }
   for (; i < n; ++i) d[i] = s[i];
 }
+// Read-only pass (the decode GEMV's access pattern without its arithmetic): four independent accumulators.
+LMF_TARGET_AVX2 float read_avx2(const float* s, int64_t n) {
+  __m256 a = _mm256_setzero_ps(), b = a, c = a, e = a;
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    a = _mm256_add_ps(a, _mm256_loadu_ps(s + i));
+    b = _mm256_add_ps(b, _mm256_loadu_ps(s + i + 8));
+    c = _mm256_add_ps(c, _mm256_loadu_ps(s + i + 16));
+    e = _mm256_add_ps(e, _mm256_loadu_ps(s + i + 24));
+  }
+  alignas(32) float t[8];
+  _mm256_store_ps(t, _mm256_add_ps(_mm256_add_ps(a, b), _mm256_add_ps(c, e)));
+  float r = t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7];
+  for (; i < n; ++i) r += s[i];
+  return r;
+}
+#endif
+float read_plain(const float* s, int64_t n) {
+  float acc[8] = {};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) acc[j] += s[i + j];
+  float r = 0;
+  for (float v : acc) r += v;
+  for (; i < n; ++i) r += s[i];
+  return r;
+}
+#if LMF_HAVE_X86
 void copy_sse(float* __restrict d, const float* __restrict s, int64_t n) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
@@ -810,6 +839,27 @@ std::string table_header() {
 std::string table_row(const OpResult& r) {
   return fmt("%-18s %-50s %3d %10.3f %10.3f %7.3f %9.1f %-6s  %s", r.op.c_str(), r.shape.c_str(), r.threads, r.ms,
              r.ref_ms, r.ratio, r.rate, r.unit == "gflops" ? "GFLOP/s" : "GB/s", r.reference.c_str());
+}
+
+double measure_read_gb_s(int threads, size_t bytes, int repeats) {
+  ThreadCountScope scope(threads);
+  const Buf a(bytes / sizeof(float), 3);
+  const auto n = static_cast<int64_t>(bytes / sizeof(float));
+  std::atomic<float> sink{0};
+  auto pass = [&] {
+    parallel_for(n, 1 << 16, [&](int64_t b, int64_t e) {
+#if LMF_HAVE_X86
+      const float r = kernels::cpu_has_avx2() ? read_avx2(a.data() + b, e - b) : read_plain(a.data() + b, e - b);
+#else
+      const float r = read_plain(a.data() + b, e - b);
+#endif
+      sink.store(r, std::memory_order_relaxed);  // keeps the loads
+    });
+  };
+  pass();  // first touch
+  std::vector<double> ms;
+  for (int r = 0; r < repeats; ++r) ms.push_back(time_ms(pass));
+  return static_cast<double>(n) * sizeof(float) / median(ms) / 1e6;
 }
 
 double measure_copy_gb_s(int threads, size_t bytes_per_array, int repeats) {

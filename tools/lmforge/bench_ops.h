@@ -50,6 +50,10 @@ std::string table_row(const OpResult& r);
 // STREAM-like copy bandwidth in GB/s (bytes read + written per second; ordinary stores) over two arrays of
 // `bytes_per_array`, split over the pool at `threads`; median of `repeats` passes. Used by bench generate.
 double measure_copy_gb_s(int threads, size_t bytes_per_array, int repeats);
+// Read-only bandwidth in GB/s (bytes read per second) over one array of `bytes`, split over the pool at `threads`;
+// median of `repeats` passes. Decode only reads its weights, and on some machines reads alone reach less than the
+// copy probe's read + write figure.
+double measure_read_gb_s(int threads, size_t bytes, int repeats);
 // STREAM "Copy" of n floats with ordinary stores (AVX2 where the CPU has it), split over the thread pool.
 void stream_copy(float* d, const float* s, int64_t n);
 
