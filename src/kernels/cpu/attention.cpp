@@ -24,10 +24,6 @@
 #include "lmforge/kernels/cpu.h"
 #include "lmforge/kernels/thread_pool.h"
 
-#if LMF_HAVE_X86
-#include <immintrin.h>
-#endif
-
 namespace lmforge::kernels::cpu {
 
 namespace {
@@ -163,12 +159,6 @@ LMF_MULTIVERSION_T(void, row_attention, row_attention_impl,
                    (q, k, ldk, v, ldv, lo, hi, dk, dv, scale, s, o, lse))
 
 #if LMF_HAVE_X86
-LMF_TARGET_AVX2 inline float hsum8(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
 
 // row_attention for f32 with head dims that are multiples of 8: four keys' dot products at a time (four
 // independent FMA chains instead of one), and P·V with 32 output values held in four registers across all keys.
@@ -188,16 +178,16 @@ LMF_TARGET_AVX2 void row_attention_f32_avx2(const float* q, const float* k, int6
       a2 = _mm256_fmadd_ps(qc, _mm256_loadu_ps(k0 + 2 * ldk + c), a2);
       a3 = _mm256_fmadd_ps(qc, _mm256_loadu_ps(k0 + 3 * ldk + c), a3);
     }
-    s[j] = scale * hsum8(a0);
-    s[j + 1] = scale * hsum8(a1);
-    s[j + 2] = scale * hsum8(a2);
-    s[j + 3] = scale * hsum8(a3);
+    s[j] = scale * hsum(a0);
+    s[j + 1] = scale * hsum(a1);
+    s[j + 2] = scale * hsum(a2);
+    s[j + 3] = scale * hsum(a3);
   }
   for (; j < n; ++j) {
     const float* kj = k + (lo + j) * ldk;
     __m256 a = _mm256_setzero_ps();
     for (int64_t c = 0; c < dk; c += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + c), _mm256_loadu_ps(kj + c), a);
-    s[j] = scale * hsum8(a);
+    s[j] = scale * hsum(a);
   }
   float mx = -std::numeric_limits<float>::infinity();
   for (int64_t i = 0; i < n; ++i) mx = s[i] > mx ? s[i] : mx;
@@ -251,7 +241,7 @@ LMF_TARGET_AVX2 void group_attention_f32_avx2(const float* q, const float* k, in
       const __m256 kc = _mm256_loadu_ps(kj + c);
       for (int g = 0; g < G; ++g) acc[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * dk + c), kc, acc[g]);
     }
-    for (int g = 0; g < G; ++g) s[g * n + j] = scale * hsum8(acc[g]);
+    for (int g = 0; g < G; ++g) s[g * n + j] = scale * hsum(acc[g]);
   }
   __m256 inv[G];
   for (int g = 0; g < G; ++g) {

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels/cpu/vec_math.h"
 #include "lmforge/kernels/cpu.h"
 #include "lmforge/kernels/cpu_features.h"
 #include "lmforge/kernels/thread_pool.h"
@@ -216,13 +217,6 @@ void rows_generic(const QWeight& w, const float* x, const XQuant* xq, int64_t r0
 
 // ---- AVX2 path ----
 #if LMF_HAVE_X86
-
-LMF_TARGET_AVX2 inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
 
 LMF_TARGET_AVX2 inline float f16(const uint8_t* p) {
   return _cvtsh_ss(load_u16(p));

@@ -7,7 +7,21 @@
 
 #include "lmforge/kernels/cpu_features.h"
 
+#if LMF_HAVE_X86
+#include <immintrin.h>
+#endif
+
 namespace lmforge::kernels::cpu {
+
+#if LMF_HAVE_X86
+// Sum of the 8 lanes of an AVX register (the tile and attention kernels' final reduction).
+LMF_TARGET_AVX2 inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+#endif
 
 // e^x for float: Cody–Waite reduction x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial for e^r, 2^n by
 // exponent bits. Max relative error about 2e-7 on [-87, 88]; below -87 returns 0 (e^-87 is subnormal), -inf -> 0.
