@@ -9,12 +9,15 @@
 #include <string>
 
 #include "cli_run.h"
+#include "lmforge/io/safetensors.h"
 #include "temp_dir_test.h"
 
 namespace {
 
 using lmforge::testing::CliRun;
 using lmforge::testing::sh;
+namespace io = lmforge::io;
+using lmforge::Tensor;
 
 nlohmann::json last_json(const std::string& out) {
   const size_t b = out.rfind("\n{", out.size() - 2);
@@ -145,7 +148,8 @@ TEST_F(InferCli, BenchGenerateReportsRatesAndCeilings) {
   ASSERT_EQ(r.code, 0) << r.out;
   const nlohmann::json j = last_json(r.out);
   for (const char* k : {"prefill_tokens_per_s", "decode_tokens_per_s", "peak_rss_mb", "weight_bytes", "copy_gb_s",
-                        "decode_ceiling_tokens_per_s", "sgemm_gflops", "prefill_fraction_of_sgemm"})
+                        "decode_ceiling_tokens_per_s", "read_gb_s", "decode_fraction_of_read_ceiling", "sgemm_gflops",
+                        "prefill_fraction_of_sgemm"})
     EXPECT_GT(j[k].get<double>(), 0) << k;
   // Weights read per token: every matrix of the config (f32) plus one embedding row.
   const double per_layer = 4.0 * (32 * 32 + 2 * 16 * 32 + 32 * 32 + 3 * 64 * 32);
@@ -153,6 +157,27 @@ TEST_F(InferCli, BenchGenerateReportsRatesAndCeilings) {
   r = sh(kBin + " bench generate" + model + " --prompt-tokens 120 --gen-tokens 9");
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.out.find("exceed the model's context"), std::string::npos) << r.out;
+}
+
+// A model dir whose file carries a tensor its config does not use (config and tensors disagree): exit 2 with one
+// line naming the file and the tensor, for every command that loads the engine.
+TEST_F(InferCli, TensorTheConfigDoesNotUseExitsTwo) {
+  const std::string dir = path("extra");
+  ASSERT_EQ(sh("mkdir -p " + dir + " && cp " + path("m") + "/config.json " + dir + "/").code, 0);
+  auto t = io::load_safetensors(path("m") + "/model.safetensors");
+  io::NamedTensors named(t.begin(), t.end());
+  named.emplace_back("model.layers.0.self_attn.q_norm.weight", Tensor::zeros({16}));
+  io::save_safetensors(dir + "/model.safetensors", named);
+  std::ofstream(path("ids.txt")) << "1 2 3\n";
+  const std::vector<std::string> cmds = {
+      " bench generate --prompt-tokens 4 --gen-tokens 1 --model ",
+      " forward --ids-file " + path("ids.txt") + " --out " + path("o.safetensors") + " --model "};
+  for (const std::string& cmd : cmds) {
+    const CliRun r = sh(kBin + cmd + dir);
+    EXPECT_EQ(r.code, 2) << cmd << r.out;
+    EXPECT_NE(r.out.find("unexpected tensor 'model.layers.0.self_attn.q_norm.weight'"), std::string::npos)
+        << cmd << r.out;
+  }
 }
 
 }  // namespace
