@@ -157,6 +157,14 @@ TEST_F(DataCli, FilterAndStats) {
   EXPECT_GT(s["tokens"].get<int64_t>(), 10000);
   EXPECT_EQ(s["chars_per_document"]["max"], 2488);
   EXPECT_EQ(nlohmann::json::parse(read("s.json")), s);
+  // --output: the same statistics in a file, nothing on stdout.
+  r = run("data stats --quiet --input " + in + " --tokenizer " + tok + " --output " + path("o.json"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(r.out.empty()) << r.out;
+  auto o = nlohmann::json::parse(read("o.json"));
+  o.erase("read");
+  s.erase("read");  // the read timings differ between runs
+  EXPECT_EQ(o, s);
 }
 }  // namespace
 

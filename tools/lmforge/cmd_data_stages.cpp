@@ -202,8 +202,9 @@ StagePlan plan_stats(const std::shared_ptr<StatsArgs>& a, Context& ctx) {
     j["read"] = r.to_json();
     end_progress(a->common);
     data::write_report(a->common.report, j);
+    data::write_report(a->common.output, j);  // atomically, like every stage's output
     if (!a->common.quiet) std::fputs(r.summary().c_str(), stderr);
-    std::printf("%s\n", j.dump(ctx.json ? -1 : 2).c_str());
+    if (a->common.output.empty() || ctx.json) std::printf("%s\n", j.dump(ctx.json ? -1 : 2).c_str());
     return kOk;
   };
   p.keep = a;
@@ -292,8 +293,10 @@ void add_data_balance_command(CLI::App* data, Context& ctx, const PlanSink* sink
 
 void add_data_stats_command(CLI::App* data, Context& ctx, const PlanSink* sink) {
   auto a = std::make_shared<StatsArgs>();
-  CLI::App* sub = data->add_subcommand("stats", "corpus statistics as JSON on stdout");
+  CLI::App* sub = data->add_subcommand("stats", "corpus statistics as JSON (stdout, or --output)");
   add_common_data_options(sub, a->common, ctx, false);
+  sub->add_option("--output", a->common.output,
+                  "write the statistics (JSON) here, atomically; stdout then stays empty unless --json");
   sub->add_option("--tokenizer", a->tokenizer, "tokenizer.json: token counts too")->check(CLI::ExistingFile);
   sub->callback([&ctx, a, sub, sink] {
     apply_data_config(sub, a->common, false);
