@@ -10,11 +10,14 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <system_error>
 
+#include "lmforge/core/error.h"
 #include "lmforge/io/atomic_file.h"
 
 namespace lmforge::io {
@@ -391,6 +394,32 @@ void SafetensorsFile::drop_pages(const std::string& name) const {
   const uintptr_t b = (reinterpret_cast<uintptr_t>(data_ + e.begin) + page - 1) / page * page;
   const uintptr_t end = reinterpret_cast<uintptr_t>(data_ + e.end) / page * page;
   if (end > b) ::madvise(reinterpret_cast<void*>(b), end - b, MADV_DONTNEED);
+}
+
+std::vector<std::string> model_weight_files(const std::string& dir, std::string& source) {
+  namespace fs = std::filesystem;
+  const fs::path single = fs::path(dir) / "model.safetensors", index = fs::path(dir) / "model.safetensors.index.json";
+  if (fs::exists(single)) {
+    source = single.string();
+    return {source};
+  }
+  LMF_CHECK(fs::exists(index), dir, ": neither model.safetensors nor model.safetensors.index.json");
+  source = index.string();
+  std::ifstream in(index);
+  const nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+  LMF_CHECK(!j.is_discarded() && j.contains("weight_map") && j["weight_map"].is_object(), source,
+            ": field 'weight_map' is missing or not an object");
+  std::set<std::string> shards;
+  for (const auto& [name, file] : j["weight_map"].items()) {
+    LMF_CHECK(file.is_string(), source, ": weight_map entry '", name, "' is not a file name");
+    const std::string f = file.get<std::string>();
+    LMF_CHECK(f.find('/') == std::string::npos && f.find("..") == std::string::npos, source, ": weight_map entry '",
+              name, "' names a file outside the model directory: ", f);
+    shards.insert(f);
+  }
+  std::vector<std::string> files;
+  for (const std::string& f : shards) files.push_back((fs::path(dir) / f).string());
+  return files;
 }
 
 std::map<std::string, Tensor> load_safetensors(const std::string& path) {

@@ -183,29 +183,8 @@ Engine Engine::load(const std::string& dir, EngineOptions opt) {
   const fs::path cfg_path = fs::path(dir) / "config.json";
   LMF_CHECK(fs::exists(cfg_path), dir, ": no config.json in the model directory");
   ModelConfig cfg = load_model_config(cfg_path.string());
-  const fs::path single = fs::path(dir) / "model.safetensors", index = fs::path(dir) / "model.safetensors.index.json";
-  std::vector<std::string> files;
   std::string source;
-  if (fs::exists(single)) {
-    source = single.string();
-    files.push_back(source);
-  } else {
-    LMF_CHECK(fs::exists(index), dir, ": neither model.safetensors nor model.safetensors.index.json");
-    source = index.string();
-    std::ifstream in(index);
-    const nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
-    LMF_CHECK(!j.is_discarded() && j.contains("weight_map") && j["weight_map"].is_object(), source,
-              ": field 'weight_map' is missing or not an object");
-    std::set<std::string> shards;
-    for (const auto& [name, file] : j["weight_map"].items()) {
-      LMF_CHECK(file.is_string(), source, ": weight_map entry '", name, "' is not a file name");
-      const std::string f = file.get<std::string>();
-      LMF_CHECK(f.find('/') == std::string::npos && f.find("..") == std::string::npos, source, ": weight_map entry '",
-                name, "' names a file outside the model directory: ", f);
-      shards.insert(f);
-    }
-    for (const std::string& f : shards) files.push_back((fs::path(dir) / f).string());
-  }
+  const std::vector<std::string> files = io::model_weight_files(dir, source);
   EngineWeights w;
   const char* env = std::getenv("LMFORGE_ENGINE_MMAP");
   const bool copy = !(env && std::string(env) == "1");
@@ -273,67 +252,57 @@ size_t Engine::cache_bytes(SeqId id) const {
   return n;
 }
 
-double Engine::weight_bytes_per_token() const {
-  const Impl& m = *impl_;
+namespace {
+
+// Every weight matrix one token passes through, with the share of tokens that use it (a routed expert: k / E).
+// absorbed: MLA layers as decode reads them, the per-head absorbed matrices instead of kv_b.
+template <typename F>
+void for_each_product(const Engine::Impl& m, bool absorbed, F&& f) {
   const ModelConfig& c = m.c;
-  double b = static_cast<double>(m.embed.nbytes()) / static_cast<double>(c.vocab_size) +
-             static_cast<double>(m.lm_head.nbytes());
-  auto add = [&b](const WeightMatrix& w, double share = 1.0) {
-    if (w.defined()) b += share * static_cast<double>(w.nbytes());
+  auto visit = [&f](const WeightMatrix& w, double share) {
+    if (w.defined()) f(w, share);
   };
-  auto add_mlp = [&](const EngineMlp& e, double share = 1.0) {
-    add(e.gate, share);
-    add(e.up, share);
-    add(e.gate_up, share);
-    add(e.down, share);
+  auto mlp = [&visit](const EngineMlp& e, double share) {
+    for (const WeightMatrix* w : {&e.gate, &e.up, &e.gate_up, &e.down}) visit(*w, share);
   };
+  const double expert_share = c.n_routed_experts > 0
+                                  ? static_cast<double>(c.num_experts_per_tok) / static_cast<double>(c.n_routed_experts)
+                                  : 0.0;
   for (const EngineLayer& L : m.layers) {
-    for (const WeightMatrix* w : {&L.q, &L.k, &L.v, &L.qkv, &L.o, &L.q_a, &L.q_b, &L.kv_a}) add(*w);
-    // MLA decode reads the absorbed per-head matrices instead of kv_b (the same number of values, f32).
-    if (c.is_deepseek()) {
-      if (m.opt.mla_absorb) {
-        for (const WeightMatrix& w : L.uk_t) add(w);
-        for (const WeightMatrix& w : L.uv) add(w);
-      } else {
-        add(L.kv_b);
-      }
+    for (const WeightMatrix* w : {&L.q, &L.k, &L.v, &L.qkv, &L.o, &L.q_a, &L.q_b, &L.kv_a}) visit(*w, 1.0);
+    if (c.is_deepseek() && absorbed) {
+      for (const WeightMatrix& w : L.uk_t) visit(w, 1.0);
+      for (const WeightMatrix& w : L.uv) visit(w, 1.0);
+    } else {
+      visit(L.kv_b, 1.0);
     }
     if (L.moe) {
-      add(L.router);
-      for (const EngineMlp& e : L.experts)
-        add_mlp(e, static_cast<double>(c.num_experts_per_tok) / static_cast<double>(c.n_routed_experts));
-      if (L.shared.defined()) add_mlp(L.shared);
+      visit(L.router, 1.0);
+      for (const EngineMlp& e : L.experts) mlp(e, expert_share);
+      if (L.shared.defined()) mlp(L.shared, 1.0);
     } else {
-      add_mlp(L.mlp);
+      mlp(L.mlp, 1.0);
     }
   }
+}
+
+}  // namespace
+
+double Engine::weight_bytes_per_token() const {
+  const Impl& m = *impl_;
+  // The products' weights plus one embedding row and the LM head.
+  double b = static_cast<double>(m.embed.nbytes()) / static_cast<double>(m.c.vocab_size) +
+             static_cast<double>(m.lm_head.nbytes());
+  for_each_product(m, m.opt.mla_absorb,
+                   [&b](const WeightMatrix& w, double share) { b += share * static_cast<double>(w.nbytes()); });
   return b;
 }
 
 double Engine::matmul_flops_per_token() const {
-  const Impl& m = *impl_;
-  const ModelConfig& c = m.c;
   double f = 0;
-  auto add = [&f](const WeightMatrix& w, double share = 1.0) {
-    if (w.defined()) f += 2.0 * share * static_cast<double>(w.rows()) * static_cast<double>(w.cols());
-  };
-  auto add_mlp = [&](const EngineMlp& e, double share = 1.0) {
-    add(e.gate, share);
-    add(e.up, share);
-    add(e.gate_up, share);
-    add(e.down, share);
-  };
-  for (const EngineLayer& L : m.layers) {
-    for (const WeightMatrix* w : {&L.q, &L.k, &L.v, &L.qkv, &L.o, &L.q_a, &L.q_b, &L.kv_a, &L.kv_b}) add(*w);
-    if (L.moe) {
-      add(L.router);
-      for (const EngineMlp& e : L.experts)
-        add_mlp(e, static_cast<double>(c.num_experts_per_tok) / static_cast<double>(c.n_routed_experts));
-      if (L.shared.defined()) add_mlp(L.shared);
-    } else {
-      add_mlp(L.mlp);
-    }
-  }
+  for_each_product(*impl_, false, [&f](const WeightMatrix& w, double share) {
+    f += 2.0 * share * static_cast<double>(w.rows()) * static_cast<double>(w.cols());
+  });
   return f;
 }
 

@@ -40,15 +40,7 @@ void Engine::Impl::ffn(int64_t layer, const float* h, int64_t N, float* out) {
   const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok;
   Tensor logits = Tensor::empty({N, E});
   weight_matmul(L.router, h, N, logits.data<float>());
-  RouteOptions ro;
-  ro.sigmoid = c.scoring_func == "sigmoid";
-  ro.method = c.topk_method;
-  ro.top_k = K;
-  ro.n_group = c.n_group;
-  ro.topk_group = c.topk_group;
-  ro.norm_topk_prob = c.norm_topk_prob;
-  ro.routed_scaling_factor = c.routed_scaling_factor;
-  const Route r = route(Var(logits), L.expert_bias, ro);
+  const Route r = route(Var(logits), L.expert_bias, route_options(c));
   const Tensor wts = r.weights.value().to(DType::F32).contiguous();
   const std::vector<int32_t> experts = r.experts.to_int_vector();
   // Tokens per expert, in token order; each chosen expert runs once over its tokens.

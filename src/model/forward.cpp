@@ -94,14 +94,7 @@ MoeOut moe_ffn(const Ctx& x, const LayerParams& L, int64_t layer, const Var& h) 
   const ModelConfig& c = x.c;
   const int64_t N = x.B * x.T, D = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
   Var flat = ops::reshape(h, {N, D});
-  RouteOptions ro;
-  ro.sigmoid = c.scoring_func == "sigmoid";
-  ro.method = c.topk_method;
-  ro.top_k = K;
-  ro.n_group = c.n_group;
-  ro.topk_group = c.topk_group;
-  ro.norm_topk_prob = c.norm_topk_prob;
-  ro.routed_scaling_factor = c.routed_scaling_factor;
+  RouteOptions ro = route_options(c);
   if (x.opt.training) {
     ro.aux_loss_alpha = c.aux_loss_alpha;
     ro.seq_aux = c.seq_aux;

@@ -164,30 +164,10 @@ CausalLM CausalLM::load(const std::string& dir) {
   LMF_CHECK(fs::is_directory(dir), dir, ": not a model directory");
   LMF_CHECK(fs::exists(cfg_path), dir, ": no config.json in the model directory");
   CausalLM m(load_model_config(cfg_path));
-  const fs::path single = fs::path(dir) / "model.safetensors", index = fs::path(dir) / "model.safetensors.index.json";
   std::map<std::string, Tensor> tensors;
-  std::vector<io::SafetensorsFile> files;
   std::string source;
-  if (fs::exists(single)) {
-    source = single.string();
-    files.push_back(io::SafetensorsFile::open(source));
-  } else {
-    LMF_CHECK(fs::exists(index), dir, ": neither model.safetensors nor model.safetensors.index.json");
-    source = index.string();
-    std::ifstream in(index);
-    nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
-    LMF_CHECK(!j.is_discarded() && j.contains("weight_map") && j["weight_map"].is_object(), source,
-              ": field 'weight_map' is missing or not an object");
-    std::set<std::string> shards;
-    for (const auto& [name, file] : j["weight_map"].items()) {
-      LMF_CHECK(file.is_string(), source, ": weight_map entry '", name, "' is not a file name");
-      const std::string f = file.get<std::string>();
-      LMF_CHECK(f.find('/') == std::string::npos && f.find("..") == std::string::npos, source, ": weight_map entry '",
-                name, "' names a file outside the model directory: ", f);
-      shards.insert(f);
-    }
-    for (const std::string& f : shards) files.push_back(io::SafetensorsFile::open((fs::path(dir) / f).string()));
-  }
+  std::vector<io::SafetensorsFile> files;
+  for (const std::string& p : io::model_weight_files(dir, source)) files.push_back(io::SafetensorsFile::open(p));
   for (const io::SafetensorsFile& f : files)
     for (const std::string& name : f.names()) tensors[name] = f.get(name);
   m.load_weights(tensors, source);

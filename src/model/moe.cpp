@@ -26,6 +26,18 @@ void top_indices(const double* v, int64_t n, int64_t k, int32_t* out, std::vecto
 
 }  // namespace
 
+RouteOptions route_options(const ModelConfig& c) {
+  RouteOptions ro;
+  ro.sigmoid = c.scoring_func == "sigmoid";
+  ro.method = c.topk_method;
+  ro.top_k = c.num_experts_per_tok;
+  ro.n_group = c.n_group;
+  ro.topk_group = c.topk_group;
+  ro.norm_topk_prob = c.norm_topk_prob;
+  ro.routed_scaling_factor = c.routed_scaling_factor;
+  return ro;
+}
+
 Route route(const Var& logits, const Tensor& bias, const RouteOptions& o) {
   const DType dt = compute_dtype("moe route", {&logits.value()});
   LMF_CHECK(logits.dim() == 2, "moe route: logits must be [tokens, experts], got ", logits.value().str());

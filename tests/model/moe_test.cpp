@@ -146,7 +146,9 @@ TEST(MoeRoute, CapacityDropsInTokenOrderAndDispatchCoversKeptAssignments) {
   }
   EXPECT_EQ(rows, kept);
   for (int64_t i = 0; i < N * 2; ++i)
-    if (r.experts.data<int32_t>()[i] < 0) EXPECT_EQ(w[i], 0.0);
+    if (r.experts.data<int32_t>()[i] < 0) {
+      EXPECT_EQ(w[i], 0.0);
+    }
 }
 
 TEST(MoeRoute, AuxLossIsAlphaWhenPerfectlyBalanced) {

@@ -36,10 +36,7 @@ struct Args {
   int copy_mib = 512;
 };
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
-}
+using bench::median;
 
 double peak_rss_mb() {
   rusage ru{};

@@ -98,19 +98,6 @@ class Buf {
 
 using Clock = std::chrono::steady_clock;
 
-template <typename F>
-double time_ms(F&& f) {
-  const auto t0 = Clock::now();
-  f();
-  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 struct Medians {
   double ours = 0, ref = 0;
 };
@@ -839,6 +826,13 @@ std::string table_header() {
 std::string table_row(const OpResult& r) {
   return fmt("%-18s %-50s %3d %10.3f %10.3f %7.3f %9.1f %-6s  %s", r.op.c_str(), r.shape.c_str(), r.threads, r.ms,
              r.ref_ms, r.ratio, r.rate, r.unit == "gflops" ? "GFLOP/s" : "GB/s", r.reference.c_str());
+}
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 double measure_read_gb_s(int threads, size_t bytes, int repeats) {

@@ -2,6 +2,7 @@
 // /work/shared/BENCHMARKS.md, figures: docs/PERFORMANCE.md). Each case interleaves our repetitions with the
 // reference's, so both see the same noise on a shared machine, and reports the two medians and their ratio.
 #pragma once
+#include <chrono>
 #include <functional>
 #include <string>
 #include <vector>
@@ -50,6 +51,16 @@ std::string table_row(const OpResult& r);
 // STREAM-like copy bandwidth in GB/s (bytes read + written per second; ordinary stores) over two arrays of
 // `bytes_per_array`, split over the pool at `threads`; median of `repeats` passes. Used by bench generate.
 double measure_copy_gb_s(int threads, size_t bytes_per_array, int repeats);
+// Milliseconds f() takes (steady clock), and the median of samples (the mean of the middle two for an even count;
+// 0 for none): the timing every benchmark command shares.
+template <typename F>
+double time_ms(F&& f) {
+  const auto t0 = std::chrono::steady_clock::now();
+  f();
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+double median(std::vector<double> v);
+
 // Read-only bandwidth in GB/s (bytes read per second) over one array of `bytes`, split over the pool at `threads`;
 // median of `repeats` passes. Decode only reads its weights, and on some machines reads alone reach less than the
 // copy probe's read + write figure.

@@ -27,7 +27,6 @@ namespace lmforge::cli {
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
 constexpr double kRefCopyGbps = 45.0;  // BENCHMARKS.md, the machine ggml's figures were measured on
 
 struct QuantBenchOptions {
@@ -76,16 +75,8 @@ class CopyProbe {
   int64_t off_ = 0;
 };
 
-template <typename F>
-double time_ms(F&& f) {
-  const auto t0 = Clock::now();
-  f();
-  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-}
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
-}
+using bench::median;
+using bench::time_ms;
 
 struct Row {
   std::string format, shape;

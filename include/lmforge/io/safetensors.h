@@ -91,4 +91,9 @@ std::string serialize_safetensors(const NamedTensors& tensors, const std::map<st
 // Every tensor of the file (views of one shared mapping where aligned).
 std::map<std::string, Tensor> load_safetensors(const std::string& path);
 
+// The weight files of a Hugging Face model directory: model.safetensors, or the shards a
+// model.safetensors.index.json names (each once, sorted; names with '/' or ".." are refused). `source` receives
+// the file to name in errors (the single file or the index). Errors name the directory, index and entry.
+std::vector<std::string> model_weight_files(const std::string& dir, std::string& source);
+
 }  // namespace lmforge::io

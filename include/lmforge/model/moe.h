@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "lmforge/core/autograd.h"
+#include "lmforge/model/config.h"
 
 namespace lmforge::model {
 
@@ -38,6 +39,10 @@ struct Route {
   std::vector<int64_t> load;  // tokens each expert received
   int64_t dropped = 0;
 };
+
+// The inference part of RouteOptions from a model config (scoring, top-k method and groups, normalisation, scale);
+// the training-only fields keep their defaults.
+RouteOptions route_options(const ModelConfig& c);
 
 // logits [N, E] (f32 or f64); bias [E] (noaux_tc) or undefined.
 Route route(const Var& logits, const Tensor& bias, const RouteOptions& opt);
