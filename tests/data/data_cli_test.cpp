@@ -165,6 +165,9 @@ TEST_F(DataCli, FilterAndStats) {
   o.erase("read");
   s.erase("read");  // the read timings differ between runs
   EXPECT_EQ(o, s);
+  r = run("data stats --quiet --input " + in + " --output " + path("no/such/folder/o.json"));
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("no/such/folder/o.json"), std::string::npos) << r.out;
 }
 }  // namespace
 
