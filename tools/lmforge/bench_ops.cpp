@@ -677,6 +677,26 @@ struct RowsSet {  // softmax and cross-entropy over [R, V]
   }
 };
 
+struct DecodeAttnSet {  // one decode step's query against a KV cache of T tokens (infer-250m's heads)
+  static constexpr int64_t Hq = 16, Hkv = 4, D = 64;
+  int64_t T;
+  Buf q, k, v, out, lse;
+  explicit DecodeAttnSet(int64_t t)
+      : T(t),
+        q(size_t(Hq * D), 91),
+        k(size_t(T * Hkv * D), 92),
+        v(size_t(T * Hkv * D), 93),
+        out(size_t(Hq * D), 94),
+        lse(size_t(Hq), 95) {}
+  void run() {
+    k::AttentionDims d;
+    d.B = 1, d.Tq = 1, d.Tk = T, d.Hq = Hq, d.Hkv = Hkv, d.Dk = D, d.Dv = D;
+    d.q_offset = T - 1;
+    d.scale = 1.0 / std::sqrt(double(D));
+    k::attention<float>(d, q.data(), k.data(), v.data(), out.data(), lse.data());
+  }
+};
+
 template <typename S, typename... A>
 auto maker(A... args) {
   return [=] { return std::make_unique<S>(args...); };
@@ -690,6 +710,15 @@ void add_bandwidth_cases(std::vector<OpCase>& out, const std::shared_ptr<Env>& e
     out.push_back({std::move(op), std::move(shape), std::move(run)});
   };
 
+  // A decode step's attention over the KV cache (infer-250m: 16 query heads over 4 KV heads, dim 64), the cache
+  // rotated past the L3 as it is in a real decode (the weights stream through between layers). Bytes: K and V read.
+  for (int64_t T : quick ? std::vector<int64_t>{512} : std::vector<int64_t>{512, 2048}) {
+    const std::string shape = fmt("Tk=%lld Hq=16 Hkv=4 D=64 (infer-250m)", (long long)T);
+    add("attention-decode", shape, [env, shape, T] {
+      return bandwidth_case(*env, "attention-decode", shape, 8.0 * T * DecodeAttnSet::Hkv * DecodeAttnSet::D,
+                            maker<DecodeAttnSet>(T), [](DecodeAttnSet& s) { s.run(); });
+    });
+  }
   for (int64_t d : {int64_t(512), int64_t(1024)}) {
     const std::string shape = fmt("rows=%lld d=%lld", (long long)R, (long long)d);
     // Forward bytes: read x [R,d], w [d]; write y [R,d], rstd [R].

@@ -160,28 +160,24 @@ LMF_MULTIVERSION_T(void, row_attention, row_attention_impl,
 
 #if LMF_HAVE_X86
 
-// row_attention for f32 with head dims that are multiples of 8: four keys' dot products at a time (four
-// independent FMA chains instead of one), and P·V with 32 output values held in four registers across all keys.
-// The arithmetic is the portable version's; only the summation order differs.
+// row_attention for f32 with head dims that are multiples of 8: eight keys' dot products at a time (eight
+// independent FMA chains instead of one, one transposing reduction), and P·V with 32 output values held in four
+// registers across all keys. The arithmetic is the portable version's; only the summation order differs.
 LMF_TARGET_AVX2 void row_attention_f32_avx2(const float* q, const float* k, int64_t ldk, const float* v, int64_t ldv,
                                             int64_t lo, int64_t hi, int64_t dk, int64_t dv, float scale, float* s,
                                             float* o, float* lse) {
   const int64_t n = hi - lo;
+  const __m256 vscale = _mm256_set1_ps(scale);
   int64_t j = 0;
-  for (; j + 4 <= n; j += 4) {
+  for (; j + 8 <= n; j += 8) {
     const float* k0 = k + (lo + j) * ldk;
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    __m256 a[8];
+    for (int u = 0; u < 8; ++u) a[u] = _mm256_setzero_ps();
     for (int64_t c = 0; c < dk; c += 8) {
       const __m256 qc = _mm256_loadu_ps(q + c);
-      a0 = _mm256_fmadd_ps(qc, _mm256_loadu_ps(k0 + c), a0);
-      a1 = _mm256_fmadd_ps(qc, _mm256_loadu_ps(k0 + ldk + c), a1);
-      a2 = _mm256_fmadd_ps(qc, _mm256_loadu_ps(k0 + 2 * ldk + c), a2);
-      a3 = _mm256_fmadd_ps(qc, _mm256_loadu_ps(k0 + 3 * ldk + c), a3);
+      for (int u = 0; u < 8; ++u) a[u] = _mm256_fmadd_ps(qc, _mm256_loadu_ps(k0 + u * ldk + c), a[u]);
     }
-    s[j] = scale * hsum(a0);
-    s[j + 1] = scale * hsum(a1);
-    s[j + 2] = scale * hsum(a2);
-    s[j + 3] = scale * hsum(a3);
+    _mm256_storeu_ps(s + j, _mm256_mul_ps(vscale, hsum8(a)));
   }
   for (; j < n; ++j) {
     const float* kj = k + (lo + j) * ldk;
@@ -189,16 +185,14 @@ LMF_TARGET_AVX2 void row_attention_f32_avx2(const float* q, const float* k, int6
     for (int64_t c = 0; c < dk; c += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + c), _mm256_loadu_ps(kj + c), a);
     s[j] = scale * hsum(a);
   }
-  float mx = -std::numeric_limits<float>::infinity();
-  for (int64_t i = 0; i < n; ++i) mx = s[i] > mx ? s[i] : mx;
+  const float mx = lanes_max(s, n);
   if (!(mx > -std::numeric_limits<float>::infinity())) {
     std::fill(o, o + dv, 0.0f);
     *lse = -std::numeric_limits<float>::infinity();
     return;
   }
   for (int64_t i = 0; i < n; ++i) s[i] = exp_f32(s[i] - mx);
-  float sum = 0.0f;
-  for (int64_t i = 0; i < n; ++i) sum += s[i];
+  const float sum = lanes_sum(s, n);
   const __m256 inv = _mm256_set1_ps(1.0f / sum);
   int64_t c0 = 0;
   for (; c0 + 32 <= dv; c0 += 32) {
@@ -225,6 +219,13 @@ LMF_TARGET_AVX2 void row_attention_f32_avx2(const float* q, const float* k, int6
   *lse = mx + std::log(sum);
 }
 
+// Prefetches the cache lines of `count` floats from p (Hint: _MM_HINT_T0 into L1, _MM_HINT_T1 into L2).
+template <int Hint>
+LMF_TARGET_AVX2 inline void prefetch_row(const float* p, int64_t count) {
+  for (int64_t o = 0; o < count; o += 16)
+    _mm_prefetch(reinterpret_cast<const char*>(p + o), static_cast<_mm_hint>(Hint));
+}
+
 // All G query heads of one GQA group against their shared K/V rows (decode, f32, head dims multiples of 8 / 16):
 // each key and value row is loaded once for the G heads rather than G times, which is what bounds decode at long
 // contexts (the cache streams from L3/DRAM). q: G rows of dk; o: G rows of dv; lse: G values; s: G * (hi - lo).
@@ -233,7 +234,31 @@ LMF_TARGET_AVX2 void group_attention_f32_avx2(const float* q, const float* k, in
                                               int64_t lo, int64_t hi, int64_t dk, int64_t dv, float scale, float* s,
                                               float* o, float* lse) {
   const int64_t n = hi - lo;
-  for (int64_t j = 0; j < n; ++j) {
+  const __m256 vscale = _mm256_set1_ps(scale);
+  int64_t j = 0;
+  // Eight keys at a time: eight independent FMA chains per head and one transposing reduction for the eight
+  // scores, where a key at a time was one latency-bound chain and a horizontal sum per (key, head). The block's
+  // 8 key rows stay in L1 across the G heads.
+  for (; j + 8 <= n; j += 8) {
+    const float* k0 = k + (lo + j) * ldk;
+    // The cache comes from DRAM (the weights streamed through L3 since the last step) in rows of dk floats strided
+    // by ldk, a pattern the hardware prefetchers follow poorly: fetch the keys two blocks ahead into L1 and this
+    // block's values into L2 for the P·V pass.
+    if (j + 24 <= n)
+      for (int u = 0; u < 8; ++u) prefetch_row<_MM_HINT_T0>(k0 + (16 + u) * ldk, dk);
+    for (int u = 0; u < 8; ++u) prefetch_row<_MM_HINT_T1>(v + (lo + j + u) * ldv, dv);
+    for (int g = 0; g < G; ++g) {
+      const float* qg = q + g * dk;
+      __m256 a[8];
+      for (int u = 0; u < 8; ++u) a[u] = _mm256_setzero_ps();
+      for (int64_t c = 0; c < dk; c += 8) {
+        const __m256 qc = _mm256_loadu_ps(qg + c);
+        for (int u = 0; u < 8; ++u) a[u] = _mm256_fmadd_ps(_mm256_loadu_ps(k0 + u * ldk + c), qc, a[u]);
+      }
+      _mm256_storeu_ps(s + g * n + j, _mm256_mul_ps(vscale, hsum8(a)));
+    }
+  }
+  for (; j < n; ++j) {
     const float* kj = k + (lo + j) * ldk;
     __m256 acc[G];
     for (int g = 0; g < G; ++g) acc[g] = _mm256_setzero_ps();
@@ -246,16 +271,15 @@ LMF_TARGET_AVX2 void group_attention_f32_avx2(const float* q, const float* k, in
   __m256 inv[G];
   for (int g = 0; g < G; ++g) {
     float* sg = s + g * n;
-    float mx = -std::numeric_limits<float>::infinity();
-    for (int64_t i = 0; i < n; ++i) mx = sg[i] > mx ? sg[i] : mx;
+    const float mx = lanes_max(sg, n);
     if (!(mx > -std::numeric_limits<float>::infinity())) {  // nothing visible: zeros, and p = 0 below
       std::fill(sg, sg + n, 0.0f);
       inv[g] = _mm256_setzero_ps();
       lse[g] = -std::numeric_limits<float>::infinity();
       continue;
     }
-    float sum = 0.0f;
-    for (int64_t i = 0; i < n; ++i) sum += (sg[i] = exp_f32(sg[i] - mx));
+    for (int64_t i = 0; i < n; ++i) sg[i] = exp_f32(sg[i] - mx);  // vectorised (no reduction in the loop)
+    const float sum = lanes_sum(sg, n);
     inv[g] = _mm256_set1_ps(1.0f / sum);
     lse[g] = mx + std::log(sum);
   }

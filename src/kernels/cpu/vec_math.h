@@ -21,6 +21,15 @@ LMF_TARGET_AVX2 inline float hsum(__m256 v) {
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
 }
+
+// The lane sums of eight registers as one: lane i holds the sum of a[i]'s lanes (six hadds, two permutes, an add,
+// against eight hsum calls).
+LMF_TARGET_AVX2 inline __m256 hsum8(const __m256* a) {
+  const __m256 t0 = _mm256_hadd_ps(a[0], a[1]), t1 = _mm256_hadd_ps(a[2], a[3]);
+  const __m256 t2 = _mm256_hadd_ps(a[4], a[5]), t3 = _mm256_hadd_ps(a[6], a[7]);
+  const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
 #endif
 
 // e^x for float: Cody–Waite reduction x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial for e^r, 2^n by
