@@ -25,56 +25,82 @@ void fcopy(float* dst, const float* src, int64_t n) {
   std::memcpy(dst, src, sizeof(float) * static_cast<size_t>(n));
 }
 
-// Makes room in a layer cache for positions up to `end` (exclusive): full layers grow (doubling), sliding layers
-// hold `window` rows.
-void reserve(LayerCache& lc, int64_t end, int64_t window, int64_t row_k, int64_t row_v) {
+// Layer caches are head-major: head h's rows (positions, or ring slots for sliding layers) are the contiguous block
+// [h * rows * d, (h + 1) * rows * d), so a decode step reads each KV head as one stream. new_k / new_v rows are
+// token-major [n, heads * d], as the projections make them.
+
+// Makes room for positions up to `end` (exclusive): full layers grow (doubling), sliding layers hold `window` rows.
+// Growing moves each head's block to its place in the larger buffer.
+void reserve(LayerCache& lc, int64_t end, int64_t window, int64_t heads, int64_t dk, int64_t dv) {
   const int64_t need = window > 0 ? std::min(window, end) : end;
   if (need <= lc.rows) return;
   int64_t rows = std::max<int64_t>(need, std::max<int64_t>(16, lc.rows * 2));
   if (window > 0) rows = std::min(rows, window);
-  lc.k.resize(static_cast<size_t>(rows * row_k));
-  lc.v.resize(static_cast<size_t>(rows * row_v));
+  auto grow = [&](std::vector<float>& buf, int64_t d) {
+    if (d == 0) return;
+    std::vector<float> bigger(static_cast<size_t>(heads * rows * d));
+    if (lc.rows > 0)
+      for (int64_t h = 0; h < heads; ++h)
+        fcopy(bigger.data() + h * rows * d, buf.data() + h * lc.rows * d, lc.rows * d);
+    buf.swap(bigger);
+  };
+  grow(lc.k, dk);
+  grow(lc.v, dv);
   lc.rows = rows;
 }
 
-// The keys a segment's queries see, in position order, contiguous: rows [Tk, row_k] (and [Tk, row_v]); query t of
-// the segment sits at key index q_offset + t. Writes the segment's new rows (new_k/new_v: [n, row]) into the cache.
+// Token t of a token-major [n, heads * d] block into slot `slot` of a head-major buffer of `rows` rows a head.
+void put_row(float* dst, int64_t rows, int64_t slot, const float* src, int64_t heads, int64_t d) {
+  for (int64_t h = 0; h < heads; ++h) fcopy(dst + (h * rows + slot) * d, src + h * d, d);
+}
+
+// The keys a segment's queries see, in position order, head-major: head h's key j at k + h * k_head_stride + j * dk
+// (values likewise); query t of the segment sits at key index q_offset + t. Writes the segment's new rows into the
+// cache first.
 struct KeyView {
   const float *k = nullptr, *v = nullptr;
-  int64_t Tk = 0, q_offset = 0;
+  int64_t Tk = 0, q_offset = 0, k_head_stride = 0, v_head_stride = 0;
   std::vector<float> tk, tv;  // storage when the keys had to be gathered from a ring buffer
 };
 
-void key_view(LayerCache& lc, const Segment& s, int64_t window, const float* new_k, const float* new_v, int64_t row_k,
-              int64_t row_v, KeyView& kv) {
-  const int64_t end = s.pos0 + s.n;
-  reserve(lc, end, window, row_k, row_v);
+void key_view(LayerCache& lc, const Segment& s, int64_t window, const float* new_k, const float* new_v, int64_t heads,
+              int64_t dk, int64_t dv, KeyView& kv) {
+  const int64_t end = s.pos0 + s.n, row_k = heads * dk, row_v = heads * dv;
+  reserve(lc, end, window, heads, dk, dv);
+  auto store = [&](int64_t slot, int64_t t) {  // new row t into cache slot `slot`
+    put_row(lc.k.data(), lc.rows, slot, new_k + t * row_k, heads, dk);
+    if (dv) put_row(lc.v.data(), lc.rows, slot, new_v + t * row_v, heads, dv);
+  };
   if (window == 0 || end <= window) {  // rows are positions
-    fcopy(lc.k.data() + s.pos0 * row_k, new_k, s.n * row_k);
-    if (row_v) fcopy(lc.v.data() + s.pos0 * row_v, new_v, s.n * row_v);
+    for (int64_t t = 0; t < s.n; ++t) store(s.pos0 + t, t);
     kv.k = lc.k.data();
     kv.v = lc.v.data();
+    kv.k_head_stride = lc.rows * dk;
+    kv.v_head_stride = lc.rows * dv;
     kv.Tk = end;
     kv.q_offset = s.pos0;
     return;
   }
-  // Ring buffer: the old keys the first query still sees, then the new ones.
-  const int64_t old0 = std::max<int64_t>(0, s.pos0 - window + 1), n_old = s.pos0 - old0;
-  kv.tk.resize(static_cast<size_t>((n_old + s.n) * row_k));
-  kv.tv.resize(static_cast<size_t>((n_old + s.n) * row_v));
-  for (int64_t p = old0; p < s.pos0; ++p) {
-    fcopy(kv.tk.data() + (p - old0) * row_k, lc.k.data() + (p % window) * row_k, row_k);
-    if (row_v) fcopy(kv.tv.data() + (p - old0) * row_v, lc.v.data() + (p % window) * row_v, row_v);
+  // Ring buffer: the old keys the first query still sees, then the new ones, gathered per head.
+  const int64_t old0 = std::max<int64_t>(0, s.pos0 - window + 1), n_old = s.pos0 - old0, Tk = n_old + s.n;
+  kv.tk.resize(static_cast<size_t>(heads * Tk * dk));
+  kv.tv.resize(static_cast<size_t>(heads * Tk * dv));
+  for (int64_t h = 0; h < heads; ++h) {
+    for (int64_t p = old0; p < s.pos0; ++p) {
+      fcopy(kv.tk.data() + (h * Tk + p - old0) * dk, lc.k.data() + (h * lc.rows + p % window) * dk, dk);
+      if (dv) fcopy(kv.tv.data() + (h * Tk + p - old0) * dv, lc.v.data() + (h * lc.rows + p % window) * dv, dv);
+    }
+    for (int64_t t = 0; t < s.n; ++t) {
+      fcopy(kv.tk.data() + (h * Tk + n_old + t) * dk, new_k + t * row_k + h * dk, dk);
+      if (dv) fcopy(kv.tv.data() + (h * Tk + n_old + t) * dv, new_v + t * row_v + h * dv, dv);
+    }
   }
-  fcopy(kv.tk.data() + n_old * row_k, new_k, s.n * row_k);
-  if (row_v) fcopy(kv.tv.data() + n_old * row_v, new_v, s.n * row_v);
-  for (int64_t p = std::max(s.pos0, end - window); p < end; ++p) {
-    fcopy(lc.k.data() + (p % window) * row_k, new_k + (p - s.pos0) * row_k, row_k);
-    if (row_v) fcopy(lc.v.data() + (p % window) * row_v, new_v + (p - s.pos0) * row_v, row_v);
-  }
+  for (int64_t p = std::max(s.pos0, end - window); p < end; ++p) store(p % window, p - s.pos0);
   kv.k = kv.tk.data();
   kv.v = kv.tv.data();
-  kv.Tk = n_old + s.n;
+  kv.k_head_stride = Tk * dk;
+  kv.v_head_stride = Tk * dv;
+  kv.Tk = Tk;
   kv.q_offset = n_old;
 }
 
@@ -180,11 +206,13 @@ void Engine::Impl::attention(int64_t layer, const float* h, int64_t N, std::vect
     d.scale = 1.0 / std::sqrt(static_cast<double>(hd));
     for (const Segment& s : segs) {
       KeyView kv;
-      key_view(s.seq->layers[layer], s, L.window, kr.data() + s.row0 * Hkv * hd, v.data() + s.row0 * Hkv * hd, Hkv * hd,
-               Hkv * hd, kv);
+      key_view(s.seq->layers[layer], s, L.window, kr.data() + s.row0 * Hkv * hd, v.data() + s.row0 * Hkv * hd, Hkv, hd,
+               hd, kv);
       d.Tq = s.n;
       d.Tk = kv.Tk;
       d.q_offset = kv.q_offset;
+      d.k_head_stride = kv.k_head_stride;
+      d.v_head_stride = kv.v_head_stride;
       lse.resize(static_cast<size_t>(H * s.n));
       kernels::cpu::attention(d, qr.data() + s.row0 * H * hd, kv.k, kv.v, att.data() + s.row0 * H * hd, lse.data());
     }
@@ -238,7 +266,7 @@ void Engine::Impl::attention(int64_t layer, const float* h, int64_t N, std::vect
     for (int64_t i = 0; i < N * H; ++i) fcopy(qa.data() + i * dq + r, qper.data() + i * rope, rope);
     for (const Segment& s : segs) {
       KeyView kvw;
-      key_view(s.seq->layers[layer], s, L.window, rows.data() + s.row0 * row, nullptr, row, 0, kvw);
+      key_view(s.seq->layers[layer], s, L.window, rows.data() + s.row0 * row, nullptr, 1, row, 0, kvw);
       mqa_strided(qa.data() + s.row0 * H * dq, s.n, H, dq, kvw.k, row, kvw.k, row, r, kvw.q_offset, L.window, scale,
                   olat.data() + s.row0 * H * r);
     }
@@ -255,7 +283,7 @@ void Engine::Impl::attention(int64_t layer, const float* h, int64_t N, std::vect
     d.scale = scale;
     for (const Segment& s : segs) {
       KeyView kvw;
-      key_view(s.seq->layers[layer], s, L.window, rows.data() + s.row0 * row, nullptr, row, 0, kvw);
+      key_view(s.seq->layers[layer], s, L.window, rows.data() + s.row0 * row, nullptr, 1, row, 0, kvw);
       // Decompress the visible latents: K = [W_uk c | k_pe] per head, V = W_uv c.
       const int64_t Tk = kvw.Tk;
       std::vector<float> lt(static_cast<size_t>(Tk * r)), kvb(static_cast<size_t>(Tk * H * (nope + vd)));

@@ -230,6 +230,44 @@ TEST(AttentionTest, FloatMatchesDoubleReference) {
   }
 }
 
+// The engine's head-major cache layout (each KV head's rows contiguous, capacity beyond Tk) gives the forward of the
+// token-major layout: same reference, same tolerances, every case (decode rows and prefill blocks).
+template <typename T>
+void expect_head_major_matches(double tol, uint64_t seed) {
+  for (const Case& c : reference_cases()) {
+    SCOPED_TRACE(c.name);
+    const AttentionDims& d = c.d;
+    const Inputs in = rounded_to_float(random_inputs(d, seed++));
+    const int64_t cap = d.Tk + 5;  // rows a cache holds; the kernel must read only the first Tk
+    const T nan = std::numeric_limits<T>::quiet_NaN();
+    std::vector<T> k(static_cast<size_t>(d.B * d.Hkv * cap * d.Dk), nan),
+        v(static_cast<size_t>(d.B * d.Hkv * cap * d.Dv), nan);
+    for (int64_t b = 0; b < d.B; ++b)
+      for (int64_t j = 0; j < d.Tk; ++j)
+        for (int64_t g = 0; g < d.Hkv; ++g) {
+          for (int64_t c2 = 0; c2 < d.Dk; ++c2)
+            k[((b * d.Hkv + g) * cap + j) * d.Dk + c2] = static_cast<T>(in.k[((b * d.Tk + j) * d.Hkv + g) * d.Dk + c2]);
+          for (int64_t c2 = 0; c2 < d.Dv; ++c2)
+            v[((b * d.Hkv + g) * cap + j) * d.Dv + c2] = static_cast<T>(in.v[((b * d.Tk + j) * d.Hkv + g) * d.Dv + c2]);
+        }
+    AttentionDims hm = d;
+    hm.k_head_stride = cap * d.Dk;
+    hm.v_head_stride = cap * d.Dv;
+    const auto q = to<T>(in.q);
+    std::vector<T> out(static_cast<size_t>(d.B * d.Tq * d.Hq * d.Dv), nan),
+        lse(static_cast<size_t>(d.B * d.Hq * d.Tq), nan);
+    cpu::attention<T>(hm, q.data(), k.data(), v.data(), out.data(), lse.data());
+    const Outputs want = reference(d, in);
+    EXPECT_LT(rel_err(Vec(out.begin(), out.end()), want.out), tol) << "out";
+    EXPECT_LT(rel_err(Vec(lse.begin(), lse.end()), want.lse), tol) << "lse";
+  }
+}
+
+TEST(AttentionTest, HeadMajorCacheLayoutMatchesReference) {
+  expect_head_major_matches<double>(1e-12, 300);
+  expect_head_major_matches<float>(1e-5, 400);
+}
+
 // Loss = sum(out * R) with R = dout; its gradient is exactly what attention_backward returns for dout = R.
 TEST(AttentionTest, DoubleBackwardMatchesFiniteDifferences) {
   uint64_t seed = 200;

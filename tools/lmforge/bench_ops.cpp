@@ -677,7 +677,7 @@ struct RowsSet {  // softmax and cross-entropy over [R, V]
   }
 };
 
-struct DecodeAttnSet {  // one decode step's query against a KV cache of T tokens (infer-250m's heads)
+struct DecodeAttnSet {  // one decode step's query against a KV cache of T tokens (infer-250m's heads), head-major
   static constexpr int64_t Hq = 16, Hkv = 4, D = 64;
   int64_t T;
   Buf q, k, v, out, lse;
@@ -693,6 +693,7 @@ struct DecodeAttnSet {  // one decode step's query against a KV cache of T token
     d.B = 1, d.Tq = 1, d.Tk = T, d.Hq = Hq, d.Hkv = Hkv, d.Dk = D, d.Dv = D;
     d.q_offset = T - 1;
     d.scale = 1.0 / std::sqrt(double(D));
+    d.k_head_stride = d.v_head_stride = T * D;  // the engine's head-major cache
     k::attention<float>(d, q.data(), k.data(), v.data(), out.data(), lse.data());
   }
 };

@@ -109,6 +109,10 @@ struct AttentionDims {
   bool causal = true;
   int64_t window = 0;
   double scale = 1.0;
+  // K/V layout. 0: token-major [B, Tk, Hkv, D] (training's). Otherwise head-major, the inference engine's cache:
+  // key j of KV head g in batch row b at k + (b * Hkv + g) * k_head_stride + j * Dk (v likewise with v_head_stride
+  // and Dv), so one head's keys are one contiguous stream. The forward only; attention_backward needs 0.
+  int64_t k_head_stride = 0, v_head_stride = 0;
 };
 template <typename T>
 void attention(const AttentionDims& d, const T* q, const T* k, const T* v, T* out, T* lse);

@@ -13,6 +13,7 @@
 // Results do not depend on the thread count: work is split into fixed tasks, each computed by one thread in a fixed
 // order, and no two tasks write the same output.
 #include <algorithm>
+#include <cassert>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -359,7 +360,17 @@ void attention(const AttentionDims& d, const T* q, const T* k, const T* v, T* ou
   if (d.B <= 0 || d.Tq <= 0 || d.Hq <= 0 || d.Hkv <= 0) return;
   const int64_t group = d.Hq / d.Hkv;
   const int64_t n_qblocks = (d.Tq + kBlockQ - 1) / kBlockQ;
-  const int64_t ldq = d.Hq * d.Dk, ldk = d.Hkv * d.Dk, ldv = d.Hkv * d.Dv;
+  const int64_t ldq = d.Hq * d.Dk;
+  const bool head_major = d.k_head_stride > 0;
+  assert(head_major == (d.v_head_stride > 0));  // both strides or neither
+  // Row stride of one head's keys / values, and where head g of batch row b starts.
+  const int64_t ldk = head_major ? d.Dk : d.Hkv * d.Dk, ldv = head_major ? d.Dv : d.Hkv * d.Dv;
+  auto k_head = [&](int64_t b, int64_t g) {
+    return head_major ? k + (b * d.Hkv + g) * d.k_head_stride : k + (b * d.Tk * d.Hkv + g) * d.Dk;
+  };
+  auto v_head = [&](int64_t b, int64_t g) {
+    return head_major ? v + (b * d.Hkv + g) * d.v_head_stride : v + (b * d.Tk * d.Hkv + g) * d.Dv;
+  };
   const T scale = static_cast<T>(d.scale);
   if (d.Tq == 1) {  // a decode step: one task per (b, kv head), its query heads together
     parallel_for(d.B * d.Hkv, task_grain(double(group) * d.Tk * (d.Dk + d.Dv)), [&](int64_t t0, int64_t t1) {
@@ -368,8 +379,8 @@ void attention(const AttentionDims& d, const T* q, const T* k, const T* v, T* ou
       for (int64_t task = t0; task < t1; ++task) {
         const int64_t b = task / d.Hkv, g = task % d.Hkv, h0 = g * group;
         const T* qp = q + (b * d.Hq + h0) * d.Dk;
-        const T* kp = k + (b * d.Tk * d.Hkv + g) * d.Dk;
-        const T* vp = v + (b * d.Tk * d.Hkv + g) * d.Dv;
+        const T* kp = k_head(b, g);
+        const T* vp = v_head(b, g);
         T* op = out + (b * d.Hq + h0) * d.Dv;
         T* lp = lse + b * d.Hq + h0;
         if (decode_group<T>(group, qp, kp, ldk, vp, ldv, kr.lo, kr.hi, d.Dk, d.Dv, scale, S, op, lp)) continue;
@@ -392,8 +403,8 @@ void attention(const AttentionDims& d, const T* q, const T* k, const T* v, T* ou
       const int64_t g = h / group;
       const int64_t i0 = qb * kBlockQ, nq = std::min(kBlockQ, d.Tq - i0);
       const T* qp = q + ((b * d.Tq + i0) * d.Hq + h) * d.Dk;
-      const T* kp = k + (b * d.Tk * d.Hkv + g) * d.Dk;  // key j of this head at kp + j * ldk
-      const T* vp = v + (b * d.Tk * d.Hkv + g) * d.Dv;
+      const T* kp = k_head(b, g);  // key j of this head at kp + j * ldk
+      const T* vp = v_head(b, g);
       std::fill(O, O + nq * d.Dv, T(0));
       std::fill(m, m + nq, -std::numeric_limits<T>::infinity());
       std::fill(l, l + nq, T(0));
@@ -423,6 +434,7 @@ template <typename T>
 void attention_backward(const AttentionDims& d, const T* q, const T* k, const T* v, const T* out, const T* lse,
                         const T* dout, T* dq, T* dk, T* dv) {
   if (d.B <= 0 || d.Hq <= 0 || d.Hkv <= 0) return;
+  assert(d.k_head_stride == 0 && d.v_head_stride == 0);  // token-major K/V only
   const int64_t group = d.Hq / d.Hkv;
   const int64_t ldq = d.Hq * d.Dk, ldk = d.Hkv * d.Dk, ldv = d.Hkv * d.Dv, ldo = d.Hq * d.Dv;
   const T scale = static_cast<T>(d.scale);
