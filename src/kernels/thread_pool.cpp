@@ -61,6 +61,9 @@ struct ThreadPool::Impl {
   std::atomic<int> sleepers{0};
   const std::function<void(int64_t, int64_t)>* fn = nullptr;
   int64_t n = 0;
+  const int64_t* bounds = nullptr;  // chunk c is [bounds[c], bounds[c + 1]); nullptr: even chunks of n
+  static constexpr int kMaxGuided = 128;
+  int64_t guided[kMaxGuided + 1];
 
   // Claims and runs chunks until none is left. Returns when the live job has no unclaimed chunk.
   void run_chunks() {
@@ -68,7 +71,11 @@ struct ThreadPool::Impl {
     while (next_of(w) < chunks_of(w)) {
       if (!claim.compare_exchange_weak(w, w + 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
       const int64_t c = static_cast<int64_t>(next_of(w)), chunks = static_cast<int64_t>(chunks_of(w));
-      (*fn)(c * n / chunks, (c + 1) * n / chunks);
+      if (bounds) {
+        (*fn)(bounds[c], bounds[c + 1]);
+      } else {
+        (*fn)(c * n / chunks, (c + 1) * n / chunks);
+      }
       done.fetch_add(1, std::memory_order_acq_rel);
       w = claim.load(std::memory_order_acquire);
     }
@@ -148,11 +155,37 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void
     fn(0, n);
     return;
   }
-  Impl& s = *impl_;
   // A few chunks per thread balance a machine whose cores are shared with other work.
   const int64_t chunks = std::min<int64_t>({max_chunks, static_cast<int64_t>(num_threads_) * 4, 0xffff});
+  run_job(n, chunks, nullptr, fn);
+}
+
+void ThreadPool::parallel_for_guided(int64_t n, int64_t min_chunk, const std::function<void(int64_t, int64_t)>& fn) {
+  if (n <= 0) return;
+  min_chunk = std::max<int64_t>(1, min_chunk);
+  if (num_threads_ == 1 || t_in_region || n <= min_chunk) {
+    fn(0, n);
+    return;
+  }
+  int64_t* b = impl_->guided;  // written only here, by the one caller outside a region, before the job is published
+  int64_t chunks = 0;
+  b[0] = 0;
+  const int64_t div = 2 * static_cast<int64_t>(num_threads_);
+  while (b[chunks] < n) {
+    const int64_t left = n - b[chunks];
+    const int64_t len = chunks + 1 == Impl::kMaxGuided ? left : std::max(min_chunk, (left + div - 1) / div);
+    b[chunks + 1] = b[chunks] + std::min(left, len);
+    ++chunks;
+  }
+  run_job(n, chunks, b, fn);
+}
+
+void ThreadPool::run_job(int64_t n, int64_t chunks, const int64_t* bounds,
+                         const std::function<void(int64_t, int64_t)>& fn) {
+  Impl& s = *impl_;
   s.fn = &fn;
   s.n = n;
+  s.bounds = bounds;
   s.done.store(0, std::memory_order_relaxed);
   const uint64_t gen = (s.generation.load(std::memory_order_relaxed) + 1) & 0xffffffffu;
   s.claim.store(pack(gen, static_cast<uint64_t>(chunks), 0), std::memory_order_release);

@@ -2,8 +2,11 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <mutex>
+#include <utility>
 #include <vector>
 
 #include "lmforge/kernels/cpu.h"
@@ -21,6 +24,41 @@ TEST(ThreadPool, CoversEveryIndexOnce) {
       });
       for (int64_t i = 0; i < n; ++i) ASSERT_EQ(hits[i].load(), 1) << "n=" << n << " i=" << i;
     }
+  }
+}
+
+// Guided chunks: every index once, chunks never shorter than min_chunk except the last, first chunks the longest,
+// and more than the 128-chunk cap still covered; then even and guided jobs alternate on the same pool.
+TEST(ThreadPool, GuidedCoversEveryIndexOnceLongChunksFirst) {
+  for (int threads : {1, 2, 3}) {
+    ThreadCountScope scope(threads);
+    for (int64_t n : {0, 1, 4, 5, 17, 1408, 8000, 1000003}) {
+      std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+      std::mutex mu;
+      std::vector<std::pair<int64_t, int64_t>> ranges;
+      parallel_for_guided(n, 4, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) hits[i].fetch_add(1);
+        std::lock_guard<std::mutex> lk(mu);
+        ranges.emplace_back(b, e);
+      });
+      for (int64_t i = 0; i < n; ++i) ASSERT_EQ(hits[i].load(), 1) << "n=" << n << " i=" << i;
+      std::sort(ranges.begin(), ranges.end());
+      for (size_t c = 0; c < ranges.size(); ++c) {
+        const int64_t len = ranges[c].second - ranges[c].first;
+        if (c + 1 < ranges.size()) {
+          EXPECT_GE(len, 4) << "n=" << n << " chunk " << c;
+          EXPECT_GE(len, ranges[c + 1].second - ranges[c + 1].first) << "n=" << n << " chunk " << c;
+        }
+      }
+      if (threads > 1 && n >= 1408) EXPECT_GT(ranges.size(), 8u) << "n=" << n;
+      if (threads > 1 && n >= 1408) EXPECT_LE(ranges.front().second, n / 2) << "n=" << n;
+    }
+    std::atomic<int64_t> total{0};
+    for (int rep = 0; rep < 200; ++rep) {
+      parallel_for(100, 1, [&](int64_t b, int64_t e) { total += e - b; });
+      parallel_for_guided(100, 4, [&](int64_t b, int64_t e) { total += e - b; });
+    }
+    EXPECT_EQ(total.load(), 200 * 200);
   }
 }
 

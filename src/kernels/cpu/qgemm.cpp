@@ -662,9 +662,11 @@ void qgemm(const QWeight& w, const float* x, int64_t n, float* y, bool accumulat
       tl_xq[t].quantize(x + t * cols, cols);
     }
   }
-  // Tiles of kTile rows, at least 16 tiles per chunk so a chunk streams tens of kB of weights.
+  // Tiles of kTile rows in guided chunks: long ones first (each streams hundreds of kB of weights), short ones last
+  // so both threads finish within a few tiles of each other (with even chunks, waiting for the slower thread's
+  // last chunk was ~10% of a decode step). Up to 16 tiles run inline.
   const int64_t tiles = (rows + kTile - 1) / kTile;
-  parallel_for(tiles, 16, [&](int64_t t0, int64_t t1) {
+  const std::function<void(int64_t, int64_t)> body = [&](int64_t t0, int64_t t1) {
     const int64_t r0 = t0 * kTile, r1 = std::min(rows, t1 * kTile);
 #if LMF_HAVE_X86
     if (avx2) {
@@ -673,7 +675,12 @@ void qgemm(const QWeight& w, const float* x, int64_t n, float* y, bool accumulat
     }
 #endif
     for (int64_t t = 0; t < n; ++t) rows_generic(w, x + t * cols, xq + t, r0, r1, y + t * rows, accumulate);
-  });
+  };
+  if (tiles <= 16) {
+    body(0, tiles);
+  } else {
+    parallel_for_guided(tiles, 4, body);
+  }
   (void)avx2;
 }
 
