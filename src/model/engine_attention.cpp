@@ -115,41 +115,6 @@ std::vector<int64_t> positions(const std::vector<Segment>& segs, int64_t N) {
   return pos;
 }
 
-float dot(const float* a, const float* b, int64_t n) {
-  float acc[8] = {};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int j = 0; j < 8; ++j) acc[j] += a[i + j] * b[i + j];
-  for (; i < n; ++i) acc[0] += a[i] * b[i];
-  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-}
-
-// Attention of Hq query heads against one shared key/value head whose rows have arbitrary strides (MLA's absorbed
-// form: keys are the cache rows [latent | k_pe], values their latent part). q [Tq, Hq, Dk], out [Tq, Hq, Dv].
-void mqa_strided(const float* q, int64_t Tq, int64_t Hq, int64_t Dk, const float* k, int64_t k_stride, const float* v,
-                 int64_t v_stride, int64_t Dv, int64_t q_offset, int64_t window, float scale, float* out) {
-  parallel_for(Tq * Hq, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<float> s;
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t t = i / Hq;
-      const float* qi = q + i * Dk;
-      float* o = out + i * Dv;
-      const int64_t hi = q_offset + t, lo = window > 0 ? std::max<int64_t>(0, hi - window + 1) : 0;
-      s.resize(static_cast<size_t>(hi - lo + 1));
-      float mx = -std::numeric_limits<float>::infinity();
-      for (int64_t j = lo; j <= hi; ++j) mx = std::max(mx, s[j - lo] = scale * dot(qi, k + j * k_stride, Dk));
-      float sum = 0;
-      std::fill(o, o + Dv, 0.0f);
-      for (int64_t j = lo; j <= hi; ++j) {
-        const float p = std::exp(s[j - lo] - mx);
-        sum += p;
-        kernels::cpu::axpy(p, v + j * v_stride, o, Dv);
-      }
-      for (int64_t d = 0; d < Dv; ++d) o[d] /= sum;
-    }
-  });
-}
-
 // out[:, h, :] = W_h(x[:, h, :]) for per-head matrices: x [N, H, in_stride] (columns [in0, in0 + W.cols())),
 // out [N, H, out_stride] (columns [out0, out0 + W.rows())).
 void per_head(const std::vector<WeightMatrix>& w, const float* x, int64_t N, int64_t in_stride, int64_t in0, float* y,
@@ -264,11 +229,21 @@ void Engine::Impl::attention(int64_t layer, const float* h, int64_t N, std::vect
     std::vector<float> qa(static_cast<size_t>(N * H * dq), 0.0f), olat(static_cast<size_t>(N * H * r));
     if (nope > 0) per_head(L.uk_t, q.data(), N, qk, 0, qa.data(), dq, 0);
     for (int64_t i = 0; i < N * H; ++i) fcopy(qa.data() + i * dq + r, qper.data() + i * rope, rope);
+    // One KV head for all H query heads: keys are the cache rows (row floats apart), values their first r floats.
+    d.Hkv = 1;
+    d.Dk = dq;
+    d.Dv = r;
+    d.scale = scale;
+    d.k_row_stride = d.v_row_stride = row;
     for (const Segment& s : segs) {
       KeyView kvw;
       key_view(s.seq->layers[layer], s, L.window, rows.data() + s.row0 * row, nullptr, 1, row, 0, kvw);
-      mqa_strided(qa.data() + s.row0 * H * dq, s.n, H, dq, kvw.k, row, kvw.k, row, r, kvw.q_offset, L.window, scale,
-                  olat.data() + s.row0 * H * r);
+      d.Tq = s.n;
+      d.Tk = kvw.Tk;
+      d.q_offset = kvw.q_offset;
+      d.k_head_stride = d.v_head_stride = kvw.k_head_stride;
+      lse.resize(static_cast<size_t>(H * s.n));
+      kernels::cpu::attention(d, qa.data() + s.row0 * H * dq, kvw.k, kvw.k, olat.data() + s.row0 * H * r, lse.data());
     }
     per_head(L.uv, olat.data(), N, r, 0, att.data(), vd, 0);
   } else {

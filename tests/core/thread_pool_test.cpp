@@ -50,8 +50,10 @@ TEST(ThreadPool, GuidedCoversEveryIndexOnceLongChunksFirst) {
           EXPECT_GE(len, ranges[c + 1].second - ranges[c + 1].first) << "n=" << n << " chunk " << c;
         }
       }
-      if (threads > 1 && n >= 1408) EXPECT_GT(ranges.size(), 8u) << "n=" << n;
-      if (threads > 1 && n >= 1408) EXPECT_LE(ranges.front().second, n / 2) << "n=" << n;
+      if (threads > 1 && n >= 1408) {
+        EXPECT_GT(ranges.size(), 8u) << "n=" << n;
+        EXPECT_LE(ranges.front().second, n / 2) << "n=" << n;
+      }
     }
     std::atomic<int64_t> total{0};
     for (int rep = 0; rep < 200; ++rep) {

@@ -61,6 +61,9 @@ std::vector<Case> reference_cases() {
       {"decode_Tq1_noncausal", dims(1, 1, 33, 2, 2, 16, 16, false)},
       {"decode_Tq1_no_keys", dims(1, 1, 3, 2, 1, 8, 8, true, 2, 5)},
       {"decode_Tq1_group8", dims(2, 1, 45, 8, 1, 32, 32, true, 0, 44)},
+      // Groups over 8 heads split into sub-groups of 8 or 4 (MLA's absorbed decode: one KV head for all).
+      {"decode_Tq1_group16_mqa", dims(1, 1, 45, 16, 1, 40, 32, true, 0, 44)},
+      {"decode_Tq1_group12_window", dims(2, 1, 45, 24, 2, 16, 16, true, 9, 44)},
       {"decode_Tq1_group2_no_keys", dims(1, 1, 3, 4, 2, 16, 16, true, 2, 5)},
   };
 }
@@ -232,27 +235,32 @@ TEST(AttentionTest, FloatMatchesDoubleReference) {
 
 // The engine's head-major cache layout (each KV head's rows contiguous, capacity beyond Tk) gives the forward of the
 // token-major layout: same reference, same tolerances, every case (decode rows and prefill blocks).
+// pad_k / pad_v > 0: each cached row is that much longer than Dk / Dv (k_row_stride / v_row_stride), as MLA's
+// absorbed decode reads its cache rows.
 template <typename T>
-void expect_head_major_matches(double tol, uint64_t seed) {
+void expect_head_major_matches(double tol, uint64_t seed, int64_t pad_k, int64_t pad_v) {
   for (const Case& c : reference_cases()) {
     SCOPED_TRACE(c.name);
     const AttentionDims& d = c.d;
     const Inputs in = rounded_to_float(random_inputs(d, seed++));
     const int64_t cap = d.Tk + 5;  // rows a cache holds; the kernel must read only the first Tk
+    const int64_t rk = d.Dk + pad_k, rv = d.Dv + pad_v;
     const T nan = std::numeric_limits<T>::quiet_NaN();
-    std::vector<T> k(static_cast<size_t>(d.B * d.Hkv * cap * d.Dk), nan),
-        v(static_cast<size_t>(d.B * d.Hkv * cap * d.Dv), nan);
+    std::vector<T> k(static_cast<size_t>(d.B * d.Hkv * cap * rk), nan),
+        v(static_cast<size_t>(d.B * d.Hkv * cap * rv), nan);
     for (int64_t b = 0; b < d.B; ++b)
       for (int64_t j = 0; j < d.Tk; ++j)
         for (int64_t g = 0; g < d.Hkv; ++g) {
           for (int64_t c2 = 0; c2 < d.Dk; ++c2)
-            k[((b * d.Hkv + g) * cap + j) * d.Dk + c2] = static_cast<T>(in.k[((b * d.Tk + j) * d.Hkv + g) * d.Dk + c2]);
+            k[((b * d.Hkv + g) * cap + j) * rk + c2] = static_cast<T>(in.k[((b * d.Tk + j) * d.Hkv + g) * d.Dk + c2]);
           for (int64_t c2 = 0; c2 < d.Dv; ++c2)
-            v[((b * d.Hkv + g) * cap + j) * d.Dv + c2] = static_cast<T>(in.v[((b * d.Tk + j) * d.Hkv + g) * d.Dv + c2]);
+            v[((b * d.Hkv + g) * cap + j) * rv + c2] = static_cast<T>(in.v[((b * d.Tk + j) * d.Hkv + g) * d.Dv + c2]);
         }
     AttentionDims hm = d;
-    hm.k_head_stride = cap * d.Dk;
-    hm.v_head_stride = cap * d.Dv;
+    hm.k_head_stride = cap * rk;
+    hm.v_head_stride = cap * rv;
+    if (pad_k > 0) hm.k_row_stride = rk;
+    if (pad_v > 0) hm.v_row_stride = rv;
     const auto q = to<T>(in.q);
     std::vector<T> out(static_cast<size_t>(d.B * d.Tq * d.Hq * d.Dv), nan),
         lse(static_cast<size_t>(d.B * d.Hq * d.Tq), nan);
@@ -264,8 +272,10 @@ void expect_head_major_matches(double tol, uint64_t seed) {
 }
 
 TEST(AttentionTest, HeadMajorCacheLayoutMatchesReference) {
-  expect_head_major_matches<double>(1e-12, 300);
-  expect_head_major_matches<float>(1e-5, 400);
+  expect_head_major_matches<double>(1e-12, 300, 0, 0);
+  expect_head_major_matches<float>(1e-5, 400, 0, 0);
+  expect_head_major_matches<double>(1e-12, 500, 8, 3);
+  expect_head_major_matches<float>(1e-5, 600, 16, 5);
 }
 
 // Loss = sum(out * R) with R = dout; its gradient is exactly what attention_backward returns for dout = R.

@@ -113,6 +113,9 @@ struct AttentionDims {
   // key j of KV head g in batch row b at k + (b * Hkv + g) * k_head_stride + j * Dk (v likewise with v_head_stride
   // and Dv), so one head's keys are one contiguous stream. The forward only; attention_backward needs 0.
   int64_t k_head_stride = 0, v_head_stride = 0;
+  // Head-major only: the distance between consecutive keys / values of a head when it is not Dk / Dv (0), e.g.
+  // MLA's absorbed decode, whose keys are the cache rows [latent | rope] and whose values are their latent part.
+  int64_t k_row_stride = 0, v_row_stride = 0;
 };
 template <typename T>
 void attention(const AttentionDims& d, const T* q, const T* k, const T* v, T* out, T* lse);

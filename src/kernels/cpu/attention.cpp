@@ -364,7 +364,8 @@ void attention(const AttentionDims& d, const T* q, const T* k, const T* v, T* ou
   const bool head_major = d.k_head_stride > 0;
   assert(head_major == (d.v_head_stride > 0));  // both strides or neither
   // Row stride of one head's keys / values, and where head g of batch row b starts.
-  const int64_t ldk = head_major ? d.Dk : d.Hkv * d.Dk, ldv = head_major ? d.Dv : d.Hkv * d.Dv;
+  const int64_t ldk = head_major ? (d.k_row_stride > 0 ? d.k_row_stride : d.Dk) : d.Hkv * d.Dk;
+  const int64_t ldv = head_major ? (d.v_row_stride > 0 ? d.v_row_stride : d.Dv) : d.Hkv * d.Dv;
   auto k_head = [&](int64_t b, int64_t g) {
     return head_major ? k + (b * d.Hkv + g) * d.k_head_stride : k + (b * d.Tk * d.Hkv + g) * d.Dk;
   };
@@ -372,19 +373,26 @@ void attention(const AttentionDims& d, const T* q, const T* k, const T* v, T* ou
     return head_major ? v + (b * d.Hkv + g) * d.v_head_stride : v + (b * d.Tk * d.Hkv + g) * d.Dv;
   };
   const T scale = static_cast<T>(d.scale);
-  if (d.Tq == 1) {  // a decode step: one task per (b, kv head), its query heads together
-    parallel_for(d.B * d.Hkv, task_grain(double(group) * d.Tk * (d.Dk + d.Dv)), [&](int64_t t0, int64_t t1) {
-      T* S = thread_scratch<T>(static_cast<size_t>(group * d.Tk));
+  if (d.Tq == 1) {
+    // A decode step: one task per (b, kv head, sub-group of its query heads), the sub-group's heads scored against
+    // each key row together. Groups of up to 8 heads are one task; larger ones (MLA's absorbed form is one KV head
+    // for all query heads) split into sub-groups of 8 (or 4, 2) so the threads share them and each key block is
+    // read once per sub-group.
+    int64_t sub = group;
+    if (group > 8) sub = group % 8 == 0 ? 8 : group % 4 == 0 ? 4 : group % 2 == 0 ? 2 : 1;
+    const int64_t subs = group / sub;
+    parallel_for(d.B * d.Hkv * subs, task_grain(double(sub) * d.Tk * (d.Dk + d.Dv)), [&](int64_t t0, int64_t t1) {
+      T* S = thread_scratch<T>(static_cast<size_t>(sub * d.Tk));
       const KeyRange kr = visible_keys(d, d.q_offset);
       for (int64_t task = t0; task < t1; ++task) {
-        const int64_t b = task / d.Hkv, g = task % d.Hkv, h0 = g * group;
+        const int64_t b = task / (d.Hkv * subs), g = task / subs % d.Hkv, h0 = g * group + task % subs * sub;
         const T* qp = q + (b * d.Hq + h0) * d.Dk;
         const T* kp = k_head(b, g);
         const T* vp = v_head(b, g);
         T* op = out + (b * d.Hq + h0) * d.Dv;
         T* lp = lse + b * d.Hq + h0;
-        if (decode_group<T>(group, qp, kp, ldk, vp, ldv, kr.lo, kr.hi, d.Dk, d.Dv, scale, S, op, lp)) continue;
-        for (int64_t h = 0; h < group; ++h)
+        if (decode_group<T>(sub, qp, kp, ldk, vp, ldv, kr.lo, kr.hi, d.Dk, d.Dv, scale, S, op, lp)) continue;
+        for (int64_t h = 0; h < sub; ++h)
           decode_row<T>(qp + h * d.Dk, kp, ldk, vp, ldv, kr.lo, kr.hi, d.Dk, d.Dv, scale, S, op + h * d.Dv, lp + h);
       }
     });
