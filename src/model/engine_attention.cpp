@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <limits>
 
 #include "lmforge/kernels/cpu.h"
 #include "lmforge/kernels/cpu_features.h"
@@ -83,18 +82,16 @@ void key_view(LayerCache& lc, const Segment& s, int64_t window, const float* new
   }
   // Ring buffer: the old keys the first query still sees, then the new ones, gathered per head.
   const int64_t old0 = std::max<int64_t>(0, s.pos0 - window + 1), n_old = s.pos0 - old0, Tk = n_old + s.n;
-  kv.tk.resize(static_cast<size_t>(heads * Tk * dk));
-  kv.tv.resize(static_cast<size_t>(heads * Tk * dv));
-  for (int64_t h = 0; h < heads; ++h) {
-    for (int64_t p = old0; p < s.pos0; ++p) {
-      fcopy(kv.tk.data() + (h * Tk + p - old0) * dk, lc.k.data() + (h * lc.rows + p % window) * dk, dk);
-      if (dv) fcopy(kv.tv.data() + (h * Tk + p - old0) * dv, lc.v.data() + (h * lc.rows + p % window) * dv, dv);
-    }
-    for (int64_t t = 0; t < s.n; ++t) {
-      fcopy(kv.tk.data() + (h * Tk + n_old + t) * dk, new_k + t * row_k + h * dk, dk);
-      if (dv) fcopy(kv.tv.data() + (h * Tk + n_old + t) * dv, new_v + t * row_v + h * dv, dv);
-    }
-  }
+  auto gather = [&](std::vector<float>& dst, const std::vector<float>& ring, const float* fresh, int64_t d) {
+    if (d == 0) return;
+    dst.resize(static_cast<size_t>(heads * Tk * d));
+    for (int64_t p = old0; p < s.pos0; ++p)
+      for (int64_t h = 0; h < heads; ++h)
+        fcopy(dst.data() + (h * Tk + p - old0) * d, ring.data() + (h * lc.rows + p % window) * d, d);
+    for (int64_t t = 0; t < s.n; ++t) put_row(dst.data(), Tk, n_old + t, fresh + t * heads * d, heads, d);
+  };
+  gather(kv.tk, lc.k, new_k, dk);
+  gather(kv.tv, lc.v, new_v, dv);
   for (int64_t p = std::max(s.pos0, end - window); p < end; ++p) store(p % window, p - s.pos0);
   kv.k = kv.tk.data();
   kv.v = kv.tv.data();

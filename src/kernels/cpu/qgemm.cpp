@@ -451,7 +451,7 @@ LMF_TARGET_AVX2 void tile_avx2(const QWeight& w, int64_t r, const float* x, cons
   const size_t stride = row_bytes(w);
   const uint8_t* row0 = static_cast<const uint8_t*>(w.codes) + static_cast<size_t>(r) * stride;
   switch (w.format) {
-    case QFormat::F32:  // next tile row by row: +5-20% from DRAM on Zen 5 (PERFORMANCE.md, 2026-12-05)
+    case QFormat::F32:  // next tile row by row: +6-27% f32 decode on Zen 5 (PERFORMANCE.md, 2026-12-05)
       tile_f32<R>(row0, stride, x, w.cols, out, pf);
       break;
     case QFormat::F16:
