@@ -246,9 +246,34 @@ WeightMatrix WeightMatrix::from_parts(WeightFormat format, int64_t rows, int64_t
   return m;
 }
 
+WeightMatrix WeightMatrix::interleave_rows4() const {
+  if (interleaved_ || (format_ != WeightFormat::Q8_0 && format_ != WeightFormat::Q4_0)) return *this;
+  WeightMatrix m = *this;
+  m.codes_ = Tensor::empty(codes_.shape(), codes_.dtype());
+  const kernels::cpu::QWeight q = qweight_view(*this);
+  kernels::cpu::interleave_rows4(q.format, rows_, cols_, codes_.raw_data(), m.codes_.raw_data());
+  m.interleaved_ = true;
+  return m;
+}
+
+WeightMatrix WeightMatrix::file_layout() const {
+  if (!interleaved_) return *this;
+  WeightMatrix m = *this;
+  m.codes_ = Tensor::empty(codes_.shape(), codes_.dtype());
+  const kernels::cpu::QWeight q = qweight_view(*this);
+  kernels::cpu::interleave_rows4(q.format, rows_, cols_, codes_.raw_data(), m.codes_.raw_data(), true);
+  m.interleaved_ = false;
+  return m;
+}
+
 void WeightMatrix::dequantize_rows(int64_t r0, int64_t r1, float* out) const {
   LMF_CHECK(0 <= r0 && r0 <= r1 && r1 <= rows_, "dequantize_rows: [", r0, ", ", r1, ") outside ", rows_, " rows");
   const int64_t n = r1 - r0;
+  if (interleaved_) {  // row by row through the kernels' reader of the interleaved layout
+    const kernels::cpu::QWeight q = qweight_view(*this);
+    for (int64_t r = r0; r < r1; ++r) kernels::cpu::dequantize_row(q, r, out + (r - r0) * cols_);
+    return;
+  }
   switch (format_) {
     case WeightFormat::F32:
       std::memcpy(out, codes_.data<float>() + r0 * cols_, static_cast<size_t>(n * cols_) * sizeof(float));
@@ -300,6 +325,7 @@ WeightMatrix WeightMatrix::concat_rows(const std::vector<WeightMatrix>& parts) {
   const WeightMatrix& a = parts[0];
   int64_t rows = 0;
   for (const WeightMatrix& p : parts) {
+    LMF_CHECK(!p.interleaved(), "concat_rows: a matrix in the interleaved decode layout (stack before interleaving)");
     LMF_CHECK(p.defined() && p.format() == a.format() && p.cols() == a.cols(),
               "concat_rows: ", weight_format_name(p.format()), " [", p.rows(), ", ", p.cols(),
               "] does not stack under ", weight_format_name(a.format()), " [", a.rows(), ", ", a.cols(), "]");
@@ -365,6 +391,7 @@ kernels::cpu::QWeight qweight_view(const WeightMatrix& w) {
   q.codes = w.codes().raw_data();
   q.scales = w.scales().defined() ? w.scales().raw_data() : nullptr;
   q.zeros = w.zeros().defined() ? w.zeros().raw_data() : nullptr;
+  q.rows4 = w.interleaved();
   return q;
 }
 

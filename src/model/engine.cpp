@@ -163,6 +163,24 @@ Engine::Engine(ModelConfig config, EngineWeights weights, EngineOptions opt, con
       Storage::release_cached_blocks();
     }
   }
+  if (opt.interleave) {  // after fusing: concat_rows stacks the GGUF layout
+    const auto repack = [](WeightMatrix& w) {
+      if (w.defined()) w = w.interleave_rows4();
+    };
+    const auto repack_mlp = [&](EngineMlp& e) {
+      for (WeightMatrix* w : {&e.gate, &e.up, &e.down, &e.gate_up}) repack(*w);
+    };
+    for (EngineLayer& L : m.layers) {
+      for (WeightMatrix* w : {&L.q, &L.k, &L.v, &L.o, &L.qkv, &L.q_a, &L.q_b, &L.kv_a, &L.kv_b, &L.router}) repack(*w);
+      repack_mlp(L.mlp);
+      for (EngineMlp& e : L.experts) repack_mlp(e);
+      repack_mlp(L.shared);
+      Storage::release_cached_blocks();  // as above: one matrix's worth of memory at a time
+    }
+    repack(m.lm_head);
+    if (c.tie_word_embeddings) m.embed = m.lm_head;  // lookups read either layout
+    Storage::release_cached_blocks();
+  }
   m.rot = c.is_deepseek() ? c.qk_rope_head_dim : c.head_dim;
   std::tie(m.rope_cos, m.rope_sin) = rope_tables(c, m.rot, c.max_position_embeddings, 0);
 }

@@ -37,7 +37,8 @@ int format_bits(WeightFormat f) {
 }
 
 // The codes as stored in the file: GGUF blocks become raw bytes (safetensors has no block dtypes).
-Tensor codes_for_file(const WeightMatrix& w) {
+Tensor codes_for_file(const WeightMatrix& wm) {
+  const WeightMatrix w = wm.file_layout();  // the engine's interleaved decode layout is never written
   const Tensor& c = w.codes();
   if (c.dtype() != DType::Q8_0 && c.dtype() != DType::Q4_0) return c;
   const auto per_row = static_cast<int64_t>(c.nbytes() / static_cast<size_t>(w.rows()));

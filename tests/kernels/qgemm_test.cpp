@@ -10,8 +10,10 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
 
+#include "lmforge/core/error.h"
 #include "lmforge/core/weight_matrix.h"
 #include "lmforge/kernels/thread_pool.h"
 
@@ -143,6 +145,50 @@ TEST(Qgemm, ZeroBlocksGiveZero) {
       for (float v : y) EXPECT_EQ(v, 0.0f) << weight_format_name(f);
     }
   }
+}
+
+// The four-row decode layout of q8_0 / q4_0 (interleave_rows4): the same products bit for bit on both paths and
+// every product size (tiles, a tail of rows % 4 in the GGUF layout, the dequantized prefill panels), the same
+// dequantized rows, and file_layout() gives the GGUF bytes back.
+TEST(Qgemm, InterleavedRowsGiveIdenticalResults) {
+  ThreadCountScope threads(2);
+  for (WeightFormat f : {WeightFormat::Q8_0, WeightFormat::Q4_0}) {
+    for (int64_t rows : {1, 4, 7, 45, 130}) {
+      const int64_t cols = rows == 130 ? 1024 : 96;
+      SCOPED_TRACE(std::string(weight_format_name(f)) + " rows " + std::to_string(rows));
+      const WeightMatrix m =
+          WeightMatrix::quantize(Tensor::from_vector(gaussian(rows * cols, 11, 0.02f), {rows, cols}), f);
+      const WeightMatrix p = m.interleave_rows4();
+      ASSERT_TRUE(p.interleaved());
+      EXPECT_EQ(p.nbytes(), m.nbytes());
+      if (rows >= 4) EXPECT_NE(std::memcmp(p.codes().raw_data(), m.codes().raw_data(), m.codes().nbytes()), 0);
+      const WeightMatrix back = p.file_layout();
+      EXPECT_FALSE(back.interleaved());
+      EXPECT_EQ(std::memcmp(back.codes().raw_data(), m.codes().raw_data(), m.codes().nbytes()), 0);
+      EXPECT_EQ(p.dequantize().to_float_vector(), m.dequantize().to_float_vector());
+      std::vector<float> a(static_cast<size_t>(2 * cols)), b(a.size());
+      p.dequantize_rows(rows / 2, rows / 2 + 1, a.data());
+      m.dequantize_rows(rows / 2, rows / 2 + 1, b.data());
+      EXPECT_EQ(a, b);
+      for (int64_t n : {1, 3, 16, 20}) {
+        const std::vector<float> x = gaussian(n * cols, 13 + static_cast<uint32_t>(n), 1.0f);
+        for (QImpl impl : {QImpl::Generic, QImpl::Avx2}) {
+          if (!kernels::cpu::qgemm_available(impl)) continue;
+          std::vector<float> yp(static_cast<size_t>(n * rows)), ym(yp.size());
+          kernels::cpu::qgemm(qweight_view(p), x.data(), n, yp.data(), false, impl);
+          kernels::cpu::qgemm(qweight_view(m), x.data(), n, ym.data(), false, impl);
+          EXPECT_EQ(yp, ym) << "n " << n << (impl == QImpl::Avx2 ? " avx2" : " generic");
+        }
+      }
+    }
+  }
+  // Other formats have no such layout; stacking needs the GGUF layout.
+  const WeightMatrix i8 =
+      WeightMatrix::quantize(Tensor::from_vector(gaussian(64, 1, 0.1f), {2, 32}), WeightFormat::INT8);
+  EXPECT_FALSE(i8.interleave_rows4().interleaved());
+  const WeightMatrix q =
+      WeightMatrix::quantize(Tensor::from_vector(gaussian(256, 2, 0.1f), {8, 32}), WeightFormat::Q8_0);
+  EXPECT_THROW(WeightMatrix::concat_rows({q.interleave_rows4(), q}), Error);
 }
 
 // The decode-sized product is split over threads by rows; the result does not depend on the thread count.

@@ -115,6 +115,30 @@ TEST_P(EngineParity, FusedProjectionsChangeNothing) {
     EXPECT_LT(rel(run_chunked(fused, k.row(0), chunk), run_chunked(separate, k.row(0), chunk)), 1e-6);
 }
 
+// q8_0 / q4_0 matrices (embedding included, which the lookups then read interleaved) repacked into the four-row
+// decode layout (the default) or left in the GGUF layout: bit for bit the same logits, token by token (the decode
+// tiles) and in one prefill (the dequantized panels), for llama and for MLA + MoE.
+TEST_P(EngineParity, InterleavedDecodeLayoutChangesNothing) {
+  const Case k(GetParam());
+  for (WeightFormat f : {WeightFormat::Q8_0, WeightFormat::Q4_0}) {
+    SCOPED_TRACE(std::string(weight_format_name(f)));
+    EngineWeights w;
+    for (auto& [name, t] : k.model.state()) {
+      if (t.dim() == 2 && t.size(1) % 32 == 0) {
+        w.matrices.emplace(name, WeightMatrix::quantize(t, f));
+      } else {
+        w.tensors.emplace(name, t);
+      }
+    }
+    EngineOptions plain;
+    plain.interleave = false;
+    Engine packed(k.cfg, w, {}, "packed"), file(k.cfg, w, plain, "file");
+    EXPECT_DOUBLE_EQ(packed.weight_bytes_per_token(), file.weight_bytes_per_token());
+    for (int64_t chunk : {int64_t{1}, int64_t{1} << 20})
+      EXPECT_EQ(run_chunked(packed, k.row(0), chunk), run_chunked(file, k.row(0), chunk)) << "chunk " << chunk;
+  }
+}
+
 TEST_P(EngineParity, LastLogitsOnlyByDefault) {
   const Case k(GetParam());
   Engine e = Engine::from_model(k.model);

@@ -61,6 +61,14 @@ class WeightMatrix {
   // an input (q/k/v, gate/up) then stream their weights in one pass.
   static WeightMatrix concat_rows(const std::vector<WeightMatrix>& parts);
 
+  // The decode layout (kernels::cpu::interleave_rows4): q8_0 / q4_0 rows in groups of four, interleaved block by
+  // block, so a tile of four rows streams one sequence of bytes. A new matrix with the same size, products and
+  // dequantized values; other formats come back as they are. The engine uses it; concat_rows and writing a file
+  // need the GGUF layout back (file_layout()).
+  WeightMatrix interleave_rows4() const;
+  WeightMatrix file_layout() const;
+  bool interleaved() const { return interleaved_; }
+
   // f32 [rows, cols].
   Tensor dequantize() const;
   // Rows [r0, r1) as f32 into out (row-major, (r1 - r0) * cols floats).
@@ -70,6 +78,7 @@ class WeightMatrix {
   WeightFormat format_ = WeightFormat::F32;
   int64_t rows_ = 0, cols_ = 0;
   Tensor codes_, scales_, zeros_;
+  bool interleaved_ = false;
 };
 
 // y[n, rows] = x[n, cols] · Wᵀ, or y += ... with accumulate. x and y are contiguous f32 with row strides cols and

@@ -18,7 +18,18 @@ struct QWeight {
   const void* codes = nullptr;
   const void* scales = nullptr;  // f16 [rows, cols/128] (g128), f32 [rows] (int8); unused otherwise
   const void* zeros = nullptr;   // u8 [rows, cols/128] (q4_g128_asym only)
+  // q8_0 / q4_0 only: the decode layout of interleave_rows4 instead of GGUF's row after row.
+  bool rows4 = false;
 };
+
+// The decode layout of q8_0 / q4_0 weights: rows [0, rows / 4 * 4) in groups of four, interleaved block by block.
+// Block b of group g holds the four rows' f16 scales (8 bytes), then their codes (4 x 32 bytes for q8_0, 4 x 16 for
+// q4_0), so group g starts where row 4g starts in the GGUF layout and has the same size; the last rows % 4 rows keep
+// the GGUF layout. A tile of four rows then reads one sequential stream with its scales side by side, where the GGUF
+// layout makes it four streams and four scattered scale loads: the q8_0 decode products ran 10-20% faster
+// (docs/PERFORMANCE.md). Converts src (GGUF layout) into dst, or back with inverse; src and dst must not overlap.
+// Other formats are an error.
+void interleave_rows4(QFormat format, int64_t rows, int64_t cols, const void* src, void* dst, bool inverse = false);
 
 enum class QImpl { Auto, Generic, Avx2 };
 
@@ -26,6 +37,9 @@ enum class QImpl { Auto, Generic, Avx2 };
 // (gemm<float>); below that, every format streams its rows through the tile kernels, which prefetch the next tile
 // of weights while they multiply the current one (decode is bound by how fast the weights arrive).
 void qgemm(const QWeight& w, const float* x, int64_t n, float* y, bool accumulate, QImpl impl = QImpl::Auto);
+
+// Row r of the weight as f32 (cols values), in either layout.
+void dequantize_row(const QWeight& w, int64_t r, float* out);
 
 // True when `impl` can run here (Avx2 needs the CPU's AVX2/FMA/F16C).
 bool qgemm_available(QImpl impl);

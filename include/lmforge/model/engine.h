@@ -31,6 +31,9 @@ struct EngineOptions {
   // Stack q/k/v and each MLP's gate/up (same format) into one matrix at load: one pass over the weights, one
   // activation quantization and one parallel region instead of three or two.
   bool fuse = true;
+  // Repack q8_0 / q4_0 matrices into the four-row decode layout at load (WeightMatrix::interleave_rows4): the same
+  // bytes and results, one stream per tile (q8_0 decode products 10-20% faster).
+  bool interleave = true;
 };
 
 // A model's weights by Hugging Face name. Every projection, expert, router and the LM head may be in `matrices`

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <stdexcept>
 #include <vector>
 
 #include "kernels/cpu/vec_math.h"
@@ -132,6 +133,26 @@ size_t row_bytes(const QWeight& w) {
   return 0;
 }
 
+// Bytes of one GGUF block (q8_0 / q4_0).
+size_t block_bytes(QFormat f) {
+  return f == QFormat::Q8_0 ? kQ8Bytes : kQ4Bytes;
+}
+
+// Where row r's blocks are (q8_0 / q4_0): block b's f16 scale at at(b) + scale, its codes at at(b) + code. In the
+// GGUF layout a row's blocks follow each other; in the interleaved layout row r is lane r % 4 of its group.
+struct BlockWalk {
+  const uint8_t* base;
+  size_t step, scale, code;
+  const uint8_t* at(int64_t b) const { return base + static_cast<size_t>(b) * step; }
+};
+BlockWalk block_walk(const QWeight& w, int64_t r) {
+  const size_t stride = row_bytes(w), bsz = block_bytes(w.format);
+  const auto* base = static_cast<const uint8_t*>(w.codes);
+  if (!w.rows4 || r >= w.rows / 4 * 4) return {base + static_cast<size_t>(r) * stride, bsz, 0, 2};
+  const auto i = static_cast<size_t>(r % 4);
+  return {base + static_cast<size_t>(r - r % 4) * stride, 4 * bsz, 2 * i, 8 + i * (bsz - 2)};
+}
+
 // ---- portable path: the same arithmetic as the AVX2 path, one value at a time ----
 
 float dot_generic(const QWeight& w, int64_t r, const float* x, const XQuant& xq) {
@@ -156,25 +177,27 @@ float dot_generic(const QWeight& w, int64_t r, const float* x, const XQuant& xq)
     case QFormat::Q8_0:
     case QFormat::INT8: {
       const bool q8 = w.format == QFormat::Q8_0;
+      const BlockWalk bw = q8 ? block_walk(w, r) : BlockWalk{row, kBlock, 0, 0};
       float acc = 0.0f;
       for (int64_t b = 0; b < nb; ++b) {
-        const uint8_t* blk = q8 ? row + b * kQ8Bytes : row + b * kBlock;
-        const auto* wq = reinterpret_cast<const int8_t*>(q8 ? blk + 2 : blk);
+        const uint8_t* blk = bw.at(b);
+        const auto* wq = reinterpret_cast<const int8_t*>(blk + bw.code);
         int32_t dot = 0;
         for (int64_t j = 0; j < kBlock; ++j) dot += wq[j] * xq.q[b * kBlock + j];
-        acc += static_cast<float>(dot) * (q8 ? half_to_float(load_u16(blk)) : 1.0f) * xq.d[b];
+        acc += static_cast<float>(dot) * (q8 ? half_to_float(load_u16(blk + bw.scale)) : 1.0f) * xq.d[b];
       }
       return q8 ? acc : acc * static_cast<const float*>(w.scales)[r];
     }
     case QFormat::Q4_0: {
+      const BlockWalk bw = block_walk(w, r);
       float acc = 0.0f;
       for (int64_t b = 0; b < nb; ++b) {
-        const uint8_t* blk = row + b * kQ4Bytes;
+        const uint8_t* blk = bw.at(b);
+        const uint8_t* c = blk + bw.code;
         const int8_t* xb = xq.q.data() + b * kBlock;
         int32_t dot = 0;
-        for (int64_t j = 0; j < 16; ++j)
-          dot += ((blk[2 + j] & 0x0f) - 8) * xb[j] + ((blk[2 + j] >> 4) - 8) * xb[j + 16];
-        acc += static_cast<float>(dot) * half_to_float(load_u16(blk)) * xq.d[b];
+        for (int64_t j = 0; j < 16; ++j) dot += ((c[j] & 0x0f) - 8) * xb[j] + ((c[j] >> 4) - 8) * xb[j + 16];
+        acc += static_cast<float>(dot) * half_to_float(load_u16(blk + bw.scale)) * xq.d[b];
       }
       return acc;
     }
@@ -321,6 +344,47 @@ LMF_TARGET_AVX2 void tile4_q4_0(const uint8_t* row0, size_t stride, const XQuant
   unfold4(acc, out);
 }
 
+// The same two tiles on the interleaved layout (interleave_rows4): one stream, the four scales in one load.
+LMF_TARGET_AVX2 void tile4_q8_rows4(const uint8_t* group, const XQuant& xq, float* out, const uint8_t* pf) {
+  constexpr size_t kStep = 4 * kQ8Bytes;
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t b = 0; b < xq.nb; ++b) {
+    if (pf) prefetch_span<kStep>(pf + b * kStep);
+    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq.q.data() + b * kBlock));
+    const uint8_t* blk = group + b * kStep;
+    __m256i d[4];
+    for (int r = 0; r < 4; ++r)
+      d[r] = dot_i8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 8 + 32 * r)), x);
+    const __m128 s =
+        _mm_mul_ps(_mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk))), _mm_set1_ps(xq.d[b]));
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(fold4(d[0], d[1], d[2], d[3])), _mm256_set_m128(s, s), acc);
+  }
+  unfold4(acc, out);
+}
+
+LMF_TARGET_AVX2 void tile4_q4_0_rows4(const uint8_t* group, const XQuant& xq, float* out, const uint8_t* pf) {
+  constexpr size_t kStep = 4 * kQ4Bytes;
+  __m256 acc = _mm256_setzero_ps();
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  for (int64_t b = 0; b < xq.nb; ++b) {
+    if (pf) prefetch_span<kStep>(pf + b * kStep);
+    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq.q.data() + b * kBlock));
+    const __m256i off =
+        _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq.p4.data() + b * 8)), 3);
+    const uint8_t* blk = group + b * kStep;
+    __m256i d[4];
+    for (int r = 0; r < 4; ++r) {
+      const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 8 + 16 * r));
+      d[r] = dot_u4(_mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(c, 4), c), low), x);
+    }
+    const __m256i h = _mm256_sub_epi32(fold4(d[0], d[1], d[2], d[3]), fold4(off, off, off, off));
+    const __m128 s =
+        _mm_mul_ps(_mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk))), _mm_set1_ps(xq.d[b]));
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(h), _mm256_set_m128(s, s), acc);
+  }
+  unfold4(acc, out);
+}
+
 template <int R>
 LMF_TARGET_AVX2 void tile_q4_0(const uint8_t* row0, size_t stride, const XQuant& xq, float* out, const uint8_t* pf) {
   __m256 acc[R];
@@ -458,9 +522,13 @@ LMF_TARGET_AVX2 void tile_avx2(const QWeight& w, int64_t r, const float* x, cons
     case QFormat::BF16:
       tile_f16<R>(row0, stride, w.format == QFormat::BF16, x, w.cols, out, pf);
       break;
-    case QFormat::Q8_0:
+    case QFormat::Q8_0:  // interleaved rows come here in whole tiles only: rows_avx2 starts tiles at multiples of 4
       if constexpr (R == 4) {
-        tile4_q8(row0, stride, xq, nullptr, out, pf);
+        if (w.rows4) {
+          tile4_q8_rows4(row0, xq, out, pf);
+        } else {
+          tile4_q8(row0, stride, xq, nullptr, out, pf);
+        }
       } else {
         tile_q8<R>(row0, stride, xq, nullptr, out, pf);
       }
@@ -474,7 +542,11 @@ LMF_TARGET_AVX2 void tile_avx2(const QWeight& w, int64_t r, const float* x, cons
       break;
     case QFormat::Q4_0:
       if constexpr (R == 4) {
-        tile4_q4_0(row0, stride, xq, out, pf);
+        if (w.rows4) {
+          tile4_q4_0_rows4(row0, xq, out, pf);
+        } else {
+          tile4_q4_0(row0, stride, xq, out, pf);
+        }
       } else {
         tile_q4_0<R>(row0, stride, xq, out, pf);
       }
@@ -578,24 +650,29 @@ void dequant_row(const QWeight& w, int64_t r, float* out) {
     case QFormat::BF16:
       for (int64_t j = 0; j < w.cols; ++j) out[j] = bf16_to_float(load_u16(row + 2 * j));
       break;
-    case QFormat::Q8_0:
+    case QFormat::Q8_0: {
+      const BlockWalk bw = block_walk(w, r);
       for (int64_t b = 0; b < nb; ++b) {
-        const uint8_t* blk = row + b * kQ8Bytes;
-        const float d = half_to_float(load_u16(blk));
+        const uint8_t* blk = bw.at(b);
+        const float d = half_to_float(load_u16(blk + bw.scale));
         for (int64_t j = 0; j < kBlock; ++j)
-          out[b * kBlock + j] = d * static_cast<float>(static_cast<int8_t>(blk[2 + j]));
+          out[b * kBlock + j] = d * static_cast<float>(static_cast<int8_t>(blk[bw.code + j]));
       }
       break;
-    case QFormat::Q4_0:
+    }
+    case QFormat::Q4_0: {
+      const BlockWalk bw = block_walk(w, r);
       for (int64_t b = 0; b < nb; ++b) {
-        const uint8_t* blk = row + b * kQ4Bytes;
-        const float d = half_to_float(load_u16(blk));
+        const uint8_t* blk = bw.at(b);
+        const uint8_t* c = blk + bw.code;
+        const float d = half_to_float(load_u16(blk + bw.scale));
         for (int64_t j = 0; j < 16; ++j) {
-          out[b * kBlock + j] = d * static_cast<float>((blk[2 + j] & 0x0f) - 8);
-          out[b * kBlock + j + 16] = d * static_cast<float>((blk[2 + j] >> 4) - 8);
+          out[b * kBlock + j] = d * static_cast<float>((c[j] & 0x0f) - 8);
+          out[b * kBlock + j + 16] = d * static_cast<float>((c[j] >> 4) - 8);
         }
       }
       break;
+    }
     case QFormat::Q4_G128:
     case QFormat::Q4_G128_ASYM: {
       const int64_t groups = w.cols / kGroup;
@@ -621,6 +698,42 @@ void dequant_row(const QWeight& w, int64_t r, float* out) {
 }
 
 }  // namespace
+
+void dequantize_row(const QWeight& w, int64_t r, float* out) {
+  dequant_row(w, r, out);
+}
+
+void interleave_rows4(QFormat format, int64_t rows, int64_t cols, const void* src, void* dst, bool inverse) {
+  if (format != QFormat::Q8_0 && format != QFormat::Q4_0)
+    throw std::invalid_argument("interleave_rows4: only q8_0 and q4_0 weights have the interleaved layout");
+  if (rows < 0 || cols < 0 || cols % kBlock != 0)
+    throw std::invalid_argument("interleave_rows4: bad shape (cols must be a multiple of 32)");
+  const size_t bsz = block_bytes(format), code = bsz - 2, stride = static_cast<size_t>(cols / kBlock) * bsz;
+  const auto* in = static_cast<const uint8_t*>(src);
+  auto* out = static_cast<uint8_t*>(dst);
+  const int64_t groups = rows / 4, nb = cols / kBlock;
+  parallel_for(groups, 64, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g) {
+      const size_t base = static_cast<size_t>(4 * g) * stride;
+      for (int64_t b = 0; b < nb; ++b) {
+        const size_t packed = base + static_cast<size_t>(b) * 4 * bsz;
+        for (int64_t i = 0; i < 4; ++i) {
+          const size_t file = base + static_cast<size_t>(i) * stride + static_cast<size_t>(b) * bsz;
+          if (inverse) {
+            std::memcpy(out + file, in + packed + 2 * i, 2);
+            std::memcpy(out + file + 2, in + packed + 8 + i * code, code);
+          } else {
+            std::memcpy(out + packed + 2 * i, in + file, 2);
+            std::memcpy(out + packed + 8 + i * code, in + file + 2, code);
+          }
+        }
+      }
+    }
+  });
+  const size_t done = static_cast<size_t>(groups * 4) * stride;  // the tail rows keep the GGUF layout
+  if (static_cast<size_t>(rows) * stride > done)
+    std::memcpy(out + done, in + done, static_cast<size_t>(rows) * stride - done);
+}
 
 bool qgemm_available(QImpl impl) {
   return impl != QImpl::Avx2 || (LMF_HAVE_X86 && cpu_has_avx2());
