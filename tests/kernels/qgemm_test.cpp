@@ -147,9 +147,10 @@ TEST(Qgemm, ZeroBlocksGiveZero) {
   }
 }
 
-// The four-row decode layout of q8_0 / q4_0 (interleave_rows4): the same products bit for bit on both paths and
-// every product size (tiles, a tail of rows % 4 in the GGUF layout, the dequantized prefill panels), the same
-// dequantized rows, and file_layout() gives the GGUF bytes back.
+// The four-row decode layout of q8_0 / q4_0 (interleave_rows4): the same products on both paths and every product
+// size (tiles, a tail of rows % 4 in the GGUF layout, the dequantized prefill panels), bit for bit except the AVX2
+// q4_0 decode tile, which keeps other partial sums (float rounding: 1e-6 relative, and 1e-5 against the dequantized
+// weight times the same 8-bit activations); the same dequantized rows; file_layout() gives the GGUF bytes back.
 TEST(Qgemm, InterleavedRowsGiveIdenticalResults) {
   ThreadCountScope threads(2);
   for (WeightFormat f : {WeightFormat::Q8_0, WeightFormat::Q4_0}) {
@@ -172,12 +173,24 @@ TEST(Qgemm, InterleavedRowsGiveIdenticalResults) {
       EXPECT_EQ(a, b);
       for (int64_t n : {1, 3, 16, 20}) {
         const std::vector<float> x = gaussian(n * cols, 13 + static_cast<uint32_t>(n), 1.0f);
+        std::vector<float> xq = x;
+        for (int64_t i = 0; n < 16 && i < n; ++i) {
+          const std::vector<float> row = quantize_activations({x.begin() + i * cols, x.begin() + (i + 1) * cols});
+          std::copy(row.begin(), row.end(), xq.begin() + i * cols);
+        }
+        const std::vector<double> same = reference(m.dequantize(), xq, n, rows, cols);
         for (QImpl impl : {QImpl::Generic, QImpl::Avx2}) {
           if (!kernels::cpu::qgemm_available(impl)) continue;
+          SCOPED_TRACE("n " + std::to_string(n) + (impl == QImpl::Avx2 ? " avx2" : " generic"));
           std::vector<float> yp(static_cast<size_t>(n * rows)), ym(yp.size());
           kernels::cpu::qgemm(qweight_view(p), x.data(), n, yp.data(), false, impl);
           kernels::cpu::qgemm(qweight_view(m), x.data(), n, ym.data(), false, impl);
-          EXPECT_EQ(yp, ym) << "n " << n << (impl == QImpl::Avx2 ? " avx2" : " generic");
+          EXPECT_LE(rel_err(yp, same), 1e-5);
+          if (f == WeightFormat::Q4_0 && impl == QImpl::Avx2 && n < 16) {
+            EXPECT_LE(rel_err(yp, std::vector<double>(ym.begin(), ym.end())), 1e-6);
+          } else {
+            EXPECT_EQ(yp, ym);
+          }
         }
       }
     }

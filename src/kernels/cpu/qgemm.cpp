@@ -76,10 +76,14 @@ inline uint16_t load_u16(const uint8_t* p) {
 // Activations of one row quantized to 8-bit blocks of 32.
 struct XQuant {
   int64_t nb = 0;
-  std::vector<float> d;        // scale per block
-  std::vector<float> ds;       // d * sum(codes) per block (the asymmetric zero-point correction)
-  std::vector<int8_t> q;       // codes, nb * 32
-  std::vector<int32_t> p4;     // sums of 4 consecutive codes, nb * 8, in madd lane order
+  std::vector<float> d;     // scale per block
+  std::vector<float> ds;    // d * sum(codes) per block (the asymmetric zero-point correction)
+  std::vector<int8_t> q;    // codes, nb * 32
+  std::vector<int32_t> p4;  // sums of 4 consecutive codes, nb * 8, in madd lane order
+  // For the interleaved q4_0 tile only (pair_halves): per block the codes as [0-15, 0-15, 16-31, 16-31] (64 bytes)
+  // and 8 x the sums each lane of its two-row dot covers, [o0..o3, o0..o3] with ok = p4[k] + p4[k + 4].
+  std::vector<int8_t> q2;
+  std::vector<int32_t> off2;
   void resize(int64_t cols) {  // keeps the capacity: the buffers are reused call after call (thread-local)
     nb = cols / kBlock;
     d.resize(nb);
@@ -344,7 +348,7 @@ LMF_TARGET_AVX2 void tile4_q4_0(const uint8_t* row0, size_t stride, const XQuant
   unfold4(acc, out);
 }
 
-// The same two tiles on the interleaved layout (interleave_rows4): one stream, the four scales in one load.
+// The q8_0 tile on the interleaved layout (interleave_rows4): one stream, the four scales in one load.
 LMF_TARGET_AVX2 void tile4_q8_rows4(const uint8_t* group, const XQuant& xq, float* out, const uint8_t* pf) {
   constexpr size_t kStep = 4 * kQ8Bytes;
   __m256 acc = _mm256_setzero_ps();
@@ -362,27 +366,59 @@ LMF_TARGET_AVX2 void tile4_q8_rows4(const uint8_t* group, const XQuant& xq, floa
   unfold4(acc, out);
 }
 
+// The interleaved q4_0 tile takes two rows per 32-byte load: rows 0 and 1 (then 2 and 3) have their 16 code bytes
+// side by side, so one AND gives both rows' values 0-15 and one shift + AND their values 16-31, multiplied by the
+// activations' halves broadcast to both lanes (XQuant::q2, made once per token by pair_halves). The two halves'
+// maddubs add in 16 bits (at most 4 x 15 x 127), one madd per pair of rows, and each lane keeps its partial sum to
+// the end of the row: no fold per block. The GGUF layout's tile spent most of its time in those folds and inserts
+// (the shuffle ports); the partial sums differ, so the two layouts agree to float rounding, not bit for bit.
+LMF_TARGET_AVX2 void pair_halves(XQuant& xq) {
+  xq.q2.resize(static_cast<size_t>(xq.nb) * 64);
+  xq.off2.resize(static_cast<size_t>(xq.nb) * 8);
+  for (int64_t b = 0; b < xq.nb; ++b) {
+    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq.q.data() + b * kBlock));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(xq.q2.data() + b * 64), _mm256_permute2x128_si256(x, x, 0x00));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(xq.q2.data() + b * 64 + 32), _mm256_permute2x128_si256(x, x, 0x11));
+    const __m256i p4 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq.p4.data() + b * 8));
+    const __m256i o = _mm256_add_epi32(p4, _mm256_permute2x128_si256(p4, p4, 0x01));  // [p0+p4 .. p3+p7] twice
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(xq.off2.data() + b * 8), _mm256_slli_epi32(o, 3));
+  }
+}
+
+LMF_TARGET_AVX2 inline __m256i q4_two_rows(const uint8_t* c, __m256i xlo, __m256i xhi, __m256i off) {
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c));
+  const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(v, low), xlo),
+                                     _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), low), xhi));
+  return _mm256_sub_epi32(_mm256_madd_epi16(p, _mm256_set1_epi16(1)), off);
+}
+
+LMF_TARGET_AVX2 inline float half_sum(__m128 v) {
+  v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+  return _mm_cvtss_f32(_mm_add_ss(v, _mm_movehdup_ps(v)));
+}
+
 LMF_TARGET_AVX2 void tile4_q4_0_rows4(const uint8_t* group, const XQuant& xq, float* out, const uint8_t* pf) {
   constexpr size_t kStep = 4 * kQ4Bytes;
-  __m256 acc = _mm256_setzero_ps();
-  const __m256i low = _mm256_set1_epi8(0x0f);
+  __m256 acc01 = _mm256_setzero_ps(), acc23 = _mm256_setzero_ps();
+  const __m256i i01 = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), i23 = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
   for (int64_t b = 0; b < xq.nb; ++b) {
     if (pf) prefetch_span<kStep>(pf + b * kStep);
-    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq.q.data() + b * kBlock));
-    const __m256i off =
-        _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq.p4.data() + b * 8)), 3);
+    const __m256i xlo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq.q2.data() + b * 64));
+    const __m256i xhi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq.q2.data() + b * 64 + 32));
+    const __m256i off = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq.off2.data() + b * 8));
     const uint8_t* blk = group + b * kStep;
-    __m256i d[4];
-    for (int r = 0; r < 4; ++r) {
-      const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 8 + 16 * r));
-      d[r] = dot_u4(_mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(c, 4), c), low), x);
-    }
-    const __m256i h = _mm256_sub_epi32(fold4(d[0], d[1], d[2], d[3]), fold4(off, off, off, off));
-    const __m128 s =
-        _mm_mul_ps(_mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk))), _mm_set1_ps(xq.d[b]));
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(h), _mm256_set_m128(s, s), acc);
+    const __m256 s = _mm256_castps128_ps256(
+        _mm_mul_ps(_mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk))), _mm_set1_ps(xq.d[b])));
+    acc01 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q4_two_rows(blk + 8, xlo, xhi, off)), _mm256_permutevar8x32_ps(s, i01),
+                            acc01);
+    acc23 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q4_two_rows(blk + 40, xlo, xhi, off)), _mm256_permutevar8x32_ps(s, i23),
+                            acc23);
   }
-  unfold4(acc, out);
+  out[0] = half_sum(_mm256_castps256_ps128(acc01));
+  out[1] = half_sum(_mm256_extractf128_ps(acc01, 1));
+  out[2] = half_sum(_mm256_castps256_ps128(acc23));
+  out[3] = half_sum(_mm256_extractf128_ps(acc23, 1));
 }
 
 template <int R>
@@ -778,6 +814,10 @@ void qgemm(const QWeight& w, const float* x, int64_t n, float* y, bool accumulat
 #endif
       tl_xq[t].quantize(x + t * cols, cols);
     }
+#if LMF_HAVE_X86
+    if (avx2 && w.format == QFormat::Q4_0 && w.rows4)
+      for (int64_t t = 0; t < n; ++t) pair_halves(tl_xq[t]);
+#endif
   }
   // Tiles of kTile rows in guided chunks: long ones first (each streams hundreds of kB of weights), short ones last
   // so both threads finish within a few tiles of each other (with even chunks, waiting for the slower thread's
