@@ -246,23 +246,13 @@ WeightMatrix WeightMatrix::from_parts(WeightFormat format, int64_t rows, int64_t
   return m;
 }
 
-WeightMatrix WeightMatrix::interleave_rows4() const {
-  if (interleaved_ || (format_ != WeightFormat::Q8_0 && format_ != WeightFormat::Q4_0)) return *this;
+WeightMatrix WeightMatrix::with_layout(bool interleaved) const {
+  if (interleaved_ == interleaved || (format_ != WeightFormat::Q8_0 && format_ != WeightFormat::Q4_0)) return *this;
   WeightMatrix m = *this;
   m.codes_ = Tensor::empty(codes_.shape(), codes_.dtype());
-  const kernels::cpu::QWeight q = qweight_view(*this);
-  kernels::cpu::interleave_rows4(q.format, rows_, cols_, codes_.raw_data(), m.codes_.raw_data());
-  m.interleaved_ = true;
-  return m;
-}
-
-WeightMatrix WeightMatrix::file_layout() const {
-  if (!interleaved_) return *this;
-  WeightMatrix m = *this;
-  m.codes_ = Tensor::empty(codes_.shape(), codes_.dtype());
-  const kernels::cpu::QWeight q = qweight_view(*this);
-  kernels::cpu::interleave_rows4(q.format, rows_, cols_, codes_.raw_data(), m.codes_.raw_data(), true);
-  m.interleaved_ = false;
+  kernels::cpu::interleave_rows4(qweight_view(*this).format, rows_, cols_, codes_.raw_data(), m.codes_.raw_data(),
+                                 /*inverse=*/!interleaved);
+  m.interleaved_ = interleaved;
   return m;
 }
 

@@ -162,7 +162,9 @@ TEST(Qgemm, InterleavedRowsGiveIdenticalResults) {
       const WeightMatrix p = m.interleave_rows4();
       ASSERT_TRUE(p.interleaved());
       EXPECT_EQ(p.nbytes(), m.nbytes());
-      if (rows >= 4) EXPECT_NE(std::memcmp(p.codes().raw_data(), m.codes().raw_data(), m.codes().nbytes()), 0);
+      if (rows >= 4) {
+        EXPECT_NE(std::memcmp(p.codes().raw_data(), m.codes().raw_data(), m.codes().nbytes()), 0);
+      }
       const WeightMatrix back = p.file_layout();
       EXPECT_FALSE(back.interleaved());
       EXPECT_EQ(std::memcmp(back.codes().raw_data(), m.codes().raw_data(), m.codes().nbytes()), 0);

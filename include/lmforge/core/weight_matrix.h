@@ -65,8 +65,8 @@ class WeightMatrix {
   // block, so a tile of four rows streams one sequence of bytes. A new matrix with the same size, products and
   // dequantized values; other formats come back as they are. The engine uses it; concat_rows and writing a file
   // need the GGUF layout back (file_layout()).
-  WeightMatrix interleave_rows4() const;
-  WeightMatrix file_layout() const;
+  WeightMatrix interleave_rows4() const { return with_layout(true); }
+  WeightMatrix file_layout() const { return with_layout(false); }
   bool interleaved() const { return interleaved_; }
 
   // f32 [rows, cols].
@@ -79,6 +79,7 @@ class WeightMatrix {
   int64_t rows_ = 0, cols_ = 0;
   Tensor codes_, scales_, zeros_;
   bool interleaved_ = false;
+  WeightMatrix with_layout(bool interleaved) const;  // a copy in that layout (itself when already in it)
 };
 
 // y[n, rows] = x[n, cols] · Wᵀ, or y += ... with accumulate. x and y are contiguous f32 with row strides cols and

@@ -366,12 +366,7 @@ LMF_TARGET_AVX2 void tile4_q8_rows4(const uint8_t* group, const XQuant& xq, floa
   unfold4(acc, out);
 }
 
-// The interleaved q4_0 tile takes two rows per 32-byte load: rows 0 and 1 (then 2 and 3) have their 16 code bytes
-// side by side, so one AND gives both rows' values 0-15 and one shift + AND their values 16-31, multiplied by the
-// activations' halves broadcast to both lanes (XQuant::q2, made once per token by pair_halves). The two halves'
-// maddubs add in 16 bits (at most 4 x 15 x 127), one madd per pair of rows, and each lane keeps its partial sum to
-// the end of the row: no fold per block. The GGUF layout's tile spent most of its time in those folds and inserts
-// (the shuffle ports); the partial sums differ, so the two layouts agree to float rounding, not bit for bit.
+// XQuant::q2 and off2 for tile4_q4_0_rows4, once per token.
 LMF_TARGET_AVX2 void pair_halves(XQuant& xq) {
   xq.q2.resize(static_cast<size_t>(xq.nb) * 64);
   xq.off2.resize(static_cast<size_t>(xq.nb) * 8);
@@ -398,6 +393,12 @@ LMF_TARGET_AVX2 inline float half_sum(__m128 v) {
   return _mm_cvtss_f32(_mm_add_ss(v, _mm_movehdup_ps(v)));
 }
 
+// The interleaved q4_0 tile takes two rows per 32-byte load: rows 0 and 1 (then 2 and 3) have their 16 code bytes
+// side by side, so one AND gives both rows' values 0-15 and one shift + AND their values 16-31, multiplied by the
+// activations' halves broadcast to both lanes (XQuant::q2, made once per token by pair_halves). The two halves'
+// maddubs add in 16 bits (at most 4 x 15 x 127), one madd per pair of rows, and each lane keeps its partial sum to
+// the end of the row: no fold per block. The GGUF layout's tile spent most of its time in those folds and inserts
+// (the shuffle ports); the partial sums differ, so the two layouts agree to float rounding, not bit for bit.
 LMF_TARGET_AVX2 void tile4_q4_0_rows4(const uint8_t* group, const XQuant& xq, float* out, const uint8_t* pf) {
   constexpr size_t kStep = 4 * kQ4Bytes;
   __m256 acc01 = _mm256_setzero_ps(), acc23 = _mm256_setzero_ps();
@@ -748,6 +749,13 @@ void interleave_rows4(QFormat format, int64_t rows, int64_t cols, const void* sr
   const auto* in = static_cast<const uint8_t*>(src);
   auto* out = static_cast<uint8_t*>(dst);
   const int64_t groups = rows / 4, nb = cols / kBlock;
+  const auto move = [&](size_t packed, size_t file, size_t n) {  // one piece, in the direction asked for
+    if (inverse) {
+      std::memcpy(out + file, in + packed, n);
+    } else {
+      std::memcpy(out + packed, in + file, n);
+    }
+  };
   parallel_for(groups, 64, [&](int64_t g0, int64_t g1) {
     for (int64_t g = g0; g < g1; ++g) {
       const size_t base = static_cast<size_t>(4 * g) * stride;
@@ -755,13 +763,8 @@ void interleave_rows4(QFormat format, int64_t rows, int64_t cols, const void* sr
         const size_t packed = base + static_cast<size_t>(b) * 4 * bsz;
         for (int64_t i = 0; i < 4; ++i) {
           const size_t file = base + static_cast<size_t>(i) * stride + static_cast<size_t>(b) * bsz;
-          if (inverse) {
-            std::memcpy(out + file, in + packed + 2 * i, 2);
-            std::memcpy(out + file + 2, in + packed + 8 + i * code, code);
-          } else {
-            std::memcpy(out + packed + 2 * i, in + file, 2);
-            std::memcpy(out + packed + 8 + i * code, in + file + 2, code);
-          }
+          move(packed + 2 * i, file, 2);                // scale
+          move(packed + 8 + i * code, file + 2, code);  // codes
         }
       }
     }
