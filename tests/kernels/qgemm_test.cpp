@@ -39,14 +39,15 @@ double rel_err(const std::vector<float>& a, const std::vector<double>& b) {
   return std::sqrt(num / den);
 }
 
-// The activations as the kernel sees them: blocks of 32, scale amax/127, round to nearest.
-std::vector<float> quantize_activations(const std::vector<float>& x) {
+// The activations as the kernel sees them: one scale amax/127 per `span` values (32; 128 for the g128 formats),
+// round to nearest.
+std::vector<float> quantize_activations(const std::vector<float>& x, size_t span = 32) {
   std::vector<float> q(x.size());
-  for (size_t b = 0; b < x.size(); b += 32) {
+  for (size_t b = 0; b < x.size(); b += span) {
     float amax = 0;
-    for (size_t j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(x[b + j]));
+    for (size_t j = 0; j < span; ++j) amax = std::max(amax, std::fabs(x[b + j]));
     const float d = amax / 127.0f, id = d > 0 ? 1.0f / d : 0.0f;
-    for (size_t j = 0; j < 32; ++j) q[b + j] = d * std::nearbyint(x[b + j] * id);
+    for (size_t j = 0; j < span; ++j) q[b + j] = d * std::nearbyint(x[b + j] * id);
   }
   return q;
 }
@@ -79,6 +80,10 @@ TEST(Qgemm, EachFormatMatchesDequantizedReference) {
   for (WeightFormat f : kFormats) {
     SCOPED_TRACE(std::string(weight_format_name(f)));
     const bool integer = f != WeightFormat::F32 && f != WeightFormat::F16 && f != WeightFormat::BF16;
+    // The g128 formats quantize the activations with one scale per 128 values (their decode tile sums a group in
+    // integers): the outlier below coarsens four times as many values as in a block of 32. Measured 1.05% at n = 2
+    // (0.3-0.5% for the other formats) -> 2e-2 for their decode path.
+    const bool g128 = f == WeightFormat::Q4_G128 || f == WeightFormat::Q4_G128_ASYM;
     const WeightMatrix m =
         WeightMatrix::quantize(Tensor::from_vector(f == WeightFormat::Q4_G128_ASYM ? wa : wv, {rows, cols}), f);
     const Tensor dq = m.dequantize();
@@ -91,7 +96,7 @@ TEST(Qgemm, EachFormatMatchesDequantizedReference) {
       if (integer && n < 16) {
         for (int64_t i = 0; i < n; ++i) {
           std::vector<float> row(x.begin() + i * cols, x.begin() + (i + 1) * cols);
-          row = quantize_activations(row);
+          row = quantize_activations(row, g128 ? 128 : 32);
           std::copy(row.begin(), row.end(), xq.begin() + i * cols);
         }
       }
@@ -103,7 +108,7 @@ TEST(Qgemm, EachFormatMatchesDequantizedReference) {
         std::vector<float> y(static_cast<size_t>(n * rows), 0.0f);
         kernels::cpu::qgemm(qweight_view(m), x.data(), n, y.data(), false, impl);
         EXPECT_LE(rel_err(y, same), 1e-5);
-        EXPECT_LE(rel_err(y, exact), 1e-2);
+        EXPECT_LE(rel_err(y, exact), g128 && n < 16 ? 2e-2 : 1e-2);
         if (impl == QImpl::Generic) {
           y_generic = y;
         } else if (!y_generic.empty()) {

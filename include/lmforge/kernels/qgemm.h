@@ -2,9 +2,10 @@
 //
 // The layouts are WeightMatrix's (src/core/weight_matrix.cpp documents them); this layer sees raw bytes only.
 // For the integer formats (q8_0, q4_0, q4_g128, q4_g128_asym, int8) the activations are first quantized to 8-bit
-// blocks of 32 with an f32 scale, as ggml does for its q8_0 / q4_0 dot products, so the inner loop is an integer
-// dot product (AVX2 maddubs) with one float multiply-add per block. That adds an activation rounding error of at
-// most half a step (amax / 254) per value; f16 and bf16 weights multiply f32 activations directly.
+// blocks of 32 with an f32 scale, as ggml does for its q8_0 / q4_0 dot products (one scale per 128 values for the
+// g128 formats, as ggml's K-quants use 256), so the inner loop is an integer dot product (AVX2 maddubs) with one
+// float multiply-add per block (per group for g128). That adds an activation rounding error of at most half a step
+// (amax / 254 over the scale's span) per value; f16 and bf16 weights multiply f32 activations directly.
 #pragma once
 #include <cstdint>
 

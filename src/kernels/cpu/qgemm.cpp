@@ -5,7 +5,8 @@
 // (many activation rows) is compute-bound: there a panel of rows is dequantized once and multiplied with sgemm,
 // which beats integer dot products per activation row and keeps the activations exact.
 //
-// The integer formats see the activations as 8-bit blocks of 32 (XQuant): codes, the f32 scale, and the sums of
+// The integer formats see the activations as 8-bit blocks of 32 (XQuant; the g128 formats with one scale shared by
+// the four blocks of a group): codes, the f32 scale, and the sums of
 // each 4 consecutive codes in the i32 lane layout that _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), 1) produces,
 // so a 4-bit weight's offset (q - 8) is subtracted exactly in integers: dot(q - 8, x) = dot(q, x) - 8 * sum(x).
 #include "lmforge/kernels/qgemm.h"
@@ -91,24 +92,28 @@ struct XQuant {
     q.resize(nb * kBlock);
     p4.resize(nb * 8);
   }
-  void quantize(const float* x, int64_t cols) {
+  // One scale per `span` values (32, or 128 for the g128 formats: their tile sums a group's four blocks in integers
+  // and scales once, as llama.cpp's K-quants do with 256-value activation blocks); every block keeps its d.
+  void quantize(const float* x, int64_t cols, int64_t span = kBlock) {
     resize(cols);
-    for (int64_t b = 0; b < nb; ++b) {
-      const float* xb = x + b * kBlock;
+    for (int64_t s0 = 0; s0 < cols; s0 += span) {
       float amax = 0.0f;
-      for (int64_t j = 0; j < kBlock; ++j) amax = std::max(amax, std::fabs(xb[j]));
+      for (int64_t j = s0; j < s0 + span; ++j) amax = std::max(amax, std::fabs(x[j]));
       const float db = amax / 127.0f, id = db > 0.0f ? 1.0f / db : 0.0f;
-      int8_t* qb = q.data() + b * kBlock;
-      int32_t sum = 0;
-      for (int64_t j = 0; j < kBlock; ++j) {
-        qb[j] = static_cast<int8_t>(std::nearbyint(xb[j] * id));
-        sum += qb[j];
+      for (int64_t b = s0 / kBlock; b < (s0 + span) / kBlock; ++b) {
+        const float* xb = x + b * kBlock;
+        int8_t* qb = q.data() + b * kBlock;
+        int32_t sum = 0;
+        for (int64_t j = 0; j < kBlock; ++j) {
+          qb[j] = static_cast<int8_t>(std::nearbyint(xb[j] * id));
+          sum += qb[j];
+        }
+        // maddubs pairs (2i, 2i+1) into 16-bit lane i; madd pairs 16-bit lanes (2k, 2k+1) into 32-bit lane k. In a
+        // 256-bit register lanes 0-3 hold values 0-15 and lanes 4-7 values 16-31, so 32-bit lane k sums 4k..4k+3.
+        for (int k = 0; k < 8; ++k) p4[b * 8 + k] = qb[4 * k] + qb[4 * k + 1] + qb[4 * k + 2] + qb[4 * k + 3];
+        d[b] = db;
+        ds[b] = db * static_cast<float>(sum);
       }
-      // maddubs pairs (2i, 2i+1) into 16-bit lane i; madd pairs 16-bit lanes (2k, 2k+1) into 32-bit lane k. In a
-      // 256-bit register lanes 0-3 hold values 0-15 and lanes 4-7 values 16-31, so 32-bit lane k sums 4k..4k+3.
-      for (int k = 0; k < 8; ++k) p4[b * 8 + k] = qb[4 * k] + qb[4 * k + 1] + qb[4 * k + 2] + qb[4 * k + 3];
-      d[b] = db;
-      ds[b] = db * static_cast<float>(sum);
     }
   }
 };
@@ -214,19 +219,13 @@ float dot_generic(const QWeight& w, int64_t r, const float* x, const XQuant& xq)
       for (int64_t g = 0; g < groups; ++g) {
         const uint8_t* c = row + g * (kGroup / 2);
         const int32_t z = zeros ? zeros[r * groups + g] : 8;
-        float gacc = 0.0f;
-        for (int64_t sb = 0; sb < 4; ++sb) {  // activation block sb of the group
-          const int64_t b = g * 4 + sb;
-          const int8_t* xb = xq.q.data() + b * kBlock;
-          int32_t dot = 0;
-          for (int64_t j = 0; j < kBlock; ++j) {
-            const int64_t v = sb * kBlock + j;  // value index within the group
-            const int32_t code = v < 64 ? (c[v] & 0x0f) : (c[v - 64] >> 4);
-            dot += (code - z) * xb[j];
-          }
-          gacc += static_cast<float>(dot) * xq.d[b];
+        const int8_t* xg = xq.q.data() + g * kGroup;  // one activation scale per group (span 128)
+        int32_t dot = 0;
+        for (int64_t v = 0; v < kGroup; ++v) {
+          const int32_t code = v < 64 ? (c[v] & 0x0f) : (c[v - 64] >> 4);
+          dot += (code - z) * xg[v];
         }
-        acc += gacc * half_to_float(scales[g]);
+        acc += static_cast<float>(dot) * xq.d[g * 4] * half_to_float(scales[g]);
       }
       return acc;
     }
@@ -444,51 +443,44 @@ LMF_TARGET_AVX2 void tile_q4_0(const uint8_t* row0, size_t stride, const XQuant&
   for (int r = 0; r < R; ++r) out[r] = hsum(acc[r]);
 }
 
+// g128 rows against activations with one scale per 128 values (XQuant::quantize with span 128): a group's four
+// blocks are summed in integers (the four maddubs add in 16 bits: at most 4 x 2 x 15 x 127) and scaled once, where
+// per-32 activation scales took a convert and a multiply-add per block and row (1.3x the work per byte).
 template <int R>
 LMF_TARGET_AVX2 void tile_g128(const uint8_t* row0, size_t stride, const uint16_t* scales0, const uint8_t* zeros0,
                                int64_t groups, const XQuant& xq, float* out, const uint8_t* pf) {
   __m256 acc[R];
-  float corr[R];
-  for (int r = 0; r < R; ++r) {
-    acc[r] = _mm256_setzero_ps();
-    corr[r] = 0.0f;
-  }
-  const __m256i low = _mm256_set1_epi8(0x0f);
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  const __m256i low = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
   for (int64_t g = 0; g < groups; ++g) {
     if (pf) prefetch_span<R * kGroup / 2>(pf + g * R * (kGroup / 2));
     const int8_t* xg = xq.q.data() + g * kGroup;
     __m256i x[4];
     for (int sb = 0; sb < 4; ++sb) x[sb] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xg + sb * kBlock));
-    __m256 dx[4];
-    for (int sb = 0; sb < 4; ++sb) dx[sb] = _mm256_set1_ps(xq.d[g * 4 + sb]);
-    __m256i off[4];
-    if (!zeros0) {
-      for (int sb = 0; sb < 4; ++sb)
-        off[sb] =
-            _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq.p4.data() + (g * 4 + sb) * 8)), 3);
-    }
-    const float gsum = zeros0 ? xq.ds[g * 4] + xq.ds[g * 4 + 1] + xq.ds[g * 4 + 2] + xq.ds[g * 4 + 3] : 0.0f;
+    const float dx = xq.d[g * 4];
+    // Each lane's share of the activations' sum (|.| <= 16 x 127, so it also reads as the low int16 of its lane);
+    // a lane's dot minus zero x share is its part of sum((code - zero) x). Symmetric codes have zero 8.
+    const auto* p4 = reinterpret_cast<const __m256i*>(xq.p4.data() + g * 32);
+    const __m256i share = _mm256_add_epi32(_mm256_add_epi32(_mm256_loadu_si256(p4), _mm256_loadu_si256(p4 + 1)),
+                                           _mm256_add_epi32(_mm256_loadu_si256(p4 + 2), _mm256_loadu_si256(p4 + 3)));
+    const __m256i off8 = _mm256_slli_epi32(share, 3);
     for (int r = 0; r < R; ++r) {
       const uint8_t* c = row0 + r * stride + g * (kGroup / 2);
       const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c));
       const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + 32));
       // bytes 0-31: values 0-31 (low nibbles) and 64-95 (high); bytes 32-63: values 32-63 and 96-127.
-      __m256i d[4] = {dot_u4(_mm256_and_si256(v0, low), x[0]), dot_u4(_mm256_and_si256(v1, low), x[1]),
-                      dot_u4(_mm256_and_si256(_mm256_srli_epi16(v0, 4), low), x[2]),
-                      dot_u4(_mm256_and_si256(_mm256_srli_epi16(v1, 4), low), x[3])};
-      if (!zeros0) {
-        for (int sb = 0; sb < 4; ++sb) d[sb] = _mm256_sub_epi32(d[sb], off[sb]);
-      }
-      __m256 gacc = _mm256_mul_ps(_mm256_cvtepi32_ps(d[0]), dx[0]);
-      gacc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[1]), dx[1], gacc);
-      gacc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[2]), dx[2], gacc);
-      gacc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[3]), dx[3], gacc);
-      const float dw = _cvtsh_ss(scales0[r * groups + g]);
-      acc[r] = _mm256_fmadd_ps(gacc, _mm256_set1_ps(dw), acc[r]);
-      if (zeros0) corr[r] += dw * static_cast<float>(zeros0[r * groups + g]) * gsum;
+      const __m256i p = _mm256_add_epi16(
+          _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(v0, low), x[0]),
+                           _mm256_maddubs_epi16(_mm256_and_si256(v1, low), x[1])),
+          _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v0, 4), low), x[2]),
+                           _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v1, 4), low), x[3])));
+      // zero x share in one madd: the zero sits in the low int16 of each lane, 0 in the high one.
+      const __m256i off = zeros0 ? _mm256_madd_epi16(share, _mm256_set1_epi32(zeros0[r * groups + g])) : off8;
+      const __m256i d = _mm256_sub_epi32(_mm256_madd_epi16(p, ones), off);
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(_cvtsh_ss(scales0[r * groups + g]) * dx), acc[r]);
     }
   }
-  for (int r = 0; r < R; ++r) out[r] = hsum(acc[r]) - corr[r];
+  for (int r = 0; r < R; ++r) out[r] = hsum(acc[r]);
 }
 
 LMF_TARGET_AVX2 inline __m256 load8(const uint8_t* p, bool bf16) {
@@ -600,24 +592,28 @@ LMF_TARGET_AVX2 void tile_avx2(const QWeight& w, int64_t r, const float* x, cons
 }
 
 // XQuant::quantize with the same arithmetic (amax / 127, x * (1 / d) rounded to nearest even), 32 values at a time.
-LMF_TARGET_AVX2 void quantize_avx2(XQuant& xq, const float* x, int64_t cols) {
-  xq.resize(cols);
+LMF_TARGET_AVX2 inline float amax_avx2(const float* x, int64_t n) {
   const __m256 sign = _mm256_set1_ps(-0.0f);
+  __m256 m = _mm256_setzero_ps();
+  for (int64_t j = 0; j < n; j += 8) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + j)));
+  __m128 m4 = _mm_max_ps(_mm256_extractf128_ps(m, 1), _mm256_castps256_ps128(m));
+  m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+  return _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+}
+LMF_TARGET_AVX2 void quantize_avx2(XQuant& xq, const float* x, int64_t cols, int64_t span) {
+  xq.resize(cols);
   const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
   const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+  float db = 0.0f, id = 0.0f;
   for (int64_t b = 0; b < xq.nb; ++b) {
     const float* xb = x + b * kBlock;
-    __m256 v[4];
-    for (int i = 0; i < 4; ++i) v[i] = _mm256_loadu_ps(xb + 8 * i);
-    const __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
-                                   _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])));
-    __m128 m4 = _mm_max_ps(_mm256_extractf128_ps(m, 1), _mm256_castps256_ps128(m));
-    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-    const float db = _mm_cvtss_f32(m4) / 127.0f, id = db > 0.0f ? 1.0f / db : 0.0f;
+    if (b * kBlock % span == 0) {
+      db = amax_avx2(xb, span) / 127.0f;
+      id = db > 0.0f ? 1.0f / db : 0.0f;
+    }
     const __m256 vid = _mm256_set1_ps(id);
     __m256i q[4];
-    for (int i = 0; i < 4; ++i) q[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], vid));
+    for (int i = 0; i < 4; ++i) q[i] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + 8 * i), vid));
     // packs work within 128-bit halves: dwords come out as (0-3, 8-11, 16-19, 24-27 | 4-7, ...), hence the permute.
     const __m256i codes = _mm256_permutevar8x32_epi32(
         _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3])), perm);
@@ -808,14 +804,15 @@ void qgemm(const QWeight& w, const float* x, int64_t n, float* y, bool accumulat
   if (tl_xq.size() < static_cast<size_t>(n)) tl_xq.resize(static_cast<size_t>(n));
   const XQuant* xq = tl_xq.data();
   if (is_int_format(w.format)) {
+    const int64_t span = w.format == QFormat::Q4_G128 || w.format == QFormat::Q4_G128_ASYM ? kGroup : kBlock;
     for (int64_t t = 0; t < n; ++t) {
 #if LMF_HAVE_X86
       if (avx2) {
-        quantize_avx2(tl_xq[t], x + t * cols, cols);
+        quantize_avx2(tl_xq[t], x + t * cols, cols, span);
         continue;
       }
 #endif
-      tl_xq[t].quantize(x + t * cols, cols);
+      tl_xq[t].quantize(x + t * cols, cols, span);
     }
 #if LMF_HAVE_X86
     if (avx2 && w.format == QFormat::Q4_0 && w.rows4)
