@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <stdexcept>
 
 #include "lmforge/core/error.h"
 #include "lmforge/core/weight_matrix.h"
@@ -209,6 +210,15 @@ TEST(Qgemm, InterleavedRowsGiveIdenticalResults) {
   const WeightMatrix q =
       WeightMatrix::quantize(Tensor::from_vector(gaussian(256, 2, 0.1f), {8, 32}), WeightFormat::Q8_0);
   EXPECT_THROW(WeightMatrix::concat_rows({q.interleave_rows4(), q}), Error);
+  // The kernel-level repack refuses what it cannot lay out, before touching dst.
+  std::vector<uint8_t> src(4 * 34), dst(src.size(), 0xab);
+  EXPECT_THROW(kernels::cpu::interleave_rows4(kernels::cpu::QFormat::INT8, 4, 32, src.data(), dst.data()),
+               std::invalid_argument);
+  EXPECT_THROW(kernels::cpu::interleave_rows4(kernels::cpu::QFormat::Q8_0, 4, 48, src.data(), dst.data()),
+               std::invalid_argument);
+  EXPECT_THROW(kernels::cpu::interleave_rows4(kernels::cpu::QFormat::Q4_0, -1, 32, src.data(), dst.data()),
+               std::invalid_argument);
+  EXPECT_EQ(dst, std::vector<uint8_t>(src.size(), 0xab));
 }
 
 // The decode-sized product is split over threads by rows; the result does not depend on the thread count.

@@ -634,13 +634,15 @@ LMF_TARGET_AVX2 void rows_avx2(const QWeight& w, const float* x, const XQuant* x
                                float* y, bool accumulate) {
   const size_t stride = row_bytes(w);
   const auto* base = static_cast<const uint8_t*>(w.codes);
-  const int64_t ahead = w.format == QFormat::Q8_0 || w.format == QFormat::INT8 ? 2 : 1;
+  const bool g128 = w.format == QFormat::Q4_G128 || w.format == QFormat::Q4_G128_ASYM;
+  const int64_t ahead = w.format == QFormat::Q8_0 || w.format == QFormat::INT8 || g128 ? 2 : 1;
   float tmp[kTile];
   int64_t r = r0;
   for (; r + kTile <= r1; r += kTile) {
-    // A tile of this chunk ahead (the g128 scales and zeros are small and stay in cache): for 8-bit rows two tiles
-    // ahead (+6-7% on q8_0 decode products, interleaved runs; the tile is done before one tile's prefetches land),
-    // one for the rest (two made q4_0 1-3% slower and f32 no faster).
+    // A tile of this chunk ahead (the g128 scales and zeros are small and stay in cache): for 8-bit rows and g128
+    // two tiles ahead (+6-7% on q8_0 decode products, interleaved runs; the tile is done before one tile's
+    // prefetches land; g128 +7-9% since its tile went integer per group), one for the rest (two made q4_0 1-3%
+    // slower and f32 no faster).
     const uint8_t* pf =
         r + (ahead + 1) * kTile <= r1 ? base + static_cast<size_t>(r + ahead * kTile) * stride : nullptr;
     for (int64_t t = 0; t < n; ++t) {
