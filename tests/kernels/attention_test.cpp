@@ -65,6 +65,13 @@ std::vector<Case> reference_cases() {
       {"decode_Tq1_group16_mqa", dims(1, 1, 45, 16, 1, 40, 32, true, 0, 44)},
       {"decode_Tq1_group12_window", dims(2, 1, 45, 24, 2, 16, 16, true, 9, 44)},
       {"decode_Tq1_group2_no_keys", dims(1, 1, 3, 4, 2, 16, 16, true, 2, 5)},
+      // Caches longer than the group kernel's chunk of 256 keys (online softmax across chunks, the next chunk's or
+      // the next task's keys fetched during P·V): a partial last chunk, exactly two chunks, a window whose first
+      // key is not at a chunk boundary, and the MLA-like sub-groups; several tasks per thread.
+      {"decode_Tq1_Tk600_group4", dims(1, 1, 600, 16, 4, 64, 64, true, 0, 599)},
+      {"decode_Tq1_Tk512_group2_B2", dims(2, 1, 512, 4, 2, 32, 32, true, 0, 511)},
+      {"decode_Tq1_Tk700_window300", dims(2, 1, 700, 8, 2, 16, 16, true, 300, 699)},
+      {"decode_Tq1_Tk530_group16_mqa", dims(1, 1, 530, 16, 1, 40, 32, true, 0, 529)},
   };
 }
 

@@ -33,6 +33,7 @@ namespace {
 // per-call overhead (32-128 measured within noise of each other at head dim 64 on a 2-core VM).
 constexpr int64_t kBlockQ = 64;
 constexpr int64_t kBlockK = 64;
+constexpr int64_t kChunk = 256;  // keys per chunk of the decode group kernel (group_attention_f32_avx2)
 
 // Tasks handed to one pool chunk together until a chunk holds about this many multiply-adds, so that tiny calls
 // (short decode steps, gradient checks) run inline instead of paying a pool wake-up.
@@ -229,77 +230,103 @@ LMF_TARGET_AVX2 inline void prefetch_row(const float* p, int64_t count) {
 
 // All G query heads of one GQA group against their shared K/V rows (decode, f32, head dims multiples of 8 / 16):
 // each key and value row is loaded once for the G heads rather than G times, which is what bounds decode at long
-// contexts (the cache streams from L3/DRAM). q: G rows of dk; o: G rows of dv; lse: G values; s: G * (hi - lo).
+// contexts (the cache streams from L3/DRAM). q: G rows of dk; o: G rows of dv; lse: G values; s: G * kChunk.
+//
+// The keys go in chunks of kChunk with an online softmax (a running max and sum per head, the output rescaled
+// when the max grows), so one chunk's keys and values stay in L2 whatever the context, and memory never idles:
+// the score pass fetches its own keys ahead (into L1) and the chunk's values (into L2), the P·V pass fetches the
+// next chunk's keys, or those of next_k (the task this thread runs next; nullptr: none) after the last chunk.
+// With the whole context at once the P·V pass read only cached values and the cache streamed at about half of a
+// plain read of the same bytes.
 template <int G>
 LMF_TARGET_AVX2 void group_attention_f32_avx2(const float* q, const float* k, int64_t ldk, const float* v, int64_t ldv,
                                               int64_t lo, int64_t hi, int64_t dk, int64_t dv, float scale, float* s,
-                                              float* o, float* lse) {
-  const int64_t n = hi - lo;
+                                              float* o, float* lse, const float* next_k) {
   const __m256 vscale = _mm256_set1_ps(scale);
-  int64_t j = 0;
-  // Eight keys at a time: eight independent FMA chains per head and one transposing reduction for the eight
-  // scores, where a key at a time was one latency-bound chain and a horizontal sum per (key, head). The block's
-  // 8 key rows stay in L1 across the G heads.
-  for (; j + 8 <= n; j += 8) {
-    const float* k0 = k + (lo + j) * ldk;
-    // The cache comes from DRAM (the weights streamed through L3 since the last step): fetch the keys two blocks
-    // ahead into L1 and this block's values into L2 for the P·V pass (on the head-major cache, 0.22-0.33 -> 0.41-0.52
-    // of copy bandwidth in bench ops attention-decode, 2026-12-05).
-    if (j + 24 <= n)
-      for (int u = 0; u < 8; ++u) prefetch_row<_MM_HINT_T0>(k0 + (16 + u) * ldk, dk);
-    for (int u = 0; u < 8; ++u) prefetch_row<_MM_HINT_T1>(v + (lo + j + u) * ldv, dv);
-    for (int g = 0; g < G; ++g) {
-      const float* qg = q + g * dk;
-      __m256 a[8];
-      for (int u = 0; u < 8; ++u) a[u] = _mm256_setzero_ps();
-      for (int64_t c = 0; c < dk; c += 8) {
-        const __m256 qc = _mm256_loadu_ps(qg + c);
-        for (int u = 0; u < 8; ++u) a[u] = _mm256_fmadd_ps(_mm256_loadu_ps(k0 + u * ldk + c), qc, a[u]);
-      }
-      _mm256_storeu_ps(s + g * n + j, _mm256_mul_ps(vscale, hsum8(a)));
-    }
-  }
-  for (; j < n; ++j) {
-    const float* kj = k + (lo + j) * ldk;
-    __m256 acc[G];
-    for (int g = 0; g < G; ++g) acc[g] = _mm256_setzero_ps();
-    for (int64_t c = 0; c < dk; c += 8) {
-      const __m256 kc = _mm256_loadu_ps(kj + c);
-      for (int g = 0; g < G; ++g) acc[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * dk + c), kc, acc[g]);
-    }
-    for (int g = 0; g < G; ++g) s[g * n + j] = scale * hsum(acc[g]);
-  }
-  __m256 inv[G];
+  float m[G], l[G];
   for (int g = 0; g < G; ++g) {
-    float* sg = s + g * n;
-    const float mx = lanes_max(sg, n);
-    if (!(mx > -std::numeric_limits<float>::infinity())) {  // nothing visible: zeros, and p = 0 below
-      std::fill(sg, sg + n, 0.0f);
-      inv[g] = _mm256_setzero_ps();
+    m[g] = -std::numeric_limits<float>::infinity();
+    l[g] = 0.0f;
+  }
+  std::fill(o, o + G * dv, 0.0f);
+  const int64_t passes = dv / 16, lines = (dk + 15) / 16;
+  for (int64_t c_lo = lo; c_lo < hi; c_lo += kChunk) {
+    const int64_t n = std::min(kChunk, hi - c_lo);
+    int64_t j = 0;
+    // Eight keys at a time: eight independent FMA chains per head and one transposing reduction for the eight
+    // scores. The block's 8 key rows stay in L1 across the G heads.
+    for (; j + 8 <= n; j += 8) {
+      const float* k0 = k + (c_lo + j) * ldk;
+      if (c_lo + j + 24 <= hi)
+        for (int u = 0; u < 8; ++u) prefetch_row<_MM_HINT_T0>(k0 + (16 + u) * ldk, dk);
+      for (int u = 0; u < 8; ++u) prefetch_row<_MM_HINT_T1>(v + (c_lo + j + u) * ldv, dv);
+      for (int g = 0; g < G; ++g) {
+        const float* qg = q + g * dk;
+        __m256 a[8];
+        for (int u = 0; u < 8; ++u) a[u] = _mm256_setzero_ps();
+        for (int64_t c = 0; c < dk; c += 8) {
+          const __m256 qc = _mm256_loadu_ps(qg + c);
+          for (int u = 0; u < 8; ++u) a[u] = _mm256_fmadd_ps(_mm256_loadu_ps(k0 + u * ldk + c), qc, a[u]);
+        }
+        _mm256_storeu_ps(s + g * kChunk + j, _mm256_mul_ps(vscale, hsum8(a)));
+      }
+    }
+    for (; j < n; ++j) {
+      const float* kj = k + (c_lo + j) * ldk;
+      __m256 acc[G];
+      for (int g = 0; g < G; ++g) acc[g] = _mm256_setzero_ps();
+      for (int64_t c = 0; c < dk; c += 8) {
+        const __m256 kc = _mm256_loadu_ps(kj + c);
+        for (int g = 0; g < G; ++g) acc[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * dk + c), kc, acc[g]);
+      }
+      for (int g = 0; g < G; ++g) s[g * kChunk + j] = scale * hsum(acc[g]);
+    }
+    __m256 alpha[G];
+    for (int g = 0; g < G; ++g) {
+      float* sg = s + g * kChunk;
+      const float mx = std::max(m[g], lanes_max(sg, n));
+      for (int64_t i = 0; i < n; ++i) sg[i] = exp_f32(sg[i] - mx);  // vectorised (no reduction in the loop)
+      const float a = m[g] == mx ? 1.0f : std::exp(m[g] - mx);      // 0 on the first chunk (m = -inf)
+      l[g] = l[g] * a + lanes_sum(sg, n);
+      m[g] = mx;
+      alpha[g] = _mm256_set1_ps(a);
+    }
+    // The keys after this chunk: the next chunk's, or the next task's first ones.
+    const float* pk = c_lo + kChunk < hi ? k + (c_lo + kChunk) * ldk : next_k ? next_k + lo * ldk : nullptr;
+    const int64_t pn = c_lo + kChunk < hi ? std::min(kChunk, hi - c_lo - kChunk) : std::min(kChunk, hi - lo);
+    for (int64_t c0 = 0; c0 < dv; c0 += 16) {
+      __m256 a0[G], a1[G];
+      for (int g = 0; g < G; ++g) {
+        a0[g] = _mm256_mul_ps(alpha[g], _mm256_loadu_ps(o + g * dv + c0));
+        a1[g] = _mm256_mul_ps(alpha[g], _mm256_loadu_ps(o + g * dv + c0 + 8));
+      }
+      for (int64_t i = 0; i < n; ++i) {
+        if (pk && i < pn)  // pass c0 / 16 of the dv / 16 fetches lines c0 / 16 (mod passes) of a key row
+          for (int64_t ln = c0 / 16; ln < lines; ln += passes)
+            _mm_prefetch(reinterpret_cast<const char*>(pk + i * ldk + 16 * ln), _MM_HINT_T1);
+        const float* vi = v + (c_lo + i) * ldv + c0;
+        const __m256 v0 = _mm256_loadu_ps(vi), v1 = _mm256_loadu_ps(vi + 8);
+        for (int g = 0; g < G; ++g) {
+          const __m256 p = _mm256_set1_ps(s[g * kChunk + i]);
+          a0[g] = _mm256_fmadd_ps(p, v0, a0[g]);
+          a1[g] = _mm256_fmadd_ps(p, v1, a1[g]);
+        }
+      }
+      for (int g = 0; g < G; ++g) {
+        _mm256_storeu_ps(o + g * dv + c0, a0[g]);
+        _mm256_storeu_ps(o + g * dv + c0 + 8, a1[g]);
+      }
+    }
+  }
+  for (int g = 0; g < G; ++g) {
+    if (!(l[g] > 0.0f)) {  // nothing visible: zeros
       lse[g] = -std::numeric_limits<float>::infinity();
       continue;
     }
-    for (int64_t i = 0; i < n; ++i) sg[i] = exp_f32(sg[i] - mx);  // vectorised (no reduction in the loop)
-    const float sum = lanes_sum(sg, n);
-    inv[g] = _mm256_set1_ps(1.0f / sum);
-    lse[g] = mx + std::log(sum);
-  }
-  for (int64_t c0 = 0; c0 < dv; c0 += 16) {
-    __m256 a0[G], a1[G];
-    for (int g = 0; g < G; ++g) a0[g] = a1[g] = _mm256_setzero_ps();
-    for (int64_t i = 0; i < n; ++i) {
-      const float* vi = v + (lo + i) * ldv + c0;
-      const __m256 v0 = _mm256_loadu_ps(vi), v1 = _mm256_loadu_ps(vi + 8);
-      for (int g = 0; g < G; ++g) {
-        const __m256 p = _mm256_set1_ps(s[g * n + i]);
-        a0[g] = _mm256_fmadd_ps(p, v0, a0[g]);
-        a1[g] = _mm256_fmadd_ps(p, v1, a1[g]);
-      }
-    }
-    for (int g = 0; g < G; ++g) {
-      _mm256_storeu_ps(o + g * dv + c0, _mm256_mul_ps(a0[g], inv[g]));
-      _mm256_storeu_ps(o + g * dv + c0 + 8, _mm256_mul_ps(a1[g], inv[g]));
-    }
+    const __m256 inv = _mm256_set1_ps(1.0f / l[g]);
+    for (int64_t c = 0; c < dv; c += 8)
+      _mm256_storeu_ps(o + g * dv + c, _mm256_mul_ps(inv, _mm256_loadu_ps(o + g * dv + c)));
+    lse[g] = m[g] + std::log(l[g]);
   }
 }
 #endif
@@ -307,19 +334,19 @@ LMF_TARGET_AVX2 void group_attention_f32_avx2(const float* q, const float* k, in
 // A decode step's GQA group through the shared-K/V kernel; false where it does not apply (then per head).
 template <typename T>
 bool decode_group(int64_t G, const T* q, const T* k, int64_t ldk, const T* v, int64_t ldv, int64_t lo, int64_t hi,
-                  int64_t dk, int64_t dv, T scale, T* s, T* o, T* lse) {
+                  int64_t dk, int64_t dv, T scale, T* s, T* o, T* lse, const T* next_k) {
 #if LMF_HAVE_X86
   if constexpr (std::is_same_v<T, float>) {
     if (dk % 8 != 0 || dv % 16 != 0 || !cpu_has_avx2()) return false;
     switch (G) {
       case 2:
-        group_attention_f32_avx2<2>(q, k, ldk, v, ldv, lo, hi, dk, dv, scale, s, o, lse);
+        group_attention_f32_avx2<2>(q, k, ldk, v, ldv, lo, hi, dk, dv, scale, s, o, lse, next_k);
         return true;
       case 4:
-        group_attention_f32_avx2<4>(q, k, ldk, v, ldv, lo, hi, dk, dv, scale, s, o, lse);
+        group_attention_f32_avx2<4>(q, k, ldk, v, ldv, lo, hi, dk, dv, scale, s, o, lse, next_k);
         return true;
       case 8:
-        group_attention_f32_avx2<8>(q, k, ldk, v, ldv, lo, hi, dk, dv, scale, s, o, lse);
+        group_attention_f32_avx2<8>(q, k, ldk, v, ldv, lo, hi, dk, dv, scale, s, o, lse, next_k);
         return true;
       default:
         return false;
@@ -327,7 +354,7 @@ bool decode_group(int64_t G, const T* q, const T* k, int64_t ldk, const T* v, in
   }
 #endif
   (void)G, (void)q, (void)k, (void)ldk, (void)v, (void)ldv, (void)lo, (void)hi, (void)dk, (void)dv, (void)scale;
-  (void)s, (void)o, (void)lse;
+  (void)s, (void)o, (void)lse, (void)next_k;
   return false;
 }
 
@@ -381,21 +408,32 @@ void attention(const AttentionDims& d, const T* q, const T* k, const T* v, T* ou
     int64_t sub = group;
     if (group > 8) sub = group % 8 == 0 ? 8 : group % 4 == 0 ? 4 : group % 2 == 0 ? 2 : 1;
     const int64_t subs = group / sub;
-    parallel_for(d.B * d.Hkv * subs, task_grain(double(sub) * d.Tk * (d.Dk + d.Dv)), [&](int64_t t0, int64_t t1) {
-      T* S = thread_scratch<T>(static_cast<size_t>(sub * d.Tk));
-      const KeyRange kr = visible_keys(d, d.q_offset);
-      for (int64_t task = t0; task < t1; ++task) {
-        const int64_t b = task / (d.Hkv * subs), g = task / subs % d.Hkv, h0 = g * group + task % subs * sub;
-        const T* qp = q + (b * d.Hq + h0) * d.Dk;
-        const T* kp = k_head(b, g);
-        const T* vp = v_head(b, g);
-        T* op = out + (b * d.Hq + h0) * d.Dv;
-        T* lp = lse + b * d.Hq + h0;
-        if (decode_group<T>(sub, qp, kp, ldk, vp, ldv, kr.lo, kr.hi, d.Dk, d.Dv, scale, S, op, lp)) continue;
-        for (int64_t h = 0; h < sub; ++h)
-          decode_row<T>(qp + h * d.Dk, kp, ldk, vp, ldv, kr.lo, kr.hi, d.Dk, d.Dv, scale, S, op + h * d.Dv, lp + h);
-      }
-    });
+    // The tasks cost the same: runs of contiguous tasks, so a thread knows its next task's keys and fetches them
+    // while it finishes the current one (decode_group's next_k). One run per thread for a few tasks (one sequence:
+    // Hkv of them), four per thread for a batch, so a descheduled thread leaves less behind.
+    const int64_t tasks = d.B * d.Hkv * subs;
+    const int64_t threads = ThreadPool::global().num_threads();
+    const int64_t runs = threads * (tasks > 4 * threads ? 4 : 1);
+    parallel_for(
+        tasks, std::max((tasks + runs - 1) / runs, task_grain(double(sub) * d.Tk * (d.Dk + d.Dv))),
+        [&](int64_t t0, int64_t t1) {
+          T* S = thread_scratch<T>(static_cast<size_t>(sub * std::max<int64_t>(d.Tk, kChunk)));
+          const KeyRange kr = visible_keys(d, d.q_offset);
+          auto keys_of = [&](int64_t task) { return k_head(task / (d.Hkv * subs), task / subs % d.Hkv); };
+          for (int64_t task = t0; task < t1; ++task) {
+            const int64_t b = task / (d.Hkv * subs), g = task / subs % d.Hkv, h0 = g * group + task % subs * sub;
+            const T* qp = q + (b * d.Hq + h0) * d.Dk;
+            const T* kp = k_head(b, g);
+            const T* vp = v_head(b, g);
+            T* op = out + (b * d.Hq + h0) * d.Dv;
+            T* lp = lse + b * d.Hq + h0;
+            const T* next_k = task + 1 < t1 && keys_of(task + 1) != kp ? keys_of(task + 1) : nullptr;
+            if (decode_group<T>(sub, qp, kp, ldk, vp, ldv, kr.lo, kr.hi, d.Dk, d.Dv, scale, S, op, lp, next_k))
+              continue;
+            for (int64_t h = 0; h < sub; ++h)
+              decode_row<T>(qp + h * d.Dk, kp, ldk, vp, ldv, kr.lo, kr.hi, d.Dk, d.Dv, scale, S, op + h * d.Dv, lp + h);
+          }
+        });
     return;
   }
   // One task per (b, head, q-block); causal blocks differ in cost, the pool's dynamic chunks even that out.
