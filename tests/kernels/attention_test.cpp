@@ -336,6 +336,24 @@ TEST(AttentionTest, RowsWithoutVisibleKeysGiveZeros) {
   }
 }
 
+// A decode step whose every score is -inf (each key holds +inf where the queries are negative) sees nothing: zeros
+// and lse = -inf, not NaN, whether the keys fit one chunk of the group kernel or span several.
+TEST(AttentionTest, DecodeWithInfiniteScoresGivesZeros) {
+  for (int64_t T : {40, 300}) {
+    SCOPED_TRACE("Tk " + std::to_string(T));
+    const int64_t Hq = 4, D = 16;
+    std::vector<float> q(static_cast<size_t>(Hq * D), 0.5f), k(static_cast<size_t>(T * D), 0.1f),
+        v(static_cast<size_t>(T * D), 1.0f), out(q.size(), 7.0f), lse(static_cast<size_t>(Hq), 7.0f);
+    for (int64_t h = 0; h < Hq; ++h) q[static_cast<size_t>(h * D)] = -1.0f;
+    for (int64_t j = 0; j < T; ++j) k[static_cast<size_t>(j * D)] = std::numeric_limits<float>::infinity();
+    AttentionDims d = dims(1, 1, T, Hq, 1, D, D, true, 0, T - 1);
+    d.k_head_stride = d.v_head_stride = T * D;
+    cpu::attention<float>(d, q.data(), k.data(), v.data(), out.data(), lse.data());
+    for (float x : out) EXPECT_EQ(x, 0.0f);
+    for (float x : lse) EXPECT_EQ(x, -std::numeric_limits<float>::infinity());
+  }
+}
+
 template <typename T>
 void expect_bitwise_equal_across_threads(const AttentionDims& d) {
   const Inputs in = random_inputs(d, 300);

@@ -285,6 +285,11 @@ LMF_TARGET_AVX2 void group_attention_f32_avx2(const float* q, const float* k, in
     for (int g = 0; g < G; ++g) {
       float* sg = s + g * kChunk;
       const float mx = std::max(m[g], lanes_max(sg, n));
+      if (!(mx > -std::numeric_limits<float>::infinity())) {  // no finite score yet: p = 0, nothing to rescale
+        std::fill(sg, sg + n, 0.0f);
+        alpha[g] = _mm256_set1_ps(1.0f);
+        continue;
+      }
       for (int64_t i = 0; i < n; ++i) sg[i] = exp_f32(sg[i] - mx);  // vectorised (no reduction in the loop)
       const float a = m[g] == mx ? 1.0f : std::exp(m[g] - mx);      // 0 on the first chunk (m = -inf)
       l[g] = l[g] * a + lanes_sum(sg, n);
