@@ -78,7 +78,6 @@ inline uint16_t load_u16(const uint8_t* p) {
 struct XQuant {
   int64_t nb = 0;
   std::vector<float> d;     // scale per block
-  std::vector<float> ds;    // d * sum(codes) per block (the asymmetric zero-point correction)
   std::vector<int8_t> q;    // codes, nb * 32
   std::vector<int32_t> p4;  // sums of 4 consecutive codes, nb * 8, in madd lane order
   // For the interleaved q4_0 tile only (pair_halves): per block the codes as [0-15, 0-15, 16-31, 16-31] (64 bytes)
@@ -88,7 +87,6 @@ struct XQuant {
   void resize(int64_t cols) {  // keeps the capacity: the buffers are reused call after call (thread-local)
     nb = cols / kBlock;
     d.resize(nb);
-    ds.resize(nb);
     q.resize(nb * kBlock);
     p4.resize(nb * 8);
   }
@@ -103,16 +101,11 @@ struct XQuant {
       for (int64_t b = s0 / kBlock; b < (s0 + span) / kBlock; ++b) {
         const float* xb = x + b * kBlock;
         int8_t* qb = q.data() + b * kBlock;
-        int32_t sum = 0;
-        for (int64_t j = 0; j < kBlock; ++j) {
-          qb[j] = static_cast<int8_t>(std::nearbyint(xb[j] * id));
-          sum += qb[j];
-        }
+        for (int64_t j = 0; j < kBlock; ++j) qb[j] = static_cast<int8_t>(std::nearbyint(xb[j] * id));
         // maddubs pairs (2i, 2i+1) into 16-bit lane i; madd pairs 16-bit lanes (2k, 2k+1) into 32-bit lane k. In a
         // 256-bit register lanes 0-3 hold values 0-15 and lanes 4-7 values 16-31, so 32-bit lane k sums 4k..4k+3.
         for (int k = 0; k < 8; ++k) p4[b * 8 + k] = qb[4 * k] + qb[4 * k + 1] + qb[4 * k + 2] + qb[4 * k + 3];
         d[b] = db;
-        ds[b] = db * static_cast<float>(sum);
       }
     }
   }
@@ -445,7 +438,7 @@ LMF_TARGET_AVX2 void tile_q4_0(const uint8_t* row0, size_t stride, const XQuant&
 
 // g128 rows against activations with one scale per 128 values (XQuant::quantize with span 128): a group's four
 // blocks are summed in integers (the four maddubs add in 16 bits: at most 4 x 2 x 15 x 127) and scaled once, where
-// per-32 activation scales took a convert and a multiply-add per block and row (1.3x the work per byte).
+// per-32 activation scales took a convert and a multiply-add per block and row (20 -> 32-34 GB/s from L2).
 template <int R>
 LMF_TARGET_AVX2 void tile_g128(const uint8_t* row0, size_t stride, const uint16_t* scales0, const uint8_t* zeros0,
                                int64_t groups, const XQuant& xq, float* out, const uint8_t* pf) {
@@ -591,7 +584,7 @@ LMF_TARGET_AVX2 void tile_avx2(const QWeight& w, int64_t r, const float* x, cons
   }
 }
 
-// XQuant::quantize with the same arithmetic (amax / 127, x * (1 / d) rounded to nearest even), 32 values at a time.
+// max |x[j]| over n values (a multiple of 8).
 LMF_TARGET_AVX2 inline float amax_avx2(const float* x, int64_t n) {
   const __m256 sign = _mm256_set1_ps(-0.0f);
   __m256 m = _mm256_setzero_ps();
@@ -600,6 +593,8 @@ LMF_TARGET_AVX2 inline float amax_avx2(const float* x, int64_t n) {
   m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
   return _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
 }
+// XQuant::quantize with the same arithmetic (amax / 127 over each span, x * (1 / d) rounded to nearest even), 32
+// values at a time.
 LMF_TARGET_AVX2 void quantize_avx2(XQuant& xq, const float* x, int64_t cols, int64_t span) {
   xq.resize(cols);
   const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
@@ -620,11 +615,7 @@ LMF_TARGET_AVX2 void quantize_avx2(XQuant& xq, const float* x, int64_t cols, int
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(xq.q.data() + b * kBlock), codes);
     const __m256i p4 = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, codes), ones16);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(xq.p4.data() + b * 8), p4);
-    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(p4), _mm256_extracti128_si256(p4, 1));
-    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
-    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
     xq.d[b] = db;
-    xq.ds[b] = db * static_cast<float>(_mm_cvtsi128_si32(s4));
   }
 }
 
