@@ -428,11 +428,12 @@ void attention(const AttentionDims& d, const T* q, const T* k, const T* v, T* ou
           for (int64_t task = t0; task < t1; ++task) {
             const int64_t b = task / (d.Hkv * subs), g = task / subs % d.Hkv, h0 = g * group + task % subs * sub;
             const T* qp = q + (b * d.Hq + h0) * d.Dk;
-            const T* kp = k_head(b, g);
+            const T* kp = keys_of(task);
             const T* vp = v_head(b, g);
             T* op = out + (b * d.Hq + h0) * d.Dv;
             T* lp = lse + b * d.Hq + h0;
-            const T* next_k = task + 1 < t1 && keys_of(task + 1) != kp ? keys_of(task + 1) : nullptr;
+            const T* after = task + 1 < t1 ? keys_of(task + 1) : nullptr;
+            const T* next_k = after != kp ? after : nullptr;
             if (decode_group<T>(sub, qp, kp, ldk, vp, ldv, kr.lo, kr.hi, d.Dk, d.Dv, scale, S, op, lp, next_k))
               continue;
             for (int64_t h = 0; h < sub; ++h)
