@@ -40,9 +40,9 @@ model::Engine load_engine(const std::string& dir, const model::EngineOptions& op
   return model::Engine::load(dir, opt);
 }
 
-ModelDir open_model_dir(const std::string& dir, bool need_tokenizer) {
+ModelDir open_model_dir(const std::string& dir, bool need_tokenizer, const model::EngineOptions& opt) {
   LMF_CHECK(fs::is_directory(dir), dir, ": not a model directory");
-  ModelDir m{dir, load_engine(dir), std::nullopt, nlohmann::json::object(), "", ""};
+  ModelDir m{dir, load_engine(dir, opt), std::nullopt, nlohmann::json::object(), "", ""};
   const fs::path tok = fs::path(dir) / "tokenizer.json";
   if (fs::exists(tok)) {
     m.tokenizer.emplace(tokenizer::Tokenizer::from_file(tok.string()));

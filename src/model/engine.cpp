@@ -76,6 +76,8 @@ Engine::Engine(ModelConfig config, EngineWeights weights, EngineOptions opt, con
   Impl& m = *impl_;
   m.c = std::move(config);
   m.opt = opt;
+  LMF_CHECK(opt.kv_dtype == DType::F32 || opt.kv_dtype == DType::F16, "engine: KV cache type must be f32 or f16 (got ",
+            dtype_name(opt.kv_dtype), ")");
   const ModelConfig& c = m.c;
   const Loader ld{weights, source.empty() ? std::string("engine weights") : source, {}};
   const int64_t D = c.hidden_size, H = c.num_attention_heads;
@@ -265,7 +267,7 @@ size_t Engine::cache_bytes(SeqId id) const {
     const int64_t w = impl_->layers[l].window;
     const int64_t rows = w > 0 ? std::min(w, s.len) : s.len;
     const int64_t row = c.is_deepseek() ? c.kv_lora_rank + c.qk_rope_head_dim : 2 * c.num_key_value_heads * c.head_dim;
-    n += static_cast<size_t>(rows * row) * sizeof(float);
+    n += static_cast<size_t>(rows * row) * (impl_->opt.kv_dtype == DType::F16 ? 2 : sizeof(float));
   }
   return n;
 }
@@ -306,14 +308,22 @@ void for_each_product(const Engine::Impl& m, bool absorbed, F&& f) {
 
 }  // namespace
 
-double Engine::weight_bytes_per_token() const {
+std::map<WeightFormat, double> Engine::weight_bytes_by_format() const {
   const Impl& m = *impl_;
   // The products' weights plus one embedding row and the LM head.
-  double b = static_cast<double>(m.embed.nbytes()) / static_cast<double>(m.c.vocab_size) +
-             static_cast<double>(m.lm_head.nbytes());
-  for_each_product(m, m.opt.mla_absorb,
-                   [&b](const WeightMatrix& w, double share) { b += share * static_cast<double>(w.nbytes()); });
+  std::map<WeightFormat, double> b;
+  b[m.embed.format()] += static_cast<double>(m.embed.nbytes()) / static_cast<double>(m.c.vocab_size);
+  b[m.lm_head.format()] += static_cast<double>(m.lm_head.nbytes());
+  for_each_product(m, m.opt.mla_absorb, [&b](const WeightMatrix& w, double share) {
+    b[w.format()] += share * static_cast<double>(w.nbytes());
+  });
   return b;
+}
+
+double Engine::weight_bytes_per_token() const {
+  double total = 0;
+  for (const auto& [f, bytes] : weight_bytes_by_format()) total += bytes;
+  return total;
 }
 
 double Engine::matmul_flops_per_token() const {

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "lmforge/core/half.h"
 #include "lmforge/kernels/cpu.h"
 #include "lmforge/kernels/cpu_features.h"
 #include "lmforge/kernels/thread_pool.h"
@@ -30,21 +31,29 @@ void fcopy(float* dst, const float* src, int64_t n) {
 
 // Makes room for positions up to `end` (exclusive): full layers grow (doubling), sliding layers hold `window` rows.
 // Growing moves each head's block to its place in the larger buffer.
-void reserve(LayerCache& lc, int64_t end, int64_t window, int64_t heads, int64_t dk, int64_t dv) {
+template <typename E>
+void grow_buffer(std::vector<E>& buf, int64_t heads, int64_t old_rows, int64_t rows, int64_t d) {
+  if (d == 0) return;
+  std::vector<E> bigger(static_cast<size_t>(heads * rows * d));
+  if (old_rows > 0)
+    for (int64_t h = 0; h < heads; ++h)
+      std::memcpy(bigger.data() + h * rows * d, buf.data() + h * old_rows * d,
+                  sizeof(E) * static_cast<size_t>(old_rows * d));
+  buf.swap(bigger);
+}
+
+void reserve(LayerCache& lc, bool half, int64_t end, int64_t window, int64_t heads, int64_t dk, int64_t dv) {
   const int64_t need = window > 0 ? std::min(window, end) : end;
   if (need <= lc.rows) return;
   int64_t rows = std::max<int64_t>(need, std::max<int64_t>(16, lc.rows * 2));
   if (window > 0) rows = std::min(rows, window);
-  auto grow = [&](std::vector<float>& buf, int64_t d) {
-    if (d == 0) return;
-    std::vector<float> bigger(static_cast<size_t>(heads * rows * d));
-    if (lc.rows > 0)
-      for (int64_t h = 0; h < heads; ++h)
-        fcopy(bigger.data() + h * rows * d, buf.data() + h * lc.rows * d, lc.rows * d);
-    buf.swap(bigger);
-  };
-  grow(lc.k, dk);
-  grow(lc.v, dv);
+  if (half) {
+    grow_buffer(lc.hk, heads, lc.rows, rows, dk);
+    grow_buffer(lc.hv, heads, lc.rows, rows, dv);
+  } else {
+    grow_buffer(lc.k, heads, lc.rows, rows, dk);
+    grow_buffer(lc.v, heads, lc.rows, rows, dv);
+  }
   lc.rows = rows;
 }
 
@@ -52,46 +61,90 @@ void reserve(LayerCache& lc, int64_t end, int64_t window, int64_t heads, int64_t
 void put_row(float* dst, int64_t rows, int64_t slot, const float* src, int64_t heads, int64_t d) {
   for (int64_t h = 0; h < heads; ++h) fcopy(dst + (h * rows + slot) * d, src + h * d, d);
 }
+void put_row(uint16_t* dst, int64_t rows, int64_t slot, const float* src, int64_t heads, int64_t d) {
+  for (int64_t h = 0; h < heads; ++h) f32_to_f16_row(src + h * d, dst + (h * rows + slot) * d, d);
+}
+
+// Rows [0, n) of each head of a head-major buffer (`rows` rows a head) as floats, head-major with n rows a head.
+void widen(const float* src, int64_t rows, int64_t n, int64_t heads, int64_t d, float* dst) {
+  for (int64_t h = 0; h < heads; ++h) fcopy(dst + h * n * d, src + h * rows * d, n * d);
+}
+void widen(const uint16_t* src, int64_t rows, int64_t n, int64_t heads, int64_t d, float* dst) {
+  for (int64_t h = 0; h < heads; ++h) f16_to_f32_row(src + h * rows * d, dst + h * n * d, n * d);
+}
 
 // The keys a segment's queries see, in position order, head-major: head h's key j at k + h * k_head_stride + j * dk
 // (values likewise); query t of the segment sits at key index q_offset + t. Writes the segment's new rows into the
-// cache first.
+// cache first. An f16 cache is seen directly through hk / hv (k and v null) where it needs no gathering; otherwise,
+// and after widen_view, k / v point at f32 copies.
 struct KeyView {
   const float *k = nullptr, *v = nullptr;
+  const uint16_t *hk = nullptr, *hv = nullptr;
   int64_t Tk = 0, q_offset = 0, k_head_stride = 0, v_head_stride = 0;
-  std::vector<float> tk, tv;  // storage when the keys had to be gathered from a ring buffer
+  int64_t heads = 0, dk = 0, dv = 0;
+  std::vector<float> tk, tv;  // storage when the keys had to be gathered from a ring buffer or widened
 };
 
-void key_view(LayerCache& lc, const Segment& s, int64_t window, const float* new_k, const float* new_v, int64_t heads,
-              int64_t dk, int64_t dv, KeyView& kv) {
+void key_view(LayerCache& lc, bool half, const Segment& s, int64_t window, const float* new_k, const float* new_v,
+              int64_t heads, int64_t dk, int64_t dv, KeyView& kv) {
   const int64_t end = s.pos0 + s.n, row_k = heads * dk, row_v = heads * dv;
-  reserve(lc, end, window, heads, dk, dv);
+  reserve(lc, half, end, window, heads, dk, dv);
+  kv.heads = heads;
+  kv.dk = dk;
+  kv.dv = dv;
   auto store = [&](int64_t slot, int64_t t) {  // new row t into cache slot `slot`
-    put_row(lc.k.data(), lc.rows, slot, new_k + t * row_k, heads, dk);
-    if (dv) put_row(lc.v.data(), lc.rows, slot, new_v + t * row_v, heads, dv);
+    if (half) {
+      put_row(lc.hk.data(), lc.rows, slot, new_k + t * row_k, heads, dk);
+      if (dv) put_row(lc.hv.data(), lc.rows, slot, new_v + t * row_v, heads, dv);
+    } else {
+      put_row(lc.k.data(), lc.rows, slot, new_k + t * row_k, heads, dk);
+      if (dv) put_row(lc.v.data(), lc.rows, slot, new_v + t * row_v, heads, dv);
+    }
   };
   if (window == 0 || end <= window) {  // rows are positions
     for (int64_t t = 0; t < s.n; ++t) store(s.pos0 + t, t);
-    kv.k = lc.k.data();
-    kv.v = lc.v.data();
+    if (half) {
+      kv.hk = lc.hk.data();
+      kv.hv = lc.hv.data();
+    } else {
+      kv.k = lc.k.data();
+      kv.v = lc.v.data();
+    }
     kv.k_head_stride = lc.rows * dk;
     kv.v_head_stride = lc.rows * dv;
     kv.Tk = end;
     kv.q_offset = s.pos0;
     return;
   }
-  // Ring buffer: the old keys the first query still sees, then the new ones, gathered per head.
+  // Ring buffer: the old keys the first query still sees, then the new ones, gathered per head (as floats; new
+  // rows of an f16 cache rounded as the cache holds them).
   const int64_t old0 = std::max<int64_t>(0, s.pos0 - window + 1), n_old = s.pos0 - old0, Tk = n_old + s.n;
-  auto gather = [&](std::vector<float>& dst, const std::vector<float>& ring, const float* fresh, int64_t d) {
+  std::vector<uint16_t> h16;
+  auto gather = [&](std::vector<float>& dst, const auto& ring, const float* fresh, int64_t d) {
     if (d == 0) return;
     dst.resize(static_cast<size_t>(heads * Tk * d));
     for (int64_t p = old0; p < s.pos0; ++p)
       for (int64_t h = 0; h < heads; ++h)
-        fcopy(dst.data() + (h * Tk + p - old0) * d, ring.data() + (h * lc.rows + p % window) * d, d);
-    for (int64_t t = 0; t < s.n; ++t) put_row(dst.data(), Tk, n_old + t, fresh + t * heads * d, heads, d);
+        widen(ring.data() + (h * lc.rows + p % window) * d, 1, 1, 1, d, dst.data() + (h * Tk + p - old0) * d);
+    for (int64_t t = 0; t < s.n; ++t) {
+      const float* row = fresh + t * heads * d;
+      if (half) {
+        h16.resize(static_cast<size_t>(heads * d));
+        f32_to_f16_row(row, h16.data(), heads * d);
+        for (int64_t h = 0; h < heads; ++h)
+          f16_to_f32_row(h16.data() + h * d, dst.data() + (h * Tk + n_old + t) * d, d);
+      } else {
+        put_row(dst.data(), Tk, n_old + t, row, heads, d);
+      }
+    }
   };
-  gather(kv.tk, lc.k, new_k, dk);
-  gather(kv.tv, lc.v, new_v, dv);
+  if (half) {
+    gather(kv.tk, lc.hk, new_k, dk);
+    gather(kv.tv, lc.hv, new_v, dv);
+  } else {
+    gather(kv.tk, lc.k, new_k, dk);
+    gather(kv.tv, lc.v, new_v, dv);
+  }
   for (int64_t p = std::max(s.pos0, end - window); p < end; ++p) store(p % window, p - s.pos0);
   kv.k = kv.tk.data();
   kv.v = kv.tv.data();
@@ -99,6 +152,38 @@ void key_view(LayerCache& lc, const Segment& s, int64_t window, const float* new
   kv.v_head_stride = Tk * dv;
   kv.Tk = Tk;
   kv.q_offset = n_old;
+}
+
+// A view of an f16 cache as f32 copies of its visible rows (prefill, or a decode the f16 kernel does not take).
+void widen_view(KeyView& kv) {
+  if (!kv.hk) return;
+  kv.tk.resize(static_cast<size_t>(kv.heads * kv.Tk * kv.dk));
+  widen(kv.hk, kv.k_head_stride / kv.dk, kv.Tk, kv.heads, kv.dk, kv.tk.data());
+  kv.k = kv.tk.data();
+  kv.k_head_stride = kv.Tk * kv.dk;
+  if (kv.dv) {
+    kv.tv.resize(static_cast<size_t>(kv.heads * kv.Tk * kv.dv));
+    widen(kv.hv, kv.v_head_stride / kv.dv, kv.Tk, kv.heads, kv.dv, kv.tv.data());
+    kv.v = kv.tv.data();
+    kv.v_head_stride = kv.Tk * kv.dv;
+  }
+  kv.hk = kv.hv = nullptr;
+}
+
+// Attention of one segment over its key view: on an f16 cache directly where the kernel takes it (a decode step),
+// else over f32 copies.
+void attend(kernels::cpu::AttentionDims d, KeyView& kv, const float* q, float* out, float* lse, bool v_is_k) {
+  d.Tk = kv.Tk;
+  d.q_offset = kv.q_offset;
+  if (kv.hk) {
+    d.k_head_stride = kv.k_head_stride;
+    d.v_head_stride = v_is_k ? kv.k_head_stride : kv.v_head_stride;
+    if (kernels::cpu::attention_f16kv(d, q, kv.hk, v_is_k ? kv.hk : kv.hv, out, lse)) return;
+    widen_view(kv);
+  }
+  d.k_head_stride = kv.k_head_stride;
+  d.v_head_stride = v_is_k ? kv.k_head_stride : kv.v_head_stride;
+  kernels::cpu::attention(d, q, kv.k, v_is_k ? kv.k : kv.v, out, lse);
 }
 
 void add_bias(float* y, const std::vector<float>& b, int64_t rows) {
@@ -133,6 +218,7 @@ void Engine::Impl::attention(int64_t layer, const float* h, int64_t N, std::vect
   const int64_t H = c.num_attention_heads;
   std::vector<float> cs, sn;
   rope_rows(*this, positions(segs, N), cs, sn);
+  const bool half = opt.kv_dtype == DType::F16;
   kernels::cpu::AttentionDims d;
   d.causal = true;
   d.window = L.window;
@@ -168,15 +254,11 @@ void Engine::Impl::attention(int64_t layer, const float* h, int64_t N, std::vect
     d.scale = 1.0 / std::sqrt(static_cast<double>(hd));
     for (const Segment& s : segs) {
       KeyView kv;
-      key_view(s.seq->layers[layer], s, L.window, kr.data() + s.row0 * Hkv * hd, v.data() + s.row0 * Hkv * hd, Hkv, hd,
-               hd, kv);
+      key_view(s.seq->layers[layer], half, s, L.window, kr.data() + s.row0 * Hkv * hd, v.data() + s.row0 * Hkv * hd,
+               Hkv, hd, hd, kv);
       d.Tq = s.n;
-      d.Tk = kv.Tk;
-      d.q_offset = kv.q_offset;
-      d.k_head_stride = kv.k_head_stride;
-      d.v_head_stride = kv.v_head_stride;
       lse.resize(static_cast<size_t>(H * s.n));
-      kernels::cpu::attention(d, qr.data() + s.row0 * H * hd, kv.k, kv.v, att.data() + s.row0 * H * hd, lse.data());
+      attend(d, kv, qr.data() + s.row0 * H * hd, att.data() + s.row0 * H * hd, lse.data(), false);
     }
     weight_matmul(L.o, att.data(), N, out);
     add_bias(out, L.o_bias, N);
@@ -234,13 +316,10 @@ void Engine::Impl::attention(int64_t layer, const float* h, int64_t N, std::vect
     d.k_row_stride = d.v_row_stride = row;
     for (const Segment& s : segs) {
       KeyView kvw;
-      key_view(s.seq->layers[layer], s, L.window, rows.data() + s.row0 * row, nullptr, 1, row, 0, kvw);
+      key_view(s.seq->layers[layer], half, s, L.window, rows.data() + s.row0 * row, nullptr, 1, row, 0, kvw);
       d.Tq = s.n;
-      d.Tk = kvw.Tk;
-      d.q_offset = kvw.q_offset;
-      d.k_head_stride = d.v_head_stride = kvw.k_head_stride;
       lse.resize(static_cast<size_t>(H * s.n));
-      kernels::cpu::attention(d, qa.data() + s.row0 * H * dq, kvw.k, kvw.k, olat.data() + s.row0 * H * r, lse.data());
+      attend(d, kvw, qa.data() + s.row0 * H * dq, olat.data() + s.row0 * H * r, lse.data(), true);
     }
     per_head(L.uv, olat.data(), N, r, 0, att.data(), vd, 0);
   } else {
@@ -255,7 +334,8 @@ void Engine::Impl::attention(int64_t layer, const float* h, int64_t N, std::vect
     d.scale = scale;
     for (const Segment& s : segs) {
       KeyView kvw;
-      key_view(s.seq->layers[layer], s, L.window, rows.data() + s.row0 * row, nullptr, 1, row, 0, kvw);
+      key_view(s.seq->layers[layer], half, s, L.window, rows.data() + s.row0 * row, nullptr, 1, row, 0, kvw);
+      widen_view(kvw);
       // Decompress the visible latents: K = [W_uk c | k_pe] per head, V = W_uv c.
       const int64_t Tk = kvw.Tk;
       std::vector<float> lt(static_cast<size_t>(Tk * r)), kvb(static_cast<size_t>(Tk * H * (nope + vd)));

@@ -40,8 +40,10 @@ struct EngineLayer {
 // One layer's cache of a sequence. Rows are tokens: GQA rows [2, Hkv, head_dim] are split into k and v buffers;
 // MLA rows are [kv_lora_rank + qk_rope_head_dim] (normed latent, then roped key part) in `k`. Full layers grow
 // the buffers; sliding layers hold `window` rows and token p lives in row p % window.
+// With EngineOptions::kv_dtype F16 the rows are IEEE half in hk / hv instead (k / v stay empty).
 struct LayerCache {
   std::vector<float> k, v;
+  std::vector<uint16_t> hk, hv;
   int64_t rows = 0;  // capacity in tokens
 };
 

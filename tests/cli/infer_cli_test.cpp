@@ -55,6 +55,13 @@ TEST_F(InferCli, GenerateIsReproducibleAndStopsAtMaxTokens) {
   EXPECT_EQ(ja["finish_reason"], "length");
   EXPECT_EQ(ja["tokens"], jb["tokens"]);
   EXPECT_NE(ja["tokens"], jc["tokens"]);
+  // Either KV cache type (f16 by default, as llama.cpp): the same length, greedy.
+  for (const char* kv : {"f16", "f32"}) {
+    CliRun g = sh(kBin + " generate" + model + " --prompt 'This License' --max-tokens 7 --temperature 0 --ignore-eos " +
+                  "--json --kv-type " + kv);
+    ASSERT_EQ(g.code, 0) << g.out;
+    EXPECT_EQ(last_json(g.out)["completion_tokens"], 7) << kv;
+  }
   // Streaming prints the same text the JSON reports (the stream ends with a newline).
   CliRun s = sh(kBin + " generate" + model + " --prompt 'This License' --max-tokens 7 --temperature 0 --ignore-eos");
   CliRun sj =
@@ -91,6 +98,9 @@ TEST_F(InferCli, GenerateBadInputExitsTwo) {
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.out.find("top_p"), std::string::npos) << r.out;
   EXPECT_EQ(sh(kBin + " generate" + model + " --prompt hi --bogus").code, 2);
+  r = sh(kBin + " generate" + model + " --prompt hi --kv-type bf16");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("--kv-type"), std::string::npos) << r.out;
   EXPECT_EQ(sh(kBin + " generate" + model).code, 2);  // neither --prompt nor --chat
   sh("rm " + path("m/tokenizer.json"));
   r = sh(kBin + " generate" + model + " --prompt hi");
@@ -125,7 +135,7 @@ TEST_F(InferCli, EvalPerplexityChoiceAndGenerate) {
 
   std::ofstream(path("g.jsonl")) << R"({"prompt":"The GNU","reference":"General Public License"})"
                                  << "\n";
-  r = sh(kBin + " eval generate" + model + " --data " + path("g.jsonl") + " --max-tokens 8 --json");
+  r = sh(kBin + " eval generate" + model + " --data " + path("g.jsonl") + " --max-tokens 8 --kv-type f16 --json");
   ASSERT_EQ(r.code, 0) << r.out;
   j = last_json(r.out);
   EXPECT_EQ(j["items"], 1);
@@ -154,6 +164,14 @@ TEST_F(InferCli, BenchGenerateReportsRatesAndCeilings) {
   // Weights read per token: every matrix of the config (f32) plus one embedding row.
   const double per_layer = 4.0 * (32 * 32 + 2 * 16 * 32 + 32 * 32 + 3 * 64 * 32);
   EXPECT_DOUBLE_EQ(j["weight_bytes"].get<double>(), 2 * per_layer + 4.0 * (320 * 32 + 32));
+  EXPECT_EQ(j["kv_type"], "f16");
+  // An f32 model is compared with ggml's f32 row: both comparisons are the same one.
+  EXPECT_EQ(j["weight_format"], "f32");
+  EXPECT_DOUBLE_EQ(j["ggml_implied_tokens_per_s"].get<double>(), j["ggml_f32_implied_tokens_per_s"].get<double>());
+  EXPECT_DOUBLE_EQ(j["ggml_implied_tokens_per_s"].get<double>(), 26.5e9 / j["weight_bytes"].get<double>());
+  r = sh(kBin + " bench generate" + model + " --prompt-tokens 16 --gen-tokens 8 --copy-mib 8 --kv-type f32 --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(last_json(r.out)["kv_type"], "f32");
   r = sh(kBin + " bench generate" + model + " --prompt-tokens 120 --gen-tokens 9");
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.out.find("exceed the model's context"), std::string::npos) << r.out;

@@ -11,7 +11,9 @@
 #include <string>
 #include <vector>
 
+#include "lmforge/core/half.h"
 #include "lmforge/kernels/cpu.h"
+#include "lmforge/kernels/cpu_features.h"
 #include "lmforge/kernels/thread_pool.h"
 
 namespace {
@@ -283,6 +285,73 @@ TEST(AttentionTest, HeadMajorCacheLayoutMatchesReference) {
   expect_head_major_matches<float>(1e-5, 400, 0, 0);
   expect_head_major_matches<double>(1e-12, 500, 8, 3);
   expect_head_major_matches<float>(1e-5, 600, 16, 5);
+}
+
+// An f16 KV cache (the engine's --kv-type f16): for every decode case the kernel takes, attention_f16kv over the
+// half-rounded keys and values equals the double reference on those rounded values (f32 arithmetic, as the f32
+// kernel's tolerance), head-major with padded rows and capacity (MLA-like row strides too) and token-major.
+// Where it does not apply (Dv not a multiple of 16, a group of 3, a prefill block, no AVX2) it must say so and
+// write nothing.
+TEST(AttentionTest, HalfCacheDecodeMatchesReferenceOnRoundedValues) {
+  std::vector<Case> cases;
+  for (const Case& c : reference_cases())
+    if (c.d.Tq == 1) cases.push_back(c);
+  cases.push_back({"decode_Tq1_group3", dims(1, 1, 40, 6, 2, 16, 16, true, 0, 39)});
+  cases.push_back({"prefill_block", dims(1, 5, 40, 4, 2, 16, 16, true, 0, 35)});
+  int taken = 0;
+  uint64_t seed = 700;
+  for (const Case& c : cases) {
+    for (int layout = 0; layout < 3; ++layout) {  // 0 token-major, 1 head-major, 2 head-major with padded rows
+      SCOPED_TRACE(c.name + " layout " + std::to_string(layout));
+      const AttentionDims& d = c.d;
+      Inputs in = rounded_to_float(random_inputs(d, seed++));
+      for (Vec* x : {&in.k, &in.v})
+        for (auto& e : *x) e = lmforge::f16_to_f32(lmforge::f32_to_f16(static_cast<float>(e)));
+      const int64_t cap = layout == 0 ? d.Tk : d.Tk + 5, rk = d.Dk + (layout == 2 ? 24 : 0),
+                    rv = d.Dv + (layout == 2 ? 3 : 0);
+      std::vector<uint16_t> k(static_cast<size_t>(d.B * d.Hkv * cap * rk), 0x7e00),  // NaN padding
+          v(static_cast<size_t>(d.B * d.Hkv * cap * rv), 0x7e00);
+      AttentionDims hd = d;
+      for (int64_t b = 0; b < d.B; ++b)
+        for (int64_t j = 0; j < d.Tk; ++j)
+          for (int64_t g = 0; g < d.Hkv; ++g) {
+            const size_t ko = layout == 0 ? ((b * d.Tk + j) * d.Hkv + g) * d.Dk : ((b * d.Hkv + g) * cap + j) * rk;
+            const size_t vo = layout == 0 ? ((b * d.Tk + j) * d.Hkv + g) * d.Dv : ((b * d.Hkv + g) * cap + j) * rv;
+            for (int64_t c2 = 0; c2 < d.Dk; ++c2)
+              k[ko + c2] = lmforge::f32_to_f16(static_cast<float>(in.k[((b * d.Tk + j) * d.Hkv + g) * d.Dk + c2]));
+            for (int64_t c2 = 0; c2 < d.Dv; ++c2)
+              v[vo + c2] = lmforge::f32_to_f16(static_cast<float>(in.v[((b * d.Tk + j) * d.Hkv + g) * d.Dv + c2]));
+          }
+      if (layout > 0) {
+        hd.k_head_stride = cap * rk;
+        hd.v_head_stride = cap * rv;
+      }
+      if (layout == 2) {
+        hd.k_row_stride = rk;
+        hd.v_row_stride = rv;
+      }
+      const auto q = to<float>(in.q);
+      const float nan = std::numeric_limits<float>::quiet_NaN();
+      std::vector<float> out(static_cast<size_t>(d.B * d.Tq * d.Hq * d.Dv), nan),
+          lse(static_cast<size_t>(d.B * d.Hq * d.Tq), nan);
+      const int64_t group = d.Hq / d.Hkv, sub = group <= 8 ? group : group % 8 == 0 ? 8 : group % 4 == 0 ? 4 : 2;
+      const bool applies = d.Tq == 1 && (sub == 1 || sub == 2 || sub == 4 || sub == 8) && d.Dk % 8 == 0 &&
+                           d.Dv % 16 == 0 && lmforge::kernels::cpu_has_avx2();
+      const bool took = cpu::attention_f16kv(hd, q.data(), k.data(), v.data(), out.data(), lse.data());
+      ASSERT_EQ(took, applies);
+      if (!took) {
+        for (float o : out) ASSERT_TRUE(std::isnan(o));  // nothing written
+        continue;
+      }
+      ++taken;
+      const Outputs want = reference(d, in);
+      EXPECT_LT(rel_err(Vec(out.begin(), out.end()), want.out), 1e-5) << "out";
+      EXPECT_LT(rel_err(Vec(lse.begin(), lse.end()), want.lse), 1e-5) << "lse";
+    }
+  }
+  if (lmforge::kernels::cpu_has_avx2()) {
+    EXPECT_GE(taken, 30);
+  }
 }
 
 // Loss = sum(out * R) with R = dout; its gradient is exactly what attention_backward returns for dout = R.

@@ -298,6 +298,80 @@ TEST(Engine, WeightsConstructorTakesQuantizedMatrices) {
   EXPECT_NO_THROW(Engine(k.cfg, mtp, {}, "mtp"));
 }
 
+// The f16 KV cache (EngineOptions::kv_dtype, the CLI's --kv-type f16): prefill at once, token by token (decode over
+// the half cache: the F16C kernel where head dims allow, widened copies otherwise), in chunks and in a batch of
+// different lengths all agree within the engine's 1e-4, since every path attends over the same rounded keys and
+// values; the logits stay within 5e-3 of the f32 forward; the cache holds half the bytes. Shapes: the fixtures
+// (head dims 8 and 20: the widening path), a GQA llama and an MHA llama with head dim 32 and sliding layers whose
+// rings wrap, and MLA with a 32 + 16 latent row (the kernel: absorbed, one KV head for 4 query heads).
+ModelConfig half_kv_config(const std::string& name) {
+  if (name.rfind("fixture:", 0) == 0) return load_model_config(kDir + "model_" + name.substr(8) + ".json");
+  const bool mla = name == "mla";
+  ModelConfig c =
+      load_model_config(kDir + (mla ? "model_dsv3_moe_softmax_greedy.json" : "model_llama_gqa_sliding.json"));
+  c.hidden_size = 64;
+  c.max_position_embeddings = 128;
+  if (mla) {
+    c.kv_lora_rank = 32;
+    c.qk_rope_head_dim = 16;
+    c.qk_nope_head_dim = 16;
+    c.v_head_dim = 16;
+  } else {
+    c.head_dim = 32;
+    c.num_key_value_heads = name == "mha" ? 4 : 2;
+    c.sliding_window = 9;
+  }
+  return c;
+}
+
+TEST(Engine, HalfKvCacheAgreesAcrossPathsAndStaysNearF32) {
+  for (const std::string name : {"fixture:llama_gqa_sliding", "fixture:dsv3_mla_moe_sigmoid", "gqa", "mha", "mla"}) {
+    SCOPED_TRACE(name);
+    const ModelConfig cfg = half_kv_config(name);
+    CausalLM model(cfg);
+    model.init_random(11);
+    std::mt19937 rng(3);
+    const int64_t T = std::min<int64_t>(50, cfg.max_position_embeddings);
+    std::vector<int32_t> toks;
+    for (int64_t i = 0; i < T; ++i) toks.push_back(static_cast<int32_t>(rng() % cfg.vocab_size));
+    const std::vector<float> ref = vec(model.forward(Tensor::from_ints(toks, {1, T})).logits.value());
+    for (bool absorb : {false, true}) {
+      SCOPED_TRACE(absorb ? "absorbed" : "decompressed");
+      EngineOptions o16, o32;
+      o16.mla_absorb = o32.mla_absorb = absorb;
+      o16.kv_dtype = DType::F16;
+      Engine e16 = Engine::from_model(model, o16), e32 = Engine::from_model(model, o32);
+      const std::vector<float> at_once = run_chunked(e16, toks, 1 << 20), by_token = run_chunked(e16, toks, 1),
+                               chunks = run_chunked(e16, toks, 7);
+      EXPECT_LT(rel(by_token, at_once), 1e-4);
+      EXPECT_LT(rel(chunks, at_once), 1e-4);
+      EXPECT_LT(rel(at_once, ref), 5e-3);
+      EXPECT_LT(rel(by_token, ref), 5e-3);
+      EXPECT_GT(rel(by_token, ref), 3 * rel(run_chunked(e32, toks, 1), ref));  // really rounded
+      // Two sequences decoded in one batch at different lengths: each as decoded alone.
+      const SeqId a = e16.add_sequence(), b = e16.add_sequence();
+      e16.prefill(a, std::span<const int32_t>(toks.data(), 20));
+      e16.prefill(b, std::span<const int32_t>(toks.data(), 33));
+      std::vector<float> la, lb;
+      for (int64_t i = 0; i < 12; ++i) {
+        const std::vector<float> l = vec(e16.decode({a, b}, {toks[20 + i], toks[33 + i]}));
+        la.insert(la.end(), l.begin(), l.begin() + cfg.vocab_size);
+        lb.insert(lb.end(), l.begin() + cfg.vocab_size, l.end());
+      }
+      const int64_t V = cfg.vocab_size;
+      EXPECT_LT(rel(la, std::vector<float>(by_token.begin() + 20 * V, by_token.begin() + 32 * V)), 1e-4);
+      EXPECT_LT(rel(lb, std::vector<float>(by_token.begin() + 33 * V, by_token.begin() + 45 * V)), 1e-4);
+      const SeqId c16 = e16.add_sequence(), c32 = e32.add_sequence();
+      e16.prefill(c16, toks);
+      e32.prefill(c32, toks);
+      EXPECT_EQ(2 * e16.cache_bytes(c16), e32.cache_bytes(c32));
+    }
+  }
+  EngineOptions bad;
+  bad.kv_dtype = DType::BF16;
+  EXPECT_THROW(Engine::from_model(CausalLM(half_kv_config("gqa")), bad), Error);
+}
+
 // Engine::load copies f32 weights out of the file and drops the file's pages as it goes: the copy must not
 // depend on pages that were dropped, and the logits equal those of the model the file came from.
 TEST(Engine, LoadFromDirMatchesTheModel) {

@@ -26,6 +26,22 @@ using Clock = std::chrono::steady_clock;
 // ggml's f32 MUL_MAT at the decode shape (m=4096, k=14336, n=1, 2 threads) reads weights at 26.5 GB/s
 // (/work/shared/BENCHMARKS.md): the decode rate ggml implies for a model is that over the bytes per token.
 constexpr double kGgmlF32WeightGbS = 26.5;
+// The same product's effective weight bandwidth at ggml's other formats (BENCHMARKS.md): a model is compared with
+// the row of the format that holds most of its bytes per token.
+double ggml_weight_gb_s(WeightFormat f) {
+  switch (f) {
+    case WeightFormat::F32:
+      return kGgmlF32WeightGbS;
+    case WeightFormat::F16:
+      return 24.1;
+    case WeightFormat::Q8_0:
+      return 21.0;
+    case WeightFormat::Q4_0:
+      return 13.4;
+    default:
+      return 0;  // no ggml figure for this format
+  }
+}
 
 struct Args {
   std::string model;
@@ -34,6 +50,7 @@ struct Args {
   uint64_t seed = 0;
   bool no_absorb = false;
   int copy_mib = 512;
+  std::string kv_type = "f16";
 };
 
 using bench::median;
@@ -72,6 +89,7 @@ int run_bench_generate(const Args& a, bool json) {
   ThreadCountScope scope(a.threads);
   model::EngineOptions eo;
   eo.mla_absorb = !a.no_absorb;
+  eo.kv_dtype = kv_dtype(a.kv_type);
   model::Engine e = eval::load_engine(a.model, eo);
   const model::ModelConfig& c = e.config();
   if (a.prompt_tokens + a.gen_tokens > c.max_position_embeddings) {
@@ -123,37 +141,51 @@ int run_bench_generate(const Args& a, bool json) {
   const double wb = e.weight_bytes_per_token();
   const double ceiling = copy * 1e9 / wb;
   const double ggml = kGgmlF32WeightGbS * 1e9 / wb;
-  nlohmann::json j = {{"model", a.model},
-                      {"threads", a.threads},
-                      {"prompt_tokens", P},
-                      {"gen_tokens", a.gen_tokens},
-                      {"repeats", a.repeats},
-                      {"mla_absorb", eo.mla_absorb},
-                      {"prefill_tokens_per_s", prefill_tps},
-                      {"decode_tokens_per_s", decode_tps},
-                      {"peak_rss_mb", rss},
-                      {"weight_bytes", wb},
-                      {"copy_gb_s", copy},
-                      {"decode_ceiling_tokens_per_s", ceiling},
-                      {"decode_fraction_of_ceiling", decode_tps / ceiling},
-                      {"read_gb_s", read},
-                      {"decode_fraction_of_read_ceiling", decode_tps * wb / 1e9 / read},
-                      {"decode_weight_gb_s", decode_tps * wb / 1e9},
-                      {"ggml_f32_implied_tokens_per_s", ggml},
-                      {"decode_vs_ggml_f32_implied", decode_tps / ggml},
-                      {"sgemm_gflops", sgemm},
-                      {"prefill_gflops", prefill_gflops},
-                      {"prefill_fraction_of_sgemm", prefill_gflops / sgemm}};
+  WeightFormat main_format = WeightFormat::F32;
+  double main_bytes = -1;
+  for (const auto& [f, bytes] : e.weight_bytes_by_format())
+    if (bytes > main_bytes) main_format = f, main_bytes = bytes;
+  const double ggml_own = ggml_weight_gb_s(main_format) * 1e9 / wb;
+  nlohmann::json j = {
+      {"model", a.model},
+      {"threads", a.threads},
+      {"prompt_tokens", P},
+      {"gen_tokens", a.gen_tokens},
+      {"repeats", a.repeats},
+      {"mla_absorb", eo.mla_absorb},
+      {"kv_type", a.kv_type},
+      {"prefill_tokens_per_s", prefill_tps},
+      {"decode_tokens_per_s", decode_tps},
+      {"peak_rss_mb", rss},
+      {"weight_bytes", wb},
+      {"copy_gb_s", copy},
+      {"decode_ceiling_tokens_per_s", ceiling},
+      {"decode_fraction_of_ceiling", decode_tps / ceiling},
+      {"read_gb_s", read},
+      {"decode_fraction_of_read_ceiling", decode_tps * wb / 1e9 / read},
+      {"decode_weight_gb_s", decode_tps * wb / 1e9},
+      {"ggml_f32_implied_tokens_per_s", ggml},
+      {"decode_vs_ggml_f32_implied", decode_tps / ggml},
+      {"weight_format", std::string(weight_format_name(main_format))},
+      {"ggml_implied_tokens_per_s", ggml_own > 0 ? nlohmann::json(ggml_own) : nlohmann::json()},
+      {"decode_vs_ggml_implied", ggml_own > 0 ? nlohmann::json(decode_tps / ggml_own) : nlohmann::json()},
+      {"sgemm_gflops", sgemm},
+      {"prefill_gflops", prefill_gflops},
+      {"prefill_fraction_of_sgemm", prefill_gflops / sgemm}};
   if (json) {
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::printf(
         "bench generate %s: prefill %.1f tok/s (%.1f GFLOP/s, %.0f%% of sgemm %.1f), decode %.2f tok/s (%.0f%% of "
-        "the %.2f tok/s ceiling at %.1f GB/s copy, %.0f%% of %.1f GB/s read-only; %.2fx the ggml-implied %.2f), "
-        "%.1f MB weights/token, peak RSS %.0f MB, %d threads, median of %d\n",
+        "the %.2f tok/s ceiling at %.1f GB/s copy, %.0f%% of %.1f GB/s read-only; %.2fx the ggml f32-implied %.2f",
         a.model.c_str(), prefill_tps, prefill_gflops, 100 * prefill_gflops / sgemm, sgemm, decode_tps,
-        100 * decode_tps / ceiling, ceiling, copy, 100 * decode_tps * wb / 1e9 / read, read, decode_tps / ggml, ggml,
-        wb / 1e6, rss, a.threads, a.repeats);
+        100 * decode_tps / ceiling, ceiling, copy, 100 * decode_tps * wb / 1e9 / read, read, decode_tps / ggml, ggml);
+    if (ggml_own > 0 && main_format != WeightFormat::F32)
+      std::printf(", %.2fx the ggml %s-implied %.2f", decode_tps / ggml_own,
+                  std::string(weight_format_name(main_format)).c_str(), ggml_own);
+    std::printf("), %.1f MB weights/token (mostly %s), KV cache %s, peak RSS %.0f MB, %d threads, median of %d\n",
+                wb / 1e6, std::string(weight_format_name(main_format)).c_str(), a.kv_type.c_str(), rss, a.threads,
+                a.repeats);
   }
   return kOk;
 }
@@ -179,6 +211,7 @@ void add_bench_generate_command(CLI::App* bench, Context& ctx) {
   g->add_option("--copy-mib", a->copy_mib, "size of each copy-probe array")
       ->check(CLI::Range(1, 1 << 16))
       ->capture_default_str();
+  add_kv_type_option(g, a->kv_type);
   g->add_flag("--no-absorb", a->no_absorb, "decode MLA layers by decompressing K/V (default: absorbed form)");
   g->add_flag("--json", ctx.json,
               "one JSON object: prefill_tokens_per_s, decode_tokens_per_s, peak_rss_mb, weight_bytes, copy_gb_s, ...");

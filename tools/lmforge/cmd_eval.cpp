@@ -21,7 +21,14 @@ struct EvalArgs {
   int64_t ctx = 0, stride = 0, max_tokens = 64;
   std::vector<std::string> stop;
   int threads = 0;
+  std::string kv_type = "f32";  // eval measures the model: an exact cache unless asked
 };
+
+model::EngineOptions engine_options(const EvalArgs& a) {
+  model::EngineOptions eo;
+  eo.kv_dtype = kv_dtype(a.kv_type);
+  return eo;
+}
 
 // Progress on stderr: a rewritten line on a terminal, nothing otherwise (the result line says it all).
 std::function<void(int64_t, int64_t)> progress(const char* what) {
@@ -42,7 +49,7 @@ void print(const nlohmann::json& j, bool json, const std::string& text) {
 
 int run_choice(const EvalArgs& a, bool json) {
   const std::vector<eval::ChoiceItem> items = eval::load_choice_tasks(a.tasks);
-  eval::ModelDir m = eval::open_model_dir(a.model, true);
+  eval::ModelDir m = eval::open_model_dir(a.model, true, engine_options(a));
   const eval::ChoiceResult r = eval::evaluate_choice(m, items, progress("choice: items"));
   char buf[256];
   std::snprintf(buf, sizeof buf, "choice: acc %.4f, acc_norm %.4f over %lld items", r.acc, r.acc_norm,
@@ -54,7 +61,7 @@ int run_choice(const EvalArgs& a, bool json) {
 
 int run_generate_eval(const EvalArgs& a, bool json) {
   const std::vector<eval::GenItem> items = eval::load_gen_tasks(a.data);
-  eval::ModelDir m = eval::open_model_dir(a.model, true);
+  eval::ModelDir m = eval::open_model_dir(a.model, true, engine_options(a));
   model::SamplingParams p = eval::generation_defaults(m);
   p.temperature = 0;  // greedy
   p.max_tokens = a.max_tokens;
@@ -173,6 +180,7 @@ void add_eval_command(CLI::App& app, Context& ctx) {
   ch->add_option("--tasks", a->tasks, "JSONL: {\"context\": str, \"choices\": [str, ...], \"label\": int} per line")
       ->required()
       ->check(CLI::ExistingFile);
+  add_kv_type_option(ch, a->kv_type);
   ch->add_flag("--json", ctx.json, "one JSON object: items, acc, acc_norm");
   ch->callback([&ctx, a] { ctx.exit_code = run_choice(*a, ctx.json); });
 
@@ -185,6 +193,7 @@ void add_eval_command(CLI::App& app, Context& ctx) {
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 20))
       ->capture_default_str();
   g->add_option("--stop", a->stop, "stop string (repeatable), e.g. a newline");
+  add_kv_type_option(g, a->kv_type);
   g->add_flag("--json", ctx.json, "one JSON object: items, bleu, bleu_bp, bleu_precisions, rouge_l, outputs");
   g->callback([&ctx, a] { ctx.exit_code = run_generate_eval(*a, ctx.json); });
 }

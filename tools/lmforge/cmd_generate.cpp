@@ -14,7 +14,7 @@ namespace lmforge::cli {
 namespace {
 
 struct GenArgs {
-  std::string model, prompt, chat;
+  std::string model, prompt, chat, kv_type = "f16";
   model::SamplingParams p;
   std::vector<std::string> logit_bias;  // ID=BIAS
   bool raw = false;
@@ -38,7 +38,9 @@ std::vector<tokenizer::ChatMessage> read_chat(const std::string& path) {
 }
 
 int run_generate(const GenArgs& a, const CLI::App& cmd, bool json) {
-  eval::ModelDir m = eval::open_model_dir(a.model, true);
+  model::EngineOptions eo;
+  eo.kv_dtype = kv_dtype(a.kv_type);
+  eval::ModelDir m = eval::open_model_dir(a.model, true, eo);
   // generation_config.json first, then the flags the user gave.
   model::SamplingParams p = eval::generation_defaults(m);
   p.max_tokens = cmd.count("--max-tokens") ? a.p.max_tokens
@@ -103,6 +105,18 @@ int run_generate(const GenArgs& a, const CLI::App& cmd, bool json) {
 
 }  // namespace
 
+void add_kv_type_option(CLI::App* cmd, std::string& value) {
+  cmd->add_option("--kv-type", value,
+                  "KV cache element type: f16 (half the cache memory and attention traffic, llama.cpp's default) or "
+                  "f32")
+      ->check(CLI::IsMember({"f16", "f32"}))
+      ->capture_default_str();
+}
+
+DType kv_dtype(const std::string& value) {
+  return value == "f16" ? DType::F16 : DType::F32;
+}
+
 void add_generate_command(CLI::App& app, Context& ctx) {
   auto a = std::make_shared<GenArgs>();
   CLI::App* g = app.add_subcommand("generate", "generate text from a prompt or a chat (streamed to stdout)");
@@ -129,6 +143,7 @@ void add_generate_command(CLI::App& app, Context& ctx) {
   g->add_option("--stop", a->p.stop, "stop string (repeatable); the text ends before it");
   g->add_option("--stop-id", a->p.stop_ids, "stop token id (repeatable)");
   g->add_flag("--ignore-eos", a->p.ignore_eos, "do not stop at the model's EOS ids");
+  add_kv_type_option(g, a->kv_type);
   g->add_flag("--raw", a->raw, "encode --prompt without the tokenizer's special tokens (BOS)");
   g->add_flag("--json", ctx.json,
               "print one JSON object (text, finish_reason, token counts, ids) instead of streaming");

@@ -27,7 +27,7 @@ struct ModelDir {
 };
 
 // Errors name the directory and the file at fault. need_tokenizer: a missing tokenizer.json is an error.
-ModelDir open_model_dir(const std::string& dir, bool need_tokenizer);
+ModelDir open_model_dir(const std::string& dir, bool need_tokenizer, const model::EngineOptions& opt = {});
 // The engine of a model dir: plain (f32/bf16/f16 safetensors) or quantized by `lmforge quantize`
 // (config.json's quantization_config), whose weights keep their formats.
 model::Engine load_engine(const std::string& dir, const model::EngineOptions& opt = {});

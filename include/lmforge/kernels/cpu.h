@@ -119,6 +119,12 @@ struct AttentionDims {
 };
 template <typename T>
 void attention(const AttentionDims& d, const T* q, const T* k, const T* v, T* out, T* lse);
+// A decode step (Tq == 1) whose K/V are IEEE half (an f16 KV cache; same layouts and strides, in elements), with
+// f32 queries, outputs and arithmetic. Returns false, doing nothing, where its AVX2/F16C kernel does not apply (no
+// AVX2/F16C, Dk not a multiple of 8 or Dv of 16, Tq > 1, or query heads per task other than 1, 2, 4 or 8); the
+// caller then widens the keys and values and calls attention().
+bool attention_f16kv(const AttentionDims& d, const float* q, const uint16_t* k, const uint16_t* v, float* out,
+                     float* lse);
 // dq, dk, dv are overwritten.
 template <typename T>
 void attention_backward(const AttentionDims& d, const T* q, const T* k, const T* v, const T* out, const T* lse,

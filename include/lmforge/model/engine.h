@@ -34,6 +34,10 @@ struct EngineOptions {
   // Repack q8_0 / q4_0 matrices into the four-row decode layout at load (WeightMatrix::interleave_rows4): the same
   // bytes and results, one stream per tile (q8_0 decode products 10-20% faster).
   bool interleave = true;
+  // The KV cache's element type: F32, or F16 (IEEE half, llama.cpp's default `-ctk f16 -ctv f16`): half the cache's
+  // memory and half the bytes a decode step's attention streams. Keys and values are rounded once, when stored;
+  // prefill and decode both attend over the rounded values, so a prefix gives the same logits either way.
+  DType kv_dtype = DType::F32;
 };
 
 // A model's weights by Hugging Face name. Every projection, expert, router and the LM head may be in `matrices`
@@ -80,6 +84,8 @@ class Engine {
   // Bytes of weights one decode step reads for one token: every linear weight a token passes through (routed
   // experts counted num_experts_per_tok of n_routed_experts) plus one embedding row.
   double weight_bytes_per_token() const;
+  // The same bytes by the format they are stored in (sums to weight_bytes_per_token()).
+  std::map<WeightFormat, double> weight_bytes_by_format() const;
   // Multiply-add FLOPs (2 per weight) of the weight products one token passes through, without the LM head
   // (routed experts counted num_experts_per_tok of n_routed_experts); and the LM head's.
   double matmul_flops_per_token() const;

@@ -221,11 +221,19 @@ LMF_TARGET_AVX2 void row_attention_f32_avx2(const float* q, const float* k, int6
   *lse = mx + std::log(sum);
 }
 
-// Prefetches the cache lines of `count` floats from p (Hint: _MM_HINT_T0 into L1, _MM_HINT_T1 into L2).
-template <int Hint>
-LMF_TARGET_AVX2 inline void prefetch_row(const float* p, int64_t count) {
-  for (int64_t o = 0; o < count; o += 16)
+// Prefetches the cache lines of `count` elements from p (Hint: _MM_HINT_T0 into L1, _MM_HINT_T1 into L2).
+template <int Hint, typename KV>
+LMF_TARGET_AVX2 inline void prefetch_row(const KV* p, int64_t count) {
+  for (int64_t o = 0; o < count; o += 64 / static_cast<int64_t>(sizeof(KV)))
     _mm_prefetch(reinterpret_cast<const char*>(p + o), static_cast<_mm_hint>(Hint));
+}
+
+// Eight cache elements as floats: f32 as they are, IEEE half (the engine's f16 KV cache) through F16C.
+LMF_TARGET_AVX2 inline __m256 load8(const float* p) {
+  return _mm256_loadu_ps(p);
+}
+LMF_TARGET_AVX2 inline __m256 load8(const uint16_t* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
 
 // All G query heads of one GQA group against their shared K/V rows (decode, f32, head dims multiples of 8 / 16):
@@ -238,10 +246,14 @@ LMF_TARGET_AVX2 inline void prefetch_row(const float* p, int64_t count) {
 // next chunk's keys, or those of next_k (the task this thread runs next; nullptr: none) after the last chunk.
 // With the whole context at once the P·V pass read only cached values and the cache streamed at about half of a
 // plain read of the same bytes.
-template <int G>
-LMF_TARGET_AVX2 void group_attention_f32_avx2(const float* q, const float* k, int64_t ldk, const float* v, int64_t ldv,
-                                              int64_t lo, int64_t hi, int64_t dk, int64_t dv, float scale, float* s,
-                                              float* o, float* lse, const float* next_k) {
+//
+// KV is float, or uint16_t for an IEEE half cache (each block of eight widened by F16C as it is loaded; the
+// arithmetic is the same f32 arithmetic on the rounded values, and half the bytes stream from memory).
+template <int G, typename KV>
+LMF_TARGET_AVX2 void group_attention_avx2(const float* q, const KV* k, int64_t ldk, const KV* v, int64_t ldv,
+                                          int64_t lo, int64_t hi, int64_t dk, int64_t dv, float scale, float* s,
+                                          float* o, float* lse, const KV* next_k) {
+  constexpr int64_t per_line = 64 / static_cast<int64_t>(sizeof(KV));
   const __m256 vscale = _mm256_set1_ps(scale);
   float m[G], l[G];
   for (int g = 0; g < G; ++g) {
@@ -249,14 +261,14 @@ LMF_TARGET_AVX2 void group_attention_f32_avx2(const float* q, const float* k, in
     l[g] = 0.0f;
   }
   std::fill(o, o + G * dv, 0.0f);
-  const int64_t passes = dv / 16, lines = (dk + 15) / 16;
+  const int64_t passes = dv / 16, lines = (dk + per_line - 1) / per_line;
   for (int64_t c_lo = lo; c_lo < hi; c_lo += kChunk) {
     const int64_t n = std::min(kChunk, hi - c_lo);
     int64_t j = 0;
     // Eight keys at a time: eight independent FMA chains per head and one transposing reduction for the eight
     // scores. The block's 8 key rows stay in L1 across the G heads.
     for (; j + 8 <= n; j += 8) {
-      const float* k0 = k + (c_lo + j) * ldk;
+      const KV* k0 = k + (c_lo + j) * ldk;
       if (c_lo + j + 24 <= hi)
         for (int u = 0; u < 8; ++u) prefetch_row<_MM_HINT_T0>(k0 + (16 + u) * ldk, dk);
       for (int u = 0; u < 8; ++u) prefetch_row<_MM_HINT_T1>(v + (c_lo + j + u) * ldv, dv);
@@ -266,17 +278,17 @@ LMF_TARGET_AVX2 void group_attention_f32_avx2(const float* q, const float* k, in
         for (int u = 0; u < 8; ++u) a[u] = _mm256_setzero_ps();
         for (int64_t c = 0; c < dk; c += 8) {
           const __m256 qc = _mm256_loadu_ps(qg + c);
-          for (int u = 0; u < 8; ++u) a[u] = _mm256_fmadd_ps(_mm256_loadu_ps(k0 + u * ldk + c), qc, a[u]);
+          for (int u = 0; u < 8; ++u) a[u] = _mm256_fmadd_ps(load8(k0 + u * ldk + c), qc, a[u]);
         }
         _mm256_storeu_ps(s + g * kChunk + j, _mm256_mul_ps(vscale, hsum8(a)));
       }
     }
     for (; j < n; ++j) {
-      const float* kj = k + (c_lo + j) * ldk;
+      const KV* kj = k + (c_lo + j) * ldk;
       __m256 acc[G];
       for (int g = 0; g < G; ++g) acc[g] = _mm256_setzero_ps();
       for (int64_t c = 0; c < dk; c += 8) {
-        const __m256 kc = _mm256_loadu_ps(kj + c);
+        const __m256 kc = load8(kj + c);
         for (int g = 0; g < G; ++g) acc[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * dk + c), kc, acc[g]);
       }
       for (int g = 0; g < G; ++g) s[g * kChunk + j] = scale * hsum(acc[g]);
@@ -297,7 +309,7 @@ LMF_TARGET_AVX2 void group_attention_f32_avx2(const float* q, const float* k, in
       alpha[g] = _mm256_set1_ps(a);
     }
     // The keys after this chunk: the next chunk's, or the next task's first ones.
-    const float* pk = c_lo + kChunk < hi ? k + (c_lo + kChunk) * ldk : next_k ? next_k + lo * ldk : nullptr;
+    const KV* pk = c_lo + kChunk < hi ? k + (c_lo + kChunk) * ldk : next_k ? next_k + lo * ldk : nullptr;
     const int64_t pn = c_lo + kChunk < hi ? std::min(kChunk, hi - c_lo - kChunk) : std::min(kChunk, hi - lo);
     for (int64_t c0 = 0; c0 < dv; c0 += 16) {
       __m256 a0[G], a1[G];
@@ -308,9 +320,9 @@ LMF_TARGET_AVX2 void group_attention_f32_avx2(const float* q, const float* k, in
       for (int64_t i = 0; i < n; ++i) {
         if (pk && i < pn)  // pass c0 / 16 of the dv / 16 fetches lines c0 / 16 (mod passes) of a key row
           for (int64_t ln = c0 / 16; ln < lines; ln += passes)
-            _mm_prefetch(reinterpret_cast<const char*>(pk + i * ldk + 16 * ln), _MM_HINT_T1);
-        const float* vi = v + (c_lo + i) * ldv + c0;
-        const __m256 v0 = _mm256_loadu_ps(vi), v1 = _mm256_loadu_ps(vi + 8);
+            _mm_prefetch(reinterpret_cast<const char*>(pk + i * ldk + per_line * ln), _MM_HINT_T1);
+        const KV* vi = v + (c_lo + i) * ldv + c0;
+        const __m256 v0 = load8(vi), v1 = load8(vi + 8);
         for (int g = 0; g < G; ++g) {
           const __m256 p = _mm256_set1_ps(s[g * kChunk + i]);
           a0[g] = _mm256_fmadd_ps(p, v0, a0[g]);
@@ -336,22 +348,27 @@ LMF_TARGET_AVX2 void group_attention_f32_avx2(const float* q, const float* k, in
 }
 #endif
 
-// A decode step's GQA group through the shared-K/V kernel; false where it does not apply (then per head).
-template <typename T>
-bool decode_group(int64_t G, const T* q, const T* k, int64_t ldk, const T* v, int64_t ldv, int64_t lo, int64_t hi,
-                  int64_t dk, int64_t dv, T scale, T* s, T* o, T* lse, const T* next_k) {
+// A decode step's GQA group through the shared-K/V kernel; false where it does not apply (then per head). Groups
+// of one go per head for f32 (row_attention_f32_avx2); an f16 cache has only this kernel, so it takes them here.
+template <typename T, typename KV>
+bool decode_group(int64_t G, const T* q, const KV* k, int64_t ldk, const KV* v, int64_t ldv, int64_t lo, int64_t hi,
+                  int64_t dk, int64_t dv, T scale, T* s, T* o, T* lse, const KV* next_k) {
 #if LMF_HAVE_X86
   if constexpr (std::is_same_v<T, float>) {
     if (dk % 8 != 0 || dv % 16 != 0 || !cpu_has_avx2()) return false;
     switch (G) {
+      case 1:
+        if constexpr (std::is_same_v<KV, float>) return false;
+        group_attention_avx2<1>(q, k, ldk, v, ldv, lo, hi, dk, dv, scale, s, o, lse, next_k);
+        return true;
       case 2:
-        group_attention_f32_avx2<2>(q, k, ldk, v, ldv, lo, hi, dk, dv, scale, s, o, lse, next_k);
+        group_attention_avx2<2>(q, k, ldk, v, ldv, lo, hi, dk, dv, scale, s, o, lse, next_k);
         return true;
       case 4:
-        group_attention_f32_avx2<4>(q, k, ldk, v, ldv, lo, hi, dk, dv, scale, s, o, lse, next_k);
+        group_attention_avx2<4>(q, k, ldk, v, ldv, lo, hi, dk, dv, scale, s, o, lse, next_k);
         return true;
       case 8:
-        group_attention_f32_avx2<8>(q, k, ldk, v, ldv, lo, hi, dk, dv, scale, s, o, lse, next_k);
+        group_attention_avx2<8>(q, k, ldk, v, ldv, lo, hi, dk, dv, scale, s, o, lse, next_k);
         return true;
       default:
         return false;
@@ -385,6 +402,61 @@ LMF_MULTIVERSION_T(void, backward_tile, backward_tile_impl,
                     const T* Di, T scale),
                    (S, dP, ld, nq, nk, a, b, lse, Di, scale))
 
+// Query heads per decode task: a GQA group of up to 8 heads is one task; larger ones (MLA's absorbed form is one KV
+// head for all query heads) split into sub-groups of 8 (or 4, 2) so the threads share them and each key block is
+// read once per sub-group.
+inline int64_t decode_sub_group(int64_t group) {
+  if (group <= 8) return group;
+  return group % 8 == 0 ? 8 : group % 4 == 0 ? 4 : group % 2 == 0 ? 2 : 1;
+}
+
+// A decode step (Tq = 1): one task per (b, kv head, sub-group of its query heads), the sub-group's
+// heads scored against each key row together. KV = uint16_t (an f16 cache) only where decode_group applies
+// (attention_f16kv checks that first).
+template <typename T, typename KV>
+void decode_step(const AttentionDims& d, const T* q, const KV* k, const KV* v, T* out, T* lse) {
+  const int64_t group = d.Hq / d.Hkv, sub = decode_sub_group(group), subs = group / sub;
+  const bool head_major = d.k_head_stride > 0;  // else token-major, as attention() takes it
+  const int64_t ldk = head_major ? (d.k_row_stride > 0 ? d.k_row_stride : d.Dk) : d.Hkv * d.Dk;
+  const int64_t ldv = head_major ? (d.v_row_stride > 0 ? d.v_row_stride : d.Dv) : d.Hkv * d.Dv;
+  auto k_head = [&](int64_t b, int64_t g) {
+    return head_major ? k + (b * d.Hkv + g) * d.k_head_stride : k + (b * d.Tk * d.Hkv + g) * d.Dk;
+  };
+  auto v_head = [&](int64_t b, int64_t g) {
+    return head_major ? v + (b * d.Hkv + g) * d.v_head_stride : v + (b * d.Tk * d.Hkv + g) * d.Dv;
+  };
+  const T scale = static_cast<T>(d.scale);
+  // The tasks cost the same: runs of contiguous tasks, so a thread knows its next task's keys and fetches them
+  // while it finishes the current one (decode_group's next_k). One run per thread for a few tasks (one sequence:
+  // Hkv of them), four per thread for a batch, so a descheduled thread leaves less behind.
+  const int64_t tasks = d.B * d.Hkv * subs;
+  const int64_t threads = ThreadPool::global().num_threads();
+  const int64_t runs = threads * (tasks > 4 * threads ? 4 : 1);
+  parallel_for(
+      tasks, std::max((tasks + runs - 1) / runs, task_grain(double(sub) * d.Tk * (d.Dk + d.Dv))),
+      [&](int64_t t0, int64_t t1) {
+        T* S = thread_scratch<T>(static_cast<size_t>(sub * std::max<int64_t>(d.Tk, kChunk)));
+        const KeyRange kr = visible_keys(d, d.q_offset);
+        auto keys_of = [&](int64_t task) { return k_head(task / (d.Hkv * subs), task / subs % d.Hkv); };
+        for (int64_t task = t0; task < t1; ++task) {
+          const int64_t b = task / (d.Hkv * subs), g = task / subs % d.Hkv, h0 = g * group + task % subs * sub;
+          const T* qp = q + (b * d.Hq + h0) * d.Dk;
+          const KV* kp = keys_of(task);
+          const KV* vp = v_head(b, g);
+          T* op = out + (b * d.Hq + h0) * d.Dv;
+          T* lp = lse + b * d.Hq + h0;
+          const KV* after = task + 1 < t1 ? keys_of(task + 1) : nullptr;
+          const KV* next_k = after != kp ? after : nullptr;
+          if (decode_group<T, KV>(sub, qp, kp, ldk, vp, ldv, kr.lo, kr.hi, d.Dk, d.Dv, scale, S, op, lp, next_k))
+            continue;
+          if constexpr (std::is_same_v<T, KV>) {
+            for (int64_t h = 0; h < sub; ++h)
+              decode_row<T>(qp + h * d.Dk, kp, ldk, vp, ldv, kr.lo, kr.hi, d.Dk, d.Dv, scale, S, op + h * d.Dv, lp + h);
+          }
+        }
+      });
+}
+
 }  // namespace
 
 template <typename T>
@@ -406,40 +478,7 @@ void attention(const AttentionDims& d, const T* q, const T* k, const T* v, T* ou
   };
   const T scale = static_cast<T>(d.scale);
   if (d.Tq == 1) {
-    // A decode step: one task per (b, kv head, sub-group of its query heads), the sub-group's heads scored against
-    // each key row together. Groups of up to 8 heads are one task; larger ones (MLA's absorbed form is one KV head
-    // for all query heads) split into sub-groups of 8 (or 4, 2) so the threads share them and each key block is
-    // read once per sub-group.
-    int64_t sub = group;
-    if (group > 8) sub = group % 8 == 0 ? 8 : group % 4 == 0 ? 4 : group % 2 == 0 ? 2 : 1;
-    const int64_t subs = group / sub;
-    // The tasks cost the same: runs of contiguous tasks, so a thread knows its next task's keys and fetches them
-    // while it finishes the current one (decode_group's next_k). One run per thread for a few tasks (one sequence:
-    // Hkv of them), four per thread for a batch, so a descheduled thread leaves less behind.
-    const int64_t tasks = d.B * d.Hkv * subs;
-    const int64_t threads = ThreadPool::global().num_threads();
-    const int64_t runs = threads * (tasks > 4 * threads ? 4 : 1);
-    parallel_for(
-        tasks, std::max((tasks + runs - 1) / runs, task_grain(double(sub) * d.Tk * (d.Dk + d.Dv))),
-        [&](int64_t t0, int64_t t1) {
-          T* S = thread_scratch<T>(static_cast<size_t>(sub * std::max<int64_t>(d.Tk, kChunk)));
-          const KeyRange kr = visible_keys(d, d.q_offset);
-          auto keys_of = [&](int64_t task) { return k_head(task / (d.Hkv * subs), task / subs % d.Hkv); };
-          for (int64_t task = t0; task < t1; ++task) {
-            const int64_t b = task / (d.Hkv * subs), g = task / subs % d.Hkv, h0 = g * group + task % subs * sub;
-            const T* qp = q + (b * d.Hq + h0) * d.Dk;
-            const T* kp = keys_of(task);
-            const T* vp = v_head(b, g);
-            T* op = out + (b * d.Hq + h0) * d.Dv;
-            T* lp = lse + b * d.Hq + h0;
-            const T* after = task + 1 < t1 ? keys_of(task + 1) : nullptr;
-            const T* next_k = after != kp ? after : nullptr;
-            if (decode_group<T>(sub, qp, kp, ldk, vp, ldv, kr.lo, kr.hi, d.Dk, d.Dv, scale, S, op, lp, next_k))
-              continue;
-            for (int64_t h = 0; h < sub; ++h)
-              decode_row<T>(qp + h * d.Dk, kp, ldk, vp, ldv, kr.lo, kr.hi, d.Dk, d.Dv, scale, S, op + h * d.Dv, lp + h);
-          }
-        });
+    decode_step<T, T>(d, q, k, v, out, lse);
     return;
   }
   // One task per (b, head, q-block); causal blocks differ in cost, the pool's dynamic chunks even that out.
@@ -555,5 +594,20 @@ template void attention_backward<float>(const AttentionDims&, const float*, cons
                                         const float*, const float*, float*, float*, float*);
 template void attention_backward<double>(const AttentionDims&, const double*, const double*, const double*,
                                          const double*, const double*, const double*, double*, double*, double*);
+
+bool attention_f16kv(const AttentionDims& d, const float* q, const uint16_t* k, const uint16_t* v, float* out,
+                     float* lse) {
+  if (d.Tq != 1 || d.B <= 0 || d.Hq <= 0 || d.Hkv <= 0 || d.Hq % d.Hkv != 0) return false;
+  const int64_t sub = decode_sub_group(d.Hq / d.Hkv);
+  if (sub != 1 && sub != 2 && sub != 4 && sub != 8) return false;
+  if (d.Dk % 8 != 0 || d.Dv % 16 != 0 || !cpu_has_avx2()) return false;
+#if LMF_HAVE_X86
+  decode_step<float, uint16_t>(d, q, k, v, out, lse);
+  return true;
+#else
+  (void)k, (void)v, (void)out, (void)lse;
+  return false;
+#endif
+}
 
 }  // namespace lmforge::kernels::cpu

@@ -2,6 +2,9 @@
 // the shared `exit_code` slot when it runs.
 #pragma once
 #include <CLI/CLI.hpp>
+#include <string>
+
+#include "lmforge/core/dtype.h"
 
 namespace lmforge::cli {
 
@@ -31,6 +34,12 @@ void add_export_commands(CLI::App& app, Context& ctx);        // export gguf, im
 
 // export onnx (cmd_export_onnx.cpp), under the `export` parent of cmd_export.cpp.
 void add_export_onnx_command(CLI::App* export_cmd, Context& ctx);
+
+// --kv-type f16|f32 (the engine's KV cache element type) on a command that runs the engine; `value` starts as the
+// command's default.
+void add_kv_type_option(CLI::App* cmd, std::string& value);
+// "f16" -> DType::F16, otherwise DType::F32 (the option's check admits only the two).
+DType kv_dtype(const std::string& value);
 
 // Inference (issue 5): bench generate, generate, eval perplexity | choice | generate.
 void add_bench_generate_command(CLI::App* bench, Context& ctx);
