@@ -123,9 +123,11 @@ void key_view(LayerCache& lc, bool half, const Segment& s, int64_t window, const
   auto gather = [&](std::vector<float>& dst, const auto& ring, const float* fresh, int64_t d) {
     if (d == 0) return;
     dst.resize(static_cast<size_t>(heads * Tk * d));
-    for (int64_t p = old0; p < s.pos0; ++p)
-      for (int64_t h = 0; h < heads; ++h)
-        widen(ring.data() + (h * lc.rows + p % window) * d, 1, 1, 1, d, dst.data() + (h * Tk + p - old0) * d);
+    for (int64_t h = 0; h < heads; ++h)
+      for (int64_t p = old0, run = 0; p < s.pos0; p += run) {  // at most two runs of consecutive slots
+        run = std::min(s.pos0 - p, window - p % window);
+        widen(ring.data() + (h * lc.rows + p % window) * d, 0, run, 1, d, dst.data() + (h * Tk + p - old0) * d);
+      }
     for (int64_t t = 0; t < s.n; ++t) {
       const float* row = fresh + t * heads * d;
       if (half) {
