@@ -27,6 +27,8 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "lmforge/core/error.h"
+#include "lmforge/core/half.h"
 #include "lmforge/kernels/cpu.h"
 #include "lmforge/kernels/cpu_features.h"
 #include "lmforge/kernels/thread_pool.h"
@@ -698,6 +700,25 @@ struct DecodeAttnSet {  // one decode step's query against a KV cache of T token
   }
 };
 
+// The same step over an f16 cache (the engine's --kv-type f16): half the bytes.
+struct DecodeAttnF16Set : DecodeAttnSet {
+  std::vector<uint16_t> hk, hv;
+  explicit DecodeAttnF16Set(int64_t t) : DecodeAttnSet(t), hk(k.size()), hv(v.size()) {
+    f32_to_f16_row(k.data(), hk.data(), static_cast<int64_t>(k.size()));
+    f32_to_f16_row(v.data(), hv.data(), static_cast<int64_t>(v.size()));
+    k = Buf(1), v = Buf(1);  // only the half copies are read
+  }
+  void run() {
+    k::AttentionDims d;
+    d.B = 1, d.Tq = 1, d.Tk = T, d.Hq = Hq, d.Hkv = Hkv, d.Dk = D, d.Dv = D;
+    d.q_offset = T - 1;
+    d.scale = 1.0 / std::sqrt(double(D));
+    d.k_head_stride = d.v_head_stride = T * D;
+    if (!k::attention_f16kv(d, q.data(), hk.data(), hv.data(), out.data(), lse.data()))
+      throw Error("attention_f16kv does not apply on this CPU");
+  }
+};
+
 template <typename S, typename... A>
 auto maker(A... args) {
   return [=] { return std::make_unique<S>(args...); };
@@ -719,6 +740,11 @@ void add_bandwidth_cases(std::vector<OpCase>& out, const std::shared_ptr<Env>& e
       return bandwidth_case(*env, "attention-decode", shape, 8.0 * T * DecodeAttnSet::Hkv * DecodeAttnSet::D,
                             maker<DecodeAttnSet>(T), [](DecodeAttnSet& s) { s.run(); });
     });
+    if (kernels::cpu_has_avx2())
+      add("attention-decode-f16", shape, [env, shape, T] {
+        return bandwidth_case(*env, "attention-decode-f16", shape, 4.0 * T * DecodeAttnSet::Hkv * DecodeAttnSet::D,
+                              maker<DecodeAttnF16Set>(T), [](DecodeAttnF16Set& s) { s.run(); });
+      });
   }
   for (int64_t d : {int64_t(512), int64_t(1024)}) {
     const std::string shape = fmt("rows=%lld d=%lld", (long long)R, (long long)d);
@@ -849,12 +875,12 @@ std::string to_json_line(const OpResult& r) {
 }
 
 std::string table_header() {
-  return fmt("%-18s %-50s %3s %10s %10s %7s %9s %-6s  %s", "op", "shape", "thr", "ours ms", "ref ms", "ratio", "rate",
+  return fmt("%-20s %-50s %3s %10s %10s %7s %9s %-6s  %s", "op", "shape", "thr", "ours ms", "ref ms", "ratio", "rate",
              "unit", "reference");
 }
 
 std::string table_row(const OpResult& r) {
-  return fmt("%-18s %-50s %3d %10.3f %10.3f %7.3f %9.1f %-6s  %s", r.op.c_str(), r.shape.c_str(), r.threads, r.ms,
+  return fmt("%-20s %-50s %3d %10.3f %10.3f %7.3f %9.1f %-6s  %s", r.op.c_str(), r.shape.c_str(), r.threads, r.ms,
              r.ref_ms, r.ratio, r.rate, r.unit == "gflops" ? "GFLOP/s" : "GB/s", r.reference.c_str());
 }
 
