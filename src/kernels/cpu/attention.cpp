@@ -402,6 +402,27 @@ LMF_MULTIVERSION_T(void, backward_tile, backward_tile_impl,
                     const T* Di, T scale),
                    (S, dP, ld, nq, nk, a, b, lse, Di, scale))
 
+// One operand's heads (keys, or values) in either layout: the row stride of a head and where head g of batch row b
+// starts. Head-major (k_head_stride / v_head_stride > 0): the engine's cache, rows k_row_stride / v_row_stride
+// apart when set; token-major otherwise: [B, Tk, Hkv, D].
+template <typename E>
+struct Heads {
+  const E* p;
+  int64_t ld, head_stride, d, Tk, Hkv;
+  Heads(const AttentionDims& a, const E* base, bool values)
+      : p(base),
+        head_stride(values ? a.v_head_stride : a.k_head_stride),
+        d(values ? a.Dv : a.Dk),
+        Tk(a.Tk),
+        Hkv(a.Hkv) {
+    const int64_t row_stride = values ? a.v_row_stride : a.k_row_stride;
+    ld = head_stride > 0 ? (row_stride > 0 ? row_stride : d) : Hkv * d;
+  }
+  const E* head(int64_t b, int64_t g) const {
+    return head_stride > 0 ? p + (b * Hkv + g) * head_stride : p + (b * Tk * Hkv + g) * d;
+  }
+};
+
 // Query heads per decode task: a GQA group of up to 8 heads is one task; larger ones (MLA's absorbed form is one KV
 // head for all query heads) split into sub-groups of 8 (or 4, 2) so the threads share them and each key block is
 // read once per sub-group.
@@ -416,15 +437,8 @@ inline int64_t decode_sub_group(int64_t group) {
 template <typename T, typename KV>
 void decode_step(const AttentionDims& d, const T* q, const KV* k, const KV* v, T* out, T* lse) {
   const int64_t group = d.Hq / d.Hkv, sub = decode_sub_group(group), subs = group / sub;
-  const bool head_major = d.k_head_stride > 0;  // else token-major, as attention() takes it
-  const int64_t ldk = head_major ? (d.k_row_stride > 0 ? d.k_row_stride : d.Dk) : d.Hkv * d.Dk;
-  const int64_t ldv = head_major ? (d.v_row_stride > 0 ? d.v_row_stride : d.Dv) : d.Hkv * d.Dv;
-  auto k_head = [&](int64_t b, int64_t g) {
-    return head_major ? k + (b * d.Hkv + g) * d.k_head_stride : k + (b * d.Tk * d.Hkv + g) * d.Dk;
-  };
-  auto v_head = [&](int64_t b, int64_t g) {
-    return head_major ? v + (b * d.Hkv + g) * d.v_head_stride : v + (b * d.Tk * d.Hkv + g) * d.Dv;
-  };
+  const Heads<KV> K(d, k, false), V(d, v, true);
+  const int64_t ldk = K.ld, ldv = V.ld;
   const T scale = static_cast<T>(d.scale);
   // The tasks cost the same: runs of contiguous tasks, so a thread knows its next task's keys and fetches them
   // while it finishes the current one (decode_group's next_k). One run per thread for a few tasks (one sequence:
@@ -437,12 +451,12 @@ void decode_step(const AttentionDims& d, const T* q, const KV* k, const KV* v, T
       [&](int64_t t0, int64_t t1) {
         T* S = thread_scratch<T>(static_cast<size_t>(sub * std::max<int64_t>(d.Tk, kChunk)));
         const KeyRange kr = visible_keys(d, d.q_offset);
-        auto keys_of = [&](int64_t task) { return k_head(task / (d.Hkv * subs), task / subs % d.Hkv); };
+        auto keys_of = [&](int64_t task) { return K.head(task / (d.Hkv * subs), task / subs % d.Hkv); };
         for (int64_t task = t0; task < t1; ++task) {
           const int64_t b = task / (d.Hkv * subs), g = task / subs % d.Hkv, h0 = g * group + task % subs * sub;
           const T* qp = q + (b * d.Hq + h0) * d.Dk;
           const KV* kp = keys_of(task);
-          const KV* vp = v_head(b, g);
+          const KV* vp = V.head(b, g);
           T* op = out + (b * d.Hq + h0) * d.Dv;
           T* lp = lse + b * d.Hq + h0;
           const KV* after = task + 1 < t1 ? keys_of(task + 1) : nullptr;
@@ -465,17 +479,9 @@ void attention(const AttentionDims& d, const T* q, const T* k, const T* v, T* ou
   const int64_t group = d.Hq / d.Hkv;
   const int64_t n_qblocks = (d.Tq + kBlockQ - 1) / kBlockQ;
   const int64_t ldq = d.Hq * d.Dk;
-  const bool head_major = d.k_head_stride > 0;
-  assert(head_major == (d.v_head_stride > 0));  // both strides or neither
-  // Row stride of one head's keys / values, and where head g of batch row b starts.
-  const int64_t ldk = head_major ? (d.k_row_stride > 0 ? d.k_row_stride : d.Dk) : d.Hkv * d.Dk;
-  const int64_t ldv = head_major ? (d.v_row_stride > 0 ? d.v_row_stride : d.Dv) : d.Hkv * d.Dv;
-  auto k_head = [&](int64_t b, int64_t g) {
-    return head_major ? k + (b * d.Hkv + g) * d.k_head_stride : k + (b * d.Tk * d.Hkv + g) * d.Dk;
-  };
-  auto v_head = [&](int64_t b, int64_t g) {
-    return head_major ? v + (b * d.Hkv + g) * d.v_head_stride : v + (b * d.Tk * d.Hkv + g) * d.Dv;
-  };
+  assert((d.k_head_stride > 0) == (d.v_head_stride > 0));  // both strides or neither
+  const Heads<T> K(d, k, false), V(d, v, true);
+  const int64_t ldk = K.ld, ldv = V.ld;
   const T scale = static_cast<T>(d.scale);
   if (d.Tq == 1) {
     decode_step<T, T>(d, q, k, v, out, lse);
@@ -494,8 +500,8 @@ void attention(const AttentionDims& d, const T* q, const T* k, const T* v, T* ou
       const int64_t g = h / group;
       const int64_t i0 = qb * kBlockQ, nq = std::min(kBlockQ, d.Tq - i0);
       const T* qp = q + ((b * d.Tq + i0) * d.Hq + h) * d.Dk;
-      const T* kp = k_head(b, g);  // key j of this head at kp + j * ldk
-      const T* vp = v_head(b, g);
+      const T* kp = K.head(b, g);  // key j of this head at kp + j * ldk
+      const T* vp = V.head(b, g);
       std::fill(O, O + nq * d.Dv, T(0));
       std::fill(m, m + nq, -std::numeric_limits<T>::infinity());
       std::fill(l, l + nq, T(0));
