@@ -240,8 +240,12 @@ Sequence& Engine::Impl::seq(SeqId id) {
 }
 
 SeqId Engine::add_sequence() {
+  const DType kv = impl_->opt.kv_dtype;  // options() may have changed since construction
+  LMF_CHECK(kv == DType::F32 || kv == DType::F16, "engine: KV cache type must be f32 or f16 (got ", dtype_name(kv),
+            ")");
   const SeqId id = impl_->next_id++;
   Sequence& s = impl_->seqs[id];
+  s.half = kv == DType::F16;
   s.layers.resize(impl_->layers.size());
   return id;
 }
@@ -267,7 +271,7 @@ size_t Engine::cache_bytes(SeqId id) const {
     const int64_t w = impl_->layers[l].window;
     const int64_t rows = w > 0 ? std::min(w, s.len) : s.len;
     const int64_t row = c.is_deepseek() ? c.kv_lora_rank + c.qk_rope_head_dim : 2 * c.num_key_value_heads * c.head_dim;
-    n += static_cast<size_t>(rows * row) * (impl_->opt.kv_dtype == DType::F16 ? 2 : sizeof(float));
+    n += static_cast<size_t>(rows * row) * (s.half ? 2 : sizeof(float));
   }
   return n;
 }

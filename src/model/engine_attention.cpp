@@ -220,7 +220,6 @@ void Engine::Impl::attention(int64_t layer, const float* h, int64_t N, std::vect
   const int64_t H = c.num_attention_heads;
   std::vector<float> cs, sn;
   rope_rows(*this, positions(segs, N), cs, sn);
-  const bool half = opt.kv_dtype == DType::F16;
   kernels::cpu::AttentionDims d;
   d.causal = true;
   d.window = L.window;
@@ -256,8 +255,8 @@ void Engine::Impl::attention(int64_t layer, const float* h, int64_t N, std::vect
     d.scale = 1.0 / std::sqrt(static_cast<double>(hd));
     for (const Segment& s : segs) {
       KeyView kv;
-      key_view(s.seq->layers[layer], half, s, L.window, kr.data() + s.row0 * Hkv * hd, v.data() + s.row0 * Hkv * hd,
-               Hkv, hd, hd, kv);
+      key_view(s.seq->layers[layer], s.seq->half, s, L.window, kr.data() + s.row0 * Hkv * hd,
+               v.data() + s.row0 * Hkv * hd, Hkv, hd, hd, kv);
       d.Tq = s.n;
       lse.resize(static_cast<size_t>(H * s.n));
       attend(d, kv, qr.data() + s.row0 * H * hd, att.data() + s.row0 * H * hd, lse.data(), false);
@@ -318,7 +317,7 @@ void Engine::Impl::attention(int64_t layer, const float* h, int64_t N, std::vect
     d.k_row_stride = d.v_row_stride = row;
     for (const Segment& s : segs) {
       KeyView kvw;
-      key_view(s.seq->layers[layer], half, s, L.window, rows.data() + s.row0 * row, nullptr, 1, row, 0, kvw);
+      key_view(s.seq->layers[layer], s.seq->half, s, L.window, rows.data() + s.row0 * row, nullptr, 1, row, 0, kvw);
       d.Tq = s.n;
       lse.resize(static_cast<size_t>(H * s.n));
       attend(d, kvw, qa.data() + s.row0 * H * dq, olat.data() + s.row0 * H * r, lse.data(), true);
@@ -336,7 +335,7 @@ void Engine::Impl::attention(int64_t layer, const float* h, int64_t N, std::vect
     d.scale = scale;
     for (const Segment& s : segs) {
       KeyView kvw;
-      key_view(s.seq->layers[layer], half, s, L.window, rows.data() + s.row0 * row, nullptr, 1, row, 0, kvw);
+      key_view(s.seq->layers[layer], s.seq->half, s, L.window, rows.data() + s.row0 * row, nullptr, 1, row, 0, kvw);
       widen_view(kvw);
       // Decompress the visible latents: K = [W_uk c | k_pe] per head, V = W_uv c.
       const int64_t Tk = kvw.Tk;

@@ -49,6 +49,7 @@ struct LayerCache {
 
 struct Sequence {
   int64_t len = 0;
+  bool half = false;  // the caches hold f16 (EngineOptions::kv_dtype when the sequence was added)
   std::vector<LayerCache> layers;
 };
 

@@ -370,6 +370,24 @@ TEST(Engine, HalfKvCacheAgreesAcrossPathsAndStaysNearF32) {
   EngineOptions bad;
   bad.kv_dtype = DType::BF16;
   EXPECT_THROW(Engine::from_model(CausalLM(half_kv_config("gqa")), bad), Error);
+  // The cache type is a sequence's own: changing the option later applies to sequences added afterwards.
+  CausalLM m(half_kv_config("gqa"));
+  m.init_random(5);
+  Engine e = Engine::from_model(m);
+  const std::vector<int32_t> toks = {3, 1, 4, 1, 5, 9, 2, 6};
+  const SeqId s32 = e.add_sequence();
+  e.options().kv_dtype = DType::F16;
+  const SeqId s16 = e.add_sequence();
+  e.prefill(s32, toks);
+  e.prefill(s16, toks);
+  EXPECT_EQ(e.cache_bytes(s32), 2 * e.cache_bytes(s16));
+  const std::vector<float> both = vec(e.decode({s32, s16}, {7, 7}));
+  const int64_t V = m.config().vocab_size;
+  const std::vector<float> a(both.begin(), both.begin() + V), b(both.begin() + V, both.end());
+  EXPECT_LT(rel(b, a), 5e-3);
+  EXPECT_GT(rel(b, a), 0.0);
+  e.options().kv_dtype = DType::BF16;
+  EXPECT_THROW(e.add_sequence(), Error);
 }
 
 // Engine::load copies f32 weights out of the file and drops the file's pages as it goes: the copy must not

@@ -66,6 +66,8 @@ class Engine {
   ~Engine();
 
   const ModelConfig& config() const;
+  // mla_absorb may change between steps; kv_dtype applies to sequences added afterwards (each keeps the cache type
+  // it was added with); fuse and interleave act at load only.
   EngineOptions& options();
 
   // Sequences: each has its own cache and length (its next token's position).
