@@ -18,6 +18,11 @@ namespace fs = std::filesystem;
 
 namespace {
 
+void check_kv_dtype(DType kv) {
+  LMF_CHECK(kv == DType::F32 || kv == DType::F16, "engine: KV cache type must be f32 or f16 (got ", dtype_name(kv),
+            ")");
+}
+
 struct Loader {
   EngineWeights& w;  // entries are erased as they are taken, so a fused copy can replace them without a second model
   const std::string& source;
@@ -76,8 +81,7 @@ Engine::Engine(ModelConfig config, EngineWeights weights, EngineOptions opt, con
   Impl& m = *impl_;
   m.c = std::move(config);
   m.opt = opt;
-  LMF_CHECK(opt.kv_dtype == DType::F32 || opt.kv_dtype == DType::F16, "engine: KV cache type must be f32 or f16 (got ",
-            dtype_name(opt.kv_dtype), ")");
+  check_kv_dtype(opt.kv_dtype);
   const ModelConfig& c = m.c;
   const Loader ld{weights, source.empty() ? std::string("engine weights") : source, {}};
   const int64_t D = c.hidden_size, H = c.num_attention_heads;
@@ -241,8 +245,7 @@ Sequence& Engine::Impl::seq(SeqId id) {
 
 SeqId Engine::add_sequence() {
   const DType kv = impl_->opt.kv_dtype;  // options() may have changed since construction
-  LMF_CHECK(kv == DType::F32 || kv == DType::F16, "engine: KV cache type must be f32 or f16 (got ", dtype_name(kv),
-            ")");
+  check_kv_dtype(kv);
   const SeqId id = impl_->next_id++;
   Sequence& s = impl_->seqs[id];
   s.half = kv == DType::F16;

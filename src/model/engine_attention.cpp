@@ -85,8 +85,9 @@ struct KeyView {
   std::vector<float> tk, tv;  // storage when the keys had to be gathered from a ring buffer or widened
 };
 
-void key_view(LayerCache& lc, bool half, const Segment& s, int64_t window, const float* new_k, const float* new_v,
-              int64_t heads, int64_t dk, int64_t dv, KeyView& kv) {
+void key_view(LayerCache& lc, const Segment& s, int64_t window, const float* new_k, const float* new_v, int64_t heads,
+              int64_t dk, int64_t dv, KeyView& kv) {
+  const bool half = s.seq->half;
   const int64_t end = s.pos0 + s.n, row_k = heads * dk, row_v = heads * dv;
   reserve(lc, half, end, window, heads, dk, dv);
   kv.heads = heads;
@@ -177,14 +178,16 @@ void widen_view(KeyView& kv) {
 void attend(kernels::cpu::AttentionDims d, KeyView& kv, const float* q, float* out, float* lse, bool v_is_k) {
   d.Tk = kv.Tk;
   d.q_offset = kv.q_offset;
-  if (kv.hk) {
+  auto strides = [&] {
     d.k_head_stride = kv.k_head_stride;
     d.v_head_stride = v_is_k ? kv.k_head_stride : kv.v_head_stride;
+  };
+  strides();
+  if (kv.hk) {
     if (kernels::cpu::attention_f16kv(d, q, kv.hk, v_is_k ? kv.hk : kv.hv, out, lse)) return;
-    widen_view(kv);
+    widen_view(kv);  // new strides
+    strides();
   }
-  d.k_head_stride = kv.k_head_stride;
-  d.v_head_stride = v_is_k ? kv.k_head_stride : kv.v_head_stride;
   kernels::cpu::attention(d, q, kv.k, v_is_k ? kv.k : kv.v, out, lse);
 }
 
@@ -255,8 +258,8 @@ void Engine::Impl::attention(int64_t layer, const float* h, int64_t N, std::vect
     d.scale = 1.0 / std::sqrt(static_cast<double>(hd));
     for (const Segment& s : segs) {
       KeyView kv;
-      key_view(s.seq->layers[layer], s.seq->half, s, L.window, kr.data() + s.row0 * Hkv * hd,
-               v.data() + s.row0 * Hkv * hd, Hkv, hd, hd, kv);
+      key_view(s.seq->layers[layer], s, L.window, kr.data() + s.row0 * Hkv * hd, v.data() + s.row0 * Hkv * hd, Hkv, hd,
+               hd, kv);
       d.Tq = s.n;
       lse.resize(static_cast<size_t>(H * s.n));
       attend(d, kv, qr.data() + s.row0 * H * hd, att.data() + s.row0 * H * hd, lse.data(), false);
@@ -317,7 +320,7 @@ void Engine::Impl::attention(int64_t layer, const float* h, int64_t N, std::vect
     d.k_row_stride = d.v_row_stride = row;
     for (const Segment& s : segs) {
       KeyView kvw;
-      key_view(s.seq->layers[layer], s.seq->half, s, L.window, rows.data() + s.row0 * row, nullptr, 1, row, 0, kvw);
+      key_view(s.seq->layers[layer], s, L.window, rows.data() + s.row0 * row, nullptr, 1, row, 0, kvw);
       d.Tq = s.n;
       lse.resize(static_cast<size_t>(H * s.n));
       attend(d, kvw, qa.data() + s.row0 * H * dq, olat.data() + s.row0 * H * r, lse.data(), true);
@@ -335,7 +338,7 @@ void Engine::Impl::attention(int64_t layer, const float* h, int64_t N, std::vect
     d.scale = scale;
     for (const Segment& s : segs) {
       KeyView kvw;
-      key_view(s.seq->layers[layer], s.seq->half, s, L.window, rows.data() + s.row0 * row, nullptr, 1, row, 0, kvw);
+      key_view(s.seq->layers[layer], s, L.window, rows.data() + s.row0 * row, nullptr, 1, row, 0, kvw);
       widen_view(kvw);
       // Decompress the visible latents: K = [W_uk c | k_pe] per head, V = W_uv c.
       const int64_t Tk = kvw.Tk;

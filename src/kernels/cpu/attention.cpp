@@ -350,15 +350,25 @@ LMF_TARGET_AVX2 void group_attention_avx2(const float* q, const KV* k, int64_t l
 
 // A decode step's GQA group through the shared-K/V kernel; false where it does not apply (then per head). Groups
 // of one go per head for f32 (row_attention_f32_avx2); an f16 cache has only this kernel, so it takes them here.
+// Whether group_attention_avx2 takes a task of G query heads with these head dims (half: an f16 cache, which also
+// takes G = 1). The one rule for decode_group and attention_f16kv.
+inline bool group_kernel_takes(int64_t G, int64_t dk, int64_t dv, bool half) {
+#if LMF_HAVE_X86
+  return dk % 8 == 0 && dv % 16 == 0 && (G == 2 || G == 4 || G == 8 || (half && G == 1)) && cpu_has_avx2();
+#else
+  (void)G, (void)dk, (void)dv, (void)half;
+  return false;
+#endif
+}
+
 template <typename T, typename KV>
 bool decode_group(int64_t G, const T* q, const KV* k, int64_t ldk, const KV* v, int64_t ldv, int64_t lo, int64_t hi,
                   int64_t dk, int64_t dv, T scale, T* s, T* o, T* lse, const KV* next_k) {
 #if LMF_HAVE_X86
   if constexpr (std::is_same_v<T, float>) {
-    if (dk % 8 != 0 || dv % 16 != 0 || !cpu_has_avx2()) return false;
+    if (!group_kernel_takes(G, dk, dv, !std::is_same_v<KV, float>)) return false;
     switch (G) {
       case 1:
-        if constexpr (std::is_same_v<KV, float>) return false;
         group_attention_avx2<1>(q, k, ldk, v, ldv, lo, hi, dk, dv, scale, s, o, lse, next_k);
         return true;
       case 2:
@@ -604,16 +614,9 @@ template void attention_backward<double>(const AttentionDims&, const double*, co
 bool attention_f16kv(const AttentionDims& d, const float* q, const uint16_t* k, const uint16_t* v, float* out,
                      float* lse) {
   if (d.Tq != 1 || d.B <= 0 || d.Hq <= 0 || d.Hkv <= 0 || d.Hq % d.Hkv != 0) return false;
-  const int64_t sub = decode_sub_group(d.Hq / d.Hkv);
-  if (sub != 1 && sub != 2 && sub != 4 && sub != 8) return false;
-  if (d.Dk % 8 != 0 || d.Dv % 16 != 0 || !cpu_has_avx2()) return false;
-#if LMF_HAVE_X86
+  if (!group_kernel_takes(decode_sub_group(d.Hq / d.Hkv), d.Dk, d.Dv, true)) return false;
   decode_step<float, uint16_t>(d, q, k, v, out, lse);
   return true;
-#else
-  (void)k, (void)v, (void)out, (void)lse;
-  return false;
-#endif
 }
 
 }  // namespace lmforge::kernels::cpu
