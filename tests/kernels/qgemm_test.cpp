@@ -71,56 +71,60 @@ const WeightFormat kFormats[] = {WeightFormat::F32,          WeightFormat::F16, 
 
 TEST(Qgemm, EachFormatMatchesDequantizedReference) {
   ThreadCountScope threads(2);
-  // 45 rows: tiles of 4 plus a remainder; 384 columns: three 128-groups.
-  const int64_t rows = 45, cols = 384;
-  const std::vector<float> wv = gaussian(rows * cols, 1, 0.02f);
-  // Asymmetric weights (a per-row offset) so the zero points of q4_g128_asym are not all 8.
-  std::vector<float> wa = wv;
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t k = 0; k < cols; ++k) wa[r * cols + k] += 0.01f * static_cast<float>(r % 5);
-  for (WeightFormat f : kFormats) {
-    SCOPED_TRACE(std::string(weight_format_name(f)));
-    const bool integer = f != WeightFormat::F32 && f != WeightFormat::F16 && f != WeightFormat::BF16;
-    // The g128 formats quantize the activations with one scale per 128 values (their decode tile sums a group in
-    // integers): the outlier below coarsens four times as many values as in a block of 32. Measured 1.05% at n = 2
-    // (0.3-0.5% for the other formats) -> 2e-2 for their decode path.
-    const bool g128 = f == WeightFormat::Q4_G128 || f == WeightFormat::Q4_G128_ASYM;
-    const WeightMatrix m =
-        WeightMatrix::quantize(Tensor::from_vector(f == WeightFormat::Q4_G128_ASYM ? wa : wv, {rows, cols}), f);
-    const Tensor dq = m.dequantize();
-    for (int64_t n : {1, 2, 5, 16, 33}) {
-      SCOPED_TRACE("n=" + std::to_string(n));
-      std::vector<float> x = gaussian(n * cols, 7 + static_cast<uint32_t>(n), 1.0f);
-      x[3] = 6.0f;  // an outlier, as real activations have
-      const std::vector<double> exact = reference(dq, x, n, rows, cols);
-      std::vector<float> xq = x;
-      if (integer && n < 16) {
-        for (int64_t i = 0; i < n; ++i) {
-          std::vector<float> row(x.begin() + i * cols, x.begin() + (i + 1) * cols);
-          row = quantize_activations(row, g128 ? 128 : 32);
-          std::copy(row.begin(), row.end(), xq.begin() + i * cols);
+  // 45 rows: tiles of 4 plus a remainder, in one chunk; 203 rows: chunks of several sizes over both threads, each
+  // cut into the kernel's four streams with rows left over; 384 columns: three 128-groups.
+  for (const int64_t rows : {45, 203}) {
+    SCOPED_TRACE("rows=" + std::to_string(rows));
+    const int64_t cols = 384;
+    const std::vector<float> wv = gaussian(rows * cols, 1, 0.02f);
+    // Asymmetric weights (a per-row offset) so the zero points of q4_g128_asym are not all 8.
+    std::vector<float> wa = wv;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t k = 0; k < cols; ++k) wa[r * cols + k] += 0.01f * static_cast<float>(r % 5);
+    for (WeightFormat f : kFormats) {
+      SCOPED_TRACE(std::string(weight_format_name(f)));
+      const bool integer = f != WeightFormat::F32 && f != WeightFormat::F16 && f != WeightFormat::BF16;
+      // The g128 formats quantize the activations with one scale per 128 values (their decode tile sums a group in
+      // integers): the outlier below coarsens four times as many values as in a block of 32. Measured 1.05% at n = 2
+      // (0.3-0.5% for the other formats) -> 2e-2 for their decode path.
+      const bool g128 = f == WeightFormat::Q4_G128 || f == WeightFormat::Q4_G128_ASYM;
+      const WeightMatrix m =
+          WeightMatrix::quantize(Tensor::from_vector(f == WeightFormat::Q4_G128_ASYM ? wa : wv, {rows, cols}), f);
+      const Tensor dq = m.dequantize();
+      for (int64_t n : {1, 2, 5, 16, 33}) {
+        SCOPED_TRACE("n=" + std::to_string(n));
+        std::vector<float> x = gaussian(n * cols, 7 + static_cast<uint32_t>(n), 1.0f);
+        x[3] = 6.0f;  // an outlier, as real activations have
+        const std::vector<double> exact = reference(dq, x, n, rows, cols);
+        std::vector<float> xq = x;
+        if (integer && n < 16) {
+          for (int64_t i = 0; i < n; ++i) {
+            std::vector<float> row(x.begin() + i * cols, x.begin() + (i + 1) * cols);
+            row = quantize_activations(row, g128 ? 128 : 32);
+            std::copy(row.begin(), row.end(), xq.begin() + i * cols);
+          }
         }
-      }
-      const std::vector<double> same = reference(dq, xq, n, rows, cols);
-      std::vector<float> y_generic;
-      for (QImpl impl : {QImpl::Generic, QImpl::Avx2}) {
-        if (!kernels::cpu::qgemm_available(impl)) continue;
-        SCOPED_TRACE(impl == QImpl::Avx2 ? "avx2" : "generic");
-        std::vector<float> y(static_cast<size_t>(n * rows), 0.0f);
-        kernels::cpu::qgemm(qweight_view(m), x.data(), n, y.data(), false, impl);
-        EXPECT_LE(rel_err(y, same), 1e-5);
-        EXPECT_LE(rel_err(y, exact), g128 && n < 16 ? 2e-2 : 1e-2);
-        if (impl == QImpl::Generic) {
-          y_generic = y;
-        } else if (!y_generic.empty()) {
-          std::vector<double> g(y_generic.begin(), y_generic.end());
-          EXPECT_LE(rel_err(y, g), 1e-5);
+        const std::vector<double> same = reference(dq, xq, n, rows, cols);
+        std::vector<float> y_generic;
+        for (QImpl impl : {QImpl::Generic, QImpl::Avx2}) {
+          if (!kernels::cpu::qgemm_available(impl)) continue;
+          SCOPED_TRACE(impl == QImpl::Avx2 ? "avx2" : "generic");
+          std::vector<float> y(static_cast<size_t>(n * rows), 0.0f);
+          kernels::cpu::qgemm(qweight_view(m), x.data(), n, y.data(), false, impl);
+          EXPECT_LE(rel_err(y, same), 1e-5);
+          EXPECT_LE(rel_err(y, exact), g128 && n < 16 ? 2e-2 : 1e-2);
+          if (impl == QImpl::Generic) {
+            y_generic = y;
+          } else if (!y_generic.empty()) {
+            std::vector<double> g(y_generic.begin(), y_generic.end());
+            EXPECT_LE(rel_err(y, g), 1e-5);
+          }
+          // accumulate adds to what is there
+          kernels::cpu::qgemm(qweight_view(m), x.data(), n, y.data(), true, impl);
+          std::vector<double> twice = same;
+          for (double& v : twice) v *= 2;
+          EXPECT_LE(rel_err(y, twice), 1e-5);
         }
-        // accumulate adds to what is there
-        kernels::cpu::qgemm(qweight_view(m), x.data(), n, y.data(), true, impl);
-        std::vector<double> twice = same;
-        for (double& v : twice) v *= 2;
-        EXPECT_LE(rel_err(y, twice), 1e-5);
       }
     }
   }

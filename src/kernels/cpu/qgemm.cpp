@@ -251,28 +251,30 @@ LMF_TARGET_AVX2 inline __m256i dot_u4(__m256i w, __m256i x) {
   return _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1));
 }
 
-// Software prefetch of the weight stream. A tile reads R rows side by side, R short streams that the hardware
-// prefetchers barely learn before they end (k = 1024 is 17 cache lines a row at q8_0), so decode from DRAM ran at
-// a third of what the same kernel reaches from L2. Each tile therefore prefetches the next tile's bytes while it
-// works, `bytes` per step of its loop, in step with its own progress (pf == nullptr: nothing to prefetch).
+// Software prefetch of the weight streams. The kernels below read R places at once (rows, or groups of four
+// interleaved rows), each a sequential stream; every step prefetches the lines of the bytes `ahead` beyond what it
+// reads in each stream (ahead == 0: none). See rows_avx2 for why several streams and how far ahead.
 template <size_t Bytes>
-LMF_TARGET_AVX2 inline void prefetch_span(const uint8_t* pf) {
-  for (size_t o = 0; o < Bytes; o += 64) _mm_prefetch(reinterpret_cast<const char*>(pf + o), _MM_HINT_T0);
+LMF_TARGET_AVX2 inline void prefetch_ahead(const uint8_t* p) {
+  // Lines every 64 bytes from p: consecutive steps of a stream leave no gap over 64 bytes, so every line of the
+  // stream is asked for once or more (a step of 136 bytes asks for 3; also asking for its last byte's line, as
+  // often the next step's first, made q8_0 decode 5-10% slower).
+  for (size_t o = 0; o < Bytes; o += 64) _mm_prefetch(reinterpret_cast<const char*>(p + o), _MM_HINT_T0);
 }
 
 template <int R>
-LMF_TARGET_AVX2 void tile_q8(const uint8_t* row0, size_t stride, const XQuant& xq, const float* row_scale, float* out,
-                             const uint8_t* pf) {
+LMF_TARGET_AVX2 void tile_q8(const uint8_t* const* rows, const XQuant& xq, const float* row_scale, float* out,
+                             size_t ahead) {
   __m256 acc[R];
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
-  const bool q8 = row_scale == nullptr;  // q8_0 blocks; otherwise int8 rows with one scale each
+  const bool q8 = row_scale == nullptr;  // q8_0 blocks; otherwise int8 rows with their scales in row_scale[0, R)
   const size_t bbytes = q8 ? kQ8Bytes : kBlock;
   for (int64_t b = 0; b < xq.nb; ++b) {
-    if (pf) prefetch_span<R * kQ8Bytes>(pf + b * R * bbytes);
     const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq.q.data() + b * kBlock));
     const float dx = xq.d[b];
     for (int r = 0; r < R; ++r) {
-      const uint8_t* blk = row0 + r * stride + b * bbytes;
+      const uint8_t* blk = rows[r] + b * bbytes;
+      if (ahead) prefetch_ahead<kQ8Bytes>(blk + ahead);
       const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q8 ? blk + 2 : blk));
       const __m256 f = _mm256_cvtepi32_ps(dot_i8(wv, x));
       acc[r] = _mm256_fmadd_ps(f, _mm256_set1_ps(q8 ? f16(blk) * dx : dx), acc[r]);
@@ -288,9 +290,9 @@ LMF_TARGET_AVX2 void tile_q8(const uint8_t* row0, size_t stride, const XQuant& x
 LMF_TARGET_AVX2 inline __m256i fold4(__m256i d0, __m256i d1, __m256i d2, __m256i d3) {
   return _mm256_hadd_epi32(_mm256_hadd_epi32(d0, d1), _mm256_hadd_epi32(d2, d3));
 }
-LMF_TARGET_AVX2 inline __m128 scales4(const uint8_t* b0, size_t stride) {
-  const uint64_t h = uint64_t{load_u16(b0)} | uint64_t{load_u16(b0 + stride)} << 16 |
-                     uint64_t{load_u16(b0 + 2 * stride)} << 32 | uint64_t{load_u16(b0 + 3 * stride)} << 48;
+LMF_TARGET_AVX2 inline __m128 scales4(const uint8_t* const* rows, size_t off) {
+  const uint64_t h = uint64_t{load_u16(rows[0] + off)} | uint64_t{load_u16(rows[1] + off)} << 16 |
+                     uint64_t{load_u16(rows[2] + off)} << 32 | uint64_t{load_u16(rows[3] + off)} << 48;
   return _mm_cvtph_ps(_mm_cvtsi64_si128(static_cast<long long>(h)));
 }
 LMF_TARGET_AVX2 inline void unfold4(__m256 acc, float* out) {
@@ -298,19 +300,20 @@ LMF_TARGET_AVX2 inline void unfold4(__m256 acc, float* out) {
   _mm_storeu_ps(out, s);
 }
 
-LMF_TARGET_AVX2 void tile4_q8(const uint8_t* row0, size_t stride, const XQuant& xq, const float* row_scale, float* out,
-                              const uint8_t* pf) {
+LMF_TARGET_AVX2 void tile4_q8(const uint8_t* const* rows, const XQuant& xq, const float* row_scale, float* out,
+                              size_t ahead) {
   __m256 acc = _mm256_setzero_ps();
   const bool q8 = row_scale == nullptr;
   const size_t bbytes = q8 ? kQ8Bytes : kBlock, skip = q8 ? 2 : 0;
   for (int64_t b = 0; b < xq.nb; ++b) {
-    if (pf) prefetch_span<4 * kQ8Bytes>(pf + b * 4 * bbytes);
     const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq.q.data() + b * kBlock));
-    const uint8_t* blk = row0 + b * bbytes;
+    const size_t at = static_cast<size_t>(b) * bbytes;
     __m256i d[4];
-    for (int r = 0; r < 4; ++r)
-      d[r] = dot_i8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + r * stride + skip)), x);
-    const __m128 s = q8 ? _mm_mul_ps(scales4(blk, stride), _mm_set1_ps(xq.d[b])) : _mm_set1_ps(xq.d[b]);
+    for (int r = 0; r < 4; ++r) {
+      if (ahead) prefetch_ahead<kQ8Bytes>(rows[r] + at + ahead);
+      d[r] = dot_i8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[r] + at + skip)), x);
+    }
+    const __m128 s = q8 ? _mm_mul_ps(scales4(rows, at), _mm_set1_ps(xq.d[b])) : _mm_set1_ps(xq.d[b]);
     acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(fold4(d[0], d[1], d[2], d[3])), _mm256_set_m128(s, s), acc);
   }
   unfold4(acc, out);
@@ -318,44 +321,49 @@ LMF_TARGET_AVX2 void tile4_q8(const uint8_t* row0, size_t stride, const XQuant& 
     for (int r = 0; r < 4; ++r) out[r] *= row_scale[r];
 }
 
-LMF_TARGET_AVX2 void tile4_q4_0(const uint8_t* row0, size_t stride, const XQuant& xq, float* out, const uint8_t* pf) {
+LMF_TARGET_AVX2 void tile4_q4_0(const uint8_t* const* rows, const XQuant& xq, float* out, size_t ahead) {
   __m256 acc = _mm256_setzero_ps();
   const __m256i low = _mm256_set1_epi8(0x0f);
   for (int64_t b = 0; b < xq.nb; ++b) {
-    if (pf) prefetch_span<4 * kQ4Bytes>(pf + b * 4 * kQ4Bytes);
     const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq.q.data() + b * kBlock));
     const __m256i off =
         _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq.p4.data() + b * 8)), 3);
-    const uint8_t* blk = row0 + b * kQ4Bytes;
+    const size_t at = static_cast<size_t>(b) * kQ4Bytes;
     __m256i d[4];
     for (int r = 0; r < 4; ++r) {
-      const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + r * stride + 2));
+      if (ahead) prefetch_ahead<kQ4Bytes>(rows[r] + at + ahead);
+      const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[r] + at + 2));
       d[r] = dot_u4(_mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(c, 4), c), low), x);
     }
     // The code offset (q - 8) is the same for every row: subtract it once, folded like the dots.
     const __m256i h = _mm256_sub_epi32(fold4(d[0], d[1], d[2], d[3]), fold4(off, off, off, off));
-    const __m128 s = _mm_mul_ps(scales4(blk, stride), _mm_set1_ps(xq.d[b]));
+    const __m128 s = _mm_mul_ps(scales4(rows, at), _mm_set1_ps(xq.d[b]));
     acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(h), _mm256_set_m128(s, s), acc);
   }
   unfold4(acc, out);
 }
 
-// The q8_0 tile on the interleaved layout (interleave_rows4): one stream, the four scales in one load.
-LMF_TARGET_AVX2 void tile4_q8_rows4(const uint8_t* group, const XQuant& xq, float* out, const uint8_t* pf) {
+// The q8_0 tile on the interleaved layout (interleave_rows4): S groups of four rows (out[4 s + k]: group s, row k),
+// each group one stream with its four scales in one load.
+template <int S>
+LMF_TARGET_AVX2 void groups_q8(const uint8_t* const* groups, const XQuant& xq, float* out, size_t ahead) {
   constexpr size_t kStep = 4 * kQ8Bytes;
-  __m256 acc = _mm256_setzero_ps();
+  __m256 acc[S];
+  for (int s = 0; s < S; ++s) acc[s] = _mm256_setzero_ps();
   for (int64_t b = 0; b < xq.nb; ++b) {
-    if (pf) prefetch_span<kStep>(pf + b * kStep);
     const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq.q.data() + b * kBlock));
-    const uint8_t* blk = group + b * kStep;
-    __m256i d[4];
-    for (int r = 0; r < 4; ++r)
-      d[r] = dot_i8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 8 + 32 * r)), x);
-    const __m128 s =
-        _mm_mul_ps(_mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk))), _mm_set1_ps(xq.d[b]));
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(fold4(d[0], d[1], d[2], d[3])), _mm256_set_m128(s, s), acc);
+    const __m128 dx = _mm_set1_ps(xq.d[b]);
+    for (int g = 0; g < S; ++g) {
+      const uint8_t* blk = groups[g] + b * kStep;
+      if (ahead) prefetch_ahead<kStep>(blk + ahead);
+      __m256i d[4];
+      for (int r = 0; r < 4; ++r)
+        d[r] = dot_i8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 8 + 32 * r)), x);
+      const __m128 s = _mm_mul_ps(_mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk))), dx);
+      acc[g] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(fold4(d[0], d[1], d[2], d[3])), _mm256_set_m128(s, s), acc[g]);
+    }
   }
-  unfold4(acc, out);
+  for (int g = 0; g < S; ++g) unfold4(acc[g], out + 4 * g);
 }
 
 // XQuant::q2 and off2 for tile4_q4_0_rows4, once per token.
@@ -391,42 +399,50 @@ LMF_TARGET_AVX2 inline float half_sum(__m128 v) {
 // maddubs add in 16 bits (at most 4 x 15 x 127), one madd per pair of rows, and each lane keeps its partial sum to
 // the end of the row: no fold per block. The GGUF layout's tile spent most of its time in those folds and inserts
 // (the shuffle ports); the partial sums differ, so the two layouts agree to float rounding, not bit for bit.
-LMF_TARGET_AVX2 void tile4_q4_0_rows4(const uint8_t* group, const XQuant& xq, float* out, const uint8_t* pf) {
+// S groups of four rows, out[4 s + k] as groups_q8.
+template <int S>
+LMF_TARGET_AVX2 void groups_q4_0(const uint8_t* const* groups, const XQuant& xq, float* out, size_t ahead) {
   constexpr size_t kStep = 4 * kQ4Bytes;
-  __m256 acc01 = _mm256_setzero_ps(), acc23 = _mm256_setzero_ps();
+  __m256 acc01[S], acc23[S];
+  for (int g = 0; g < S; ++g) acc01[g] = acc23[g] = _mm256_setzero_ps();
   const __m256i i01 = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), i23 = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
   for (int64_t b = 0; b < xq.nb; ++b) {
-    if (pf) prefetch_span<kStep>(pf + b * kStep);
     const __m256i xlo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq.q2.data() + b * 64));
     const __m256i xhi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq.q2.data() + b * 64 + 32));
     const __m256i off = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq.off2.data() + b * 8));
-    const uint8_t* blk = group + b * kStep;
-    const __m256 s = _mm256_castps128_ps256(
-        _mm_mul_ps(_mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk))), _mm_set1_ps(xq.d[b])));
-    acc01 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q4_two_rows(blk + 8, xlo, xhi, off)), _mm256_permutevar8x32_ps(s, i01),
-                            acc01);
-    acc23 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q4_two_rows(blk + 40, xlo, xhi, off)), _mm256_permutevar8x32_ps(s, i23),
-                            acc23);
+    const __m128 dx = _mm_set1_ps(xq.d[b]);
+    for (int g = 0; g < S; ++g) {
+      const uint8_t* blk = groups[g] + b * kStep;
+      if (ahead) prefetch_ahead<kStep>(blk + ahead);
+      const __m256 s =
+          _mm256_castps128_ps256(_mm_mul_ps(_mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk))), dx));
+      acc01[g] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q4_two_rows(blk + 8, xlo, xhi, off)),
+                                 _mm256_permutevar8x32_ps(s, i01), acc01[g]);
+      acc23[g] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q4_two_rows(blk + 40, xlo, xhi, off)),
+                                 _mm256_permutevar8x32_ps(s, i23), acc23[g]);
+    }
   }
-  out[0] = half_sum(_mm256_castps256_ps128(acc01));
-  out[1] = half_sum(_mm256_extractf128_ps(acc01, 1));
-  out[2] = half_sum(_mm256_castps256_ps128(acc23));
-  out[3] = half_sum(_mm256_extractf128_ps(acc23, 1));
+  for (int g = 0; g < S; ++g) {
+    out[4 * g] = half_sum(_mm256_castps256_ps128(acc01[g]));
+    out[4 * g + 1] = half_sum(_mm256_extractf128_ps(acc01[g], 1));
+    out[4 * g + 2] = half_sum(_mm256_castps256_ps128(acc23[g]));
+    out[4 * g + 3] = half_sum(_mm256_extractf128_ps(acc23[g], 1));
+  }
 }
 
 template <int R>
-LMF_TARGET_AVX2 void tile_q4_0(const uint8_t* row0, size_t stride, const XQuant& xq, float* out, const uint8_t* pf) {
+LMF_TARGET_AVX2 void tile_q4_0(const uint8_t* const* rows, const XQuant& xq, float* out, size_t ahead) {
   __m256 acc[R];
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   const __m256i low = _mm256_set1_epi8(0x0f);
   for (int64_t b = 0; b < xq.nb; ++b) {
-    if (pf) prefetch_span<R * kQ4Bytes>(pf + b * R * kQ4Bytes);
     const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq.q.data() + b * kBlock));
     const __m256i off =
         _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq.p4.data() + b * 8)), 3);
     const float dx = xq.d[b];
     for (int r = 0; r < R; ++r) {
-      const uint8_t* blk = row0 + r * stride + b * kQ4Bytes;
+      const uint8_t* blk = rows[r] + b * kQ4Bytes;
+      if (ahead) prefetch_ahead<kQ4Bytes>(blk + ahead);
       const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2));
       const __m256i w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(c, 4), c), low);
       const __m256 f = _mm256_cvtepi32_ps(_mm256_sub_epi32(dot_u4(w, x), off));
@@ -439,14 +455,14 @@ LMF_TARGET_AVX2 void tile_q4_0(const uint8_t* row0, size_t stride, const XQuant&
 // g128 rows against activations with one scale per 128 values (XQuant::quantize with span 128): a group's four
 // blocks are summed in integers (the four maddubs add in 16 bits: at most 4 x 2 x 15 x 127) and scaled once, where
 // per-32 activation scales took a convert and a multiply-add per block and row (20 -> 32-34 GB/s from L2).
+// Row r's codes at rows[r], its scales at scales[r] and zeros at zeros[r] (zeros == nullptr: symmetric).
 template <int R>
-LMF_TARGET_AVX2 void tile_g128(const uint8_t* row0, size_t stride, const uint16_t* scales0, const uint8_t* zeros0,
-                               int64_t groups, const XQuant& xq, float* out, const uint8_t* pf) {
+LMF_TARGET_AVX2 void tile_g128(const uint8_t* const* rows, const uint16_t* const* scales, const uint8_t* const* zeros,
+                               int64_t groups, const XQuant& xq, float* out, size_t ahead) {
   __m256 acc[R];
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   const __m256i low = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
   for (int64_t g = 0; g < groups; ++g) {
-    if (pf) prefetch_span<R * kGroup / 2>(pf + g * R * (kGroup / 2));
     const int8_t* xg = xq.q.data() + g * kGroup;
     __m256i x[4];
     for (int sb = 0; sb < 4; ++sb) x[sb] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xg + sb * kBlock));
@@ -458,7 +474,8 @@ LMF_TARGET_AVX2 void tile_g128(const uint8_t* row0, size_t stride, const uint16_
                                            _mm256_add_epi32(_mm256_loadu_si256(p4 + 2), _mm256_loadu_si256(p4 + 3)));
     const __m256i off8 = _mm256_slli_epi32(share, 3);
     for (int r = 0; r < R; ++r) {
-      const uint8_t* c = row0 + r * stride + g * (kGroup / 2);
+      const uint8_t* c = rows[r] + g * (kGroup / 2);
+      if (ahead) prefetch_ahead<kGroup / 2>(c + ahead);
       const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c));
       const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + 32));
       // bytes 0-31: values 0-31 (low nibbles) and 64-95 (high); bytes 32-63: values 32-63 and 96-127.
@@ -468,9 +485,9 @@ LMF_TARGET_AVX2 void tile_g128(const uint8_t* row0, size_t stride, const uint16_
           _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v0, 4), low), x[2]),
                            _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v1, 4), low), x[3])));
       // zero x share in one madd: the zero sits in the low int16 of each lane, 0 in the high one.
-      const __m256i off = zeros0 ? _mm256_madd_epi16(share, _mm256_set1_epi32(zeros0[r * groups + g])) : off8;
+      const __m256i off = zeros ? _mm256_madd_epi16(share, _mm256_set1_epi32(zeros[r][g])) : off8;
       const __m256i d = _mm256_sub_epi32(_mm256_madd_epi16(p, ones), off);
-      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(_cvtsh_ss(scales0[r * groups + g]) * dx), acc[r]);
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(_cvtsh_ss(scales[r][g]) * dx), acc[r]);
     }
   }
   for (int r = 0; r < R; ++r) out[r] = hsum(acc[r]);
@@ -482,16 +499,16 @@ LMF_TARGET_AVX2 inline __m256 load8(const uint8_t* p, bool bf16) {
 }
 
 template <int R>
-LMF_TARGET_AVX2 void tile_f16(const uint8_t* row0, size_t stride, bool bf16, const float* x, int64_t cols, float* out,
-                              const uint8_t* pf) {
+LMF_TARGET_AVX2 void tile_f16(const uint8_t* const* rows, bool bf16, const float* x, int64_t cols, float* out,
+                              size_t ahead) {
   __m256 acc[R][2];
   for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
   int64_t j = 0;
   for (; j + 16 <= cols; j += 16) {
-    if (pf) prefetch_span<R * 32>(pf + j * R * 2);
     const __m256 x0 = _mm256_loadu_ps(x + j), x1 = _mm256_loadu_ps(x + j + 8);
     for (int r = 0; r < R; ++r) {
-      const uint8_t* p = row0 + r * stride + j * 2;
+      const uint8_t* p = rows[r] + j * 2;
+      if (ahead && j % 32 == 0) prefetch_ahead<64>(p + ahead);
       acc[r][0] = _mm256_fmadd_ps(load8(p, bf16), x0, acc[r][0]);
       acc[r][1] = _mm256_fmadd_ps(load8(p + 16, bf16), x1, acc[r][1]);
     }
@@ -499,7 +516,7 @@ LMF_TARGET_AVX2 void tile_f16(const uint8_t* row0, size_t stride, bool bf16, con
   for (int r = 0; r < R; ++r) {
     float s = hsum(_mm256_add_ps(acc[r][0], acc[r][1]));
     for (int64_t t = j; t < cols; ++t) {
-      const uint16_t h = load_u16(row0 + r * stride + t * 2);
+      const uint16_t h = load_u16(rows[r] + t * 2);
       s += (bf16 ? bf16_to_float(h) : _cvtsh_ss(h)) * x[t];
     }
     out[r] = s;
@@ -508,77 +525,81 @@ LMF_TARGET_AVX2 void tile_f16(const uint8_t* row0, size_t stride, bool bf16, con
 
 // f32 rows (decode's GEMV): OpenBLAS's sgemv left a third of the copy bandwidth unused at the engine's shapes.
 template <int R>
-LMF_TARGET_AVX2 void tile_f32(const uint8_t* row0, size_t stride, const float* x, int64_t cols, float* out,
-                              const uint8_t* pf) {
+LMF_TARGET_AVX2 void tile_f32(const uint8_t* const* rows, const float* x, int64_t cols, float* out, size_t ahead) {
   __m256 acc[R][2];
   for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
   int64_t j = 0;
   for (; j + 16 <= cols; j += 16) {
-    if (pf)
-      for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(pf + r * stride + j * 4), _MM_HINT_T0);
     const __m256 x0 = _mm256_loadu_ps(x + j), x1 = _mm256_loadu_ps(x + j + 8);
     for (int r = 0; r < R; ++r) {
-      const auto* p = reinterpret_cast<const float*>(row0 + r * stride) + j;
+      const auto* p = reinterpret_cast<const float*>(rows[r]) + j;
+      if (ahead) prefetch_ahead<64>(reinterpret_cast<const uint8_t*>(p) + ahead);
       acc[r][0] = _mm256_fmadd_ps(_mm256_loadu_ps(p), x0, acc[r][0]);
       acc[r][1] = _mm256_fmadd_ps(_mm256_loadu_ps(p + 8), x1, acc[r][1]);
     }
   }
   for (int r = 0; r < R; ++r) {
     float s = hsum(_mm256_add_ps(acc[r][0], acc[r][1]));
-    const auto* p = reinterpret_cast<const float*>(row0 + r * stride);
+    const auto* p = reinterpret_cast<const float*>(rows[r]);
     for (int64_t t = j; t < cols; ++t) s += p[t] * x[t];
     out[r] = s;
   }
 }
 
+// R rows (grouped: R groups of four interleaved rows, out[4 k + i] for group k's row i) starting at the rows in
+// first[0, R), against one activation row.
 template <int R>
-LMF_TARGET_AVX2 void tile_avx2(const QWeight& w, int64_t r, const float* x, const XQuant& xq, float* out,
-                               const uint8_t* pf) {
+LMF_TARGET_AVX2 void tile_avx2(const QWeight& w, const int64_t* first, bool grouped, const float* x, const XQuant& xq,
+                               float* out, size_t ahead) {
   const size_t stride = row_bytes(w);
-  const uint8_t* row0 = static_cast<const uint8_t*>(w.codes) + static_cast<size_t>(r) * stride;
+  const uint8_t* rows[R];
+  for (int k = 0; k < R; ++k) rows[k] = static_cast<const uint8_t*>(w.codes) + static_cast<size_t>(first[k]) * stride;
   switch (w.format) {
-    case QFormat::F32:  // next tile row by row: +6-27% f32 decode on Zen 5 (PERFORMANCE.md, 2026-12-05)
-      tile_f32<R>(row0, stride, x, w.cols, out, pf);
+    case QFormat::F32:
+      tile_f32<R>(rows, x, w.cols, out, ahead);
       break;
     case QFormat::F16:
     case QFormat::BF16:
-      tile_f16<R>(row0, stride, w.format == QFormat::BF16, x, w.cols, out, pf);
+      tile_f16<R>(rows, w.format == QFormat::BF16, x, w.cols, out, ahead);
       break;
-    case QFormat::Q8_0:  // interleaved rows come here in whole tiles only: rows_avx2 starts tiles at multiples of 4
-      if constexpr (R == 4) {
-        if (w.rows4) {
-          tile4_q8_rows4(row0, xq, out, pf);
-        } else {
-          tile4_q8(row0, stride, xq, nullptr, out, pf);
-        }
+    case QFormat::Q8_0:
+      if (grouped) {
+        groups_q8<R>(rows, xq, out, ahead);
+      } else if constexpr (R == 4) {
+        tile4_q8(rows, xq, nullptr, out, ahead);
       } else {
-        tile_q8<R>(row0, stride, xq, nullptr, out, pf);
+        tile_q8<R>(rows, xq, nullptr, out, ahead);
       }
       break;
-    case QFormat::INT8:
+    case QFormat::INT8: {
+      float scale[R];
+      for (int k = 0; k < R; ++k) scale[k] = static_cast<const float*>(w.scales)[first[k]];
       if constexpr (R == 4) {
-        tile4_q8(row0, stride, xq, static_cast<const float*>(w.scales) + r, out, pf);
+        tile4_q8(rows, xq, scale, out, ahead);
       } else {
-        tile_q8<R>(row0, stride, xq, static_cast<const float*>(w.scales) + r, out, pf);
+        tile_q8<R>(rows, xq, scale, out, ahead);
       }
       break;
+    }
     case QFormat::Q4_0:
-      if constexpr (R == 4) {
-        if (w.rows4) {
-          tile4_q4_0_rows4(row0, xq, out, pf);
-        } else {
-          tile4_q4_0(row0, stride, xq, out, pf);
-        }
+      if (grouped) {
+        groups_q4_0<R>(rows, xq, out, ahead);
+      } else if constexpr (R == 4) {
+        tile4_q4_0(rows, xq, out, ahead);
       } else {
-        tile_q4_0<R>(row0, stride, xq, out, pf);
+        tile_q4_0<R>(rows, xq, out, ahead);
       }
       break;
     case QFormat::Q4_G128:
     case QFormat::Q4_G128_ASYM: {
       const int64_t groups = w.cols / kGroup;
-      const auto* zeros = static_cast<const uint8_t*>(w.zeros);
-      tile_g128<R>(row0, stride, static_cast<const uint16_t*>(w.scales) + r * groups,
-                   w.format == QFormat::Q4_G128_ASYM ? zeros + r * groups : nullptr, groups, xq, out, pf);
+      const uint16_t* scales[R];
+      const uint8_t* zeros[R];
+      for (int k = 0; k < R; ++k) {
+        scales[k] = static_cast<const uint16_t*>(w.scales) + first[k] * groups;
+        zeros[k] = static_cast<const uint8_t*>(w.zeros) + first[k] * groups;
+      }
+      tile_g128<R>(rows, scales, w.format == QFormat::Q4_G128_ASYM ? zeros : nullptr, groups, xq, out, ahead);
       break;
     }
   }
@@ -619,34 +640,51 @@ LMF_TARGET_AVX2 void quantize_avx2(XQuant& xq, const float* x, int64_t cols, int
   }
 }
 
-// Rows [r0, r1) for each of the n activation rows. The loop runs over tiles outside and activation rows inside,
-// so a batch of n sequences reads each tile of weights from memory once and from L1/L2 n - 1 times.
+// How far ahead of each stream the kernels prefetch, in bytes (2026-12-06, Zen 4, infer-250m decode, 4 streams:
+// 1 KiB and 2 KiB within a few % for f32, 2 KiB best for q8_0; 4 KiB and more lost 5-10%).
+size_t prefetch_distance(QFormat f) {
+  return f == QFormat::F32 ? 1024 : 2048;
+}
+
+// Rows [r0, r1) for each of the n activation rows.
+//
+// Decode reads every weight byte once, so its speed is the rate at which a core pulls sequential bytes from DRAM.
+// One sequential stream per core, even prefetched far ahead in software, stops well short of what the memory
+// gives: measured here (2 threads, 1 GiB, AVX2 loads), one stream per thread read 38-44 GB/s, less than the copy
+// probe's read + write figure, while four streams per thread at least 16 KiB apart, each prefetched 2 KiB ahead,
+// read 50-56 GB/s (two: 44-51; eight: 47). The chunk is therefore cut into kStreams parts walked in lockstep, one
+// row (or group of four interleaved rows) of each part per step: f32 decode of infer-250m +35%, q8_0 +20%
+// (PERFORMANCE.md, decode rework part 6). Batches read a step's rows once from memory and n - 1 times from cache.
+constexpr int kStreams = 4;
+
 LMF_TARGET_AVX2 void rows_avx2(const QWeight& w, const float* x, const XQuant* xq, int64_t n, int64_t r0, int64_t r1,
                                float* y, bool accumulate) {
-  const size_t stride = row_bytes(w);
-  const auto* base = static_cast<const uint8_t*>(w.codes);
-  const bool g128 = w.format == QFormat::Q4_G128 || w.format == QFormat::Q4_G128_ASYM;
-  const int64_t ahead = w.format == QFormat::Q8_0 || w.format == QFormat::INT8 || g128 ? 2 : 1;
-  float tmp[kTile];
-  int64_t r = r0;
-  for (; r + kTile <= r1; r += kTile) {
-    // A tile of this chunk ahead (the g128 scales and zeros are small and stay in cache): for 8-bit rows and g128
-    // two tiles ahead (+6-7% on q8_0 decode products, interleaved runs; the tile is done before one tile's
-    // prefetches land; g128 +7-9% since its tile went integer per group), one for the rest (two made q4_0 1-3%
-    // slower and f32 no faster).
-    const uint8_t* pf =
-        r + (ahead + 1) * kTile <= r1 ? base + static_cast<size_t>(r + ahead * kTile) * stride : nullptr;
+  const bool grouped = w.rows4;  // r0 is a multiple of 4: chunks are whole tiles
+  const int64_t unit = grouped ? 4 : 1;
+  const int64_t grouped_end = grouped ? std::max(r0, std::min(r1, w.rows / 4 * 4)) : r0;
+  const int64_t units = grouped ? (grouped_end - r0) / 4 : r1 - r0, len = units / kStreams;
+  const size_t ahead = prefetch_distance(w.format);
+  float tmp[4 * kStreams];
+  const auto put = [&](int64_t t, int64_t row, float v) {
+    float& o = y[t * w.rows + row];
+    o = accumulate ? o + v : v;
+  };
+  int64_t first[kStreams];
+  for (int64_t i = 0; i < len; ++i) {
+    for (int k = 0; k < kStreams; ++k) first[k] = r0 + (k * len + i) * unit;
     for (int64_t t = 0; t < n; ++t) {
-      float* yt = y + t * w.rows;
-      tile_avx2<kTile>(w, r, x + t * w.cols, xq[t], tmp, t == 0 ? pf : nullptr);
-      for (int i = 0; i < kTile; ++i) yt[r + i] = accumulate ? yt[r + i] + tmp[i] : tmp[i];
+      tile_avx2<kStreams>(w, first, grouped, x + t * w.cols, xq[t], tmp, t == 0 ? ahead : 0);
+      for (int k = 0; k < kStreams; ++k)
+        for (int64_t u = 0; u < unit; ++u) put(t, first[k] + u, tmp[k * unit + u]);
     }
   }
-  for (; r < r1; ++r) {
+  // What is left: fewer than kStreams units, then the rows after the last whole group (GGUF layout).
+  int64_t r = r0 + len * kStreams * unit;
+  for (; r < r1; r += grouped && r < grouped_end ? 4 : 1) {
+    const bool g = grouped && r < grouped_end;
     for (int64_t t = 0; t < n; ++t) {
-      float* yt = y + t * w.rows;
-      tile_avx2<1>(w, r, x + t * w.cols, xq[t], tmp, nullptr);
-      yt[r] = accumulate ? yt[r] + tmp[0] : tmp[0];
+      tile_avx2<1>(w, &r, g, x + t * w.cols, xq[t], tmp, t == 0 ? ahead : 0);
+      for (int64_t u = 0; u < (g ? 4 : 1); ++u) put(t, r + u, tmp[u]);
     }
   }
 }
