@@ -245,20 +245,23 @@ LMF_TARGET_AVX2 void copy_avx2(float* __restrict d, const float* __restrict s, i
   }
   for (; i < n; ++i) d[i] = s[i];
 }
-// Read-only pass (the decode GEMV's access pattern without its arithmetic): four independent accumulators.
+// Read-only pass, the decode products' access pattern without their arithmetic: the range cut into four parts read
+// in lockstep, each prefetched 2 KiB ahead (one sequential stream per core reads 20-30% less here; qgemm.cpp).
 LMF_TARGET_AVX2 float read_avx2(const float* s, int64_t n) {
-  __m256 a = _mm256_setzero_ps(), b = a, c = a, e = a;
-  int64_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    a = _mm256_add_ps(a, _mm256_loadu_ps(s + i));
-    b = _mm256_add_ps(b, _mm256_loadu_ps(s + i + 8));
-    c = _mm256_add_ps(c, _mm256_loadu_ps(s + i + 16));
-    e = _mm256_add_ps(e, _mm256_loadu_ps(s + i + 24));
-  }
+  constexpr int kParts = 4;
+  const int64_t part = n / kParts / 32 * 32;
+  __m256 acc[kParts];
+  for (auto& a : acc) a = _mm256_setzero_ps();
+  for (int64_t i = 0; i < part; i += 16)
+    for (int k = 0; k < kParts; ++k) {
+      const float* p = s + k * part + i;
+      _mm_prefetch(reinterpret_cast<const char*>(p) + 2048, _MM_HINT_T0);
+      acc[k] = _mm256_add_ps(acc[k], _mm256_add_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)));
+    }
   alignas(32) float t[8];
-  _mm256_store_ps(t, _mm256_add_ps(_mm256_add_ps(a, b), _mm256_add_ps(c, e)));
+  _mm256_store_ps(t, _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
   float r = t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7];
-  for (; i < n; ++i) r += s[i];
+  for (int64_t i = kParts * part; i < n; ++i) r += s[i];
   return r;
 }
 #endif

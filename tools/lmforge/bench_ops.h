@@ -62,8 +62,8 @@ double time_ms(F&& f) {
 double median(std::vector<double> v);
 
 // Read-only bandwidth in GB/s (bytes read per second) over one array of `bytes`, split over the pool at `threads`;
-// median of `repeats` passes. Decode only reads its weights, and on some machines reads alone reach less than the
-// copy probe's read + write figure.
+// median of `repeats` passes, each thread's share read as four streams in lockstep as the decode products read
+// (qgemm.cpp). Decode only reads its weights; one stream per core read less than the copy probe's read + write figure.
 double measure_read_gb_s(int threads, size_t bytes, int repeats);
 // STREAM "Copy" of n floats with ordinary stores (AVX2 where the CPU has it), split over the thread pool.
 void stream_copy(float* d, const float* s, int64_t n);
