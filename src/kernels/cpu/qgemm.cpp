@@ -653,7 +653,7 @@ size_t prefetch_distance(QFormat f) {
 // gives: measured here (2 threads, 1 GiB, AVX2 loads), one stream per thread read 38-44 GB/s, less than the copy
 // probe's read + write figure, while four streams per thread at least 16 KiB apart, each prefetched 2 KiB ahead,
 // read 50-56 GB/s (two: 44-51; eight: 47). The chunk is therefore cut into kStreams parts walked in lockstep, one
-// row (or group of four interleaved rows) of each part per step: f32 decode of infer-250m +35%, q8_0 +20%
+// row (or group of four interleaved rows) of each part per step: f32 decode of infer-250m +47%, q8_0 +14-28%
 // (PERFORMANCE.md, decode rework part 6). Batches read a step's rows once from memory and n - 1 times from cache.
 constexpr int kStreams = 4;
 
