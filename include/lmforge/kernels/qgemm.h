@@ -35,8 +35,8 @@ void interleave_rows4(QFormat format, int64_t rows, int64_t cols, const void* sr
 enum class QImpl { Auto, Generic, Avx2 };
 
 // Splits the rows over the thread pool. accumulate: y += instead of y =. F32 weights with n >= 16 go to sgemm
-// (gemm<float>); below that, every format streams its rows through the tile kernels, which prefetch the next tile
-// of weights while they multiply the current one (decode is bound by how fast the weights arrive).
+// (gemm<float>); below that, every format streams its rows through the tile kernels, each thread reading its rows
+// as four streams in lockstep, prefetched ahead (decode is bound by how fast the weights arrive).
 void qgemm(const QWeight& w, const float* x, int64_t n, float* y, bool accumulate, QImpl impl = QImpl::Auto);
 
 // Row r of the weight as f32 (cols values), in either layout.

@@ -404,7 +404,7 @@ LMF_TARGET_AVX2 void runs_x(XQuant& xq) {
   }
 }
 
-// XQuant::q2 and off2 for tile4_q4_0_rows4, once per token.
+// XQuant::q2 and off2 for groups_q4_0, once per token.
 LMF_TARGET_AVX2 void pair_halves(XQuant& xq) {
   xq.q2.resize(static_cast<size_t>(xq.nb) * 64);
   xq.off2.resize(static_cast<size_t>(xq.nb) * 8);
