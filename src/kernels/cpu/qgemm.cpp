@@ -32,7 +32,11 @@ namespace {
 
 constexpr int64_t kBlock = 32;
 constexpr int64_t kGroup = 128;
-constexpr int kTile = 4;           // weight rows per pass: the activations are loaded once for four rows
+constexpr int kTile = 4;  // weight rows per pass: the activations are loaded once for four rows
+// The smallest chunk of a decode product that a thread claims: each of its four streams then reads >= 16 KiB, where
+// chunks of four tiles (4-17 KiB of q8_0 / q4_0) restarted the streams cold every few rows (four q8_0 products of an
+// infer-250m layer, from DRAM: 4.5% faster together; docs/PERFORMANCE.md).
+constexpr int64_t kMinChunkBytes = 64 << 10;
 constexpr int64_t kGemmRows = 16;  // from this many activation rows on, dequantize panels and use sgemm
 constexpr int64_t kPanel = 64;     // rows per dequantized panel
 constexpr size_t kQ8Bytes = 34;    // GGUF block_q8_0: f16 d, 32 x i8
@@ -895,8 +899,8 @@ void qgemm(const QWeight& w, const float* x, int64_t n, float* y, bool accumulat
 #endif
   }
   // Tiles of kTile rows in guided chunks: long ones first (each streams hundreds of kB of weights), short ones last
-  // so both threads finish within a few tiles of each other (with even chunks, waiting for the slower thread's
-  // last chunk was ~10% of a decode step). Up to 16 tiles run inline.
+  // (down to kMinChunkBytes) so both threads finish within a chunk of each other (with even chunks, waiting for the
+  // slower thread's last chunk was ~10% of a decode step). Up to 16 tiles run inline.
   const int64_t tiles = (rows + kTile - 1) / kTile;
   const std::function<void(int64_t, int64_t)> body = [&](int64_t t0, int64_t t1) {
     const int64_t r0 = t0 * kTile, r1 = std::min(rows, t1 * kTile);
@@ -908,10 +912,12 @@ void qgemm(const QWeight& w, const float* x, int64_t n, float* y, bool accumulat
 #endif
     for (int64_t t = 0; t < n; ++t) rows_generic(w, x + t * cols, xq + t, r0, r1, y + t * rows, accumulate);
   };
+  const int64_t tile_bytes = static_cast<int64_t>(kTile * row_bytes(w));
+  const int64_t min_tiles = std::max<int64_t>(4, (kMinChunkBytes + tile_bytes - 1) / tile_bytes);
   if (tiles <= 16) {
     body(0, tiles);
   } else {
-    parallel_for_guided(tiles, 4, body);
+    parallel_for_guided(tiles, min_tiles, body);
   }
   (void)avx2;
 }
