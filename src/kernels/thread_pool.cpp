@@ -160,7 +160,8 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void
   run_job(n, chunks, nullptr, fn);
 }
 
-void ThreadPool::parallel_for_guided(int64_t n, int64_t min_chunk, const std::function<void(int64_t, int64_t)>& fn) {
+void ThreadPool::parallel_for_guided(int64_t n, int64_t min_chunk, const std::function<void(int64_t, int64_t)>& fn,
+                                     int64_t head) {
   if (n <= 0) return;
   min_chunk = std::max<int64_t>(1, min_chunk);
   if (num_threads_ == 1 || t_in_region || n <= min_chunk) {
@@ -171,6 +172,9 @@ void ThreadPool::parallel_for_guided(int64_t n, int64_t min_chunk, const std::fu
   int64_t chunks = 0;
   b[0] = 0;
   const int64_t div = 2 * static_cast<int64_t>(num_threads_);
+  head = std::min(head, n * 4 / 5 / num_threads_);
+  if (head >= min_chunk)
+    for (int t = 0; t < num_threads_ && chunks + 1 < Impl::kMaxGuided; ++t, ++chunks) b[chunks + 1] = b[chunks] + head;
   while (b[chunks] < n) {
     const int64_t left = n - b[chunks];
     const int64_t len = chunks + 1 == Impl::kMaxGuided ? left : std::max(min_chunk, (left + div - 1) / div);

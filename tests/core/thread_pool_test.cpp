@@ -64,6 +64,39 @@ TEST(ThreadPool, GuidedCoversEveryIndexOnceLongChunksFirst) {
   }
 }
 
+// Guided with a head: each thread's first chunk holds `head` items (at most 4/5 of n between them), the rest is
+// guided as before, and every index still runs once.
+TEST(ThreadPool, GuidedHeadGivesEachThreadOneLongFirstChunk) {
+  for (int threads : {1, 2, 3}) {
+    ThreadCountScope scope(threads);
+    for (int64_t n : {5, 100, 1408, 8000}) {
+      for (int64_t head : {int64_t{0}, int64_t{3}, int64_t{200}, n}) {
+        std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+        std::mutex mu;
+        std::vector<std::pair<int64_t, int64_t>> ranges;
+        parallel_for_guided(
+            n, 4,
+            [&](int64_t b, int64_t e) {
+              for (int64_t i = b; i < e; ++i) hits[i].fetch_add(1);
+              std::lock_guard<std::mutex> lk(mu);
+              ranges.emplace_back(b, e);
+            },
+            head);
+        for (int64_t i = 0; i < n; ++i) ASSERT_EQ(hits[i].load(), 1) << "n=" << n << " head=" << head << " i=" << i;
+        std::sort(ranges.begin(), ranges.end());
+        const int64_t expect = std::min(head, n * 4 / 5 / threads);
+        if (threads > 1 && n > 4 && expect >= 4) {
+          ASSERT_GT(ranges.size(), static_cast<size_t>(threads));
+          for (int t = 0; t < threads; ++t)
+            EXPECT_EQ(ranges[t].second - ranges[t].first, expect) << "n=" << n << " head=" << head << " chunk " << t;
+          for (size_t c = threads; c + 1 < ranges.size(); ++c)
+            EXPECT_GE(ranges[c].second - ranges[c].first, 4) << "n=" << n << " head=" << head << " chunk " << c;
+        }
+      }
+    }
+  }
+}
+
 TEST(ThreadPool, NestedCallsRunInline) {
   ThreadCountScope scope(2);
   std::atomic<int64_t> total{0};

@@ -23,8 +23,11 @@ class ThreadPool {
   // parallel_for with guided chunks: each next chunk is 1 / (2 * threads) of what is left, but at least
   // `min_chunk` items, so the first chunks are long (long streams for memory-bound work) and the last ones short
   // (threads finish together: the wait for the slowest is one small chunk, not an eighth of the job). For
-  // memory-bound products called many times a second (decode).
-  void parallel_for_guided(int64_t n, int64_t min_chunk, const std::function<void(int64_t, int64_t)>& fn);
+  // memory-bound products called many times a second (decode). With head > 0 the first chunks, one per thread,
+  // hold `head` items each (at most 4/5 of n between them) and the rest follows guided: one long run per thread
+  // for work that pays a start-up cost at each chunk (streams that restart cold).
+  void parallel_for_guided(int64_t n, int64_t min_chunk, const std::function<void(int64_t, int64_t)>& fn,
+                           int64_t head = 0);
 
   bool in_parallel_region() const;
 
@@ -46,8 +49,9 @@ class ThreadPool {
 inline void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
   ThreadPool::global().parallel_for(n, grain, fn);
 }
-inline void parallel_for_guided(int64_t n, int64_t min_chunk, const std::function<void(int64_t, int64_t)>& fn) {
-  ThreadPool::global().parallel_for_guided(n, min_chunk, fn);
+inline void parallel_for_guided(int64_t n, int64_t min_chunk, const std::function<void(int64_t, int64_t)>& fn,
+                                int64_t head = 0) {
+  ThreadPool::global().parallel_for_guided(n, min_chunk, fn, head);
 }
 
 // Sets the pool's thread count for a scope and restores it afterwards (benchmarks, tests).

@@ -37,6 +37,10 @@ constexpr int kTile = 4;  // weight rows per pass: the activations are loaded on
 // chunks of four tiles (4-17 KiB of q8_0 / q4_0) restarted the streams cold every few rows (four q8_0 products of an
 // infer-250m layer, from DRAM: 4.5% faster together; docs/PERFORMANCE.md).
 constexpr int64_t kMinChunkBytes = 64 << 10;
+// Each thread's first chunk of a decode product: up to 2 MiB of weights in one run (ThreadPool's guided `head`)
+// before the guided chunks, so a product's rows restart cold a few times rather than ~10 (in-process engine A/B,
+// 512 + 32-token rounds: q8_0 x1.02-1.04, q4_0 x1.06, f32 0.97-1.01; docs/PERFORMANCE.md).
+constexpr int64_t kHeadBytes = 2 << 20;
 constexpr int64_t kGemmRows = 16;  // from this many activation rows on, dequantize panels and use sgemm
 constexpr int64_t kPanel = 64;     // rows per dequantized panel
 constexpr size_t kQ8Bytes = 34;    // GGUF block_q8_0: f16 d, 32 x i8
@@ -917,7 +921,7 @@ void qgemm(const QWeight& w, const float* x, int64_t n, float* y, bool accumulat
   if (tiles <= 16) {
     body(0, tiles);
   } else {
-    parallel_for_guided(tiles, min_tiles, body);
+    parallel_for_guided(tiles, min_tiles, body, kHeadBytes / tile_bytes);
   }
   (void)avx2;
 }
