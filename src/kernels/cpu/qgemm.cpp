@@ -902,9 +902,10 @@ void qgemm(const QWeight& w, const float* x, int64_t n, float* y, bool accumulat
       for (int64_t t = 0; t < n; ++t) runs_x(tl_xq[t]);
 #endif
   }
-  // Tiles of kTile rows in guided chunks: long ones first (each streams hundreds of kB of weights), short ones last
-  // (down to kMinChunkBytes) so both threads finish within a chunk of each other (with even chunks, waiting for the
-  // slower thread's last chunk was ~10% of a decode step). Up to 16 tiles run inline.
+  // Tiles of kTile rows: one run of up to kHeadBytes per thread, then guided chunks, long ones first (each streams
+  // hundreds of kB of weights), short ones last (down to kMinChunkBytes) so both threads finish within a chunk of
+  // each other (with even chunks, waiting for the slower thread's last chunk was ~10% of a decode step). Up to 16
+  // tiles run inline.
   const int64_t tiles = (rows + kTile - 1) / kTile;
   const std::function<void(int64_t, int64_t)> body = [&](int64_t t0, int64_t t1) {
     const int64_t r0 = t0 * kTile, r1 = std::min(rows, t1 * kTile);
