@@ -4,8 +4,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <mutex>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -94,6 +96,49 @@ TEST(ThreadPool, GuidedHeadGivesEachThreadOneLongFirstChunk) {
         }
       }
     }
+  }
+}
+
+// Head chunk i runs on thread i (the caller is 0), so a worker can warm its cache for it before the job
+// (prefetch_when_idle): over many jobs each head runs on one and the same thread, a different one for each. The
+// heads each wait (up to 10 s) until all have started, so no thread can take two of them unless one is missing. A
+// prefetch hint, even one that points nowhere, changes no result.
+TEST(ThreadPool, HeadChunkIRunsOnThreadI) {
+  ThreadCountScope scope(3);
+  ThreadPool& pool = ThreadPool::global();
+  const int64_t n = 1000, head = pool.guided_head(n, 4, 200);
+  ASSERT_EQ(head, 200);
+  EXPECT_EQ(pool.guided_head(n, 4, 900), n * 4 / 5 / 3);
+  EXPECT_EQ(pool.guided_head(n, 500, 200), 0);
+  const std::vector<char> data(1 << 20);
+  const void* starts[2] = {data.data(), reinterpret_cast<const void*>(uintptr_t{64})};  // the second is no address
+  std::thread::id first[3];
+  for (int rep = 0; rep < 40; ++rep) {
+    for (int t = 1; t < 3; ++t) pool.prefetch_when_idle(t, starts, 2, int64_t{1} << 20);
+    std::atomic<int> started{0};
+    std::thread::id ran[3];
+    std::atomic<int64_t> total{0};
+    parallel_for_guided(
+        n, 4,
+        [&](int64_t b, int64_t e) {
+          total += e - b;
+          if (b >= 3 * head) return;
+          ASSERT_EQ(b % head, 0);
+          ASSERT_EQ(e - b, head);
+          ran[b / head] = std::this_thread::get_id();
+          started.fetch_add(1);
+          const auto t0 = std::chrono::steady_clock::now();
+          while (started.load() < 3 && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(10))
+            std::this_thread::yield();
+        },
+        head);
+    ASSERT_EQ(total.load(), n);
+    EXPECT_EQ(ran[0], std::this_thread::get_id()) << "rep " << rep;
+    EXPECT_NE(ran[1], ran[0]) << "rep " << rep;
+    EXPECT_NE(ran[2], ran[0]) << "rep " << rep;
+    EXPECT_NE(ran[1], ran[2]) << "rep " << rep;
+    if (rep == 0) std::copy(ran, ran + 3, first);
+    for (int i = 0; i < 3; ++i) EXPECT_EQ(ran[i], first[i]) << "head " << i << " moved threads at rep " << rep;
   }
 }
 

@@ -25,9 +25,21 @@ class ThreadPool {
   // (threads finish together: the wait for the slowest is one small chunk, not an eighth of the job). For
   // memory-bound products called many times a second (decode). With head > 0 the first chunks, one per thread,
   // hold `head` items each (at most 4/5 of n between them) and the rest follows guided: one long run per thread
-  // for work that pays a start-up cost at each chunk (streams that restart cold).
+  // for work that pays a start-up cost at each chunk (streams that restart cold). Head chunk i is [i * h, (i + 1)
+  // * h) with h = guided_head(n, min_chunk, head), and thread i (the caller is 0) runs it unless it is not there
+  // to (then another thread does), so a thread can warm its cache for its head before the job (prefetch_when_idle).
   void parallel_for_guided(int64_t n, int64_t min_chunk, const std::function<void(int64_t, int64_t)>& fn,
                            int64_t head = 0);
+  // The head chunks' length parallel_for_guided would use now; 0: no head chunks (one thread, or too few items).
+  int64_t guided_head(int64_t n, int64_t min_chunk, int64_t head) const;
+
+  // A hint for worker `thread` (1 .. num_threads() - 1; others are ignored): whenever it has no chunk to run, it
+  // prefetches the first `bytes` of each of the `streams` ranges at starts[k] into its cache (a few lines of each
+  // at a time, stopping as soon as a job comes), until done or a later hint replaces this one. For memory-bound
+  // work whose next job is known: the idle worker pulls in the start of its share while the caller does serial
+  // work. Prefetches never fault, so a stale or wrong hint costs bandwidth, not correctness.
+  static constexpr int kMaxPrefetchStreams = 8;
+  void prefetch_when_idle(int thread, const void* const* starts, int streams, int64_t bytes);
 
   bool in_parallel_region() const;
 
@@ -40,7 +52,8 @@ class ThreadPool {
   void start(int n);
   void stop();
   void worker_loop(int index);
-  void run_job(int64_t n, int64_t chunks, const int64_t* bounds, const std::function<void(int64_t, int64_t)>& fn);
+  void run_job(int64_t n, int64_t chunks, int64_t heads, const int64_t* bounds,
+               const std::function<void(int64_t, int64_t)>& fn);
   struct Impl;
   Impl* impl_ = nullptr;
   int num_threads_ = 1;
