@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <cstdint>
 #include <cstdlib>
 #include <memory>
 #include <mutex>
@@ -113,8 +114,8 @@ struct ThreadPool::Impl {
       if (take_head(h, i)) run(i);
   }
 
-  // A worker with no chunk to run: prefetches the next lines of its hint's streams until `generation` moves on
-  // (a job) or the hint is done. Returns whether it issued any prefetch.
+  // A worker with no chunk to run: prefetches the next lines of its hint's streams (worker_loop calls this between
+  // its looks at `generation`, until a job comes or the hint is done). Returns whether it issued any prefetch.
   struct Cursor {
     uint64_t version = 0;
     int64_t at = 0;
@@ -127,10 +128,11 @@ struct ThreadPool::Impl {
     const int64_t bytes = hint.bytes.load(std::memory_order_relaxed);
     if (cur.at >= bytes) return false;
     const int streams = hint.streams.load(std::memory_order_relaxed);
-    // Four lines of each stream a step: a step is ~1 us of memory work, then the generation is looked at again.
+    // Four lines of each stream a step, then the caller looks at `generation` again. The addresses are computed as
+    // integers: a hint may point anywhere (prefetches never fault), even at memory freed since.
     for (int k = 0; k < streams; ++k) {
-      const char* p = hint.start[k].load(std::memory_order_relaxed) + cur.at;
-      for (int64_t o = 0; o < 256; o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
+      const auto p = reinterpret_cast<uintptr_t>(hint.start[k].load(std::memory_order_relaxed)) + cur.at;
+      for (uintptr_t o = 0; o < 256; o += 64) _mm_prefetch(reinterpret_cast<const char*>(p + o), _MM_HINT_T0);
     }
     cur.at += 256;
     return true;
