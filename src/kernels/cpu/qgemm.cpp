@@ -703,12 +703,22 @@ size_t prefetch_distance(QFormat f) {
 // (PERFORMANCE.md, decode rework part 6). Batches read a step's rows once from memory and n - 1 times from cache.
 constexpr int kStreams = 4;
 
+// How rows_avx2 cuts rows [r0, r1) into its streams: stream k starts at row r0 + k * len * unit and takes `len`
+// steps of `unit` rows (4: the interleaved layout's groups, up to grouped_end; rows4 chunks start on a multiple of
+// 4); what the streams leave over runs after them. Also where the idle worker's prefetch hints point (post_hints).
+struct StreamSplit {
+  int64_t unit, len, grouped_end;
+};
+inline StreamSplit split_streams(bool grouped, int64_t rows, int64_t r0, int64_t r1) {
+  const int64_t grouped_end = grouped ? std::max(r0, std::min(r1, rows / 4 * 4)) : r0;
+  const int64_t units = grouped ? (grouped_end - r0) / 4 : r1 - r0;
+  return {grouped ? 4 : 1, units / kStreams, grouped_end};
+}
+
 LMF_TARGET_AVX2 void rows_avx2(const QWeight& w, const float* x, const XQuant* xq, int64_t n, int64_t r0, int64_t r1,
                                float* y, bool accumulate) {
-  const bool grouped = w.rows4;  // r0 is a multiple of 4: chunks are whole tiles
-  const int64_t unit = grouped ? 4 : 1;
-  const int64_t grouped_end = grouped ? std::max(r0, std::min(r1, w.rows / 4 * 4)) : r0;
-  const int64_t units = grouped ? (grouped_end - r0) / 4 : r1 - r0, len = units / kStreams;
+  const bool grouped = w.rows4;
+  const auto [unit, len, grouped_end] = split_streams(grouped, w.rows, r0, r1);
   const size_t ahead = prefetch_distance(w.format);
   float tmp[4 * kStreams];
   const auto put = [&](int64_t t, int64_t row, float v) {
@@ -758,13 +768,11 @@ constexpr int64_t kIdlePrefetchBytes = 256 << 10;
 void post_hints(const DecodeShape& d) {
   ThreadPool& pool = ThreadPool::global();
   if (d.head_tiles <= 0) return;
-  const int64_t unit = d.grouped ? 4 : 1;
   for (int i = 1; i < pool.num_threads(); ++i) {
     // Head chunk i's rows, cut into streams as rows_avx2 cuts them.
     const int64_t r0 = std::min(d.rows, i * d.head_tiles * kTile);
-    const int64_t r1 = std::min(d.rows, (i + 1) * d.head_tiles * kTile);
-    const int64_t end = d.grouped ? std::max(r0, std::min(r1, d.rows / 4 * 4)) : r1;
-    const int64_t len = (end - r0) / unit / kStreams * unit;  // rows a stream
+    const StreamSplit st = split_streams(d.grouped, d.rows, r0, std::min(d.rows, (i + 1) * d.head_tiles * kTile));
+    const int64_t len = st.len * st.unit;  // rows a stream
     const void* starts[kStreams];
     for (int k = 0; k < kStreams; ++k) starts[k] = d.codes + static_cast<size_t>(r0 + k * len) * d.row_bytes;
     pool.prefetch_when_idle(i, starts, kStreams,
