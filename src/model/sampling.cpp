@@ -7,6 +7,7 @@
 #include <numeric>
 
 #include "lmforge/core/error.h"
+#include "lmforge/kernels/cpu.h"
 
 namespace lmforge::model {
 
@@ -91,8 +92,15 @@ std::vector<double> Sampler::probabilities(const float* logits, int64_t vocab) c
 
 int32_t Sampler::sample(const float* logits, int64_t vocab) {
   if (p_.temperature == 0) {
+    // Greedy: the logits as they are where nothing would change them.
+    if (p_.logit_bias.empty() && p_.repetition_penalty == 1.0 && p_.presence_penalty == 0 && p_.frequency_penalty == 0)
+      return static_cast<int32_t>(kernels::cpu::argmax(logits, vocab));
     const std::vector<double> x = processed_logits(logits, vocab);
-    return static_cast<int32_t>(std::max_element(x.begin(), x.end()) - x.begin());
+    int64_t best = 0;  // the first of equal maxima, as std::max_element, without its load-compare chain
+    double m = x[0];
+    for (int64_t i = 1; i < vocab; ++i)
+      if (x[i] > m) m = x[i], best = i;
+    return static_cast<int32_t>(best);
   }
   const std::vector<double> prob = probabilities(logits, vocab);
   const double u = std::uniform_real_distribution<double>(0.0, 1.0)(rng_);

@@ -75,6 +75,22 @@ TEST(Sampling, PenaltiesAndBiasOnHandExamples) {
   Sampler s(p, {});
   s.accept(0);
   EXPECT_EQ(s.sample(l.data(), 4), 2);
+  // Ties go to the lowest id, with the logits as given (the fast path: tokens 1 and 3) and after a penalty (the
+  // processed path: presence 2.5 on tokens 1 and 3 leaves 0.5 for tokens 1 to 4).
+  const std::vector<float> tie = {-1.0f, 3.0f, 0.5f, 3.0f, 0.5f};
+  EXPECT_EQ(Sampler(SamplingParams{.temperature = 0}, {}).sample(tie.data(), 5), 1);
+  SamplingParams q;
+  q.temperature = 0;
+  q.presence_penalty = 2.5;
+  Sampler t(q, {});
+  t.accept(1);
+  t.accept(3);
+  EXPECT_EQ(t.sample(tie.data(), 5), 1);
+  q.frequency_penalty = 0.25;
+  Sampler u(q, {});
+  u.accept(1);
+  u.accept(3);
+  EXPECT_EQ(u.sample(tie.data(), 5), 2);  // 1 and 3 fall to 0.25: 2 is the first at 0.5
 }
 
 TEST(Sampling, DrawsFollowTheDistributionAndTheSeed) {

@@ -82,7 +82,7 @@ double sgemm_gflops(int64_t M, int64_t N, int64_t K, int threads) {
 }
 
 int32_t argmax(const float* x, int64_t n) {
-  return static_cast<int32_t>(std::max_element(x, x + n) - x);
+  return static_cast<int32_t>(kernels::cpu::argmax(x, n));
 }
 
 int run_bench_generate(const Args& a, bool json) {

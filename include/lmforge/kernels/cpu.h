@@ -46,6 +46,10 @@ double sum(const T* a, int64_t n);
 template <typename T>
 double sum_squares(const T* a, int64_t n);
 
+// Index of the largest element, the first of equal ones; NaNs are skipped (0 when n == 0 or all are NaN). Serial:
+// for a row of logits (greedy sampling).
+int64_t argmax(const float* x, int64_t n);
+
 // ---- activations ----
 template <typename T>
 void silu(const T* x, T* y, int64_t n);

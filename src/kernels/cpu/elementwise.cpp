@@ -1,7 +1,12 @@
 // Element-wise kernels, reductions and activations. Bodies are plain loops; LMF_MULTIVERSION_T compiles each for
 // AVX2/FMA and for the portable baseline.
 #include <algorithm>
+#include <limits>
 #include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "kernels/cpu/multiversion.h"
 #include "kernels/cpu/vec_math.h"
@@ -179,6 +184,61 @@ template <typename T>
 void swiglu_backward(const T* g, const T* u, const T* dy, T* dg, T* du, int64_t n) {
   parallel_for(n, kGrain / 4,
                [&](int64_t s, int64_t e) { swiglu_backward_mv<T>(g + s, u + s, dy + s, dg + s, du + s, e - s); });
+}
+
+namespace {
+
+int64_t argmax_generic(const float* x, int64_t n) {
+  int64_t i = 0;
+  while (i < n && x[i] != x[i]) ++i;  // NaNs before the first number
+  if (i == n) return 0;
+  int64_t best = i;
+  for (float m = x[i]; i < n; ++i)
+    if (x[i] > m) m = x[i], best = i;
+  return best;
+}
+
+#if LMF_HAVE_X86
+// Two passes over data that is in cache (a row of logits): the maximum with four independent vector accumulators,
+// then the first index holding it. std::max_element's one pass carries a load-compare-select chain from element to
+// element (~8 cycles each: ~100 us for a 32K vocabulary, 2% of a q8_0 decode step of infer-250m).
+LMF_TARGET_AVX2 int64_t argmax_avx2(const float* x, int64_t n) {
+  const __m256 ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  __m256 a0 = ninf, a1 = ninf, a2 = ninf, a3 = ninf;
+  int64_t i = 0;
+  // max_ps(v, acc) returns acc where v is NaN: NaNs never become the maximum.
+  for (; i + 32 <= n; i += 32) {
+    a0 = _mm256_max_ps(_mm256_loadu_ps(x + i), a0);
+    a1 = _mm256_max_ps(_mm256_loadu_ps(x + i + 8), a1);
+    a2 = _mm256_max_ps(_mm256_loadu_ps(x + i + 16), a2);
+    a3 = _mm256_max_ps(_mm256_loadu_ps(x + i + 24), a3);
+  }
+  for (; i + 8 <= n; i += 8) a0 = _mm256_max_ps(_mm256_loadu_ps(x + i), a0);
+  const __m256 a = _mm256_max_ps(_mm256_max_ps(a0, a1), _mm256_max_ps(a2, a3));
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, a);
+  float m = lanes[0];
+  for (int k = 1; k < 8; ++k) m = std::max(m, lanes[k]);
+  for (; i < n; ++i)
+    if (x[i] > m) m = x[i];
+  const __m256 mv = _mm256_set1_ps(m);
+  for (i = 0; i + 8 <= n; i += 8) {
+    const int hit = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + i), mv, _CMP_EQ_OQ));
+    if (hit) return i + __builtin_ctz(static_cast<unsigned>(hit));
+  }
+  for (; i < n; ++i)
+    if (x[i] == m) return i;
+  return 0;  // every element NaN
+}
+#endif
+
+}  // namespace
+
+int64_t argmax(const float* x, int64_t n) {
+#if LMF_HAVE_X86
+  if (cpu_has_avx2()) return argmax_avx2(x, n);
+#endif
+  return argmax_generic(x, n);
 }
 
 #define LMF_INST(T)                                                      \
