@@ -4,7 +4,12 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <map>
+#include <numeric>
+#include <random>
+#include <set>
 
 #include "lmforge/io/safetensors.h"
 
@@ -91,6 +96,85 @@ TEST(Sampling, PenaltiesAndBiasOnHandExamples) {
   u.accept(1);
   u.accept(3);
   EXPECT_EQ(u.sample(tie.data(), 5), 2);  // 1 and 3 fall to 0.25: 2 is the first at 0.5
+}
+
+// Steps 1-7 as written in sampling.h, the direct way: every probability in double, the whole vocabulary sorted
+// (what Sampler did before it sorted only the likely tokens).
+std::vector<double> reference_probabilities(const SamplingParams& p, const std::vector<float>& logits,
+                                            const std::vector<int32_t>& prompt, const std::vector<int32_t>& out) {
+  const auto V = static_cast<int64_t>(logits.size());
+  std::vector<double> x(logits.begin(), logits.end());
+  for (const auto& [id, b] : p.logit_bias) x[id] += b;
+  std::map<int32_t, int64_t> count;
+  for (int32_t t : out) ++count[t];
+  std::set<int32_t> seen(prompt.begin(), prompt.end());
+  for (const auto& [id, n] : count) seen.insert(id);
+  if (p.repetition_penalty != 1.0)
+    for (int32_t id : seen) x[id] = x[id] > 0 ? x[id] / p.repetition_penalty : x[id] * p.repetition_penalty;
+  for (const auto& [id, n] : count) x[id] -= p.presence_penalty + p.frequency_penalty * static_cast<double>(n);
+  const double mx = *std::max_element(x.begin(), x.end());
+  std::vector<double> prob(static_cast<size_t>(V));
+  double sum = 0;
+  for (int64_t i = 0; i < V; ++i) sum += prob[i] = std::exp((x[i] - mx) / p.temperature);
+  for (double& v : prob) v /= sum;
+  std::vector<int32_t> order(static_cast<size_t>(V));
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return prob[a] > prob[b]; });
+  int64_t keep = p.top_k > 0 ? std::min(V, p.top_k) : V;
+  double kept = 0, cum = 0;
+  for (int64_t i = 0; i < keep; ++i) kept += prob[order[i]];
+  if (p.top_p < 1) {
+    int64_t n = 0;
+    while (n < keep) {
+      cum += prob[order[n++]] / kept;
+      if (cum >= p.top_p) break;
+    }
+    keep = n;
+  }
+  const double thresh = p.min_p * prob[order[0]];
+  for (int64_t i = 0; i < V; ++i)
+    if (i >= keep || prob[order[i]] < thresh) prob[order[i]] = 0;
+  double total = 0;
+  for (double v : prob) total += v;
+  for (double& v : prob) v /= total;
+  return prob;
+}
+
+// Random vocabularies of 50 to 32,000 logits, peaked and flat, against the reference: the same tokens kept, the
+// same probabilities (float enters only the mass of tokens far below the kept ones, and the no-filter case).
+TEST(Sampling, MatchesTheFullSortOnRandomVocabularies) {
+  std::mt19937 rng(11);
+  struct Case {
+    double temperature;
+    int64_t top_k;
+    double top_p, min_p;
+  };
+  const Case cases[] = {{1.0, 0, 1.0, 0.0},   {0.7, 0, 0.9, 0.0}, {1.3, 40, 1.0, 0.0}, {0.8, 40, 0.95, 0.05},
+                        {1.0, 0, 1.0, 0.1},   {2.0, 0, 0.5, 0.0}, {0.5, 1, 1.0, 0.0},  {1.0, 5000, 0.99, 0.0},
+                        {1.0, 0, 0.999, 0.0}, {0.9, 0, 0.8, 0.02}};
+  for (int64_t V : {50, 1000, 32000})
+    for (double spread : {0.5, 3.0, 8.0})
+      for (const Case& c : cases) {
+        std::normal_distribution<float> nd(0.0f, static_cast<float>(spread));
+        std::vector<float> logits(static_cast<size_t>(V));
+        for (float& l : logits) l = nd(rng);
+        SamplingParams p;
+        p.temperature = c.temperature;
+        p.top_k = c.top_k;
+        p.top_p = c.top_p;
+        p.min_p = c.min_p;
+        p.repetition_penalty = 1.1;
+        p.logit_bias[3] = 2.0f;
+        const std::vector<int32_t> prompt = {1, 2, 3}, out = {2, 7};
+        const std::vector<double> want = reference_probabilities(p, logits, prompt, out);
+        const std::vector<double> got = probs(p, logits, prompt, out);
+        ASSERT_EQ(got.size(), want.size());
+        for (int64_t i = 0; i < V; ++i) {
+          ASSERT_EQ(got[i] > 0, want[i] > 0) << "V " << V << " spread " << spread << " top_k " << c.top_k << " top_p "
+                                             << c.top_p << " min_p " << c.min_p << " token " << i;
+          ASSERT_NEAR(got[i], want[i], 1e-6 * want[i] + 1e-12) << "V " << V << " token " << i;
+        }
+      }
 }
 
 TEST(Sampling, DrawsFollowTheDistributionAndTheSeed) {

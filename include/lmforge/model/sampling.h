@@ -58,6 +58,8 @@ class Sampler {
 
  private:
   std::vector<double> processed_logits(const float* logits, int64_t vocab) const;
+  // temperature > 0: the tokens steps 5-7 keep, in id order, with their renormalised probabilities.
+  std::vector<std::pair<int32_t, double>> kept(const float* logits, int64_t vocab) const;
   SamplingParams p_;
   std::mt19937_64 rng_;
   std::map<int32_t, int64_t> prompt_seen_, output_count_;
