@@ -67,6 +67,12 @@ std::vector<Case> reference_cases() {
       {"decode_Tq1_group16_mqa", dims(1, 1, 45, 16, 1, 40, 32, true, 0, 44)},
       {"decode_Tq1_group12_window", dims(2, 1, 45, 24, 2, 16, 16, true, 9, 44)},
       {"decode_Tq1_group2_no_keys", dims(1, 1, 3, 4, 2, 16, 16, true, 2, 5)},
+      // Long caches of a few sequences: each task's keys in 2 to 4 parts merged by their log-sum-exp (ragged last
+      // parts, a window that starts past key 0).
+      {"decode_Tq1_Tk603_split2", dims(1, 1, 603, 4, 2, 64, 64, true, 0, 602)},
+      {"decode_Tq1_B2_Tk1100_split4", dims(2, 1, 1100, 8, 2, 16, 16, true, 0, 1099)},
+      {"decode_Tq1_window600_split2", dims(1, 1, 900, 4, 2, 16, 16, true, 600, 899)},
+      {"decode_Tq1_group16_Tk530_split2", dims(1, 1, 530, 16, 1, 40, 32, true, 0, 529)},
       // Caches longer than the group kernel's chunk of 256 keys (online softmax across chunks, the next chunk's or
       // the next task's keys fetched during P·V): a partial last chunk, exactly two chunks, a window whose first
       // key is not at a chunk boundary, and the MLA-like sub-groups; several tasks per thread.
@@ -447,7 +453,7 @@ void expect_bitwise_equal_across_threads(const AttentionDims& d) {
 
 TEST(AttentionTest, BitwiseIdenticalAcrossThreadCounts) {
   for (const AttentionDims& d : {dims(2, 130, 130, 4, 2, 24, 16), dims(2, 100, 100, 4, 4, 16, 16, true, 40),
-                                 dims(1, 70, 90, 4, 1, 16, 16, false)}) {
+                                 dims(1, 70, 90, 4, 1, 16, 16, false), dims(1, 1, 700, 4, 2, 16, 16, true, 0, 699)}) {
     expect_bitwise_equal_across_threads<float>(d);
     expect_bitwise_equal_across_threads<double>(d);
   }

@@ -243,10 +243,10 @@ LMF_TARGET_AVX2 inline __m256 load8(const uint16_t* p) {
 // The keys go in chunks of kChunk with an online softmax (a running max and sum per head, the output rescaled
 // when the max grows), so one chunk's keys and values stay in L2 whatever the context, and memory never idles:
 // the score pass fetches its own keys ahead and the chunk's values, the P·V pass fetches the next chunk's keys, or
-// those of next_k (the task this thread runs next; nullptr: none) after the last chunk. With the whole context at
-// once the P·V pass read only cached values and the cache streamed at about half of a plain read of the same
-// bytes. In decode the cache comes from DRAM (a token's weights pass through the caches between two visits of a
-// layer): there the kernel took ~30 us a layer where a second run over the same rows took ~19; fetching the values
+// those from next_k on (the first key of the task this thread runs next; nullptr: none) after the last chunk. With the
+// whole context at once the P·V pass read only cached values and the cache streamed at about half of a plain read of
+// the same bytes. In decode the cache comes from DRAM (a token's weights pass through the caches between two visits of
+// a layer): there the kernel took ~30 us a layer where a second run over the same rows took ~19; fetching the values
 // into L1 (T0) rather than L2 made it ~12% faster (in-process A/B, infer-250m q8_0 with an f16 cache, 512-640 keys;
 // the T1 and T2 hints did the same as each other; an f32 cache keeps T1, its chunk of values being twice L1), and
 // the first keys of a task, which the in-loop fetch 16 rows ahead skips, are fetched before the loop.
@@ -315,7 +315,7 @@ LMF_TARGET_AVX2 void group_attention_avx2(const float* q, const KV* k, int64_t l
       alpha[g] = _mm256_set1_ps(a);
     }
     // The keys after this chunk: the next chunk's, or the next task's first ones.
-    const KV* pk = c_lo + kChunk < hi ? k + (c_lo + kChunk) * ldk : next_k ? next_k + lo * ldk : nullptr;
+    const KV* pk = c_lo + kChunk < hi ? k + (c_lo + kChunk) * ldk : next_k;
     const int64_t pn = c_lo + kChunk < hi ? std::min(kChunk, hi - c_lo - kChunk) : std::min(kChunk, hi - lo);
     for (int64_t c0 = 0; c0 < dv; c0 += 16) {
       __m256 a0[G], a1[G];
@@ -447,44 +447,98 @@ inline int64_t decode_sub_group(int64_t group) {
   return group % 8 == 0 ? 8 : group % 4 == 0 ? 4 : group % 2 == 0 ? 2 : 1;
 }
 
-// A decode step (Tq = 1): one task per (b, kv head, sub-group of its query heads), the sub-group's
-// heads scored against each key row together. KV = uint16_t (an f16 cache) only where decode_group applies
-// (attention_f16kv checks that first).
+// Key splits per decode task: a single sequence has only Hkv tasks (4 for infer-250m), and two threads that each
+// own half of them waited for each other at the end (main thread: a median 4.4 us a layer inside q8_0 decode; the
+// threads run at different speeds on a shared machine). Long contexts cut each task's keys into parts of at least
+// kSplitKeys, merged by their log-sum-exp afterwards, so the pool balances parts: that wait fell to 2.2 us and the
+// attention job by 2.3 us a layer (5%; 128-key parts did the same). A function of the shapes only, not of the
+// thread count, so the result does not depend on it.
+constexpr int64_t kSplitKeys = 256;
+inline int64_t decode_splits(int64_t tasks, int64_t keys) {
+  if (tasks >= 16) return 1;
+  return std::clamp<int64_t>(keys / kSplitKeys, 1, 4);
+}
+
+// A decode step (Tq = 1): one task per (b, kv head, sub-group of its query heads, part of the keys), the
+// sub-group's heads scored against each key row together. KV = uint16_t (an f16 cache) only where decode_group
+// applies (attention_f16kv checks that first).
 template <typename T, typename KV>
 void decode_step(const AttentionDims& d, const T* q, const KV* k, const KV* v, T* out, T* lse) {
   const int64_t group = d.Hq / d.Hkv, sub = decode_sub_group(group), subs = group / sub;
   const Heads<KV> K(d, k, false), V(d, v, true);
   const int64_t ldk = K.ld, ldv = V.ld;
   const T scale = static_cast<T>(d.scale);
-  // The tasks cost the same: runs of contiguous tasks, so a thread knows its next task's keys and fetches them
-  // while it finishes the current one (decode_group's next_k). One run per thread for a few tasks (one sequence:
-  // Hkv of them), four per thread for a batch, so a descheduled thread leaves less behind.
-  const int64_t tasks = d.B * d.Hkv * subs;
+  const KeyRange kr = visible_keys(d, d.q_offset);
+  const int64_t units = d.B * d.Hkv * subs, splits = decode_splits(units, kr.hi - kr.lo);
+  // Part s of a unit's keys: [lo + s * part, ...), parts a multiple of 8 keys (the kernel's blocks).
+  const int64_t part = (kr.hi - kr.lo + splits - 1) / splits + 7 & ~int64_t{7};
+  const int64_t tasks = units * splits;
+  // Split tasks write their parts here, merged below: o [tasks, sub, Dv], lse [tasks, sub].
+  thread_local std::vector<T> parts;
+  if (splits > 1) parts.resize(static_cast<size_t>(tasks * sub * (d.Dv + 1)));
+  T* part_o = parts.data();
+  T* part_l = part_o + tasks * sub * d.Dv;
+  auto key_lo = [&](int64_t task) { return std::min(kr.hi, kr.lo + task % splits * part); };
+  auto first_key = [&](int64_t task) {
+    const int64_t u = task / splits;
+    return K.head(u / (d.Hkv * subs), u / subs % d.Hkv) + key_lo(task) * ldk;
+  };
+  const auto body = [&](int64_t t0, int64_t t1) {
+    T* S = thread_scratch<T>(static_cast<size_t>(sub * std::max<int64_t>(d.Tk, kChunk)));
+    for (int64_t task = t0; task < t1; ++task) {
+      const int64_t u = task / splits, b = u / (d.Hkv * subs), g = u / subs % d.Hkv, h0 = g * group + u % subs * sub;
+      const int64_t lo = key_lo(task), hi = std::min(kr.hi, lo + part);
+      const T* qp = q + (b * d.Hq + h0) * d.Dk;
+      const KV* kp = K.head(b, g);
+      const KV* vp = V.head(b, g);
+      T* op = splits > 1 ? part_o + task * sub * d.Dv : out + (b * d.Hq + h0) * d.Dv;
+      T* lp = splits > 1 ? part_l + task * sub : lse + b * d.Hq + h0;
+      // The next task's first keys, fetched while this one finishes, unless they are this one's own.
+      const KV* after = task + 1 < t1 ? first_key(task + 1) : nullptr;
+      const KV* next_k = after != kp + lo * ldk ? after : nullptr;
+      if (decode_group<T, KV>(sub, qp, kp, ldk, vp, ldv, lo, hi, d.Dk, d.Dv, scale, S, op, lp, next_k)) continue;
+      if constexpr (std::is_same_v<T, KV>) {
+        for (int64_t h = 0; h < sub; ++h)
+          decode_row<T>(qp + h * d.Dk, kp, ldk, vp, ldv, lo, hi, d.Dk, d.Dv, scale, S, op + h * d.Dv, lp + h);
+      }
+    }
+  };
   const int64_t threads = ThreadPool::global().num_threads();
-  const int64_t runs = threads * (tasks > 4 * threads ? 4 : 1);
-  parallel_for(
-      tasks, std::max((tasks + runs - 1) / runs, task_grain(double(sub) * d.Tk * (d.Dk + d.Dv))),
-      [&](int64_t t0, int64_t t1) {
-        T* S = thread_scratch<T>(static_cast<size_t>(sub * std::max<int64_t>(d.Tk, kChunk)));
-        const KeyRange kr = visible_keys(d, d.q_offset);
-        auto keys_of = [&](int64_t task) { return K.head(task / (d.Hkv * subs), task / subs % d.Hkv); };
-        for (int64_t task = t0; task < t1; ++task) {
-          const int64_t b = task / (d.Hkv * subs), g = task / subs % d.Hkv, h0 = g * group + task % subs * sub;
-          const T* qp = q + (b * d.Hq + h0) * d.Dk;
-          const KV* kp = keys_of(task);
-          const KV* vp = V.head(b, g);
-          T* op = out + (b * d.Hq + h0) * d.Dv;
-          T* lp = lse + b * d.Hq + h0;
-          const KV* after = task + 1 < t1 ? keys_of(task + 1) : nullptr;
-          const KV* next_k = after != kp ? after : nullptr;
-          if (decode_group<T, KV>(sub, qp, kp, ldk, vp, ldv, kr.lo, kr.hi, d.Dk, d.Dv, scale, S, op, lp, next_k))
-            continue;
-          if constexpr (std::is_same_v<T, KV>) {
-            for (int64_t h = 0; h < sub; ++h)
-              decode_row<T>(qp + h * d.Dk, kp, ldk, vp, ldv, kr.lo, kr.hi, d.Dk, d.Dv, scale, S, op + h * d.Dv, lp + h);
-          }
-        }
-      });
+  if (splits > 1) {
+    // Each thread starts on a run of whole units (its keys stream on from part to part), then the rest go one
+    // part at a time to whoever is free.
+    parallel_for_guided(tasks, 1, body, std::max<int64_t>(1, tasks / threads / 2));
+  } else {
+    // The tasks cost the same: runs of contiguous tasks, so a thread knows its next task's keys and fetches them
+    // while it finishes the current one (decode_group's next_k). One run per thread for a few tasks, four per
+    // thread for a batch, so a descheduled thread leaves less behind.
+    const int64_t runs = threads * (tasks > 4 * threads ? 4 : 1);
+    parallel_for(tasks, std::max((tasks + runs - 1) / runs, task_grain(double(sub) * d.Tk * (d.Dk + d.Dv))), body);
+    return;
+  }
+  // Merge each unit's parts: weights exp(lse_s - max), out = sum w_s o_s / sum w_s, lse = max + log(sum w_s).
+  for (int64_t u = 0; u < units; ++u) {
+    const int64_t b = u / (d.Hkv * subs), h0 = u / subs % d.Hkv * group + u % subs * sub;
+    for (int64_t h = 0; h < sub; ++h) {
+      T m = -std::numeric_limits<T>::infinity();
+      for (int64_t s = 0; s < splits; ++s) m = std::max(m, part_l[(u * splits + s) * sub + h]);
+      T* o = out + (b * d.Hq + h0 + h) * d.Dv;
+      if (!(m > -std::numeric_limits<T>::infinity())) {
+        std::fill(o, o + d.Dv, T(0));
+        lse[b * d.Hq + h0 + h] = m;
+        continue;
+      }
+      T w[4], wsum = 0;
+      for (int64_t s = 0; s < splits; ++s) wsum += w[s] = std::exp(part_l[(u * splits + s) * sub + h] - m);
+      const T inv = T(1) / wsum;
+      for (int64_t c = 0; c < d.Dv; ++c) {
+        T acc = 0;
+        for (int64_t s = 0; s < splits; ++s) acc += w[s] * part_o[((u * splits + s) * sub + h) * d.Dv + c];
+        o[c] = acc * inv;
+      }
+      lse[b * d.Hq + h0 + h] = m + std::log(wsum);
+    }
+  }
 }
 
 }  // namespace
