@@ -230,41 +230,43 @@ void Engine::Impl::attention(int64_t layer, const float* h, int64_t N, std::vect
   std::vector<float> lse;
 
   if (!c.is_deepseek()) {
-    const int64_t hd = c.head_dim, Hkv = c.num_key_value_heads;
-    std::vector<float> q(static_cast<size_t>(N * H * hd)), k(static_cast<size_t>(N * Hkv * hd)), v(k.size());
-    std::vector<float> qr(q.size()), kr(k.size()), att(q.size());
+    const int64_t hd = c.head_dim, Hkv = c.num_key_value_heads, nq = H * hd, nk = Hkv * hd;
+    thread_local std::vector<float> q_buf, k_buf, v_buf, qr_buf, kr_buf, att_buf, qkv_buf;
+    const Scratch q_s(q_buf, N * nq), k_s(k_buf, N * nk), v_s(v_buf, N * nk), qr_s(qr_buf, N * nq),
+        kr_s(kr_buf, N * nk), att_s(att_buf, N * nq);
+    float *q = q_s.data(), *k = k_s.data(), *v = v_s.data(), *qr = qr_s.data(), *kr = kr_s.data(), *att = att_s.data();
     if (L.qkv.defined()) {
-      const int64_t nq = H * hd, nk = Hkv * hd, row = nq + 2 * nk;
-      std::vector<float> qkv(static_cast<size_t>(N * row));
-      weight_matmul(L.qkv, h, N, qkv.data());
+      const int64_t row = nq + 2 * nk;
+      const Scratch qkv_s(qkv_buf, N * row);
+      float* qkv = qkv_s.data();
+      weight_matmul(L.qkv, h, N, qkv);
       for (int64_t t = 0; t < N; ++t) {
-        const float* src = qkv.data() + t * row;
-        std::copy(src, src + nq, q.data() + t * nq);
-        std::copy(src + nq, src + nq + nk, k.data() + t * nk);
-        std::copy(src + nq + nk, src + row, v.data() + t * nk);
+        const float* src = qkv + t * row;
+        std::copy(src, src + nq, q + t * nq);
+        std::copy(src + nq, src + nq + nk, k + t * nk);
+        std::copy(src + nq + nk, src + row, v + t * nk);
       }
     } else {
-      weight_matmul(L.q, h, N, q.data());
-      weight_matmul(L.k, h, N, k.data());
-      weight_matmul(L.v, h, N, v.data());
+      weight_matmul(L.q, h, N, q);
+      weight_matmul(L.k, h, N, k);
+      weight_matmul(L.v, h, N, v);
     }
-    add_bias(q.data(), L.q_bias, N);
-    add_bias(k.data(), L.k_bias, N);
-    add_bias(v.data(), L.v_bias, N);
-    kernels::cpu::rope(q.data(), qr.data(), cs.data(), sn.data(), 1, N, H, hd, hd, RopeLayout::HalfSplit, false);
-    kernels::cpu::rope(k.data(), kr.data(), cs.data(), sn.data(), 1, N, Hkv, hd, hd, RopeLayout::HalfSplit, false);
+    add_bias(q, L.q_bias, N);
+    add_bias(k, L.k_bias, N);
+    add_bias(v, L.v_bias, N);
+    kernels::cpu::rope(q, qr, cs.data(), sn.data(), 1, N, H, hd, hd, RopeLayout::HalfSplit, false);
+    kernels::cpu::rope(k, kr, cs.data(), sn.data(), 1, N, Hkv, hd, hd, RopeLayout::HalfSplit, false);
     d.Hkv = Hkv;
     d.Dk = d.Dv = hd;
     d.scale = 1.0 / std::sqrt(static_cast<double>(hd));
     for (const Segment& s : segs) {
       KeyView kv;
-      key_view(s.seq->layers[layer], s, L.window, kr.data() + s.row0 * Hkv * hd, v.data() + s.row0 * Hkv * hd, Hkv, hd,
-               hd, kv);
+      key_view(s.seq->layers[layer], s, L.window, kr + s.row0 * nk, v + s.row0 * nk, Hkv, hd, hd, kv);
       d.Tq = s.n;
       lse.resize(static_cast<size_t>(H * s.n));
-      attend(d, kv, qr.data() + s.row0 * H * hd, att.data() + s.row0 * H * hd, lse.data(), false);
+      attend(d, kv, qr + s.row0 * nq, att + s.row0 * nq, lse.data(), false);
     }
-    weight_matmul(L.o, att.data(), N, out);
+    weight_matmul(L.o, att, N, out);
     add_bias(out, L.o_bias, N);
     return;
   }

@@ -13,19 +13,18 @@ namespace {
 // out [n, D] = down(silu(gate x) * up x), or out += ... with accumulate.
 void swiglu_mlp(const EngineMlp& m, const float* x, int64_t n, float* out, bool accumulate) {
   const int64_t F = m.inner();
-  std::vector<float> g(static_cast<size_t>(n * F));
+  thread_local std::vector<float> g_buf, gu_buf;
+  const Scratch g_s(g_buf, n * F), gu_s(gu_buf, n * 2 * F);  // gu: gate_up's rows, or up's
+  float *g = g_s.data(), *gu = gu_s.data();
   if (m.gate_up.defined()) {
-    std::vector<float> gu(static_cast<size_t>(n * 2 * F));
-    weight_matmul(m.gate_up, x, n, gu.data());
-    for (int64_t t = 0; t < n; ++t)
-      kernels::cpu::swiglu(gu.data() + t * 2 * F, gu.data() + t * 2 * F + F, g.data() + t * F, F);
+    weight_matmul(m.gate_up, x, n, gu);
+    for (int64_t t = 0; t < n; ++t) kernels::cpu::swiglu(gu + t * 2 * F, gu + t * 2 * F + F, g + t * F, F);
   } else {
-    std::vector<float> u(g.size());
-    weight_matmul(m.gate, x, n, g.data());
-    weight_matmul(m.up, x, n, u.data());
-    kernels::cpu::swiglu(g.data(), u.data(), g.data(), n * F);
+    weight_matmul(m.gate, x, n, g);
+    weight_matmul(m.up, x, n, gu);
+    kernels::cpu::swiglu(g, gu, g, n * F);
   }
-  weight_matmul(m.down, g.data(), n, out, accumulate);
+  weight_matmul(m.down, g, n, out, accumulate);
 }
 
 }  // namespace

@@ -82,6 +82,25 @@ struct Engine::Impl {
 };
 
 // Gathers rope rows for positions into cos/sin [N, rot/2].
+// n floats, contents undefined. Decode runs each layer's steps once a token, and fresh zero-filled vectors for each
+// (~15 a layer) cost allocator calls and memsets on the serial path: up to kMax floats come from `reuse`, a
+// thread_local vector the call site owns (so two buffers never alias), which only grows; larger ones (prefill) are
+// the Scratch's own, freed with it, so a long prompt leaves no stale megabytes behind.
+class Scratch {
+ public:
+  static constexpr int64_t kMax = int64_t{1} << 18;  // 1 MiB
+  Scratch(std::vector<float>& reuse, int64_t n) {
+    std::vector<float>& v = n <= kMax ? reuse : own_;
+    if (v.size() < static_cast<size_t>(n)) v.resize(static_cast<size_t>(n));
+    p_ = v.data();
+  }
+  float* data() const { return p_; }
+
+ private:
+  std::vector<float> own_;
+  float* p_ = nullptr;
+};
+
 void rope_rows(const Engine::Impl& m, const std::vector<int64_t>& pos, std::vector<float>& cos,
                std::vector<float>& sin);
 

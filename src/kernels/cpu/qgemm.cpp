@@ -95,11 +95,17 @@ struct XQuant {
   // For the interleaved q8_0 tile only (runs_x): per block four 32-byte vectors, vector k holding codes 8k..8k+3 in
   // each of its four low 4-byte lanes and 8k+4..8k+7 in each high one, to meet the four rows' runs of four codes.
   std::vector<int8_t> x4;
-  void resize(int64_t cols) {  // keeps the capacity: the buffers are reused call after call (thread-local)
+  void resize(int64_t cols) {  // the buffers are reused call after call (thread-local) and only grow
     nb = cols / kBlock;
-    d.resize(nb);
-    q.resize(nb * kBlock);
-    p4.resize(nb * 8);
+    at_least(d, nb);
+    at_least(q, nb * kBlock);
+    at_least(p4, nb * 8);
+  }
+  // Grows v to n elements, never shrinks it: decode alternates widths (1024 and 2816 for infer-250m), and a
+  // vector resized down and up again zero-fills what it regrows, every product.
+  template <typename V>
+  static void at_least(V& v, int64_t n) {
+    if (v.size() < static_cast<size_t>(n)) v.resize(static_cast<size_t>(n));
   }
   // One scale per `span` values (32, or 128 for the g128 formats: their tile sums a group's four blocks in integers
   // and scales once, as llama.cpp's K-quants do with 256-value activation blocks); every block keeps its d.
@@ -401,7 +407,7 @@ LMF_TARGET_AVX2 void groups_q8(const uint8_t* const* groups, const XQuant& xq, f
 
 // XQuant::x4 for groups_q8, once per token.
 LMF_TARGET_AVX2 void runs_x(XQuant& xq) {
-  xq.x4.resize(static_cast<size_t>(xq.nb) * 128);
+  XQuant::at_least(xq.x4, xq.nb * 128);
   for (int64_t b = 0; b < xq.nb; ++b) {
     const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq.q.data() + b * kBlock));
     for (int k = 0; k < 4; ++k) {
@@ -414,8 +420,8 @@ LMF_TARGET_AVX2 void runs_x(XQuant& xq) {
 
 // XQuant::q2 and off2 for groups_q4_0, once per token.
 LMF_TARGET_AVX2 void pair_halves(XQuant& xq) {
-  xq.q2.resize(static_cast<size_t>(xq.nb) * 64);
-  xq.off2.resize(static_cast<size_t>(xq.nb) * 8);
+  XQuant::at_least(xq.q2, xq.nb * 64);
+  XQuant::at_least(xq.off2, xq.nb * 8);
   for (int64_t b = 0; b < xq.nb; ++b) {
     const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq.q.data() + b * kBlock));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(xq.q2.data() + b * 64), _mm256_permute2x128_si256(x, x, 0x00));
