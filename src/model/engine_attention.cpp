@@ -221,13 +221,12 @@ void per_head(const std::vector<WeightMatrix>& w, const float* x, int64_t N, int
 void Engine::Impl::attention(int64_t layer, const float* h, int64_t N, std::vector<Segment>& segs, float* out) {
   const EngineLayer& L = layers[layer];
   const int64_t H = c.num_attention_heads;
-  std::vector<float> cs, sn;
+  thread_local std::vector<float> cs, sn, lse;  // resized each call; thread-local keeps their capacity
   rope_rows(*this, positions(segs, N), cs, sn);
   kernels::cpu::AttentionDims d;
   d.causal = true;
   d.window = L.window;
   d.Hq = H;
-  std::vector<float> lse;
 
   if (!c.is_deepseek()) {
     const int64_t hd = c.head_dim, Hkv = c.num_key_value_heads, nq = H * hd, nk = Hkv * hd;
@@ -235,16 +234,22 @@ void Engine::Impl::attention(int64_t layer, const float* h, int64_t N, std::vect
     const Scratch q_s(q_buf, N * nq), k_s(k_buf, N * nk), v_s(v_buf, N * nk), qr_s(qr_buf, N * nq),
         kr_s(kr_buf, N * nk), att_s(att_buf, N * nq);
     float *q = q_s.data(), *k = k_s.data(), *v = v_s.data(), *qr = qr_s.data(), *kr = kr_s.data(), *att = att_s.data();
+    const int64_t row = nq + 2 * nk;
+    const Scratch qkv_s(qkv_buf, L.qkv.defined() ? N * row : 0);
     if (L.qkv.defined()) {
-      const int64_t row = nq + 2 * nk;
-      const Scratch qkv_s(qkv_buf, N * row);
       float* qkv = qkv_s.data();
       weight_matmul(L.qkv, h, N, qkv);
-      for (int64_t t = 0; t < N; ++t) {
-        const float* src = qkv + t * row;
-        std::copy(src, src + nq, q + t * nq);
-        std::copy(src + nq, src + nq + nk, k + t * nk);
-        std::copy(src + nq + nk, src + row, v + t * nk);
+      if (N == 1) {  // one token's row is [q | k | v]: read them in place
+        q = qkv;
+        k = q + nq;
+        v = k + nk;
+      } else {
+        for (int64_t t = 0; t < N; ++t) {
+          const float* src = qkv + t * row;
+          std::copy(src, src + nq, q + t * nq);
+          std::copy(src + nq, src + nq + nk, k + t * nk);
+          std::copy(src + nq + nk, src + row, v + t * nk);
+        }
       }
     } else {
       weight_matmul(L.q, h, N, q);
