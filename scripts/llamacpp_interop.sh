@@ -111,7 +111,10 @@ for arch in "${ARCHS[@]}"; do
       q8_0) bound=4e-2 ;;
       q4_0) bound=6e-2 ;;
     esac
-    if [[ $arch == deepseek2* && ( $type == q8_0 || $type == q4_0 ) ]]; then
+    # The same holds at f16 where llama.cpp's CPU variant rounds the activations to f16 in its products: on an
+    # AVX2-only host (EPYC Zen 3) deepseek2_lite flipped one choice (whole tensor 8.7e-3, per-position median
+    # 1.3e-3, one position at 0.13), where the AVX-512 host of docs/FORMATS.md gave 1.4e-3 whole-tensor.
+    if [[ $arch == deepseek2* && ( $type == f16 || $type == q8_0 || $type == q4_0 ) ]]; then
       metric=median
       [[ $type == q8_0 ]] && bound=5e-2
       [[ $type == q4_0 ]] && bound=6e-2
