@@ -81,7 +81,6 @@ struct Engine::Impl {
   void ffn(int64_t layer, const float* h, int64_t N, float* out);
 };
 
-// Gathers rope rows for positions into cos/sin [N, rot/2].
 // n floats, contents undefined. Decode runs each layer's steps once a token, and fresh zero-filled vectors for each
 // (~15 a layer) cost allocator calls and memsets on the serial path: up to kMax floats come from `reuse`, a
 // thread_local vector the call site owns (so two buffers never alias), which only grows; larger ones (prefill) are
@@ -101,6 +100,7 @@ class Scratch {
   float* p_ = nullptr;
 };
 
+// Gathers rope rows for positions into cos/sin [N, rot/2].
 void rope_rows(const Engine::Impl& m, const std::vector<int64_t>& pos, std::vector<float>& cos,
                std::vector<float>& sin);
 
