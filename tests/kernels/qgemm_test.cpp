@@ -225,7 +225,37 @@ TEST(Qgemm, InterleavedRowsGiveIdenticalResults) {
   EXPECT_EQ(dst, std::vector<uint8_t>(src.size(), 0xab));
 }
 
-// The decode-sized product is split over threads by rows; the result does not depend on the thread count.
+// The prefill path (>= 16 activation rows) dequantizes panels of the weight and runs sgemm on them; the AVX2
+// dequantizer must give the portable one's values bit for bit (the same single rounding of d * code), so the two
+// paths' products are identical: every format, both q8_0 / q4_0 layouts, row lengths with a tail (f16 / bf16 / int8
+// need no multiple of 32 or 8), a row count with a tail of rows % 4.
+TEST(Qgemm, PrefillPathsGiveIdenticalProducts) {
+  if (!kernels::cpu::qgemm_available(QImpl::Avx2)) GTEST_SKIP() << "no AVX2";
+  ThreadCountScope threads(2);
+  for (WeightFormat f : kFormats) {
+    const bool any_cols =
+        f == WeightFormat::F32 || f == WeightFormat::F16 || f == WeightFormat::BF16 || f == WeightFormat::INT8;
+    for (const int64_t cols : {int64_t{256}, int64_t{1152}, any_cols ? int64_t{70} : int64_t{384}}) {
+      const int64_t rows = 71;
+      const WeightMatrix m =
+          WeightMatrix::quantize(Tensor::from_vector(gaussian(rows * cols, 21, 0.05f), {rows, cols}), f);
+      for (const WeightMatrix& w : {m, m.interleave_rows4()}) {
+        SCOPED_TRACE(std::string(weight_format_name(f)) + " cols " + std::to_string(cols) +
+                     (w.interleaved() ? " interleaved" : ""));
+        const int64_t n = 17;
+        const std::vector<float> x = gaussian(n * cols, 22, 1.0f);
+        std::vector<float> yg(static_cast<size_t>(n * rows)), ya(yg.size());
+        kernels::cpu::qgemm(qweight_view(w), x.data(), n, yg.data(), false, QImpl::Generic);
+        kernels::cpu::qgemm(qweight_view(w), x.data(), n, ya.data(), false, QImpl::Avx2);
+        EXPECT_EQ(ya, yg);
+        EXPECT_LE(rel_err(ya, reference(m.dequantize(), x, n, rows, cols)), 1e-5);
+      }
+    }
+  }
+}
+
+// The decode-sized product is split over threads by rows, the prefill product into panels by the thread count; the
+// result does not depend on the thread count.
 TEST(Qgemm, ThreadCountDoesNotChangeResult) {
   const int64_t rows = 300, cols = 1024;
   const WeightMatrix m =
@@ -241,6 +271,20 @@ TEST(Qgemm, ThreadCountDoesNotChangeResult) {
     weight_matmul(m, x.data(), 1, y2.data());
   }
   EXPECT_EQ(y1, y2);
+  // Prefill: dequantized panels of the same rows at any thread count, so the same sgemm calls.
+  const int64_t n = 40;
+  const std::vector<float> xs = gaussian(n * cols, 5, 1.0f);
+  std::vector<float> p1(static_cast<size_t>(n * rows));
+  {
+    ThreadCountScope t(1);
+    weight_matmul(m, xs.data(), n, p1.data());
+  }
+  for (int threads : {2, 4}) {
+    ThreadCountScope t(threads);
+    std::vector<float> p(p1.size());
+    weight_matmul(m, xs.data(), n, p.data());
+    EXPECT_EQ(p, p1) << threads << " threads";
+  }
 }
 
 }  // namespace

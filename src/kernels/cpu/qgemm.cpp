@@ -42,9 +42,12 @@ constexpr int64_t kMinChunkBytes = 64 << 10;
 // 512 + 32-token rounds: q8_0 x1.02-1.04, q4_0 x1.06, f32 0.97-1.01; docs/PERFORMANCE.md).
 constexpr int64_t kHeadBytes = 2 << 20;
 constexpr int64_t kGemmRows = 16;  // from this many activation rows on, dequantize panels and use sgemm
-constexpr int64_t kPanel = 64;     // rows per dequantized panel
-constexpr size_t kQ8Bytes = 34;    // GGUF block_q8_0: f16 d, 32 x i8
-constexpr size_t kQ4Bytes = 18;    // GGUF block_q4_0: f16 d, 16 bytes of nibbles
+// Prefill: rows per dequantized panel, at least kMinPanel, about kPanelBytes of f32 (q8_0 at 512 x 1024 x 1024 /
+// 2816: 7-10 ms -> 7.2 ms, 23-26 ms -> 19-22 ms against 64-row panels; docs/PERFORMANCE.md).
+constexpr int64_t kMinPanel = 64;
+constexpr int64_t kPanelBytes = int64_t{2} << 20;
+constexpr size_t kQ8Bytes = 34;  // GGUF block_q8_0: f16 d, 32 x i8
+constexpr size_t kQ4Bytes = 18;  // GGUF block_q4_0: f16 d, 16 bytes of nibbles
 
 // IEEE half to float without F16C (the portable path; the AVX2 path uses _cvtsh_ss).
 inline float half_to_float(uint16_t h) {
@@ -876,9 +879,94 @@ void dequant_row(const QWeight& w, int64_t r, float* out) {
   }
 }
 
+#if LMF_HAVE_X86
+// dequant_row with AVX2/F16C: the same values (d * code in f32, one rounding), 8 at a time. The prefill panels
+// dequantize every weight once per product, and the scalar loop (a byte and a scale per value) took as long as the
+// sgemm that followed at 64 activation rows.
+LMF_TARGET_AVX2 void dequant_row_avx2(const QWeight& w, int64_t r, float* out) {
+  const auto* row = static_cast<const uint8_t*>(w.codes) + static_cast<size_t>(r) * row_bytes(w);
+  const int64_t nb = w.cols / kBlock;
+  const auto bytes8 = [](const uint8_t* p) { return _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)); };
+  switch (w.format) {
+    case QFormat::F16:
+    case QFormat::BF16: {
+      const bool half = w.format == QFormat::F16;
+      int64_t j = 0;
+      for (; j + 8 <= w.cols; j += 8) {
+        const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * j));
+        const __m256 v =
+            half ? _mm256_cvtph_ps(h) : _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+        _mm256_storeu_ps(out + j, v);
+      }
+      for (; j < w.cols; ++j) {
+        const uint16_t h = load_u16(row + 2 * j);
+        out[j] = half ? _cvtsh_ss(h) : bf16_to_float(h);
+      }
+      break;
+    }
+    case QFormat::Q8_0: {
+      const BlockWalk bw = block_walk(w, r);
+      for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* blk = bw.at(b);
+        const __m256 d = _mm256_set1_ps(f16(blk + bw.scale));
+        const uint8_t* c = blk + bw.first;
+        float* o = out + b * kBlock;
+        for (int m = 0; m < 4; ++m) {  // 8 codes at a time
+          __m128i v;
+          if (bw.runs4) {  // two runs of four, 16 bytes apart
+            int32_t lo, hi;
+            std::memcpy(&lo, c + 32 * m, 4);
+            std::memcpy(&hi, c + 32 * m + 16, 4);
+            v = _mm_set_epi32(0, 0, hi, lo);
+          } else {
+            v = bytes8(c + 8 * m);
+          }
+          _mm256_storeu_ps(o + 8 * m, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v))));
+        }
+      }
+      break;
+    }
+    case QFormat::Q4_0: {
+      const BlockWalk bw = block_walk(w, r);
+      const __m128i mask = _mm_set1_epi8(0x0f), eight = _mm_set1_epi8(8);
+      for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* blk = bw.at(b);
+        const __m256 d = _mm256_set1_ps(f16(blk + bw.scale));
+        const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + bw.first));
+        const __m128i lo = _mm_sub_epi8(_mm_and_si128(c, mask), eight);                     // values 0..15
+        const __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(c, 4), mask), eight);  // values 16..31
+        float* o = out + b * kBlock;
+        _mm256_storeu_ps(o, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo))));
+        _mm256_storeu_ps(o + 8, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)))));
+        _mm256_storeu_ps(o + 16, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi))));
+        _mm256_storeu_ps(o + 24, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)))));
+      }
+      break;
+    }
+    case QFormat::INT8: {
+      const __m256 s = _mm256_set1_ps(static_cast<const float*>(w.scales)[r]);
+      int64_t j = 0;
+      for (; j + 8 <= w.cols; j += 8)
+        _mm256_storeu_ps(out + j, _mm256_mul_ps(s, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes8(row + j)))));
+      for (; j < w.cols; ++j)
+        out[j] = static_cast<const float*>(w.scales)[r] * static_cast<float>(static_cast<int8_t>(row[j]));
+      break;
+    }
+    default:  // f32 (a copy) and the g128 formats
+      dequant_row(w, r, out);
+  }
+}
+#endif
+
 }  // namespace
 
 void dequantize_row(const QWeight& w, int64_t r, float* out) {
+#if LMF_HAVE_X86
+  if (use_avx2(QImpl::Auto)) {
+    dequant_row_avx2(w, r, out);
+    return;
+  }
+#endif
   dequant_row(w, r, out);
 }
 
@@ -936,12 +1024,28 @@ void qgemm(const QWeight& w, const float* x, int64_t n, float* y, bool accumulat
     return;
   }
   if (n >= kGemmRows || ragged) {
-    const int64_t panels = (rows + kPanel - 1) / kPanel;
+    // Panels of up to ~kPanelBytes (at least kMinPanel rows): each sgemm call repacks x, and wider panels run
+    // OpenBLAS's kernel at a better shape. OpenBLAS's results depend on how the rows are cut (its edge tiles), so the
+    // cut depends on the shape only, never the thread count: a multiple of four panels of equal size (rounded up to
+    // 16 rows), which 1, 2 and 4 threads share evenly.
+    const int64_t target = std::max(kMinPanel, kPanelBytes / (4 * cols));
+    const int64_t quads = (rows + 4 * target - 1) / (4 * target);
+    const int64_t panel = std::max(kMinPanel, ((rows + 4 * quads - 1) / (4 * quads) + 15) / 16 * 16);
+    const int64_t panels = (rows + panel - 1) / panel;
+    const bool avx2 = use_avx2(impl);
     parallel_for(panels, 1, [&](int64_t p0, int64_t p1) {
-      std::vector<float> buf(static_cast<size_t>(kPanel * cols));
+      std::vector<float> buf(static_cast<size_t>(panel * cols));
       for (int64_t p = p0; p < p1; ++p) {
-        const int64_t r0 = p * kPanel, r1 = std::min(rows, r0 + kPanel);
-        for (int64_t r = r0; r < r1; ++r) dequant_row(w, r, buf.data() + (r - r0) * cols);
+        const int64_t r0 = p * panel, r1 = std::min(rows, r0 + panel);
+        for (int64_t r = r0; r < r1; ++r) {
+#if LMF_HAVE_X86
+          if (avx2) {
+            dequant_row_avx2(w, r, buf.data() + (r - r0) * cols);
+            continue;
+          }
+#endif
+          dequant_row(w, r, buf.data() + (r - r0) * cols);
+        }
         gemm_serial<float>(false, true, n, r1 - r0, cols, 1.0f, x, cols, buf.data(), cols, accumulate ? 1.0f : 0.0f,
                            y + r0, rows);
       }
