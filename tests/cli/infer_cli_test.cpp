@@ -4,8 +4,10 @@
 #include <sys/wait.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <string>
 
 #include "cli_run.h"
@@ -175,6 +177,56 @@ TEST_F(InferCli, BenchGenerateReportsRatesAndCeilings) {
   r = sh(kBin + " bench generate" + model + " --prompt-tokens 120 --gen-tokens 9");
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.out.find("exceed the model's context"), std::string::npos) << r.out;
+}
+
+// --ggml: ggml's own kernels timed here beside ours, from node-llama-cpp's prebuilt library (installed for the
+// llama.cpp interop test). Bad directories are usage errors naming the flag; with the library, every row computes the
+// same product as ours (ggml_rel_diff) and carries the measured comparison.
+TEST_F(InferCli, BenchAgainstGgmlMeasuredHere) {
+  for (const std::string& cmd : {std::string(" bench quant --repeats 1"), " bench generate --gen-tokens 1" + model}) {
+    CliRun r = sh(kBin + cmd + " --ggml " + path("nowhere"));
+    EXPECT_EQ(r.code, 2) << cmd << r.out;
+    EXPECT_NE(r.out.find("--ggml: " + path("nowhere") + " is not a directory"), std::string::npos) << r.out;
+    r = sh(kBin + cmd + " --ggml " + path("m"));
+    EXPECT_EQ(r.code, 2) << cmd << r.out;
+    EXPECT_NE(r.out.find("holds no libggml-base.so"), std::string::npos) << r.out;
+  }
+  const std::string dir = std::string(LMFORGE_SOURCE_DIR) +
+                          "/tests/reference/llamacpp/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64";
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "sanitizer build: the prebuilt ggml is not instrumented, and its timings mean nothing here";
+#endif
+  if (!std::filesystem::exists(dir + "/libggml-base.so"))
+    GTEST_SKIP() << "no prebuilt ggml in " << dir << " (LMFORGE_WITH_NODE=1 scripts/install-deps.sh)";
+  CliRun r = sh(kBin + " bench quant --ggml " + dir +
+                " --formats f32,f16,q8_0,q4_0,int8 --rows 256 --cols 512 --prefill 16 --repeats 2 --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  int rows = 0, measured = 0;
+  std::istringstream lines(r.out);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.empty() || line[0] != '{') continue;
+    const nlohmann::json j = nlohmann::json::parse(line);
+    ++rows;
+    if (j["format"] == "int8") {  // ggml has no such format: no measured fields
+      EXPECT_FALSE(j.contains("ggml_measured_ms")) << line;
+      continue;
+    }
+    ++measured;
+    EXPECT_GT(j["ggml_measured_ms"].get<double>(), 0) << line;
+    EXPECT_GT(j["vs_ggml_measured"].get<double>(), 0) << line;
+    EXPECT_LT(j["ggml_rel_diff"].get<double>(), 0.05) << line;
+    EXPECT_EQ(j["ggml_variant"].get<std::string>().rfind("libggml-cpu", 0), 0u) << line;
+  }
+  EXPECT_EQ(rows, 10);
+  EXPECT_EQ(measured, 8);
+  r = sh(kBin + " bench generate" + model + " --prompt-tokens 16 --gen-tokens 8 --copy-mib 8 --json --ggml " + dir);
+  ASSERT_EQ(r.code, 0) << r.out;
+  const nlohmann::json j = last_json(r.out);
+  EXPECT_GT(j["ggml_measured_weight_gb_s"].get<double>(), 0);
+  EXPECT_DOUBLE_EQ(j["ggml_measured_implied_tokens_per_s"].get<double>(),
+                   j["ggml_measured_weight_gb_s"].get<double>() * 1e9 / j["weight_bytes"].get<double>());
+  EXPECT_DOUBLE_EQ(j["decode_vs_ggml_measured"].get<double>(),
+                   j["decode_tokens_per_s"].get<double>() / j["ggml_measured_implied_tokens_per_s"].get<double>());
 }
 
 // A model dir whose file carries a tensor its config does not use (config and tensors disagree): exit 2 with one

@@ -11,6 +11,7 @@
 #include <random>
 
 #include "bench_ops.h"
+#include "ggml_ref.h"
 #include "lmforge/commands.h"
 #include "lmforge/eval/model_dir.h"
 #include "lmforge/kernels/cpu.h"
@@ -51,6 +52,7 @@ struct Args {
   bool no_absorb = false;
   int copy_mib = 512;
   std::string kv_type = "f16";
+  std::string ggml_dir;  // --ggml: measure ggml's kernel here too
 };
 
 using bench::median;
@@ -87,6 +89,15 @@ int32_t argmax(const float* x, int64_t n) {
 
 int run_bench_generate(const Args& a, bool json) {
   ThreadCountScope scope(a.threads);
+  std::unique_ptr<bench::Ggml> ggml_lib;
+  if (!a.ggml_dir.empty()) {  // before the model loads: a bad --ggml fails fast
+    try {
+      ggml_lib = bench::Ggml::open(a.ggml_dir);
+    } catch (const Error& err) {
+      std::fprintf(stderr, "lmforge bench generate: %s\n", err.what());
+      return kUsageError;
+    }
+  }
   model::EngineOptions eo;
   eo.mla_absorb = !a.no_absorb;
   eo.kv_dtype = kv_dtype(a.kv_type);
@@ -107,7 +118,16 @@ int run_bench_generate(const Args& a, bool json) {
     for (int i = 0; i < 2; ++i) e.decode({s}, {argmax(l.data<float>(), c.vocab_size)});
     e.free_sequence(s);
   }
-  std::vector<double> prefill_s, decode_s;
+  // --ggml: ggml's own kernel for the model's main format (BENCHMARKS.md's shape and method), sampled after each
+  // decode run so that both see the same machine.
+  WeightFormat main_format = WeightFormat::F32;
+  double main_bytes = -1;
+  for (const auto& [f, bytes] : e.weight_bytes_by_format())
+    if (bytes > main_bytes) main_format = f, main_bytes = bytes;
+  std::unique_ptr<bench::GgmlDecodeProbe> ggml_probe;
+  if (ggml_lib && bench::Ggml::supports(main_format))
+    ggml_probe = std::make_unique<bench::GgmlDecodeProbe>(*ggml_lib, main_format, a.threads);
+  std::vector<double> prefill_s, decode_s, ggml_ms;
   for (int r = 0; r < a.repeats; ++r) {
     const model::SeqId s = e.add_sequence();
     auto t0 = Clock::now();
@@ -117,6 +137,7 @@ int run_bench_generate(const Args& a, bool json) {
     for (int64_t i = 0; i < a.gen_tokens; ++i) l = e.decode({s}, {argmax(l.data<float>(), c.vocab_size)});
     decode_s.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
     e.free_sequence(s);
+    for (int i = 0; ggml_probe && i < 3; ++i) ggml_ms.push_back(ggml_probe->sample_ms());
   }
   const double rss = peak_rss_mb();  // before the probes allocate their arrays
   const double prefill_tps = double(a.prompt_tokens) / median(prefill_s);
@@ -141,11 +162,9 @@ int run_bench_generate(const Args& a, bool json) {
   const double wb = e.weight_bytes_per_token();
   const double ceiling = copy * 1e9 / wb;
   const double ggml = kGgmlF32WeightGbS * 1e9 / wb;
-  WeightFormat main_format = WeightFormat::F32;
-  double main_bytes = -1;
-  for (const auto& [f, bytes] : e.weight_bytes_by_format())
-    if (bytes > main_bytes) main_format = f, main_bytes = bytes;
   const double ggml_own = ggml_weight_gb_s(main_format) * 1e9 / wb;
+  const double ggml_here_gb_s = ggml_ms.empty() ? 0 : ggml_probe->weight_bytes() / median(ggml_ms) / 1e6;
+  const double ggml_here = ggml_here_gb_s * 1e9 / wb;
   nlohmann::json j = {
       {"model", a.model},
       {"threads", a.threads},
@@ -169,6 +188,10 @@ int run_bench_generate(const Args& a, bool json) {
       {"weight_format", std::string(weight_format_name(main_format))},
       {"ggml_implied_tokens_per_s", ggml_own > 0 ? nlohmann::json(ggml_own) : nlohmann::json()},
       {"decode_vs_ggml_implied", ggml_own > 0 ? nlohmann::json(decode_tps / ggml_own) : nlohmann::json()},
+      {"ggml_variant", ggml_lib ? nlohmann::json(ggml_lib->variant()) : nlohmann::json()},
+      {"ggml_measured_weight_gb_s", ggml_here > 0 ? nlohmann::json(ggml_here_gb_s) : nlohmann::json()},
+      {"ggml_measured_implied_tokens_per_s", ggml_here > 0 ? nlohmann::json(ggml_here) : nlohmann::json()},
+      {"decode_vs_ggml_measured", ggml_here > 0 ? nlohmann::json(decode_tps / ggml_here) : nlohmann::json()},
       {"sgemm_gflops", sgemm},
       {"prefill_gflops", prefill_gflops},
       {"prefill_fraction_of_sgemm", prefill_gflops / sgemm}};
@@ -183,6 +206,10 @@ int run_bench_generate(const Args& a, bool json) {
     if (ggml_own > 0 && main_format != WeightFormat::F32)
       std::printf(", %.2fx the ggml %s-implied %.2f", decode_tps / ggml_own,
                   std::string(weight_format_name(main_format)).c_str(), ggml_own);
+    if (ggml_here > 0)
+      std::printf("; %.2fx the %.2f tok/s ggml's %s kernel implies here, %.1f GB/s with %s", decode_tps / ggml_here,
+                  ggml_here, std::string(weight_format_name(main_format)).c_str(), ggml_here_gb_s,
+                  ggml_lib->variant().c_str());
     std::printf("), %.1f MB weights/token (mostly %s), KV cache %s, peak RSS %.0f MB, %d threads, median of %d\n",
                 wb / 1e6, std::string(weight_format_name(main_format)).c_str(), a.kv_type.c_str(), rss, a.threads,
                 a.repeats);
@@ -212,6 +239,9 @@ void add_bench_generate_command(CLI::App* bench, Context& ctx) {
       ->check(CLI::Range(1, 1 << 16))
       ->capture_default_str();
   add_kv_type_option(g, a->kv_type);
+  g->add_option("--ggml", a->ggml_dir,
+                "directory of a prebuilt ggml (libggml-base.so, libggml-cpu-*.so): also measure the decode rate ggml's "
+                "own kernel implies on this machine (ggml_measured_* in the JSON)");
   g->add_flag("--no-absorb", a->no_absorb, "decode MLA layers by decompressing K/V (default: absorbed form)");
   g->add_flag("--json", ctx.json,
               "one JSON object: prefill_tokens_per_s, decode_tokens_per_s, peak_rss_mb, weight_bytes, copy_gb_s, ...");

@@ -2,17 +2,21 @@
 // interleaved with a STREAM-like copy probe that moves the same number of bytes, so the figure that matters --
 // effective weight bandwidth as a fraction of copy bandwidth -- sees the same machine noise on both sides. The
 // ggml reference times (BENCHMARKS.md: test-backend-ops, 2 threads, copy bandwidth 45 GB/s on that machine) are
-// scaled by the same fraction so runs on faster or slower machines compare.
+// scaled by the same fraction so runs on faster or slower machines compare. With --ggml DIR, ggml's own kernels
+// (a prebuilt library, ggml_ref.h) run the same product on this machine, interleaved with ours and the copy.
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "bench_ops.h"
+#include "ggml_ref.h"
 #include "lmforge/commands.h"
 #include "lmforge/core/error.h"
 #include "lmforge/core/weight_matrix.h"
@@ -35,6 +39,7 @@ struct QuantBenchOptions {
   int64_t m = 4096, k = 14336, prefill_n = 64;
   bool quick = false;
   std::string formats = "f32,f16,bf16,q8_0,q4_0,q4_g128,q4_g128_asym,int8";
+  std::string ggml_dir;  // --ggml: time ggml's kernels here too
 };
 
 double ggml_ms(WeightFormat f) {  // m=4096 k=14336 n=1, BENCHMARKS.md
@@ -82,9 +87,11 @@ struct Row {
   std::string format, shape;
   double ms = 0, copy_ms = 0, bytes = 0, gbps = 0, copy_gbps = 0, frac = 0;
   double ggml_ms = 0, ggml_frac = 0, vs_ggml = 0;  // vs_ggml: our fraction of copy / ggml's
+  // --ggml: ggml's kernel on this machine, interleaved with ours; vs = its ms / ours (above 1: we are faster).
+  double ggml_here_ms = 0, vs_ggml_here = 0, ggml_here_rel_diff = 0;
 };
 
-Row run_case(const QuantBenchOptions& o, CopyProbe& probe, WeightFormat f, int64_t n) {
+Row run_case(const QuantBenchOptions& o, CopyProbe& probe, bench::Ggml* ggml, WeightFormat f, int64_t n) {
   const int64_t m = o.m, k = o.k;
   // Enough copies of the weight that each call reads it from DRAM (the L3 is 32 MiB).
   std::mt19937 rng(1);
@@ -107,14 +114,26 @@ Row run_case(const QuantBenchOptions& o, CopyProbe& probe, WeightFormat f, int64
     weight_matmul(mats[next], x.data(), n, y.data());
     next = (next + 1) % mats.size();
   };
+  // ggml's side: the same weights in the GGUF layout, as many distinct copies as ours.
+  std::unique_ptr<bench::GgmlMatmul> gm;
+  if (ggml != nullptr && bench::Ggml::supports(f))
+    gm = std::make_unique<bench::GgmlMatmul>(*ggml, WeightMatrix::quantize(w, f), static_cast<int>(mats.size()), n,
+                                             x.data(), o.threads);
+  const auto ggml_ms_once = [&] {
+    // Our pool's workers spin briefly after a job before they sleep: let them, so they do not share ggml's cores.
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    return gm->run_ms();
+  };
   for (int i = 0; i < 3; ++i) {  // warm-up: page faults, pool wake-up
     ours();
     probe.copy(bytes);
+    if (gm && i == 0) ggml_ms_once();
   }
-  std::vector<double> t_ours, t_copy;
+  std::vector<double> t_ours, t_copy, t_ggml;
   for (int r = 0; r < o.repeats; ++r) {
     t_ours.push_back(time_ms(ours));
     t_copy.push_back(time_ms([&] { probe.copy(bytes); }));
+    if (gm) t_ggml.push_back(ggml_ms_once());
   }
   Row row;
   row.format = std::string(weight_format_name(f));
@@ -129,6 +148,22 @@ Row run_case(const QuantBenchOptions& o, CopyProbe& probe, WeightFormat f, int64
     row.ggml_ms = ggml_ms(f);
     row.ggml_frac = bytes / row.ggml_ms / 1e6 / kRefCopyGbps;
     row.vs_ggml = row.frac / row.ggml_frac;
+  }
+  if (gm) {
+    row.ggml_here_ms = median(t_ggml);
+    row.vs_ggml_here = row.ggml_here_ms / row.ms;
+    // The two computed the same product (ggml rounds activations to q8_0 for q8_0 / q4_0 weights, to f16 for f16):
+    // a wrong type code or layout here would time something else.
+    weight_matmul(mats[0], x.data(), n, y.data());
+    const std::vector<float> yg = gm->output();
+    double diff = 0, scale = 0;
+    for (size_t i = 0; i < y.size(); ++i) {
+      diff = std::max(diff, static_cast<double>(std::abs(yg[i] - y[i])));
+      scale = std::max(scale, static_cast<double>(std::abs(y[i])));
+    }
+    row.ggml_here_rel_diff = scale > 0 ? diff / scale : diff;
+    LMF_CHECK(row.ggml_here_rel_diff < 0.05, "bench quant: ggml's ", row.format, " product differs from ours by ",
+              row.ggml_here_rel_diff, " of the largest output");
   }
   return row;
 }
@@ -148,6 +183,15 @@ int run_bench_quant(const QuantBenchOptions& o, bool json) {
     p = e + 1;
   }
   ThreadCountScope threads(o.threads);
+  std::unique_ptr<bench::Ggml> ggml;
+  if (!o.ggml_dir.empty()) {
+    try {
+      ggml = bench::Ggml::open(o.ggml_dir);
+    } catch (const Error& err) {
+      std::fprintf(stderr, "lmforge bench quant: %s\n", err.what());
+      return kUsageError;
+    }
+  }
   CopyProbe probe;
   if (!json) {
     std::printf(
@@ -155,23 +199,41 @@ int run_bench_quant(const QuantBenchOptions& o, bool json) {
         "frac = our weight GB/s / copy GB/s; vs-ggml = frac / ggml's frac (its ms at %.0f GB/s copy, "
         "BENCHMARKS.md)\n\n",
         o.threads, o.repeats, kRefCopyGbps);
-    std::printf("%-13s %-24s %9s %9s %9s %7s %9s %8s\n", "format", "shape", "ms", "GB/s", "copyGB/s", "frac", "ggml ms",
+    if (ggml)
+      std::printf("here: ggml's own kernel on this machine (%s), interleaved; vs-here = its ms / ours\n\n",
+                  ggml->variant().c_str());
+    std::printf("%-13s %-24s %9s %9s %9s %7s %9s %8s", "format", "shape", "ms", "GB/s", "copyGB/s", "frac", "ggml ms",
                 "vs-ggml");
+    if (ggml) std::printf(" %9s %8s", "here ms", "vs-here");
+    std::printf("\n");
   }
   for (int64_t n : {int64_t{1}, o.prefill_n}) {
     for (WeightFormat f : formats) {
-      const Row r = run_case(o, probe, f, n);
+      const Row r = run_case(o, probe, ggml.get(), f, n);
       if (json) {
         std::printf(
             "{\"format\":\"%s\",\"shape\":\"%s\",\"threads\":%d,\"repeats\":%d,\"ms\":%.4f,\"weight_bytes\":%.0f,"
             "\"gbps\":%.3f,\"copy_gbps\":%.3f,\"frac_of_copy\":%.4f,\"ggml_ms\":%.3f,\"ggml_frac_of_copy\":%.4f,"
-            "\"vs_ggml\":%.4f}\n",
+            "\"vs_ggml\":%.4f",
             r.format.c_str(), r.shape.c_str(), o.threads, o.repeats, r.ms, r.bytes, r.gbps, r.copy_gbps, r.frac,
             r.ggml_ms, r.ggml_frac, r.vs_ggml);
+        if (r.ggml_here_ms > 0)
+          std::printf(
+              ",\"ggml_variant\":\"%s\",\"ggml_measured_ms\":%.4f,\"vs_ggml_measured\":%.4f,"
+              "\"ggml_rel_diff\":%.3g",
+              ggml->variant().c_str(), r.ggml_here_ms, r.vs_ggml_here, r.ggml_here_rel_diff);
+        std::printf("}\n");
       } else {
-        std::printf("%-13s %-24s %9.3f %9.2f %9.2f %7.3f %9s %8s\n", r.format.c_str(), r.shape.c_str(), r.ms, r.gbps,
+        std::printf("%-13s %-24s %9.3f %9.2f %9.2f %7.3f %9s %8s", r.format.c_str(), r.shape.c_str(), r.ms, r.gbps,
                     r.copy_gbps, r.frac, r.ggml_ms > 0 ? std::to_string(r.ggml_ms).substr(0, 5).c_str() : "-",
                     r.vs_ggml > 0 ? (std::to_string(r.vs_ggml).substr(0, 4) + "x").c_str() : "-");
+        if (ggml) {
+          if (r.ggml_here_ms > 0)
+            std::printf(" %9.3f %7.2fx", r.ggml_here_ms, r.vs_ggml_here);
+          else
+            std::printf(" %9s %8s", "-", "-");
+        }
+        std::printf("\n");
       }
       std::fflush(stdout);
     }
@@ -197,6 +259,9 @@ void add_bench_quant_command(CLI::App* bench, Context& ctx) {
       ->check(CLI::Range(2, 4096))
       ->capture_default_str();
   q->add_option("--formats", o->formats, "comma-separated weight formats")->capture_default_str();
+  q->add_option("--ggml", o->ggml_dir,
+                "directory of a prebuilt ggml (libggml-base.so, libggml-cpu-*.so): also time ggml's own kernel for "
+                "each format it has, here, interleaved with ours");
   q->add_flag("--json", ctx.json, "one JSON object per row");
   q->callback([&ctx, o] {
     if (o->k % 128 != 0) {
