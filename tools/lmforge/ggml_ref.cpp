@@ -147,12 +147,14 @@ GgmlMatmul::GgmlMatmul(Ggml& g, const WeightMatrix& w, int copies, int64_t n, co
   LMF_CHECK(copies >= 1, "GgmlMatmul: copies >= 1");
   const int64_t k = w.cols();
   const size_t wbytes = w.nbytes();
-  // Enough products to a graph that it runs ~256 MiB of weights (thread start-up is then noise), at least 4.
+  // Enough products to a graph that it runs ~256 MiB of weights (thread start-up is then noise), at least 4; fewer
+  // for prefill shapes (n > 1), whose products are long.
   // ggml's default graph holds 2048 nodes and 2048 leaves: at most kMaxOps products of at most kMaxOps weights.
   constexpr size_t kMaxOps = 1024;
   copies = std::min(copies, static_cast<int>(kMaxOps));
   ops_ = static_cast<int>(std::min(kMaxOps, (size_t{256} << 20) / std::max<size_t>(wbytes, 1) + 1));
   ops_ = std::max({ops_, 4, copies});
+  if (n > 1) ops_ = std::max(2, ops_ / static_cast<int>(std::min<int64_t>(n, 1 << 20)));  // prefill: long products
   const size_t slack = size_t{1} << 20;
   const size_t mem = static_cast<size_t>(copies) * (wbytes + s.tensor_overhead() + 64) +
                      static_cast<size_t>(n * k) * 4 + s.tensor_overhead() +
