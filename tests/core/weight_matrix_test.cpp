@@ -6,6 +6,7 @@
 #include <random>
 
 #include "lmforge/core/error.h"
+#include "lmforge/kernels/qgemm.h"
 
 namespace lmforge {
 namespace {
@@ -49,7 +50,7 @@ TEST(WeightMatrix, RoundTripAndProductPerFormat) {
     EXPECT_EQ(m.cols(), cols);
     const Tensor dq = m.dequantize();
     EXPECT_LE(rel_err(dq.data<float>(), w.data<float>(), rows * cols), c.max_rel);
-    for (int64_t n : {1, 3, 17}) {
+    for (int64_t n : {1, 3, 17, 65}) {
       const Tensor x = random_weight(n, cols, 7);
       std::vector<float> y(static_cast<size_t>(n * rows)), ref(static_cast<size_t>(n * rows), 0.0f);
       weight_matmul(m, x.data<float>(), n, y.data());
@@ -60,10 +61,11 @@ TEST(WeightMatrix, RoundTripAndProductPerFormat) {
             s += double(x.data<float>()[i * cols + k]) * dq.data<float>()[r * cols + k];
           ref[i * rows + r] = static_cast<float>(s);
         }
-      // Integer formats quantize the activations to 8-bit blocks on the decode path (n < 16): half a step of
-      // amax/127 per value, about 0.3% of the product's norm for Gaussian data (tests/kernels/qgemm_test.cpp
-      // checks that path exactly against quantized activations).
-      const bool exact = c.f == WeightFormat::F32 || c.f == WeightFormat::F16 || c.f == WeightFormat::BF16 || n >= 16;
+      // Integer formats quantize the activations to 8-bit blocks on the tile path (below qgemm_sgemm_rows): half a step
+      // of amax/127 per value, about 0.3% of the product's norm for Gaussian data (tests/kernels/qgemm_test.cpp checks
+      // that path exactly against quantized activations).
+      const bool exact = c.f == WeightFormat::F32 || c.f == WeightFormat::F16 || c.f == WeightFormat::BF16 ||
+                         n >= kernels::cpu::qgemm_sgemm_rows(qweight_view(m).format);
       const double tol = exact ? 1e-5 : 1e-2;
       EXPECT_LE(rel_err(y.data(), ref.data(), n * rows), tol);
       weight_matmul(m, x.data<float>(), n, y.data(), /*accumulate=*/true);

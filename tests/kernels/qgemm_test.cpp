@@ -1,6 +1,7 @@
 // Quantized products (src/kernels/cpu/qgemm.cpp) against double-precision references built from the dequantized
 // weight. Three checks per format and shape:
-//   1. decode path (n < 16) against dequantized W times the 8-bit-quantized activations the kernel itself uses:
+//   1. decode path (n below the format's switch to sgemm: 64 rows for q8_0 / q4_0, 32 for int8 / g128, 16 for
+//      the 16-bit formats) against dequantized W times the 8-bit-quantized activations the kernel itself uses:
 //      the same numbers, only the float summation order differs -> 1e-5 relative (norm of difference / norm);
 //   2. any path against dequantized W times the exact f32 activations: the activation rounding (at most half a
 //      step, amax/254, per value) bounds this; measured ~0.3% for Gaussian data -> 1e-2;
@@ -91,13 +92,16 @@ TEST(Qgemm, EachFormatMatchesDequantizedReference) {
       const WeightMatrix m =
           WeightMatrix::quantize(Tensor::from_vector(f == WeightFormat::Q4_G128_ASYM ? wa : wv, {rows, cols}), f);
       const Tensor dq = m.dequantize();
-      for (int64_t n : {1, 2, 5, 16, 33}) {
+      const int64_t switch_rows = kernels::cpu::qgemm_sgemm_rows(qweight_view(m).format);
+      EXPECT_EQ(switch_rows, f == WeightFormat::Q8_0 || f == WeightFormat::Q4_0 ? 64 : integer ? 32 : 16);
+      for (int64_t n : {int64_t{1}, int64_t{2}, int64_t{5}, int64_t{16}, int64_t{33}, switch_rows - 1, switch_rows}) {
         SCOPED_TRACE("n=" + std::to_string(n));
+        const bool tiles = n < switch_rows;
         std::vector<float> x = gaussian(n * cols, 7 + static_cast<uint32_t>(n), 1.0f);
         x[3] = 6.0f;  // an outlier, as real activations have
         const std::vector<double> exact = reference(dq, x, n, rows, cols);
         std::vector<float> xq = x;
-        if (integer && n < 16) {
+        if (integer && tiles) {
           for (int64_t i = 0; i < n; ++i) {
             std::vector<float> row(x.begin() + i * cols, x.begin() + (i + 1) * cols);
             row = quantize_activations(row, g128 ? 128 : 32);
@@ -112,7 +116,7 @@ TEST(Qgemm, EachFormatMatchesDequantizedReference) {
           std::vector<float> y(static_cast<size_t>(n * rows), 0.0f);
           kernels::cpu::qgemm(qweight_view(m), x.data(), n, y.data(), false, impl);
           EXPECT_LE(rel_err(y, same), 1e-5);
-          EXPECT_LE(rel_err(y, exact), g128 && n < 16 ? 2e-2 : 1e-2);
+          EXPECT_LE(rel_err(y, exact), g128 && tiles ? 2e-2 : 1e-2);
           if (impl == QImpl::Generic) {
             y_generic = y;
           } else if (!y_generic.empty()) {
@@ -183,10 +187,11 @@ TEST(Qgemm, InterleavedRowsGiveIdenticalResults) {
       p.dequantize_rows(rows / 2, rows / 2 + 1, a.data());
       m.dequantize_rows(rows / 2, rows / 2 + 1, b.data());
       EXPECT_EQ(a, b);
-      for (int64_t n : {1, 3, 16, 20}) {
+      for (int64_t n : {1, 3, 16, 20, 64, 70}) {
+        const bool tiles = n < kernels::cpu::qgemm_sgemm_rows(qweight_view(m).format);
         const std::vector<float> x = gaussian(n * cols, 13 + static_cast<uint32_t>(n), 1.0f);
         std::vector<float> xq = x;
-        for (int64_t i = 0; n < 16 && i < n; ++i) {
+        for (int64_t i = 0; tiles && i < n; ++i) {
           const std::vector<float> row = quantize_activations({x.begin() + i * cols, x.begin() + (i + 1) * cols});
           std::copy(row.begin(), row.end(), xq.begin() + i * cols);
         }
@@ -198,7 +203,7 @@ TEST(Qgemm, InterleavedRowsGiveIdenticalResults) {
           kernels::cpu::qgemm(qweight_view(p), x.data(), n, yp.data(), false, impl);
           kernels::cpu::qgemm(qweight_view(m), x.data(), n, ym.data(), false, impl);
           EXPECT_LE(rel_err(yp, same), 1e-5);
-          if (impl == QImpl::Avx2 && n < 16) {
+          if (impl == QImpl::Avx2 && tiles) {
             EXPECT_LE(rel_err(yp, std::vector<double>(ym.begin(), ym.end())), 1e-6);
           } else {
             EXPECT_EQ(yp, ym);
@@ -225,8 +230,8 @@ TEST(Qgemm, InterleavedRowsGiveIdenticalResults) {
   EXPECT_EQ(dst, std::vector<uint8_t>(src.size(), 0xab));
 }
 
-// The prefill path (>= 16 activation rows) dequantizes panels of the weight and runs sgemm on them; the AVX2
-// dequantizer must give the portable one's values bit for bit (the same single rounding of d * code), so the two
+// The prefill path (from qgemm_sgemm_rows activation rows) dequantizes panels of the weight and runs sgemm on them; the
+// AVX2 dequantizer must give the portable one's values bit for bit (the same single rounding of d * code), so the two
 // paths' products are identical: every format, both q8_0 / q4_0 layouts, row lengths with a tail (f16 / bf16 / int8
 // need no multiple of 32 or 8), a row count with a tail of rows % 4.
 TEST(Qgemm, PrefillPathsGiveIdenticalProducts) {
@@ -242,7 +247,7 @@ TEST(Qgemm, PrefillPathsGiveIdenticalProducts) {
       for (const WeightMatrix& w : {m, m.interleave_rows4()}) {
         SCOPED_TRACE(std::string(weight_format_name(f)) + " cols " + std::to_string(cols) +
                      (w.interleaved() ? " interleaved" : ""));
-        const int64_t n = 17;
+        const int64_t n = kernels::cpu::qgemm_sgemm_rows(qweight_view(w).format) + 1;
         const std::vector<float> x = gaussian(n * cols, 22, 1.0f);
         std::vector<float> yg(static_cast<size_t>(n * rows)), ya(yg.size());
         kernels::cpu::qgemm(qweight_view(w), x.data(), n, yg.data(), false, QImpl::Generic);
@@ -272,7 +277,7 @@ TEST(Qgemm, ThreadCountDoesNotChangeResult) {
   }
   EXPECT_EQ(y1, y2);
   // Prefill: dequantized panels of the same rows at any thread count, so the same sgemm calls.
-  const int64_t n = 40;
+  const int64_t n = 70;  // q4_0 switches to sgemm at 64 rows
   const std::vector<float> xs = gaussian(n * cols, 5, 1.0f);
   std::vector<float> p1(static_cast<size_t>(n * rows));
   {

@@ -34,10 +34,16 @@ void interleave_rows4(QFormat format, int64_t rows, int64_t cols, const void* sr
 
 enum class QImpl { Auto, Generic, Avx2 };
 
-// Splits the rows over the thread pool. accumulate: y += instead of y =. F32 weights with n >= 16 go to sgemm
-// (gemm<float>); below that, every format streams its rows through the tile kernels, each thread reading its rows
-// as four streams in lockstep, prefetched ahead (decode is bound by how fast the weights arrive).
+// Splits the rows over the thread pool. accumulate: y += instead of y =. With n >= qgemm_sgemm_rows(format)
+// activation rows, F32 weights go to sgemm (gemm<float>) and the others are dequantized into f32 panels for sgemm
+// (exact f32 activations); below that, every format streams its rows through the tile kernels, each thread reading
+// its rows as four streams in lockstep, prefetched ahead (decode is bound by how fast the weights arrive), with the
+// activations rounded to 8 bits for the integer formats.
 void qgemm(const QWeight& w, const float* x, int64_t n, float* y, bool accumulate, QImpl impl = QImpl::Auto);
+
+// From how many activation rows qgemm switches to sgemm: 64 for q8_0 / q4_0, 32 for int8 and the g128 formats, 16
+// for f32 / f16 / bf16 (measurements in qgemm.cpp).
+int64_t qgemm_sgemm_rows(QFormat f);
 
 // Row r of the weight as f32 (cols values), in either layout.
 void dequantize_row(const QWeight& w, int64_t r, float* out);

@@ -41,7 +41,32 @@ constexpr int64_t kMinChunkBytes = 64 << 10;
 // before the guided chunks, so a product's rows restart cold a few times rather than ~10 (in-process engine A/B,
 // 512 + 32-token rounds: q8_0 x1.02-1.04, q4_0 x1.06, f32 0.97-1.01; docs/PERFORMANCE.md).
 constexpr int64_t kHeadBytes = 2 << 20;
-constexpr int64_t kGemmRows = 16;  // from this many activation rows on, dequantize panels and use sgemm
+// qgemm_sgemm_rows(f): from this many activation rows on, dequantize panels and use sgemm; below, the decode tiles
+// (each weight tile read once, dotted with every activation row). q8_0 / q4_0: 64, was 16 for every format; `bench
+// quant` (2 threads, an AVX2 Zen 3 host, ms tiles vs panels) at n = 16: q8_0 1024 x 1024 0.27 vs 0.49, 1024 x 2816 0.69
+// vs 1.53, 4096 x 14336 14.1 vs 24.9; n = 32: 5632 x 1024 2.5 vs 6.3, 4096 x 14336 27.5 vs 44.0; n = 48: 4096 x
+// 14336 42.4 vs 59.9; at n = 64 the two were level or reversed (the activations of a 14336-wide row no longer fit the
+// L2 beside the tile), and sgemm wins from 128. Batched decode of up to 63 sequences and prompts shorter than 64 tokens
+// thus see 8-bit activations, as decode. int8 and the g128 formats (1024 x 2816): n = 16 0.96-1.08 vs 1.47-1.57 ms, n =
+// 32 level or ahead (1.2-2.1 vs 1.9-2.8), n = 48 behind (2.5-4.1 vs 2.7-2.9): 32. f16 / bf16 tiles lose to sgemm from
+// 32 rows, and f32 keeps sgemm: 16.
+}  // namespace
+
+int64_t qgemm_sgemm_rows(QFormat f) {
+  switch (f) {
+    case QFormat::Q8_0:
+    case QFormat::Q4_0:
+      return 64;
+    case QFormat::INT8:
+    case QFormat::Q4_G128:
+    case QFormat::Q4_G128_ASYM:
+      return 32;
+    default:
+      return 16;
+  }
+}
+
+namespace {
 // Prefill: rows per dequantized panel, at least kMinPanel, about kPanelBytes of f32 (q8_0 at 512 x 1024 x 1024 /
 // 2816: 7-10 ms -> 7.2 ms, 23-26 ms -> 19-22 ms against 64-row panels; docs/PERFORMANCE.md).
 constexpr int64_t kMinPanel = 64;
@@ -1018,12 +1043,12 @@ void qgemm(const QWeight& w, const float* x, int64_t n, float* y, bool accumulat
   // int8 rows may have any length; the 8-bit activation blocks need a multiple of 32, so other lengths take the
   // dequantizing path.
   const bool ragged = w.format == QFormat::INT8 && cols % kBlock != 0;
-  if (w.format == QFormat::F32 && n >= kGemmRows) {
+  if (w.format == QFormat::F32 && n >= qgemm_sgemm_rows(w.format)) {
     gemm<float>(false, true, n, rows, cols, 1.0f, x, cols, static_cast<const float*>(w.codes), cols,
                 accumulate ? 1.0f : 0.0f, y, rows);
     return;
   }
-  if (n >= kGemmRows || ragged) {
+  if (n >= qgemm_sgemm_rows(w.format) || ragged) {
     // Panels of up to ~kPanelBytes (at least kMinPanel rows): each sgemm call repacks x, and wider panels run
     // OpenBLAS's kernel at a better shape. OpenBLAS's results depend on how the rows are cut (its edge tiles), so the
     // cut depends on the shape only, never the thread count: a multiple of four panels of equal size (rounded up to
