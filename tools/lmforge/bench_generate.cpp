@@ -125,8 +125,7 @@ int run_bench_generate(const Args& a, bool json) {
   for (const auto& [f, bytes] : e.weight_bytes_by_format())
     if (bytes > main_bytes) main_format = f, main_bytes = bytes;
   std::unique_ptr<bench::GgmlDecodeProbe> ggml_probe;
-  if (ggml_lib && bench::Ggml::supports(main_format))
-    ggml_probe = std::make_unique<bench::GgmlDecodeProbe>(*ggml_lib, main_format, a.threads);
+  double rss = 0;  // peak RSS of the engine's runs, taken before ggml's weights or the probes' arrays exist
   std::vector<double> prefill_s, decode_s, ggml_ms;
   for (int r = 0; r < a.repeats; ++r) {
     const model::SeqId s = e.add_sequence();
@@ -137,9 +136,13 @@ int run_bench_generate(const Args& a, bool json) {
     for (int64_t i = 0; i < a.gen_tokens; ++i) l = e.decode({s}, {argmax(l.data<float>(), c.vocab_size)});
     decode_s.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
     e.free_sequence(s);
+    if (r == 0 && ggml_lib && bench::Ggml::supports(main_format)) {  // every run peaks alike: the first tells
+      rss = peak_rss_mb();
+      ggml_probe = std::make_unique<bench::GgmlDecodeProbe>(*ggml_lib, main_format, a.threads);
+    }
     for (int i = 0; ggml_probe && i < 3; ++i) ggml_ms.push_back(ggml_probe->sample_ms());
   }
-  const double rss = peak_rss_mb();  // before the probes allocate their arrays
+  if (!ggml_probe) rss = peak_rss_mb();  // before the probes allocate their arrays
   const double prefill_tps = double(a.prompt_tokens) / median(prefill_s);
   const double decode_tps = double(a.gen_tokens) / median(decode_s);
   // Prefill FLOPs: the weight products for every prompt token, the LM head once (only the last token's logits are
