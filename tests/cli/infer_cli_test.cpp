@@ -190,6 +190,12 @@ TEST_F(InferCli, BenchAgainstGgmlMeasuredHere) {
     r = sh(kBin + cmd + " --ggml " + path("m"));
     EXPECT_EQ(r.code, 2) << cmd << r.out;
     EXPECT_NE(r.out.find("holds no libggml-base.so"), std::string::npos) << r.out;
+    // A file of that name that is no shared library: dlopen's refusal, named.
+    ASSERT_EQ(sh("mkdir -p " + path("junk") + " && head -c 4096 /dev/urandom > " + path("junk/libggml-base.so")).code,
+              0);
+    r = sh(kBin + cmd + " --ggml " + path("junk"));
+    EXPECT_EQ(r.code, 2) << cmd << r.out;
+    EXPECT_NE(r.out.find("--ggml: cannot load " + path("junk/libggml-base.so")), std::string::npos) << r.out;
   }
   const std::string dir = std::string(LMFORGE_SOURCE_DIR) +
                           "/tests/reference/llamacpp/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64";
