@@ -177,6 +177,21 @@ TEST_F(InferCli, BenchGenerateReportsRatesAndCeilings) {
   r = sh(kBin + " bench generate" + model + " --prompt-tokens 120 --gen-tokens 9");
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.out.find("exceed the model's context"), std::string::npos) << r.out;
+  // --batch: sequences decoded together; tokens counted over the batch, ceilings per step (weights read once).
+  r = sh(kBin + " bench generate" + model + " --prompt-tokens 16 --gen-tokens 8 --copy-mib 8 --batch 3 --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const nlohmann::json b = last_json(r.out);
+  EXPECT_EQ(b["batch"], 3);
+  EXPECT_DOUBLE_EQ(b["decode_tokens_per_s"].get<double>(), 3 * b["decode_steps_per_s"].get<double>());
+  EXPECT_DOUBLE_EQ(b["decode_fraction_of_ceiling"].get<double>(),
+                   b["decode_steps_per_s"].get<double>() / b["decode_ceiling_tokens_per_s"].get<double>());
+  EXPECT_EQ(
+      last_json(
+          sh(kBin + " bench generate" + model + " --prompt-tokens 16 --gen-tokens 8 --copy-mib 8 --json").out)["batch"],
+      1);
+  r = sh(kBin + " bench generate" + model + " --batch 0");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("--batch"), std::string::npos) << r.out;
 }
 
 // --ggml: ggml's own kernels timed here beside ours, from node-llama-cpp's prebuilt library (installed for the

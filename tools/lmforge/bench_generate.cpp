@@ -48,6 +48,7 @@ struct Args {
   std::string model;
   int64_t prompt_tokens = 512, gen_tokens = 128;
   int threads = 2, repeats = 1;
+  int64_t batch = 1;
   uint64_t seed = 0;
   bool no_absorb = false;
   int copy_mib = 512;
@@ -128,14 +129,25 @@ int run_bench_generate(const Args& a, bool json) {
   double rss = 0;  // peak RSS of the engine's runs, taken before ggml's weights or the probes' arrays exist
   std::vector<double> prefill_s, decode_s, ggml_ms;
   for (int r = 0; r < a.repeats; ++r) {
-    const model::SeqId s = e.add_sequence();
+    // --batch B: B sequences, each prefilled with the prompt (one after another), then decoded together, one
+    // token each per step, as the server's continuous batching runs them.
+    std::vector<model::SeqId> seqs(static_cast<size_t>(a.batch));
+    std::vector<int32_t> next(seqs.size());
     auto t0 = Clock::now();
-    Tensor l = e.prefill(s, prompt);
+    for (size_t b = 0; b < seqs.size(); ++b) {
+      seqs[b] = e.add_sequence();
+      const Tensor l = e.prefill(seqs[b], prompt);
+      next[b] = argmax(l.data<float>(), c.vocab_size);
+    }
     prefill_s.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
     t0 = Clock::now();
-    for (int64_t i = 0; i < a.gen_tokens; ++i) l = e.decode({s}, {argmax(l.data<float>(), c.vocab_size)});
+    for (int64_t i = 0; i < a.gen_tokens; ++i) {
+      const Tensor l = e.decode(seqs, next);
+      for (size_t b = 0; b < seqs.size(); ++b)
+        next[b] = argmax(l.data<float>() + static_cast<int64_t>(b) * c.vocab_size, c.vocab_size);
+    }
     decode_s.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
-    e.free_sequence(s);
+    for (model::SeqId s : seqs) e.free_sequence(s);
     if (r == 0 && ggml_lib && bench::Ggml::supports(main_format)) {  // every run peaks alike: the first tells
       rss = peak_rss_mb();
       ggml_probe = std::make_unique<bench::GgmlDecodeProbe>(*ggml_lib, main_format, a.threads);
@@ -143,8 +155,11 @@ int run_bench_generate(const Args& a, bool json) {
     for (int i = 0; ggml_probe && i < 3; ++i) ggml_ms.push_back(ggml_probe->sample_ms());
   }
   if (!ggml_probe) rss = peak_rss_mb();  // before the probes allocate their arrays
-  const double prefill_tps = double(a.prompt_tokens) / median(prefill_s);
-  const double decode_tps = double(a.gen_tokens) / median(decode_s);
+  const double prefill_tps = double(a.batch * a.prompt_tokens) / median(prefill_s);
+  // Steps per second: each sequence's token rate. A step reads the weights once for the whole batch, so the
+  // ceilings and ggml's implied rates are per step; decode_tokens_per_s counts every sequence's tokens.
+  const double step_tps = double(a.gen_tokens) / median(decode_s);
+  const double decode_tps = step_tps * double(a.batch);
   // Prefill FLOPs: the weight products for every prompt token, the LM head once (only the last token's logits are
   // computed), and causal attention (QKᵀ and PV: 4 x heads x head dims per visible key).
   const int64_t P = a.prompt_tokens;
@@ -157,7 +172,7 @@ int run_bench_generate(const Args& a, bool json) {
   }
   const double prefill_flops = e.matmul_flops_per_token() * double(P) + e.lm_head_flops() +
                                2.0 * double(c.num_attention_heads) * (qk + vd) * visible;
-  const double prefill_gflops = prefill_flops / median(prefill_s) / 1e9;
+  const double prefill_gflops = double(a.batch) * prefill_flops / median(prefill_s) / 1e9;
   const double copy = bench::measure_copy_gb_s(a.threads, static_cast<size_t>(a.copy_mib) << 20, 5);
   const double read = bench::measure_read_gb_s(a.threads, static_cast<size_t>(a.copy_mib) << 21, 5);
   const double sgemm =
@@ -178,23 +193,25 @@ int run_bench_generate(const Args& a, bool json) {
       {"kv_type", a.kv_type},
       {"prefill_tokens_per_s", prefill_tps},
       {"decode_tokens_per_s", decode_tps},
+      {"batch", a.batch},
+      {"decode_steps_per_s", step_tps},
       {"peak_rss_mb", rss},
       {"weight_bytes", wb},
       {"copy_gb_s", copy},
       {"decode_ceiling_tokens_per_s", ceiling},
-      {"decode_fraction_of_ceiling", decode_tps / ceiling},
+      {"decode_fraction_of_ceiling", step_tps / ceiling},
       {"read_gb_s", read},
-      {"decode_fraction_of_read_ceiling", decode_tps * wb / 1e9 / read},
-      {"decode_weight_gb_s", decode_tps * wb / 1e9},
+      {"decode_fraction_of_read_ceiling", step_tps * wb / 1e9 / read},
+      {"decode_weight_gb_s", step_tps * wb / 1e9},
       {"ggml_f32_implied_tokens_per_s", ggml},
-      {"decode_vs_ggml_f32_implied", decode_tps / ggml},
+      {"decode_vs_ggml_f32_implied", step_tps / ggml},
       {"weight_format", std::string(weight_format_name(main_format))},
       {"ggml_implied_tokens_per_s", ggml_own > 0 ? nlohmann::json(ggml_own) : nlohmann::json()},
-      {"decode_vs_ggml_implied", ggml_own > 0 ? nlohmann::json(decode_tps / ggml_own) : nlohmann::json()},
+      {"decode_vs_ggml_implied", ggml_own > 0 ? nlohmann::json(step_tps / ggml_own) : nlohmann::json()},
       {"ggml_variant", ggml_lib ? nlohmann::json(ggml_lib->variant()) : nlohmann::json()},
       {"ggml_measured_weight_gb_s", ggml_here > 0 ? nlohmann::json(ggml_here_gb_s) : nlohmann::json()},
       {"ggml_measured_implied_tokens_per_s", ggml_here > 0 ? nlohmann::json(ggml_here) : nlohmann::json()},
-      {"decode_vs_ggml_measured", ggml_here > 0 ? nlohmann::json(decode_tps / ggml_here) : nlohmann::json()},
+      {"decode_vs_ggml_measured", ggml_here > 0 ? nlohmann::json(step_tps / ggml_here) : nlohmann::json()},
       {"sgemm_gflops", sgemm},
       {"prefill_gflops", prefill_gflops},
       {"prefill_fraction_of_sgemm", prefill_gflops / sgemm}};
@@ -204,16 +221,20 @@ int run_bench_generate(const Args& a, bool json) {
     std::printf(
         "bench generate %s: prefill %.1f tok/s (%.1f GFLOP/s, %.0f%% of sgemm %.1f), decode %.2f tok/s (%.0f%% of "
         "the %.2f tok/s ceiling at %.1f GB/s copy, %.0f%% of %.1f GB/s read-only; %.2fx the ggml f32-implied %.2f",
-        a.model.c_str(), prefill_tps, prefill_gflops, 100 * prefill_gflops / sgemm, sgemm, decode_tps,
-        100 * decode_tps / ceiling, ceiling, copy, 100 * decode_tps * wb / 1e9 / read, read, decode_tps / ggml, ggml);
+        a.model.c_str(), prefill_tps, prefill_gflops, 100 * prefill_gflops / sgemm, sgemm, step_tps,
+        100 * step_tps / ceiling, ceiling, copy, 100 * step_tps * wb / 1e9 / read, read, step_tps / ggml, ggml);
     if (ggml_own > 0 && main_format != WeightFormat::F32)
-      std::printf(", %.2fx the ggml %s-implied %.2f", decode_tps / ggml_own,
+      std::printf(", %.2fx the ggml %s-implied %.2f", step_tps / ggml_own,
                   std::string(weight_format_name(main_format)).c_str(), ggml_own);
     if (ggml_here > 0)
-      std::printf("; %.2fx the %.2f tok/s ggml's %s kernel implies here, %.1f GB/s with %s", decode_tps / ggml_here,
+      std::printf("; %.2fx the %.2f tok/s ggml's %s kernel implies here, %.1f GB/s with %s", step_tps / ggml_here,
                   ggml_here, std::string(weight_format_name(main_format)).c_str(), ggml_here_gb_s,
                   ggml_lib->variant().c_str());
-    std::printf("), %.1f MB weights/token (mostly %s), KV cache %s, peak RSS %.0f MB, %d threads, median of %d\n",
+    std::printf(")");
+    if (a.batch > 1)
+      std::printf(" for each of %lld sequences decoded together: %.2f tok/s in all", static_cast<long long>(a.batch),
+                  decode_tps);
+    std::printf(", %.1f MB weights/token (mostly %s), KV cache %s, peak RSS %.0f MB, %d threads, median of %d\n",
                 wb / 1e6, std::string(weight_format_name(main_format)).c_str(), a.kv_type.c_str(), rss, a.threads,
                 a.repeats);
   }
@@ -236,6 +257,11 @@ void add_bench_generate_command(CLI::App* bench, Context& ctx) {
   g->add_option("--threads", a->threads, "threads")->check(CLI::Range(1, 1024))->capture_default_str();
   g->add_option("--repeats", a->repeats, "timed runs; medians reported")
       ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  g->add_option("--batch", a->batch,
+                "sequences decoded together (each prefilled with the prompt first); decode_tokens_per_s counts all "
+                "of them, the ceilings and ggml ratios are per step")
+      ->check(CLI::Range(int64_t{1}, int64_t{4096}))
       ->capture_default_str();
   g->add_option("--seed", a->seed, "prompt ids seed")->capture_default_str();
   g->add_option("--copy-mib", a->copy_mib, "size of each copy-probe array")
