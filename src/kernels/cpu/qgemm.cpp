@@ -983,16 +983,19 @@ LMF_TARGET_AVX2 void dequant_row_avx2(const QWeight& w, int64_t r, float* out) {
 }
 #endif
 
+// dequant_row on the path `avx2` chooses (the prefill panels follow qgemm's QImpl; dequantize_row the CPU's).
+void dequant_row_on(const QWeight& w, int64_t r, float* out, bool avx2) {
+#if LMF_HAVE_X86
+  if (avx2) return dequant_row_avx2(w, r, out);
+#endif
+  (void)avx2;
+  dequant_row(w, r, out);
+}
+
 }  // namespace
 
 void dequantize_row(const QWeight& w, int64_t r, float* out) {
-#if LMF_HAVE_X86
-  if (use_avx2(QImpl::Auto)) {
-    dequant_row_avx2(w, r, out);
-    return;
-  }
-#endif
-  dequant_row(w, r, out);
+  dequant_row_on(w, r, out, use_avx2(QImpl::Auto));
 }
 
 void interleave_rows4(QFormat format, int64_t rows, int64_t cols, const void* src, void* dst, bool inverse) {
@@ -1062,15 +1065,7 @@ void qgemm(const QWeight& w, const float* x, int64_t n, float* y, bool accumulat
       std::vector<float> buf(static_cast<size_t>(panel * cols));
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t r0 = p * panel, r1 = std::min(rows, r0 + panel);
-        for (int64_t r = r0; r < r1; ++r) {
-#if LMF_HAVE_X86
-          if (avx2) {
-            dequant_row_avx2(w, r, buf.data() + (r - r0) * cols);
-            continue;
-          }
-#endif
-          dequant_row(w, r, buf.data() + (r - r0) * cols);
-        }
+        for (int64_t r = r0; r < r1; ++r) dequant_row_on(w, r, buf.data() + (r - r0) * cols, avx2);
         gemm_serial<float>(false, true, n, r1 - r0, cols, 1.0f, x, cols, buf.data(), cols, accumulate ? 1.0f : 0.0f,
                            y + r0, rows);
       }
