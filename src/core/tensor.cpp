@@ -1,5 +1,7 @@
 #include "lmforge/core/tensor.h"
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -136,13 +138,43 @@ size_t Storage::cached_bytes() {
   return BlockCache::get().cached();
 }
 
+namespace {
+thread_local int t_huge_scopes = 0;
+constexpr size_t kHugePage = size_t(2) << 20;
+
+// 2 MiB-aligned, whole huge pages, advised for THP; null where that fails (the caller falls back).
+void* allocate_huge(size_t bytes) {
+  const char* off = std::getenv("LMFORGE_NO_HUGE_PAGES");  // read each time: a few hundred calls per model
+  if (off && *off && std::strcmp(off, "0") != 0) return nullptr;
+  const size_t whole = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+  void* p = std::aligned_alloc(kHugePage, whole);
+#ifdef MADV_HUGEPAGE
+  if (p) ::madvise(p, whole, MADV_HUGEPAGE);  // advice only: an error leaves ordinary pages
+#endif
+  return p;
+}
+}  // namespace
+
+HugePageScope::HugePageScope() {
+  ++t_huge_scopes;
+}
+HugePageScope::~HugePageScope() {
+  --t_huge_scopes;
+}
+bool HugePageScope::active() {
+  return t_huge_scopes > 0;
+}
+
 std::shared_ptr<Storage> Storage::allocate(size_t bytes) {
   auto s = std::shared_ptr<Storage>(new Storage());
   size_t rounded = (bytes + 63) / 64 * 64;
   if (rounded == 0) rounded = 64;
   BlockCache& cache = BlockCache::get();
   const size_t capacity = cache.round(rounded);
-  s->data_ = cache.take(capacity);
+  // Under a HugePageScope, a fresh huge-page block rather than a cached one (which may sit on small pages). Its
+  // capacity stays the size class, so the block cache can take it back when it is freed.
+  if (HugePageScope::active() && capacity >= kHugePage) s->data_ = allocate_huge(capacity);
+  if (!s->data_) s->data_ = cache.take(capacity);
   if (!s->data_) {
     s->data_ = std::aligned_alloc(64, capacity);
     if (!s->data_) {  // the cache may hold what we need

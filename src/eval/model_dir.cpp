@@ -33,6 +33,7 @@ model::Engine load_engine(const std::string& dir, const model::EngineOptions& op
   const fs::path cfg = fs::path(dir) / "config.json";
   if (fs::exists(cfg) && read_json(cfg).contains("quantization_config")) {
     // A quantized dir from `lmforge quantize`: the weights stay in their formats; every product runs on them.
+    const HugePageScope huge;  // the weights decode streams every token
     quant::QuantizedWeights q = quant::load_quantized_model(dir);
     model::EngineWeights w{std::move(q.linear), std::move(q.dense)};
     return model::Engine(q.config, std::move(w), opt, dir);

@@ -78,6 +78,7 @@ struct Loader {
 
 Engine::Engine(ModelConfig config, EngineWeights weights, EngineOptions opt, const std::string& source)
     : impl_(std::make_unique<Impl>()) {
+  const HugePageScope huge;  // fused and interleaved weights: streamed every token
   Impl& m = *impl_;
   m.c = std::move(config);
   m.opt = opt;
@@ -210,6 +211,7 @@ Engine Engine::load(const std::string& dir, EngineOptions opt) {
   std::string source;
   const std::vector<std::string> files = io::model_weight_files(dir, source);
   EngineWeights w;
+  const HugePageScope huge;  // the copies below are the weights decode streams
   const char* env = std::getenv("LMFORGE_ENGINE_MMAP");
   const bool copy = !(env && std::string(env) == "1");
   for (const std::string& f : files) {

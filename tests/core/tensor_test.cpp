@@ -78,6 +78,29 @@ TEST(Tensor, ErrorsNameTheShapes) {
   EXPECT_THROW(ops::topk(Var(Tensor::zeros({2, 3})), 4), Error);
 }
 
+TEST(Storage, HugePageScopeAlignsLargeBlocksToHugePages) {
+  const uintptr_t huge = uintptr_t(2) << 20;
+  EXPECT_FALSE(HugePageScope::active());
+  {
+    const HugePageScope outer;
+    EXPECT_TRUE(HugePageScope::active());
+    {
+      const HugePageScope inner;  // nests
+      EXPECT_TRUE(HugePageScope::active());
+    }
+    EXPECT_TRUE(HugePageScope::active());
+    // Odd sizes of 2 MiB and more: 2 MiB-aligned, every byte usable, freed and taken again like any block.
+    for (int64_t n : {int64_t(1) << 19, (int64_t(3) << 20) + 7, int64_t(5) << 20}) {
+      Tensor t = Tensor::full({n}, 1.5f);
+      EXPECT_EQ(reinterpret_cast<uintptr_t>(t.raw_data()) % huge, 0u) << n << " floats";
+      EXPECT_EQ(t.data<float>()[n - 1], 1.5f);
+    }
+    Tensor small = Tensor::full({1000}, 2.0f);  // under 2 MiB: an ordinary block
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(small.raw_data()) % 64, 0u);
+  }
+  EXPECT_FALSE(HugePageScope::active());
+}
+
 TEST(Half, F16RoundTripsEveryValue) {
   for (uint32_t h = 0; h < 65536; ++h) {
     const float f = f16_to_f32(static_cast<uint16_t>(h));
