@@ -142,14 +142,18 @@ namespace {
 thread_local int t_huge_scopes = 0;
 constexpr size_t kHugePage = size_t(2) << 20;
 
-// 2 MiB-aligned, whole huge pages, advised for THP; null where that fails (the caller falls back).
-void* allocate_huge(size_t bytes) {
+// 2 MiB-aligned and advised for THP; null where that fails (the caller falls back). A huge page is faulted in
+// whole, so a last partial one is advised only when at least 3/4 of it is used: an unused tail on small pages
+// is never touched and costs nothing resident. *advised: the bytes advised.
+void* allocate_huge(size_t bytes, size_t* advised) {
   const char* off = std::getenv("LMFORGE_NO_HUGE_PAGES");  // read each time: a few hundred calls per model
   if (off && *off && std::strcmp(off, "0") != 0) return nullptr;
-  const size_t whole = (bytes + kHugePage - 1) / kHugePage * kHugePage;
-  void* p = std::aligned_alloc(kHugePage, whole);
+  const size_t whole = (bytes + kHugePage / 4) / kHugePage * kHugePage;  // the last page if >= 3/4 used
+  const size_t size = std::max(whole, (bytes + 4095) / 4096 * 4096);
+  void* p = std::aligned_alloc(kHugePage, size);
+  *advised = 0;
 #ifdef MADV_HUGEPAGE
-  if (p) ::madvise(p, whole, MADV_HUGEPAGE);  // advice only: an error leaves ordinary pages
+  if (p && ::madvise(p, whole, MADV_HUGEPAGE) == 0) *advised = whole;  // advice only: on error, ordinary pages
 #endif
   return p;
 }
@@ -170,10 +174,18 @@ std::shared_ptr<Storage> Storage::allocate(size_t bytes) {
   size_t rounded = (bytes + 63) / 64 * 64;
   if (rounded == 0) rounded = 64;
   BlockCache& cache = BlockCache::get();
-  const size_t capacity = cache.round(rounded);
-  // Under a HugePageScope, a fresh huge-page block rather than a cached one (which may sit on small pages). Its
-  // capacity stays the size class, so the block cache can take it back when it is freed.
-  if (HugePageScope::active() && capacity >= kHugePage) s->data_ = allocate_huge(capacity);
+  size_t capacity = cache.round(rounded);
+  // Under a HugePageScope, a fresh huge-page block sized to the request rather than its size class (the class's
+  // unused tail, up to a quarter, would be resident: a huge page is faulted in whole) and not cached when freed (a
+  // cached block of an odd size would never be taken again).
+  if (HugePageScope::active() && rounded >= kHugePage) {
+    size_t advised = 0;
+    s->data_ = allocate_huge(rounded, &advised);
+    if (s->data_) {
+      capacity = std::max(advised, (rounded + 4095) / 4096 * 4096);
+      s->cacheable_ = false;
+    }
+  }
   if (!s->data_) s->data_ = cache.take(capacity);
   if (!s->data_) {
     s->data_ = std::aligned_alloc(64, capacity);
@@ -200,7 +212,7 @@ std::shared_ptr<Storage> Storage::borrow(void* data, size_t bytes, std::shared_p
 
 Storage::~Storage() {
   if (owned_) g_live_bytes.fetch_sub(capacity_, std::memory_order_relaxed);
-  if (owned_ && !BlockCache::get().give(data_, capacity_)) std::free(data_);
+  if (owned_ && !(cacheable_ && BlockCache::get().give(data_, capacity_))) std::free(data_);
 }
 
 // ---- Tensor ----

@@ -90,10 +90,16 @@ TEST(Storage, HugePageScopeAlignsLargeBlocksToHugePages) {
     }
     EXPECT_TRUE(HugePageScope::active());
     // Odd sizes of 2 MiB and more: 2 MiB-aligned, every byte usable, freed and taken again like any block.
-    for (int64_t n : {int64_t(1) << 19, (int64_t(3) << 20) + 7, int64_t(5) << 20}) {
+    for (int64_t n : {int64_t(1) << 19, (int64_t(3) << 20) + 7, int64_t(15) << 17, int64_t(7) << 18}) {
       Tensor t = Tensor::full({n}, 1.5f);
       EXPECT_EQ(reinterpret_cast<uintptr_t>(t.raw_data()) % huge, 0u) << n << " floats";
       EXPECT_EQ(t.data<float>()[n - 1], 1.5f);
+      // Sized to the request, not its size class, and freed to the system rather than to the block cache.
+      const size_t cached = Storage::cached_bytes(), live = Storage::live_bytes();
+      t = Tensor();
+      EXPECT_EQ(Storage::cached_bytes(), cached);
+      const size_t bytes = static_cast<size_t>(n) * 4, whole = (bytes + huge / 4) / huge * huge;
+      EXPECT_EQ(live - Storage::live_bytes(), std::max<size_t>(whole, (bytes + 4095) / 4096 * 4096)) << n << " floats";
     }
     Tensor small = Tensor::full({1000}, 2.0f);  // under 2 MiB: an ordinary block
     EXPECT_EQ(reinterpret_cast<uintptr_t>(small.raw_data()) % 64, 0u);

@@ -47,6 +47,7 @@ class Storage {
   size_t bytes_ = 0;
   size_t capacity_ = 0;  // bytes actually allocated (>= bytes_; a cached block may be slightly larger)
   bool owned_ = false;
+  bool cacheable_ = true;  // false: a huge-page block (HugePageScope), freed to the system
   std::shared_ptr<void> keeper_;
 };
 
