@@ -230,6 +230,36 @@ TEST(Qgemm, InterleavedRowsGiveIdenticalResults) {
   EXPECT_EQ(dst, std::vector<uint8_t>(src.size(), 0xab));
 }
 
+// Batched decode: the tiles read each weight tile once and dot it with every activation row (interleaved q8_0 up
+// to four rows in one pass); each row's product must be bit for bit the one-row product, at every batch size the
+// tiles take (remainders of 4 and 2 included) and with rows outside the four streams.
+TEST(Qgemm, BatchedRowsEqualRowByRowProducts) {
+  ThreadCountScope threads(2);
+  for (WeightFormat f : {WeightFormat::Q8_0, WeightFormat::Q4_0, WeightFormat::INT8}) {
+    for (int64_t rows : {4, 45, 260}) {
+      const int64_t cols = rows == 260 ? 512 : 96;
+      const WeightMatrix m =
+          WeightMatrix::quantize(Tensor::from_vector(gaussian(rows * cols, 21, 0.02f), {rows, cols}), f);
+      for (const WeightMatrix& w : {m, m.interleave_rows4()}) {
+        const kernels::cpu::QWeight q = qweight_view(w);
+        for (QImpl impl : {QImpl::Generic, QImpl::Avx2}) {
+          if (!kernels::cpu::qgemm_available(impl)) continue;
+          for (int64_t n = 2; n < kernels::cpu::qgemm_sgemm_rows(q.format); n += n < 11 ? 1 : 26) {
+            SCOPED_TRACE(std::string(weight_format_name(f)) + (w.interleaved() ? " interleaved" : "") + " rows " +
+                         std::to_string(rows) + " n " + std::to_string(n) + (impl == QImpl::Avx2 ? " avx2" : ""));
+            const std::vector<float> x = gaussian(n * cols, 31 + static_cast<uint32_t>(n), 1.0f);
+            std::vector<float> batched(static_cast<size_t>(n * rows)), one(batched.size());
+            kernels::cpu::qgemm(q, x.data(), n, batched.data(), false, impl);
+            for (int64_t i = 0; i < n; ++i)
+              kernels::cpu::qgemm(q, x.data() + i * cols, 1, one.data() + i * rows, false, impl);
+            ASSERT_EQ(batched, one);
+          }
+        }
+      }
+    }
+  }
+}
+
 // The prefill path (from qgemm_sgemm_rows activation rows) dequantizes panels of the weight and runs sgemm on them; the
 // AVX2 dequantizer must give the portable one's values bit for bit (the same single rounding of d * code), so the two
 // paths' products are identical: every format, both q8_0 / q4_0 layouts, row lengths with a tail (f16 / bf16 / int8
