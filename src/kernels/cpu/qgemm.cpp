@@ -549,6 +549,52 @@ LMF_TARGET_AVX2 void groups_q4_0(const uint8_t* const* groups, const XQuant& xq,
   }
 }
 
+// groups_q4_0 for T activation rows at once, as groups_q8_rows: each pair of rows' codes is loaded and split into
+// nibbles once for all T rows; each row's sums and float steps are groups_q4_0's (bit for bit its results).
+template <int S, int T>
+LMF_TARGET_AVX2 void groups_q4_0_rows(const uint8_t* const* groups, const XQuant* const* xs, float* const* outs,
+                                      size_t ahead) {
+  constexpr size_t kStep = 4 * kQ4Bytes;
+  __m256 acc01[S][T], acc23[S][T];
+  for (int g = 0; g < S; ++g)
+    for (int t = 0; t < T; ++t) acc01[g][t] = acc23[g][t] = _mm256_setzero_ps();
+  const __m256i i01 = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), i23 = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
+  const __m256i low = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+  for (int64_t b = 0; b < xs[0]->nb; ++b) {
+    for (int g = 0; g < S; ++g) {
+      const uint8_t* blk = groups[g] + b * kStep;
+      if (ahead) prefetch_ahead<kStep>(blk + ahead);
+      const __m128 ws = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk)));
+      const __m256i v01 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 8));
+      const __m256i v23 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 40));
+      const __m256i lo01 = _mm256_and_si256(v01, low), hi01 = _mm256_and_si256(_mm256_srli_epi16(v01, 4), low);
+      const __m256i lo23 = _mm256_and_si256(v23, low), hi23 = _mm256_and_si256(_mm256_srli_epi16(v23, 4), low);
+      for (int t = 0; t < T; ++t) {
+        const auto* q2 = reinterpret_cast<const __m256i*>(xs[t]->q2.data() + b * 64);
+        const __m256i xlo = _mm256_loadu_si256(q2), xhi = _mm256_loadu_si256(q2 + 1);
+        const __m256i off = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs[t]->off2.data() + b * 8));
+        const __m256i d01 = _mm256_sub_epi32(
+            _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(lo01, xlo), _mm256_maddubs_epi16(hi01, xhi)), ones),
+            off);
+        const __m256i d23 = _mm256_sub_epi32(
+            _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(lo23, xlo), _mm256_maddubs_epi16(hi23, xhi)), ones),
+            off);
+        const __m256 st = _mm256_castps128_ps256(_mm_mul_ps(ws, _mm_set1_ps(xs[t]->d[b])));
+        acc01[g][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d01), _mm256_permutevar8x32_ps(st, i01), acc01[g][t]);
+        acc23[g][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d23), _mm256_permutevar8x32_ps(st, i23), acc23[g][t]);
+      }
+    }
+  }
+  for (int g = 0; g < S; ++g)
+    for (int t = 0; t < T; ++t) {
+      float* out = outs[t] + 4 * g;
+      out[0] = half_sum(_mm256_castps256_ps128(acc01[g][t]));
+      out[1] = half_sum(_mm256_extractf128_ps(acc01[g][t], 1));
+      out[2] = half_sum(_mm256_castps256_ps128(acc23[g][t]));
+      out[3] = half_sum(_mm256_extractf128_ps(acc23[g][t], 1));
+    }
+}
+
 template <int R>
 LMF_TARGET_AVX2 void tile_q4_0(const uint8_t* const* rows, const XQuant& xq, float* out, size_t ahead) {
   __m256 acc[R];
@@ -798,9 +844,9 @@ LMF_TARGET_AVX2 void rows_avx2(const QWeight& w, const float* x, const XQuant* x
     float& o = y[t * w.rows + row];
     o = accumulate ? o + v : v;
   };
-  // Interleaved q8_0 takes the activation rows up to four at a time (groups_q8_rows): batched decode of 2-32
-  // sequences 1.06-1.2x faster (in-process A/B, infer-250m; PERFORMANCE.md part 11).
-  const bool multi = grouped && w.format == QFormat::Q8_0 && n >= 2;
+  // Interleaved q8_0 and q4_0 take the activation rows up to four at a time (groups_q8_rows, groups_q4_0_rows):
+  // batched decode of 2-32 sequences 1.06-1.2x faster (in-process A/B, infer-250m; PERFORMANCE.md part 11).
+  const bool multi = grouped && (w.format == QFormat::Q8_0 || w.format == QFormat::Q4_0) && n >= 2;
   float tmpm[4][4 * kStreams];
   int64_t first[kStreams];
   for (int64_t i = 0; i < len; ++i) {
@@ -815,7 +861,15 @@ LMF_TARGET_AVX2 void rows_avx2(const QWeight& w, const float* x, const XQuant* x
         const XQuant* xs[T];
         float* outs[T];
         for (int u = 0; u < T; ++u) xs[u] = &xq[t + u], outs[u] = tmpm[u];
-        groups_q8_rows<kStreams, T>(groups, xs, outs, t == 0 ? ahead : 0);
+        if (w.format == QFormat::Q8_0) {
+          groups_q8_rows<kStreams, T>(groups, xs, outs, t == 0 ? ahead : 0);
+        } else {  // a group a pass: more would need over 16 accumulators
+          for (int k = 0; k < kStreams; ++k) {
+            float* outk[T];
+            for (int u = 0; u < T; ++u) outk[u] = tmpm[u] + 4 * k;
+            groups_q4_0_rows<1, T>(groups + k, xs, outk, t == 0 ? ahead : 0);
+          }
+        }
         for (int u = 0; u < T; ++u)
           for (int k = 0; k < kStreams; ++k)
             for (int64_t v = 0; v < unit; ++v) put(t + u, first[k] + v, tmpm[u][k * unit + v]);
