@@ -150,7 +150,8 @@ void* allocate_huge(size_t bytes, size_t* advised) {
   if (off && *off && std::strcmp(off, "0") != 0) return nullptr;
   const size_t whole = (bytes + kHugePage / 4) / kHugePage * kHugePage;  // the last page if >= 3/4 used
   const size_t size = std::max(whole, (bytes + 4095) / 4096 * 4096);
-  void* p = std::aligned_alloc(kHugePage, size);
+  void* p = nullptr;  // posix_memalign: aligned_alloc wants the size a multiple of the alignment
+  if (::posix_memalign(&p, kHugePage, size) != 0) return nullptr;
   *advised = 0;
 #ifdef MADV_HUGEPAGE
   if (p && ::madvise(p, whole, MADV_HUGEPAGE) == 0) *advised = whole;  // advice only: on error, ordinary pages
