@@ -144,17 +144,16 @@ constexpr size_t kHugePage = size_t(2) << 20;
 
 // 2 MiB-aligned and advised for THP; null where that fails (the caller falls back). A huge page is faulted in
 // whole, so a last partial one is advised only when at least 3/4 of it is used: an unused tail on small pages
-// is never touched and costs nothing resident. *advised: the bytes advised.
-void* allocate_huge(size_t bytes, size_t* advised) {
+// is never touched and costs nothing resident. *size: the bytes allocated.
+void* allocate_huge(size_t bytes, size_t* size) {
   const char* off = std::getenv("LMFORGE_NO_HUGE_PAGES");  // read each time: a few hundred calls per model
   if (off && *off && std::strcmp(off, "0") != 0) return nullptr;
   const size_t whole = (bytes + kHugePage / 4) / kHugePage * kHugePage;  // the last page if >= 3/4 used
-  const size_t size = std::max(whole, (bytes + 4095) / 4096 * 4096);
+  *size = std::max(whole, (bytes + 4095) / 4096 * 4096);
   void* p = nullptr;  // posix_memalign: aligned_alloc wants the size a multiple of the alignment
-  if (::posix_memalign(&p, kHugePage, size) != 0) return nullptr;
-  *advised = 0;
+  if (::posix_memalign(&p, kHugePage, *size) != 0) return nullptr;
 #ifdef MADV_HUGEPAGE
-  if (p && ::madvise(p, whole, MADV_HUGEPAGE) == 0) *advised = whole;  // advice only: on error, ordinary pages
+  ::madvise(p, whole, MADV_HUGEPAGE);  // advice only: on error, ordinary pages
 #endif
   return p;
 }
@@ -180,10 +179,10 @@ std::shared_ptr<Storage> Storage::allocate(size_t bytes) {
   // unused tail, up to a quarter, would be resident: a huge page is faulted in whole) and not cached when freed (a
   // cached block of an odd size would never be taken again).
   if (HugePageScope::active() && rounded >= kHugePage) {
-    size_t advised = 0;
-    s->data_ = allocate_huge(rounded, &advised);
+    size_t size = 0;
+    s->data_ = allocate_huge(rounded, &size);
     if (s->data_) {
-      capacity = std::max(advised, (rounded + 4095) / 4096 * 4096);
+      capacity = size;
       s->cacheable_ = false;
     }
   }
