@@ -225,7 +225,7 @@ LMF_TARGET_AVX2 void row_attention_f32_avx2(const float* q, const float* k, int6
 template <int Hint, typename KV>
 LMF_TARGET_AVX2 inline void prefetch_row(const KV* p, int64_t count) {
   for (int64_t o = 0; o < count; o += 64 / static_cast<int64_t>(sizeof(KV)))
-    _mm_prefetch(reinterpret_cast<const char*>(p + o), static_cast<_mm_hint>(Hint));
+    _mm_prefetch(reinterpret_cast<const char*>(p + o), static_cast<decltype(_MM_HINT_T0)>(Hint));
 }
 
 // Eight cache elements as floats: f32 as they are, IEEE half (the engine's f16 KV cache) through F16C.
@@ -471,7 +471,7 @@ void decode_step(const AttentionDims& d, const T* q, const KV* k, const KV* v, T
   const KeyRange kr = visible_keys(d, d.q_offset);
   const int64_t units = d.B * d.Hkv * subs, splits = decode_splits(units, kr.hi - kr.lo);
   // Part s of a unit's keys: [lo + s * part, ...), parts a multiple of 8 keys (the kernel's blocks).
-  const int64_t part = (kr.hi - kr.lo + splits - 1) / splits + 7 & ~int64_t{7};
+  const int64_t part = ((kr.hi - kr.lo + splits - 1) / splits + 7) & ~int64_t{7};
   const int64_t tasks = units * splits;
   // Split tasks write their parts here, merged below: o [tasks, sub, Dv], lse [tasks, sub].
   thread_local std::vector<T> parts;

@@ -837,7 +837,10 @@ inline StreamSplit split_streams(bool grouped, int64_t rows, int64_t r0, int64_t
 LMF_TARGET_AVX2 void rows_avx2(const QWeight& w, const float* x, const XQuant* xq, int64_t n, int64_t r0, int64_t r1,
                                float* y, bool accumulate) {
   const bool grouped = w.rows4;
-  const auto [unit, len, grouped_end] = split_streams(grouped, w.rows, r0, r1);
+  // Named copies, not a structured binding: lambdas below use them (clang 14, `make fuzz`'s compiler, cannot
+  // capture structured bindings).
+  const StreamSplit streams = split_streams(grouped, w.rows, r0, r1);
+  const int64_t unit = streams.unit, len = streams.len, grouped_end = streams.grouped_end;
   const size_t ahead = prefetch_distance(w.format);
   float tmp[4 * kStreams];
   const auto put = [&](int64_t t, int64_t row, float v) {
