@@ -68,5 +68,5 @@ fuzz:
 	build-fuzz/bin/fuzz_tokenizer_json -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -max_len=200000 \
 	  build-fuzz/corpus/tokenizer_json
 	cmake --build build-fuzz -j $(JOBS) --target fuzz_gguf
-	mkdir -p build-fuzz/corpus/gguf && cp fuzz/seeds/gguf/*.gguf build-fuzz/corpus/gguf/
+	mkdir -p build-fuzz/corpus/gguf && cp fuzz/seeds/gguf/*.gguf tests/export/fixtures/llamacpp/*.gguf build-fuzz/corpus/gguf/
 	build-fuzz/bin/fuzz_gguf -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 build-fuzz/corpus/gguf

@@ -26,6 +26,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       } catch (const lmforge::Error&) {
         // a ggml type lmforge cannot convert: a clean error is the expected outcome
       }
+      // The importer's path: every block type it reads (k-quants, iq4) dequantized to f32.
+      if (ti.nbytes < (1u << 22)) {
+        try {
+          lmforge::Tensor t = file.get_f32(ti.name);
+          (void)t;
+        } catch (const lmforge::Error&) {
+        }
+      }
     }
   } catch (const lmforge::Error&) {
   }

@@ -8,15 +8,22 @@
 # llama.cpp's arithmetic on the same weights (it also quantizes activations to q8_0 for q8_0/q4_0 products), not
 # the quantization error of the weights, which test_export bounds separately.
 #
+# *_kq models (d = 256, so the k-quants' 256-value rows fit) go the other way: llama.cpp's own quantizer
+# (llama_model_quantize through tests/tools/llamacpp_quantize, $LMFORGE_LLAMACPP_QUANTIZE) turns lmforge's f32 GGUF
+# into Q4_K_M, Q6_K, IQ4_XS, ... files, `lmforge import gguf` reads them, and lmforge's forward on the import is
+# compared with llama.cpp's logits on the same file (the k-quant blocks' own decoding is checked bit for bit
+# against ggml's in test_io, GgmlDequant.*).
+#
 # usage: llamacpp_interop.sh LMFORGE WORKDIR [model ...]
-#        (llama llama_tied llama_yarn deepseek2 deepseek2_lite deepseek2_yarn; default all)
+#        (llama llama_tied llama_yarn deepseek2 deepseek2_lite deepseek2_yarn llama_kq deepseek2_kq; default all)
 # exit 0 pass, 1 fail, 77 skip (no node or no node-llama-cpp).
 set -euo pipefail
 LMF="$1"
 WORK="$2"
 shift 2
 ARCHS=("$@")
-[[ ${#ARCHS[@]} -eq 0 ]] && ARCHS=(llama llama_tied llama_yarn deepseek2 deepseek2_lite deepseek2_yarn)
+[[ ${#ARCHS[@]} -eq 0 ]] && ARCHS=(llama llama_tied llama_yarn deepseek2 deepseek2_lite deepseek2_yarn llama_kq deepseek2_kq)
+QUANTIZE="${LMFORGE_LLAMACPP_QUANTIZE:-$(dirname "$LMF")/llamacpp_quantize}"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 REF="$HERE/tests/reference/llamacpp"
 
@@ -89,6 +96,14 @@ fs.writeFileSync("cfg_deepseek2_yarn.json", JSON.stringify({...JSON.parse(fs.rea
   rope_scaling: {...yarn, mscale: 1.0, mscale_all_dim: 1.0}}));
 fs.copyFileSync("tok_llama.json", "tok_llama_yarn.json");
 fs.copyFileSync("tok_deepseek2.json", "tok_deepseek2_yarn.json");
+// *_kq: every matrix input a multiple of 256 values but the MLA heads (those get llama.cpp fallback types).
+fs.writeFileSync("cfg_llama_kq.json", JSON.stringify({...JSON.parse(fs.readFileSync("cfg_llama.json")),
+  hidden_size: 256, intermediate_size: 512, initializer_range: 0.05}));
+fs.writeFileSync("cfg_deepseek2_kq.json", JSON.stringify({...JSON.parse(fs.readFileSync("cfg_deepseek2.json")),
+  hidden_size: 256, intermediate_size: 512, moe_intermediate_size: 256, q_lora_rank: 256, kv_lora_rank: 256,
+  qk_nope_head_dim: 32, v_head_dim: 32, initializer_range: 0.05}));
+fs.copyFileSync("tok_llama.json", "tok_llama_kq.json");
+fs.copyFileSync("tok_deepseek2.json", "tok_deepseek2_kq.json");
 '
 
 fail=0
@@ -103,6 +118,47 @@ for arch in "${ARCHS[@]}"; do
   # the per-position median is bounded there (docs/FORMATS.md has the measured values and the control experiment).
   types=(f32 f16 q8_0 q4_0)
   [[ $arch == *_yarn ]] && types=(f32)
+  if [[ $arch == *_kq ]]; then
+    if [[ ! -x $QUANTIZE ]]; then
+      echo "$arch: SKIP (no llamacpp_quantize at $QUANTIZE)"
+      continue
+    fi
+    # llama.cpp file type: the ggml block type that must then be in the file.
+    types=(Q4_K_M:q4_K Q5_K_S:q5_K Q6_K:q6_K Q3_K_M:q3_K Q2_K:q2_K Q4_1:q4_1 Q5_0:q5_0 Q5_1:q5_1 IQ4_NL:iq4_nl
+           IQ4_XS:iq4_xs)
+    [[ $arch == deepseek2* ]] && types=(Q4_K_M:q4_K Q6_K:q6_K IQ4_XS:iq4_xs Q5_1:q5_1)
+    "$LMF" export gguf --model "m_$arch" --out "m_${arch}_f32.gguf" --type f32 2> /dev/null
+    for tt in "${types[@]}"; do
+      type=${tt%%:*}
+      block=${tt##*:}
+      "$QUANTIZE" "$REF/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64" "m_${arch}_f32.gguf" \
+        "m_${arch}_$type.gguf" "$type" > "quantize_${arch}_$type.log" 2>&1 || {
+        echo "FAIL: $arch $type: llama.cpp's quantizer (quantize_${arch}_$type.log)"
+        fail=1
+        continue
+      }
+      "$LMF" import gguf --in "m_${arch}_$type.gguf" --out "imp_${arch}_$type" --json > "import_${arch}_$type.json"
+      if ! grep -q "\"$block\":" "import_${arch}_$type.json"; then
+        echo "FAIL: $arch $type: no $block tensors in llama.cpp's file ($(cat "import_${arch}_$type.json"))"
+        fail=1
+        continue
+      fi
+      "$LMF" forward --model "imp_${arch}_$type" --ids-file ids.txt --out "logits_${arch}_$type.safetensors"
+      # llama.cpp rounds the activations to 8 bits (q8_K / q8_0) in these products, as for q8_0 above: measured
+      # 1.6-2.6% whole-tensor for llama, 2.8-4% per-position median for deepseek2 (routing flips at a few positions).
+      metric=all
+      bound=4e-2
+      [[ $arch == deepseek2* ]] && metric=median bound=6e-2
+      echo -n "$arch $type: "
+      if ! node "$REF/compare.mjs" --gguf "m_${arch}_$type.gguf" --text sample.txt --ids ids.txt \
+        --logits "logits_${arch}_$type.safetensors" --max-rel "$bound" --metric "$metric" \
+        --json "result_${arch}_$type.json"; then
+        echo "FAIL: $arch $type (bound $bound)"
+        fail=1
+      fi
+    done
+    continue
+  fi
   for type in "${types[@]}"; do
     metric=all
     case $type in

@@ -22,7 +22,7 @@ using nlohmann::json;
 
 namespace {
 
-// The file's tensors as f32 (dequantized), each consumed once so leftovers can be named.
+// The file's tensors as f32 (dequantized as ggml does), each consumed once so leftovers can be named.
 class Source {
  public:
   explicit Source(const io::GgufFile& f) : f_(f) {
@@ -31,13 +31,13 @@ class Source {
   bool has(const std::string& name) const { return f_.contains(name); }
   Tensor take(const std::string& name, const Shape& shape) {
     if (!f_.contains(name)) throw Error(f_.path() + ": tensor \"" + name + "\" missing");
-    Tensor t = f_.get(name);
-    if (t.shape() != shape)
-      throw Error(f_.path() + ": tensor \"" + name + "\" has shape " + shape_str(t.shape()) + ", expected " +
+    const Shape& have = f_.tensor(name).shape;
+    if (have != shape)
+      throw Error(f_.path() + ": tensor \"" + name + "\" has shape " + shape_str(have) + ", expected " +
                   shape_str(shape) + " from the metadata");
     left_.erase(name);
-    // f32 tensors are views of the read-only mapping: copy, so nothing downstream can write through them.
-    return t.dtype() == DType::F32 ? t.clone() : t.to(DType::F32).contiguous();
+    // A new f32 tensor whatever the file's type (llama.cpp's k-quant and IQ4 files included).
+    return f_.get_f32(name);
   }
   void check_all_used() const {
     if (!left_.empty())
@@ -181,9 +181,12 @@ void import_deepseek2(const io::GgufFile& f, const model::ModelConfig& cfg, Sour
 
 }  // namespace
 
-GgufImportSummary import_gguf(const std::string& gguf_path, const std::string& out_dir) {
+GgufImportSummary import_gguf(const std::string& gguf_path, const std::string& out_dir, DType dtype) {
+  if (dtype != DType::F32 && dtype != DType::BF16 && dtype != DType::F16)
+    throw Error("import gguf: dtype " + std::string(dtype_name(dtype)) + " is not one of f32, bf16, f16");
   const io::GgufFile f = io::GgufFile::open(gguf_path);
   GgufImportSummary sum;
+  for (const io::GgufTensorInfo& ti : f.tensors()) ++sum.source_types[io::ggml_type_name(ti.type)];
   sum.architecture = f.get_string("general.architecture");
   const std::string& a = sum.architecture;
   if (a != "llama" && a != "deepseek2")
@@ -261,7 +264,7 @@ GgufImportSummary import_gguf(const std::string& gguf_path, const std::string& o
   m.load_weights(out, gguf_path);
   fs::create_directories(out_dir);
   sum.tokenizer = write_tokenizer_from_gguf(f, out_dir, cfg.max_position_embeddings);
-  m.save(out_dir, DType::F32);
+  m.save(out_dir, dtype);
   sum.model_type = cfg.model_type;
   sum.tensors = static_cast<int64_t>(out.size());
   return sum;

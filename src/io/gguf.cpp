@@ -516,4 +516,15 @@ Tensor GgufFile::get(const std::string& name) const {
   return t;
 }
 
+Tensor GgufFile::get_f32(const std::string& name) const {
+  const GgufTensorInfo& ti = tensor(name);
+  if (!ggml_can_dequantize(ti.type))
+    fail(path_, "tensor " + quote(name) + ": type " + ggml_type_name(ti.type) +
+                    " is not supported (f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0, q2_K, q3_K, q4_K, q5_K, q6_K, "
+                    "q8_K, iq4_nl and iq4_xs are)");
+  Tensor t = Tensor::empty(ti.shape, DType::F32);
+  ggml_dequantize(ti.type, tensor_data(name), t.data<float>(), t.numel());
+  return t;
+}
+
 }  // namespace lmforge::io

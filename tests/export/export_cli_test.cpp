@@ -50,7 +50,8 @@ TEST_F(ExportCli, ExportThenImportWithJson) {
   EXPECT_EQ(lmforge::io::GgufFile::open(path("m.gguf")).get_string("general.name"), "m");
   r = sh(kBin + " import gguf --in " + path("m.gguf") + " --out " + path("back"));
   ASSERT_EQ(r.code, 0) << r.out;
-  EXPECT_NE(r.out.find("model_type llama, 12 tensors (f32), tokenizer.json"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("model_type llama, 12 tensors (f32, from f32 3, q8_0 9), tokenizer.json"), std::string::npos)
+      << r.out;
   for (const char* f : {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"})
     EXPECT_TRUE(fs::exists(path(std::string("back/") + f))) << f;
   // The imported tokenizer encodes like the original.

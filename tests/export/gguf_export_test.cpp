@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -410,6 +411,57 @@ TEST_F(GgufExport, RefusesWhatItCannotExportFaithfully) {
   const std::string tdir = make_model("t", tiny);
   expect_error([&] { ex::export_gguf(tdir, path("t.gguf")); }, "more than the model's vocab_size 300");
   expect_error([&] { ex::export_gguf(tdir, path("t.gguf"), opts("q5_0")); }, "--type q5_0");
+}
+
+// Files llama.cpp's own quantizer wrote (tests/export/fixtures/llamacpp/README.md): `lmforge init-model --seed 3`
+// of config.json, exported at f32, then llama_model_quantize to Q4_K_M, IQ4_XS, Q2_K and Q5_K_M. The import must
+// read every block type in them and put each tensor back where it came from: each imported matrix is within its
+// type's quantization error of the original (a transposed, unpermuted or misplaced tensor is off by ~1.4).
+TEST_F(GgufExport, ImportsLlamaCppKQuantFiles) {
+  const std::string fx = std::string(LMFORGE_SOURCE_DIR) + "/tests/export/fixtures/llamacpp/";
+  std::ifstream cf(fx + "config.json");
+  const json cfg = json::parse(cf);
+  model::CausalLM orig(model::parse_model_config(cfg, "config.json"));
+  orig.init_random(3);
+  struct Case {
+    std::string file;
+    std::map<std::string, int64_t> types;
+    double bound;  // on ||imported - original|| / ||original|| per matrix (measured: 0.077, 0.077, 0.30, 0.038)
+  };
+  const Case cases[] = {
+      {"llama_q4_k_m_llamacpp.gguf", {{"f32", 3}, {"q4_K", 4}, {"q5_0", 1}, {"q6_K", 2}, {"q8_0", 1}}, 0.10},
+      {"llama_iq4_xs_llamacpp.gguf", {{"f32", 3}, {"iq4_nl", 2}, {"iq4_xs", 5}, {"q6_K", 1}}, 0.10},
+      {"llama_q2_k_llamacpp.gguf", {{"f32", 3}, {"q2_K", 4}, {"q3_K", 1}, {"q4_0", 2}, {"q6_K", 1}}, 0.40},
+      {"llama_q5_k_m_llamacpp.gguf", {{"f32", 3}, {"q5_1", 1}, {"q5_K", 4}, {"q6_K", 2}, {"q8_0", 1}}, 0.05},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.file);
+    const ex::GgufImportSummary sum = ex::import_gguf(fx + c.file, path(c.file + ".dir"), DType::BF16);
+    EXPECT_EQ(sum.source_types, c.types);
+    const auto got = tensors(path(c.file + ".dir"));
+    int matrices = 0;
+    for (const auto& [name, want] : orig.state()) {
+      ASSERT_TRUE(got.count(name)) << name;
+      const Tensor& t = got.at(name);
+      EXPECT_EQ(t.dtype(), DType::BF16) << name;
+      ASSERT_EQ(t.shape(), want.shape()) << name;
+      const std::vector<float> a = t.to_float_vector(), b = want.to_float_vector();
+      double err = 0, norm = 0;
+      for (size_t i = 0; i < a.size(); ++i) {
+        err += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+        norm += double(b[i]) * b[i];
+      }
+      const double rel = std::sqrt(err / norm);
+      if (want.dim() == 2) {
+        ++matrices;
+        EXPECT_LT(rel, c.bound) << name;
+      } else {
+        EXPECT_LT(rel, 4e-3) << name;  // norms: f32 in the file, bf16 here
+      }
+    }
+    EXPECT_EQ(matrices, 8);
+    expect_same_tokenizer(fx.substr(0, fx.size() - 1), path(c.file + ".dir"));
+  }
 }
 
 TEST_F(GgufExport, ImportRefusesBadFiles) {

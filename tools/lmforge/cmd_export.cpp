@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -20,8 +21,14 @@ struct ExportArgs {
 };
 
 struct ImportArgs {
-  std::string in, out;
+  std::string in, out, dtype = "f32";
 };
+
+std::string types_str(const std::map<std::string, int64_t>& types) {
+  std::string s;
+  for (const auto& [name, n] : types) s += (s.empty() ? "" : ", ") + name + " " + std::to_string(n);
+  return s;
+}
 
 double seconds_since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
@@ -65,15 +72,22 @@ int run_export(const ExportArgs& a, bool json) {
 int run_import(const ImportArgs& a, bool json) {
   const auto t0 = std::chrono::steady_clock::now();
   std::fprintf(stderr, "import gguf: %s -> %s\n", a.in.c_str(), a.out.c_str());
-  const exporter::GgufImportSummary s = exporter::import_gguf(a.in, a.out);
+  const exporter::GgufImportSummary s = exporter::import_gguf(a.in, a.out, parse_dtype(a.dtype));
   if (json) {
-    nlohmann::json j = {{"out", a.out},         {"architecture", s.architecture}, {"model_type", s.model_type},
-                        {"tensors", s.tensors}, {"tokenizer", s.tokenizer},       {"seconds", seconds_since(t0)}};
+    nlohmann::json j = {{"out", a.out},
+                        {"architecture", s.architecture},
+                        {"model_type", s.model_type},
+                        {"tensors", s.tensors},
+                        {"dtype", a.dtype},
+                        {"source_types", s.source_types},
+                        {"tokenizer", s.tokenizer},
+                        {"seconds", seconds_since(t0)}};
     std::printf("%s\n", j.dump().c_str());
   } else {
-    std::fprintf(stderr, "import gguf: %s -> model_type %s, %lld tensors (f32)%s, %.1f s\n", s.architecture.c_str(),
-                 s.model_type.c_str(), static_cast<long long>(s.tensors),
-                 s.tokenizer ? ", tokenizer.json" : ", no tokenizer in the file", seconds_since(t0));
+    std::fprintf(stderr, "import gguf: %s -> model_type %s, %lld tensors (%s, from %s)%s, %.1f s\n",
+                 s.architecture.c_str(), s.model_type.c_str(), static_cast<long long>(s.tensors), a.dtype.c_str(),
+                 types_str(s.source_types).c_str(), s.tokenizer ? ", tokenizer.json" : ", no tokenizer in the file",
+                 seconds_since(t0));
   }
   return kOk;
 }
@@ -101,10 +115,15 @@ void add_export_commands(CLI::App& app, Context& ctx) {
   imp->require_subcommand(1);
   auto ia = std::make_shared<ImportArgs>();
   CLI::App* gi = imp->add_subcommand("gguf",
-                                     "read a llama or deepseek2 GGUF into config.json, model.safetensors "
-                                     "(f32), tokenizer.json");
+                                     "read a llama or deepseek2 GGUF (f32, f16, bf16, q4_0..q8_0, k-quants, "
+                                     "iq4_nl/iq4_xs) into config.json, model.safetensors, tokenizer.json");
   gi->add_option("--in", ia->in, "GGUF file")->required();
   gi->add_option("--out", ia->out, "model directory to write")->required();
+  gi->add_option("--dtype", ia->dtype,
+                 "weight dtype in model.safetensors (quantized tensors are dequantized; `lmforge quantize` "
+                 "requantizes)")
+      ->check(CLI::IsMember({"f32", "bf16", "f16"}))
+      ->capture_default_str();
   gi->add_flag("--json", ctx.json, "print a JSON summary on stdout");
   gi->callback([&ctx, ia] { ctx.exit_code = run_import(*ia, ctx.json); });
 }

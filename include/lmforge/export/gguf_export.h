@@ -3,12 +3,16 @@
 // Export: config.json + model.safetensors + tokenizer.json (+ tokenizer_config.json) become one GGUF v3 file with
 // architecture "llama" (model_type llama) or "deepseek2" (model_type deepseek_v3), llama.cpp's tensor names and
 // layouts (Q/K rows permuted for llama's RoPE, experts stacked, kv_b_proj split into attn_k_b / attn_v_b), the
-// hyperparameters llama.cpp reads and the tokenizer as tokenizer.ggml.* metadata. Import is the inverse: an f32
-// model directory from such a file (quantized tensors dequantized). The mapping is documented in docs/FORMATS.md.
+// hyperparameters llama.cpp reads and the tokenizer as tokenizer.ggml.* metadata. Import is the inverse: a model
+// directory (f32, bf16 or f16) from such a file or from one llama.cpp's own tools wrote (its quantized tensors,
+// k-quants included, dequantized). The mapping is documented in docs/FORMATS.md.
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
+
+#include "lmforge/core/dtype.h"
 
 namespace lmforge::exporter {
 
@@ -40,9 +44,13 @@ struct GgufImportSummary {
   std::string model_type;  // "llama" | "deepseek_v3"
   int64_t tensors = 0;     // tensors written to model.safetensors
   bool tokenizer = false;  // tokenizer.json written
+  // How many of the file's tensors had each ggml type ("q4_K" -> 12, "f32" -> 5, ...).
+  std::map<std::string, int64_t> source_types;
 };
 
-// Writes config.json, model.safetensors (f32), tokenizer.json and tokenizer_config.json into `out_dir`.
-GgufImportSummary import_gguf(const std::string& gguf_path, const std::string& out_dir);
+// Writes config.json, model.safetensors, tokenizer.json and tokenizer_config.json into `out_dir`. Every tensor of
+// the file is dequantized as ggml does (io::ggml_dequantize: f32/f16/bf16, q4_0/q4_1/q5_0/q5_1/q8_0, the k-quants,
+// iq4_nl/iq4_xs) and written in `dtype` (f32, bf16 or f16); `lmforge quantize` makes a quantized dir from it.
+GgufImportSummary import_gguf(const std::string& gguf_path, const std::string& out_dir, DType dtype = DType::F32);
 
 }  // namespace lmforge::exporter

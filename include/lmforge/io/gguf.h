@@ -49,6 +49,13 @@ bool ggml_type_traits(uint32_t id, int64_t& block_size, size_t& type_size);
 // The lmforge dtype holding the same bytes (f32, f16, bf16, q8_0, q4_0); throws for others.
 DType dtype_of_ggml(uint32_t id);
 GgmlType ggml_of_dtype(DType t);
+// Whether ggml_dequantize reads this type: f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0, the k-quants q2_K ..
+// q6_K and q8_K, iq4_nl and iq4_xs -- what llama.cpp's quantizer writes for its q*_0/1, Q*_K_{S,M,L} and IQ4 file
+// types (the iq1/iq2/iq3 grids and the ternary types are not read).
+bool ggml_can_dequantize(uint32_t id);
+// `n` values (a whole number of blocks) of type `id` at `src` to f32, bit for bit as ggml's dequantize_row_*
+// (ggml-quants.c) computes them. Throws lmforge::Error for a type it cannot read or a partial block.
+void ggml_dequantize(uint32_t id, const unsigned char* src, float* dst, int64_t n);
 
 // One metadata value. Scalars of every integer type (and bool) are held in `i` (u64 as its bit pattern), floats in
 // `f`; arrays of them in `ints` / `floats`, arrays of strings in `strings`. Arrays of arrays are refused.
@@ -116,6 +123,9 @@ class GgufFile {
   const unsigned char* tensor_data(const std::string& name) const;
   // The tensor as an lmforge Tensor (f32, f16, bf16, q8_0 or q4_0; a view of the mapping when aligned, else a copy).
   Tensor get(const std::string& name) const;
+  // The tensor as a new f32 Tensor, dequantized from any type ggml_can_dequantize reads (llama.cpp's k-quant and
+  // IQ4 files included); an Error naming the file and tensor for the others.
+  Tensor get_f32(const std::string& name) const;
 
  private:
   GgufFile() = default;
