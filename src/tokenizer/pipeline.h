@@ -46,8 +46,9 @@ class PreTokenizer {
  public:
   virtual ~PreTokenizer() = default;
   // Splits every piece of `in` into pieces appended to `out`; empty pieces are dropped. May append text to `buf`
-  // (a prefix space) and point pieces there.
-  virtual void split(std::string& buf, const std::vector<Piece>& in, std::vector<Piece>& out) const = 0;
+  // (a prefix space) and point pieces there. `at_start`: buf[0] is the start of the input text (not of a stretch
+  // after an added token), which Metaspace's prepend_scheme "first" asks.
+  virtual void split(std::string& buf, const std::vector<Piece>& in, std::vector<Piece>& out, bool at_start) const = 0;
   virtual std::string describe() const = 0;
 };
 struct PreTokenizerChain {
@@ -57,6 +58,9 @@ struct PreTokenizerChain {
 };
 // Flattens Sequence; ByteLevel must be the last step (its byte-to-character mapping is applied by the model).
 PreTokenizerChain make_pre_tokenizer(const nlohmann::json& j, const Where& w);
+
+// Metaspace's replacement character (pre-tokenizer and decoder), checked to be one character; U+2581 by default.
+std::string metaspace_replacement(const nlohmann::json& j, const Where& w);
 
 // The GPT-2 pre-tokenization pattern, used by ByteLevel with use_regex.
 extern const char* const kGpt2Pattern;

@@ -89,7 +89,7 @@ class Split : public PreTokenizer {
  public:
   Split(const std::string& pattern, bool literal, Behavior b, bool invert, const Where& w)
       : re_(pattern, literal, w.str()), behavior_(b), invert_(invert) {}
-  void split(std::string& buf, const std::vector<Piece>& in, std::vector<Piece>& out) const override {
+  void split(std::string& buf, const std::vector<Piece>& in, std::vector<Piece>& out, bool) const override {
     std::vector<Span> spans;
     std::vector<std::pair<uint32_t, uint32_t>> scratch;
     for (const Piece& p : in) {
@@ -108,7 +108,7 @@ class Split : public PreTokenizer {
 class Digits : public PreTokenizer {
  public:
   explicit Digits(bool individual) : individual_(individual) {}
-  void split(std::string& buf, const std::vector<Piece>& in, std::vector<Piece>& out) const override {
+  void split(std::string& buf, const std::vector<Piece>& in, std::vector<Piece>& out, bool) const override {
     std::vector<Span> spans;
     for (const Piece& p : in) {
       // HF's char predicate pattern: each numeric character is a match of its own.
@@ -141,7 +141,7 @@ class ByteLevel : public PreTokenizer {
   ByteLevel(bool add_prefix_space, bool use_regex, const Where& w)
       : add_prefix_space_(add_prefix_space),
         re_(use_regex ? std::make_unique<Regex>(kGpt2Pattern, false, w.str()) : nullptr) {}
-  void split(std::string& buf, const std::vector<Piece>& in, std::vector<Piece>& out) const override {
+  void split(std::string& buf, const std::vector<Piece>& in, std::vector<Piece>& out, bool) const override {
     std::vector<Span> spans;
     std::vector<std::pair<uint32_t, uint32_t>> scratch;
     for (Piece p : in) {
@@ -169,6 +169,59 @@ class ByteLevel : public PreTokenizer {
   std::unique_ptr<Regex> re_;
 };
 
+// SentencePiece-style: spaces become the replacement character (U+2581 by default), one is prepended (always, or
+// only at the start of the input: "first"), and with split the text breaks before each replacement character
+// (MergedWithNext), as HF's Metaspace pre-tokenizer does.
+class Metaspace : public PreTokenizer {
+ public:
+  enum class Scheme { kAlways, kFirst, kNever };
+  Metaspace(std::string rep, Scheme scheme, bool split) : rep_(std::move(rep)), scheme_(scheme), split_(split) {}
+  void split(std::string& buf, const std::vector<Piece>& in, std::vector<Piece>& out, bool at_start) const override {
+    std::vector<Span> spans;
+    for (const Piece& p : in) {
+      std::string t;
+      const std::string_view s = std::string_view(buf).substr(p.off, p.len);
+      const bool prepend = (scheme_ == Scheme::kAlways || (scheme_ == Scheme::kFirst && at_start && p.off == 0)) &&
+                           s.substr(0, 1) != " " && s.substr(0, rep_.size()) != rep_;
+      if (prepend) t = rep_;
+      for (char c : s) {
+        if (c == ' ') {
+          t += rep_;
+        } else {
+          t += c;
+        }
+      }
+      const Piece q{static_cast<uint32_t>(buf.size()), static_cast<uint32_t>(t.size())};
+      buf += t;
+      if (!split_) {
+        if (q.len) out.push_back(q);
+        continue;
+      }
+      spans.clear();
+      uint32_t last = 0;
+      for (size_t i = t.find(rep_); i != std::string::npos; i = t.find(rep_, i + rep_.size())) {
+        if (i != last) spans.push_back({last, static_cast<uint32_t>(i), false});
+        spans.push_back({static_cast<uint32_t>(i), static_cast<uint32_t>(i + rep_.size()), true});
+        last = static_cast<uint32_t>(i + rep_.size());
+      }
+      if (last != t.size()) spans.push_back({last, static_cast<uint32_t>(t.size()), false});
+      apply_behavior(spans, Behavior::kMergedWithNext, q.off, out);
+    }
+  }
+  std::string describe() const override {
+    return std::string("Metaspace(prepend_scheme=") +
+           (scheme_ == Scheme::kAlways  ? "always"
+            : scheme_ == Scheme::kFirst ? "first"
+                                        : "never") +
+           ", split=" + (split_ ? "true" : "false") + ")";
+  }
+
+ private:
+  std::string rep_;
+  Scheme scheme_;
+  bool split_;
+};
+
 Behavior parse_behavior(const json& j, const Where& w) {
   std::string b = string_field(j, "behavior", w);
   if (b == "Removed") return Behavior::kRemoved;
@@ -179,6 +232,28 @@ Behavior parse_behavior(const json& j, const Where& w) {
   fail(w.at("behavior"),
        "unknown behavior \"" + b + "\" (Removed, Isolated, MergedWithPrevious, MergedWithNext or Contiguous)");
 }
+
+Metaspace::Scheme parse_prepend_scheme(const json& j, const Where& w) {
+  // Files from tokenizers < 0.19 say add_prefix_space (true: always) instead.
+  if (!j.contains("prepend_scheme"))
+    return bool_field(j, "add_prefix_space", true, w) ? Metaspace::Scheme::kAlways : Metaspace::Scheme::kNever;
+  const std::string s = string_field(j, "prepend_scheme", w);
+  if (s == "always") return Metaspace::Scheme::kAlways;
+  if (s == "first") return Metaspace::Scheme::kFirst;
+  if (s == "never") return Metaspace::Scheme::kNever;
+  fail(w.at("prepend_scheme"), "unknown prepend_scheme \"" + s + "\" (always, first or never)");
+}
+
+}  // namespace
+
+std::string metaspace_replacement(const json& j, const Where& w) {
+  const std::string r = j.contains("replacement") ? string_field(j, "replacement", w) : "\u2581";
+  size_t i = 0;
+  if (r.empty() || (unicode::next_cp(r, i), i != r.size())) fail(w.at("replacement"), "must be a single character");
+  return r;
+}
+
+namespace {
 
 void add_steps(const json& j, const Where& w, PreTokenizerChain& chain) {
   if (j.is_null()) return;
@@ -214,7 +289,13 @@ void add_steps(const json& j, const Where& w, PreTokenizerChain& chain) {
     chain.byte_level = true;
     return;
   }
-  fail(w.at("type"), "unsupported pre-tokenizer \"" + type + "\" (supported: ByteLevel, Split, Digits, Sequence)");
+  if (type == "Metaspace") {
+    chain.steps.push_back(std::make_unique<Metaspace>(metaspace_replacement(j, w), parse_prepend_scheme(j, w),
+                                                      bool_field(j, "split", true, w)));
+    return;
+  }
+  fail(w.at("type"),
+       "unsupported pre-tokenizer \"" + type + "\" (supported: ByteLevel, Split, Digits, Metaspace, Sequence)");
 }
 
 }  // namespace

@@ -32,11 +32,27 @@ struct Tokenizer::Impl {
   bool byte_level_decoder = false;
   std::string post_processor_desc = "null", decoder_desc = "null";
 
+  // Decoder steps other than ByteLevel (which byte_level_decoder stands for), in order.
+  struct DecodeStep {
+    enum Kind { kReplace, kByteFallback, kFuse, kStrip, kMetaspace } kind;
+    std::string pattern, content;        // Replace (literal pattern), Strip (content), Metaspace (replacement)
+    std::shared_ptr<const Regex> regex;  // Replace with a Regex pattern
+    size_t start = 0, stop = 0;          // Strip
+    bool prepend = true;                 // Metaspace: prepend_scheme is not "never"
+  };
+  std::vector<DecodeStep> decode_steps;
+
   void parse(const json& root, const std::string& file);
   void parse_added_tokens(const json& list, const Where& w);
   void parse_post_processor(const json& j, const Where& w);
-  void encode_pretokenize(std::string_view s, std::vector<uint32_t>& out) const;
-  void encode_segment(std::string_view seg, std::vector<uint32_t>& out) const;
+  void parse_decoder(const json& j, const Where& w);
+  void add_decode_step(const json& j, const Where& w);
+  void encode_pretokenize(std::string_view s, std::vector<uint32_t>& out, bool at_start) const;
+  void encode_segment(std::string_view seg, std::vector<uint32_t>& out, bool at_start) const;
+  // Runs decode_steps over the tokens. `text`: HF's decode (invalid byte runs become U+FFFD, the start of the text
+  // is stripped as the decoder says); otherwise the bytes of the tokens as a continuation of a text (byte tokens
+  // raw, no start-of-text stripping), for streaming.
+  std::string run_decode_steps(std::vector<std::string> tokens, bool text) const;
 };
 
 namespace {
@@ -179,15 +195,7 @@ void Tokenizer::Impl::parse(const json& root, const std::string& file) {
   parse_added_tokens(root.value("added_tokens", json()), w.at("added_tokens"));
   parse_post_processor(root.value("post_processor", json()), w.at("post_processor"));
 
-  const json dec = root.value("decoder", json());
-  if (!dec.is_null()) {
-    if (!dec.is_object()) fail(w.at("decoder"), "must be an object or null");
-    std::string type = string_field(dec, "type", w.at("decoder"));
-    if (type != "ByteLevel")
-      fail(w.at("decoder").at("type"), "unsupported decoder \"" + type + "\" (supported: ByteLevel)");
-    byte_level_decoder = true;
-    decoder_desc = "ByteLevel";
-  }
+  parse_decoder(root.value("decoder", json()), w.at("decoder"));
 
   std::vector<std::string> raw_patterns, norm_patterns;
   std::vector<const AddedToken*> raw_tokens, norm_tokens;
@@ -204,7 +212,205 @@ void Tokenizer::Impl::parse(const json& root, const std::string& file) {
   normalized_matcher.build(std::move(norm_patterns), std::move(norm_tokens));
 }
 
-void Tokenizer::Impl::encode_pretokenize(std::string_view s, std::vector<uint32_t>& out) const {
+void Tokenizer::Impl::parse_decoder(const json& dec, const Where& w) {
+  if (dec.is_null()) return;
+  if (!dec.is_object()) fail(w, "must be an object or null");
+  const std::string type = string_field(dec, "type", w);
+  if (type == "ByteLevel") {
+    byte_level_decoder = true;
+    decoder_desc = "ByteLevel";
+    return;
+  }
+  if (type == "Sequence") {
+    const json& list = field(dec, "decoders", w);
+    if (!list.is_array()) fail(w.at("decoders"), "must be an array");
+    for (size_t i = 0; i < list.size(); ++i) {
+      const Where wi = w.at("decoders").index(i);
+      if (!list[i].is_object()) fail(wi, "must be an object");
+      if (string_field(list[i], "type", wi) == "Sequence") fail(wi.at("type"), "nested Sequence is not supported");
+      add_decode_step(list[i], wi);
+    }
+  } else {
+    add_decode_step(dec, w);
+  }
+  decoder_desc.clear();
+  for (const DecodeStep& d : decode_steps) {
+    static const char* const names[] = {"Replace", "ByteFallback", "Fuse", "Strip", "Metaspace"};
+    if (!decoder_desc.empty()) decoder_desc += '+';
+    decoder_desc += names[d.kind];
+  }
+}
+
+void Tokenizer::Impl::add_decode_step(const json& j, const Where& w) {
+  const std::string type = string_field(j, "type", w);
+  DecodeStep d{};
+  if (type == "Replace") {
+    d.kind = DecodeStep::kReplace;
+    const json& p = field(j, "pattern", w);
+    d.content = string_field(j, "content", w);
+    if (p.is_object() && p.contains("String") && p["String"].is_string()) {
+      d.pattern = p["String"].get<std::string>();
+      if (d.pattern.empty()) fail(w.at("pattern"), "must not be empty");
+    } else if (p.is_object() && p.contains("Regex") && p["Regex"].is_string()) {
+      d.regex = std::make_shared<const Regex>(p["Regex"].get<std::string>(), false, w.at("pattern").str());
+    } else {
+      fail(w.at("pattern"), "must be {\"String\": ...} or {\"Regex\": ...}");
+    }
+  } else if (type == "ByteFallback") {
+    d.kind = DecodeStep::kByteFallback;
+  } else if (type == "Fuse") {
+    d.kind = DecodeStep::kFuse;
+  } else if (type == "Strip") {
+    d.kind = DecodeStep::kStrip;
+    d.content = string_field(j, "content", w);
+    size_t i = 0;
+    if (d.content.empty() || (unicode::next_cp(d.content, i), i != d.content.size()))
+      fail(w.at("content"), "must be a single character");
+    for (const char* k : {"start", "stop"}) {
+      const json& v = field(j, k, w);
+      if (!v.is_number_unsigned() || v.get<uint64_t>() > (1u << 20)) fail(w.at(k), "must be a small unsigned integer");
+      (std::string(k) == "start" ? d.start : d.stop) = v.get<size_t>();
+    }
+  } else if (type == "Metaspace") {
+    d.kind = DecodeStep::kMetaspace;
+    d.content = metaspace_replacement(j, w);
+    if (j.contains("prepend_scheme")) {
+      const std::string sch = string_field(j, "prepend_scheme", w);
+      if (sch != "always" && sch != "first" && sch != "never")
+        fail(w.at("prepend_scheme"), "unknown prepend_scheme \"" + sch + "\" (always, first or never)");
+      d.prepend = sch != "never";
+    } else {
+      d.prepend = bool_field(j, "add_prefix_space", true, w);
+    }
+  } else {
+    fail(w.at("type"), "unsupported decoder \"" + type +
+                           "\" (supported: ByteLevel; Replace, ByteFallback, Fuse, Strip, Metaspace and a Sequence "
+                           "of them)");
+  }
+  decode_steps.push_back(std::move(d));
+}
+
+namespace {
+
+// The byte a "<0xNN>" token stands for (HF's ByteFallback: exactly six characters, two hex digits), or -1.
+int byte_token(const std::string& t) {
+  if (t.size() != 6 || t.compare(0, 3, "<0x") != 0 || t[5] != '>') return -1;
+  int v = 0;
+  for (int i = 3; i < 5; ++i) {
+    const char c = t[i];
+    const int d = c >= '0' && c <= '9'   ? c - '0'
+                  : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                  : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                         : -1;
+    if (d < 0) return -1;
+    v = v * 16 + d;
+  }
+  return v;
+}
+
+void replace_all(std::string& s, const std::string& from, const std::string& to) {
+  std::string out;
+  size_t last = 0;
+  for (size_t i = s.find(from); i != std::string::npos; i = s.find(from, last)) {
+    out.append(s, last, i - last);
+    out += to;
+    last = i + from.size();
+  }
+  if (last == 0) return;
+  out.append(s, last, std::string::npos);
+  s.swap(out);
+}
+
+}  // namespace
+
+std::string Tokenizer::Impl::run_decode_steps(std::vector<std::string> tokens, bool text) const {
+  std::vector<std::string> next;
+  bool fused = false;
+  std::vector<std::pair<uint32_t, uint32_t>> matches;
+  for (const DecodeStep& d : decode_steps) {
+    switch (d.kind) {
+      case DecodeStep::kReplace:
+        for (std::string& t : tokens) {
+          if (!d.regex) {
+            replace_all(t, d.pattern, d.content);
+            continue;
+          }
+          if (unicode::valid_utf8_prefix(t) != t.size()) continue;  // raw bytes from ByteFallback: no pattern
+          d.regex->find_all(t, matches);
+          if (matches.empty()) continue;
+          std::string out;
+          uint32_t last = 0;
+          for (auto [b, e] : matches) {
+            out.append(t, last, b - last);
+            out += d.content;
+            last = e;
+          }
+          out.append(t, last, std::string::npos);
+          t.swap(out);
+        }
+        break;
+      case DecodeStep::kByteFallback: {
+        next.clear();
+        std::string run;
+        size_t run_tokens = 0;
+        auto flush = [&] {
+          if (run_tokens == 0) return;
+          if (!text || unicode::valid_utf8_prefix(run) == run.size()) {
+            next.push_back(run);
+          } else {
+            for (size_t k = 0; k < run_tokens; ++k) next.emplace_back("\xEF\xBF\xBD");  // U+FFFD per byte
+          }
+          run.clear();
+          run_tokens = 0;
+        };
+        for (std::string& t : tokens) {
+          const int b = byte_token(t);
+          if (b >= 0) {
+            run += static_cast<char>(b);
+            ++run_tokens;
+          } else {
+            flush();
+            next.push_back(std::move(t));
+          }
+        }
+        flush();
+        tokens.swap(next);
+        break;
+      }
+      case DecodeStep::kFuse: {
+        std::string all;
+        for (const std::string& t : tokens) all += t;
+        tokens.assign(1, std::move(all));
+        fused = true;
+        break;
+      }
+      case DecodeStep::kStrip:
+        // After Fuse it strips the ends of the whole text: a continuation keeps them.
+        if (!text && fused) break;
+        for (std::string& t : tokens) {
+          size_t b = 0, e = t.size();
+          for (size_t k = 0; k < d.start && t.compare(b, d.content.size(), d.content) == 0; ++k) b += d.content.size();
+          for (size_t k = 0; k < d.stop && e >= b + d.content.size() &&
+                             t.compare(e - d.content.size(), d.content.size(), d.content) == 0;
+               ++k)
+            e -= d.content.size();
+          t = t.substr(b, e - b);
+        }
+        break;
+      case DecodeStep::kMetaspace:
+        for (size_t i = 0; i < tokens.size(); ++i) {
+          // HF drops every replacement character of the first token when a prefix was prepended.
+          replace_all(tokens[i], d.content, text && i == 0 && d.prepend ? std::string() : std::string(" "));
+        }
+        break;
+    }
+  }
+  std::string out;
+  for (const std::string& t : tokens) out += t;
+  return out;
+}
+
+void Tokenizer::Impl::encode_pretokenize(std::string_view s, std::vector<uint32_t>& out, bool at_start) const {
   if (s.empty()) return;
   if (pre.empty()) {
     model->encode_piece(s, false, out);
@@ -214,14 +420,14 @@ void Tokenizer::Impl::encode_pretokenize(std::string_view s, std::vector<uint32_
   std::vector<Piece> pieces{{0, static_cast<uint32_t>(s.size())}}, next;
   for (const auto& step : pre.steps) {
     next.clear();
-    step->split(buf, pieces, next);
+    step->split(buf, pieces, next, at_start);
     pieces.swap(next);
   }
   std::string_view all = buf;
   for (const Piece& p : pieces) model->encode_piece(all.substr(p.off, p.len), pre.byte_level, out);
 }
 
-void Tokenizer::Impl::encode_segment(std::string_view seg, std::vector<uint32_t>& out) const {
+void Tokenizer::Impl::encode_segment(std::string_view seg, std::vector<uint32_t>& out, bool at_start) const {
   std::string normalized;
   if (normalizer) {
     normalized = normalizer->apply(std::string(seg));
@@ -229,7 +435,7 @@ void Tokenizer::Impl::encode_segment(std::string_view seg, std::vector<uint32_t>
   }
   if (seg.empty()) return;
   if (normalized_matcher.empty()) {
-    encode_pretokenize(seg, out);
+    encode_pretokenize(seg, out, at_start);
     return;
   }
   std::vector<AddedTokenMatcher::Split> splits;
@@ -238,7 +444,7 @@ void Tokenizer::Impl::encode_segment(std::string_view seg, std::vector<uint32_t>
     if (sp.id >= 0) {
       out.push_back(static_cast<uint32_t>(sp.id));
     } else {
-      encode_pretokenize(seg.substr(sp.start, sp.end - sp.start), out);
+      encode_pretokenize(seg.substr(sp.start, sp.end - sp.start), out, at_start && sp.start == 0);
     }
   }
 }
@@ -295,7 +501,7 @@ void Tokenizer::encode_into(std::string_view text, std::vector<uint32_t>& out, c
   }
   if (opt.add_special_tokens) out.insert(out.end(), impl_->template_prefix.begin(), impl_->template_prefix.end());
   if (impl_->raw_matcher.empty()) {
-    impl_->encode_segment(text, out);
+    impl_->encode_segment(text, out, true);
   } else {
     std::vector<AddedTokenMatcher::Split> splits;
     impl_->raw_matcher.split(text, splits);
@@ -303,7 +509,7 @@ void Tokenizer::encode_into(std::string_view text, std::vector<uint32_t>& out, c
       if (sp.id >= 0) {
         out.push_back(static_cast<uint32_t>(sp.id));
       } else {
-        impl_->encode_segment(text.substr(sp.start, sp.end - sp.start), out);
+        impl_->encode_segment(text.substr(sp.start, sp.end - sp.start), out, sp.start == 0);
       }
     }
   }
@@ -336,24 +542,46 @@ std::vector<std::vector<uint32_t>> Tokenizer::encode_batch(const std::vector<std
   return out;
 }
 
-std::string Tokenizer::decode_bytes(std::span<const uint32_t> ids, bool skip_special_tokens) const {
-  std::string out;
-  const Impl& m = *impl_;
-  std::string bytes;
+namespace {
+
+// The token strings of `ids` (added tokens by content), special ones left out when asked.
+std::vector<const std::string*> token_strings(const Tokenizer& tok, const std::vector<AddedToken>& added,
+                                              const std::unordered_map<uint32_t, size_t>& added_by_id,
+                                              const BpeModel& model, std::span<const uint32_t> ids, bool skip) {
+  std::vector<const std::string*> out;
+  out.reserve(ids.size());
   for (size_t k = 0; k < ids.size(); ++k) {
-    uint32_t id = ids[k];
-    const std::string* tok = nullptr;
-    auto a = m.added_by_id.find(id);
-    if (a != m.added_by_id.end()) {
-      const AddedToken& t = m.added[a->second];
-      if (skip_special_tokens && t.special) continue;
-      tok = &t.content;
-    } else if (m.model->has_id(id)) {
-      tok = &m.model->id_to_token(id);
+    const uint32_t id = ids[k];
+    auto a = added_by_id.find(id);
+    if (a != added_by_id.end()) {
+      const AddedToken& t = added[a->second];
+      if (skip && t.special) continue;
+      out.push_back(&t.content);
+    } else if (model.has_id(id)) {
+      out.push_back(&model.id_to_token(id));
     } else {
       throw Error(detail::concat("id ", id, " (position ", k, ") is not in the tokenizer (vocabulary size ",
-                                 vocab_size(), ")"));
+                                 tok.vocab_size(), ")"));
     }
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string Tokenizer::decode_bytes(std::span<const uint32_t> ids, bool skip_special_tokens) const {
+  const Impl& m = *impl_;
+  const std::vector<const std::string*> toks =
+      token_strings(*this, m.added, m.added_by_id, *m.model, ids, skip_special_tokens);
+  std::string out;
+  if (!m.decode_steps.empty()) {
+    std::vector<std::string> t;
+    t.reserve(toks.size());
+    for (const std::string* s : toks) t.push_back(*s);
+    return m.run_decode_steps(std::move(t), false);
+  }
+  std::string bytes;
+  for (const std::string* tok : toks) {
     if (!m.byte_level_decoder) {
       if (!out.empty()) out += ' ';  // HF joins tokens with spaces when there is no decoder
       out += *tok;
@@ -377,7 +605,12 @@ std::string Tokenizer::decode_bytes(std::span<const uint32_t> ids, bool skip_spe
 }
 
 std::string Tokenizer::decode(std::span<const uint32_t> ids, bool skip_special_tokens) const {
-  return unicode::repair_utf8(decode_bytes(ids, skip_special_tokens));
+  const Impl& m = *impl_;
+  if (m.decode_steps.empty()) return unicode::repair_utf8(decode_bytes(ids, skip_special_tokens));
+  std::vector<std::string> t;
+  for (const std::string* s : token_strings(*this, m.added, m.added_by_id, *m.model, ids, skip_special_tokens))
+    t.push_back(*s);
+  return unicode::repair_utf8(m.run_decode_steps(std::move(t), true));
 }
 
 size_t Tokenizer::vocab_size() const {

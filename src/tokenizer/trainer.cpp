@@ -181,7 +181,7 @@ void BpeTrainer::Impl::count_one(std::string_view doc, WordCounts& local) const 
     std::vector<Piece> pieces{{0, static_cast<uint32_t>(seg.size())}}, next;
     for (const auto& step : pre.steps) {
       next.clear();
-      step->split(buf, pieces, next);
+      step->split(buf, pieces, next, true);
       pieces.swap(next);
     }
     std::string_view all = buf;

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <span>
 #include <sstream>
 
 #include "lmforge/tokenizer/tokenizer.h"
@@ -73,6 +74,26 @@ TEST(TokenizerRoundTrip, DecodeEncodeIsIdentity) {
   plain.add_special_tokens = false;
   for (std::string text : {"", "plain ascii", "中文 text 😀 \t\r\n  x", "e\xCC\x81 <sep> <bos>x", "\x7f\x01\x02"}) {
     EXPECT_EQ(tok.decode(tok.encode(text, plain)), text);
+  }
+}
+
+// SentencePiece-style decoders as a generator streams them: each id decoded alone (decode_bytes) and the pieces
+// joined give the text with its spaces -- the decoder's start-of-text strip is not applied to every piece, and
+// <0xXX> byte tokens give raw bytes that join into whole characters.
+TEST(TokenizerDecode, SentencePiecePiecesJoinIntoTheText) {
+  for (const char* name : {"mini_spm_legacy", "mini_spm_metaspace_first", "mini_spm_metaspace_always_split"}) {
+    Tokenizer tok = Tokenizer::from_file((kFixtures / (std::string(name) + ".tokenizer.json")).string());
+    EncodeOptions plain;
+    plain.add_special_tokens = false;
+    const std::string text = "Hello world,  caf\xC3\xA9 \xF0\x9F\xA6\x99 \xE4\xB8\xAD\xE6\x96\x87 end";
+    const std::vector<uint32_t> ids = tok.encode(text, plain);
+    std::string joined;
+    for (uint32_t id : ids) joined += tok.decode_bytes(std::span<const uint32_t>(&id, 1));
+    EXPECT_EQ(joined, tok.decode_bytes(ids)) << name;
+    if (std::string(name) != "mini_spm_metaspace_always_split") {  // its decoder leaves <0xXX> as written
+      EXPECT_EQ(joined, " " + text) << name;
+      EXPECT_EQ(tok.decode(ids), text) << name;
+    }
   }
 }
 
@@ -212,7 +233,9 @@ TEST_P(HfParityRandom, LiveRandomTextsMatchHf) {
 INSTANTIATE_TEST_SUITE_P(Live, HfParityRandom,
                          ::testing::Values("gpt2", "llama3", "qwen2_5", "qwen3", "deepseek_v3", "mini_gpt2_template",
                                            "mini_nfkc_lower", "mini_nfc_prepend_digits", "mini_split_mergedwithnext",
-                                           "mini_split_invert", "mini_char_byte_fallback", "mini_char_unk_fused"),
+                                           "mini_split_invert", "mini_char_byte_fallback", "mini_char_unk_fused",
+                                           "llama2", "mini_spm_legacy", "mini_spm_metaspace_first",
+                                           "mini_spm_metaspace_always_split", "mini_spm_metaspace_never"),
                          [](const auto& info) { return info.param; });
 
 }  // namespace

@@ -1,14 +1,15 @@
-// Byte-level BPE tokenizers in Hugging Face's tokenizer.json format: load one (DeepSeek-V3's, Llama-3's, Qwen2's,
-// GPT-2's, or one lmforge trained), encode text to exactly the ids HF `tokenizers` gives, decode ids back to text.
+// BPE tokenizers in Hugging Face's tokenizer.json format: load one (byte-level: DeepSeek-V3's, Llama-3's, Qwen2's,
+// GPT-2's, or one lmforge trained; SentencePiece-style with byte fallback: Llama-2's, Mistral's, TinyLlama's), encode
+// text to exactly the ids HF `tokenizers` gives, decode ids back to text.
 //
 // Supported components (anything else is refused with an error naming the file and the JSON field):
 //   normalizer     NFC, NFD, NFKC, NFKD, Lowercase, Replace, Prepend, Strip, Sequence, null
 //   pre_tokenizer  ByteLevel (add_prefix_space, use_regex), Split (String or Regex pattern, all five behaviors,
-//                  invert), Digits (individual_digits), Sequence, null
+//                  invert), Digits (individual_digits), Metaspace (replacement, prepend_scheme, split), Sequence, null
 //   model          BPE (vocab, merges as "a b" or ["a","b"], ignore_merges, byte_fallback, unk_token, fuse_unk)
 //   added_tokens   matched before pre-tokenization, leftmost-longest, honouring lstrip/rstrip/normalized/single_word
 //   post_processor ByteLevel, TemplateProcessing, Sequence, null
-//   decoder        ByteLevel, null
+//   decoder        ByteLevel; Replace, ByteFallback, Fuse, Strip, Metaspace and a Sequence of them; null
 // Encoding is thread-safe: one Tokenizer may be used from many threads at once.
 #pragma once
 #include <cstdint>
@@ -55,7 +56,10 @@ class Tokenizer {
   // The text of `ids`; invalid UTF-8 that token boundaries create is replaced with U+FFFD (as HF does).
   // Throws lmforge::Error for an id the tokenizer does not have.
   std::string decode(std::span<const uint32_t> ids, bool skip_special_tokens = false) const;
-  // The raw bytes of `ids`, without the UTF-8 repair (streaming callers join pieces themselves).
+  // The raw bytes of `ids` as they continue a text, without the UTF-8 repair (streaming callers join pieces
+  // themselves): byte-fallback tokens give their byte, and what a decoder strips at the start of a whole text
+  // (Strip after Fuse, Metaspace's first-token prefix) is kept, so decoding ids one by one and joining the pieces
+  // gives the text with its spaces.
   std::string decode_bytes(std::span<const uint32_t> ids, bool skip_special_tokens = false) const;
 
   // One more than the largest id (model vocabulary and added tokens).

