@@ -15,8 +15,10 @@
 # against ggml's in test_io, GgmlDequant.*).
 #
 # usage: llamacpp_interop.sh LMFORGE WORKDIR [model ...]
-#        (llama llama_tied llama_yarn deepseek2 deepseek2_lite deepseek2_yarn llama_kq deepseek2_kq llama_spm
-#        llama_spm2; default all)
+#        (llama llama_tied llama_yarn llama_rope3 deepseek2 deepseek2_lite deepseek2_yarn llama_kq deepseek2_kq
+#        llama_spm llama_spm2; default all)
+#
+# llama_rope3: Llama-3.1's RoPE scaling (rope_type llama3), which GGUF carries as the rope_freqs.weight tensor.
 #
 # llama_spm / llama_spm2 carry SentencePiece-style tokenizers (characters, "▁" for spaces, <0xXX> byte fallback),
 # which GGUF holds as tokenizer.ggml.model "llama" with scores: the committed mini_spm_legacy fixture (a cut of a
@@ -30,7 +32,8 @@ WORK="$2"
 shift 2
 ARCHS=("$@")
 [[ ${#ARCHS[@]} -eq 0 ]] &&
-  ARCHS=(llama llama_tied llama_yarn deepseek2 deepseek2_lite deepseek2_yarn llama_kq deepseek2_kq llama_spm llama_spm2)
+  ARCHS=(llama llama_tied llama_yarn llama_rope3 deepseek2 deepseek2_lite deepseek2_yarn llama_kq deepseek2_kq llama_spm
+    llama_spm2)
 QUANTIZE="${LMFORGE_LLAMACPP_QUANTIZE:-$(dirname "$LMF")/llamacpp_quantize}"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 REF="$HERE/tests/reference/llamacpp"
@@ -103,6 +106,11 @@ fs.writeFileSync("cfg_llama_yarn.json", JSON.stringify({...JSON.parse(fs.readFil
 fs.writeFileSync("cfg_deepseek2_yarn.json", JSON.stringify({...JSON.parse(fs.readFileSync("cfg_deepseek2.json")),
   rope_scaling: {...yarn, mscale: 1.0, mscale_all_dim: 1.0}}));
 fs.copyFileSync("tok_llama.json", "tok_llama_yarn.json");
+// Two of the eight frequencies (head_dim 16, theta 10000) fall in the blended band of an original context of 2048.
+fs.writeFileSync("cfg_llama_rope3.json", JSON.stringify({...JSON.parse(fs.readFileSync("cfg_llama.json")),
+  rope_scaling: {rope_type: "llama3", factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0,
+                 original_max_position_embeddings: 2048}}));
+fs.copyFileSync("tok_llama.json", "tok_llama_rope3.json");
 fs.copyFileSync("tok_deepseek2.json", "tok_deepseek2_yarn.json");
 // *_kq: every matrix input a multiple of 256 values but the MLA heads (those get llama.cpp fallback types).
 fs.writeFileSync("cfg_llama_kq.json", JSON.stringify({...JSON.parse(fs.readFileSync("cfg_llama.json")),
@@ -149,7 +157,7 @@ for arch in "${ARCHS[@]}"; do
   # the per-position median is bounded there (docs/FORMATS.md has the measured values and the control experiment).
   types=(f32 f16 q8_0 q4_0)
   [[ $arch == *_yarn ]] && types=(f32)
-  [[ $arch == *_spm* ]] && types=(f32 q8_0)
+  [[ $arch == *_spm* || $arch == *_rope3 ]] && types=(f32 q8_0)
   if [[ $arch == *_kq ]]; then
     if [[ ! -x $QUANTIZE ]]; then
       echo "$arch: SKIP (no llamacpp_quantize at $QUANTIZE)"

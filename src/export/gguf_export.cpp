@@ -11,6 +11,7 @@
 #include "lmforge/core/error.h"
 #include "lmforge/io/gguf.h"
 #include "lmforge/model/model.h"
+#include "lmforge/model/rope.h"
 
 namespace lmforge::exporter {
 
@@ -94,7 +95,7 @@ void add_common_hparams(io::GgufWriter& w, const std::string& a, const model::Mo
   set_u32(w, a + ".attention.head_count", c.num_attention_heads);
   w.set(a + ".rope.freq_base", GgufValue::f32(static_cast<float>(c.rope_theta)));
   w.set(a + ".attention.layer_norm_rms_epsilon", GgufValue::f32(static_cast<float>(c.rms_norm_eps)));
-  if (c.rope_scaling) {
+  if (c.rope_scaling && c.rope_scaling->type == "yarn") {  // llama3's scaling travels as rope_freqs.weight
     const model::RopeScaling& s = *c.rope_scaling;
     w.set(a + ".rope.scaling.type", GgufValue::string(s.type));
     w.set(a + ".rope.scaling.factor", GgufValue::f32(static_cast<float>(s.factor)));
@@ -142,6 +143,17 @@ void export_llama(io::GgufWriter& w, Emitter& e, Tensors& t, const model::ModelC
   }
   e.add("output_norm.weight", t.take("model.norm.weight"));
   if (!c.tie_word_embeddings) e.add("output.weight", t.take("lm_head.weight"));
+  if (c.rope_scaling && c.rope_scaling->type == "llama3") {
+    // As llama.cpp's converter: the per-frequency divisors of Llama-3.1's scaling, which llama.cpp applies as
+    // theta_i / rope_freqs[i] (1 for the high frequencies, factor for the low ones, a blend between).
+    model::ModelConfig plain = c;
+    plain.rope_scaling.reset();
+    const std::vector<double> base = model::rope_inv_freq(plain, c.head_dim),
+                              scaled = model::rope_inv_freq(c, c.head_dim);
+    std::vector<double> factors(base.size());
+    for (size_t i = 0; i < base.size(); ++i) factors[i] = base[i] / scaled[i];
+    e.add("rope_freqs.weight", Tensor::from_vector(factors, {static_cast<int64_t>(factors.size())}), false);
+  }
 }
 
 // One MoE layer: the router (f32), the expert bias, the routed experts stacked, the shared experts.
@@ -240,6 +252,17 @@ void export_deepseek2(io::GgufWriter& w, Emitter& e, Tensors& t, const model::Mo
   }
   e.add("output_norm.weight", t.take("model.norm.weight"));
   if (!c.tie_word_embeddings) e.add("output.weight", t.take("lm_head.weight"));
+  if (c.rope_scaling && c.rope_scaling->type == "llama3") {
+    // As llama.cpp's converter: the per-frequency divisors of Llama-3.1's scaling, which llama.cpp applies as
+    // theta_i / rope_freqs[i] (1 for the high frequencies, factor for the low ones, a blend between).
+    model::ModelConfig plain = c;
+    plain.rope_scaling.reset();
+    const std::vector<double> base = model::rope_inv_freq(plain, c.head_dim),
+                              scaled = model::rope_inv_freq(c, c.head_dim);
+    std::vector<double> factors(base.size());
+    for (size_t i = 0; i < base.size(); ++i) factors[i] = base[i] / scaled[i];
+    e.add("rope_freqs.weight", Tensor::from_vector(factors, {static_cast<int64_t>(factors.size())}), false);
+  }
 }
 
 }  // namespace

@@ -1,9 +1,11 @@
 // GGUF (llama, deepseek2) -> lmforge model directory (f32), the inverse of gguf_export.cpp.
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <numbers>
 #include <set>
 #include <string>
 #include <vector>
@@ -14,6 +16,7 @@
 #include "lmforge/export/gguf_export.h"
 #include "lmforge/io/gguf.h"
 #include "lmforge/model/model.h"
+#include "lmforge/model/rope.h"
 
 namespace lmforge::exporter {
 
@@ -97,6 +100,69 @@ json common_config(const io::GgufFile& f, const std::string& a, int64_t vocab) {
   if (f.find("tokenizer.ggml.eos_token_id")) c["eos_token_id"] = f.get_int("tokenizer.ggml.eos_token_id");
   if (f.find("tokenizer.ggml.padding_token_id")) c["pad_token_id"] = f.get_int("tokenizer.ggml.padding_token_id");
   return c;
+}
+
+// Llama-3.1's rope_scaling from llama.cpp's rope_freqs.weight (the divisors of each frequency: 1 for wavelengths
+// under original / high_freq_factor, factor over original / low_freq_factor, 1 / ((1 - s) / factor + s) between,
+// s = (original / wavelength - low) / (high - low)). factor is the last (lowest-frequency) divisor; s is linear in
+// 1 / wavelength, and any (original, low, high) with the same line gives the same frequencies, so low_freq_factor is
+// taken as 1 (Llama-3.1's and 3.2's value) and the line fitted to the blended divisors gives the other two. The
+// result is checked by recomputing every divisor.
+nlohmann::json llama3_scaling_from_freqs(const io::GgufFile& f, int64_t head_dim) {
+  const std::string what = f.path() + ": tensor \"rope_freqs.weight\"";
+  const io::GgufTensorInfo& ti = f.tensor("rope_freqs.weight");
+  if (ti.shape != Shape{head_dim / 2})
+    throw Error(what + " must hold head_dim / 2 = " + std::to_string(head_dim / 2) + " values");
+  const Tensor rf = f.get_f32("rope_freqs.weight");
+  const float* r = rf.data<float>();
+  const int64_t half = head_dim / 2;
+  const double factor = r[half - 1];
+  const double theta = f.get_float("llama.rope.freq_base");
+  std::vector<double> x, y;  // 1 / wavelength, blend s, for the divisors strictly between 1 and factor
+  for (int64_t i = 0; i < half; ++i) {
+    if (!(r[i] >= 1.0f - 1e-6f) || r[i] > factor * (1 + 1e-6))
+      throw Error(what + ": divisors must rise from 1 to the last one");
+    const double d = r[i];
+    if (d <= 1.0 + 1e-6 || d >= factor * (1 - 1e-6)) continue;
+    const double inv = std::pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(head_dim));
+    x.push_back(inv / (2.0 * std::numbers::pi));
+    y.push_back((1.0 / d - 1.0 / factor) / (1.0 - 1.0 / factor));
+  }
+  if (factor <= 1.0 || x.size() < 2)
+    throw Error(what + ": fewer than two blended frequencies; its Llama-3.1 scaling parameters cannot be recovered");
+  double mx = 0, my = 0;
+  for (size_t i = 0; i < x.size(); ++i) mx += x[i], my += y[i];
+  mx /= static_cast<double>(x.size());
+  my /= static_cast<double>(x.size());
+  double sxy = 0, sxx = 0;
+  for (size_t i = 0; i < x.size(); ++i) sxy += (x[i] - mx) * (y[i] - my), sxx += (x[i] - mx) * (x[i] - mx);
+  const double slope = sxy / sxx, intercept = my - slope * mx;  // s = slope / wavelength + intercept
+  if (!(slope > 0) || !(intercept < 0)) throw Error(what + ": the blended divisors do not follow Llama-3.1's formula");
+  // s = (orig / wavelength - low) / (high - low) with low = 1: high - 1 = -1 / intercept, orig = slope * (high - 1).
+  const double high = 1.0 - 1.0 / intercept;
+  const double orig = std::round(slope * (high - 1.0));
+  nlohmann::json s = {{"rope_type", "llama3"},
+                      {"factor", shortest_float(static_cast<float>(factor))},
+                      {"low_freq_factor", 1.0},
+                      {"high_freq_factor", shortest_float(static_cast<float>(high))},
+                      {"original_max_position_embeddings", static_cast<int64_t>(orig)}};
+  // Check: the config's divisors are the file's.
+  nlohmann::json cj = {{"model_type", "llama"},  {"vocab_size", 1},        {"hidden_size", head_dim},
+                       {"intermediate_size", 1}, {"num_hidden_layers", 1}, {"num_attention_heads", 1},
+                       {"head_dim", head_dim},   {"rope_theta", theta},    {"rope_scaling", s}};
+  const model::ModelConfig cfg = model::parse_model_config(cj, what);
+  model::ModelConfig plain = cfg;
+  plain.rope_scaling.reset();
+  const std::vector<double> base = model::rope_inv_freq(plain, head_dim), scaled = model::rope_inv_freq(cfg, head_dim);
+  for (int64_t i = 0; i < half; ++i) {
+    const double d = base[i] / scaled[i];
+    if (std::abs(d - r[i]) > 1e-4 * r[i])
+      throw Error(what + "[" + std::to_string(i) + "] = " + std::to_string(r[i]) +
+                  " does not follow Llama-3.1's formula (fitted factor " + std::to_string(factor) +
+                  ", high_freq_factor " + std::to_string(high) + ", original context " + std::to_string(orig) +
+                  " give " + std::to_string(d) + ")");
+  }
+  return s;
 }
 
 void import_llama(const io::GgufFile& f, json& c, const model::ModelConfig& cfg, Source& s,
@@ -209,8 +275,7 @@ GgufImportSummary import_gguf(const std::string& gguf_path, const std::string& o
                   ": llama.attention.value_length / rope.dimension_count differ from key_length "
                   "(partial RoPE or unequal head sizes are not supported by lmforge)");
     c["attention_bias"] = f.contains("blk.0.attn_q.bias");
-    if (f.contains("rope_freqs.weight"))
-      throw Error(gguf_path + ": tensor \"rope_freqs.weight\" (Llama-3.1 RoPE scaling) is not supported by lmforge");
+    if (f.contains("rope_freqs.weight")) c["rope_scaling"] = llama3_scaling_from_freqs(f, hd);
   } else {
     c["architectures"] = {"DeepseekV3ForCausalLM"};
     c["model_type"] = "deepseek_v3";
@@ -251,6 +316,8 @@ GgufImportSummary import_gguf(const std::string& gguf_path, const std::string& o
 
   Source s(f);
   std::map<std::string, Tensor> out;
+  if (cfg.rope_scaling && cfg.rope_scaling->type == "llama3")  // now in config.json's rope_scaling
+    (void)s.take("rope_freqs.weight", {cfg.head_dim / 2});
   if (a == "llama") {
     import_llama(f, c, cfg, s, out);
   } else {

@@ -134,13 +134,23 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
     RopeScaling s;
     rs.string("type", s.type);
     if (s.type.empty()) rs.string("rope_type", s.type);
-    require(s.type == "yarn", source, "rope_scaling.type", "\"" + s.type + "\" is not supported (only \"yarn\")");
+    require(s.type == "yarn" || s.type == "llama3", source, "rope_scaling.type",
+            "\"" + s.type + "\" is not supported (\"yarn\" and \"llama3\" are)");
     rs.number("factor", s.factor);
     rs.integer("original_max_position_embeddings", s.original_max_position_embeddings);
-    rs.number("beta_fast", s.beta_fast);
-    rs.number("beta_slow", s.beta_slow);
-    rs.number("mscale", s.mscale);
-    rs.number("mscale_all_dim", s.mscale_all_dim);
+    if (s.type == "yarn") {
+      rs.number("beta_fast", s.beta_fast);
+      rs.number("beta_slow", s.beta_slow);
+      rs.number("mscale", s.mscale);
+      rs.number("mscale_all_dim", s.mscale_all_dim);
+    } else {
+      rs.number("low_freq_factor", s.low_freq_factor);
+      rs.number("high_freq_factor", s.high_freq_factor);
+      require(s.low_freq_factor > 0.0, source, "rope_scaling.low_freq_factor", "must be > 0");
+      require(s.high_freq_factor > s.low_freq_factor, source, "rope_scaling.high_freq_factor",
+              "must be > low_freq_factor");
+      require(!c.is_deepseek(), source, "rope_scaling.type", "\"llama3\" applies to llama models");
+    }
     require(s.factor >= 1.0, source, "rope_scaling.factor", "must be >= 1");
     require(s.original_max_position_embeddings > 0, source, "rope_scaling.original_max_position_embeddings",
             "must be > 0");

@@ -27,6 +27,23 @@ std::vector<double> rope_inv_freq(const ModelConfig& c, int64_t rot) {
     inv[i] = 1.0 / std::pow(c.rope_theta, 2.0 * static_cast<double>(i) / static_cast<double>(rot));
   if (!c.rope_scaling || c.rope_scaling->factor <= 1.0) return inv;
   const RopeScaling& s = *c.rope_scaling;
+  if (s.type == "llama3") {
+    // Llama-3.1 (HF _compute_llama3_parameters): wavelengths shorter than original / high_freq_factor keep their
+    // frequency, longer than original / low_freq_factor are divided by factor, and in between the two blend.
+    const double orig = static_cast<double>(s.original_max_position_embeddings);
+    const double low_wavelen = orig / s.low_freq_factor, high_wavelen = orig / s.high_freq_factor;
+    for (double& f : inv) {
+      const double wavelen = 2.0 * std::numbers::pi / f;
+      if (wavelen < high_wavelen) continue;
+      if (wavelen > low_wavelen) {
+        f /= s.factor;
+        continue;
+      }
+      const double smooth = (orig / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+      f = (1.0 - smooth) * f / s.factor + smooth * f;
+    }
+    return inv;
+  }
   double low = std::floor(correction_dim(s.beta_fast, rot, c.rope_theta, s.original_max_position_embeddings));
   double high = std::ceil(correction_dim(s.beta_slow, rot, c.rope_theta, s.original_max_position_embeddings));
   low = std::max(low, 0.0);
@@ -41,14 +58,14 @@ std::vector<double> rope_inv_freq(const ModelConfig& c, int64_t rot) {
 }
 
 double rope_attention_factor(const ModelConfig& c) {
-  if (!c.rope_scaling) return 1.0;
+  if (!c.rope_scaling || c.rope_scaling->type != "yarn") return 1.0;
   const RopeScaling& s = *c.rope_scaling;
   return yarn_mscale(s.factor, s.mscale) / yarn_mscale(s.factor, s.mscale_all_dim);
 }
 
 double mla_softmax_scale(const ModelConfig& c) {
   double scale = 1.0 / std::sqrt(static_cast<double>(c.qk_nope_head_dim + c.qk_rope_head_dim));
-  if (c.rope_scaling && c.rope_scaling->mscale_all_dim != 0.0) {
+  if (c.rope_scaling && c.rope_scaling->type == "yarn" && c.rope_scaling->mscale_all_dim != 0.0) {
     const double m = yarn_mscale(c.rope_scaling->factor, c.rope_scaling->mscale_all_dim);
     scale *= m * m;
   }

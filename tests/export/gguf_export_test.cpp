@@ -241,6 +241,55 @@ TEST_F(GgufExport, LlamaRoundTripF32IsBitExact) {
   EXPECT_EQ(logits(dir, ids), logits(path("back"), ids));
 }
 
+// Llama-3.1's RoPE scaling travels as llama.cpp's rope_freqs.weight (per-frequency divisors) and comes back as the
+// same rope_scaling, fitted from the divisors; head_dim 16 at theta 500000 puts two frequencies in the blended band
+// of [8192 / 32, 8192 / 1].
+TEST_F(GgufExport, Llama3RopeScalingRoundTrips) {
+  json cfg = kLlama;
+  cfg["rope_scaling"] = {{"rope_type", "llama3"},
+                         {"factor", 16.0},
+                         {"low_freq_factor", 1.0},
+                         {"high_freq_factor", 32.0},
+                         {"original_max_position_embeddings", 8192}};
+  const std::string dir = make_model("m", cfg);
+  ex::export_gguf(dir, path("m.gguf"));
+  const io::GgufFile f = io::GgufFile::open(path("m.gguf"));
+  EXPECT_FALSE(f.find("llama.rope.scaling.type"));
+  ASSERT_TRUE(f.contains("rope_freqs.weight"));
+  const std::vector<double> rf = f.get_f32("rope_freqs.weight").to_double_vector();
+  ASSERT_EQ(rf.size(), 8u);
+  EXPECT_EQ(rf[0], 1.0);   // wavelength 6.3 < 8192 / 32: kept
+  EXPECT_EQ(rf[7], 16.0);  // wavelength 7e5 > 8192: divided by factor
+  EXPECT_GT(rf[3], 1.0);   // wavelength 917: blended
+  EXPECT_LT(rf[4], 16.0);  // wavelength 4870: blended
+  ex::import_gguf(path("m.gguf"), path("back"));
+  const model::ModelConfig cb = model::load_model_config(path("back/config.json"));
+  ASSERT_TRUE(cb.rope_scaling.has_value());
+  EXPECT_EQ(cb.rope_scaling->type, "llama3");
+  EXPECT_EQ(cb.rope_scaling->factor, 16.0);
+  EXPECT_EQ(cb.rope_scaling->low_freq_factor, 1.0);
+  EXPECT_EQ(cb.rope_scaling->high_freq_factor, 32.0);
+  EXPECT_EQ(cb.rope_scaling->original_max_position_embeddings, 8192);
+  const std::vector<int32_t> ids = {5, 17, 300, 2, 599, 42};
+  EXPECT_EQ(logits(dir, ids), logits(path("back"), ids));
+
+  // Divisors that do not follow the formula are refused, naming the tensor.
+  io::GgufWriter w;
+  for (const auto& [k, v] : f.metadata()) w.set(k, v);
+  for (const auto& ti : f.tensors()) {
+    Tensor t = f.get_f32(ti.name);
+    if (ti.name == "rope_freqs.weight") t.data<float>()[5] = 0.5f;
+    w.add_tensor(ti.name, t);
+  }
+  w.write(path("bad.gguf"));
+  try {
+    ex::import_gguf(path("bad.gguf"), path("bad"));
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("rope_freqs.weight"), std::string::npos) << e.what();
+  }
+}
+
 TEST_F(GgufExport, QuantizedRoundTripIsTheQuantizersResult) {
   const std::string dir = make_model("m", kLlama);
   auto a = tensors(dir);
