@@ -252,17 +252,6 @@ void export_deepseek2(io::GgufWriter& w, Emitter& e, Tensors& t, const model::Mo
   }
   e.add("output_norm.weight", t.take("model.norm.weight"));
   if (!c.tie_word_embeddings) e.add("output.weight", t.take("lm_head.weight"));
-  if (c.rope_scaling && c.rope_scaling->type == "llama3") {
-    // As llama.cpp's converter: the per-frequency divisors of Llama-3.1's scaling, which llama.cpp applies as
-    // theta_i / rope_freqs[i] (1 for the high frequencies, factor for the low ones, a blend between).
-    model::ModelConfig plain = c;
-    plain.rope_scaling.reset();
-    const std::vector<double> base = model::rope_inv_freq(plain, c.head_dim),
-                              scaled = model::rope_inv_freq(c, c.head_dim);
-    std::vector<double> factors(base.size());
-    for (size_t i = 0; i < base.size(); ++i) factors[i] = base[i] / scaled[i];
-    e.add("rope_freqs.weight", Tensor::from_vector(factors, {static_cast<int64_t>(factors.size())}), false);
-  }
 }
 
 }  // namespace

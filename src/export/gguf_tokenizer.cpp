@@ -175,22 +175,6 @@ void set_special_ids(io::GgufWriter& w, const model::ModelConfig& cfg, int64_t b
   w.set("tokenizer.ggml.add_eos_token", GgufValue::boolean(add_eos));
 }
 
-// The byte a "<0xXX>" token stands for, or -1.
-int byte_token_value(const std::string& t) {
-  if (t.size() != 6 || t.compare(0, 3, "<0x") != 0 || t[5] != '>') return -1;
-  int v = 0;
-  for (int i = 3; i < 5; ++i) {
-    const char c = t[i];
-    const int d = c >= '0' && c <= '9'   ? c - '0'
-                  : c >= 'A' && c <= 'F' ? c - 'A' + 10
-                  : c >= 'a' && c <= 'f' ? c - 'a' + 10
-                                         : -1;
-    if (d < 0) return -1;
-    v = v * 16 + d;
-  }
-  return v;
-}
-
 // A SentencePiece-style tokenizer as llama.cpp's "llama" vocabulary: tokens, token types (byte tokens 6, the unk
 // token 2), and scores that order the merges as tokenizer.json does. llama.cpp's SPM tokenizer repeatedly joins the
 // adjacent pair whose joined text is a token of the highest score; merge i's result scores -(i + 1) (its first
@@ -241,7 +225,7 @@ void add_spm_metadata(io::GgufWriter& w, const json& tj, const std::string& tj_p
       unk_id = static_cast<int64_t>(id);
     } else if (added.count(u)) {
       types[id] = tok.is_special(u) ? kControl : kUserDefined;
-    } else if (byte_token_value(*t) >= 0) {
+    } else if (tokenizer::byte_token_value(*t) >= 0) {
       types[id] = kByte;
     } else {
       types[id] = kNormal;

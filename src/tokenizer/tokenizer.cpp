@@ -292,22 +292,6 @@ void Tokenizer::Impl::add_decode_step(const json& j, const Where& w) {
 
 namespace {
 
-// The byte a "<0xNN>" token stands for (HF's ByteFallback: exactly six characters, two hex digits), or -1.
-int byte_token(const std::string& t) {
-  if (t.size() != 6 || t.compare(0, 3, "<0x") != 0 || t[5] != '>') return -1;
-  int v = 0;
-  for (int i = 3; i < 5; ++i) {
-    const char c = t[i];
-    const int d = c >= '0' && c <= '9'   ? c - '0'
-                  : c >= 'a' && c <= 'f' ? c - 'a' + 10
-                  : c >= 'A' && c <= 'F' ? c - 'A' + 10
-                                         : -1;
-    if (d < 0) return -1;
-    v = v * 16 + d;
-  }
-  return v;
-}
-
 void replace_all(std::string& s, const std::string& from, const std::string& to) {
   std::string out;
   size_t last = 0;
@@ -364,7 +348,7 @@ std::string Tokenizer::Impl::run_decode_steps(std::vector<std::string> tokens, b
           run_tokens = 0;
         };
         for (std::string& t : tokens) {
-          const int b = byte_token(t);
+          const int b = byte_token_value(t);
           if (b >= 0) {
             run += static_cast<char>(b);
             ++run_tokens;
@@ -447,6 +431,21 @@ void Tokenizer::Impl::encode_segment(std::string_view seg, std::vector<uint32_t>
       encode_pretokenize(seg.substr(sp.start, sp.end - sp.start), out, at_start && sp.start == 0);
     }
   }
+}
+
+int byte_token_value(std::string_view t) {
+  if (t.size() != 6 || t.substr(0, 3) != "<0x" || t[5] != '>') return -1;
+  int v = 0;
+  for (size_t i = 3; i < 5; ++i) {
+    const char c = t[i];
+    const int d = c >= '0' && c <= '9'   ? c - '0'
+                  : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                  : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                         : -1;
+    if (d < 0) return -1;
+    v = v * 16 + d;
+  }
+  return v;
 }
 
 std::string repair_utf8(std::string_view s) {

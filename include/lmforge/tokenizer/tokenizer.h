@@ -32,6 +32,10 @@ struct EncodeOptions {
   InvalidUtf8 invalid_utf8 = InvalidUtf8::kError;
 };
 
+// The byte a byte-fallback token "<0xXX>" stands for (exactly six characters, two hex digits, as HF's
+// ByteFallback decoder reads them), or -1 for any other token.
+int byte_token_value(std::string_view token);
+
 // Replaces each invalid UTF-8 sequence with U+FFFD, as Rust's String::from_utf8_lossy does.
 std::string repair_utf8(std::string_view s);
 
