@@ -83,7 +83,9 @@ TEST(Sampling, PenaltiesAndBiasOnHandExamples) {
   // Ties go to the lowest id, with the logits as given (the fast path: tokens 1 and 3) and after a penalty (the
   // processed path: presence 2.5 on tokens 1 and 3 leaves 0.5 for tokens 1 to 4).
   const std::vector<float> tie = {-1.0f, 3.0f, 0.5f, 3.0f, 0.5f};
-  EXPECT_EQ(Sampler(SamplingParams{.temperature = 0}, {}).sample(tie.data(), 5), 1);
+  SamplingParams greedy;
+  greedy.temperature = 0;
+  EXPECT_EQ(Sampler(greedy, {}).sample(tie.data(), 5), 1);
   SamplingParams q;
   q.temperature = 0;
   q.presence_penalty = 2.5;
