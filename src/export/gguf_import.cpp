@@ -14,7 +14,9 @@
 #include "gguf_tokenizer.h"
 #include "lmforge/core/error.h"
 #include "lmforge/export/gguf_export.h"
+#include "lmforge/io/atomic_file.h"
 #include "lmforge/io/gguf.h"
+#include "lmforge/io/safetensors.h"
 #include "lmforge/model/model.h"
 #include "lmforge/model/rope.h"
 
@@ -327,13 +329,28 @@ GgufImportSummary import_gguf(const std::string& gguf_path, const std::string& o
   if (!cfg.tie_word_embeddings) out["lm_head.weight"] = s.take("output.weight", {cfg.vocab_size, cfg.hidden_size});
   s.check_all_used();
 
-  model::CausalLM m(cfg);
-  m.load_weights(out, gguf_path);
+  // Exactly the tensors the config asks for, in the model's order, each converted to `dtype` as it is taken (its
+  // f32 copy freed at once): the import holds one f32 copy of the model at most, not a model object besides.
+  io::NamedTensors named;
+  for (const auto& [name, shape] : model::CausalLM::tensor_shapes(cfg)) {
+    auto it = out.find(name);
+    if (it == out.end()) throw Error(gguf_path + ": tensor '" + name + "' is missing (the config expects it)");
+    if (it->second.shape() != shape)
+      throw Error(gguf_path + ": tensor '" + name + "' has shape " + shape_str(it->second.shape()) +
+                  ", the config expects " + shape_str(shape));
+    named.emplace_back(name, dtype == DType::F32 ? it->second : it->second.to(dtype));
+    out.erase(it);
+  }
+  if (!out.empty()) throw Error(gguf_path + ": tensor '" + out.begin()->first + "' is not part of this model");
   fs::create_directories(out_dir);
   sum.tokenizer = write_tokenizer_from_gguf(f, out_dir, cfg.max_position_embeddings);
-  m.save(out_dir, dtype);
+  io::save_safetensors((fs::path(out_dir) / "model.safetensors").string(), named, {{"format", "pt"}});
+  json j = cfg.raw.is_object() ? cfg.raw : json::object();  // as CausalLM::save writes it
+  j["model_type"] = cfg.model_type;
+  j["torch_dtype"] = dtype == DType::F32 ? "float32" : dtype == DType::BF16 ? "bfloat16" : "float16";
+  io::write_file_atomic((fs::path(out_dir) / "config.json").string(), j.dump(2) + "\n");
   sum.model_type = cfg.model_type;
-  sum.tensors = static_cast<int64_t>(out.size());
+  sum.tensors = static_cast<int64_t>(named.size());
   return sum;
 }
 
