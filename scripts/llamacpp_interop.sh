@@ -18,6 +18,10 @@
 #        (llama llama_tied llama_yarn llama_rope3 deepseek2 deepseek2_lite deepseek2_yarn llama_kq deepseek2_kq
 #        llama_spm llama_spm2; default all)
 #
+# q8_0 / q4_0 files (lmforge's exports and llama.cpp's own Q8_0 / Q4_0) are also imported with --dtype q8_0|q4_0,
+# keeping their blocks, and lmforge's inference engine on that (its quantized products, as generate and serve run)
+# is compared with llama.cpp on the file, with the same bounds.
+#
 # llama_rope3: Llama-3.1's RoPE scaling (rope_type llama3), which GGUF carries as the rope_freqs.weight tensor.
 #
 # llama_spm / llama_spm2 carry SentencePiece-style tokenizers (characters, "▁" for spaces, <0xXX> byte fallback),
@@ -139,6 +143,29 @@ cp sample.txt sample_spm.txt
 printf 'Two  spaces,   three; tab\there </s>after the special, \xf0\x9f\xa6\x99 \xea\xb0\x80\xeb\x82\x98 \xd7\xa9\xd7\x9c\xd7\x95\xd7\x9d.\n' \
   >> sample_spm.txt
 
+# `import gguf --dtype q8_0|q4_0` keeps the file's blocks (a quantized model dir); lmforge's inference engine (what
+# generate and serve run: one decode step a token, its own quantized products) on that import against llama.cpp on
+# the file, same bound.
+# usage: engine_check ARCH GGUF_STEM DTYPE BOUND METRIC TEXT
+engine_check() {
+  local arch=$1 stem=$2 dtype=$3 bound=$4 metric=$5 text=$6
+  "$LMF" import gguf --in "$stem.gguf" --out "${stem}_keep" --dtype "$dtype" --json > "${stem}_keep.json" 2> /dev/null
+  if ! grep -q '"blocks_copied":[1-9]' "${stem}_keep.json"; then
+    echo "FAIL: $arch $dtype: no block copied from the file ($(cat "${stem}_keep.json"))"
+    fail=1
+    return
+  fi
+  "$LMF" forward --engine --decode --kv-type f32 --model "${stem}_keep" --ids-file ids.txt \
+    --out "logits_${stem}_keep.safetensors"
+  echo -n "$arch $stem (import --dtype $dtype, engine): "
+  if ! node "$REF/compare.mjs" --gguf "$stem.gguf" --text "$text" --ids ids.txt \
+    --logits "logits_${stem}_keep.safetensors" --max-rel "$bound" --metric "$metric" \
+    --json "result_${stem}_keep.json"; then
+    echo "FAIL: $arch $stem engine on the kept blocks (bound $bound)"
+    fail=1
+  fi
+}
+
 fail=0
 for arch in "${ARCHS[@]}"; do
   if [[ ! -f "cfg_$arch.json" ]]; then
@@ -165,8 +192,8 @@ for arch in "${ARCHS[@]}"; do
     fi
     # llama.cpp file type: the ggml block type that must then be in the file.
     types=(Q4_K_M:q4_K Q5_K_S:q5_K Q6_K:q6_K Q3_K_M:q3_K Q2_K:q2_K Q4_1:q4_1 Q5_0:q5_0 Q5_1:q5_1 IQ4_NL:iq4_nl
-           IQ4_XS:iq4_xs)
-    [[ $arch == deepseek2* ]] && types=(Q4_K_M:q4_K Q6_K:q6_K IQ4_XS:iq4_xs Q5_1:q5_1)
+           IQ4_XS:iq4_xs Q8_0:q8_0 Q4_0:q4_0)
+    [[ $arch == deepseek2* ]] && types=(Q4_K_M:q4_K Q6_K:q6_K IQ4_XS:iq4_xs Q5_1:q5_1 Q4_0:q4_0)
     "$LMF" export gguf --model "m_$arch" --out "m_${arch}_f32.gguf" --type f32 2> /dev/null
     for tt in "${types[@]}"; do
       type=${tt%%:*}
@@ -196,6 +223,8 @@ for arch in "${ARCHS[@]}"; do
         echo "FAIL: $arch $type (bound $bound)"
         fail=1
       fi
+      # llama.cpp's own Q8_0 / Q4_0 files (its Q4_0 keeps output.weight at q6_K): imported keeping the blocks.
+      [[ $type == Q8_0 || $type == Q4_0 ]] && engine_check "$arch" "m_${arch}_$type" "$block" "$bound" "$metric" "$text"
     done
     continue
   fi
@@ -236,6 +265,7 @@ for arch in "${ARCHS[@]}"; do
       echo "FAIL: $arch $type (bound $bound)"
       fail=1
     fi
+    [[ $type == q8_0 || $type == q4_0 ]] && engine_check "$arch" "m_${arch}_$type" "$type" "$bound" "$metric" "$text"
   done
 done
 exit $fail

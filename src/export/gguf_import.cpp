@@ -2,7 +2,9 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <numbers>
@@ -19,6 +21,7 @@
 #include "lmforge/io/safetensors.h"
 #include "lmforge/model/model.h"
 #include "lmforge/model/rope.h"
+#include "lmforge/quant/quantized_model.h"
 
 namespace lmforge::exporter {
 
@@ -27,29 +30,97 @@ using nlohmann::json;
 
 namespace {
 
-// The file's tensors as f32 (dequantized as ggml does), each consumed once so leftovers can be named.
+// How one lmforge tensor comes out of the file: rows [row0, row0 + rows) of a GGUF tensor seen as a matrix (the
+// whole tensor, or one expert of an ffn_*_exps stack), llama's q/k rows un-permuted, or a tensor made from others
+// (kv_b_proj from attn_k_b and attn_v_b). Nothing is read until the tensor's bytes are due.
+struct Recipe {
+  std::string src;       // GGUF tensor ("" when `make` is set)
+  Shape shape;           // the lmforge tensor's shape
+  int64_t row0 = 0;      // first row of the GGUF tensor's [numel / ne0, ne0] view
+  int64_t qk_heads = 0;  // > 0: llama q/k rows (or bias) un-permuted for this many heads
+  std::function<Tensor()> make;
+
+  int64_t cols() const { return shape.empty() ? 1 : shape.back(); }
+  int64_t rows() const {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    return n / std::max<int64_t>(1, cols());
+  }
+};
+
+// The file's tensors, each consumed once so leftovers can be named; types are checked when a tensor is taken, so a
+// file lmforge cannot read fails before anything is written.
 class Source {
  public:
   explicit Source(const io::GgufFile& f) : f_(f) {
     for (const io::GgufTensorInfo& ti : f.tensors()) left_.insert(ti.name);
   }
   bool has(const std::string& name) const { return f_.contains(name); }
-  Tensor take(const std::string& name, const Shape& shape) {
-    if (!f_.contains(name)) throw Error(f_.path() + ": tensor \"" + name + "\" missing");
-    const Shape& have = f_.tensor(name).shape;
-    if (have != shape)
-      throw Error(f_.path() + ": tensor \"" + name + "\" has shape " + shape_str(have) + ", expected " +
-                  shape_str(shape) + " from the metadata");
-    left_.erase(name);
-    // A new f32 tensor whatever the file's type (llama.cpp's k-quant and IQ4 files included).
-    return f_.get_f32(name);
+  const io::GgufFile& file() const { return f_; }
+  Recipe take(const std::string& name, const Shape& shape) {
+    check(name, shape);
+    Recipe r;
+    r.src = name;
+    r.shape = shape;
+    return r;
   }
+  // Expert x of a stack [E, rows, cols]: its rows of the file tensor.
+  Recipe take_expert(const std::string& name, const Shape& stack, int64_t x) {
+    check(name, stack);
+    Recipe r;
+    r.src = name;
+    r.shape = Shape(stack.begin() + 1, stack.end());
+    r.row0 = x * r.shape[0];
+    return r;
+  }
+  // The tensor in f32, dequantized as ggml does (llama.cpp's k-quant and IQ4 files included).
+  Tensor f32(const Recipe& r) const {
+    if (r.make) return r.make();
+    Tensor t = f_.get_f32_rows(r.src, r.row0, r.rows()).reshape(r.shape);
+    f_.drop_pages(r.src, r.row0, r.rows());  // read once: the file's pages need not stay resident
+    return r.qk_heads > 0 ? unpermute_qk_from_gguf(t, r.qk_heads) : t;
+  }
+  // The tensor's blocks as they are in the file (u8 [rows, bytes per row]), rows un-permuted; only for a plain
+  // 2-D recipe.
+  Tensor raw_rows(const Recipe& r) const {
+    const io::GgufTensorInfo& ti = f_.tensor(r.src);
+    const int64_t rows = r.rows(), all = ti.shape.empty() ? 1 : static_cast<int64_t>(numel(ti.shape) / r.cols());
+    const auto row_bytes = static_cast<int64_t>(ti.nbytes / static_cast<uint64_t>(all));
+    const unsigned char* base = f_.tensor_data(r.src) + r.row0 * row_bytes;
+    Tensor out = Tensor::empty({rows, row_bytes}, DType::U8);
+    auto* dst = static_cast<unsigned char*>(out.raw_data());
+    const int64_t d = r.qk_heads > 0 ? rows / r.qk_heads : 0;
+    for (int64_t i = 0; i < rows; ++i)
+      std::memcpy(dst + i * row_bytes, base + (d > 0 ? gguf_qk_row(i, d) : i) * row_bytes,
+                  static_cast<size_t>(row_bytes));
+    f_.drop_pages(r.src, r.row0, rows);
+    return out;
+  }
+  uint32_t type_of(const Recipe& r) const { return r.make ? uint32_t{0} : f_.tensor(r.src).type; }
   void check_all_used() const {
     if (!left_.empty())
       throw Error(f_.path() + ": tensor \"" + *left_.begin() + "\" has no lmforge counterpart (not imported)");
   }
 
  private:
+  static int64_t numel(const Shape& s) {
+    int64_t n = 1;
+    for (int64_t d : s) n *= d;
+    return n;
+  }
+  void check(const std::string& name, const Shape& shape) {
+    if (!f_.contains(name)) throw Error(f_.path() + ": tensor \"" + name + "\" missing");
+    const io::GgufTensorInfo& ti = f_.tensor(name);
+    if (ti.shape != shape)
+      throw Error(f_.path() + ": tensor \"" + name + "\" has shape " + shape_str(ti.shape) + ", expected " +
+                  shape_str(shape) + " from the metadata");
+    if (!io::ggml_can_dequantize(ti.type))
+      throw Error(f_.path() + ": tensor '" + name + "': type " + io::ggml_type_name(ti.type) +
+                  " is not supported (f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0, q2_K, q3_K, q4_K, q5_K, q6_K, "
+                  "q8_K, iq4_nl and iq4_xs are)");
+    left_.erase(name);
+  }
+
   const io::GgufFile& f_;
   std::set<std::string> left_;
 };
@@ -167,8 +238,13 @@ nlohmann::json llama3_scaling_from_freqs(const io::GgufFile& f, int64_t head_dim
   return s;
 }
 
+Recipe qk(Recipe r, int64_t heads) {
+  r.qk_heads = heads;
+  return r;
+}
+
 void import_llama(const io::GgufFile& f, json& c, const model::ModelConfig& cfg, Source& s,
-                  std::map<std::string, Tensor>& out) {
+                  std::map<std::string, Recipe>& out) {
   (void)c;
   const int64_t D = cfg.hidden_size, H = cfg.num_attention_heads, Hkv = cfg.num_key_value_heads, hd = cfg.head_dim;
   const int64_t F = cfg.intermediate_size, V = cfg.vocab_size;
@@ -176,13 +252,13 @@ void import_llama(const io::GgufFile& f, json& c, const model::ModelConfig& cfg,
   for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".", b = "blk." + std::to_string(l) + ".";
     out[p + "input_layernorm.weight"] = s.take(b + "attn_norm.weight", {D});
-    out[p + "self_attn.q_proj.weight"] = unpermute_qk_from_gguf(s.take(b + "attn_q.weight", {H * hd, D}), H);
-    out[p + "self_attn.k_proj.weight"] = unpermute_qk_from_gguf(s.take(b + "attn_k.weight", {Hkv * hd, D}), Hkv);
+    out[p + "self_attn.q_proj.weight"] = qk(s.take(b + "attn_q.weight", {H * hd, D}), H);
+    out[p + "self_attn.k_proj.weight"] = qk(s.take(b + "attn_k.weight", {Hkv * hd, D}), Hkv);
     out[p + "self_attn.v_proj.weight"] = s.take(b + "attn_v.weight", {Hkv * hd, D});
     out[p + "self_attn.o_proj.weight"] = s.take(b + "attn_output.weight", {D, H * hd});
     if (cfg.attention_bias) {
-      out[p + "self_attn.q_proj.bias"] = unpermute_qk_from_gguf(s.take(b + "attn_q.bias", {H * hd}), H);
-      out[p + "self_attn.k_proj.bias"] = unpermute_qk_from_gguf(s.take(b + "attn_k.bias", {Hkv * hd}), Hkv);
+      out[p + "self_attn.q_proj.bias"] = qk(s.take(b + "attn_q.bias", {H * hd}), H);
+      out[p + "self_attn.k_proj.bias"] = qk(s.take(b + "attn_k.bias", {Hkv * hd}), Hkv);
       out[p + "self_attn.v_proj.bias"] = s.take(b + "attn_v.bias", {Hkv * hd});
       out[p + "self_attn.o_proj.bias"] = s.take(b + "attn_output.bias", {D});
     }
@@ -195,7 +271,7 @@ void import_llama(const io::GgufFile& f, json& c, const model::ModelConfig& cfg,
 }
 
 void import_deepseek2(const io::GgufFile& f, const model::ModelConfig& cfg, Source& s,
-                      std::map<std::string, Tensor>& out) {
+                      std::map<std::string, Recipe>& out) {
   const int64_t D = cfg.hidden_size, H = cfg.num_attention_heads, V = cfg.vocab_size;
   const int64_t nope = cfg.qk_nope_head_dim, rope = cfg.qk_rope_head_dim, vd = cfg.v_head_dim, r = cfg.kv_lora_rank;
   const int64_t E = cfg.n_routed_experts, Fm = cfg.moe_intermediate_size;
@@ -216,8 +292,11 @@ void import_deepseek2(const io::GgufFile& f, const model::ModelConfig& cfg, Sour
     if (s.has(b + "attn_kv_b.weight")) {  // files from converters before the k_b/v_b split
       out[a + "kv_b_proj.weight"] = s.take(b + "attn_kv_b.weight", {H * (nope + vd), r});
     } else {
-      out[a + "kv_b_proj.weight"] =
-          join_kv_b(s.take(b + "attn_k_b.weight", {H, r, nope}), s.take(b + "attn_v_b.weight", {H, vd, r}));
+      Recipe k_b = s.take(b + "attn_k_b.weight", {H, r, nope}), v_b = s.take(b + "attn_v_b.weight", {H, vd, r});
+      Recipe kv_b;
+      kv_b.shape = {H * (nope + vd), r};
+      kv_b.make = [&s, k_b, v_b] { return join_kv_b(s.f32(k_b), s.f32(v_b)); };
+      out[a + "kv_b_proj.weight"] = kv_b;
     }
     out[a + "o_proj.weight"] = s.take(b + "attn_output.weight", {D, H * vd});
     out[p + "post_attention_layernorm.weight"] = s.take(b + "ffn_norm.weight", {D});
@@ -233,9 +312,10 @@ void import_deepseek2(const io::GgufFile& f, const model::ModelConfig& cfg, Sour
     if (cfg.topk_method == "noaux_tc") out[m + "gate.e_score_correction_bias"] = s.take(b + "exp_probs_b.bias", {E});
     for (const char* proj : {"gate", "up", "down"}) {
       const bool down = std::string(proj) == "down";
-      Tensor st = s.take(b + "ffn_" + proj + "_exps.weight", down ? Shape{E, D, Fm} : Shape{E, Fm, D});
+      const Shape stack = down ? Shape{E, D, Fm} : Shape{E, Fm, D};
       for (int64_t x = 0; x < E; ++x)
-        out[m + "experts." + std::to_string(x) + "." + proj + "_proj.weight"] = st.select(0, x).contiguous();
+        out[m + "experts." + std::to_string(x) + "." + proj + "_proj.weight"] =
+            s.take_expert(b + "ffn_" + proj + "_exps.weight", stack, x);
     }
     if (cfg.n_shared_experts > 0) {
       const int64_t Fs = Fm * cfg.n_shared_experts;
@@ -250,8 +330,9 @@ void import_deepseek2(const io::GgufFile& f, const model::ModelConfig& cfg, Sour
 }  // namespace
 
 GgufImportSummary import_gguf(const std::string& gguf_path, const std::string& out_dir, DType dtype) {
-  if (dtype != DType::F32 && dtype != DType::BF16 && dtype != DType::F16)
-    throw Error("import gguf: dtype " + std::string(dtype_name(dtype)) + " is not one of f32, bf16, f16");
+  if (dtype != DType::F32 && dtype != DType::BF16 && dtype != DType::F16 && dtype != DType::Q8_0 &&
+      dtype != DType::Q4_0)
+    throw Error("import gguf: dtype " + std::string(dtype_name(dtype)) + " is not one of f32, bf16, f16, q8_0, q4_0");
   const io::GgufFile f = io::GgufFile::open(gguf_path);
   GgufImportSummary sum;
   for (const io::GgufTensorInfo& ti : f.tensors()) ++sum.source_types[io::ggml_type_name(ti.type)];
@@ -317,7 +398,7 @@ GgufImportSummary import_gguf(const std::string& gguf_path, const std::string& o
   (void)L;
 
   Source s(f);
-  std::map<std::string, Tensor> out;
+  std::map<std::string, Recipe> out;
   if (cfg.rope_scaling && cfg.rope_scaling->type == "llama3")  // now in config.json's rope_scaling
     (void)s.take("rope_freqs.weight", {cfg.head_dim / 2});
   if (a == "llama") {
@@ -329,28 +410,85 @@ GgufImportSummary import_gguf(const std::string& gguf_path, const std::string& o
   if (!cfg.tie_word_embeddings) out["lm_head.weight"] = s.take("output.weight", {cfg.vocab_size, cfg.hidden_size});
   s.check_all_used();
 
-  // Exactly the tensors the config asks for, in the model's order, each converted to `dtype` as it is taken (its
-  // f32 copy freed at once): the import holds one f32 copy of the model at most, not a model object besides.
-  io::NamedTensors named;
+  // Exactly the tensors the config asks for, in the model's order.
+  std::vector<std::pair<std::string, Recipe>> plan;
   for (const auto& [name, shape] : model::CausalLM::tensor_shapes(cfg)) {
     auto it = out.find(name);
     if (it == out.end()) throw Error(gguf_path + ": tensor '" + name + "' is missing (the config expects it)");
-    if (it->second.shape() != shape)
-      throw Error(gguf_path + ": tensor '" + name + "' has shape " + shape_str(it->second.shape()) +
+    if (it->second.shape != shape)
+      throw Error(gguf_path + ": tensor '" + name + "' has shape " + shape_str(it->second.shape) +
                   ", the config expects " + shape_str(shape));
-    named.emplace_back(name, dtype == DType::F32 ? it->second : it->second.to(dtype));
+    plan.emplace_back(name, std::move(it->second));
     out.erase(it);
   }
   if (!out.empty()) throw Error(gguf_path + ": tensor '" + out.begin()->first + "' is not part of this model");
   fs::create_directories(out_dir);
   sum.tokenizer = write_tokenizer_from_gguf(f, out_dir, cfg.max_position_embeddings);
-  io::save_safetensors((fs::path(out_dir) / "model.safetensors").string(), named, {{"format", "pt"}});
+  sum.model_type = cfg.model_type;
+  sum.tensors = static_cast<int64_t>(plan.size());
+
+  if (dtype == DType::Q8_0 || dtype == DType::Q4_0) {
+    // A quantized model dir (docs/QUANTIZATION.md): projections already in the target's GGUF blocks are copied
+    // byte for byte (rows un-permuted), the others dequantized and quantized round-to-nearest, as `lmforge
+    // quantize` would; embeddings and norms f32. Holds the quantized model, never an f32 copy of it.
+    const WeightFormat fmt = dtype == DType::Q8_0 ? WeightFormat::Q8_0 : WeightFormat::Q4_0;
+    auto ggml_of = [](WeightFormat w) {
+      return static_cast<uint32_t>(w == WeightFormat::Q8_0 ? io::GgmlType::Q8_0 : io::GgmlType::Q4_0);
+    };
+    quant::QuantizedWeights q;
+    q.config = cfg;
+    q.quantized = true;
+    q.quant.method = "gguf";
+    q.quant.format = fmt;
+    // The LM head keeps the file's q8_0 / q4_0 blocks; from any other type it becomes q8_0 (quantize's default).
+    q.quant.lm_head_format = WeightFormat::Q8_0;
+    if (!cfg.tie_word_embeddings && f.tensor("output.weight").type == ggml_of(WeightFormat::Q4_0))
+      q.quant.lm_head_format = WeightFormat::Q4_0;
+    for (auto& [name, r] : plan) {
+      if (!quant::is_linear_weight(name)) {
+        q.dense.emplace(name, s.f32(r));
+        continue;
+      }
+      WeightFormat wf = quant::format_for(q.quant, name);
+      // A projection recomputed from the file's parts (kv_b_proj from the transposed attn_k_b and attn_v_b) has no
+      // blocks to keep; quantizing it again would add an error llama.cpp does not have, so it stays f32 (the
+      // engine's MLA decode reads its f32 absorbed form anyway). So do inputs the block does not divide.
+      if (r.make || r.cols() % weight_format_block(wf) != 0) {
+        q.quant.not_quantized.push_back(name);
+        wf = WeightFormat::F32;
+      }
+      if (wf != WeightFormat::F32 && s.type_of(r) == ggml_of(wf)) {
+        const Tensor raw = s.raw_rows(r);
+        Tensor blocks = Tensor::empty({r.rows(), r.cols()}, wf == WeightFormat::Q8_0 ? DType::Q8_0 : DType::Q4_0);
+        std::memcpy(blocks.raw_data(), raw.raw_data(), blocks.nbytes());
+        q.linear.emplace(name,
+                         WeightMatrix::from_parts(wf, r.rows(), r.cols(), blocks, {}, {}, gguf_path + ": " + r.src));
+        ++sum.copied;
+      } else {
+        q.linear.emplace(name, WeightMatrix::quantize(s.f32(r), wf));
+        if (wf != WeightFormat::F32) ++sum.requantized;
+      }
+    }
+    q.quant.extra = {{"source", fs::path(gguf_path).filename().string()},
+                     {"blocks_copied", sum.copied},
+                     {"requantized_rtn", sum.requantized}};
+    quant::save_quantized_model(out_dir, q, "");
+    return sum;
+  }
+
+  // f32 / bf16 / f16: written tensor by tensor, each read, converted and let go when its bytes are due, so the
+  // import holds one tensor at a time (a 7B model imports in far less memory than its f32 size).
+  std::vector<io::SafetensorsSpec> specs;
+  for (const auto& [name, r] : plan) specs.push_back({name, dtype, r.shape});
+  io::save_safetensors_streamed((fs::path(out_dir) / "model.safetensors").string(), specs, {{"format", "pt"}},
+                                [&](size_t i, const io::SafetensorsSpec&) {
+                                  Tensor t = s.f32(plan[i].second);
+                                  return dtype == DType::F32 ? t : t.to(dtype);
+                                });
   json j = cfg.raw.is_object() ? cfg.raw : json::object();  // as CausalLM::save writes it
   j["model_type"] = cfg.model_type;
   j["torch_dtype"] = dtype == DType::F32 ? "float32" : dtype == DType::BF16 ? "bfloat16" : "float16";
   io::write_file_atomic((fs::path(out_dir) / "config.json").string(), j.dump(2) + "\n");
-  sum.model_type = cfg.model_type;
-  sum.tensors = static_cast<int64_t>(named.size());
   return sum;
 }
 

@@ -41,11 +41,8 @@ Tensor permute_qk_to_gguf(const Tensor& t, int64_t n_head) {
 
 Tensor unpermute_qk_from_gguf(const Tensor& t, int64_t n_head) {
   check_heads(t, n_head);
-  const int64_t d = t.size(0) / n_head, half = d / 2;
-  return gather_rows(t, [=](int64_t r) {
-    const int64_t h = r / d, k = r % d, j = k / half, i = k % half;
-    return h * d + 2 * i + j;
-  });
+  const int64_t d = t.size(0) / n_head;
+  return gather_rows(t, [=](int64_t r) { return gguf_qk_row(r, d); });
 }
 
 Tensor stack(const std::vector<Tensor>& parts) {

@@ -13,6 +13,11 @@ namespace lmforge::exporter {
 // head, GGUF row 2i + j is HF row j * d/2 + i. `t` is f32 [n_head * d, ...] (any trailing dims).
 Tensor permute_qk_to_gguf(const Tensor& t, int64_t n_head);
 Tensor unpermute_qk_from_gguf(const Tensor& t, int64_t n_head);
+// The GGUF row that HF row `r` of such a tensor comes from, for heads of `d` rows.
+inline int64_t gguf_qk_row(int64_t r, int64_t d) {
+  const int64_t h = r / d, k = r % d, half = d / 2;
+  return h * d + 2 * (k % half) + k / half;
+}
 
 // Stacks equal-shaped f32 tensors into one [n, ...] tensor (routed experts -> ffn_*_exps).
 Tensor stack(const std::vector<Tensor>& parts);

@@ -438,7 +438,9 @@ GgufFile GgufFile::open(const std::string& path) {
   ::close(fd);
   if (p == MAP_FAILED) fail(path, "cannot memory-map: " + std::generic_category().message(err));
   std::shared_ptr<void> mapping(p, [size](void* q) { ::munmap(q, size); });
-  return parse(path, std::move(mapping), static_cast<const unsigned char*>(p), size);
+  GgufFile f = parse(path, std::move(mapping), static_cast<const unsigned char*>(p), size);
+  f.mapped_ = true;
+  return f;
 }
 
 GgufFile GgufFile::from_bytes(std::string_view bytes, const std::string& label) {
@@ -516,14 +518,50 @@ Tensor GgufFile::get(const std::string& name) const {
   return t;
 }
 
+namespace {
+int64_t tensor_numel(const GgufTensorInfo& ti) {
+  int64_t n = 1;
+  for (int64_t d : ti.shape) n *= d;  // bounded by the parser (< 2^62)
+  return n;
+}
+}  // namespace
+
 Tensor GgufFile::get_f32(const std::string& name) const {
+  const GgufTensorInfo& ti = tensor(name);
+  const int64_t cols = ti.shape.empty() ? 1 : ti.shape.back();
+  const int64_t rows = cols == 0 ? 0 : tensor_numel(ti) / cols;
+  return get_f32_rows(name, 0, rows).reshape(ti.shape);
+}
+
+void GgufFile::drop_pages(const std::string& name, int64_t row0, int64_t rows) const {
+  if (!mapped_) return;
+  const GgufTensorInfo& ti = tensor(name);
+  const int64_t cols = ti.shape.empty() ? 1 : ti.shape.back();
+  const int64_t all = cols == 0 ? 0 : tensor_numel(ti) / cols;
+  if (rows < 0) rows = all - row0;
+  if (all == 0 || row0 < 0 || rows <= 0 || row0 + rows > all) return;
+  const uint64_t row_bytes = ti.nbytes / static_cast<uint64_t>(all);
+  const unsigned char* first = tensor_data(name) + static_cast<uint64_t>(row0) * row_bytes;
+  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t b = (reinterpret_cast<uintptr_t>(first) + page - 1) / page * page;
+  const uintptr_t e = (reinterpret_cast<uintptr_t>(first) + static_cast<uint64_t>(rows) * row_bytes) / page * page;
+  if (e > b) ::madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);
+}
+
+Tensor GgufFile::get_f32_rows(const std::string& name, int64_t row0, int64_t rows) const {
   const GgufTensorInfo& ti = tensor(name);
   if (!ggml_can_dequantize(ti.type))
     fail(path_, "tensor " + quote(name) + ": type " + ggml_type_name(ti.type) +
                     " is not supported (f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0, q2_K, q3_K, q4_K, q5_K, q6_K, "
                     "q8_K, iq4_nl and iq4_xs are)");
-  Tensor t = Tensor::empty(ti.shape, DType::F32);
-  ggml_dequantize(ti.type, tensor_data(name), t.data<float>(), t.numel());
+  const int64_t cols = ti.shape.empty() ? 1 : ti.shape.back();
+  const int64_t all = cols == 0 ? 0 : tensor_numel(ti) / cols;
+  if (row0 < 0 || rows < 0 || row0 > all || rows > all - row0)
+    fail(path_, "tensor " + quote(name) + ": rows [" + std::to_string(row0) + ", +" + std::to_string(rows) +
+                    ") outside its " + std::to_string(all) + " rows");
+  Tensor t = Tensor::empty({rows, cols}, DType::F32);
+  const uint64_t row_bytes = all == 0 ? 0 : ti.nbytes / static_cast<uint64_t>(all);
+  ggml_dequantize(ti.type, tensor_data(name) + static_cast<uint64_t>(row0) * row_bytes, t.data<float>(), t.numel());
   return t;
 }
 

@@ -436,8 +436,8 @@ std::map<std::string, Tensor> load_safetensors(const std::string& path) {
 namespace {
 
 struct Prepared {
-  std::string prefix;           // length field + padded header
-  std::vector<Tensor> tensors;  // contiguous, in data order
+  std::string prefix;         // length field + padded header
+  std::vector<size_t> order;  // indices into the specs, in data order
 };
 
 void check_utf8(const std::string& s, const std::string& what) {
@@ -448,53 +448,57 @@ void check_utf8(const std::string& s, const std::string& what) {
   }
 }
 
-Prepared prepare(const NamedTensors& tensors, const std::map<std::string, std::string>& metadata) {
-  struct Item {
-    const std::string* name;
-    const StDtype* st;
-    Tensor t;
-  };
-  std::vector<Item> items;
+uint64_t spec_bytes(const SafetensorsSpec& s) {
+  uint64_t n = type_size(s.dtype);
+  for (int64_t d : s.shape) n *= static_cast<uint64_t>(d);
+  return n;
+}
+
+Prepared prepare(const std::vector<SafetensorsSpec>& specs, const std::map<std::string, std::string>& metadata) {
+  std::vector<const StDtype*> st(specs.size());
   std::set<std::string_view> names;
-  for (const auto& [name, t] : tensors) {
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const std::string& name = specs[i].name;
     LMF_CHECK(name != "__metadata__", "cannot write safetensors: '__metadata__' is reserved, not a tensor name");
     LMF_CHECK(names.insert(name).second, "cannot write safetensors: tensor name ", quote(name), " appears twice");
-    LMF_CHECK(t.defined(), "cannot write safetensors: tensor ", quote(name), " is undefined");
-    const StDtype* st = st_dtype_of(t.dtype());
-    LMF_CHECK(st != nullptr, "cannot write safetensors: tensor ", quote(name), " has dtype ", dtype_name(t.dtype()),
+    st[i] = st_dtype_of(specs[i].dtype);
+    LMF_CHECK(st[i] != nullptr, "cannot write safetensors: tensor ", quote(name), " has dtype ",
+              dtype_name(specs[i].dtype),
               "; safetensors holds f32, f64, f16, bf16 or i32 (convert it first, or use GGUF for quantized weights)");
+    for (int64_t d : specs[i].shape)
+      LMF_CHECK(d >= 0, "cannot write safetensors: tensor ", quote(name), " has a negative dimension");
     check_utf8(name, "tensor name");
-    items.push_back({&name, st, t.contiguous()});
   }
   for (const auto& [k, v] : metadata) {
     check_utf8(k, "metadata key");
     check_utf8(v, "metadata value of " + quote(k) + ":");
   }
+  Prepared out;
+  out.order.resize(specs.size());
+  for (size_t i = 0; i < specs.size(); ++i) out.order[i] = i;
   // Largest alignment first keeps every tensor aligned once the data buffer is; names break ties so the
   // output does not depend on the caller's order.
-  std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) {
-    return a.st->rank != b.st->rank ? a.st->rank > b.st->rank : *a.name < *b.name;
+  std::stable_sort(out.order.begin(), out.order.end(), [&](size_t a, size_t b) {
+    return st[a]->rank != st[b]->rank ? st[a]->rank > st[b]->rank : specs[a].name < specs[b].name;
   });
 
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) {
     header["__metadata__"] = metadata;
   }
-  Prepared out;
   uint64_t offset = 0;
-  for (Item& it : items) {
-    const uint64_t n = it.t.nbytes();
+  for (size_t i : out.order) {
+    const uint64_t n = spec_bytes(specs[i]);
     nlohmann::ordered_json shape = nlohmann::ordered_json::array();
-    for (int64_t d : it.t.shape()) {
+    for (int64_t d : specs[i].shape) {
       shape.push_back(static_cast<uint64_t>(d));
     }
     nlohmann::ordered_json info = nlohmann::ordered_json::object();
-    info["dtype"] = it.st->name;
+    info["dtype"] = st[i]->name;
     info["shape"] = std::move(shape);
     info["data_offsets"] = {offset, offset + n};
-    header[*it.name] = std::move(info);
+    header[specs[i].name] = std::move(info);
     offset += n;
-    out.tensors.push_back(std::move(it.t));
   }
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');
@@ -509,25 +513,46 @@ Prepared prepare(const NamedTensors& tensors, const std::map<std::string, std::s
   return out;
 }
 
+std::vector<SafetensorsSpec> specs_of(const NamedTensors& tensors) {
+  std::vector<SafetensorsSpec> specs;
+  specs.reserve(tensors.size());
+  for (const auto& [name, t] : tensors) {
+    LMF_CHECK(t.defined(), "cannot write safetensors: tensor ", quote(name), " is undefined");
+    specs.push_back({name, t.dtype(), t.shape()});
+  }
+  return specs;
+}
+
 }  // namespace
 
 void save_safetensors(const std::string& path, const NamedTensors& tensors,
                       const std::map<std::string, std::string>& metadata) {
-  Prepared p = prepare(tensors, metadata);
-  AtomicFileWriter w(path);
+  save_safetensors_streamed(path, specs_of(tensors), metadata,
+                            [&](size_t i, const SafetensorsSpec&) { return tensors[i].second; });
+}
+
+void save_safetensors_streamed(const std::string& path, const std::vector<SafetensorsSpec>& specs,
+                               const std::map<std::string, std::string>& metadata,
+                               const std::function<Tensor(size_t, const SafetensorsSpec&)>& produce) {
+  const Prepared p = prepare(specs, metadata);
+  AtomicFileWriter w(path);  // removed again unless commit() is reached
   w.write(p.prefix);
-  for (const Tensor& t : p.tensors) {
-    if (t.nbytes() > 0) {
-      w.write(t.raw_data(), t.nbytes());
-    }
+  for (size_t i : p.order) {
+    const SafetensorsSpec& s = specs[i];
+    const Tensor t = produce(i, s).contiguous();
+    LMF_CHECK(t.defined() && t.dtype() == s.dtype && t.shape() == s.shape, "cannot write safetensors: tensor ",
+              quote(s.name), " was announced as ", dtype_name(s.dtype), " ", shape_str(s.shape), ", got ",
+              t.defined() ? t.str() : std::string("an undefined tensor"));
+    if (t.nbytes() > 0) w.write(t.raw_data(), t.nbytes());
   }
   w.commit();
 }
 
 std::string serialize_safetensors(const NamedTensors& tensors, const std::map<std::string, std::string>& metadata) {
-  Prepared p = prepare(tensors, metadata);
-  std::string out = std::move(p.prefix);
-  for (const Tensor& t : p.tensors) {
+  const Prepared p = prepare(specs_of(tensors), metadata);
+  std::string out = p.prefix;
+  for (size_t i : p.order) {
+    const Tensor t = tensors[i].second.contiguous();
     if (t.nbytes() > 0) {
       out.append(static_cast<const char*>(t.raw_data()), t.nbytes());
     }

@@ -42,8 +42,12 @@ Tensor codes_for_file(const WeightMatrix& wm) {
   const Tensor& c = w.codes();
   if (c.dtype() != DType::Q8_0 && c.dtype() != DType::Q4_0) return c;
   const auto per_row = static_cast<int64_t>(c.nbytes() / static_cast<size_t>(w.rows()));
+  if (c.is_contiguous()) {  // the same bytes seen as u8: no copy of the model while it is written
+    const int64_t at = static_cast<const char*>(c.raw_data()) - static_cast<const char*>(c.storage()->data());
+    return Tensor::from_storage(c.storage(), DType::U8, {w.rows(), per_row}, at);
+  }
   Tensor out = Tensor::empty({w.rows(), per_row}, DType::U8);
-  std::memcpy(out.raw_data(), c.raw_data(), c.nbytes());
+  std::memcpy(out.raw_data(), c.contiguous().raw_data(), c.nbytes());
   return out;
 }
 

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -11,6 +12,7 @@
 
 #include "cli_run.h"
 #include "lmforge/io/gguf.h"
+#include "lmforge/io/safetensors.h"
 #include "temp_dir_test.h"
 
 namespace {
@@ -60,6 +62,52 @@ TEST_F(ExportCli, ExportThenImportWithJson) {
   CliRun b = sh(kBin + " tokenizer encode --tokenizer " + path("back/tokenizer.json") + " < " + path("t.txt"));
   EXPECT_EQ(a.code, 0);
   EXPECT_EQ(a.out, b.out);
+}
+
+// --dtype q4_0: a quantized dir that keeps the file's blocks, which generate and forward (dequantized and on the
+// engine, prefill and one decode step a token) run; the dequantized forward equals the f32 import's.
+TEST_F(ExportCli, ImportKeepingQuantizedBlocksRunsEverywhere) {
+  CliRun r = sh(kBin + " export gguf --model " + path("m") + " --out " + path("m.gguf") + " --type q4_0");
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = sh(kBin + " import gguf --in " + path("m.gguf") + " --out " + path("q4") + " --dtype q4_0 --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto j = nlohmann::json::parse(r.out.substr(r.out.find('{')));
+  EXPECT_EQ(j["dtype"], "q4_0");
+  EXPECT_EQ(j["blocks_copied"], 8);  // 7 projections and the LM head
+  EXPECT_EQ(j["requantized"], 0);
+  const auto cfg = nlohmann::json::parse(std::ifstream(path("q4/config.json")));
+  EXPECT_EQ(cfg["quantization_config"]["format"], "q4_0");
+  EXPECT_EQ(cfg["quantization_config"]["method"], "gguf");
+  r = sh(kBin + " generate --model " + path("q4") + " --prompt 'the cat' --max-tokens 4 --seed 1");
+  EXPECT_EQ(r.code, 0) << r.out;
+  ASSERT_EQ(sh(kBin + " import gguf --in " + path("m.gguf") + " --out " + path("f32")).code, 0);
+  std::ofstream(path("ids.txt")) << "5 17 200 3 99 42 7 7 250";
+  int runs = 0;
+  auto logits = [&](const std::string& dir, const std::string& flags) {
+    const std::string out = path("logits" + std::to_string(++runs) + ".safetensors");
+    CliRun f = sh(kBin + " forward --model " + dir + " --ids-file " + path("ids.txt") + " --out " + out + flags);
+    EXPECT_EQ(f.code, 0) << f.out;
+    return lmforge::io::load_safetensors(out).at("logits").to_float_vector();
+  };
+  const std::vector<float> want = logits(path("f32"), "");
+  EXPECT_EQ(logits(path("q4"), ""), want);
+  for (const char* flags : {" --engine", " --engine --decode", " --engine --decode --kv-type f16"}) {
+    const std::vector<float> got = logits(path("q4"), flags);
+    ASSERT_EQ(got.size(), want.size()) << flags;
+    double num = 0, den = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      num += (got[i] - want[i]) * (got[i] - want[i]);
+      den += want[i] * want[i];
+    }
+    EXPECT_LT(std::sqrt(num / den), 2e-2) << flags;  // the engine's 8-bit activations in the q4_0 products
+  }
+  r = sh(kBin + " forward --model " + path("q4") + " --ids-file " + path("ids.txt") + " --out " + path("x") +
+         " --decode");
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("--decode needs --engine"), std::string::npos) << r.out;
+  r = sh(kBin + " import gguf --in " + path("m.gguf") + " --out " + path("o") + " --dtype q5_0");
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("--dtype"), std::string::npos) << r.out;
 }
 
 TEST_F(ExportCli, BadInputExitsTwoNamingTheCulprit) {

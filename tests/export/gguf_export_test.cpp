@@ -20,6 +20,7 @@
 #include "lmforge/io/gguf.h"
 #include "lmforge/io/safetensors.h"
 #include "lmforge/model/model.h"
+#include "lmforge/quant/quantized_model.h"
 #include "lmforge/tokenizer/tokenizer.h"
 #include "lmforge/tokenizer/trainer.h"
 #include "temp_dir_test.h"
@@ -34,6 +35,7 @@ using nlohmann::json;
 namespace ex = lmforge::exporter;
 namespace io = lmforge::io;
 namespace model = lmforge::model;
+namespace quant = lmforge::quant;
 
 const json kLlama = json::parse(R"({"model_type":"llama","vocab_size":600,"hidden_size":64,"intermediate_size":96,
   "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"max_position_embeddings":128,
@@ -318,6 +320,75 @@ TEST_F(GgufExport, QuantizedRoundTripIsTheQuantizersResult) {
     }
     expect_same_tokenizer(dir, out);
   }
+}
+
+// import --dtype q8_0 / q4_0: a quantized model dir whose projections keep the file's blocks (rows un-permuted for
+// llama's q/k), so it computes exactly what the f32 import of the same file does; kv_b_proj, which deepseek2 files
+// hold as the transposed attn_k_b and attn_v_b, stays f32 rather than being rounded twice.
+TEST_F(GgufExport, QuantizedImportKeepsTheFilesBlocks) {
+  for (const auto& [name, cfg] : {std::pair{"llama", kLlama}, std::pair{"deepseek", kDeepseek}}) {
+    const std::string dir = make_model(name, cfg);
+    for (auto [type, dt] : {std::pair{"q8_0", DType::Q8_0}, std::pair{"q4_0", DType::Q4_0}}) {
+      SCOPED_TRACE(std::string(name) + " " + type);
+      const std::string g = path(std::string(name) + type + ".gguf"), qd = path(std::string(name) + type + "_q");
+      ex::export_gguf(dir, g, opts(type));
+      ex::import_gguf(g, path(std::string(name) + type + "_f32"));
+      const ex::GgufImportSummary sum = ex::import_gguf(g, qd, dt);
+      const quant::QuantizedWeights q = quant::load_quantized_model(qd);
+      ASSERT_TRUE(q.quantized);
+      EXPECT_EQ(q.quant.method, "gguf");
+      EXPECT_EQ(std::string(lmforge::weight_format_name(q.quant.format)), type);
+      const io::GgufFile f = io::GgufFile::open(g);
+      int64_t in_type = 0, kv_b = 0;
+      for (const auto& [n, w] : q.linear) {
+        if (n.find("kv_b_proj") != std::string::npos) {
+          ++kv_b;
+          EXPECT_EQ(w.format(), lmforge::WeightFormat::F32) << n;
+        } else if (w.format() != lmforge::WeightFormat::F32) {
+          ++in_type;
+        }
+      }
+      EXPECT_EQ(sum.copied, in_type);
+      EXPECT_EQ(sum.requantized, 0);
+      EXPECT_EQ(static_cast<int64_t>(q.quant.not_quantized.size()), kv_b);
+      EXPECT_EQ(kv_b, std::string(name) == "deepseek" ? 3 : 0);
+      if (std::string(name) == "llama") {  // the LM head keeps the file's type; q_proj's rows are un-permuted
+        EXPECT_EQ(q.quant.lm_head_format, q.quant.format);
+        const lmforge::WeightMatrix wq = q.linear.at("model.layers.1.self_attn.q_proj.weight").file_layout();
+        const int64_t row_bytes = 64 / 32 * (dt == DType::Q8_0 ? 34 : 18), d = 16;
+        const auto* file_rows = f.tensor_data("blk.1.attn_q.weight");
+        for (int64_t r = 0; r < wq.rows(); ++r)
+          ASSERT_EQ(std::memcmp(static_cast<const unsigned char*>(wq.codes().raw_data()) + r * row_bytes,
+                                file_rows + ex::gguf_qk_row(r, d) * row_bytes, static_cast<size_t>(row_bytes)),
+                    0)
+              << "row " << r;
+      }
+      // Dequantized, every tensor is bit for bit the f32 import's.
+      const model::CausalLM m = quant::dequantize_to_causal_lm(q);
+      const auto want = tensors(path(std::string(name) + type + "_f32"));
+      ASSERT_EQ(m.state().size(), want.size());
+      for (const auto& [n, t] : m.state()) EXPECT_EQ(t.to_float_vector(), want.at(n).to_float_vector()) << n;
+    }
+  }
+  // From llama.cpp's Q4_K_M file: the q8_0 tensor is copied, the k-quant and q5_0 ones are lmforge's RTN of their
+  // dequantized values, exactly.
+  const std::string fx = std::string(LMFORGE_SOURCE_DIR) + "/tests/export/fixtures/llamacpp/llama_q4_k_m_llamacpp.gguf";
+  ex::import_gguf(fx, path("kq_f32"));
+  const ex::GgufImportSummary sum = ex::import_gguf(fx, path("kq_q8"), DType::Q8_0);
+  EXPECT_EQ(sum.copied, 1);
+  EXPECT_EQ(sum.requantized, 6);
+  const quant::QuantizedWeights q = quant::load_quantized_model(path("kq_q8"));
+  const auto f32 = tensors(path("kq_f32"));
+  for (const auto& [n, w] : q.linear) {
+    ASSERT_EQ(w.format(), lmforge::WeightFormat::Q8_0) << n;
+    const lmforge::WeightMatrix want = lmforge::WeightMatrix::quantize(f32.at(n), lmforge::WeightFormat::Q8_0);
+    EXPECT_EQ(w.file_layout().codes().nbytes(), want.codes().nbytes()) << n;
+    EXPECT_EQ(
+        std::memcmp(w.file_layout().codes().raw_data(), want.file_layout().codes().raw_data(), want.codes().nbytes()),
+        0)
+        << n;
+  }
+  EXPECT_THROW(ex::import_gguf(fx, path("bad"), DType::I32), Error);
 }
 
 TEST_F(GgufExport, DeepseekRoundTripF32IsBitExact) {

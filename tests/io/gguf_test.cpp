@@ -176,6 +176,31 @@ TEST_F(GgufTest, TensorsOfEveryDtypeRoundTripAligned) {
   EXPECT_EQ(f.tensor("after").shape, (lmforge::Shape{3, 1, 1, 64}));
 }
 
+// get_f32_rows reads a row range of any readable type (one expert of a stack) as get_f32 does; drop_pages lets the
+// mapping's pages go and the next read sees the file again; bad ranges are refused.
+TEST_F(GgufTest, RowRangesAndDroppedPages) {
+  std::vector<float> x(4 * 2048);  // 32 KiB at f32: several pages, so some lie wholly inside a row range
+  for (size_t i = 0; i < x.size(); ++i) x[i] = std::cos(0.11f * static_cast<float>(i));
+  GgufWriter w;
+  for (DType dt : {DType::F32, DType::Q8_0, DType::Q4_0})
+    w.add_tensor(std::string(lmforge::dtype_name(dt)), Tensor::from_vector(x, {4, 1, 2048}).to(dt));
+  w.write(path("r.gguf"));
+  const GgufFile f = GgufFile::open(path("r.gguf"));
+  for (const char* name : {"f32", "q8_0", "q4_0"}) {
+    SCOPED_TRACE(name);
+    const std::vector<float> all = f.get_f32(name).to_float_vector();
+    ASSERT_EQ(all.size(), x.size());
+    const Tensor mid = f.get_f32_rows(name, 1, 2);
+    EXPECT_EQ(mid.shape(), (lmforge::Shape{2, 2048}));
+    EXPECT_EQ(mid.to_float_vector(), std::vector<float>(all.begin() + 2048, all.begin() + 3 * 2048));
+    f.drop_pages(name, 1, 2);
+    f.drop_pages(name);
+    EXPECT_EQ(f.get_f32(name).to_float_vector(), all);
+    EXPECT_THROW(f.get_f32_rows(name, 3, 2), Error);
+    EXPECT_THROW(f.get_f32_rows(name, -1, 1), Error);
+  }
+}
+
 TEST(Gguf, WriterRefusesBadInput) {
   GgufWriter w;
   w.set("k", GgufValue::u32(1));

@@ -350,6 +350,45 @@ TEST_F(SafetensorsTest, WriterRejectsBadInput) {
   EXPECT_FALSE(fs::exists(p));
 }
 
+// The streamed writer: the same bytes as save_safetensors, each tensor asked for once, in data order, only when due;
+// a tensor that is not what was announced aborts the write and leaves the old file.
+TEST_F(SafetensorsTest, StreamedWriterMatchesAndAsksInDataOrder) {
+  using lmforge::io::SafetensorsSpec;
+  NamedTensors in = {{"e", tf({1.f, 2.f}, {1, 2}, DType::BF16)},
+                     {"a", tf({1.5f, -2.f, 0.5f}, {3}, DType::F16)},
+                     {"z", tf({3.f}, {})},
+                     {"d", Tensor::from_ints({7}, {1})},
+                     {"c", Tensor::from_vector(std::vector<double>{0.25}, {1})},
+                     {"b", tf({1.f, -2.f}, {2})},
+                     {"m", tf({1, 2, 3, 4, 5, 6}, {3, 2}).transpose(0, 1)}};
+  std::vector<SafetensorsSpec> specs;
+  for (const auto& [name, t] : in) specs.push_back({name, t.dtype(), t.shape()});
+  const std::string p = path("s.safetensors");
+  std::vector<std::string> asked;
+  size_t ready = 0;  // tensors made so far: the writer must not need one before the previous is written
+  lmforge::io::save_safetensors_streamed(p, specs, {{"format", "pt"}}, [&](size_t i, const SafetensorsSpec& s) {
+    EXPECT_EQ(s.name, in[i].first);
+    asked.push_back(s.name);
+    ++ready;
+    return in[i].second;
+  });
+  EXPECT_EQ(read_raw(p), serialize_safetensors(in, {{"format", "pt"}}));
+  EXPECT_EQ(asked, (std::vector<std::string>{"c", "b", "m", "z", "d", "e", "a"}));
+  EXPECT_EQ(ready, in.size());
+
+  const std::string before = read_raw(p);
+  for (const auto& bad : {tf({1.f, 2.f, 3.f}, {3}), tf({1.f, 2.f}, {2}, DType::F16), Tensor()}) {
+    try {
+      lmforge::io::save_safetensors_streamed(
+          p, specs, {}, [&](size_t i, const SafetensorsSpec& s) { return s.name == "z" ? bad : in[i].second; });
+      ADD_FAILURE() << "expected lmforge::Error";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("'z' was announced as f32 []"), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(read_raw(p), before);
+  }
+}
+
 // ---- hostile and broken files: each must fail with one line naming the file and the field ----
 
 TEST_F(SafetensorsTest, BadEmptyFile) {

@@ -80,12 +80,18 @@ int run_import(const ImportArgs& a, bool json) {
                         {"tensors", s.tensors},
                         {"dtype", a.dtype},
                         {"source_types", s.source_types},
+                        {"blocks_copied", s.copied},
+                        {"requantized", s.requantized},
                         {"tokenizer", s.tokenizer},
                         {"seconds", seconds_since(t0)}};
     std::printf("%s\n", j.dump().c_str());
   } else {
+    std::string how = a.dtype;
+    if (a.dtype == "q8_0" || a.dtype == "q4_0")
+      how += "; " + std::to_string(s.copied) + " projections' blocks copied, " + std::to_string(s.requantized) +
+             " requantized";
     std::fprintf(stderr, "import gguf: %s -> model_type %s, %lld tensors (%s, from %s)%s, %.1f s\n",
-                 s.architecture.c_str(), s.model_type.c_str(), static_cast<long long>(s.tensors), a.dtype.c_str(),
+                 s.architecture.c_str(), s.model_type.c_str(), static_cast<long long>(s.tensors), how.c_str(),
                  types_str(s.source_types).c_str(), s.tokenizer ? ", tokenizer.json" : ", no tokenizer in the file",
                  seconds_since(t0));
   }
@@ -120,9 +126,9 @@ void add_export_commands(CLI::App& app, Context& ctx) {
   gi->add_option("--in", ia->in, "GGUF file")->required();
   gi->add_option("--out", ia->out, "model directory to write")->required();
   gi->add_option("--dtype", ia->dtype,
-                 "weight dtype in model.safetensors (quantized tensors are dequantized; `lmforge quantize` "
-                 "requantizes)")
-      ->check(CLI::IsMember({"f32", "bf16", "f16"}))
+                 "weight type: f32, bf16, f16 (every tensor dequantized), or q8_0, q4_0 (a quantized model dir: "
+                 "projections already in that type keep the file's blocks, the rest are requantized)")
+      ->check(CLI::IsMember({"f32", "bf16", "f16", "q8_0", "q4_0"}))
       ->capture_default_str();
   gi->add_flag("--json", ctx.json, "print a JSON summary on stdout");
   gi->callback([&ctx, ia] { ctx.exit_code = run_import(*ia, ctx.json); });

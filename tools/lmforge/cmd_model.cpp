@@ -1,5 +1,6 @@
 // lmforge init-model / forward: making a model and running it on ids.
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <memory>
 #include <sstream>
@@ -8,8 +9,11 @@
 
 #include "lmforge/commands.h"
 #include "lmforge/core/error.h"
+#include "lmforge/eval/model_dir.h"
 #include "lmforge/io/safetensors.h"
+#include "lmforge/model/engine.h"
 #include "lmforge/model/model.h"
+#include "lmforge/quant/quantized_model.h"
 
 namespace lmforge::cli {
 
@@ -59,22 +63,48 @@ std::vector<int32_t> read_ids(const std::string& path, int64_t vocab) {
 }
 
 struct ForwardArgs {
-  std::string model, ids_file, out;
+  std::string model, ids_file, out, kv_type = "f32";
+  bool engine = false, decode = false;
 };
 
+// Logits for every position: the f32 model (quantized dirs dequantized) by default, or the inference engine on the
+// weights as stored (quantized products, the KV cache type asked for), which is what generate and serve run.
 int run_forward(const ForwardArgs& a) {
-  model::CausalLM m = model::CausalLM::load(a.model);
-  const std::vector<int32_t> ids = read_ids(a.ids_file, m.config().vocab_size);
-  const auto T = static_cast<int64_t>(ids.size());
-  if (m.config().max_position_embeddings > 0 && T > m.config().max_position_embeddings)
-    throw Error(a.ids_file + ": " + std::to_string(T) + " tokens exceed max_position_embeddings " +
-                std::to_string(m.config().max_position_embeddings));
   Tensor logits;
-  {
+  int64_t vocab = 0;
+  std::vector<int32_t> ids;
+  auto check_len = [&](const model::ModelConfig& c) {
+    ids = read_ids(a.ids_file, c.vocab_size);
+    vocab = c.vocab_size;
+    const auto T = static_cast<int64_t>(ids.size());
+    if (c.max_position_embeddings > 0 && T > c.max_position_embeddings)
+      throw Error(a.ids_file + ": " + std::to_string(T) + " tokens exceed max_position_embeddings " +
+                  std::to_string(c.max_position_embeddings));
+  };
+  if (a.decode && !a.engine) throw Error("forward: --decode needs --engine");
+  if (a.engine) {
+    model::EngineOptions eo;
+    eo.kv_dtype = kv_dtype(a.kv_type);
+    model::Engine e = eval::load_engine(a.model, eo);
+    check_len(e.config());
+    const model::SeqId seq = e.add_sequence();
+    if (a.decode) {  // one decode step a token, as generation runs after its prompt
+      std::vector<Tensor> rows;
+      for (int32_t id : ids) rows.push_back(e.decode({seq}, {id}));
+      logits = Tensor::empty({static_cast<int64_t>(ids.size()), e.config().vocab_size}, DType::F32);
+      for (size_t i = 0; i < rows.size(); ++i)
+        std::memcpy(logits.data<float>() + static_cast<int64_t>(i) * e.config().vocab_size,
+                    rows[i].contiguous().data<float>(), static_cast<size_t>(e.config().vocab_size) * sizeof(float));
+    } else {
+      logits = e.prefill(seq, ids, /*all_logits=*/true);
+    }
+  } else {
+    model::CausalLM m = quant::load_causal_lm_any(a.model);
+    check_len(m.config());
     TapeScope none(nullptr);
-    logits = m.forward(Tensor::from_ints(ids, {1, T})).logits.value();
+    logits = m.forward(Tensor::from_ints(ids, {1, static_cast<int64_t>(ids.size())})).logits.value();
   }
-  logits = logits.reshape({T, m.config().vocab_size}).to(DType::F32);
+  logits = logits.reshape({static_cast<int64_t>(ids.size()), vocab}).to(DType::F32);
   io::save_safetensors(a.out, {{"logits", logits}}, {{"model", a.model}});
   return kOk;
 }
@@ -98,6 +128,13 @@ void add_model_commands(CLI::App& app, Context& ctx) {
   fwd->add_option("--model", fa->model, "model directory")->required();
   fwd->add_option("--ids-file", fa->ids_file, "whitespace-separated token ids")->required();
   fwd->add_option("--out", fa->out, "safetensors file with one f32 tensor 'logits' [T, vocab_size]")->required();
+  fwd->add_flag("--engine", fa->engine,
+                "run the inference engine (the weights' own formats, as generate and serve do) instead of the f32 "
+                "model");
+  fwd->add_flag("--decode", fa->decode,
+                "with --engine: each position's logits from its own decode step (the kernels generation runs), not one "
+                "prefill");
+  add_kv_type_option(fwd, fa->kv_type);
   fwd->callback([&ctx, fa] { ctx.exit_code = run_forward(*fa); });
 }
 

@@ -46,11 +46,17 @@ struct GgufImportSummary {
   bool tokenizer = false;  // tokenizer.json written
   // How many of the file's tensors had each ggml type ("q4_K" -> 12, "f32" -> 5, ...).
   std::map<std::string, int64_t> source_types;
+  // dtype q8_0 / q4_0: projections whose blocks were copied from the file as they are, and ones quantized by lmforge
+  // (round-to-nearest from their dequantized values: another type in the file, or a recomputed tensor).
+  int64_t copied = 0;
+  int64_t requantized = 0;
 };
 
 // Writes config.json, model.safetensors, tokenizer.json and tokenizer_config.json into `out_dir`. Every tensor of
 // the file is dequantized as ggml does (io::ggml_dequantize: f32/f16/bf16, q4_0/q4_1/q5_0/q5_1/q8_0, the k-quants,
-// iq4_nl/iq4_xs) and written in `dtype` (f32, bf16 or f16); `lmforge quantize` makes a quantized dir from it.
+// iq4_nl/iq4_xs) and written in `dtype` (f32, bf16 or f16), one tensor at a time. With dtype Q8_0 or Q4_0 the result
+// is a quantized model dir (docs/QUANTIZATION.md) instead: projections already in that type keep the file's blocks
+// byte for byte, the others are quantized round-to-nearest; embeddings and norms are f32.
 GgufImportSummary import_gguf(const std::string& gguf_path, const std::string& out_dir, DType dtype = DType::F32);
 
 }  // namespace lmforge::exporter

@@ -126,6 +126,14 @@ class GgufFile {
   // The tensor as a new f32 Tensor, dequantized from any type ggml_can_dequantize reads (llama.cpp's k-quant and
   // IQ4 files included); an Error naming the file and tensor for the others.
   Tensor get_f32(const std::string& name) const;
+  // Rows [row0, row0 + rows) of the tensor seen as [numel / cols, cols] (cols its innermost size), as a new f32
+  // [rows, cols] Tensor: one expert of a stacked ffn_*_exps tensor without dequantizing the others.
+  Tensor get_f32_rows(const std::string& name, int64_t row0, int64_t rows) const;
+  // Returns the mapped pages wholly inside rows [row0, row0 + rows) of the tensor (rows < 0: to its end) to the
+  // kernel (madvise DONTNEED), so a converter that reads each tensor once does not keep the whole file resident.
+  // Only when no view of those bytes from get() is in use: the next read re-reads the file, and writes made through
+  // a view are lost. Does nothing for from_bytes().
+  void drop_pages(const std::string& name, int64_t row0 = 0, int64_t rows = -1) const;
 
  private:
   GgufFile() = default;
@@ -135,6 +143,7 @@ class GgufFile {
   std::shared_ptr<void> keeper_;
   const unsigned char* bytes_ = nullptr;
   size_t size_ = 0;
+  bool mapped_ = false;  // bytes_ is a file mapping (open), not a copy (from_bytes)
   uint32_t version_ = 0;
   uint64_t alignment_ = 32;
   uint64_t data_offset_ = 0;

@@ -8,6 +8,7 @@
 // problem is an lmforge::Error naming the file and the tensor or field at fault.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -85,6 +86,19 @@ using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
 // every tensor is aligned to its element size. Metadata keys are written in sorted order.
 void save_safetensors(const std::string& path, const NamedTensors& tensors,
                       const std::map<std::string, std::string>& metadata = {});
+// One tensor of a file written by save_safetensors_streamed: what the header says before its bytes exist.
+struct SafetensorsSpec {
+  std::string name;
+  DType dtype = DType::F32;
+  Shape shape;
+};
+// The same file save_safetensors writes for tensors of these names, dtypes and shapes (byte for byte), with each
+// tensor asked for only when its bytes are due: `produce(i, specs[i])` is called once per tensor, in the file's data
+// order, and its result written and let go, so a converter holds one tensor at a time, not the whole model. A
+// result of another dtype or shape than announced is an Error (nothing written: the file is atomic).
+void save_safetensors_streamed(const std::string& path, const std::vector<SafetensorsSpec>& specs,
+                               const std::map<std::string, std::string>& metadata,
+                               const std::function<Tensor(size_t, const SafetensorsSpec&)>& produce);
 // The same bytes, in memory.
 std::string serialize_safetensors(const NamedTensors& tensors, const std::map<std::string, std::string>& metadata = {});
 
