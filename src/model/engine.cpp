@@ -220,6 +220,16 @@ Engine Engine::load(const std::string& dir, EngineOptions opt) {
       const Tensor t = st.get(name);
       LMF_CHECK(is_floating(t.dtype()), f, ": tensor '", name, "' has dtype ", dtype_name(t.dtype()),
                 ", expected a floating-point type");
+      if ((t.dtype() == DType::BF16 || t.dtype() == DType::F16) && t.dim() == 2 && t.numel() > 0) {
+        // A bf16 / f16 checkpoint's matrices stay in their format: half the memory of an f32 copy and half the
+        // bytes each decode step streams; the products widen every weight to f32 exactly, so the values multiplied
+        // are those of the f32 copy.
+        const WeightFormat wf = t.dtype() == DType::BF16 ? WeightFormat::BF16 : WeightFormat::F16;
+        w.matrices.emplace(name, WeightMatrix::from_parts(wf, t.size(0), t.size(1), t.contiguous().clone(), {}, {},
+                                                          f + ": tensor '" + name + "'"));
+        st.drop_pages(name);
+        continue;
+      }
       const bool view = t.dtype() == DType::F32 && t.is_contiguous() && !copy;
       w.tensors.emplace(name, view ? t : t.dtype() == DType::F32 ? t.clone() : t.to(DType::F32).contiguous());
       if (!view) st.drop_pages(name);  // copied: do not hold the file's pages and the copy at once

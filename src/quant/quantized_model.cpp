@@ -5,6 +5,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 
 #include "lmforge/core/error.h"
@@ -113,6 +114,60 @@ QuantConfig QuantConfig::from_json(const nlohmann::json& j, const std::string& s
     }
   }
   if (j.contains("details")) q.extra = j["details"];
+  return q;
+}
+
+QuantizedWeights quantize_rtn_dir(const std::string& dir, QuantConfig qc, size_t* bytes_in) {
+  LMF_CHECK(fs::is_directory(dir), dir, ": not a model directory");
+  const fs::path cfg_path = fs::path(dir) / "config.json";
+  LMF_CHECK(fs::exists(cfg_path), dir, ": no config.json in the model directory");
+  QuantizedWeights q;
+  q.config = model::load_model_config(cfg_path.string());
+  q.quantized = true;
+  std::string source;
+  std::vector<io::SafetensorsFile> files;
+  std::map<std::string, size_t> where;
+  for (const std::string& p : io::model_weight_files(dir, source)) {
+    files.push_back(io::SafetensorsFile::open(p));
+    for (const std::string& name : files.back().names()) where.emplace(name, files.size() - 1);
+  }
+  size_t in = 0;
+  std::set<std::string> used;
+  for (const auto& [name, shape] : model::CausalLM::tensor_shapes(q.config)) {
+    auto it = where.find(name);
+    LMF_CHECK(it != where.end(), source, ": tensor '", name, "' is missing (the config expects it)");
+    const io::SafetensorsFile& f = files[it->second];
+    const Tensor t = f.get(name);
+    LMF_CHECK(t.shape() == shape, source, ": tensor '", name, "' has shape ", shape_str(t.shape()),
+              ", the config expects ", shape_str(shape));
+    LMF_CHECK(is_floating(t.dtype()), source, ": tensor '", name, "' has dtype ", dtype_name(t.dtype()),
+              ", expected a floating-point type");
+    in += t.nbytes();
+    used.insert(name);
+    if (!is_linear_weight(name)) {
+      Tensor d = t.to(DType::F32).contiguous();
+      if (d.storage() == t.storage()) d = d.clone();  // own the memory, not the file mapping
+      q.dense.emplace(name, d);
+    } else {
+      WeightFormat wf = format_for(qc, name);
+      if (shape[1] % weight_format_block(wf) != 0) {  // as quantize_rtn
+        qc.not_quantized.push_back(name);
+        wf = WeightFormat::F32;
+      }
+      WeightMatrix w = WeightMatrix::quantize(t, wf);
+      if (w.codes().storage() == t.storage()) w = WeightMatrix::quantize(t.clone(), wf);
+      q.linear.emplace(name, std::move(w));
+    }
+    f.drop_pages(name);  // read once
+  }
+  for (const auto& [name, i] : where) {  // as CausalLM::load_weights
+    if (used.count(name) || name.find("rotary_emb.inv_freq") != std::string::npos) continue;
+    if (name.rfind("model.layers.", 0) == 0 && std::atoll(name.c_str() + 13) >= q.config.num_hidden_layers) continue;
+    LMF_CHECK(false, source, ": unexpected tensor '", name, "' (not part of a ", q.config.model_type,
+              " model with this config)");
+  }
+  q.quant = std::move(qc);
+  if (bytes_in) *bytes_in = in;
   return q;
 }
 

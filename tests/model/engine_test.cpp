@@ -401,5 +401,30 @@ TEST(Engine, LoadFromDirMatchesTheModel) {
   EXPECT_EQ(run_chunked(a, toks, 3), run_chunked(b, toks, 3));
 }
 
+// A bf16 / f16 checkpoint's matrices stay half precision in the engine (half the memory and decode bytes), and
+// compute what the f32 copy of the same rounded weights computes (summation order apart).
+TEST(Engine, HalfPrecisionDirKeepsItsMatricesHalf) {
+  for (const auto& [dt, wf] : {std::pair{DType::BF16, WeightFormat::BF16}, std::pair{DType::F16, WeightFormat::F16}}) {
+    SCOPED_TRACE(dtype_name(dt));
+    for (const std::string name : {"llama_gqa_sliding", "dsv3_mla_moe_sigmoid"}) {
+      SCOPED_TRACE(name);
+      const Case k(name);
+      const std::string dir = ::testing::TempDir() + "/engine_half_" + name;
+      k.model.save(dir, dt);
+      Engine a = Engine::load(dir);
+      const auto by = a.weight_bytes_by_format();
+      ASSERT_TRUE(by.count(wf));
+      CausalLM rounded = CausalLM::load(dir);  // the same weights widened to f32
+      Engine b = Engine::from_model(rounded);
+      if (name == "llama_gqa_sliding") {  // (MLA decode also reads its f32 absorbed matrices)
+        EXPECT_EQ(by.size(), 1u);
+        EXPECT_NEAR(a.weight_bytes_per_token() * 2, b.weight_bytes_per_token(), 1.0);
+      }
+      const std::vector<int32_t> toks = k.row(0);
+      EXPECT_LT(rel(run_chunked(a, toks, 3), run_chunked(b, toks, 3)), 1e-5);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace lmforge::model

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -91,6 +92,55 @@ TEST_F(QuantDir, PlainDirLoadsAsF32Linears) {
   EXPECT_EQ(q.linear.at("model.layers.0.self_attn.q_proj.weight").format(), WeightFormat::F32);
   EXPECT_TRUE(q.dense.count("model.embed_tokens.weight"));
   EXPECT_FALSE(q.linear.count("model.embed_tokens.weight"));
+}
+
+// RTN straight from the files (what `lmforge quantize` runs for the RTN types) is bit for bit quantize_rtn on the
+// loaded model, for f32 and bf16 dirs, and refuses what CausalLM::load refuses.
+TEST_F(QuantDir, RtnFromDirEqualsRtnOfTheLoadedModel) {
+  const model::CausalLM m = tiny_model();
+  for (DType dt : {DType::F32, DType::BF16}) {
+    const std::string dir = path("src_" + std::string(dtype_name(dt)));
+    m.save(dir, dt);
+    const model::CausalLM loaded = model::CausalLM::load(dir);
+    for (WeightFormat f : {WeightFormat::Q8_0, WeightFormat::Q4_G128, WeightFormat::BF16}) {
+      SCOPED_TRACE(std::string(dtype_name(dt)) + " -> " + std::string(weight_format_name(f)));
+      QuantConfig qc;
+      qc.format = f;
+      size_t bytes = 0;
+      const QuantizedWeights a = quantize_rtn_dir(dir, qc, &bytes), b = quantize_rtn(loaded, qc);
+      size_t want = 0;
+      for (const auto& [name, t] : io::load_safetensors(dir + "/model.safetensors")) want += t.nbytes();
+      EXPECT_EQ(bytes, want);
+      EXPECT_EQ(a.quant.not_quantized, b.quant.not_quantized);
+      ASSERT_EQ(a.linear.size(), b.linear.size());
+      for (const auto& [name, w] : b.linear) {
+        const WeightMatrix& x = a.linear.at(name);
+        ASSERT_EQ(x.format(), w.format()) << name;
+        ASSERT_EQ(x.codes().nbytes(), w.codes().nbytes()) << name;
+        EXPECT_EQ(std::memcmp(x.codes().raw_data(), w.codes().raw_data(), w.codes().nbytes()), 0) << name;
+        if (w.scales().defined()) {
+          EXPECT_EQ(std::memcmp(x.scales().raw_data(), w.scales().raw_data(), w.scales().nbytes()), 0) << name;
+        }
+      }
+      ASSERT_EQ(a.dense.size(), b.dense.size());
+      for (const auto& [name, t] : b.dense) EXPECT_EQ(rel(a.dense.at(name), t), 0.0) << name;
+    }
+  }
+  // A tensor the config does not have, and one missing.
+  io::NamedTensors t;
+  for (auto& [name, v] : io::load_safetensors(path("src_f32/model.safetensors")))
+    if (name != "model.norm.weight") t.emplace_back(name, v.clone());
+  io::save_safetensors(path("src_f32/model.safetensors"), t);
+  EXPECT_THROW(quantize_rtn_dir(path("src_f32"), QuantConfig{}), Error);
+  t.emplace_back("model.norm.weight", Tensor::zeros({128}));
+  t.emplace_back("model.extra.weight", Tensor::zeros({4}));
+  io::save_safetensors(path("src_f32/model.safetensors"), t);
+  try {
+    (void)quantize_rtn_dir(path("src_f32"), QuantConfig{});
+    ADD_FAILURE() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("unexpected tensor 'model.extra.weight'"), std::string::npos) << e.what();
+  }
 }
 
 // Rewrites one tensor (or drops / adds one) in a saved quantized dir.

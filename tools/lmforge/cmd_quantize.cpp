@@ -75,9 +75,11 @@ int run_quantize(const QuantizeArgs& a, bool json) {
   }
   if (a.threads > 0) ThreadPool::global().set_num_threads(a.threads);
   const auto t0 = std::chrono::steady_clock::now();
-  const model::CausalLM m = model::CausalLM::load(a.model);
   quant::QuantizedWeights q;
+  size_t before = 0, after = 0;
   if (gptq || awq) {
+    const model::CausalLM m = model::CausalLM::load(a.model);  // calibration runs the f32 model
+    for (const auto& [name, t] : m.state()) before += t.nbytes();
     quant::CalibOptions co;
     co.path = a.calib;
     co.model_dir = a.model;
@@ -98,11 +100,10 @@ int run_quantize(const QuantizeArgs& a, bool json) {
     q.quant.extra["calib"] = a.calib;
     q.quant.extra["calib_tokens"] = a.calib_tokens;
   } else {
-    q = quant::quantize_rtn(m, qc);
+    // Tensor by tensor from the files: a bf16 7B checkpoint quantizes in about the memory of its result.
+    q = quant::quantize_rtn_dir(a.model, qc, &before);
   }
   quant::save_quantized_model(a.out, q, a.model);
-  size_t before = 0, after = 0;
-  for (const auto& [name, t] : m.state()) before += t.nbytes();
   for (const auto& [name, w] : q.linear) after += w.nbytes();
   for (const auto& [name, t] : q.dense) after += t.nbytes();
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -55,6 +55,10 @@ void save_quantized_model(const std::string& dir, const QuantizedWeights& q, con
 
 // Round-to-nearest: every linear weight of `m` in q.format (lm_head in q.lm_head_format).
 QuantizedWeights quantize_rtn(const model::CausalLM& m, QuantConfig q);
+// The same, read tensor by tensor from a plain model dir (f32/bf16/f16, sharded too) with no f32 model in memory:
+// the peak is the quantized result plus one tensor. Checks the tensors against the config as CausalLM::load does.
+// `bytes_in` receives the weights' size as stored.
+QuantizedWeights quantize_rtn_dir(const std::string& dir, QuantConfig q, size_t* bytes_in = nullptr);
 
 // Splits a model's state into linears (as F32 WeightMatrix) and dense tensors.
 QuantizedWeights split_state(const model::CausalLM& m);
