@@ -164,6 +164,15 @@ engine_check() {
     echo "FAIL: $arch $stem engine on the kept blocks (bound $bound)"
     fail=1
   fi
+  # ...and that dir exported again (its blocks copied into the new file): llama.cpp loads it and computes the same.
+  "$LMF" export gguf --model "${stem}_keep" --out "${stem}_back.gguf" --type "$dtype" 2> /dev/null
+  echo -n "$arch $stem (exported back from the import): "
+  if ! node "$REF/compare.mjs" --gguf "${stem}_back.gguf" --text "$text" --ids ids.txt \
+    --logits "logits_${stem}_keep.safetensors" --max-rel "$bound" --metric "$metric" \
+    --json "result_${stem}_back.json"; then
+    echo "FAIL: $arch $stem exported back (bound $bound)"
+    fail=1
+  fi
 }
 
 fail=0

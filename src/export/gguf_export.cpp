@@ -2,7 +2,9 @@
 #include "lmforge/export/gguf_export.h"
 
 #include <filesystem>
+#include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -12,6 +14,7 @@
 #include "lmforge/io/gguf.h"
 #include "lmforge/model/model.h"
 #include "lmforge/model/rope.h"
+#include "lmforge/quant/quantized_model.h"
 
 namespace lmforge::exporter {
 
@@ -41,6 +44,15 @@ class Emitter {
   // Weight matrices (2-D and stacked 3-D) take the requested type when their rows split into 32-value blocks;
   // 1-D tensors and the MoE router stay f32, as in llama.cpp's converter (the router's logits decide routing).
   void add(const std::string& name, const Tensor& t, bool matrix = true) {
+    // Blocks from a quantized model dir: kept as they are when the file asks for their type (and a q8_0 LM head in a
+    // q4_0 file, as llama.cpp keeps its output layer at more bits), so nothing is rounded twice.
+    if (matrix && (t.dtype() == DType::Q8_0 || t.dtype() == DType::Q4_0) &&
+        (t.dtype() == type_ || (name == "output.weight" && t.dtype() == DType::Q8_0 && type_ == DType::Q4_0))) {
+      ++quantized_;
+      ++copied_;
+      w_.add_tensor(name, t.contiguous());
+      return;
+    }
     Tensor f = t.to(DType::F32).contiguous();
     DType dt = DType::F32;
     if (matrix && f.dim() >= 2 && type_ != DType::F32) {
@@ -50,12 +62,36 @@ class Emitter {
     w_.add_tensor(name, dt == DType::F32 ? f : f.to(dt));
   }
   int64_t quantized() const { return quantized_; }
+  int64_t copied() const { return copied_; }
 
  private:
   io::GgufWriter& w_;
   DType type_;
   int64_t quantized_ = 0;
+  int64_t copied_ = 0;
 };
+
+// The weights by HF name: a plain dir's as f32; a quantized dir's (docs/QUANTIZATION.md) with its q8_0 / q4_0
+// matrices as block tensors of that dtype (GGUF's own layout) and the other formats dequantized, so exporting a
+// quantized dir never builds the f32 model.
+std::vector<std::pair<std::string, Tensor>> load_state(const std::string& model_dir, const std::string& config_path) {
+  std::ifstream in(config_path);
+  const nlohmann::json raw = nlohmann::json::parse(in, nullptr, false);
+  std::vector<std::pair<std::string, Tensor>> state;
+  if (raw.is_object() && raw.contains("quantization_config")) {
+    quant::QuantizedWeights q = quant::load_quantized_model(model_dir);
+    for (auto& [name, w] : q.linear) {
+      const WeightMatrix f = w.file_layout();
+      const bool blocks = f.format() == WeightFormat::Q8_0 || f.format() == WeightFormat::Q4_0;
+      state.emplace_back(name, blocks ? f.codes() : f.dequantize());
+    }
+    for (auto& [name, t] : q.dense) state.emplace_back(name, t);
+    return state;
+  }
+  const model::CausalLM m = model::CausalLM::load(model_dir);
+  for (const auto& [name, t] : m.state()) state.emplace_back(name, t);
+  return state;
+}
 
 // The checkpoint's tensors by HF name; each is consumed once so leftovers can be reported.
 class Tensors {
@@ -271,8 +307,6 @@ GgufExportSummary export_gguf(const std::string& model_dir, const std::string& o
   }
   const std::string config_path = (fs::path(model_dir) / "config.json").string();
   const model::ModelConfig cfg = model::load_model_config(config_path);
-  const model::CausalLM m = model::CausalLM::load(model_dir);
-
   io::GgufWriter w;
   GgufExportSummary s;
   s.architecture = cfg.is_deepseek() ? "deepseek2" : "llama";
@@ -285,7 +319,7 @@ GgufExportSummary export_gguf(const std::string& model_dir, const std::string& o
   if (type == DType::Q8_0 || type == DType::Q4_0) w.set("general.quantization_version", GgufValue::u32(2));
 
   Emitter e(w, type);
-  Tensors t(m.state(), (fs::path(model_dir) / "model.safetensors").string());
+  Tensors t(load_state(model_dir, config_path), (fs::path(model_dir) / "model.safetensors").string());
   if (cfg.is_deepseek()) {
     export_deepseek2(w, e, t, cfg, config_path, opt);
   } else {
@@ -296,6 +330,7 @@ GgufExportSummary export_gguf(const std::string& model_dir, const std::string& o
   w.write(out_path);
   s.tensors = static_cast<int64_t>(w.tensor_count());
   s.quantized = e.quantized();
+  s.blocks_copied = e.copied();
   s.bytes = fs::file_size(out_path);
   return s;
 }

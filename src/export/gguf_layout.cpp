@@ -10,16 +10,18 @@ namespace lmforge::exporter {
 
 namespace {
 
-// Row r_out of the result is row src_row(r_out) of `t`, rows being the first dimension.
+// Row r_out of the result is row src_row(r_out) of `t`, rows being the first dimension; any dtype (q8_0 / q4_0
+// rows move as whole rows of blocks), kept.
 template <typename F>
 Tensor gather_rows(const Tensor& t, F src_row) {
-  Tensor in = t.to(DType::F32).contiguous();
-  Tensor out = Tensor::empty(in.shape(), DType::F32);
-  const int64_t rows = in.size(0), width = in.numel() / rows;
-  const float* s = in.data<float>();
-  float* d = out.data<float>();
+  Tensor in = t.contiguous();
+  Tensor out = Tensor::empty(in.shape(), in.dtype());
+  const int64_t rows = in.size(0);
+  const size_t row_bytes = in.nbytes() / static_cast<size_t>(rows);
+  const auto* s = static_cast<const unsigned char*>(in.raw_data());
+  auto* d = static_cast<unsigned char*>(out.raw_data());
   for (int64_t r = 0; r < rows; ++r)
-    std::memcpy(d + r * width, s + src_row(r) * width, static_cast<size_t>(width) * sizeof(float));
+    std::memcpy(d + static_cast<size_t>(r) * row_bytes, s + static_cast<size_t>(src_row(r)) * row_bytes, row_bytes);
   return out;
 }
 
@@ -49,12 +51,16 @@ Tensor stack(const std::vector<Tensor>& parts) {
   LMF_CHECK(!parts.empty(), "stack: no tensors");
   Shape shape = parts[0].shape();
   shape.insert(shape.begin(), static_cast<int64_t>(parts.size()));
-  Tensor out = Tensor::empty(shape, DType::F32);
-  const int64_t n = parts[0].numel();
+  // All of one dtype: kept (experts' q8_0 / q4_0 blocks stack as they are); mixed: f32.
+  DType dt = parts[0].dtype();
+  for (const Tensor& p : parts)
+    if (p.dtype() != dt) dt = DType::F32;
+  Tensor out = Tensor::empty(shape, dt);
+  const size_t n = out.nbytes() / parts.size();
   for (size_t i = 0; i < parts.size(); ++i) {
     LMF_CHECK(parts[i].shape() == parts[0].shape(), "stack: ", parts[i].str(), " differs from ", parts[0].str());
-    Tensor p = parts[i].to(DType::F32).contiguous();
-    std::memcpy(out.data<float>() + static_cast<int64_t>(i) * n, p.data<float>(), static_cast<size_t>(n) * 4);
+    const Tensor p = parts[i].to(dt).contiguous();
+    std::memcpy(static_cast<unsigned char*>(out.raw_data()) + i * n, p.raw_data(), n);
   }
   return out;
 }

@@ -10,7 +10,8 @@ namespace lmforge::exporter {
 
 // llama.cpp's converter reorders the rows of q_proj/k_proj (and their biases) for architecture "llama": HF rotates
 // the two halves of each head (x[i], x[i + d/2]), GGUF's RoPE rotates adjacent pairs (x[2i], x[2i+1]). Within each
-// head, GGUF row 2i + j is HF row j * d/2 + i. `t` is f32 [n_head * d, ...] (any trailing dims).
+// head, GGUF row 2i + j is HF row j * d/2 + i. `t` is [n_head * d, ...] (any trailing dims), of any dtype (kept:
+// q8_0 / q4_0 rows move whole).
 Tensor permute_qk_to_gguf(const Tensor& t, int64_t n_head);
 Tensor unpermute_qk_from_gguf(const Tensor& t, int64_t n_head);
 // The GGUF row that HF row `r` of such a tensor comes from, for heads of `d` rows.
@@ -19,7 +20,8 @@ inline int64_t gguf_qk_row(int64_t r, int64_t d) {
   return h * d + 2 * (k % half) + k / half;
 }
 
-// Stacks equal-shaped f32 tensors into one [n, ...] tensor (routed experts -> ffn_*_exps).
+// Stacks equal-shaped tensors into one [n, ...] tensor (routed experts -> ffn_*_exps): their dtype when they share
+// one (q8_0 / q4_0 blocks included), else f32.
 Tensor stack(const std::vector<Tensor>& parts);
 
 // llama.cpp's deepseek2 split of kv_b_proj [H * (nope + v), r] into attn_k_b [H, r, nope] (transposed) and

@@ -368,6 +368,25 @@ TEST_F(GgufExport, QuantizedImportKeepsTheFilesBlocks) {
       const auto want = tensors(path(std::string(name) + type + "_f32"));
       ASSERT_EQ(m.state().size(), want.size());
       for (const auto& [n, t] : m.state()) EXPECT_EQ(t.to_float_vector(), want.at(n).to_float_vector()) << n;
+      // Exported back at the same type, the file holds the same bytes as the original: the blocks were never
+      // rounded again (re-quantizing a dequantized q8_0 / q4_0 row gives its blocks back, which covers the
+      // embeddings and deepseek2's attn_v_b).
+      const ex::GgufExportSummary back = ex::export_gguf(qd, g + ".back.gguf", opts(type));
+      if (std::string(name) == "llama") {
+        EXPECT_EQ(back.blocks_copied, in_type);
+      } else {  // experts go in stacked, one GGUF tensor each
+        EXPECT_GT(back.blocks_copied, 0);
+        EXPECT_LT(back.blocks_copied, in_type);
+      }
+      const io::GgufFile b = io::GgufFile::open(g + ".back.gguf");
+      ASSERT_EQ(b.tensors().size(), f.tensors().size());
+      for (const io::GgufTensorInfo& ti : f.tensors()) {
+        ASSERT_TRUE(b.contains(ti.name)) << ti.name;
+        const io::GgufTensorInfo& tb = b.tensor(ti.name);
+        ASSERT_EQ(tb.type, ti.type) << ti.name;
+        ASSERT_EQ(tb.nbytes, ti.nbytes) << ti.name;
+        EXPECT_EQ(std::memcmp(b.tensor_data(ti.name), f.tensor_data(ti.name), ti.nbytes), 0) << ti.name;
+      }
     }
   }
   // From llama.cpp's Q4_K_M file: the q8_0 tensor is copied, the k-quant and q5_0 ones are lmforge's RTN of their

@@ -55,9 +55,15 @@ int run_export(const ExportArgs& a, bool json) {
   };
   const exporter::GgufExportSummary s = exporter::export_gguf(a.model, a.out, opt);
   if (json) {
-    nlohmann::json j = {{"out", a.out},     {"architecture", s.architecture}, {"type", a.opt.type},
-                        {"pre", s.pre},     {"tensors", s.tensors},           {"quantized_tensors", s.quantized},
-                        {"bytes", s.bytes}, {"seconds", seconds_since(t0)}};
+    nlohmann::json j = {{"out", a.out},
+                        {"architecture", s.architecture},
+                        {"type", a.opt.type},
+                        {"pre", s.pre},
+                        {"tensors", s.tensors},
+                        {"quantized_tensors", s.quantized},
+                        {"blocks_copied", s.blocks_copied},
+                        {"bytes", s.bytes},
+                        {"seconds", seconds_since(t0)}};
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::fprintf(stderr,
@@ -106,7 +112,10 @@ void add_export_commands(CLI::App& app, Context& ctx) {
   add_export_onnx_command(exp, ctx);
   auto ea = std::make_shared<ExportArgs>();
   CLI::App* g = exp->add_subcommand("gguf", "write a GGUF v3 file llama.cpp loads (architectures llama, deepseek2)");
-  g->add_option("--model", ea->model, "model directory (config.json, model.safetensors, tokenizer.json)")->required();
+  g->add_option("--model", ea->model,
+                "model directory (config.json, model.safetensors, tokenizer.json); a quantized dir's q8_0 / q4_0 "
+                "blocks are copied when --type is theirs")
+      ->required();
   g->add_option("--out", ea->out, "GGUF file to write (atomically)")->required();
   g->add_option("--type", ea->opt.type, "weight matrix type; norms, biases and the MoE router stay f32")
       ->check(CLI::IsMember({"f32", "f16", "q8_0", "q4_0"}))

@@ -32,7 +32,9 @@ struct GgufExportSummary {
   std::string pre;           // tokenizer.ggml.pre written
   int64_t tensors = 0;
   int64_t quantized = 0;  // tensors stored in the requested type (the rest f32)
-  uint64_t bytes = 0;     // file size
+  // From a quantized model dir: q8_0 / q4_0 matrices whose blocks went into the file as they are (among `quantized`).
+  int64_t blocks_copied = 0;
+  uint64_t bytes = 0;  // file size
 };
 
 // Throws lmforge::Error naming the file and field for anything it cannot export faithfully.
