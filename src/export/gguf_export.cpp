@@ -12,6 +12,7 @@
 #include "gguf_tokenizer.h"
 #include "lmforge/core/error.h"
 #include "lmforge/io/gguf.h"
+#include "lmforge/io/safetensors.h"
 #include "lmforge/model/model.h"
 #include "lmforge/model/rope.h"
 #include "lmforge/quant/quantized_model.h"
@@ -88,8 +89,28 @@ std::vector<std::pair<std::string, Tensor>> load_state(const std::string& model_
     for (auto& [name, t] : q.dense) state.emplace_back(name, t);
     return state;
   }
-  const model::CausalLM m = model::CausalLM::load(model_dir);
-  for (const auto& [name, t] : m.state()) state.emplace_back(name, t);
+  // A plain dir: views of the files' mappings (bf16 stays bf16), each converted as it is added, checked against
+  // the config as CausalLM::load checks them.
+  const model::ModelConfig cfg = model::load_model_config(config_path);
+  std::string source;
+  std::map<std::string, Tensor> file;
+  for (const std::string& p : io::model_weight_files(model_dir, source)) {
+    const io::SafetensorsFile f = io::SafetensorsFile::open(p);
+    for (const std::string& name : f.names()) file.emplace(name, f.get(name));
+  }
+  for (const auto& [name, shape] : model::CausalLM::tensor_shapes(cfg)) {
+    auto it = file.find(name);
+    LMF_CHECK(it != file.end(), source, ": tensor '", name, "' is missing (the config expects it)");
+    LMF_CHECK(it->second.shape() == shape, source, ": tensor '", name, "' has shape ", shape_str(it->second.shape()),
+              ", the config expects ", shape_str(shape));
+    LMF_CHECK(is_floating(it->second.dtype()), source, ": tensor '", name, "' has dtype ",
+              dtype_name(it->second.dtype()), ", expected a floating-point type");
+    state.emplace_back(name, it->second);
+    file.erase(it);
+  }
+  for (const auto& [name, t] : file)
+    LMF_CHECK(model::CausalLM::skippable_extra_tensor(name, cfg), source, ": unexpected tensor '", name,
+              "' (not part of a ", cfg.model_type, " model with this config)");
   return state;
 }
 
@@ -307,8 +328,12 @@ GgufExportSummary export_gguf(const std::string& model_dir, const std::string& o
   }
   const std::string config_path = (fs::path(model_dir) / "config.json").string();
   const model::ModelConfig cfg = model::load_model_config(config_path);
-  io::GgufWriter w;
+  // The tokenizer first, into its own writer: a missing or unexportable tokenizer.json fails before any tensor is
+  // converted. Its keys join the file after the hyperparameters, where llama.cpp's converter puts them.
+  io::GgufWriter tok;
   GgufExportSummary s;
+  s.pre = add_tokenizer_metadata(tok, model_dir, cfg, opt.pre);
+  io::GgufWriter w;
   s.architecture = cfg.is_deepseek() ? "deepseek2" : "llama";
   w.set("general.architecture", GgufValue::string(s.architecture));
   std::string name = opt.name;
@@ -326,7 +351,7 @@ GgufExportSummary export_gguf(const std::string& model_dir, const std::string& o
     export_llama(w, e, t, cfg, config_path, opt);
   }
   t.check_all_used();
-  s.pre = add_tokenizer_metadata(w, model_dir, cfg, opt.pre);
+  for (const auto& [key, value] : tok.metadata()) w.set(key, value);
   w.write(out_path);
   s.tensors = static_cast<int64_t>(w.tensor_count());
   s.quantized = e.quantized();

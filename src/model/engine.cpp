@@ -32,8 +32,7 @@ struct Loader {
   // buffers and layers past num_hidden_layers (DeepSeek-V3's multi-token-prediction layer).
   void check_all_used(const ModelConfig& c) const {
     auto check = [&](const std::string& name) {
-      if (used.count(name) || name.find("rotary_emb.inv_freq") != std::string::npos) return;
-      if (name.rfind("model.layers.", 0) == 0 && std::atoll(name.c_str() + 13) >= c.num_hidden_layers) return;
+      if (used.count(name) || CausalLM::skippable_extra_tensor(name, c)) return;
       LMF_CHECK(false, source, ": unexpected tensor '", name, "' (not part of a ", c.model_type,
                 " model with this config)");
     };

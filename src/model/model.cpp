@@ -148,15 +148,16 @@ void CausalLM::load_weights(const std::map<std::string, Tensor>& tensors, const 
   for (auto& [name, v] : impl_->named) take(name, v.mutable_value());
   for (auto& [name, t] : impl_->buffers) take(name, *t);
   for (const auto& [name, t] : tensors) {
-    if (used.count(name)) continue;
-    if (name.find("rotary_emb.inv_freq") != std::string::npos) continue;
-    if (name.rfind("model.layers.", 0) == 0) {
-      const int64_t layer = std::atoll(name.c_str() + 13);
-      if (layer >= cfg_.num_hidden_layers) continue;  // e.g. DeepSeek-V3's multi-token-prediction layer
-    }
+    if (used.count(name) || skippable_extra_tensor(name, cfg_)) continue;
     LMF_CHECK(false, source, ": unexpected tensor '", name, "' (not part of a ", cfg_.model_type,
               " model with this config)");
   }
+}
+
+bool CausalLM::skippable_extra_tensor(const std::string& name, const ModelConfig& config) {
+  if (name.find("rotary_emb.inv_freq") != std::string::npos) return true;
+  // e.g. DeepSeek-V3's multi-token-prediction layer
+  return name.rfind("model.layers.", 0) == 0 && std::atoll(name.c_str() + 13) >= config.num_hidden_layers;
 }
 
 CausalLM CausalLM::load(const std::string& dir) {

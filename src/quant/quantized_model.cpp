@@ -161,8 +161,7 @@ QuantizedWeights quantize_rtn_dir(const std::string& dir, QuantConfig qc, size_t
     f.drop_pages(name);  // read once
   }
   for (const auto& [name, i] : where) {  // as CausalLM::load_weights
-    if (used.count(name) || name.find("rotary_emb.inv_freq") != std::string::npos) continue;
-    if (name.rfind("model.layers.", 0) == 0 && std::atoll(name.c_str() + 13) >= q.config.num_hidden_layers) continue;
+    if (used.count(name) || model::CausalLM::skippable_extra_tensor(name, q.config)) continue;
     LMF_CHECK(false, source, ": unexpected tensor '", name, "' (not part of a ", q.config.model_type,
               " model with this config)");
   }
@@ -289,7 +288,7 @@ QuantizedWeights load_quantized_model(const std::string& dir) {
     q.linear.emplace(name, WeightMatrix::from_parts(f, rows, cols, codes, scales, zeros, what));
   }
   for (const std::string& name : file.names()) {
-    if (used.count(name) || name.find("rotary_emb.inv_freq") != std::string::npos) continue;
+    if (used.count(name) || model::CausalLM::skippable_extra_tensor(name, q.config)) continue;
     LMF_CHECK(false, st_path, ": unexpected tensor '", name, "' (not part of this config's quantized model)");
   }
   return q;

@@ -162,6 +162,8 @@ class GgufWriter {
   // `t` must be contiguous, of dtype f32, f16, bf16, q8_0 or q4_0; it is kept (not copied) until write.
   void add_tensor(const std::string& name, const Tensor& t);
   bool has_key(const std::string& key) const;
+  // The metadata set so far, in order (a writer can be filled from another's keys).
+  const std::vector<std::pair<std::string, GgufValue>>& metadata() const { return kv_; }
   size_t tensor_count() const { return tensors_.size(); }
   void write(const std::string& path) const;
   std::string serialize() const;  // the same bytes, in memory

@@ -45,6 +45,9 @@ class CausalLM {
   // Every tensor name (parameters, then buffers) with its shape, in state() order, without allocating the model:
   // what loaders of other layouts (quantized dirs) check a file against.
   static std::vector<std::pair<std::string, Shape>> tensor_shapes(const ModelConfig& config);
+  // Tensors a checkpoint may carry beyond tensor_shapes(), which loaders skip: rotary inv_freq buffers and layers
+  // past num_hidden_layers (DeepSeek-V3's multi-token-prediction layer). Any other extra tensor is an error.
+  static bool skippable_extra_tensor(const std::string& name, const ModelConfig& config);
 
   // normal(0, initializer_range) for matrices and embeddings, ones for norms, zeros for biases.
   void init_random(uint64_t seed);
