@@ -7,6 +7,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "lmforge/core/autograd.h"
 #include "lmforge/core/error.h"
 #include "lmforge/core/tensor.h"
 #include "lmforge/data/shard.h"
@@ -18,12 +19,35 @@ namespace fs = std::filesystem;
 
 PerplexityResult perplexity(const model::CausalLM& m, const std::vector<int32_t>& ids, const PerplexityOptions& opt,
                             const std::function<void(int64_t, int64_t)>& progress) {
+  return perplexity(
+      [&](const std::vector<int32_t>& window) {
+        TapeScope none(nullptr);
+        const auto T = static_cast<int64_t>(window.size());
+        return m.forward(Tensor::from_ints(window, {1, T})).logits.value().reshape({T, m.config().vocab_size});
+      },
+      m.config().vocab_size, ids, opt, progress);
+}
+
+PerplexityResult perplexity(model::Engine& e, const std::vector<int32_t>& ids, const PerplexityOptions& opt,
+                            const std::function<void(int64_t, int64_t)>& progress) {
+  return perplexity(
+      [&](const std::vector<int32_t>& window) {
+        const model::SeqId seq = e.add_sequence();
+        Tensor logits = e.prefill(seq, window, /*all_logits=*/true);
+        e.free_sequence(seq);
+        return logits;
+      },
+      e.config().vocab_size, ids, opt, progress);
+}
+
+PerplexityResult perplexity(const std::function<Tensor(const std::vector<int32_t>&)>& window_logits, int64_t V,
+                            const std::vector<int32_t>& ids, const PerplexityOptions& opt,
+                            const std::function<void(int64_t, int64_t)>& progress) {
   const int64_t N = static_cast<int64_t>(ids.size());
   const int64_t ctx = opt.ctx, stride = opt.stride > 0 ? opt.stride : opt.ctx;
   LMF_CHECK(ctx >= 2, "perplexity: --ctx must be at least 2, got ", ctx);
   LMF_CHECK(stride <= ctx, "perplexity: --stride (", stride, ") must not exceed --ctx (", ctx, ")");
   LMF_CHECK(N >= 2, "perplexity: need at least 2 tokens, got ", N);
-  const int64_t V = m.config().vocab_size;
   for (int64_t i = 0; i < N; ++i)
     LMF_CHECK(ids[i] >= 0 && ids[i] < V, "perplexity: token id ", ids[i], " at position ", i,
               " is outside the model's vocabulary (", V, ")");
@@ -37,7 +61,8 @@ PerplexityResult perplexity(const model::CausalLM& m, const std::vector<int32_t>
     if (first < end) {
       const int64_t T = end - begin;
       std::vector<int32_t> window(ids.begin() + begin, ids.begin() + end);
-      const Tensor logits = m.forward(Tensor::from_ints(window, {1, T})).logits.value().contiguous();
+      const Tensor logits = window_logits(window).to(DType::F32).contiguous();
+      LMF_CHECK(logits.numel() == T * V, "perplexity: window logits ", logits.str(), " are not [", T, ", ", V, "]");
       const float* lg = logits.data<float>();
       for (int64_t j = first; j < end; ++j) {
         const float* row = lg + (j - 1 - begin) * V;

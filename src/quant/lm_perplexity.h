@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "lmforge/model/engine.h"
 #include "lmforge/model/model.h"
 
 namespace lmforge::eval::lm {
@@ -29,6 +30,15 @@ struct PerplexityResult {
 
 // progress(done_tokens, total_tokens) after each window. ids must hold at least 2 tokens, each below the vocab.
 PerplexityResult perplexity(const model::CausalLM& m, const std::vector<int32_t>& ids, const PerplexityOptions& opt,
+                            const std::function<void(int64_t, int64_t)>& progress = {});
+// The same windows on the inference engine (each a fresh sequence, prefilled with every position's logits): the
+// weights stay in their stored formats (a quantized or bf16 dir needs its own size in memory, not an f32 model's),
+// and quantized products run as the engine runs them.
+PerplexityResult perplexity(model::Engine& e, const std::vector<int32_t>& ids, const PerplexityOptions& opt,
+                            const std::function<void(int64_t, int64_t)>& progress = {});
+// The method itself: window_logits(window) returns f32 logits [window size, V].
+PerplexityResult perplexity(const std::function<Tensor(const std::vector<int32_t>&)>& window_logits, int64_t V,
+                            const std::vector<int32_t>& ids, const PerplexityOptions& opt,
                             const std::function<void(int64_t, int64_t)>& progress = {});
 
 // Evaluation tokens from `path`: a token-shard directory (manifest.json; the val split, or train when there is

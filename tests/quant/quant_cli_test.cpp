@@ -32,9 +32,9 @@ class QuantCli : public lmforge::testing::TempDirTest {
     std::ofstream(path("text.txt")) << "The quick brown fox jumps over the lazy dog. " << std::string(20, 'a')
                                     << " GNU General Public License, version 3, of the Free Software Foundation.\n";
   }
-  nlohmann::json ppl(const std::string& dir) {
+  nlohmann::json ppl(const std::string& dir, const std::string& flags = "") {
     const CliRun r = sh(kBin + " eval perplexity --model " + dir + " --data " + path("text.txt") +
-                        " --ctx 64 --stride 32 --json 2>/dev/null");
+                        " --ctx 64 --stride 32 --json" + flags + " 2>/dev/null");
     EXPECT_EQ(r.code, 0) << r.out;
     return nlohmann::json::parse(r.out);
   }
@@ -62,6 +62,24 @@ TEST_F(QuantCli, QuantizeThenEvalPerplexity) {
   EXPECT_EQ(nlohmann::json::parse(std::ifstream(path("gptq") + "/config.json"))["quantization_config"]["method"],
             "gptq");
   (void)ppl(path("gptq"));
+}
+
+// --engine: the same windows on the inference engine, the weights as stored. The same tokens and, at f32 and for the
+// 64-token windows (the engine's products take the dequantized-sgemm path from 64 rows), the same perplexity within
+// summation order; the f16 KV cache moves it a little.
+TEST_F(QuantCli, EvalPerplexityOnTheEngine) {
+  ASSERT_EQ(sh(kBin + " quantize --model " + path("f32") + " --type q8_0 --out " + path("q8")).code, 0);
+  ASSERT_EQ(sh(kBin + " quantize --model " + path("f32") + " --type bf16 --out " + path("bf16")).code, 0);
+  for (const std::string dir : {"f32", "q8", "bf16"}) {
+    SCOPED_TRACE(dir);
+    const nlohmann::json ref = ppl(path(dir)), eng = ppl(path(dir), " --engine");
+    EXPECT_EQ(eng["engine"], true);
+    EXPECT_EQ(eng["tokens"], ref["tokens"]);
+    EXPECT_EQ(eng["windows"], ref["windows"]);
+    EXPECT_NEAR(eng["nll"].get<double>(), ref["nll"].get<double>(), 1e-5 * ref["nll"].get<double>());
+    const nlohmann::json half = ppl(path(dir), " --engine --kv-type f16");
+    EXPECT_NEAR(half["nll"].get<double>(), ref["nll"].get<double>(), 1e-3 * ref["nll"].get<double>());
+  }
 }
 
 TEST_F(QuantCli, PruneWritesTrainableModel) {

@@ -89,6 +89,8 @@ struct PplArgs {
   std::string model, data, split = "val", text_field = "text";
   int64_t ctx = 512, stride = 0, max_tokens = 0;
   int threads = 0;
+  bool engine = false;
+  std::string kv_type = "f32";
 };
 
 int run_lm_perplexity(const PplArgs& a, bool json) {
@@ -98,23 +100,34 @@ int run_lm_perplexity(const PplArgs& a, bool json) {
     return kUsageError;
   }
   if (a.threads > 0) ThreadPool::global().set_num_threads(a.threads);
-  const model::CausalLM m = quant::load_causal_lm_any(a.model);
-  if (a.ctx > m.config().max_position_embeddings) {
+  // The f32 model (quantized dirs dequantized: the reference the quality tables use), or with --engine the
+  // inference engine on the weights as stored.
+  std::optional<model::CausalLM> lm;
+  std::optional<model::Engine> engine;
+  if (a.engine) {
+    model::EngineOptions eo;
+    eo.kv_dtype = kv_dtype(a.kv_type);
+    engine.emplace(eval::load_engine(a.model, eo));
+  } else {
+    lm.emplace(quant::load_causal_lm_any(a.model));
+  }
+  const model::ModelConfig& cfg = engine ? engine->config() : lm->config();
+  if (a.ctx > cfg.max_position_embeddings) {
     std::fprintf(stderr,
                  "lmforge eval perplexity: --ctx %lld exceeds the model's context (max_position_embeddings %lld)\n",
-                 static_cast<long long>(a.ctx), static_cast<long long>(m.config().max_position_embeddings));
+                 static_cast<long long>(a.ctx), static_cast<long long>(cfg.max_position_embeddings));
     return kUsageError;
   }
   std::string how;
   const std::vector<int32_t> ids =
-      eval::lm::load_eval_tokens(a.data, a.model, m.config().vocab_size, a.max_tokens, a.split, a.text_field, &how);
+      eval::lm::load_eval_tokens(a.data, a.model, cfg.vocab_size, a.max_tokens, a.split, a.text_field, &how);
   eval::lm::PerplexityOptions opt;
   opt.ctx = a.ctx;
   opt.stride = a.stride;
   const bool tty = isatty(STDERR_FILENO) != 0;
   const auto t0 = std::chrono::steady_clock::now();
   int64_t last_pct = -1;
-  const eval::lm::PerplexityResult r = eval::lm::perplexity(m, ids, opt, [&](int64_t done, int64_t total) {
+  const auto report = [&](int64_t done, int64_t total) {
     const int64_t pct = 100 * done / total;
     if (pct / 10 == last_pct / 10 && done != total && !tty) return;  // plain logs: every 10%
     last_pct = pct;
@@ -123,7 +136,9 @@ int run_lm_perplexity(const PplArgs& a, bool json) {
         tty ? "\reval perplexity: %lld/%lld tokens (%lld%%)   " : "eval perplexity: %lld/%lld tokens (%lld%%)\n",
         static_cast<long long>(done), static_cast<long long>(total), static_cast<long long>(pct));
     if (tty && done == total) std::fputc('\n', stderr);
-  });
+  };
+  const eval::lm::PerplexityResult r =
+      engine ? eval::lm::perplexity(*engine, ids, opt, report) : eval::lm::perplexity(*lm, ids, opt, report);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (json) {
     nlohmann::json j{{"model", a.model},
@@ -135,6 +150,7 @@ int run_lm_perplexity(const PplArgs& a, bool json) {
                      {"windows", r.windows},
                      {"nll", r.nll},
                      {"ppl", r.ppl},
+                     {"engine", a.engine},
                      {"seconds", secs}};
     std::printf("%s\n", j.dump().c_str());
   } else {
@@ -170,6 +186,11 @@ void add_eval_command(CLI::App& app, Context& ctx) {
       ->check(CLI::IsMember({"val", "train"}))
       ->capture_default_str();
   p->add_option("--text-field,--field", pa->text_field, "JSONL field holding the text")->capture_default_str();
+  p->add_flag("--engine", pa->engine,
+              "run the windows on the inference engine, the weights in their stored formats (a quantized or bf16 "
+              "dir then needs its own size in memory, not an f32 model's); default: the f32 model, quantized dirs "
+              "dequantized");
+  add_kv_type_option(p, pa->kv_type);
   p->add_option("--threads", pa->threads, "threads (default: LMFORGE_THREADS or all cores)")
       ->check(CLI::Range(1, 1024));
   p->add_flag("--json", ctx.json, "one JSON object: tokens, nll (mean), ppl, ...");
