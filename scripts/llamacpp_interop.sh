@@ -157,22 +157,20 @@ engine_check() {
   fi
   "$LMF" forward --engine --decode --kv-type f32 --model "${stem}_keep" --ids-file ids.txt \
     --out "logits_${stem}_keep.safetensors"
-  echo -n "$arch $stem (import --dtype $dtype, engine): "
-  if ! node "$REF/compare.mjs" --gguf "$stem.gguf" --text "$text" --ids ids.txt \
-    --logits "logits_${stem}_keep.safetensors" --max-rel "$bound" --metric "$metric" \
-    --json "result_${stem}_keep.json"; then
-    echo "FAIL: $arch $stem engine on the kept blocks (bound $bound)"
-    fail=1
-  fi
   # ...and that dir exported again (its blocks copied into the new file): llama.cpp loads it and computes the same.
   "$LMF" export gguf --model "${stem}_keep" --out "${stem}_back.gguf" --type "$dtype" 2> /dev/null
-  echo -n "$arch $stem (exported back from the import): "
-  if ! node "$REF/compare.mjs" --gguf "${stem}_back.gguf" --text "$text" --ids ids.txt \
-    --logits "logits_${stem}_keep.safetensors" --max-rel "$bound" --metric "$metric" \
-    --json "result_${stem}_back.json"; then
-    echo "FAIL: $arch $stem exported back (bound $bound)"
-    fail=1
-  fi
+  local file what
+  for file in "$stem" "${stem}_back"; do
+    what="import --dtype $dtype, engine"
+    [[ $file == *_back ]] && what="exported back from the import"
+    echo -n "$arch $stem ($what): "
+    if ! node "$REF/compare.mjs" --gguf "$file.gguf" --text "$text" --ids ids.txt \
+      --logits "logits_${stem}_keep.safetensors" --max-rel "$bound" --metric "$metric" \
+      --json "result_${file}_keep.json"; then
+      echo "FAIL: $arch $stem: $what (bound $bound)"
+      fail=1
+    fi
+  done
 }
 
 fail=0
