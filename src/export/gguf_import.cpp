@@ -441,11 +441,12 @@ GgufImportSummary import_gguf(const std::string& gguf_path, const std::string& o
     q.quant.method = "gguf";
     q.quant.format = fmt;
     // The LM head keeps the file's q8_0 / q4_0 blocks; from any other type it becomes q8_0 (quantize's default).
+    // A tied model's LM head is token_embd: it is stored in lm_head_format too, so it keeps the file's blocks.
     q.quant.lm_head_format = WeightFormat::Q8_0;
-    if (!cfg.tie_word_embeddings && f.tensor("output.weight").type == ggml_of(WeightFormat::Q4_0))
-      q.quant.lm_head_format = WeightFormat::Q4_0;
+    const std::string head = cfg.tie_word_embeddings ? "token_embd.weight" : "output.weight";
+    if (f.tensor(head).type == ggml_of(WeightFormat::Q4_0)) q.quant.lm_head_format = WeightFormat::Q4_0;
     for (auto& [name, r] : plan) {
-      if (!quant::is_linear_weight(name)) {
+      if (!quant::quantizable_weight(name, cfg)) {
         q.dense.emplace(name, s.f32(r));
         continue;
       }

@@ -58,16 +58,25 @@ std::string read_text(const fs::path& p) {
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
+// A safetensors dtype name of a floating-point type.
+bool is_floating_st(const std::string& st_dtype) {
+  return st_dtype == "F32" || st_dtype == "F16" || st_dtype == "BF16" || st_dtype == "F64";
+}
+
 }  // namespace
 
 bool is_linear_weight(const std::string& name) {
   return name == "lm_head.weight" || ends_with(name, "_proj.weight") || ends_with(name, "_proj_with_mqa.weight");
 }
 
+bool quantizable_weight(const std::string& name, const model::ModelConfig& c) {
+  return is_linear_weight(name) || (c.tie_word_embeddings && name == "model.embed_tokens.weight");
+}
+
 WeightFormat format_for(const QuantConfig& q, const std::string& name) {
   if (std::find(q.not_quantized.begin(), q.not_quantized.end(), name) != q.not_quantized.end())
     return WeightFormat::F32;
-  return name == "lm_head.weight" ? q.lm_head_format : q.format;
+  return name == "lm_head.weight" || name == "model.embed_tokens.weight" ? q.lm_head_format : q.format;
 }
 
 nlohmann::json QuantConfig::to_json() const {
@@ -144,7 +153,7 @@ QuantizedWeights quantize_rtn_dir(const std::string& dir, QuantConfig qc, size_t
               ", expected a floating-point type");
     in += t.nbytes();
     used.insert(name);
-    if (!is_linear_weight(name)) {
+    if (!quantizable_weight(name, q.config)) {
       Tensor d = t.to(DType::F32).contiguous();
       if (d.storage() == t.storage()) d = d.clone();  // own the memory, not the file mapping
       q.dense.emplace(name, d);
@@ -187,7 +196,7 @@ QuantizedWeights quantize_rtn(const model::CausalLM& m, QuantConfig qc) {
   q.config = m.config();
   q.quantized = true;
   for (const auto& [name, t] : m.state()) {
-    if (!is_linear_weight(name)) {
+    if (!quantizable_weight(name, m.config())) {
       q.dense.emplace(name, t);
       continue;
     }
@@ -252,7 +261,11 @@ QuantizedWeights load_quantized_model(const std::string& dir) {
     return file.get(name);
   };
   for (const auto& [name, shape] : model::CausalLM::tensor_shapes(q.config)) {  // names and shapes, no model
-    if (!is_linear_weight(name)) {
+    // A tied embedding is stored in lm_head_format; dirs written before that (and GPTQ / AWQ ones) keep it f32.
+    const bool stored_as_codes =
+        quantizable_weight(name, q.config) &&
+        (is_linear_weight(name) || (file.contains(name) && !is_floating_st(file.entry(name).dtype)));
+    if (!stored_as_codes) {
       Tensor v = get(name, true);
       LMF_CHECK(v.shape() == shape && is_floating(v.dtype()), st_path, ": tensor '", name, "' is ", v.str(),
                 ", the config expects f32 ", shape_str(shape));

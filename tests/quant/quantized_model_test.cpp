@@ -143,6 +143,50 @@ TEST_F(QuantDir, RtnFromDirEqualsRtnOfTheLoadedModel) {
   }
 }
 
+// A tied model's embedding is its LM head: stored in lm_head_format (codes, like a linear), loaded back as such, and
+// the same numbers come out as from the f32 model with that one matrix rounded; a dir that kept it f32 still loads.
+TEST_F(QuantDir, TiedEmbeddingTakesTheLmHeadFormat) {
+  nlohmann::json j = nlohmann::json::parse(R"({"model_type":"llama","vocab_size":300,"hidden_size":128,
+    "intermediate_size":256,"num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,
+    "max_position_embeddings":128,"tie_word_embeddings":true})");
+  model::CausalLM m(model::parse_model_config(j, "tied"));
+  m.init_random(3);
+  m.save(path("tied"));
+  QuantConfig qc;
+  qc.format = WeightFormat::Q4_0;  // lm_head_format stays q8_0
+  const QuantizedWeights q = quantize_rtn(m, qc);
+  ASSERT_TRUE(q.linear.count("model.embed_tokens.weight"));
+  EXPECT_FALSE(q.dense.count("model.embed_tokens.weight"));
+  EXPECT_EQ(q.linear.at("model.embed_tokens.weight").format(), WeightFormat::Q8_0);
+  const QuantizedWeights d = quantize_rtn_dir(path("tied"), qc);  // the streaming path agrees
+  ASSERT_TRUE(d.linear.count("model.embed_tokens.weight"));
+  const WeightMatrix& a = d.linear.at("model.embed_tokens.weight");
+  const WeightMatrix& b = q.linear.at("model.embed_tokens.weight");
+  ASSERT_EQ(a.codes().nbytes(), b.codes().nbytes());
+  EXPECT_EQ(std::memcmp(a.codes().raw_data(), b.codes().raw_data(), b.codes().nbytes()), 0);
+
+  save_quantized_model(path("tq"), q, "");
+  const QuantizedWeights back = load_quantized_model(path("tq"));
+  ASSERT_TRUE(back.linear.count("model.embed_tokens.weight"));
+  EXPECT_EQ(back.linear.at("model.embed_tokens.weight").format(), WeightFormat::Q8_0);
+  const Tensor x = ids(20, 300);
+  const Tensor got = dequantize_to_causal_lm(back).forward(x).logits.value();
+  EXPECT_EQ(rel(got, dequantize_to_causal_lm(q).forward(x).logits.value()), 0.0);
+  const Tensor ref = m.forward(x).logits.value();
+  EXPECT_GT(rel(got, ref), 0.0);
+  EXPECT_LT(rel(got, ref), 0.25);
+
+  // The older layout: the tied embedding f32 among the dense tensors.
+  QuantizedWeights old = q;
+  for (const auto& [name, t] : m.state())
+    if (name == "model.embed_tokens.weight") old.dense.emplace(name, t);
+  old.linear.erase("model.embed_tokens.weight");
+  save_quantized_model(path("tq_old"), old, "");
+  const QuantizedWeights o = load_quantized_model(path("tq_old"));
+  EXPECT_TRUE(o.dense.count("model.embed_tokens.weight"));
+  EXPECT_FALSE(o.linear.count("model.embed_tokens.weight"));
+}
+
 // Rewrites one tensor (or drops / adds one) in a saved quantized dir.
 void edit_tensors(const std::string& dir, const std::function<void(io::NamedTensors&)>& fn) {
   const std::string p = dir + "/model.safetensors";

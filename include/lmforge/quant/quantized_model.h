@@ -36,7 +36,12 @@ struct QuantizedWeights {
 // Router gates (mlp.gate.weight), embeddings and norms stay f32.
 bool is_linear_weight(const std::string& name);
 
-// The format `name` gets under `q` (f32 when it is listed as not quantized).
+// The weights a quantized dir stores in a WeightFormat: the linears, and a tied model's embedding, which is its LM
+// head too (so it takes lm_head_format: the largest matrix of a small tied model, read by every decode step).
+bool quantizable_weight(const std::string& name, const model::ModelConfig& c);
+
+// The format `name` gets under `q` (f32 when it is listed as not quantized; lm_head_format for the LM head and a
+// tied embedding).
 WeightFormat format_for(const QuantConfig& q, const std::string& name);
 
 // Reads a model dir, quantized or not. Every tensor is checked against the config (names, shapes, dtypes, the
