@@ -6,6 +6,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -198,6 +199,25 @@ TEST_F(GgufTest, RowRangesAndDroppedPages) {
     EXPECT_EQ(f.get_f32(name).to_float_vector(), all);
     EXPECT_THROW(f.get_f32_rows(name, 3, 2), Error);
     EXPECT_THROW(f.get_f32_rows(name, -1, 1), Error);
+  }
+}
+
+// A type the reader lists but cannot dequantize (q8_1): get_f32 and any row range, even an empty one (what the
+// importer checks each tensor with before writing anything), are refused naming the tensor and the type.
+TEST(GgufBad, TypeThatCannotBeDequantized) {
+  Bytes q81;
+  q81.header(1, 0).tensor_info("w", {32}, 9, 0).pad();
+  q81.b += std::string(64, '\0');
+  const GgufFile f = GgufFile::from_bytes(q81.b, "q81.gguf");
+  for (const auto& read :
+       std::vector<std::function<void()>>{[&] { (void)f.get_f32("w"); }, [&] { (void)f.get_f32_rows("w", 0, 0); }}) {
+    try {
+      read();
+      ADD_FAILURE() << "expected lmforge::Error";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("q81.gguf: tensor \"w\": type q8_1 is not supported"), std::string::npos)
+          << e.what();
+    }
   }
 }
 
