@@ -1,9 +1,12 @@
 // Model directory -> GGUF (architectures llama and deepseek2, llama.cpp's conventions).
 #include "lmforge/export/gguf_export.h"
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -38,93 +41,151 @@ uint32_t file_type(DType t) {
   }
 }
 
+// A tensor of the checkpoint as the export sees it: shape and dtype now, values only when the writer reaches it (so the
+// export holds one converted tensor at a time, never the converted model).
+struct Source {
+  Shape shape;
+  DType dtype = DType::F32;
+  std::function<Tensor()> get;
+  std::function<void()> done;  // after its bytes are in the file: e.g. hand the mapping's pages back
+};
+
+Source of(const Tensor& t) {
+  return {t.shape(), t.dtype(), [t] { return t; }, {}};
+}
+
 class Emitter {
  public:
   Emitter(io::GgufWriter& w, DType type) : w_(w), type_(type) {}
 
-  // Weight matrices (2-D and stacked 3-D) take the requested type when their rows split into 32-value blocks;
-  // 1-D tensors and the MoE router stay f32, as in llama.cpp's converter (the router's logits decide routing).
-  void add(const std::string& name, const Tensor& t, bool matrix = true) {
-    // Blocks from a quantized model dir: kept as they are when the file asks for their type (and a q8_0 LM head in a
-    // q4_0 file, as llama.cpp keeps its output layer at more bits), so nothing is rounded twice.
-    if (matrix && (t.dtype() == DType::Q8_0 || t.dtype() == DType::Q4_0) &&
-        (t.dtype() == type_ || (name == "output.weight" && t.dtype() == DType::Q8_0 && type_ == DType::Q4_0))) {
-      ++quantized_;
-      ++copied_;
-      w_.add_tensor(name, t.contiguous());
-      return;
+  void add(const std::string& name, Source s, bool matrix = true) {
+    const DType dt = out_dtype(name, s.shape, s.dtype, matrix);
+    w_.add_tensor(
+        name, s.shape, dt, [get = std::move(s.get), dt] { return convert(get(), dt); }, std::move(s.done));
+  }
+
+  // Experts' matrices as one [n, rows, cols] tensor, each converted into its slice in turn (so a stack of experts
+  // is never held in f32 on its way to a smaller type).
+  void add_stack(const std::string& name, std::vector<Source> parts) {
+    LMF_CHECK(!parts.empty(), "GGUF tensor ", name, ": no experts to stack");
+    Shape shape = parts[0].shape;
+    shape.insert(shape.begin(), static_cast<int64_t>(parts.size()));
+    DType src = parts[0].dtype;  // all of one dtype: kept as the source (experts' q8_0 / q4_0 blocks); mixed: f32
+    for (const Source& p : parts) {
+      LMF_CHECK(p.shape == parts[0].shape, "GGUF tensor ", name, ": experts of shapes ", shape_str(p.shape), " and ",
+                shape_str(parts[0].shape), " do not stack");
+      if (p.dtype != src) src = DType::F32;
     }
-    Tensor f = t.to(DType::F32).contiguous();
-    DType dt = DType::F32;
-    if (matrix && f.dim() >= 2 && type_ != DType::F32) {
-      if (type_ == DType::F16 || f.size(-1) % 32 == 0) dt = type_;
-    }
-    if (dt != DType::F32) ++quantized_;
-    w_.add_tensor(name, dt == DType::F32 ? f : f.to(dt));
+    const DType dt = out_dtype(name, shape, src, true);
+    w_.add_tensor(name, shape, dt, [parts = std::move(parts), shape, dt] {
+      Tensor out = Tensor::empty(shape, dt);
+      const size_t n = out.nbytes() / parts.size();
+      for (const Source& p : parts) {
+        const Tensor c = convert(p.get(), dt);
+        std::memcpy(static_cast<unsigned char*>(out.raw_data()) + static_cast<size_t>(&p - parts.data()) * n,
+                    c.raw_data(), n);
+        if (p.done) p.done();
+      }
+      return out;
+    });
   }
   int64_t quantized() const { return quantized_; }
   int64_t copied() const { return copied_; }
 
  private:
+  // Weight matrices (2-D and stacked 3-D) take the requested type when their rows split into 32-value blocks;
+  // 1-D tensors and the MoE router stay f32, as in llama.cpp's converter (the router's logits decide routing).
+  // Blocks from a quantized model dir are kept as they are when the file asks for their type (and a q8_0 LM head in
+  // a q4_0 file, as llama.cpp keeps its output layer at more bits), so nothing is rounded twice.
+  DType out_dtype(const std::string& name, const Shape& shape, DType src, bool matrix) {
+    if (matrix && (src == DType::Q8_0 || src == DType::Q4_0) &&
+        (src == type_ || (name == "output.weight" && src == DType::Q8_0 && type_ == DType::Q4_0))) {
+      ++quantized_;
+      ++copied_;
+      return src;
+    }
+    DType dt = DType::F32;
+    if (matrix && shape.size() >= 2 && type_ != DType::F32 && (type_ == DType::F16 || shape.back() % 32 == 0))
+      dt = type_;
+    if (dt != DType::F32) ++quantized_;
+    return dt;
+  }
+  // The bytes of `t` in `dt`: as they are when already of that dtype (f16 -> f32 -> f16 is exact), else through f32.
+  static Tensor convert(const Tensor& t, DType dt) {
+    if (t.dtype() == dt) return t.contiguous();
+    Tensor f = t.to(DType::F32).contiguous();
+    return dt == DType::F32 ? f : f.to(dt);
+  }
+
   io::GgufWriter& w_;
   DType type_;
   int64_t quantized_ = 0;
   int64_t copied_ = 0;
 };
 
-// The weights by HF name: a plain dir's as f32; a quantized dir's (docs/QUANTIZATION.md) with its q8_0 / q4_0
-// matrices as block tensors of that dtype (GGUF's own layout) and the other formats dequantized, so exporting a
-// quantized dir never builds the f32 model.
-std::vector<std::pair<std::string, Tensor>> load_state(const std::string& model_dir, const std::string& config_path) {
+// The weights by HF name: a plain dir's as the files hold them (views of the mappings; bf16 stays bf16), checked
+// against the config as CausalLM::load checks them; a quantized dir's (docs/QUANTIZATION.md) with its q8_0 / q4_0
+// matrices as block tensors of that dtype (GGUF's own layout) and the other formats dequantized one at a time, so
+// exporting never builds the f32 model.
+std::vector<std::pair<std::string, Source>> load_state(const std::string& model_dir, const std::string& config_path) {
   std::ifstream in(config_path);
   const nlohmann::json raw = nlohmann::json::parse(in, nullptr, false);
-  std::vector<std::pair<std::string, Tensor>> state;
+  std::vector<std::pair<std::string, Source>> state;
   if (raw.is_object() && raw.contains("quantization_config")) {
     quant::QuantizedWeights q = quant::load_quantized_model(model_dir);
     for (auto& [name, w] : q.linear) {
-      const WeightMatrix f = w.file_layout();
-      const bool blocks = f.format() == WeightFormat::Q8_0 || f.format() == WeightFormat::Q4_0;
-      state.emplace_back(name, blocks ? f.codes() : f.dequantize());
+      const bool blocks = w.format() == WeightFormat::Q8_0 || w.format() == WeightFormat::Q4_0;
+      const DType dt = w.format() == WeightFormat::Q8_0 ? DType::Q8_0 : blocks ? DType::Q4_0 : DType::F32;
+      state.emplace_back(name, Source{{w.rows(), w.cols()},
+                                      dt,
+                                      [w = w, blocks] { return blocks ? w.file_layout().codes() : w.dequantize(); },
+                                      {}});
     }
-    for (auto& [name, t] : q.dense) state.emplace_back(name, t);
+    for (auto& [name, t] : q.dense) state.emplace_back(name, of(t));
     return state;
   }
-  // A plain dir: views of the files' mappings (bf16 stays bf16), each converted as it is added, checked against
-  // the config as CausalLM::load checks them.
   const model::ModelConfig cfg = model::load_model_config(config_path);
   std::string source;
-  std::map<std::string, Tensor> file;
+  std::map<std::string, std::shared_ptr<const io::SafetensorsFile>> file;
   for (const std::string& p : io::model_weight_files(model_dir, source)) {
-    const io::SafetensorsFile f = io::SafetensorsFile::open(p);
-    for (const std::string& name : f.names()) file.emplace(name, f.get(name));
+    auto f = std::make_shared<const io::SafetensorsFile>(io::SafetensorsFile::open(p));
+    for (const std::string& name : f->names()) file.emplace(name, f);
   }
   for (const auto& [name, shape] : model::CausalLM::tensor_shapes(cfg)) {
     auto it = file.find(name);
     LMF_CHECK(it != file.end(), source, ": tensor '", name, "' is missing (the config expects it)");
-    LMF_CHECK(it->second.shape() == shape, source, ": tensor '", name, "' has shape ", shape_str(it->second.shape()),
+    const Tensor t = it->second->get(name);
+    LMF_CHECK(t.shape() == shape, source, ": tensor '", name, "' has shape ", shape_str(t.shape()),
               ", the config expects ", shape_str(shape));
-    LMF_CHECK(is_floating(it->second.dtype()), source, ": tensor '", name, "' has dtype ",
-              dtype_name(it->second.dtype()), ", expected a floating-point type");
-    state.emplace_back(name, it->second);
+    LMF_CHECK(is_floating(t.dtype()), source, ": tensor '", name, "' has dtype ", dtype_name(t.dtype()),
+              ", expected a floating-point type");
+    state.emplace_back(name, Source{shape, t.dtype(), [f = it->second, name = name] { return f->get(name); },
+                                    [f = it->second, name = name] { f->drop_pages(name); }});
     file.erase(it);
   }
-  for (const auto& [name, t] : file)
+  for (const auto& [name, f] : file)
     LMF_CHECK(model::CausalLM::skippable_extra_tensor(name, cfg), source, ": unexpected tensor '", name,
               "' (not part of a ", cfg.model_type, " model with this config)");
   return state;
 }
 
+// llama's Q/K rows in GGUF order.
+Source permuted_qk(Source s, int64_t n_head) {
+  s.get = [get = std::move(s.get), n_head] { return permute_qk_to_gguf(get(), n_head); };
+  return s;
+}
+
 // The checkpoint's tensors by HF name; each is consumed once so leftovers can be reported.
 class Tensors {
  public:
-  Tensors(std::vector<std::pair<std::string, Tensor>> state, std::string source) : source_(std::move(source)) {
+  Tensors(std::vector<std::pair<std::string, Source>> state, std::string source) : source_(std::move(source)) {
     for (auto& [k, v] : state) map_.emplace(std::move(k), std::move(v));
   }
   bool has(const std::string& name) const { return map_.count(name) != 0; }
-  Tensor take(const std::string& name) {
+  Source take(const std::string& name) {
     auto it = map_.find(name);
     LMF_CHECK(it != map_.end(), source_, ": tensor ", name, " missing");
-    Tensor t = it->second;
+    Source t = std::move(it->second);
     map_.erase(it);
     return t;
   }
@@ -134,7 +195,7 @@ class Tensors {
   }
 
  private:
-  std::map<std::string, Tensor> map_;
+  std::map<std::string, Source> map_;
   std::string source_;
 };
 
@@ -162,8 +223,7 @@ void add_common_hparams(io::GgufWriter& w, const std::string& a, const model::Mo
   }
 }
 
-void export_llama(io::GgufWriter& w, Emitter& e, Tensors& t, const model::ModelConfig& c, const std::string& src,
-                  const GgufExportOptions& opt) {
+void export_llama(io::GgufWriter& w, Emitter& e, Tensors& t, const model::ModelConfig& c, const std::string& src) {
   for (int64_t l = 0; l < c.num_hidden_layers; ++l)
     if (c.is_sliding_layer(l))
       throw Error(src + ": layer_types[" + std::to_string(l) +
@@ -182,13 +242,13 @@ void export_llama(io::GgufWriter& w, Emitter& e, Tensors& t, const model::ModelC
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".", b = "blk." + std::to_string(l) + ".";
     e.add(b + "attn_norm.weight", t.take(p + "input_layernorm.weight"));
-    e.add(b + "attn_q.weight", permute_qk_to_gguf(t.take(p + "self_attn.q_proj.weight"), c.num_attention_heads));
-    e.add(b + "attn_k.weight", permute_qk_to_gguf(t.take(p + "self_attn.k_proj.weight"), c.num_key_value_heads));
+    e.add(b + "attn_q.weight", permuted_qk(t.take(p + "self_attn.q_proj.weight"), c.num_attention_heads));
+    e.add(b + "attn_k.weight", permuted_qk(t.take(p + "self_attn.k_proj.weight"), c.num_key_value_heads));
     e.add(b + "attn_v.weight", t.take(p + "self_attn.v_proj.weight"));
     e.add(b + "attn_output.weight", t.take(p + "self_attn.o_proj.weight"));
     if (c.attention_bias) {
-      e.add(b + "attn_q.bias", permute_qk_to_gguf(t.take(p + "self_attn.q_proj.bias"), c.num_attention_heads));
-      e.add(b + "attn_k.bias", permute_qk_to_gguf(t.take(p + "self_attn.k_proj.bias"), c.num_key_value_heads));
+      e.add(b + "attn_q.bias", permuted_qk(t.take(p + "self_attn.q_proj.bias"), c.num_attention_heads));
+      e.add(b + "attn_k.bias", permuted_qk(t.take(p + "self_attn.k_proj.bias"), c.num_key_value_heads));
       e.add(b + "attn_v.bias", t.take(p + "self_attn.v_proj.bias"));
       e.add(b + "attn_output.bias", t.take(p + "self_attn.o_proj.bias"));
     }
@@ -196,7 +256,6 @@ void export_llama(io::GgufWriter& w, Emitter& e, Tensors& t, const model::ModelC
     e.add(b + "ffn_gate.weight", t.take(p + "mlp.gate_proj.weight"));
     e.add(b + "ffn_up.weight", t.take(p + "mlp.up_proj.weight"));
     e.add(b + "ffn_down.weight", t.take(p + "mlp.down_proj.weight"));
-    if (opt.progress) opt.progress(l + 1, c.num_hidden_layers);
   }
   e.add("output_norm.weight", t.take("model.norm.weight"));
   if (!c.tie_word_embeddings) e.add("output.weight", t.take("lm_head.weight"));
@@ -209,7 +268,7 @@ void export_llama(io::GgufWriter& w, Emitter& e, Tensors& t, const model::ModelC
                               scaled = model::rope_inv_freq(c, c.head_dim);
     std::vector<double> factors(base.size());
     for (size_t i = 0; i < base.size(); ++i) factors[i] = base[i] / scaled[i];
-    e.add("rope_freqs.weight", Tensor::from_vector(factors, {static_cast<int64_t>(factors.size())}), false);
+    e.add("rope_freqs.weight", of(Tensor::from_vector(factors, {static_cast<int64_t>(factors.size())})), false);
   }
 }
 
@@ -219,10 +278,10 @@ void export_moe(Emitter& e, Tensors& t, const model::ModelConfig& c, const std::
   if (t.has(m + "gate.e_score_correction_bias"))
     e.add(b + "exp_probs_b.bias", t.take(m + "gate.e_score_correction_bias"));
   for (const char* proj : {"gate", "up", "down"}) {
-    std::vector<Tensor> parts;
+    std::vector<Source> parts;
     for (int64_t x = 0; x < c.n_routed_experts; ++x)
       parts.push_back(t.take(m + "experts." + std::to_string(x) + "." + proj + "_proj.weight"));
-    e.add(b + "ffn_" + proj + "_exps.weight", stack(parts));
+    e.add_stack(b + "ffn_" + proj + "_exps.weight", std::move(parts));
   }
   if (c.n_shared_experts > 0) {
     e.add(b + "ffn_gate_shexp.weight", t.take(m + "shared_experts.gate_proj.weight"));
@@ -231,8 +290,7 @@ void export_moe(Emitter& e, Tensors& t, const model::ModelConfig& c, const std::
   }
 }
 
-void export_deepseek2(io::GgufWriter& w, Emitter& e, Tensors& t, const model::ModelConfig& c, const std::string& src,
-                      const GgufExportOptions& opt) {
+void export_deepseek2(io::GgufWriter& w, Emitter& e, Tensors& t, const model::ModelConfig& c, const std::string& src) {
   if (c.moe_layer_freq != 1)
     throw Error(src + ": moe_layer_freq " + std::to_string(c.moe_layer_freq) +
                 ": llama.cpp's deepseek2 makes every layer after first_k_dense_replace an MoE layer (not exported)");
@@ -291,10 +349,18 @@ void export_deepseek2(io::GgufWriter& w, Emitter& e, Tensors& t, const model::Mo
     }
     e.add(b + "attn_kv_a_mqa.weight", t.take(s + "kv_a_proj_with_mqa.weight"));
     e.add(b + "attn_kv_a_norm.weight", t.take(s + "kv_a_layernorm.weight"));
-    Tensor k_b, v_b;
-    split_kv_b(t.take(s + "kv_b_proj.weight"), H, c.qk_nope_head_dim, c.v_head_dim, k_b, v_b);
-    e.add(b + "attn_k_b.weight", k_b);
-    e.add(b + "attn_v_b.weight", v_b);
+    // attn_k_b [H, r, nope] (transposed) and attn_v_b [H, v, r], each split from kv_b_proj when it is due.
+    const Source kv_b = t.take(s + "kv_b_proj.weight");
+    const int64_t r = c.kv_lora_rank, nope = c.qk_nope_head_dim, v = c.v_head_dim;
+    const auto part = [kv_b, H, nope, v](bool k) {
+      return [get = kv_b.get, H, nope, v, k] {
+        Tensor k_b, v_b;
+        split_kv_b(get(), H, nope, v, k_b, v_b);
+        return k ? k_b : v_b;
+      };
+    };
+    e.add(b + "attn_k_b.weight", Source{{H, r, nope}, DType::F32, part(true), {}});
+    e.add(b + "attn_v_b.weight", Source{{H, v, r}, DType::F32, part(false), kv_b.done});
     e.add(b + "attn_output.weight", t.take(s + "o_proj.weight"));
     e.add(b + "ffn_norm.weight", t.take(p + "post_attention_layernorm.weight"));
     const std::string m = p + "mlp.";
@@ -305,7 +371,6 @@ void export_deepseek2(io::GgufWriter& w, Emitter& e, Tensors& t, const model::Mo
     } else {
       export_moe(e, t, c, m, b);
     }
-    if (opt.progress) opt.progress(l + 1, c.num_hidden_layers);
   }
   e.add("output_norm.weight", t.take("model.norm.weight"));
   if (!c.tie_word_embeddings) e.add("output.weight", t.take("lm_head.weight"));
@@ -346,13 +411,18 @@ GgufExportSummary export_gguf(const std::string& model_dir, const std::string& o
   Emitter e(w, type);
   Tensors t(load_state(model_dir, config_path), (fs::path(model_dir) / "model.safetensors").string());
   if (cfg.is_deepseek()) {
-    export_deepseek2(w, e, t, cfg, config_path, opt);
+    export_deepseek2(w, e, t, cfg, config_path);
   } else {
-    export_llama(w, e, t, cfg, config_path, opt);
+    export_llama(w, e, t, cfg, config_path);
   }
   t.check_all_used();
   for (const auto& [key, value] : tok.metadata()) w.set(key, value);
-  w.write(out_path);
+  std::function<void(size_t, size_t)> progress;
+  if (opt.progress)
+    progress = [&](size_t done, size_t total) {
+      opt.progress(static_cast<int64_t>(done), static_cast<int64_t>(total));
+    };
+  w.write(out_path, progress);
   s.tensors = static_cast<int64_t>(w.tensor_count());
   s.quantized = e.quantized();
   s.blocks_copied = e.copied();

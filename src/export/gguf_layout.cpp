@@ -47,24 +47,6 @@ Tensor unpermute_qk_from_gguf(const Tensor& t, int64_t n_head) {
   return gather_rows(t, [=](int64_t r) { return gguf_qk_row(r, d); });
 }
 
-Tensor stack(const std::vector<Tensor>& parts) {
-  LMF_CHECK(!parts.empty(), "stack: no tensors");
-  Shape shape = parts[0].shape();
-  shape.insert(shape.begin(), static_cast<int64_t>(parts.size()));
-  // All of one dtype: kept (experts' q8_0 / q4_0 blocks stack as they are); mixed: f32.
-  DType dt = parts[0].dtype();
-  for (const Tensor& p : parts)
-    if (p.dtype() != dt) dt = DType::F32;
-  Tensor out = Tensor::empty(shape, dt);
-  const size_t n = out.nbytes() / parts.size();
-  for (size_t i = 0; i < parts.size(); ++i) {
-    LMF_CHECK(parts[i].shape() == parts[0].shape(), "stack: ", parts[i].str(), " differs from ", parts[0].str());
-    const Tensor p = parts[i].to(dt).contiguous();
-    std::memcpy(static_cast<unsigned char*>(out.raw_data()) + i * n, p.raw_data(), n);
-  }
-  return out;
-}
-
 void split_kv_b(const Tensor& kv_b, int64_t n_head, int64_t nope, int64_t v, Tensor& k_b, Tensor& v_b) {
   LMF_CHECK(kv_b.dim() == 2 && kv_b.size(0) == n_head * (nope + v), "kv_b_proj ", kv_b.str(), " is not [", n_head,
             " * (", nope, " + ", v, "), r]");

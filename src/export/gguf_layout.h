@@ -20,10 +20,6 @@ inline int64_t gguf_qk_row(int64_t r, int64_t d) {
   return h * d + 2 * (k % half) + k / half;
 }
 
-// Stacks equal-shaped tensors into one [n, ...] tensor (routed experts -> ffn_*_exps): their dtype when they share
-// one (q8_0 / q4_0 blocks included), else f32.
-Tensor stack(const std::vector<Tensor>& parts);
-
 // llama.cpp's deepseek2 split of kv_b_proj [H * (nope + v), r] into attn_k_b [H, r, nope] (transposed) and
 // attn_v_b [H, v, r], and the inverse.
 void split_kv_b(const Tensor& kv_b, int64_t n_head, int64_t nope, int64_t v, Tensor& k_b, Tensor& v_b);

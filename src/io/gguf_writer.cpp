@@ -105,15 +105,28 @@ bool GgufWriter::has_key(const std::string& key) const {
   return std::any_of(kv_.begin(), kv_.end(), [&](const auto& p) { return p.first == key; });
 }
 
-void GgufWriter::add_tensor(const std::string& name, const Tensor& t) {
-  LMF_CHECK(!name.empty() && name.size() <= kMaxName, "GGUF tensor name \"", name, "\" must be 1 to ", kMaxName,
-            " bytes");
-  LMF_CHECK(t.defined() && t.is_contiguous(), "GGUF tensor \"", name, "\" must be contiguous");
-  LMF_CHECK(t.dim() >= 1 && t.dim() <= static_cast<int64_t>(kMaxDims), "GGUF tensor \"", name, "\" has ", t.dim(),
+void GgufWriter::check_new_tensor(const std::string& name, const Shape& shape, DType dtype) const {
+  LMF_CHECK(!name.empty() && name.size() <= kMaxName, "GGUF tensor \"", name, "\" must be 1 to ", kMaxName, " bytes");
+  LMF_CHECK(!shape.empty() && shape.size() <= kMaxDims, "GGUF tensor \"", name, "\" has ", shape.size(),
             " dimensions; 1 to 4 are allowed");
-  (void)ggml_of_dtype(t.dtype());  // throws for a dtype GGUF cannot hold
-  for (const auto& p : tensors_) LMF_CHECK(p.first != name, "GGUF tensor \"", name, "\" added twice");
-  tensors_.emplace_back(name, t);
+  for (int64_t d : shape) LMF_CHECK(d >= 0, "GGUF tensor \"", name, "\" has shape ", shape_str(shape));
+  (void)ggml_of_dtype(dtype);  // throws for a dtype GGUF cannot hold
+  LMF_CHECK(shape.back() % block_size(dtype) == 0, "GGUF tensor \"", name, "\": ", dtype_name(dtype), " rows of ",
+            shape.back(), " values are not whole blocks of ", block_size(dtype));
+  for (const Entry& e : tensors_) LMF_CHECK(e.name != name, "GGUF tensor \"", name, "\" added twice");
+}
+
+void GgufWriter::add_tensor(const std::string& name, const Tensor& t) {
+  LMF_CHECK(t.defined() && t.is_contiguous(), "GGUF tensor \"", name, "\" must be contiguous");
+  check_new_tensor(name, t.shape(), t.dtype());
+  tensors_.push_back({name, t.shape(), t.dtype(), t, {}, {}});
+}
+
+void GgufWriter::add_tensor(const std::string& name, const Shape& shape, DType dtype, std::function<Tensor()> produce,
+                            std::function<void()> done) {
+  LMF_CHECK(produce != nullptr, "GGUF tensor \"", name, "\": no producer");
+  check_new_tensor(name, shape, dtype);
+  tensors_.push_back({name, shape, dtype, {}, std::move(produce), std::move(done)});
 }
 
 uint64_t GgufWriter::alignment() const {
@@ -123,7 +136,7 @@ uint64_t GgufWriter::alignment() const {
 }
 
 template <typename Sink>
-void GgufWriter::emit(Sink& s) const {
+void GgufWriter::emit(Sink& s, const std::function<void(size_t, size_t)>& progress) const {
   const uint64_t align = alignment();
   put<Sink, uint32_t>(s, kMagic);
   put<Sink, uint32_t>(s, 3);
@@ -134,31 +147,42 @@ void GgufWriter::emit(Sink& s) const {
     put<Sink, uint32_t>(s, static_cast<uint32_t>(v.type));
     put_value(s, v);
   }
+  const auto nbytes = [](const Entry& e) {
+    return static_cast<uint64_t>(shape_numel(e.shape) / block_size(e.dtype)) * type_size(e.dtype);
+  };
   uint64_t offset = 0;
-  for (const auto& [name, t] : tensors_) {
-    put_str(s, name);
-    put<Sink, uint32_t>(s, static_cast<uint32_t>(t.dim()));
-    for (int64_t d = t.dim(); d-- > 0;) put<Sink, uint64_t>(s, static_cast<uint64_t>(t.size(d)));
-    put<Sink, uint32_t>(s, static_cast<uint32_t>(ggml_of_dtype(t.dtype())));
+  for (const Entry& e : tensors_) {
+    put_str(s, e.name);
+    put<Sink, uint32_t>(s, static_cast<uint32_t>(e.shape.size()));
+    for (size_t d = e.shape.size(); d-- > 0;) put<Sink, uint64_t>(s, static_cast<uint64_t>(e.shape[d]));
+    put<Sink, uint32_t>(s, static_cast<uint32_t>(ggml_of_dtype(e.dtype)));
     put<Sink, uint64_t>(s, offset);
-    offset = align_up(offset + t.nbytes(), align);
+    offset = align_up(offset + nbytes(e), align);
   }
   pad_to(s, align);
-  for (const auto& [name, t] : tensors_) {
-    s.write(t.raw_data(), t.nbytes());
+  for (size_t i = 0; i < tensors_.size(); ++i) {
+    const Entry& e = tensors_[i];
+    Tensor t = e.tensor.defined() ? e.tensor : e.produce();
+    LMF_CHECK(t.defined() && t.dtype() == e.dtype && t.shape() == e.shape, "GGUF tensor \"", e.name, "\": made ",
+              t.defined() ? t.str() : std::string("nothing"), ", announced ", dtype_name(e.dtype), shape_str(e.shape));
+    if (!t.is_contiguous()) t = t.contiguous();
+    s.write(t.raw_data(), nbytes(e));
+    t = Tensor();
     pad_to(s, align);
+    if (e.done) e.done();
+    if (progress) progress(i + 1, tensors_.size());
   }
 }
 
 std::string GgufWriter::serialize() const {
   StringSink s;
-  emit(s);
+  emit(s, {});
   return std::move(s.out);
 }
 
-void GgufWriter::write(const std::string& path) const {
+void GgufWriter::write(const std::string& path, const std::function<void(size_t, size_t)>& progress) const {
   FileSink s{AtomicFileWriter(path)};
-  emit(s);
+  emit(s, progress);
   s.w.commit();
 }
 

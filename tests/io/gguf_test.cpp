@@ -221,6 +221,60 @@ TEST(GgufBad, TypeThatCannotBeDequantized) {
   }
 }
 
+// Tensors added as producers: the same bytes as the tensors themselves, each produced once, in file order, after the
+// previous one's bytes (and its done()) and with progress after each; a result of another dtype or shape than
+// announced is refused naming the tensor, and no file is left (the old one stays).
+TEST_F(GgufTest, ProducedTensorsAreMadeWhenTheirBytesAreDue) {
+  std::vector<float> x(3 * 64);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = std::sin(0.21f * static_cast<float>(i));
+  const std::vector<Tensor> ts = {Tensor::from_vector(x, {3, 64}).to(DType::Q4_0),
+                                  Tensor::from_vector(std::vector<float>{1, 2, 3}, {3}),
+                                  Tensor::from_vector(x, {2, 3, 32}).to(DType::F16)};
+  GgufWriter eager, lazy;
+  std::vector<std::string> events;
+  for (size_t i = 0; i < ts.size(); ++i) {
+    const std::string name = "t" + std::to_string(i);
+    eager.add_tensor(name, ts[i]);
+    lazy.add_tensor(
+        name, ts[i].shape(), ts[i].dtype(),
+        [&, i] {
+          events.push_back("make " + std::to_string(i));
+          return ts[i];
+        },
+        [&, i] { events.push_back("done " + std::to_string(i)); });
+  }
+  EXPECT_TRUE(events.empty());  // nothing is made when added
+  lazy.write(path("lazy.gguf"), [&](size_t n, size_t total) {
+    events.push_back("progress " + std::to_string(n) + "/" + std::to_string(total));
+  });
+  EXPECT_EQ(events, (std::vector<std::string>{"make 0", "done 0", "progress 1/3", "make 1", "done 1", "progress 2/3",
+                                              "make 2", "done 2", "progress 3/3"}));
+  std::ifstream in(path("lazy.gguf"), std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  EXPECT_EQ(ss.str(), eager.serialize());
+
+  for (const Tensor& wrong : {Tensor::from_vector(x, {3, 64}), Tensor::from_vector(x, {64, 3}).to(DType::F16)}) {
+    GgufWriter w;
+    w.add_tensor("ok", ts[1]);
+    w.add_tensor("bad", {3, 64}, DType::F16, [wrong] { return wrong; });
+    try {
+      w.write(path("lazy.gguf"));
+      ADD_FAILURE() << "expected lmforge::Error";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("GGUF tensor \"bad\": made "), std::string::npos) << e.what();
+    }
+    std::ifstream again(path("lazy.gguf"), std::ios::binary);
+    std::stringstream kept;
+    kept << again.rdbuf();
+    EXPECT_EQ(kept.str(), ss.str());  // the earlier file, untouched; no temporary left
+    for (const auto& e : std::filesystem::directory_iterator(dir_)) EXPECT_EQ(e.path().filename(), "lazy.gguf");
+  }
+  GgufWriter w;
+  EXPECT_THROW(w.add_tensor("q", {3, 48}, DType::Q8_0, [] { return Tensor(); }), Error);  // not whole blocks
+  EXPECT_THROW(w.add_tensor("n", {3}, DType::F32, nullptr), Error);
+}
+
 TEST(Gguf, WriterRefusesBadInput) {
   GgufWriter w;
   w.set("k", GgufValue::u32(1));

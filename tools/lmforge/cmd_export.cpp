@@ -38,17 +38,17 @@ int run_export(const ExportArgs& a, bool json) {
   const auto t0 = std::chrono::steady_clock::now();
   std::fprintf(stderr, "export gguf: %s -> %s (%s)\n", a.model.c_str(), a.out.c_str(), a.opt.type.c_str());
   exporter::GgufExportOptions opt = a.opt;
-  // Layer progress: redrawn in place on a terminal; otherwise a line at most every 5 s, so logs stay short.
+  // Progress by tensor written: redrawn in place on a terminal; otherwise a line at most every 5 s, so logs stay short.
   const bool tty = ::isatty(2) != 0;
   auto last = t0;
   opt.progress = [&](int64_t done, int64_t total) {
     const auto now = std::chrono::steady_clock::now();
     if (tty) {
-      std::fprintf(stderr, "\rexport gguf: layer %lld/%lld", static_cast<long long>(done),
+      std::fprintf(stderr, "\rexport gguf: tensor %lld/%lld", static_cast<long long>(done),
                    static_cast<long long>(total));
       if (done == total) std::fputc('\n', stderr);
     } else if (std::chrono::duration<double>(now - last).count() >= 5.0 && done < total) {
-      std::fprintf(stderr, "export gguf: layer %lld/%lld, %.0f s\n", static_cast<long long>(done),
+      std::fprintf(stderr, "export gguf: tensor %lld/%lld, %.0f s\n", static_cast<long long>(done),
                    static_cast<long long>(total), seconds_since(t0));
       last = now;
     }

@@ -23,7 +23,8 @@ struct GgufExportOptions {
   // tokenizer.ggml.pre; empty: chosen by matching tokenizer.json's pre-tokenizer (an unknown one is an error).
   std::string pre;
   std::string name;  // general.name; empty: the model directory's name
-  // Called after each layer's tensors are converted (done, total), before the file is written.
+  // Called as the file is written, after each tensor (written, total): tensors are converted when their bytes are
+  // due, one at a time, so the export holds the source (mapped) and one converted tensor, not the converted model.
   std::function<void(int64_t, int64_t)> progress;
 };
 

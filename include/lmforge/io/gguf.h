@@ -10,6 +10,7 @@
 // Shapes in this API are in lmforge/PyTorch order (outermost first), i.e. GGUF's ne[] reversed.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -161,20 +162,35 @@ class GgufWriter {
   void set(const std::string& key, GgufValue value);
   // `t` must be contiguous, of dtype f32, f16, bf16, q8_0 or q4_0; it is kept (not copied) until write.
   void add_tensor(const std::string& name, const Tensor& t);
+  // A tensor whose bytes are made only when write() reaches them: `produce()` is called once, its result (of exactly
+  // this shape and dtype, else an Error and no file) written and let go, then `done()` if given. A converter adds
+  // every tensor this way and holds one converted tensor at a time, not the whole output.
+  void add_tensor(const std::string& name, const Shape& shape, DType dtype, std::function<Tensor()> produce,
+                  std::function<void()> done = {});
   bool has_key(const std::string& key) const;
   // The metadata set so far, in order (a writer can be filled from another's keys).
   const std::vector<std::pair<std::string, GgufValue>>& metadata() const { return kv_; }
   size_t tensor_count() const { return tensors_.size(); }
-  void write(const std::string& path) const;
+  // `progress(written, total)`, if given, after each tensor's bytes.
+  void write(const std::string& path, const std::function<void(size_t, size_t)>& progress = {}) const;
   std::string serialize() const;  // the same bytes, in memory
 
  private:
+  struct Entry {
+    std::string name;
+    Shape shape;
+    DType dtype;
+    Tensor tensor;                    // or, when undefined:
+    std::function<Tensor()> produce;  // made at write time
+    std::function<void()> done;
+  };
   template <typename Sink>
-  void emit(Sink& sink) const;
+  void emit(Sink& sink, const std::function<void(size_t, size_t)>& progress) const;
   uint64_t alignment() const;
+  void check_new_tensor(const std::string& name, const Shape& shape, DType dtype) const;
 
   std::vector<std::pair<std::string, GgufValue>> kv_;
-  std::vector<std::pair<std::string, Tensor>> tensors_;
+  std::vector<Entry> tensors_;
 };
 
 }  // namespace lmforge::io
