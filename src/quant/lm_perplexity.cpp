@@ -17,8 +17,18 @@ namespace lmforge::eval::lm {
 
 namespace fs = std::filesystem;
 
+namespace {
+
+void check_context(const model::ModelConfig& c, const PerplexityOptions& opt) {
+  LMF_CHECK(opt.ctx <= c.max_position_embeddings, "perplexity: --ctx ", opt.ctx,
+            " exceeds the model's context (max_position_embeddings ", c.max_position_embeddings, ")");
+}
+
+}  // namespace
+
 PerplexityResult perplexity(const model::CausalLM& m, const std::vector<int32_t>& ids, const PerplexityOptions& opt,
                             const std::function<void(int64_t, int64_t)>& progress) {
+  check_context(m.config(), opt);
   return perplexity(
       [&](const std::vector<int32_t>& window) {
         TapeScope none(nullptr);
@@ -30,6 +40,7 @@ PerplexityResult perplexity(const model::CausalLM& m, const std::vector<int32_t>
 
 PerplexityResult perplexity(model::Engine& e, const std::vector<int32_t>& ids, const PerplexityOptions& opt,
                             const std::function<void(int64_t, int64_t)>& progress) {
+  check_context(e.config(), opt);
   return perplexity(
       [&](const std::vector<int32_t>& window) {
         const model::SeqId seq = e.add_sequence();
@@ -46,7 +57,8 @@ PerplexityResult perplexity(const std::function<Tensor(const std::vector<int32_t
   const int64_t N = static_cast<int64_t>(ids.size());
   const int64_t ctx = opt.ctx, stride = opt.stride > 0 ? opt.stride : opt.ctx;
   LMF_CHECK(ctx >= 2, "perplexity: --ctx must be at least 2, got ", ctx);
-  LMF_CHECK(stride <= ctx, "perplexity: --stride (", stride, ") must not exceed --ctx (", ctx, ")");
+  LMF_CHECK(opt.stride >= 0 && stride <= ctx, "perplexity: --stride (", opt.stride, ") must be in [1, --ctx (", ctx,
+            ")], or 0 for --ctx");
   LMF_CHECK(N >= 2, "perplexity: need at least 2 tokens, got ", N);
   for (int64_t i = 0; i < N; ++i)
     LMF_CHECK(ids[i] >= 0 && ids[i] < V, "perplexity: token id ", ids[i], " at position ", i,

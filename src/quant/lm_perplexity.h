@@ -28,7 +28,8 @@ struct PerplexityResult {
   double ppl = 0;       // exp(nll)
 };
 
-// progress(done_tokens, total_tokens) after each window. ids must hold at least 2 tokens, each below the vocab.
+// progress(done_tokens, total_tokens) after each window. ids must hold at least 2 tokens, each below the vocab; ctx
+// at most the model's max_position_embeddings.
 PerplexityResult perplexity(const model::CausalLM& m, const std::vector<int32_t>& ids, const PerplexityOptions& opt,
                             const std::function<void(int64_t, int64_t)>& progress = {});
 // The same windows on the inference engine (each a fresh sequence, prefilled with every position's logits): the

@@ -9,6 +9,7 @@
 #include <random>
 
 #include "lmforge/io/safetensors.h"
+#include "quant/lm_perplexity.h"
 
 namespace lmforge::eval {
 namespace {
@@ -97,18 +98,26 @@ TEST(Perplexity, SlidingWindowsScoreEachTokenOnce) {
     ++windows;
     if (end == 50) break;
   }
-  const PerplexityResult r = perplexity(e, ids, 16, 6);
+  using lm::perplexity;
+  const lm::PerplexityResult r = perplexity(e, ids, {16, 6});
   EXPECT_EQ(r.tokens, 49);  // every token but the first
   EXPECT_EQ(n, 49);
   EXPECT_EQ(r.windows, windows);
   EXPECT_NEAR(r.nll, nll / n, 1e-5);
   EXPECT_NEAR(r.ppl, std::exp(nll / n), 1e-4 * r.ppl);
   // stride == ctx: disjoint windows; each window's first token has no context and is not scored.
-  const PerplexityResult d = perplexity(e, ids, 10, 10);
+  const lm::PerplexityResult d = perplexity(e, ids, {10, 10});
+  // The f32 reference model gives the same windows.
+  const lm::PerplexityResult f = perplexity(t.m, ids, {16, 6});
+  EXPECT_EQ(f.tokens, r.tokens);
+  EXPECT_EQ(f.windows, r.windows);
+  EXPECT_NEAR(f.nll, r.nll, 1e-5);
   EXPECT_EQ(d.windows, 5);
   EXPECT_EQ(d.tokens, 45);
-  EXPECT_THROW(perplexity(e, ids, 100, 10), Error);  // past max_position_embeddings 64
-  EXPECT_THROW(perplexity(e, ids, 10, 11), Error);
+  EXPECT_THROW(perplexity(e, ids, {100, 10}), Error);  // past max_position_embeddings 64
+  EXPECT_THROW(perplexity(t.m, ids, {100, 10}), Error);
+  EXPECT_THROW(perplexity(e, ids, {10, 11}), Error);
+  EXPECT_THROW(perplexity(e, ids, {10, -1}), Error);
   EXPECT_EQ(e.num_sequences(), 0u);
 }
 

@@ -1,4 +1,4 @@
-// Evaluation on the inference engine: perplexity (sliding window), multiple-choice log-likelihood accuracy, and
+// Evaluation on the inference engine: multiple-choice log-likelihood accuracy, and
 // BLEU / ROUGE-L of greedy generations. Models come in through eval::open_model_dir (model_dir.h).
 #pragma once
 #include <cstdint>
@@ -11,22 +11,8 @@
 namespace lmforge::eval {
 
 // ---- perplexity ----
-// Hugging Face's "perplexity of fixed-length models": windows of `ctx` tokens starting every `stride` tokens; each
-// window scores only the tokens the previous window did not (its last end - prev_end tokens), each predicted from
-// the window's tokens before it. The first token of the data is never scored.
-struct PerplexityResult {
-  int64_t tokens = 0;  // tokens scored
-  int64_t windows = 0;
-  double nll = 0;  // mean negative log-likelihood per scored token (nats)
-  double ppl = 0;  // exp(nll)
-};
-PerplexityResult perplexity(model::Engine& engine, const std::vector<int32_t>& ids, int64_t ctx, int64_t stride,
-                            const std::function<void(int64_t done, int64_t total)>& progress = {});
-
-// Token ids for perplexity from a file: token shards (a directory with manifest.json: its val split, else train),
-// JSONL (field `text` of every line), or plain text; texts are joined with "\n\n" and encoded with the model's
-// tokenizer (one BOS at the start if the tokenizer adds one).
-std::vector<int32_t> load_eval_tokens(const ModelDir& m, const std::string& path, const std::string& field = "text");
+// Sliding-window perplexity, on the f32 reference model or on this engine: eval::lm::perplexity
+// (src/quant/lm_perplexity.h), which `lmforge eval perplexity` runs.
 
 // ---- multiple choice ----
 // JSONL, one task item a line: {"context": "...", "choices": ["...", ...], "label": i}. Each choice is scored by
