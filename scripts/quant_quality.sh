@@ -2,6 +2,7 @@
 # The quantization quality table (docs/QUANTIZATION.md): one trained model dir, each quantization type, perplexity
 # on held-out tokens. Calibration (GPTQ, AWQ) comes from the train split, evaluation from the val split.
 #   scripts/quant_quality.sh LMFORGE MODEL_DIR SHARD_DIR WORKDIR [CTX] [STRIDE] [MAX_TOKENS] [CALIB_TOKENS]
+# LMFORGE_PPL_FLAGS: extra `eval perplexity` flags (--reference: the f32 model instead of the engine).
 set -euo pipefail
 lmforge=$1 model=$2 shards=$3 work=$4
 ctx=${5:-256} stride=${6:-128} max_tokens=${7:-8192} calib_tokens=${8:-2048}
@@ -12,7 +13,7 @@ eval_dir() {  # name dir
   local t0 t1
   t0=$(date +%s.%N)
   "$lmforge" eval perplexity --model "$2" --data "$shards" --ctx "$ctx" --stride "$stride" --max-tokens "$max_tokens" \
-    --json 2>/dev/null | sed "s/^{/{\"type\":\"$1\",/" >> "$out"
+    ${LMFORGE_PPL_FLAGS:-} --json 2>/dev/null | sed "s/^{/{\"type\":\"$1\",/" >> "$out"
   t1=$(date +%s.%N)
   echo "$1: $(tail -1 "$out")"
 }

@@ -64,16 +64,20 @@ TEST_F(QuantCli, QuantizeThenEvalPerplexity) {
   (void)ppl(path("gptq"));
 }
 
-// --engine: the same windows on the inference engine, the weights as stored. The same tokens and, at f32 and for the
-// 64-token windows (the engine's products take the dequantized-sgemm path from 64 rows), the same perplexity within
-// summation order; the f16 KV cache moves it a little.
+// The default runs the windows on the inference engine, the weights as stored; --reference on the f32 model (a
+// quantized dir dequantized). The same tokens and, at f32 and for the 64-token windows (the engine's products take
+// the dequantized-sgemm path from 64 rows), the same perplexity within summation order; the f16 KV cache moves it a
+// little.
 TEST_F(QuantCli, EvalPerplexityOnTheEngine) {
   ASSERT_EQ(sh(kBin + " quantize --model " + path("f32") + " --type q8_0 --out " + path("q8")).code, 0);
   ASSERT_EQ(sh(kBin + " quantize --model " + path("f32") + " --type bf16 --out " + path("bf16")).code, 0);
-  for (const std::string dir : {"f32", "q8", "bf16"}) {
+  ASSERT_EQ(sh(kBin + " quantize --model " + path("f32") + " --type q4_g128 --out " + path("g128")).code, 0);
+  for (const std::string dir : {"f32", "q8", "bf16", "g128"}) {
     SCOPED_TRACE(dir);
-    const nlohmann::json ref = ppl(path(dir)), eng = ppl(path(dir), " --engine");
+    const nlohmann::json ref = ppl(path(dir), " --reference"), eng = ppl(path(dir));
+    EXPECT_EQ(ref["engine"], false);
     EXPECT_EQ(eng["engine"], true);
+    EXPECT_EQ(ppl(path(dir), " --engine")["nll"], eng["nll"]);
     EXPECT_EQ(eng["tokens"], ref["tokens"]);
     EXPECT_EQ(eng["windows"], ref["windows"]);
     EXPECT_NEAR(eng["nll"].get<double>(), ref["nll"].get<double>(), 1e-5 * ref["nll"].get<double>());
@@ -108,6 +112,10 @@ TEST_F(QuantCli, BadInputExitsTwoWithOneLine) {
   expect2(sh(e + " --ctx 64 --data " + path("missing.txt")), "missing.txt");
   expect2(sh(e + " --data " + path("text.txt") + " --ctx 4096"), "--ctx");
   expect2(sh(e + " --data " + path("text.txt") + " --ctx 16 --stride 32"), "--stride");
+  expect2(sh(e + " --data " + path("text.txt") + " --ctx 16 --reference --kv-type f16"), "--kv-type");
+  const CliRun both = sh(e + " --data " + path("text.txt") + " --ctx 16 --reference --engine");
+  EXPECT_EQ(both.code, 2);  // CLI11's own message, then its "Run with --help" line
+  EXPECT_NE(both.out.find("--engine excludes --reference"), std::string::npos) << both.out;
   // a quantized dir whose scales were damaged
   ASSERT_EQ(sh(kBin + " quantize --model " + path("f32") + " --type q4_g128 --out " + path("q4")).code, 0);
   fs::resize_file(path("q4") + "/model.safetensors", fs::file_size(path("q4") + "/model.safetensors") / 2);

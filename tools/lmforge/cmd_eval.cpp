@@ -89,7 +89,7 @@ struct PplArgs {
   std::string model, data, split = "val", text_field = "text";
   int64_t ctx = 512, stride = 0, max_tokens = 0;
   int threads = 0;
-  bool engine = false;
+  bool engine = false, reference = false;  // the engine unless --reference
   std::string kv_type = "f32";
 };
 
@@ -99,12 +99,18 @@ int run_lm_perplexity(const PplArgs& a, bool json) {
                  static_cast<long long>(a.stride), static_cast<long long>(a.ctx));
     return kUsageError;
   }
+  if (a.reference && a.kv_type != "f32") {
+    std::fprintf(stderr,
+                 "lmforge eval perplexity: --kv-type %s applies to the engine; --reference runs the f32 model, "
+                 "which keeps no KV cache\n",
+                 a.kv_type.c_str());
+    return kUsageError;
+  }
   if (a.threads > 0) ThreadPool::global().set_num_threads(a.threads);
-  // The f32 model (quantized dirs dequantized: the reference the quality tables use), or with --engine the
-  // inference engine on the weights as stored.
+  // The inference engine on the weights as stored, or with --reference the f32 model (a quantized dir dequantized).
   std::optional<model::CausalLM> lm;
   std::optional<model::Engine> engine;
-  if (a.engine) {
+  if (!a.reference) {
     model::EngineOptions eo;
     eo.kv_dtype = kv_dtype(a.kv_type);
     engine.emplace(eval::load_engine(a.model, eo));
@@ -150,7 +156,7 @@ int run_lm_perplexity(const PplArgs& a, bool json) {
                      {"windows", r.windows},
                      {"nll", r.nll},
                      {"ppl", r.ppl},
-                     {"engine", a.engine},
+                     {"engine", !a.reference},
                      {"seconds", secs}};
     std::printf("%s\n", j.dump().c_str());
   } else {
@@ -186,10 +192,14 @@ void add_eval_command(CLI::App& app, Context& ctx) {
       ->check(CLI::IsMember({"val", "train"}))
       ->capture_default_str();
   p->add_option("--text-field,--field", pa->text_field, "JSONL field holding the text")->capture_default_str();
-  p->add_flag("--engine", pa->engine,
-              "run the windows on the inference engine, the weights in their stored formats (a quantized or bf16 "
-              "dir then needs its own size in memory, not an f32 model's); default: the f32 model, quantized dirs "
-              "dequantized");
+  CLI::Option* eng =
+      p->add_flag("--engine", pa->engine,
+                  "run the windows on the inference engine, the weights in their stored formats (a "
+                  "quantized or bf16 dir needs its own size in memory, not an f32 model's); the default");
+  p->add_flag("--reference", pa->reference,
+              "run the windows on the f32 reference model instead (a quantized dir dequantized to f32: 4 bytes a "
+              "weight in memory)")
+      ->excludes(eng);
   add_kv_type_option(p, pa->kv_type);
   p->add_option("--threads", pa->threads, "threads (default: LMFORGE_THREADS or all cores)")
       ->check(CLI::Range(1, 1024));
