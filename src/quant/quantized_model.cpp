@@ -261,7 +261,7 @@ QuantizedWeights load_quantized_model(const std::string& dir) {
     return file.get(name);
   };
   for (const auto& [name, shape] : model::CausalLM::tensor_shapes(q.config)) {  // names and shapes, no model
-    // A tied embedding is stored in lm_head_format; dirs written before that (and GPTQ / AWQ ones) keep it f32.
+    // A tied embedding is stored in lm_head_format (RTN, GPTQ and AWQ alike); dirs written before that keep it f32.
     const bool stored_as_codes =
         quantizable_weight(name, q.config) &&
         (is_linear_weight(name) || (file.contains(name) && !is_floating_st(file.entry(name).dtype)));
