@@ -128,10 +128,8 @@ class Emitter {
 // matrices as block tensors of that dtype (GGUF's own layout) and the other formats dequantized one at a time, so
 // exporting never builds the f32 model.
 std::vector<std::pair<std::string, Source>> load_state(const std::string& model_dir, const std::string& config_path) {
-  std::ifstream in(config_path);
-  const nlohmann::json raw = nlohmann::json::parse(in, nullptr, false);
   std::vector<std::pair<std::string, Source>> state;
-  if (raw.is_object() && raw.contains("quantization_config")) {
+  if (quant::is_quantized_dir(model_dir)) {
     quant::QuantizedWeights q = quant::load_quantized_model(model_dir);
     for (auto& [name, w] : q.linear) {
       const bool blocks = w.format() == WeightFormat::Q8_0 || w.format() == WeightFormat::Q4_0;

@@ -268,6 +268,18 @@ ModelConfig load_model_config(const std::string& path) {
   return parse_model_config(j, path);
 }
 
+void refuse_quantized_dir(const ModelConfig& c, const std::string& path, const std::string& hint) {
+  if (!c.raw.is_object() || !c.raw.contains("quantization_config")) return;
+  const json& q = c.raw["quantization_config"];
+  const std::string format = q.is_object() && q.contains("format") && q["format"].is_string()
+                                 ? " (format " + q["format"].get<std::string>() + ")"
+                                 : "";
+  throw Error(path + ": a quantized model dir" + format +
+              "; this needs the f32, bf16 or f16 model dir it was made from (generate, eval, bench, serve and export "
+              "gguf load quantized dirs)" +
+              (hint.empty() ? "" : "; " + hint));
+}
+
 bool ModelConfig::is_moe_layer(int64_t layer) const {
   return is_deepseek() && n_routed_experts > 0 && layer >= first_k_dense_replace && layer % moe_layer_freq == 0;
 }

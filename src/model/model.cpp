@@ -164,7 +164,9 @@ CausalLM CausalLM::load(const std::string& dir) {
   const std::string cfg_path = (fs::path(dir) / "config.json").string();
   LMF_CHECK(fs::is_directory(dir), dir, ": not a model directory");
   LMF_CHECK(fs::exists(cfg_path), dir, ": no config.json in the model directory");
-  CausalLM m(load_model_config(cfg_path));
+  const ModelConfig cfg = load_model_config(cfg_path);
+  refuse_quantized_dir(cfg, cfg_path);
+  CausalLM m(cfg);
   std::map<std::string, Tensor> tensors;
   std::string source;
   std::vector<io::SafetensorsFile> files;

@@ -132,6 +132,7 @@ QuantizedWeights quantize_rtn_dir(const std::string& dir, QuantConfig qc, size_t
   LMF_CHECK(fs::exists(cfg_path), dir, ": no config.json in the model directory");
   QuantizedWeights q;
   q.config = model::load_model_config(cfg_path.string());
+  model::refuse_quantized_dir(q.config, cfg_path.string());
   q.quantized = true;
   std::string source;
   std::vector<io::SafetensorsFile> files;
@@ -315,13 +316,16 @@ model::CausalLM dequantize_to_causal_lm(const QuantizedWeights& q) {
   return m;
 }
 
-model::CausalLM load_causal_lm_any(const std::string& dir) {
+bool is_quantized_dir(const std::string& dir) {
   const fs::path cfg_path = fs::path(dir) / "config.json";
-  if (fs::exists(cfg_path)) {
-    const nlohmann::json raw = nlohmann::json::parse(read_text(cfg_path), nullptr, false);
-    if (raw.is_object() && raw.contains("quantization_config"))
-      return dequantize_to_causal_lm(load_quantized_model(dir));
-  }
+  std::error_code ec;
+  if (!fs::is_regular_file(cfg_path, ec)) return false;
+  const nlohmann::json raw = nlohmann::json::parse(read_text(cfg_path), nullptr, false);
+  return raw.is_object() && raw.contains("quantization_config");
+}
+
+model::CausalLM load_causal_lm_any(const std::string& dir) {
+  if (is_quantized_dir(dir)) return dequantize_to_causal_lm(load_quantized_model(dir));
   return model::CausalLM::load(dir);
 }
 

@@ -86,6 +86,36 @@ TEST_F(QuantCli, EvalPerplexityOnTheEngine) {
   }
 }
 
+// A quantized dir as a source: quantize refuses it unless --allow-requantize (then dequantizes it first and says so);
+// prune (and training, through CausalLM::load) refuse it naming config.json; export onnx writes its dequantized
+// weights.
+TEST_F(QuantCli, QuantizedDirAsASource) {
+  ASSERT_EQ(sh(kBin + " quantize --model " + path("f32") + " --type q4_0 --out " + path("q4")).code, 0);
+  CliRun r = sh(kBin + " quantize --model " + path("q4") + " --type q8_0 --out " + path("q8"));
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("--allow-requantize"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(path("q8")));
+  r = sh(kBin + " quantize --model " + path("q4") + " --type q8_0 --out " + path("q8") +
+         " --allow-requantize --json 2>/dev/null");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["requantized_from"], "q4_0");
+  const nlohmann::json cfg = nlohmann::json::parse(std::ifstream(path("q8") + "/config.json"));
+  EXPECT_EQ(cfg["quantization_config"]["format"], "q8_0");
+  EXPECT_EQ(cfg["quantization_config"]["details"]["requantized_from"], "q4_0");
+  // q8_0 of the q4_0 values is close to them: the second rounding adds little to the first.
+  EXPECT_NEAR(ppl(path("q8"))["nll"].get<double>(), ppl(path("q4"))["nll"].get<double>(), 0.02);
+
+  r = sh(kBin + " prune --model " + path("q4") + " --ratio 0.25 --out " + path("pruned"));
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("config.json: a quantized model dir (format q4_0)"), std::string::npos) << r.out;
+  EXPECT_LE(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;
+
+  r = sh(kBin + " export onnx --model " + path("q4") + " --out " + path("q4.onnx") + " --json 2>/dev/null");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["dequantized"], true);
+  EXPECT_GT(fs::file_size(path("q4.onnx")), 0u);
+}
+
 TEST_F(QuantCli, PruneWritesTrainableModel) {
   const CliRun r = sh(kBin + " prune --model " + path("f32") + " --ratio 0.25 --out " + path("pruned") + " --json");
   ASSERT_EQ(r.code, 0) << r.out;

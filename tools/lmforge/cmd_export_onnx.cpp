@@ -2,11 +2,13 @@
 #include <chrono>
 #include <cstdio>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "lmforge/commands.h"
 #include "lmforge/export/onnx.h"
 #include "lmforge/model/model.h"
+#include "lmforge/quant/quantized_model.h"
 
 namespace lmforge::cli {
 
@@ -23,7 +25,10 @@ int run_export_onnx(const OnnxArgs& a, bool json) {
     if (!a.quiet && !json) std::fprintf(stderr, "export onnx: %s\n", line.c_str());
   };
   log("loading " + a.model);
-  model::CausalLM m = model::CausalLM::load(a.model);
+  // A quantized dir exports its dequantized weights (the graph is f32): the values the quantized model computes with.
+  const bool quantized = quant::is_quantized_dir(a.model);
+  model::CausalLM m = quant::load_causal_lm_any(a.model);
+  if (quantized) log("a quantized model dir: its weights go into the graph dequantized to f32");
   exporter::OnnxExportOptions opt;
   opt.external_data = a.external_data == "always"  ? exporter::OnnxExportOptions::ExternalData::Always
                       : a.external_data == "never" ? exporter::OnnxExportOptions::ExternalData::Never
@@ -35,12 +40,17 @@ int run_export_onnx(const OnnxArgs& a, bool json) {
   const exporter::OnnxExportResult r = exporter::export_onnx(m, a.out, opt);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (json) {
-    std::printf(
-        "{\"out\":\"%s\",\"external_data\":\"%s\",\"nodes\":%lld,\"initializers\":%lld,\"weight_bytes\":%lld,"
-        "\"onnx_bytes\":%lld,\"opset\":%lld,\"ir_version\":%lld,\"seconds\":%.3f}\n",
-        a.out.c_str(), r.external_file.c_str(), static_cast<long long>(r.nodes), static_cast<long long>(r.initializers),
-        static_cast<long long>(r.weight_bytes), static_cast<long long>(r.onnx_bytes), static_cast<long long>(r.opset),
-        static_cast<long long>(r.ir_version), secs);
+    const nlohmann::json j{{"out", a.out},
+                           {"external_data", r.external_file},
+                           {"nodes", r.nodes},
+                           {"initializers", r.initializers},
+                           {"weight_bytes", r.weight_bytes},
+                           {"onnx_bytes", r.onnx_bytes},
+                           {"opset", r.opset},
+                           {"ir_version", r.ir_version},
+                           {"dequantized", quantized},
+                           {"seconds", secs}};
+    std::printf("%s\n", j.dump().c_str());
   } else {
     log("wrote " + a.out + " (" + std::to_string(r.nodes) + " nodes, opset " + std::to_string(r.opset) + ", " +
         std::to_string(r.weight_bytes) + " bytes of weights" +

@@ -19,7 +19,7 @@ namespace {
 struct QuantizeArgs {
   std::string model, type, out, calib, lm_head;
   int64_t calib_tokens = 4096, calib_ctx = 256, group_size = 128;
-  bool asym = false, act_order = false, awq_clip = false;
+  bool asym = false, act_order = false, awq_clip = false, allow_requantize = false;
   double damp = 0.01;
   int threads = 0;
 };
@@ -73,13 +73,33 @@ int run_quantize(const QuantizeArgs& a, bool json) {
     std::fprintf(stderr, "lmforge quantize: --out must differ from --model\n");
     return kUsageError;
   }
+  // A quantized source: its values are already rounded, and rounding them again adds a second error (llama.cpp's
+  // quantize refuses the same without --allow-requantize).
+  const bool requantize = quant::is_quantized_dir(a.model);
+  if (requantize && !a.allow_requantize) {
+    std::fprintf(stderr,
+                 "lmforge quantize: %s is a quantized model dir; quantize the f32, bf16 or f16 dir it was made from, "
+                 "or pass --allow-requantize to dequantize it first (the two roundings' errors add up)\n",
+                 (fs::path(a.model) / "config.json").string().c_str());
+    return kUsageError;
+  }
   if (a.threads > 0) ThreadPool::global().set_num_threads(a.threads);
   const auto t0 = std::chrono::steady_clock::now();
   quant::QuantizedWeights q;
   size_t before = 0, after = 0;
+  std::string requantized_from;
+  const auto load_f32 = [&] {  // the f32 model: a quantized source dequantized
+    if (!requantize) return model::CausalLM::load(a.model);
+    const quant::QuantizedWeights src = quant::load_quantized_model(a.model);
+    requantized_from = std::string(weight_format_name(src.quant.format));
+    for (const auto& [name, w] : src.linear) before += w.nbytes();
+    for (const auto& [name, t] : src.dense) before += t.nbytes();
+    return quant::dequantize_to_causal_lm(src);
+  };
   if (gptq || awq) {
-    const model::CausalLM m = model::CausalLM::load(a.model);  // calibration runs the f32 model
-    for (const auto& [name, t] : m.state()) before += t.nbytes();
+    const model::CausalLM m = load_f32();  // calibration runs the f32 model
+    if (!requantize)
+      for (const auto& [name, t] : m.state()) before += t.nbytes();
     quant::CalibOptions co;
     co.path = a.calib;
     co.model_dir = a.model;
@@ -99,25 +119,30 @@ int run_quantize(const QuantizeArgs& a, bool json) {
     }
     q.quant.extra["calib"] = a.calib;
     q.quant.extra["calib_tokens"] = a.calib_tokens;
+  } else if (requantize) {
+    q = quant::quantize_rtn(load_f32(), qc);
   } else {
     // Tensor by tensor from the files: a bf16 7B checkpoint quantizes in about the memory of its result.
     q = quant::quantize_rtn_dir(a.model, qc, &before);
   }
+  if (requantize) q.quant.extra["requantized_from"] = requantized_from;
   quant::save_quantized_model(a.out, q, a.model);
   for (const auto& [name, w] : q.linear) after += w.nbytes();
   for (const auto& [name, t] : q.dense) after += t.nbytes();
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (json) {
-    nlohmann::json j{{"model", a.model},
-                     {"out", a.out},
-                     {"type", a.type},
-                     {"format", std::string(weight_format_name(q.quant.format))},
-                     {"method", q.quant.method},
-                     {"lm_head_format", std::string(weight_format_name(q.quant.lm_head_format))},
-                     {"bytes_in", before},
-                     {"bytes_out", after},
-                     {"not_quantized", q.quant.not_quantized},
-                     {"seconds", secs}};
+    nlohmann::json j{
+        {"model", a.model},
+        {"out", a.out},
+        {"type", a.type},
+        {"format", std::string(weight_format_name(q.quant.format))},
+        {"method", q.quant.method},
+        {"lm_head_format", std::string(weight_format_name(q.quant.lm_head_format))},
+        {"bytes_in", before},
+        {"bytes_out", after},
+        {"not_quantized", q.quant.not_quantized},
+        {"requantized_from", requantized_from.empty() ? nlohmann::json() : nlohmann::json(requantized_from)},
+        {"seconds", secs}};
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::printf("quantized %s -> %s: %s (%s), lm_head %s; weights %.1f MB -> %.1f MB in %.1f s\n", a.model.c_str(),
@@ -151,6 +176,9 @@ void add_quantize_command(CLI::App& app, Context& ctx) {
       ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
   q->add_flag("--awq-clip", a->awq_clip, "AWQ: also search a per-group clipping ratio");
+  q->add_flag("--allow-requantize", a->allow_requantize,
+              "accept a quantized model dir as --model: dequantized to f32 first (its rounding error stays and the new "
+              "one adds to it)");
   q->add_option("--lm-head", a->lm_head, "format of lm_head.weight (default q8_0; 16-bit types keep their own)");
   q->add_option("--threads", a->threads, "threads")->check(CLI::Range(1, 1024));
   q->add_flag("--json", ctx.json, "print a JSON summary");

@@ -62,5 +62,9 @@ struct ModelConfig {
 // `source` names the file in error messages.
 ModelConfig parse_model_config(const nlohmann::json& j, const std::string& source);
 ModelConfig load_model_config(const std::string& path);
+// Throws, naming `path`, when the config has a quantization_config (a quantized model dir, docs/QUANTIZATION.md):
+// for the commands that need the f32 / bf16 / f16 weights a quantized dir was made from (training, pruning, RTN
+// quantization from the files, ONNX export); `hint` is added to the message.
+void refuse_quantized_dir(const ModelConfig& c, const std::string& path, const std::string& hint = "");
 
 }  // namespace lmforge::model

@@ -47,6 +47,8 @@ WeightFormat format_for(const QuantConfig& q, const std::string& name);
 // Reads a model dir, quantized or not. Every tensor is checked against the config (names, shapes, dtypes, the
 // quantized parts' sizes); problems are an lmforge::Error naming the file and the tensor.
 QuantizedWeights load_quantized_model(const std::string& dir);
+// True when dir/config.json has a quantization_config (false when it is missing or unreadable: loaders report that).
+bool is_quantized_dir(const std::string& dir);
 
 // An f32 CausalLM with the dequantized weights (the reference for the quantized engine, and what eval runs).
 model::CausalLM dequantize_to_causal_lm(const QuantizedWeights& q);
