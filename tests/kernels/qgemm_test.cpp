@@ -232,15 +232,20 @@ TEST(Qgemm, InterleavedRowsGiveIdenticalResults) {
 
 // Batched decode: the tiles read each weight tile once and dot it with every activation row (interleaved q8_0 up
 // to four rows in one pass); each row's product must be bit for bit the one-row product, at every batch size the
-// tiles take (remainders of 4 and 2 included) and with rows outside the four streams.
+// tiles take (remainders of 4 and 2 included) and with rows outside the four streams. f16 / bf16 take two activation
+// rows a pass (tile_float_rows), rows of any length (104: a tail after the 16-value steps).
 TEST(Qgemm, BatchedRowsEqualRowByRowProducts) {
   ThreadCountScope threads(2);
-  for (WeightFormat f : {WeightFormat::Q8_0, WeightFormat::Q4_0, WeightFormat::INT8}) {
+  for (WeightFormat f : {WeightFormat::Q8_0, WeightFormat::Q4_0, WeightFormat::INT8, WeightFormat::F16,
+                         WeightFormat::BF16, WeightFormat::F32}) {
+    const bool blocks = f == WeightFormat::Q8_0 || f == WeightFormat::Q4_0;
     for (int64_t rows : {4, 45, 260}) {
-      const int64_t cols = rows == 260 ? 512 : 96;
+      const int64_t cols = rows == 260 ? 512 : f == WeightFormat::F16 || f == WeightFormat::BF16 ? 104 : 96;
       const WeightMatrix m =
           WeightMatrix::quantize(Tensor::from_vector(gaussian(rows * cols, 21, 0.02f), {rows, cols}), f);
-      for (const WeightMatrix& w : {m, m.interleave_rows4()}) {
+      std::vector<WeightMatrix> layouts = {m};
+      if (blocks) layouts.push_back(m.interleave_rows4());
+      for (const WeightMatrix& w : layouts) {
         const kernels::cpu::QWeight q = qweight_view(w);
         for (QImpl impl : {QImpl::Generic, QImpl::Avx2}) {
           if (!kernels::cpu::qgemm_available(impl)) continue;
