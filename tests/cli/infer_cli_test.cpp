@@ -70,6 +70,13 @@ TEST_F(InferCli, GenerateIsReproducibleAndStopsAtMaxTokens) {
       sh(kBin + " generate" + model + " --prompt 'This License' --max-tokens 7 --temperature 0 --ignore-eos --json");
   ASSERT_EQ(s.code, 0) << s.out;
   EXPECT_EQ(s.out, last_json(sj.out)["text"].get<std::string>() + "\n");
+  // The context (128) bounds the completion: every position up to it, finish_reason "length", and a note saying so.
+  CliRun full = sh(kBin + " generate" + model + " --prompt 'This License' --max-tokens 1000 --ignore-eos --json");
+  ASSERT_EQ(full.code, 0) << full.out;
+  const auto jf = last_json(full.out);
+  EXPECT_EQ(jf["completion_tokens"].get<int64_t>(), 128 - jf["prompt_tokens"].get<int64_t>() + 1);
+  EXPECT_EQ(jf["finish_reason"], "length");
+  EXPECT_NE(full.out.find("tokens fit after the prompt's"), std::string::npos) << full.out;
 }
 
 TEST_F(InferCli, ChatUsesTheBuiltInFormatAndSaysSo) {

@@ -83,6 +83,14 @@ int run_generate(const GenArgs& a, const CLI::App& cmd, bool json) {
     return kUsageError;
   }
   LMF_CHECK(!ids.empty(), "lmforge generate: the prompt encodes to no tokens");
+  // The context bounds the completion (finish_reason "length" there); say so when it cuts --max-tokens short.
+  const int64_t room = ctx - static_cast<int64_t>(ids.size()) + 1;
+  if (p.max_tokens > room)
+    std::fprintf(stderr,
+                 "lmforge generate: at most %lld tokens fit after the prompt's %zu in the model's context of %lld "
+                 "(--max-tokens %lld)\n",
+                 static_cast<long long>(room), ids.size(), static_cast<long long>(ctx),
+                 static_cast<long long>(p.max_tokens));
   auto on_text = [json](std::string_view s) {
     if (json) return;
     std::fwrite(s.data(), 1, s.size(), stdout);
