@@ -663,97 +663,40 @@ LMF_TARGET_AVX2 inline __m256 load8(const uint8_t* p, bool bf16) {
   return bf16 ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)) : _mm256_cvtph_ps(h);
 }
 
-template <int R>
-LMF_TARGET_AVX2 void tile_f16(const uint8_t* const* rows, bool bf16, const float* x, int64_t cols, float* out,
-                              size_t ahead) {
-  __m256 acc[R][2];
-  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-  int64_t j = 0;
-  for (; j + 16 <= cols; j += 16) {
-    const __m256 x0 = _mm256_loadu_ps(x + j), x1 = _mm256_loadu_ps(x + j + 8);
-    for (int r = 0; r < R; ++r) {
-      const uint8_t* p = rows[r] + j * 2;
-      if (ahead && j % 32 == 0) prefetch_ahead<64>(p + ahead);
-      acc[r][0] = _mm256_fmadd_ps(load8(p, bf16), x0, acc[r][0]);
-      acc[r][1] = _mm256_fmadd_ps(load8(p + 16, bf16), x1, acc[r][1]);
-    }
-  }
-  for (int r = 0; r < R; ++r) {
-    float s = hsum(_mm256_add_ps(acc[r][0], acc[r][1]));
-    for (int64_t t = j; t < cols; ++t) {
-      const uint16_t h = load_u16(rows[r] + t * 2);
-      s += (bf16 ? bf16_to_float(h) : _cvtsh_ss(h)) * x[t];
-    }
-    out[r] = s;
-  }
-}
-
-// f32 rows (decode's GEMV): OpenBLAS's sgemv left a third of the copy bandwidth unused at the engine's shapes.
-template <int R>
-LMF_TARGET_AVX2 void tile_f32(const uint8_t* const* rows, const float* x, int64_t cols, float* out, size_t ahead) {
-  __m256 acc[R][2];
-  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-  int64_t j = 0;
-  for (; j + 16 <= cols; j += 16) {
-    const __m256 x0 = _mm256_loadu_ps(x + j), x1 = _mm256_loadu_ps(x + j + 8);
-    for (int r = 0; r < R; ++r) {
-      const auto* p = reinterpret_cast<const float*>(rows[r]) + j;
-      if (ahead) prefetch_ahead<64>(reinterpret_cast<const uint8_t*>(p) + ahead);
-      acc[r][0] = _mm256_fmadd_ps(_mm256_loadu_ps(p), x0, acc[r][0]);
-      acc[r][1] = _mm256_fmadd_ps(_mm256_loadu_ps(p + 8), x1, acc[r][1]);
-    }
-  }
-  for (int r = 0; r < R; ++r) {
-    float s = hsum(_mm256_add_ps(acc[r][0], acc[r][1]));
-    const auto* p = reinterpret_cast<const float*>(rows[r]);
-    for (int64_t t = j; t < cols; ++t) s += p[t] * x[t];
-    out[r] = s;
-  }
-}
-
-// f16 / bf16 (and f32) rows against T activation rows at once (batched decode, short prompts): each 8-value load of a
-// weight row and its widening serve all T rows, where tile_f16 reads and widens the row again for each.
-// Each (row, activation row) pair keeps tile_f32's / tile_f16's two accumulators (values j and j + 8 of each 16), its
-// horizontal sum and its tail, so the results are bit for bit those of T one-row calls: a sequence decodes the same
-// in a batch as alone. R weight rows in lockstep (separate streams), R * T * 2 accumulators + 2R weight registers.
-// outs[t][r]: row r against activation row t.
-template <int R, int T>
-LMF_TARGET_AVX2 void tile_float_rows(const uint8_t* const* rows, QFormat f, const float* const* xs, int64_t cols,
-                                     float (*outs)[R], size_t ahead) {
-  const bool f32 = f == QFormat::F32, bf16 = f == QFormat::BF16;
-  const size_t esize = f32 ? 4 : 2;
-  __m256 acc[R][T][2];
+// f32 / f16 / bf16 rows (decode's GEMV, and batched decode): R weight rows in lockstep (R streams) against T
+// activation rows, each 8-value load of a weight row (and its widening) serving all T. One accumulator per (row,
+// activation row), summed over the row in steps of 8 values, then the tail: the same sums whatever R and T are, so a
+// sequence decodes bit for bit the same in a batch as alone. OpenBLAS's sgemv left a third of the copy bandwidth
+// unused at the engine's shapes; the earlier tiles here (two accumulators a row, one activation row a pass, or two
+// rows and two streams a pass) were slower for batches and, for bf16, for one row too. In-process A/B (weights from
+// DRAM, 2 threads, 20 ABBA pairs, against those tiles): f32 n = 1 1.01-1.04x, n = 4 1.19-1.40x, n = 8 1.42-1.61x;
+// bf16 n = 1 1.25-1.32x, n = 4 1.32-1.36x, n = 8 1.54-1.61x (docs/PERFORMANCE.md). R * T + T + 1 registers: T <= 3
+// with R = 4. outs[t][r]: row r against activation row t.
+template <int R, int T, QFormat F>
+LMF_TARGET_AVX2 void tile_float_rows(const uint8_t* const* rows, const float* const* xs, int64_t cols, float (*outs)[R],
+                                     size_t ahead) {
+  constexpr bool f32 = F == QFormat::F32, bf16 = F == QFormat::BF16;
+  constexpr size_t esize = f32 ? 4 : 2;
+  __m256 acc[R][T];
   for (int r = 0; r < R; ++r)
-    for (int t = 0; t < T; ++t) acc[r][t][0] = acc[r][t][1] = _mm256_setzero_ps();
+    for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
   int64_t j = 0;
-  for (; j + 16 <= cols; j += 16) {
-    __m256 w[R][2];
+  for (; j + 8 <= cols; j += 8) {
+    __m256 xv[T];
+    for (int t = 0; t < T; ++t) xv[t] = _mm256_loadu_ps(xs[t] + j);
     for (int r = 0; r < R; ++r) {
       const uint8_t* p = rows[r] + static_cast<size_t>(j) * esize;
-      if (f32) {
-        if (ahead) prefetch_ahead<64>(p + ahead);
-        w[r][0] = _mm256_loadu_ps(reinterpret_cast<const float*>(p));
-        w[r][1] = _mm256_loadu_ps(reinterpret_cast<const float*>(p) + 8);
-      } else {
-        if (ahead && j % 32 == 0) prefetch_ahead<64>(p + ahead);
-        w[r][0] = load8(p, bf16);
-        w[r][1] = load8(p + 16, bf16);
-      }
-    }
-    for (int t = 0; t < T; ++t) {
-      const __m256 x0 = _mm256_loadu_ps(xs[t] + j), x1 = _mm256_loadu_ps(xs[t] + j + 8);
-      for (int r = 0; r < R; ++r) {
-        acc[r][t][0] = _mm256_fmadd_ps(w[r][0], x0, acc[r][t][0]);
-        acc[r][t][1] = _mm256_fmadd_ps(w[r][1], x1, acc[r][t][1]);
-      }
+      if (ahead && j % (64 / esize) == 0) prefetch_ahead<64>(p + ahead);
+      const __m256 w = f32 ? _mm256_loadu_ps(reinterpret_cast<const float*>(p)) : load8(p, bf16);
+      for (int t = 0; t < T; ++t) acc[r][t] = _mm256_fmadd_ps(w, xv[t], acc[r][t]);
     }
   }
   for (int r = 0; r < R; ++r) {
     for (int t = 0; t < T; ++t) {
-      float s = hsum(_mm256_add_ps(acc[r][t][0], acc[r][t][1]));
+      float s = hsum(acc[r][t]);
       for (int64_t c = j; c < cols; ++c) {
         float v;
-        if (f32) {
+        if constexpr (f32) {
           v = reinterpret_cast<const float*>(rows[r])[c];
         } else {
           const uint16_t h = load_u16(rows[r] + c * 2);
@@ -776,12 +719,19 @@ LMF_TARGET_AVX2 void tile_avx2(const QWeight& w, const int64_t* first, bool grou
   for (int k = 0; k < R; ++k) rows[k] = static_cast<const uint8_t*>(w.codes) + static_cast<size_t>(first[k]) * stride;
   switch (w.format) {
     case QFormat::F32:
-      tile_f32<R>(rows, x, w.cols, out, ahead);
-      break;
     case QFormat::F16:
-    case QFormat::BF16:
-      tile_f16<R>(rows, w.format == QFormat::BF16, x, w.cols, out, ahead);
+    case QFormat::BF16: {
+      float o[1][R];
+      if (w.format == QFormat::F32) {
+        tile_float_rows<R, 1, QFormat::F32>(rows, &x, w.cols, o, ahead);
+      } else if (w.format == QFormat::BF16) {
+        tile_float_rows<R, 1, QFormat::BF16>(rows, &x, w.cols, o, ahead);
+      } else {
+        tile_float_rows<R, 1, QFormat::F16>(rows, &x, w.cols, o, ahead);
+      }
+      for (int r = 0; r < R; ++r) out[r] = o[0][r];
       break;
+    }
     case QFormat::Q8_0:
       if (grouped) {
         groups_q8<R>(rows, xq, out, ahead);
@@ -906,30 +856,36 @@ LMF_TARGET_AVX2 void rows_avx2(const QWeight& w, const float* x, const XQuant* x
   // batched decode of 2-32 sequences 1.06-1.2x faster (in-process A/B, infer-250m; PERFORMANCE.md part 11).
   const bool multi = grouped && (w.format == QFormat::Q8_0 || w.format == QFormat::Q4_0) && n >= 2;
   float tmpm[4][4 * kStreams];
-  // f16 / bf16 likewise (tile_float_rows, two streams and two activation rows a pass): each load's widening serves
-  // both rows. In-process A/B (weights from DRAM, 2 threads, median of 20 ABBA pairs, bit-identical results): bf16
-  // 5632 x 1024 n = 2 / 4 / 8 1.30 / 1.24 / 1.14x, 1024 x 2816 1.25 / 1.20 / 1.15x, 32000 x 1024 n = 4 1.24x. f32,
-  // with nothing to widen, gained at some shapes and lost at others (0.95-1.15x) and keeps the one-row tiles.
-  const bool multi_float = (w.format == QFormat::F16 || w.format == QFormat::BF16) && n >= 2;
+  // f32 / f16 / bf16: up to three activation rows a pass (tile_float_rows).
+  const bool float_rows = w.format == QFormat::F32 || w.format == QFormat::F16 || w.format == QFormat::BF16;
   int64_t first[kStreams];
   for (int64_t i = 0; i < len; ++i) {
     for (int k = 0; k < kStreams; ++k) first[k] = r0 + (k * len + i) * unit;
     int64_t t = 0;
-    if (multi_float) {
+    if (float_rows) {
       const uint8_t* rows[kStreams];
       for (int k = 0; k < kStreams; ++k)
         rows[k] = static_cast<const uint8_t*>(w.codes) + static_cast<size_t>(first[k]) * row_bytes(w);
-      constexpr int kR = 2, kT = 2;
-      for (; n - t >= kT; t += kT) {
-        const float* xs[kT];
-        for (int u = 0; u < kT; ++u) xs[u] = x + (t + u) * w.cols;
-        for (int k = 0; k < kStreams; k += kR) {
-          float out[kT][kR];
-          tile_float_rows<kR, kT>(rows + k, w.format, xs, w.cols, out, t == 0 ? ahead : 0);
-          for (int u = 0; u < kT; ++u)
-            for (int q = 0; q < kR; ++q) put(t + u, first[k + q], out[u][q]);
+      const auto run = [&](auto rows_at_once) {
+        constexpr int T = decltype(rows_at_once)::value;
+        const float* xs[T];
+        for (int u = 0; u < T; ++u) xs[u] = x + (t + u) * w.cols;
+        float out[T][kStreams];
+        const size_t a = t == 0 ? ahead : 0;
+        if (w.format == QFormat::F32) {
+          tile_float_rows<kStreams, T, QFormat::F32>(rows, xs, w.cols, out, a);
+        } else if (w.format == QFormat::BF16) {
+          tile_float_rows<kStreams, T, QFormat::BF16>(rows, xs, w.cols, out, a);
+        } else {
+          tile_float_rows<kStreams, T, QFormat::F16>(rows, xs, w.cols, out, a);
         }
-      }
+        for (int u = 0; u < T; ++u)
+          for (int k = 0; k < kStreams; ++k) put(t + u, first[k], out[u][k]);
+        t += T;
+      };
+      while (n - t >= 3) run(std::integral_constant<int, 3>());
+      if (n - t == 2) run(std::integral_constant<int, 2>());
+      if (n - t == 1) run(std::integral_constant<int, 1>());
     }
     if (multi) {
       const uint8_t* groups[kStreams];
