@@ -93,7 +93,9 @@ TEST(Qgemm, EachFormatMatchesDequantizedReference) {
           WeightMatrix::quantize(Tensor::from_vector(f == WeightFormat::Q4_G128_ASYM ? wa : wv, {rows, cols}), f);
       const Tensor dq = m.dequantize();
       const int64_t switch_rows = kernels::cpu::qgemm_sgemm_rows(qweight_view(m).format);
-      EXPECT_EQ(switch_rows, f == WeightFormat::Q8_0 || f == WeightFormat::Q4_0 ? 64 : integer ? 32 : 16);
+      EXPECT_EQ(switch_rows, f == WeightFormat::F32                                           ? 48
+                             : f == WeightFormat::Q8_0 || f == WeightFormat::Q4_0 || !integer ? 64
+                                                                                              : 32);
       for (int64_t n : {int64_t{1}, int64_t{2}, int64_t{5}, int64_t{16}, int64_t{33}, switch_rows - 1, switch_rows}) {
         SCOPED_TRACE("n=" + std::to_string(n));
         const bool tiles = n < switch_rows;

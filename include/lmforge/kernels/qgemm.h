@@ -41,8 +41,8 @@ enum class QImpl { Auto, Generic, Avx2 };
 // activations rounded to 8 bits for the integer formats.
 void qgemm(const QWeight& w, const float* x, int64_t n, float* y, bool accumulate, QImpl impl = QImpl::Auto);
 
-// From how many activation rows qgemm switches to sgemm: 64 for q8_0 / q4_0, 32 for int8 and the g128 formats, 16
-// for f32 / f16 / bf16 (measurements in qgemm.cpp).
+// From how many activation rows qgemm switches to sgemm: 64 for q8_0 / q4_0 / f16 / bf16, 48 for f32, 32 for int8 and
+// the g128 formats (measurements in qgemm.cpp).
 int64_t qgemm_sgemm_rows(QFormat f);
 
 // Row r of the weight as f32 (cols values), in either layout.

@@ -49,21 +49,28 @@ constexpr int64_t kHeadBytes = 2 << 20;
 // 14336 42.4 vs 59.9; at n = 64 the two were level or reversed (the activations of a 14336-wide row no longer fit the
 // L2 beside the tile), and sgemm wins from 128. Batched decode of up to 63 sequences and prompts shorter than 64 tokens
 // thus see 8-bit activations, as decode. int8 and the g128 formats (1024 x 2816): n = 16 0.96-1.08 vs 1.47-1.57 ms, n =
-// 32 level or ahead (1.2-2.1 vs 1.9-2.8), n = 48 behind (2.5-4.1 vs 2.7-2.9): 32. f16 / bf16 tiles lose to sgemm from
-// 32 rows, and f32 keeps sgemm: 16.
+// 32 level or ahead (1.2-2.1 vs 1.9-2.8), n = 48 behind (2.5-4.1 vs 2.7-2.9): 32. f32 / f16 / bf16 (tile_float_rows,
+// up to three activation rows a pass; in-process A/B from DRAM, 12 ABBA pairs, sgemm ms / tiles ms at 5632 x 1024 and
+// 1024 x 2816): f32 n = 16 1.54 / 1.39, 32 1.22 / 1.03, 48 1.12 / 1.03, 64 1.00 / 0.93 (32000 x 1024: n = 32 1.14, 63
+// 0.94): 48; bf16 n = 32 1.23 / 1.26, 48 1.06 / 1.20, 64 1.03 / 1.11, 96 0.95 / 1.00, 128 0.86 / 1.04: 64. The tiles
+// keep f32 activations, so only the summation order changes at the switch.
 }  // namespace
 
 int64_t qgemm_sgemm_rows(QFormat f) {
   switch (f) {
     case QFormat::Q8_0:
     case QFormat::Q4_0:
+    case QFormat::F16:
+    case QFormat::BF16:
       return 64;
+    case QFormat::F32:
+      return 48;
     case QFormat::INT8:
     case QFormat::Q4_G128:
     case QFormat::Q4_G128_ASYM:
       return 32;
     default:
-      return 16;
+      return 64;
   }
 }
 
