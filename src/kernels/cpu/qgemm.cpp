@@ -716,6 +716,19 @@ LMF_TARGET_AVX2 void tile_float_rows(const uint8_t* const* rows, const float* co
   }
 }
 
+// tile_float_rows for the weight's format (F32, F16 or BF16).
+template <int R, int T>
+LMF_TARGET_AVX2 void tile_float_rows(QFormat f, const uint8_t* const* rows, const float* const* xs, int64_t cols,
+                                     float (*outs)[R], size_t ahead) {
+  if (f == QFormat::F32) {
+    tile_float_rows<R, T, QFormat::F32>(rows, xs, cols, outs, ahead);
+  } else if (f == QFormat::BF16) {
+    tile_float_rows<R, T, QFormat::BF16>(rows, xs, cols, outs, ahead);
+  } else {
+    tile_float_rows<R, T, QFormat::F16>(rows, xs, cols, outs, ahead);
+  }
+}
+
 // R rows (grouped: R groups of four interleaved rows, out[4 k + i] for group k's row i) starting at the rows in
 // first[0, R), against one activation row.
 template <int R>
@@ -729,13 +742,7 @@ LMF_TARGET_AVX2 void tile_avx2(const QWeight& w, const int64_t* first, bool grou
     case QFormat::F16:
     case QFormat::BF16: {
       float o[1][R];
-      if (w.format == QFormat::F32) {
-        tile_float_rows<R, 1, QFormat::F32>(rows, &x, w.cols, o, ahead);
-      } else if (w.format == QFormat::BF16) {
-        tile_float_rows<R, 1, QFormat::BF16>(rows, &x, w.cols, o, ahead);
-      } else {
-        tile_float_rows<R, 1, QFormat::F16>(rows, &x, w.cols, o, ahead);
-      }
+      tile_float_rows<R, 1>(w.format, rows, &x, w.cols, o, ahead);
       for (int r = 0; r < R; ++r) out[r] = o[0][r];
       break;
     }
@@ -867,25 +874,20 @@ LMF_TARGET_AVX2 void rows_avx2(const QWeight& w, const float* x, const XQuant* x
   const bool float_rows = w.format == QFormat::F32 || w.format == QFormat::F16 || w.format == QFormat::BF16;
   int64_t first[kStreams];
   for (int64_t i = 0; i < len; ++i) {
-    for (int k = 0; k < kStreams; ++k) first[k] = r0 + (k * len + i) * unit;
+    // Where this step's rows (or groups of four) start in each stream.
+    const uint8_t* rows[kStreams];
+    for (int k = 0; k < kStreams; ++k) {
+      first[k] = r0 + (k * len + i) * unit;
+      rows[k] = static_cast<const uint8_t*>(w.codes) + static_cast<size_t>(first[k]) * row_bytes(w);
+    }
     int64_t t = 0;
     if (float_rows) {
-      const uint8_t* rows[kStreams];
-      for (int k = 0; k < kStreams; ++k)
-        rows[k] = static_cast<const uint8_t*>(w.codes) + static_cast<size_t>(first[k]) * row_bytes(w);
       const auto run = [&](auto rows_at_once) {
         constexpr int T = decltype(rows_at_once)::value;
         const float* xs[T];
         for (int u = 0; u < T; ++u) xs[u] = x + (t + u) * w.cols;
         float out[T][kStreams];
-        const size_t a = t == 0 ? ahead : 0;
-        if (w.format == QFormat::F32) {
-          tile_float_rows<kStreams, T, QFormat::F32>(rows, xs, w.cols, out, a);
-        } else if (w.format == QFormat::BF16) {
-          tile_float_rows<kStreams, T, QFormat::BF16>(rows, xs, w.cols, out, a);
-        } else {
-          tile_float_rows<kStreams, T, QFormat::F16>(rows, xs, w.cols, out, a);
-        }
+        tile_float_rows<kStreams, T>(w.format, rows, xs, w.cols, out, t == 0 ? ahead : 0);
         for (int u = 0; u < T; ++u)
           for (int k = 0; k < kStreams; ++k) put(t + u, first[k], out[u][k]);
         t += T;
@@ -895,9 +897,7 @@ LMF_TARGET_AVX2 void rows_avx2(const QWeight& w, const float* x, const XQuant* x
       if (n - t == 1) run(std::integral_constant<int, 1>());
     }
     if (multi) {
-      const uint8_t* groups[kStreams];
-      for (int k = 0; k < kStreams; ++k)
-        groups[k] = static_cast<const uint8_t*>(w.codes) + static_cast<size_t>(first[k]) * row_bytes(w);
+      const uint8_t* const* groups = rows;
       const auto run = [&](auto rows_at_once) {
         constexpr int T = decltype(rows_at_once)::value;
         const XQuant* xs[T];
