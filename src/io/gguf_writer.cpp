@@ -119,14 +119,14 @@ void GgufWriter::check_new_tensor(const std::string& name, const Shape& shape, D
 void GgufWriter::add_tensor(const std::string& name, const Tensor& t) {
   LMF_CHECK(t.defined() && t.is_contiguous(), "GGUF tensor \"", name, "\" must be contiguous");
   check_new_tensor(name, t.shape(), t.dtype());
-  tensors_.push_back({name, t.shape(), t.dtype(), t, {}, {}});
+  tensors_.push_back({name, t.shape(), t.dtype(), [t] { return t; }, {}});
 }
 
 void GgufWriter::add_tensor(const std::string& name, const Shape& shape, DType dtype, std::function<Tensor()> produce,
                             std::function<void()> done) {
   LMF_CHECK(produce != nullptr, "GGUF tensor \"", name, "\": no producer");
   check_new_tensor(name, shape, dtype);
-  tensors_.push_back({name, shape, dtype, {}, std::move(produce), std::move(done)});
+  tensors_.push_back({name, shape, dtype, std::move(produce), std::move(done)});
 }
 
 uint64_t GgufWriter::alignment() const {
@@ -162,7 +162,7 @@ void GgufWriter::emit(Sink& s, const std::function<void(size_t, size_t)>& progre
   pad_to(s, align);
   for (size_t i = 0; i < tensors_.size(); ++i) {
     const Entry& e = tensors_[i];
-    Tensor t = e.tensor.defined() ? e.tensor : e.produce();
+    Tensor t = e.produce();
     LMF_CHECK(t.defined() && t.dtype() == e.dtype && t.shape() == e.shape, "GGUF tensor \"", e.name, "\": made ",
               t.defined() ? t.str() : std::string("nothing"), ", announced ", dtype_name(e.dtype), shape_str(e.shape));
     if (!t.is_contiguous()) t = t.contiguous();

@@ -180,8 +180,7 @@ class GgufWriter {
     std::string name;
     Shape shape;
     DType dtype;
-    Tensor tensor;                    // or, when undefined:
-    std::function<Tensor()> produce;  // made at write time
+    std::function<Tensor()> produce;  // made at write time (a tensor added as such: returns it)
     std::function<void()> done;
   };
   template <typename Sink>
