@@ -142,15 +142,40 @@ MoeOut moe_ffn(const Ctx& x, const LayerParams& L, int64_t layer, const Var& h) 
 
 }  // namespace
 
+namespace {
+
+struct BlockOut {
+  Var x, aux;  // aux: the MoE layer's load-balancing loss (training), else undefined
+  ExpertLoad load;
+};
+
+// Decoder block `l` on x [B, T, D]: pre-norm attention and FFN, each added to the residual stream.
+BlockOut decoder_block(const Ctx& ctx, const LayerParams& L, int64_t l, const Var& xin) {
+  const ModelConfig& c = ctx.c;
+  Var h = ops::rmsnorm(xin, L.input_norm, c.rms_norm_eps);
+  Var a = c.is_deepseek() ? mla_attention(ctx, L, l, h) : llama_attention(ctx, L, l, h);
+  Var x1 = ops::add(xin, a);
+  Var h2 = ops::rmsnorm(x1, L.post_norm, c.rms_norm_eps);
+  if (!L.moe) return {ops::add(x1, swiglu_mlp(ctx.opt, L.mlp, h2)), {}, {}};
+  MoeOut mo = moe_ffn(ctx, L, l, h2);
+  return {ops::add(x1, mo.y), mo.aux, mo.load};
+}
+
+std::shared_ptr<Ctx> make_ctx(const ModelConfig& c, int64_t B, int64_t T, const ForwardOptions& opt) {
+  const int64_t rot = c.is_deepseek() ? c.qk_rope_head_dim : c.head_dim;
+  auto [cos, sin] = rope_tables(c, rot, T, opt.pos0);
+  return std::make_shared<Ctx>(Ctx{c, B, T, cos, sin, opt});
+}
+
+}  // namespace
+
 ForwardResult CausalLM::forward(const Tensor& ids, const ForwardOptions& opt) const {
   const ModelConfig& c = cfg_;
   const Impl& m = *impl_;
   LMF_CHECK(ids.dtype() == DType::I32 && ids.dim() == 2, "forward: ids must be i32 [batch, tokens], got ", ids.str());
   const int64_t B = ids.size(0), T = ids.size(1);
   LMF_CHECK(T > 0 && B > 0, "forward: empty batch ", ids.str());
-  const int64_t rot = c.is_deepseek() ? c.qk_rope_head_dim : c.head_dim;
-  auto [cos, sin] = rope_tables(c, rot, T, opt.pos0);
-  auto ctx = std::make_shared<Ctx>(Ctx{c, B, T, cos, sin, opt});
+  auto ctx = make_ctx(c, B, T, opt);
 
   ForwardResult res;
   Var x = ops::embedding(m.embed, ids);
@@ -162,20 +187,13 @@ ForwardResult CausalLM::forward(const Tensor& ids, const ForwardOptions& opt) co
     auto load_sink = std::make_shared<ExpertLoad>();
     auto recorded = std::make_shared<bool>(false);
     auto block = [ctx, &L, l, load_sink, recorded](const std::vector<Var>& in) -> std::vector<Var> {
-      const ModelConfig& cc = ctx->c;
-      const Var& xin = in[0];
-      Var h = ops::rmsnorm(xin, L.input_norm, cc.rms_norm_eps);
-      Var a = cc.is_deepseek() ? mla_attention(*ctx, L, l, h) : llama_attention(*ctx, L, l, h);
-      Var x1 = ops::add(xin, a);
-      Var h2 = ops::rmsnorm(x1, L.post_norm, cc.rms_norm_eps);
-      if (!L.moe) return {ops::add(x1, swiglu_mlp(ctx->opt, L.mlp, h2))};
-      MoeOut mo = moe_ffn(*ctx, L, l, h2);
-      if (!*recorded) {
-        *load_sink = mo.load;
+      BlockOut b = decoder_block(*ctx, L, l, in[0]);
+      if (L.moe && !*recorded) {
+        *load_sink = b.load;
         *recorded = true;
       }
-      std::vector<Var> out{ops::add(x1, mo.y)};
-      if (mo.aux.defined()) out.push_back(mo.aux);
+      std::vector<Var> out{b.x};
+      if (b.aux.defined()) out.push_back(b.aux);
       return out;
     };
     std::vector<Var> out = opt.checkpoint_blocks && active_tape() ? checkpoint(block, {x}) : block({x});
@@ -187,6 +205,23 @@ ForwardResult CausalLM::forward(const Tensor& ids, const ForwardOptions& opt) co
   res.logits = proj(opt, x, m.lm_head.defined() ? m.lm_head : m.embed);
   for (const Var& a : aux_terms) res.aux_loss = res.aux_loss.defined() ? ops::add(res.aux_loss, a) : a;
   return res;
+}
+
+Tensor CausalLM::embed(const Tensor& ids) const {
+  LMF_CHECK(ids.dtype() == DType::I32 && ids.dim() == 2 && ids.numel() > 0,
+            "embed: ids must be i32 [batch, tokens], got ", ids.str());
+  return ops::embedding(impl_->embed, ids).value();
+}
+
+Tensor CausalLM::forward_layer(int64_t layer, const Tensor& x, const ForwardOptions& opt) const {
+  const ModelConfig& c = cfg_;
+  LMF_CHECK(layer >= 0 && layer < c.num_hidden_layers, "forward_layer: layer ", layer, " is outside [0, ",
+            c.num_hidden_layers, ")");
+  LMF_CHECK(x.dtype() == DType::F32 && x.dim() == 3 && x.size(0) > 0 && x.size(1) > 0 && x.size(2) == c.hidden_size,
+            "forward_layer: x must be f32 [batch, tokens, ", c.hidden_size, "], got ", x.str());
+  LMF_CHECK(!opt.training && !active_tape(), "forward_layer: inference only (no training routing, no tape)");
+  const auto ctx = make_ctx(c, x.size(0), x.size(1), opt);
+  return decoder_block(*ctx, impl_->layers[layer], layer, Var(x)).x.value();
 }
 
 Var next_token_loss(const Var& logits, const Tensor& targets) {

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
 #include "lmforge/core/error.h"
 #include "lmforge/quant/methods.h"
@@ -103,16 +104,16 @@ void clip_search(Tensor& w, const std::vector<float>& X, int64_t n, WeightFormat
 
 }  // namespace
 
-QuantizedWeights quantize_awq(const model::CausalLM& m, QuantConfig q, const std::vector<Tensor>& calib,
+QuantizedWeights quantize_awq(model::CausalLM& m, QuantConfig q, const std::vector<Tensor>& calib,
                               const AwqOptions& opt, const Log& log) {
   LMF_CHECK(q.format == WeightFormat::Q4_G128 || q.format == WeightFormat::Q4_G128_ASYM,
             "awq: format must be q4_g128 or q4_g128_asym");
-  model::CausalLM work = clone_model(m);
   const model::ModelConfig& c = m.config();
-  nlohmann::json alphas = nlohmann::json::array();
+  std::vector<std::vector<ScaleGroup>> layer_groups(static_cast<size_t>(c.num_hidden_layers));
+  int64_t last = -1;  // the last layer with a group: the calibration runs no further
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
-    std::vector<ScaleGroup> groups;
+    std::vector<ScaleGroup>& groups = layer_groups[l];
     if (!c.is_deepseek() && !c.is_moe_layer(l)) {
       const std::string a = p + "self_attn.", f = p + "mlp.";
       groups.push_back(
@@ -123,11 +124,18 @@ QuantizedWeights quantize_awq(const model::CausalLM& m, QuantConfig q, const std
       groups.push_back({p + "post_attention_layernorm.weight", true, {f + "gate_proj.weight", f + "up_proj.weight"}});
       groups.push_back({f + "up_proj.weight", false, {f + "down_proj.weight"}});
     }
+    if (!groups.empty()) last = l;
+  }
+  nlohmann::json alphas = nlohmann::json::array();
+  std::optional<LayerwiseRunner> run;
+  if (last >= 0) run.emplace(m, calib);
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const std::vector<ScaleGroup>& groups = layer_groups[l];
     // One capture per group: its input changes once the previous group's scales are folded in.
     nlohmann::json layer_alpha = nlohmann::json::object();
     for (const ScaleGroup& g : groups) {
       InputCollector col(g.linears[0]);
-      run_calibration(work, calib, col.observer());
+      run->observe(col.observer());
       std::map<std::string, Captured> cap = col.take();
       auto it = cap.find(g.linears[0]);
       if (it == cap.end() || it->second.n() == 0) continue;
@@ -136,7 +144,7 @@ QuantizedWeights quantize_awq(const model::CausalLM& m, QuantConfig q, const std
       const int64_t n = static_cast<int64_t>(Xs.size()) / X.cols;
       const std::vector<double> mean = X.mean_abs();
       std::vector<Tensor> W;
-      for (const std::string& name : g.linears) W.push_back(parameter_tensor(work, name).clone());
+      for (const std::string& name : g.linears) W.push_back(parameter_tensor(m, name).clone());
       bool ok = true;
       for (const Tensor& w : W) ok = ok && w.size(1) % kGroup == 0;
       if (!ok) continue;
@@ -164,13 +172,13 @@ QuantizedWeights quantize_awq(const model::CausalLM& m, QuantConfig q, const std
       }
       layer_alpha[g.linears[0]] = best_alpha;
       // Fold: linears' columns times s, the producer divided by s (norm weights, or the previous linear's rows).
-      for (size_t i = 0; i < W.size(); ++i) set_parameter(work, g.linears[i], scale_columns(W[i], best_s, false));
-      Tensor prev = parameter_tensor(work, g.prev).clone();
+      for (size_t i = 0; i < W.size(); ++i) set_parameter(m, g.linears[i], scale_columns(W[i], best_s, false));
+      Tensor prev = parameter_tensor(m, g.prev).clone();
       float* pp = prev.data<float>();
       const int64_t inner = g.prev_is_norm ? 1 : prev.size(1);
       for (size_t ch = 0; ch < best_s.size(); ++ch)
         for (int64_t j = 0; j < inner; ++j) pp[ch * inner + j] = static_cast<float>(pp[ch * inner + j] / best_s[ch]);
-      set_parameter(work, g.prev, prev);
+      set_parameter(m, g.prev, prev);
       if (opt.clip_search) {
         std::vector<float> Xq = Xs;  // the inputs as the scaled linears now see them: x / s
         for (int64_t r = 0; r < n; ++r)
@@ -178,16 +186,17 @@ QuantizedWeights quantize_awq(const model::CausalLM& m, QuantConfig q, const std
             Xq[r * X.cols + ch] = static_cast<float>(Xq[r * X.cols + ch] / best_s[ch]);
         const std::vector<float> Xc = subsample(Captured{X.cols, Xq}, 256);
         for (const std::string& name : g.linears) {
-          Tensor w = parameter_tensor(work, name).clone();
+          Tensor w = parameter_tensor(m, name).clone();
           clip_search(w, Xc, static_cast<int64_t>(Xc.size()) / X.cols, q.format);
-          set_parameter(work, name, w);
+          set_parameter(m, name, w);
         }
       }
     }
     alphas.push_back(layer_alpha);
+    if (l < last) run->advance();
     if (log) log("awq: layer " + std::to_string(l + 1) + "/" + std::to_string(c.num_hidden_layers) + " done");
   }
-  QuantizedWeights out = quantize_rtn(work, q);
+  QuantizedWeights out = quantize_rtn(m, q);
   out.quant.method = "awq";
   out.quant.extra = {{"grid", opt.grid}, {"clip_search", opt.clip_search}, {"alpha", alphas}};
   if (c.is_deepseek()) out.quant.extra["note"] = "deepseek_v3 layers: no AWQ scaling implemented (round-to-nearest)";

@@ -13,24 +13,6 @@
 
 namespace lmforge::quant {
 
-std::vector<double> Captured::hessian() const {
-  const int64_t n = this->n();
-  std::vector<double> H(static_cast<size_t>(cols * cols), 0.0);
-  if (n == 0) return H;
-  // XᵀX in f32 per chunk of 256 rows (exact enough: each partial sums 256 products), accumulated in double.
-  std::vector<float> part(static_cast<size_t>(cols * cols));
-  for (int64_t r0 = 0; r0 < n; r0 += 256) {
-    const int64_t k = std::min<int64_t>(256, n - r0);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, static_cast<int>(cols), static_cast<int>(cols),
-                static_cast<int>(k), 1.0f, x.data() + r0 * cols, static_cast<int>(cols), x.data() + r0 * cols,
-                static_cast<int>(cols), 0.0f, part.data(), static_cast<int>(cols));
-    for (size_t i = 0; i < part.size(); ++i) H[i] += part[i];
-  }
-  const double s = 2.0 / static_cast<double>(n);
-  for (double& v : H) v *= s;
-  return H;
-}
-
 std::vector<double> Captured::mean_abs() const {
   std::vector<double> m(static_cast<size_t>(cols), 0.0);
   const int64_t n = this->n();
@@ -40,7 +22,7 @@ std::vector<double> Captured::mean_abs() const {
   return m;
 }
 
-std::function<void(const std::string&, const Tensor&)> InputCollector::observer() {
+Observer InputCollector::observer() {
   return [this](const std::string& name, const Tensor& input) {
     if (name.rfind(prefix_, 0) != 0 || !is_linear_weight(name)) return;
     const Tensor x = input.contiguous();
@@ -52,12 +34,90 @@ std::function<void(const std::string&, const Tensor&)> InputCollector::observer(
   };
 }
 
-void run_calibration(const model::CausalLM& m, const std::vector<Tensor>& calib,
-                     const std::function<void(const std::string&, const Tensor&)>& observe, int64_t layers) {
-  (void)layers;  // the forward pass runs every layer; later layers' inputs are simply not captured
+namespace {
+constexpr int64_t kHessianChunk = 256;  // rows per f32 product
+}  // namespace
+
+void HessianCollector::Sum::add(const float* x, int64_t rows) {
+  if (buf.empty()) buf.resize(static_cast<size_t>(kHessianChunk * cols));
+  n += rows;
+  while (rows > 0) {
+    const int64_t k = std::min(rows, kHessianChunk - pending);
+    std::memcpy(buf.data() + pending * cols, x, sizeof(float) * static_cast<size_t>(k * cols));
+    pending += k;
+    x += k * cols;
+    rows -= k;
+    if (pending == kHessianChunk) flush();
+  }
+}
+
+void HessianCollector::Sum::flush() {
+  if (pending == 0) return;
+  if (H.empty()) {
+    H.assign(static_cast<size_t>(cols * cols), 0.0);
+    part.resize(H.size());
+  }
+  const int c = static_cast<int>(cols);
+  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, c, c, static_cast<int>(pending), 1.0f, buf.data(), c, buf.data(),
+              c, 0.0f, part.data(), c);
+  for (size_t i = 0; i < part.size(); ++i) H[i] += part[i];
+  pending = 0;
+}
+
+Observer HessianCollector::observer() {
+  return [this](const std::string& name, const Tensor& input) {
+    if (name.rfind(prefix_, 0) != 0 || !is_linear_weight(name)) return;
+    const bool same = last_.defined() && input.raw_data() == last_.raw_data() && input.shape() == last_.shape() &&
+                      input.strides() == last_.strides();
+    auto it = owner_.find(name);
+    if (it == owner_.end()) it = owner_.emplace(name, same ? last_owner_ : name).first;
+    if (it->second != name) {  // shares its owner's input: already summed
+      LMF_CHECK(same && last_owner_ == it->second, "calibration: linear '", name, "' no longer sees the input of '",
+                it->second, "'");
+      return;
+    }
+    const Tensor x = input.contiguous();
+    Sum& s = sums_[name];
+    s.cols = x.size(x.dim() - 1);
+    s.add(x.data<float>(), x.numel() / s.cols);
+    last_ = input;
+    last_owner_ = name;
+  };
+}
+
+std::map<std::string, std::vector<double>> HessianCollector::take() {
+  std::map<std::string, std::vector<double>> out;
+  for (auto& [name, s] : sums_) {
+    s.flush();
+    if (s.H.empty()) s.H.assign(static_cast<size_t>(s.cols * s.cols), 0.0);
+    const double k = s.n > 0 ? 2.0 / static_cast<double>(s.n) : 0.0;
+    for (double& v : s.H) v *= k;
+  }
+  for (const auto& [name, owner] : owner_)  // copies for the sharers first, then the owners' sums moved
+    if (name != owner) out[name] = sums_[owner].H;
+  for (auto& [name, s] : sums_) out[name] = std::move(s.H);
+  sums_.clear();
+  owner_.clear();
+  last_ = Tensor();
+  return out;
+}
+
+LayerwiseRunner::LayerwiseRunner(const model::CausalLM& m, const std::vector<Tensor>& calib) : m_(m) {
+  h_.reserve(calib.size());
+  for (const Tensor& ids : calib) h_.push_back(m.embed(ids));
+}
+
+void LayerwiseRunner::observe(const Observer& observe) const {
+  LMF_CHECK(layer_ < m_.config().num_hidden_layers, "calibration: every layer has been run");
   model::ForwardOptions o;
   o.observe = observe;
-  for (const Tensor& seq : calib) (void)m.forward(seq, o);
+  for (const Tensor& h : h_) (void)m_.forward_layer(layer_, h, o);
+}
+
+void LayerwiseRunner::advance() {
+  LMF_CHECK(layer_ < m_.config().num_hidden_layers, "calibration: every layer has been run");
+  for (Tensor& h : h_) h = m_.forward_layer(layer_, h);
+  ++layer_;
 }
 
 Tensor parameter_tensor(const model::CausalLM& m, const std::string& name) {

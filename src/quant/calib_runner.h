@@ -1,6 +1,7 @@
 // Calibration plumbing shared by GPTQ and AWQ: running calibration sequences through a model with the forward
 // pass's observer hook, capturing the inputs of chosen linears, and reading / writing parameters by HF name.
 #pragma once
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -9,13 +10,13 @@
 
 namespace lmforge::quant {
 
+using Observer = std::function<void(const std::string&, const Tensor&)>;
+
 // The rows [n, cols] that reached one linear.
 struct Captured {
   int64_t cols = 0;
   std::vector<float> x;
   int64_t n() const { return cols > 0 ? static_cast<int64_t>(x.size()) / cols : 0; }
-  // 2/n XᵀX (double, [cols, cols]).
-  std::vector<double> hessian() const;
   // mean |x| per input channel.
   std::vector<double> mean_abs() const;
 };
@@ -24,18 +25,58 @@ struct Captured {
 class InputCollector {
  public:
   explicit InputCollector(std::string prefix) : prefix_(std::move(prefix)) {}
-  std::function<void(const std::string&, const Tensor&)> observer();
+  Observer observer();
   std::map<std::string, Captured> take() { return std::move(data_); }
 
  private:
   std::string prefix_;
   std::map<std::string, Captured> data_;
 };
-using HessianCollector = InputCollector;
 
-// Forwards every sequence (no tape) with `observe` set.
-void run_calibration(const model::CausalLM& m, const std::vector<Tensor>& calib,
-                     const std::function<void(const std::string&, const Tensor&)>& observe, int64_t layers = 0);
+// 2/n XᵀX (double, [cols, cols]) of the inputs of every linear whose name starts with `prefix`, summed as they come
+// rather than kept: f32 products over chunks of 256 consecutive rows (the rows of all calls in order), added in
+// double. Linears called one after another on the very same input tensor (q/k/v, gate/up, MLA's q_a/kv_a) share
+// one sum.
+class HessianCollector {
+ public:
+  explicit HessianCollector(std::string prefix) : prefix_(std::move(prefix)) {}
+  Observer observer();
+  // Every linear seen, with its Hessian.
+  std::map<std::string, std::vector<double>> take();
+
+ private:
+  struct Sum {
+    int64_t cols = 0, n = 0, pending = 0;  // pending: rows in buf not yet multiplied
+    std::vector<float> buf, part;
+    std::vector<double> H;
+    void add(const float* x, int64_t rows);
+    void flush();
+  };
+  std::string prefix_;
+  std::map<std::string, Sum> sums_;
+  std::map<std::string, std::string> owner_;  // linear -> the linear whose sum it shares (itself if none)
+  Tensor last_;                               // the last input summed, kept alive so its address identifies it
+  std::string last_owner_;
+};
+
+// Calibration sequences' hidden states, taken through a model one decoder layer at a time: each layer runs once per
+// pass over it, where a full forward per layer made calibration quadratic in the depth. Holds the hidden states
+// (calibration tokens x hidden_size floats) and reads the model's weights as they are at each call, so a layer's
+// weights may change between observe() and advance().
+class LayerwiseRunner {
+ public:
+  LayerwiseRunner(const model::CausalLM& m, const std::vector<Tensor>& calib);
+  int64_t layer() const { return layer_; }  // the decoder layer whose inputs the states are
+  // Runs the current layer on every sequence with `observe` set; the states stay as they are.
+  void observe(const Observer& observe) const;
+  // Runs the current layer and makes its outputs the states: the next layer's inputs.
+  void advance();
+
+ private:
+  const model::CausalLM& m_;
+  std::vector<Tensor> h_;
+  int64_t layer_ = 0;
+};
 
 // The model's tensor `name` (shares the model's memory); an Error when there is none.
 Tensor parameter_tensor(const model::CausalLM& m, const std::string& name);

@@ -185,31 +185,31 @@ WeightMatrix gptq_quantize(const float* w_in, int64_t rows, int64_t cols, std::v
   return WeightMatrix::from_parts(format, rows, cols, tc, ts, tz, "gptq");
 }
 
-QuantizedWeights quantize_gptq(const model::CausalLM& m, QuantConfig q, const std::vector<Tensor>& calib,
+QuantizedWeights quantize_gptq(model::CausalLM& m, QuantConfig q, const std::vector<Tensor>& calib,
                                const GptqOptions& opt, const Log& log) {
   LMF_CHECK(q.format == WeightFormat::Q4_G128 || q.format == WeightFormat::Q4_G128_ASYM,
             "gptq: format must be q4_g128 or q4_g128_asym");
-  model::CausalLM work = clone_model(m);
-  QuantizedWeights out = quantize_rtn(work, q);  // dense tensors, lm_head and any non-multiple-of-128 linears
+  QuantizedWeights out = quantize_rtn(m, q);  // dense tensors, lm_head and any non-multiple-of-128 linears
   out.quant.method = "gptq";
   out.quant.extra = {{"damp", opt.damp},
                      {"block", opt.block},
                      {"act_order", opt.act_order},
                      {"sequential", "layer by layer, inputs through the quantized earlier layers"}};
   const int64_t L = m.config().num_hidden_layers;
+  LayerwiseRunner run(m, calib);
   for (int64_t l = 0; l < L; ++l) {
-    const std::string prefix = "model.layers." + std::to_string(l) + ".";
     // Hessians of this layer's linears, from inputs that went through the quantized layers 0..l-1.
-    HessianCollector hc(prefix);
-    run_calibration(work, calib, hc.observer(), l + 1);
-    for (auto& [name, acc] : hc.take()) {
+    HessianCollector hc("model.layers." + std::to_string(l) + ".");
+    run.observe(hc.observer());
+    for (auto& [name, H] : hc.take()) {
       auto it = out.linear.find(name);
       if (it == out.linear.end() || it->second.format() == WeightFormat::F32) continue;
-      Tensor w = parameter_tensor(work, name);
-      WeightMatrix qm = gptq_quantize(w.data<float>(), w.size(0), w.size(1), acc.hessian(), q.format, opt);
-      set_parameter(work, name, qm.dequantize());  // later layers see the quantized weight
+      Tensor w = parameter_tensor(m, name);
+      WeightMatrix qm = gptq_quantize(w.data<float>(), w.size(0), w.size(1), std::move(H), q.format, opt);
+      set_parameter(m, name, qm.dequantize());  // later layers see the quantized weight
       it->second = qm;
     }
+    run.advance();
     if (log) log("gptq: layer " + std::to_string(l + 1) + "/" + std::to_string(L) + " done");
   }
   return out;

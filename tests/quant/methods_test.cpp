@@ -5,8 +5,10 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 
 #include "lmforge/core/half.h"
+#include "lmforge/core/ops.h"
 #include "lmforge/io/safetensors.h"
 #include "quant/calib_runner.h"
 #include "quant/lm_perplexity.h"
@@ -122,16 +124,93 @@ TEST(QuantMethods, GptqAndAwqModelsBeatRoundToNearest) {
   qc.format = WeightFormat::Q4_G128;
   qc.lm_head_format = WeightFormat::Q8_0;
   const double rtn = logits_error(dequantize_to_causal_lm(quantize_rtn(m, qc)), m, held);
-  const QuantizedWeights g = quantize_gptq(m, qc, calib, {});
+  model::CausalLM gm = clone_model(m), am = clone_model(m);  // both methods overwrite their model
+  const QuantizedWeights g = quantize_gptq(gm, qc, calib, {});
   EXPECT_EQ(g.quant.method, "gptq");
   const double gptq = logits_error(dequantize_to_causal_lm(g), m, held);
   AwqOptions ao;
   ao.grid = 10;
-  const QuantizedWeights a = quantize_awq(m, qc, calib, ao);
+  const QuantizedWeights a = quantize_awq(am, qc, calib, ao);
   const double awq = logits_error(dequantize_to_causal_lm(a), m, held);
   EXPECT_LT(gptq, rtn);
   EXPECT_LT(awq, rtn);
   EXPECT_EQ(a.quant.extra["alpha"].size(), 2u);
+}
+
+// The layer-at-a-time pieces compute what forward() does, bit for bit: embed, every decoder layer in turn, then the
+// final norm give the LM head's input that forward() reports to its observer (llama with GQA, DeepSeek-V3 with MLA
+// and MoE layers).
+TEST(Calibration, LayerwiseRunnerMatchesForward) {
+  const char* deepseek = R"({"model_type":"deepseek_v3","vocab_size":300,"hidden_size":128,"intermediate_size":256,
+    "moe_intermediate_size":64,"num_hidden_layers":3,"first_k_dense_replace":1,"num_attention_heads":4,
+    "num_key_value_heads":4,"q_lora_rank":64,"kv_lora_rank":32,"qk_nope_head_dim":16,"qk_rope_head_dim":16,
+    "v_head_dim":32,"n_routed_experts":4,"num_experts_per_tok":2,"n_shared_experts":1,"max_position_embeddings":128})";
+  const char* llama = R"({"model_type":"llama","vocab_size":300,"hidden_size":128,"intermediate_size":256,
+    "num_hidden_layers":3,"num_attention_heads":4,"num_key_value_heads":2,"max_position_embeddings":128})";
+  for (const char* j : {llama, deepseek}) {
+    model::CausalLM m(model::parse_model_config(nlohmann::json::parse(j), "cfg"));
+    m.init_random(5);
+    SCOPED_TRACE(m.config().model_type);
+    const Tensor ids = Tensor::from_ints(token_ids(40, 300, 3), {1, 40});
+    Tensor head_in;
+    model::ForwardOptions o;
+    o.observe = [&](const std::string& name, const Tensor& x) {
+      if (name == "lm_head.weight") head_in = x.contiguous();
+    };
+    (void)m.forward(ids, o);
+    ASSERT_TRUE(head_in.defined());
+    Tensor h = m.embed(ids);
+    for (int64_t l = 0; l < m.config().num_hidden_layers; ++l) h = m.forward_layer(l, h);
+    const Tensor normed =
+        ops::rmsnorm(Var(h), Var(parameter_tensor(m, "model.norm.weight")), m.config().rms_norm_eps).value();
+    ASSERT_EQ(normed.numel(), head_in.numel());
+    EXPECT_EQ(0, std::memcmp(normed.raw_data(), head_in.raw_data(), normed.nbytes()));
+    EXPECT_THROW(m.forward_layer(3, h), Error);
+    EXPECT_THROW(m.forward_layer(0, Tensor::zeros({1, 4, 64}, DType::F32)), Error);
+  }
+}
+
+// The streamed Hessians are 2/n XᵀX of every row each linear saw (against a double-precision sum over the captured
+// rows, over sequences whose lengths cut the 256-row chunks anywhere), and linears fed the same input share one sum
+// that equals what each would have summed alone.
+TEST(Calibration, StreamedHessiansMatchCapturedInputs) {
+  const model::CausalLM m = tiny_model();
+  std::vector<Tensor> calib;
+  for (uint32_t s = 0; s < 7; ++s)
+    calib.push_back(Tensor::from_ints(token_ids(45 + 17 * s, 300, 40 + s), {1, 45 + 17 * s}));
+  InputCollector in("model.layers.1.");
+  HessianCollector hc("model.layers.1.");
+  LayerwiseRunner run(m, calib);
+  run.advance();
+  run.observe(in.observer());
+  run.observe(hc.observer());
+  const std::map<std::string, Captured> cap = in.take();
+  const std::map<std::string, std::vector<double>> hs = hc.take();
+  ASSERT_EQ(cap.size(), 7u);  // q, k, v, o, gate, up, down
+  ASSERT_EQ(hs.size(), cap.size());
+  for (const auto& [name, X] : cap) {
+    SCOPED_TRACE(name);
+    const std::vector<double>& H = hs.at(name);
+    const int64_t n = X.n(), c = X.cols;
+    ASSERT_EQ(static_cast<int64_t>(H.size()), c * c);
+    double worst = 0, scale = 0;
+    for (int64_t i = 0; i < c; ++i)
+      for (int64_t j = 0; j < c; ++j) {
+        double ref = 0;
+        for (int64_t r = 0; r < n; ++r) ref += double(X.x[r * c + i]) * X.x[r * c + j];
+        ref *= 2.0 / double(n);
+        worst = std::max(worst, std::fabs(H[i * c + j] - ref));
+        scale = std::max(scale, std::fabs(ref));
+      }
+    EXPECT_LE(worst, 1e-5 * scale);
+  }
+  // q, k and v saw one tensor: their sums are one sum, and the same as v's alone (the linears after the first skip
+  // the work, they do not get a different answer).
+  EXPECT_EQ(hs.at("model.layers.1.self_attn.q_proj.weight"), hs.at("model.layers.1.self_attn.v_proj.weight"));
+  EXPECT_EQ(hs.at("model.layers.1.mlp.gate_proj.weight"), hs.at("model.layers.1.mlp.up_proj.weight"));
+  HessianCollector alone("model.layers.1.self_attn.v_proj");
+  run.observe(alone.observer());
+  EXPECT_EQ(alone.take().at("model.layers.1.self_attn.v_proj.weight"), hs.at("model.layers.1.self_attn.q_proj.weight"));
 }
 
 // Pruning removes exactly the dropped channels: the pruned model equals the original with those channels zeroed.

@@ -97,7 +97,7 @@ int run_quantize(const QuantizeArgs& a, bool json) {
     return quant::dequantize_to_causal_lm(src);
   };
   if (gptq || awq) {
-    const model::CausalLM m = load_f32();  // calibration runs the f32 model
+    model::CausalLM m = load_f32();  // calibration runs the f32 model (and overwrites its weights)
     if (!requantize)
       for (const auto& [name, t] : m.state()) before += t.nbytes();
     quant::CalibOptions co;

@@ -71,6 +71,13 @@ class CausalLM {
 
   // ids i32 [B, T].
   ForwardResult forward(const Tensor& ids, const ForwardOptions& opt = {}) const;
+  // The forward pass a decoder layer at a time, for work that goes through a model layer by layer (GPTQ / AWQ
+  // calibration keeps only the hidden states between layers): the embedding rows of ids i32 [B, T] as [B, T, D],
+  // and decoder block `layer` on hidden states x [B, T, D] (positions from opt.pos0; inference only: no tape, no
+  // training routing). forward() is embed, the blocks in turn, then the final norm and the LM head, with the same
+  // arithmetic.
+  Tensor embed(const Tensor& ids) const;
+  Tensor forward_layer(int64_t layer, const Tensor& x, const ForwardOptions& opt = {}) const;
 
   // Auxiliary-loss-free balancing (DeepSeek-V3): each MoE layer's e_score_correction_bias moves by `speed`
   // towards the mean load (up for under-loaded experts, down for over-loaded ones).

@@ -33,9 +33,11 @@ WeightMatrix gptq_quantize(const float* w, int64_t rows, int64_t cols, std::vect
                            const GptqOptions& opt);
 
 // Whole model, layer by layer: each decoder layer's Hessians are collected from calibration inputs that have
-// passed through the already-quantized earlier layers. lm_head is quantized by round-to-nearest in
-// q.lm_head_format.
-QuantizedWeights quantize_gptq(const model::CausalLM& m, QuantConfig q, const std::vector<Tensor>& calib,
+// passed through the already-quantized earlier layers (each layer runs twice over the calibration set: once for
+// its Hessians, once through its quantized weights). lm_head is quantized by round-to-nearest in
+// q.lm_head_format. m's quantized linears are overwritten with their dequantized values as it goes (no second
+// copy of the model): pass clone_model(m) to keep the original.
+QuantizedWeights quantize_gptq(model::CausalLM& m, QuantConfig q, const std::vector<Tensor>& calib,
                                const GptqOptions& opt, const Log& log = {});
 
 // ---- AWQ ----
@@ -47,8 +49,10 @@ struct AwqOptions {
 
 // Activation-aware scaling: for each group of linears sharing an input (q/k/v after input_layernorm, gate/up
 // after post_attention_layernorm, o after v, down after up), s = mean|x|^alpha per input channel, weights times
-// s, the inverse folded into the previous op; alpha minimises the groups' output error after quantization.
-QuantizedWeights quantize_awq(const model::CausalLM& m, QuantConfig q, const std::vector<Tensor>& calib,
+// s, the inverse folded into the previous op; alpha minimises the groups' output error after quantization. The
+// calibration set goes through the model a layer at a time (one pass per group, one to the next layer). m's weights
+// are overwritten with the scaled (and clipped) ones as it goes: pass clone_model(m) to keep the original.
+QuantizedWeights quantize_awq(model::CausalLM& m, QuantConfig q, const std::vector<Tensor>& calib,
                               const AwqOptions& opt, const Log& log = {});
 
 // ---- pruning ----
