@@ -57,10 +57,12 @@ void HessianCollector::Sum::flush() {
     H.assign(static_cast<size_t>(cols * cols), 0.0);
     part.resize(H.size());
   }
+  // The upper triangle only (half sgemm's operations); take() mirrors it.
   const int c = static_cast<int>(cols);
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, c, c, static_cast<int>(pending), 1.0f, buf.data(), c, buf.data(),
-              c, 0.0f, part.data(), c);
-  for (size_t i = 0; i < part.size(); ++i) H[i] += part[i];
+  cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, c, static_cast<int>(pending), 1.0f, buf.data(), c, 0.0f,
+              part.data(), c);
+  for (int64_t i = 0; i < cols; ++i)
+    for (int64_t j = i; j < cols; ++j) H[i * cols + j] += part[i * cols + j];
   pending = 0;
 }
 
@@ -91,7 +93,8 @@ std::map<std::string, std::vector<double>> HessianCollector::take() {
     s.flush();
     if (s.H.empty()) s.H.assign(static_cast<size_t>(s.cols * s.cols), 0.0);
     const double k = s.n > 0 ? 2.0 / static_cast<double>(s.n) : 0.0;
-    for (double& v : s.H) v *= k;
+    for (int64_t i = 0; i < s.cols; ++i)
+      for (int64_t j = i; j < s.cols; ++j) s.H[j * s.cols + i] = s.H[i * s.cols + j] *= k;
   }
   for (const auto& [name, owner] : owner_)  // copies for the sharers first, then the owners' sums moved
     if (name != owner) out[name] = sums_[owner].H;

@@ -34,9 +34,9 @@ class InputCollector {
 };
 
 // 2/n XᵀX (double, [cols, cols]) of the inputs of every linear whose name starts with `prefix`, summed as they come
-// rather than kept: f32 products over chunks of 256 consecutive rows (the rows of all calls in order), added in
-// double. Linears called one after another on the very same input tensor (q/k/v, gate/up, MLA's q_a/kv_a) share
-// one sum.
+// rather than kept: f32 products (the upper triangle, mirrored) over chunks of 256 consecutive rows (the rows of all
+// calls in order), added in double. Linears called one after another on the very same input tensor (q/k/v, gate/up,
+// MLA's q_a/kv_a) share one sum.
 class HessianCollector {
  public:
   explicit HessianCollector(std::string prefix) : prefix_(std::move(prefix)) {}

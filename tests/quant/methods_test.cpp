@@ -132,8 +132,14 @@ TEST(QuantMethods, GptqAndAwqModelsBeatRoundToNearest) {
   ao.grid = 10;
   const QuantizedWeights a = quantize_awq(am, qc, calib, ao);
   const double awq = logits_error(dequantize_to_causal_lm(a), m, held);
+  ao.clip_search = true;
+  model::CausalLM cm = clone_model(m);
+  const QuantizedWeights ac = quantize_awq(cm, qc, calib, ao);
+  const double awq_clip = logits_error(dequantize_to_causal_lm(ac), m, held);
   EXPECT_LT(gptq, rtn);
   EXPECT_LT(awq, rtn);
+  EXPECT_LT(awq_clip, rtn);
+  EXPECT_NE(awq_clip, awq);  // the clipping changed some weights
   EXPECT_EQ(a.quant.extra["alpha"].size(), 2u);
 }
 
