@@ -19,10 +19,12 @@ namespace {
 struct Builder {
   CausalLM::Impl& m;
   bool shapes_only = false;  // record names and shapes, allocate nothing
+  bool no_values = false;    // parameters without values (CausalLM::without_weights)
   Var add(const std::string& name, const Shape& shape) {
     m.param_shapes.emplace_back(name, shape);
     if (shapes_only) return {};
-    Var v = parameter(Tensor::zeros(shape), name);
+    Var v = parameter(no_values ? Tensor() : Tensor::zeros(shape), name);
+    if (no_values) v.impl()->shape = shape;
     m.named.emplace_back(name, v);
     return v;
   }
@@ -35,24 +37,28 @@ struct Builder {
 }  // namespace
 
 CausalLM::CausalLM(ModelConfig config) : cfg_(std::move(config)), impl_(std::make_shared<Impl>()) {
-  build(false);
+  build(Build::Allocate);
 }
 
-CausalLM::CausalLM(ModelConfig config, ShapesOnly) : cfg_(std::move(config)), impl_(std::make_shared<Impl>()) {
-  build(true);
+CausalLM::CausalLM(ModelConfig config, Build how) : cfg_(std::move(config)), impl_(std::make_shared<Impl>()) {
+  build(how);
+}
+
+CausalLM CausalLM::without_weights(ModelConfig config) {
+  return CausalLM(std::move(config), Build::NoValues);
 }
 
 std::vector<std::pair<std::string, Shape>> CausalLM::tensor_shapes(const ModelConfig& config) {
-  const CausalLM m(config, ShapesOnly{});
+  const CausalLM m(config, Build::ShapesOnly);
   std::vector<std::pair<std::string, Shape>> out = m.impl_->param_shapes;
   for (const auto& [name, t] : m.impl_->buffers) out.emplace_back(name, t->shape());
   return out;
 }
 
-void CausalLM::build(bool shapes_only) {
+void CausalLM::build(Build how) {
   const ModelConfig& c = cfg_;
   Impl& m = *impl_;
-  Builder b{m, shapes_only};
+  Builder b{m, how == Build::ShapesOnly, how == Build::NoValues};
   const int64_t D = c.hidden_size, H = c.num_attention_heads;
   m.embed = b.add("model.embed_tokens.weight", {c.vocab_size, D});
   m.layers.resize(static_cast<size_t>(c.num_hidden_layers));

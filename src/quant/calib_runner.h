@@ -6,7 +6,9 @@
 #include <string>
 #include <vector>
 
+#include "lmforge/io/safetensors.h"
 #include "lmforge/model/model.h"
+#include "lmforge/quant/quantized_model.h"
 
 namespace lmforge::quant {
 
@@ -77,6 +79,33 @@ class LayerwiseRunner {
   std::vector<Tensor> h_;
   int64_t layer_ = 0;
 };
+
+// A plain model dir (f32/bf16/f16, sharded too) brought into a CausalLM::without_weights model a part at a time: the
+// safetensors files stay mapped, a tensor is converted to f32 when its part is brought in and freed when it is let
+// go, so layer-by-layer calibration holds one decoder layer's f32 weights rather than the model's. The tensors are
+// checked against the config (names, shapes, floating dtypes) when the dir is opened, as CausalLM::load does.
+class StreamedModel {
+ public:
+  explicit StreamedModel(const std::string& dir);
+  model::CausalLM& model() { return m_; }
+  size_t bytes() const { return bytes_; }  // the weights' size as stored
+  // Every parameter whose name starts with `prefix` ("model.layers.3.", "lm_head.") gets its value from the files;
+  // let_go() drops those values again (memory still referenced elsewhere stays alive there). Buffers are read with
+  // their part and kept.
+  void bring_in(const std::string& prefix);
+  void let_go(const std::string& prefix);
+
+ private:
+  model::CausalLM m_;
+  std::string source_;
+  std::vector<io::SafetensorsFile> files_;
+  std::map<std::string, size_t> where_;  // tensor name -> file
+  size_t bytes_ = 0;
+  Tensor read(const std::string& name) const;
+};
+
+// Round-to-nearest (add_rtn) of the model's tensors whose names start with `prefix`, in state() order.
+void rtn_part(QuantizedWeights& out, const model::CausalLM& m, const std::string& prefix);
 
 // The model's tensor `name` (shares the model's memory); an Error when there is none.
 Tensor parameter_tensor(const model::CausalLM& m, const std::string& name);

@@ -192,23 +192,25 @@ QuantizedWeights split_state(const model::CausalLM& m) {
   return q;
 }
 
+void add_rtn(QuantizedWeights& q, const std::string& name, const Tensor& t) {
+  if (!quantizable_weight(name, q.config)) {
+    q.dense.emplace(name, t);
+    return;
+  }
+  WeightFormat f = format_for(q.quant, name);
+  if (t.size(1) % weight_format_block(f) != 0) {  // e.g. a 4-bit group of 128 over a 96-wide input
+    q.quant.not_quantized.push_back(name);
+    f = WeightFormat::F32;
+  }
+  q.linear.emplace(name, WeightMatrix::quantize(t, f));
+}
+
 QuantizedWeights quantize_rtn(const model::CausalLM& m, QuantConfig qc) {
   QuantizedWeights q;
   q.config = m.config();
   q.quantized = true;
-  for (const auto& [name, t] : m.state()) {
-    if (!quantizable_weight(name, m.config())) {
-      q.dense.emplace(name, t);
-      continue;
-    }
-    WeightFormat f = format_for(qc, name);
-    if (t.size(1) % weight_format_block(f) != 0) {  // e.g. a 4-bit group of 128 over a 96-wide input
-      qc.not_quantized.push_back(name);
-      f = WeightFormat::F32;
-    }
-    q.linear.emplace(name, WeightMatrix::quantize(t, f));
-  }
   q.quant = std::move(qc);
+  for (const auto& [name, t] : m.state()) add_rtn(q, name, t);
   return q;
 }
 

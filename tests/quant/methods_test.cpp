@@ -6,12 +6,14 @@
 
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 
 #include "lmforge/core/half.h"
 #include "lmforge/core/ops.h"
 #include "lmforge/io/safetensors.h"
 #include "quant/calib_runner.h"
 #include "quant/lm_perplexity.h"
+#include "temp_dir_test.h"
 
 namespace lmforge::quant {
 namespace {
@@ -217,6 +219,71 @@ TEST(Calibration, StreamedHessiansMatchCapturedInputs) {
   HessianCollector alone("model.layers.1.self_attn.v_proj");
   run.observe(alone.observer());
   EXPECT_EQ(alone.take().at("model.layers.1.self_attn.v_proj.weight"), hs.at("model.layers.1.self_attn.q_proj.weight"));
+}
+
+void expect_same_weights(const QuantizedWeights& a, const QuantizedWeights& b) {
+  ASSERT_EQ(a.linear.size(), b.linear.size());
+  ASSERT_EQ(a.dense.size(), b.dense.size());
+  EXPECT_EQ(a.quant.not_quantized, b.quant.not_quantized);
+  EXPECT_EQ(a.quant.extra.dump(), b.quant.extra.dump());
+  const auto same = [](const Tensor& x, const Tensor& y) {
+    return x.defined() == y.defined() &&
+           (!x.defined() || (x.nbytes() == y.nbytes() && std::memcmp(x.raw_data(), y.raw_data(), x.nbytes()) == 0));
+  };
+  for (const auto& [name, w] : a.linear) {
+    SCOPED_TRACE(name);
+    const WeightMatrix& v = b.linear.at(name);
+    EXPECT_EQ(w.format(), v.format());
+    EXPECT_TRUE(same(w.codes().contiguous(), v.codes().contiguous()));
+    EXPECT_TRUE(same(w.scales(), v.scales()));
+    EXPECT_TRUE(same(w.zeros(), v.zeros()));
+  }
+  for (const auto& [name, t] : a.dense) EXPECT_TRUE(same(t.contiguous(), b.dense.at(name).contiguous())) << name;
+}
+
+// GPTQ and AWQ read from a model dir a layer at a time give what they give on the loaded model: a bf16 checkpoint
+// (converted per tensor), tied embeddings, biases and 192-wide inputs that 4-bit groups of 128 leave in f32.
+using StreamedQuant = testing::TempDirTest;
+TEST_F(StreamedQuant, DirMethodsMatchTheLoadedModel) {
+  const char* j = R"({"model_type":"llama","vocab_size":300,"hidden_size":256,"intermediate_size":192,
+    "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":4,"max_position_embeddings":128,
+    "tie_word_embeddings":true,"attention_bias":true})";
+  model::CausalLM m(model::parse_model_config(nlohmann::json::parse(j), "tiny"));
+  m.init_random(8);
+  m.save(path("m"), DType::BF16);
+  const std::vector<Tensor> calib = calib_set();
+  QuantConfig qc;
+  qc.format = WeightFormat::Q4_G128;
+  qc.lm_head_format = WeightFormat::Q8_0;
+  size_t bytes = 0;
+  {
+    model::CausalLM loaded = model::CausalLM::load(path("m"));
+    const QuantizedWeights a = quantize_gptq(loaded, qc, calib, {});
+    const QuantizedWeights b = quantize_gptq_dir(path("m"), qc, calib, {}, {}, &bytes);
+    EXPECT_FALSE(b.quant.not_quantized.empty());  // down_proj: 192 columns
+    expect_same_weights(a, b);
+    EXPECT_EQ(bytes, static_cast<size_t>(m.num_parameters()) * 2);  // as stored: bf16
+  }
+  for (const bool clip : {false, true}) {
+    AwqOptions ao;
+    ao.grid = 4;
+    ao.clip_search = clip;
+    model::CausalLM loaded = model::CausalLM::load(path("m"));
+    expect_same_weights(quantize_awq(loaded, qc, calib, ao), quantize_awq_dir(path("m"), qc, calib, ao));
+  }
+  // The dir is checked against the config before any work: a tensor of the wrong shape is named.
+  io::NamedTensors bad;
+  for (const auto& [name, t] : m.state())
+    bad.emplace_back(name, name == "model.layers.1.mlp.up_proj.weight" ? Tensor::zeros({3, 3}) : t);
+  std::filesystem::create_directories(path("bad"));
+  io::save_safetensors(path("bad") + "/model.safetensors", bad);
+  std::filesystem::copy_file(path("m") + "/config.json", path("bad") + "/config.json");
+  try {
+    (void)quantize_gptq_dir(path("bad"), qc, calib, {});
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("model.layers.1.mlp.up_proj.weight"), std::string::npos) << e.what();
+  }
 }
 
 // Pruning removes exactly the dropped channels: the pruned model equals the original with those channels zeroed.

@@ -97,9 +97,6 @@ int run_quantize(const QuantizeArgs& a, bool json) {
     return quant::dequantize_to_causal_lm(src);
   };
   if (gptq || awq) {
-    model::CausalLM m = load_f32();  // calibration runs the f32 model (and overwrites its weights)
-    if (!requantize)
-      for (const auto& [name, t] : m.state()) before += t.nbytes();
     quant::CalibOptions co;
     co.path = a.calib;
     co.model_dir = a.model;
@@ -107,15 +104,17 @@ int run_quantize(const QuantizeArgs& a, bool json) {
     co.ctx = a.calib_ctx;
     const std::vector<Tensor> calib = quant::load_calibration(co);
     const auto log = [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); };
-    if (gptq) {
-      quant::GptqOptions go;
-      go.damp = a.damp;
-      go.act_order = a.act_order;
-      q = quant::quantize_gptq(m, qc, calib, go, log);
-    } else {
-      quant::AwqOptions ao;
-      ao.clip_search = a.awq_clip;
-      q = quant::quantize_awq(m, qc, calib, ao, log);
+    quant::GptqOptions go;
+    go.damp = a.damp;
+    go.act_order = a.act_order;
+    quant::AwqOptions ao;
+    ao.clip_search = a.awq_clip;
+    if (requantize) {  // calibration runs the dequantized f32 model (and overwrites its weights)
+      model::CausalLM m = load_f32();
+      q = gptq ? quant::quantize_gptq(m, qc, calib, go, log) : quant::quantize_awq(m, qc, calib, ao, log);
+    } else {  // a decoder layer of f32 weights at a time, read from the files
+      q = gptq ? quant::quantize_gptq_dir(a.model, qc, calib, go, log, &before)
+               : quant::quantize_awq_dir(a.model, qc, calib, ao, log, &before);
     }
     q.quant.extra["calib"] = a.calib;
     q.quant.extra["calib_tokens"] = a.calib_tokens;

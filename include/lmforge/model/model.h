@@ -42,6 +42,9 @@ class CausalLM {
  public:
   // Parameters allocated and zeroed; use init_random or load_weights.
   explicit CausalLM(ModelConfig config);
+  // Every parameter named, with no value (no memory) until one is set through parameters()[i].mutable_value();
+  // buffers allocated and zeroed. For work that brings a model in a part at a time (quant::StreamedModel).
+  static CausalLM without_weights(ModelConfig config);
   // Every tensor name (parameters, then buffers) with its shape, in state() order, without allocating the model:
   // what loaders of other layouts (quantized dirs) check a file against.
   static std::vector<std::pair<std::string, Shape>> tensor_shapes(const ModelConfig& config);
@@ -90,9 +93,9 @@ class CausalLM {
   std::shared_ptr<Impl> impl_;
   std::vector<Var> params_;
 
-  struct ShapesOnly {};
-  CausalLM(ModelConfig config, ShapesOnly);
-  void build(bool shapes_only);
+  enum class Build { Allocate, ShapesOnly, NoValues };
+  CausalLM(ModelConfig config, Build how);
+  void build(Build how);
 };
 
 // Mean next-token cross-entropy of logits [B, T, V] against ids [B, T]: position t predicts ids[t + 1]

@@ -39,6 +39,11 @@ WeightMatrix gptq_quantize(const float* w, int64_t rows, int64_t cols, std::vect
 // copy of the model): pass clone_model(m) to keep the original.
 QuantizedWeights quantize_gptq(model::CausalLM& m, QuantConfig q, const std::vector<Tensor>& calib,
                                const GptqOptions& opt, const Log& log = {});
+// quantize_gptq on a plain model dir (f32/bf16/f16, sharded too) read a decoder layer at a time: one layer's f32
+// weights in memory beside the result, not the model (a 7B needs ~1 GB of f32 weights at a time instead of 28 GB).
+// The same result as quantize_gptq on CausalLM::load(dir). `bytes_in`: the weights' size as stored.
+QuantizedWeights quantize_gptq_dir(const std::string& dir, QuantConfig q, const std::vector<Tensor>& calib,
+                                   const GptqOptions& opt, const Log& log = {}, size_t* bytes_in = nullptr);
 
 // ---- AWQ ----
 struct AwqOptions {
@@ -54,6 +59,9 @@ struct AwqOptions {
 // are overwritten with the scaled (and clipped) ones as it goes: pass clone_model(m) to keep the original.
 QuantizedWeights quantize_awq(model::CausalLM& m, QuantConfig q, const std::vector<Tensor>& calib,
                               const AwqOptions& opt, const Log& log = {});
+// quantize_awq on a plain model dir read a decoder layer at a time, as quantize_gptq_dir.
+QuantizedWeights quantize_awq_dir(const std::string& dir, QuantConfig q, const std::vector<Tensor>& calib,
+                                  const AwqOptions& opt, const Log& log = {}, size_t* bytes_in = nullptr);
 
 // ---- pruning ----
 struct PruneReport {

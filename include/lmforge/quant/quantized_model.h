@@ -62,6 +62,10 @@ void save_quantized_model(const std::string& dir, const QuantizedWeights& q, con
 
 // Round-to-nearest: every linear weight of `m` in q.format (lm_head in q.lm_head_format).
 QuantizedWeights quantize_rtn(const model::CausalLM& m, QuantConfig q);
+// One tensor of quantize_rtn into q (q.quant the configuration): a quantizable weight into q.linear in its format
+// (f32, and named in q.quant.not_quantized, where its input size is not a multiple of the format's block), any other
+// tensor into q.dense as it is. quantize_rtn is this for every tensor in state() order.
+void add_rtn(QuantizedWeights& q, const std::string& name, const Tensor& t);
 // The same, read tensor by tensor from a plain model dir (f32/bf16/f16, sharded too) with no f32 model in memory:
 // the peak is the quantized result plus one tensor. Checks the tensors against the config as CausalLM::load does.
 // `bytes_in` receives the weights' size as stored.
