@@ -130,7 +130,7 @@ void clip_search(Tensor& w, const std::vector<float>& G, WeightFormat f) {
 }
 
 // AWQ over m's layers; `s`: where m's weights come from a part at a time (null: all in memory).
-QuantizedWeights awq_model(model::CausalLM& m, StreamedModel* s, QuantConfig q, const std::vector<Tensor>& calib,
+QuantizedWeights awq_model(model::CausalLM& m, StreamedModel* stream, QuantConfig q, const std::vector<Tensor>& calib,
                            const AwqOptions& opt, const Log& log) {
   LMF_CHECK(q.format == WeightFormat::Q4_G128 || q.format == WeightFormat::Q4_G128_ASYM,
             "awq: format must be q4_g128 or q4_g128_asym");
@@ -156,22 +156,16 @@ QuantizedWeights awq_model(model::CausalLM& m, StreamedModel* s, QuantConfig q, 
   out.config = c;
   out.quantized = true;
   out.quant = q;
-  const auto in = [s](const std::string& prefix) {
-    if (s) s->bring_in(prefix);
-  };
-  const auto go = [s](const std::string& prefix) {
-    if (s) s->let_go(prefix);
-  };
   nlohmann::json alphas = nlohmann::json::array();
   std::optional<LayerwiseRunner> run;
-  in("model.embed_tokens.");
+  bring_in(stream, "model.embed_tokens.");
   rtn_part(out, m, "model.embed_tokens.");
   if (last >= 0) run.emplace(m, calib);
-  go("model.embed_tokens.");
+  let_go(stream, "model.embed_tokens.");
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const std::vector<ScaleGroup>& groups = layer_groups[l];
     const std::string prefix = "model.layers." + std::to_string(l) + ".";
-    in(prefix);
+    bring_in(stream, prefix);
     // One capture per group: its input changes once the previous group's scales are folded in.
     nlohmann::json layer_alpha = nlohmann::json::object();
     for (const ScaleGroup& g : groups) {
@@ -237,14 +231,10 @@ QuantizedWeights awq_model(model::CausalLM& m, StreamedModel* s, QuantConfig q, 
     alphas.push_back(layer_alpha);
     rtn_part(out, m, prefix);  // the layer's weights as scaled and clipped
     if (l < last) run->advance();
-    go(prefix);
+    let_go(stream, prefix);
     if (log) log("awq: layer " + std::to_string(l + 1) + "/" + std::to_string(c.num_hidden_layers) + " done");
   }
-  for (const char* part : {"model.norm.", "lm_head."}) {
-    in(part);
-    rtn_part(out, m, part);
-    go(part);
-  }
+  rtn_head(out, m, stream);
   out.quant.method = "awq";
   out.quant.extra = {{"grid", opt.grid}, {"clip_search", opt.clip_search}, {"alpha", alphas}};
   if (c.is_deepseek()) out.quant.extra["note"] = "deepseek_v3 layers: no AWQ scaling implemented (round-to-nearest)";
@@ -260,9 +250,9 @@ QuantizedWeights quantize_awq(model::CausalLM& m, QuantConfig q, const std::vect
 
 QuantizedWeights quantize_awq_dir(const std::string& dir, QuantConfig q, const std::vector<Tensor>& calib,
                                   const AwqOptions& opt, const Log& log, size_t* bytes_in) {
-  StreamedModel s(dir);
-  if (bytes_in) *bytes_in = s.bytes();
-  return awq_model(s.model(), &s, std::move(q), calib, opt, log);
+  StreamedModel sm(dir);
+  if (bytes_in) *bytes_in = sm.bytes();
+  return awq_model(sm.model(), &sm, std::move(q), calib, opt, log);
 }
 
 }  // namespace lmforge::quant

@@ -184,6 +184,22 @@ void rtn_part(QuantizedWeights& out, const model::CausalLM& m, const std::string
     if (name.rfind(prefix, 0) == 0) add_rtn(out, name, t);
 }
 
+void bring_in(StreamedModel* s, const std::string& prefix) {
+  if (s) s->bring_in(prefix);
+}
+
+void let_go(StreamedModel* s, const std::string& prefix) {
+  if (s) s->let_go(prefix);
+}
+
+void rtn_head(QuantizedWeights& out, const model::CausalLM& m, StreamedModel* s) {
+  for (const char* part : {"model.norm.", "lm_head."}) {
+    bring_in(s, part);
+    rtn_part(out, m, part);
+    let_go(s, part);
+  }
+}
+
 Tensor parameter_tensor(const model::CausalLM& m, const std::string& name) {
   for (const auto& [n, t] : m.state())
     if (n == name) return t;

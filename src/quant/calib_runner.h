@@ -107,6 +107,12 @@ class StreamedModel {
 // Round-to-nearest (add_rtn) of the model's tensors whose names start with `prefix`, in state() order.
 void rtn_part(QuantizedWeights& out, const model::CausalLM& m, const std::string& prefix);
 
+// s->bring_in / s->let_go where the weights come from a StreamedModel; nothing where s is null (all in memory).
+void bring_in(StreamedModel* s, const std::string& prefix);
+void let_go(StreamedModel* s, const std::string& prefix);
+// The parts after the decoder layers (final norm, lm_head) by round-to-nearest, each brought in and let go.
+void rtn_head(QuantizedWeights& out, const model::CausalLM& m, StreamedModel* s);
+
 // The model's tensor `name` (shares the model's memory); an Error when there is none.
 Tensor parameter_tensor(const model::CausalLM& m, const std::string& name);
 // Overwrites the model's tensor `name` with `value` (same shape, f32).

@@ -188,7 +188,7 @@ WeightMatrix gptq_quantize(const float* w_in, int64_t rows, int64_t cols, std::v
 namespace {
 
 // GPTQ over m's layers; `s`: where m's weights come from a part at a time (null: all in memory).
-QuantizedWeights gptq_model(model::CausalLM& m, StreamedModel* s, QuantConfig q, const std::vector<Tensor>& calib,
+QuantizedWeights gptq_model(model::CausalLM& m, StreamedModel* stream, QuantConfig q, const std::vector<Tensor>& calib,
                             const GptqOptions& opt, const Log& log) {
   LMF_CHECK(q.format == WeightFormat::Q4_G128 || q.format == WeightFormat::Q4_G128_ASYM,
             "gptq: format must be q4_g128 or q4_g128_asym");
@@ -196,22 +196,16 @@ QuantizedWeights gptq_model(model::CausalLM& m, StreamedModel* s, QuantConfig q,
   out.config = m.config();
   out.quantized = true;
   out.quant = std::move(q);
-  const auto in = [s](const std::string& prefix) {
-    if (s) s->bring_in(prefix);
-  };
-  const auto go = [s](const std::string& prefix) {
-    if (s) s->let_go(prefix);
-  };
   // Round-to-nearest first for every tensor of a part (dense tensors, lm_head and any non-multiple-of-128 linears
   // keep it), then GPTQ replaces the layer's linears.
-  in("model.embed_tokens.");
+  bring_in(stream, "model.embed_tokens.");
   rtn_part(out, m, "model.embed_tokens.");
   const int64_t L = m.config().num_hidden_layers;
   LayerwiseRunner run(m, calib);
-  go("model.embed_tokens.");
+  let_go(stream, "model.embed_tokens.");
   for (int64_t l = 0; l < L; ++l) {
     const std::string prefix = "model.layers." + std::to_string(l) + ".";
-    in(prefix);
+    bring_in(stream, prefix);
     rtn_part(out, m, prefix);
     // Hessians of this layer's linears, from inputs that went through the quantized layers 0..l-1.
     HessianCollector hc(prefix);
@@ -225,14 +219,10 @@ QuantizedWeights gptq_model(model::CausalLM& m, StreamedModel* s, QuantConfig q,
       it->second = qm;
     }
     run.advance();
-    go(prefix);
+    let_go(stream, prefix);
     if (log) log("gptq: layer " + std::to_string(l + 1) + "/" + std::to_string(L) + " done");
   }
-  for (const char* part : {"model.norm.", "lm_head."}) {
-    in(part);
-    rtn_part(out, m, part);
-    go(part);
-  }
+  rtn_head(out, m, stream);
   out.quant.method = "gptq";
   out.quant.extra = {{"damp", opt.damp},
                      {"block", opt.block},
@@ -250,9 +240,9 @@ QuantizedWeights quantize_gptq(model::CausalLM& m, QuantConfig q, const std::vec
 
 QuantizedWeights quantize_gptq_dir(const std::string& dir, QuantConfig q, const std::vector<Tensor>& calib,
                                    const GptqOptions& opt, const Log& log, size_t* bytes_in) {
-  StreamedModel s(dir);
-  if (bytes_in) *bytes_in = s.bytes();
-  return gptq_model(s.model(), &s, std::move(q), calib, opt, log);
+  StreamedModel sm(dir);
+  if (bytes_in) *bytes_in = sm.bytes();
+  return gptq_model(sm.model(), &sm, std::move(q), calib, opt, log);
 }
 
 }  // namespace lmforge::quant
