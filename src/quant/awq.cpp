@@ -129,7 +129,7 @@ void clip_search(Tensor& w, const std::vector<float>& G, WeightFormat f) {
   }
 }
 
-// AWQ over m's layers; `s`: where m's weights come from a part at a time (null: all in memory).
+// AWQ over m's layers; `stream`: where m's weights come from a part at a time (null: all in memory).
 QuantizedWeights awq_model(model::CausalLM& m, StreamedModel* stream, QuantConfig q, const std::vector<Tensor>& calib,
                            const AwqOptions& opt, const Log& log) {
   LMF_CHECK(q.format == WeightFormat::Q4_G128 || q.format == WeightFormat::Q4_G128_ASYM,

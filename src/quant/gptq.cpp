@@ -187,7 +187,7 @@ WeightMatrix gptq_quantize(const float* w_in, int64_t rows, int64_t cols, std::v
 
 namespace {
 
-// GPTQ over m's layers; `s`: where m's weights come from a part at a time (null: all in memory).
+// GPTQ over m's layers; `stream`: where m's weights come from a part at a time (null: all in memory).
 QuantizedWeights gptq_model(model::CausalLM& m, StreamedModel* stream, QuantConfig q, const std::vector<Tensor>& calib,
                             const GptqOptions& opt, const Log& log) {
   LMF_CHECK(q.format == WeightFormat::Q4_G128 || q.format == WeightFormat::Q4_G128_ASYM,
