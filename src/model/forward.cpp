@@ -140,10 +140,6 @@ MoeOut moe_ffn(const Ctx& x, const LayerParams& L, int64_t layer, const Var& h) 
   return out;
 }
 
-}  // namespace
-
-namespace {
-
 struct BlockOut {
   Var x, aux;  // aux: the MoE layer's load-balancing loss (training), else undefined
   ExpertLoad load;

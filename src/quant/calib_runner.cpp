@@ -5,8 +5,6 @@
 
 #include <cmath>
 #include <cstring>
-#include <filesystem>
-#include <set>
 
 #include "lmforge/core/error.h"
 #include "lmforge/quant/methods.h"
@@ -14,8 +12,6 @@
 #include "quant/lm_perplexity.h"
 
 namespace lmforge::quant {
-
-namespace fs = std::filesystem;
 
 std::vector<double> Captured::mean_abs() const {
   std::vector<double> m(static_cast<size_t>(cols), 0.0);
@@ -128,50 +124,14 @@ void LayerwiseRunner::advance() {
 }
 
 StreamedModel::StreamedModel(const std::string& dir)
-    : m_([&] {
-        LMF_CHECK(fs::is_directory(dir), dir, ": not a model directory");
-        const fs::path cfg = fs::path(dir) / "config.json";
-        LMF_CHECK(fs::exists(cfg), dir, ": no config.json in the model directory");
-        model::ModelConfig c = model::load_model_config(cfg.string());
-        model::refuse_quantized_dir(c, cfg.string());
-        return model::CausalLM::without_weights(std::move(c));
-      }()) {
-  for (const std::string& p : io::model_weight_files(dir, source_)) {
-    files_.push_back(io::SafetensorsFile::open(p));
-    for (const std::string& name : files_.back().names()) where_.emplace(name, files_.size() - 1);
-  }
-  const model::ModelConfig& c = m_.config();
-  std::set<std::string> expected;
-  for (const auto& [name, shape] : model::CausalLM::tensor_shapes(c)) {  // as CausalLM::load_weights
-    expected.insert(name);
-    auto it = where_.find(name);
-    LMF_CHECK(it != where_.end(), source_, ": tensor '", name, "' is missing (the config expects it)");
-    const io::SafetensorsEntry& e = files_[it->second].entry(name);
-    LMF_CHECK(e.shape == shape, source_, ": tensor '", name, "' has shape ", shape_str(e.shape),
-              ", the config expects ", shape_str(shape));
-    LMF_CHECK(e.dtype == "F32" || e.dtype == "F16" || e.dtype == "BF16" || e.dtype == "F64", source_, ": tensor '",
-              name, "' has dtype ", e.dtype, ", expected a floating-point type");
-    bytes_ += e.end - e.begin;
-  }
-  for (const auto& [name, f] : where_)
-    LMF_CHECK(expected.count(name) || model::CausalLM::skippable_extra_tensor(name, c), source_,
-              ": unexpected tensor '", name, "' (not part of a ", c.model_type, " model with this config)");
+    : files_(dir), m_(model::CausalLM::without_weights(files_.config())) {
   for (const auto& [name, t] : m_.state())  // buffers: allocated by the model, read now (small)
-    if (t.defined()) std::memcpy(t.raw_data(), read(name).raw_data(), t.nbytes());
-}
-
-Tensor StreamedModel::read(const std::string& name) const {
-  const io::SafetensorsFile& f = files_[where_.at(name)];
-  const Tensor t = f.get(name);
-  Tensor d = t.to(DType::F32).contiguous();
-  if (d.storage() == t.storage()) d = d.clone();  // own the memory, not the file mapping
-  f.drop_pages(name);
-  return d;
+    if (t.defined()) std::memcpy(t.raw_data(), files_.read_f32(name).raw_data(), t.nbytes());
 }
 
 void StreamedModel::bring_in(const std::string& prefix) {
   for (Var v : m_.parameters())
-    if (v.name().rfind(prefix, 0) == 0 && !v.value().defined()) v.mutable_value() = read(v.name());
+    if (v.name().rfind(prefix, 0) == 0 && !v.value().defined()) v.mutable_value() = files_.read_f32(v.name());
 }
 
 void StreamedModel::let_go(const std::string& prefix) {

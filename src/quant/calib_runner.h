@@ -6,9 +6,9 @@
 #include <string>
 #include <vector>
 
-#include "lmforge/io/safetensors.h"
 #include "lmforge/model/model.h"
 #include "lmforge/quant/quantized_model.h"
+#include "quant/model_files.h"
 
 namespace lmforge::quant {
 
@@ -68,7 +68,6 @@ class HessianCollector {
 class LayerwiseRunner {
  public:
   LayerwiseRunner(const model::CausalLM& m, const std::vector<Tensor>& calib);
-  int64_t layer() const { return layer_; }  // the decoder layer whose inputs the states are
   // Runs the current layer on every sequence with `observe` set; the states stay as they are.
   void observe(const Observer& observe) const;
   // Runs the current layer and makes its outputs the states: the next layer's inputs.
@@ -77,7 +76,7 @@ class LayerwiseRunner {
  private:
   const model::CausalLM& m_;
   std::vector<Tensor> h_;
-  int64_t layer_ = 0;
+  int64_t layer_ = 0;  // the decoder layer whose inputs the states are
 };
 
 // A plain model dir (f32/bf16/f16, sharded too) brought into a CausalLM::without_weights model a part at a time: the
@@ -88,20 +87,16 @@ class StreamedModel {
  public:
   explicit StreamedModel(const std::string& dir);
   model::CausalLM& model() { return m_; }
-  size_t bytes() const { return bytes_; }  // the weights' size as stored
+  size_t bytes() const { return files_.bytes(); }  // the weights' size as stored
   // Every parameter whose name starts with `prefix` ("model.layers.3.", "lm_head.") gets its value from the files;
-  // let_go() drops those values again (memory still referenced elsewhere stays alive there). Buffers are read with
-  // their part and kept.
+  // let_go() drops those values again (memory still referenced elsewhere stays alive there). Buffers are read when
+  // the dir is opened and kept.
   void bring_in(const std::string& prefix);
   void let_go(const std::string& prefix);
 
  private:
+  ModelFiles files_;
   model::CausalLM m_;
-  std::string source_;
-  std::vector<io::SafetensorsFile> files_;
-  std::map<std::string, size_t> where_;  // tensor name -> file
-  size_t bytes_ = 0;
-  Tensor read(const std::string& name) const;
 };
 
 // Round-to-nearest (add_rtn) of the model's tensors whose names start with `prefix`, in state() order.

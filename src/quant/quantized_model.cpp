@@ -11,6 +11,7 @@
 #include "lmforge/core/error.h"
 #include "lmforge/io/atomic_file.h"
 #include "lmforge/io/safetensors.h"
+#include "quant/model_files.h"
 
 namespace lmforge::quant {
 
@@ -56,11 +57,6 @@ std::string read_text(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
   LMF_CHECK(in.good(), p.string(), ": cannot read");
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-// A safetensors dtype name of a floating-point type.
-bool is_floating_st(const std::string& st_dtype) {
-  return st_dtype == "F32" || st_dtype == "F16" || st_dtype == "BF16" || st_dtype == "F64";
 }
 
 }  // namespace
@@ -127,56 +123,23 @@ QuantConfig QuantConfig::from_json(const nlohmann::json& j, const std::string& s
 }
 
 QuantizedWeights quantize_rtn_dir(const std::string& dir, QuantConfig qc, size_t* bytes_in) {
-  LMF_CHECK(fs::is_directory(dir), dir, ": not a model directory");
-  const fs::path cfg_path = fs::path(dir) / "config.json";
-  LMF_CHECK(fs::exists(cfg_path), dir, ": no config.json in the model directory");
+  const ModelFiles files(dir);
   QuantizedWeights q;
-  q.config = model::load_model_config(cfg_path.string());
-  model::refuse_quantized_dir(q.config, cfg_path.string());
+  q.config = files.config();
   q.quantized = true;
-  std::string source;
-  std::vector<io::SafetensorsFile> files;
-  std::map<std::string, size_t> where;
-  for (const std::string& p : io::model_weight_files(dir, source)) {
-    files.push_back(io::SafetensorsFile::open(p));
-    for (const std::string& name : files.back().names()) where.emplace(name, files.size() - 1);
-  }
-  size_t in = 0;
-  std::set<std::string> used;
-  for (const auto& [name, shape] : model::CausalLM::tensor_shapes(q.config)) {
-    auto it = where.find(name);
-    LMF_CHECK(it != where.end(), source, ": tensor '", name, "' is missing (the config expects it)");
-    const io::SafetensorsFile& f = files[it->second];
-    const Tensor t = f.get(name);
-    LMF_CHECK(t.shape() == shape, source, ": tensor '", name, "' has shape ", shape_str(t.shape()),
-              ", the config expects ", shape_str(shape));
-    LMF_CHECK(is_floating(t.dtype()), source, ": tensor '", name, "' has dtype ", dtype_name(t.dtype()),
-              ", expected a floating-point type");
-    in += t.nbytes();
-    used.insert(name);
-    if (!quantizable_weight(name, q.config)) {
-      Tensor d = t.to(DType::F32).contiguous();
-      if (d.storage() == t.storage()) d = d.clone();  // own the memory, not the file mapping
-      q.dense.emplace(name, d);
-    } else {
-      WeightFormat wf = format_for(qc, name);
-      if (shape[1] % weight_format_block(wf) != 0) {  // as quantize_rtn
-        qc.not_quantized.push_back(name);
-        wf = WeightFormat::F32;
-      }
-      WeightMatrix w = WeightMatrix::quantize(t, wf);
-      if (w.codes().storage() == t.storage()) w = WeightMatrix::quantize(t.clone(), wf);
-      q.linear.emplace(name, std::move(w));
-    }
-    f.drop_pages(name);  // read once
-  }
-  for (const auto& [name, i] : where) {  // as CausalLM::load_weights
-    if (used.count(name) || model::CausalLM::skippable_extra_tensor(name, q.config)) continue;
-    LMF_CHECK(false, source, ": unexpected tensor '", name, "' (not part of a ", q.config.model_type,
-              " model with this config)");
-  }
   q.quant = std::move(qc);
-  if (bytes_in) *bytes_in = in;
+  for (const auto& [name, shape] : model::CausalLM::tensor_shapes(q.config)) {
+    if (!quantizable_weight(name, q.config)) {
+      add_rtn(q, name, files.read_f32(name));
+      continue;
+    }
+    const Tensor t = files.get(name);  // quantized from its stored dtype
+    add_rtn(q, name, t);
+    WeightMatrix& w = q.linear.at(name);
+    if (w.codes().storage() == t.storage()) w = WeightMatrix::quantize(t.clone(), w.format());  // not the mapping
+    files.drop_pages(name);                                                                     // read once
+  }
+  if (bytes_in) *bytes_in = files.bytes();
   return q;
 }
 
