@@ -271,19 +271,29 @@ TEST_F(StreamedQuant, DirMethodsMatchTheLoadedModel) {
     model::CausalLM loaded = model::CausalLM::load(path("m"));
     expect_same_weights(quantize_awq(loaded, qc, calib, ao), quantize_awq_dir(path("m"), qc, calib, ao));
   }
-  // The dir is checked against the config before any work: a tensor of the wrong shape is named.
-  io::NamedTensors bad;
-  for (const auto& [name, t] : m.state())
-    bad.emplace_back(name, name == "model.layers.1.mlp.up_proj.weight" ? Tensor::zeros({3, 3}) : t);
-  std::filesystem::create_directories(path("bad"));
-  io::save_safetensors(path("bad") + "/model.safetensors", bad);
-  std::filesystem::copy_file(path("m") + "/config.json", path("bad") + "/config.json");
-  try {
-    (void)quantize_gptq_dir(path("bad"), qc, calib, {});
-    ADD_FAILURE() << "no error";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("model.layers.1.mlp.up_proj.weight"), std::string::npos) << e.what();
-  }
+  // The dir is checked against the config before any work: a tensor of the wrong shape, or of an integer dtype, is
+  // named with what is wrong; so is a tensor the config does not know.
+  const auto expect_named = [&](const std::string& bad_name, const Tensor& bad_value, const std::string& what) {
+    SCOPED_TRACE(bad_name + ": " + what);
+    io::NamedTensors bad;
+    for (const auto& [name, t] : m.state())
+      if (name != bad_name) bad.emplace_back(name, t);
+    bad.emplace_back(bad_name, bad_value);
+    std::filesystem::remove_all(path("bad"));
+    std::filesystem::create_directories(path("bad"));
+    io::save_safetensors(path("bad") + "/model.safetensors", bad);
+    std::filesystem::copy_file(path("m") + "/config.json", path("bad") + "/config.json");
+    try {
+      (void)quantize_gptq_dir(path("bad"), qc, calib, {});
+      ADD_FAILURE() << "no error";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("'" + bad_name + "'"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
+    }
+  };
+  expect_named("model.layers.1.mlp.up_proj.weight", Tensor::zeros({3, 3}), "shape");
+  expect_named("model.norm.weight", Tensor::from_ints(std::vector<int32_t>(256, 1), {256}), "dtype");
+  expect_named("model.layers.0.mlp.extra.weight", Tensor::zeros({2}), "unexpected");
 }
 
 // Pruning removes exactly the dropped channels: the pruned model equals the original with those channels zeroed.
