@@ -12,6 +12,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <stdexcept>
 
@@ -260,6 +261,45 @@ TEST(Qgemm, BatchedRowsEqualRowByRowProducts) {
             for (int64_t i = 0; i < n; ++i)
               kernels::cpu::qgemm(q, x.data() + i * cols, 1, one.data() + i * rows, false, impl);
             ASSERT_EQ(batched, one);
+          }
+        }
+      }
+    }
+  }
+}
+
+// The AVX-512 VNNI tiles (interleaved q8_0 / q4_0) form the same integer dots as the AVX2 tiles and the same float
+// steps, so each activation row's product is bit for bit the AVX2 one-row product: at every row count (the streamed
+// tiles with their remainders of 4, 2 and 1, and from kVnniPrefillRows the blocked walk, whose spans of 32 blocks
+// resume each row's accumulators: cols 1056 is 33 blocks), with accumulate, for rows outside the four streams and in
+// the GGUF-layout tail (rows % 4), with 1 and 2 threads. Also: VNNI never hands these weights to the sgemm panels.
+TEST(Qgemm, VnniTilesEqualAvx2Tiles) {
+  if (!kernels::cpu::qgemm_available(QImpl::Vnni)) GTEST_SKIP() << "no AVX-512 VNNI on this CPU";
+  for (int threads : {1, 2}) {
+    ThreadCountScope scope(threads);
+    for (WeightFormat f : {WeightFormat::Q8_0, WeightFormat::Q4_0}) {
+      for (int64_t rows : {4, 45, 262}) {
+        for (int64_t cols : {int64_t{96}, int64_t{1056}}) {
+          if (threads == 1 && rows != 262) continue;
+          const WeightMatrix w =
+              WeightMatrix::quantize(Tensor::from_vector(gaussian(rows * cols, 41, 0.02f), {rows, cols}), f)
+                  .interleave_rows4();
+          const kernels::cpu::QWeight q = qweight_view(w);
+          EXPECT_EQ(kernels::cpu::qgemm_sgemm_rows(q, QImpl::Vnni), std::numeric_limits<int64_t>::max());
+          EXPECT_EQ(kernels::cpu::qgemm_sgemm_rows(q, QImpl::Avx2), kernels::cpu::qgemm_sgemm_rows(q.format));
+          for (int64_t n : {1, 2, 3, 5, 7, 16, 63, 64, 65, 70, 131}) {
+            SCOPED_TRACE(std::string(weight_format_name(f)) + " rows " + std::to_string(rows) + " cols " +
+                         std::to_string(cols) + " n " + std::to_string(n) + " threads " + std::to_string(threads));
+            const std::vector<float> x = gaussian(n * cols, 51 + static_cast<uint32_t>(n), 1.0f);
+            std::vector<float> vnni(static_cast<size_t>(n * rows)), one(vnni.size());
+            kernels::cpu::qgemm(q, x.data(), n, vnni.data(), false, QImpl::Vnni);
+            for (int64_t i = 0; i < n; ++i)
+              kernels::cpu::qgemm(q, x.data() + i * cols, 1, one.data() + i * rows, false, QImpl::Avx2);
+            ASSERT_EQ(vnni, one);
+            // accumulate: y + product, each element once
+            std::vector<float> acc(vnni.size(), 0.5f);
+            kernels::cpu::qgemm(q, x.data(), n, acc.data(), true, QImpl::Vnni);
+            for (size_t i = 0; i < acc.size(); ++i) ASSERT_EQ(acc[i], 0.5f + one[i]) << i;
           }
         }
       }

@@ -23,6 +23,17 @@ bool detect_avx2() {
   if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
   return b & (1u << 5);  // AVX2
 }
+// AVX-512 F/BW/VL + VNNI (vpdpbusd on 256-bit registers; Zen 4, Ice Lake and later servers), with the OS saving the
+// opmask and ZMM state (XCR0 bits 5-7).
+bool detect_avx512_vnni() {
+  unsigned a, b, c, d;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  const bool f = b & (1u << 16), bw = b & (1u << 30), vl = b & (1u << 31), vnni = c & (1u << 11);
+  if (!(f && bw && vl && vnni)) return false;
+  unsigned xlo, xhi;
+  __asm__("xgetbv" : "=a"(xlo), "=d"(xhi) : "c"(0));
+  return (xlo & 0xe6u) == 0xe6u;
+}
 #endif
 }  // namespace
 
@@ -32,6 +43,19 @@ bool cpu_has_avx2() {
     if (force && std::strcmp(force, "generic") == 0) return false;
 #if LMF_HAVE_X86
     return detect_avx2();
+#else
+    return false;
+#endif
+  }();
+  return has;
+}
+
+bool cpu_has_avx512_vnni() {
+  static const bool has = [] {
+    const char* force = std::getenv("LMFORGE_CPU");
+    if (force && (std::strcmp(force, "generic") == 0 || std::strcmp(force, "avx2") == 0)) return false;
+#if LMF_HAVE_X86
+    return cpu_has_avx2() && detect_avx512_vnni();
 #else
     return false;
 #endif

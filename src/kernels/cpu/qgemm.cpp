@@ -3,7 +3,8 @@
 // Decode (few activation rows) is bandwidth-bound: each weight byte is read once, so the kernels stream tiles of
 // kTile rows against the activations (kept in L1/L2) with one integer dot product per 32-value block. Prefill
 // (many activation rows) is compute-bound: there a panel of rows is dequantized once and multiplied with sgemm,
-// which beats integer dot products per activation row and keeps the activations exact.
+// which beats AVX2 integer dot products per activation row and keeps the activations exact. With AVX-512 VNNI the
+// integer dots of interleaved q8_0 / q4_0 win at every row count instead (groups_q8_rows_vnni, prefill_vnni).
 //
 // The integer formats see the activations as 8-bit blocks of 32 (XQuant; the g128 formats with one scale shared by
 // the four blocks of a group): codes, the f32 scale, and the sums of
@@ -14,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <stdexcept>
 #include <type_traits>
 #include <vector>
@@ -42,6 +44,15 @@ constexpr int64_t kMinChunkBytes = 64 << 10;
 // before the guided chunks, so a product's rows restart cold a few times rather than ~10 (in-process engine A/B,
 // 512 + 32-token rounds: q8_0 x1.02-1.04, q4_0 x1.06, f32 0.97-1.01; docs/PERFORMANCE.md).
 constexpr int64_t kHeadBytes = 2 << 20;
+// Prefill on the VNNI tiles (prefill_vnni): weight rows in blocks of kVnniBlockGroups groups of four, activation
+// rows in chunks of kVnniChunk, each row's blocks in spans of kVnniSpan (1024 values).
+constexpr int64_t kVnniBlockGroups = 64;
+constexpr int64_t kVnniChunk = 32;
+constexpr int64_t kVnniSpan = 32;
+// From this many activation rows on, the VNNI tiles run through prefill_vnni; below, through rows_avx2's streams
+// (bench quant, Zen 4, ms streams vs prefill_vnni: n = 8 and 16 streams ahead by 10-40%, n = 32-128 level within
+// the noise).
+constexpr int64_t kVnniPrefillRows = 64;
 // qgemm_sgemm_rows(f): from this many activation rows on, dequantize panels and use sgemm; below, the decode tiles
 // (each weight tile read once, dotted with every activation row). q8_0 / q4_0: 64, was 16 for every format; `bench
 // quant` (2 threads, an AVX2 Zen 3 host, ms tiles vs panels) at n = 16: q8_0 1024 x 1024 0.27 vs 0.49, 1024 x 2816 0.69
@@ -131,6 +142,9 @@ struct XQuant {
   // For the interleaved q8_0 tile only (runs_x): per block four 32-byte vectors, vector k holding codes 8k..8k+3 in
   // each of its four low 4-byte lanes and 8k+4..8k+7 in each high one, to meet the four rows' runs of four codes.
   std::vector<int8_t> x4;
+  // For the AVX-512 VNNI q8_0 tile only (runs_x with vnni): per block -128 x the sum of the activation codes each
+  // 32-bit lane of an x4 dot meets (lanes 0-3: codes 8k..8k+3 over k, lanes 4-7: 8k+4..8k+7), 8 values.
+  std::vector<int32_t> c8;
   void resize(int64_t cols) {  // the buffers are reused call after call (thread-local) and only grow
     nb = cols / kBlock;
     at_least(d, nb);
@@ -479,9 +493,17 @@ LMF_TARGET_AVX2 void groups_q8_rows(const uint8_t* const* groups, const XQuant* 
     for (int t = 0; t < T; ++t) unfold4(acc[g][t], outs[t] + 4 * g);
 }
 
-// XQuant::x4 for groups_q8, once per token.
-LMF_TARGET_AVX2 void runs_x(XQuant& xq) {
+// XQuant::x4 for groups_q8, once per token (and XQuant::c8 for groups_q8_rows_vnni).
+LMF_TARGET_AVX2 void runs_x(XQuant& xq, bool vnni) {
   XQuant::at_least(xq.x4, xq.nb * 128);
+  if (vnni) {
+    XQuant::at_least(xq.c8, xq.nb * 8);
+    for (int64_t b = 0; b < xq.nb; ++b) {
+      const int32_t* p4 = xq.p4.data() + b * 8;
+      const int32_t even = p4[0] + p4[2] + p4[4] + p4[6], odd = p4[1] + p4[3] + p4[5] + p4[7];
+      for (int i = 0; i < 4; ++i) xq.c8[b * 8 + i] = -128 * even, xq.c8[b * 8 + 4 + i] = -128 * odd;
+    }
+  }
   for (int64_t b = 0; b < xq.nb; ++b) {
     const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq.q.data() + b * kBlock));
     for (int k = 0; k < 4; ++k) {
@@ -594,6 +616,118 @@ LMF_TARGET_AVX2 void groups_q4_0_rows(const uint8_t* const* groups, const XQuant
   }
   for (int g = 0; g < S; ++g)
     for (int t = 0; t < T; ++t) {
+      float* out = outs[t] + 4 * g;
+      out[0] = half_sum(_mm256_castps256_ps128(acc01[g][t]));
+      out[1] = half_sum(_mm256_extractf128_ps(acc01[g][t], 1));
+      out[2] = half_sum(_mm256_castps256_ps128(acc23[g][t]));
+      out[3] = half_sum(_mm256_extractf128_ps(acc23[g][t], 1));
+    }
+}
+
+// ---- AVX-512 VNNI tiles (interleaved q8_0 / q4_0) ----
+//
+// vpdpbusd multiplies unsigned by signed bytes and adds each four products into a 32-bit lane, with no 16-bit
+// intermediate: one instruction where AVX2 needs maddubs (and, for signed x signed bytes, two sign ops) and a madd.
+// Each lane ends at the same integer as the AVX2 tile's, and the float steps are the same, so these tiles give the
+// AVX2 tiles' results bit for bit (Qgemm.VnniTilesEqualAvx2Tiles); on ymm registers with AVX-512VL the compiler
+// also has 32 of them for the accumulators.
+//
+// Prefill runs them on a range of blocks [b0, b1) at a time (prefill_vnni): `state` then holds each (group, row)
+// pair's accumulators between ranges, at state + g * gstride + t * width (width 8 floats for q8_0, 16 for q4_0),
+// read when b0 > 0 and written when b1 < nb; the sums are the same as in one pass. state == nullptr: one pass.
+struct VnniRange {
+  int64_t b0 = 0, b1 = -1;  // b1 < 0: to the end
+  float* state = nullptr;
+  int64_t gstride = 0;
+};
+
+// groups_q8_rows: the q8_0 codes become unsigned by w ^ 0x80 = w + 128 (one op per load, for all T rows), and
+// each lane starts from -128 x the sum of the activation codes it meets (XQuant::c8), so it ends at sum(w x).
+template <int S, int T>
+LMF_TARGET_VNNI void groups_q8_rows_vnni(const uint8_t* const* groups, const XQuant* const* xs, float* const* outs,
+                                         size_t ahead, VnniRange rg = {}) {
+  constexpr size_t kStep = 4 * kQ8Bytes;
+  const int64_t nb = xs[0]->nb, b1 = rg.b1 < 0 ? nb : rg.b1;
+  const auto slot = [&](int g, int t) { return rg.state + g * rg.gstride + t * 8; };
+  __m256 acc[S][T];
+  for (int g = 0; g < S; ++g)
+    for (int t = 0; t < T; ++t) acc[g][t] = rg.b0 > 0 ? _mm256_loadu_ps(slot(g, t)) : _mm256_setzero_ps();
+  const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
+  for (int64_t b = rg.b0; b < b1; ++b) {
+    const __m256i* px[T];
+    for (int t = 0; t < T; ++t) px[t] = reinterpret_cast<const __m256i*>(xs[t]->x4.data() + b * 128);
+    for (int g = 0; g < S; ++g) {
+      const uint8_t* blk = groups[g] + b * kStep;
+      if (ahead) prefetch_ahead<kStep>(blk + ahead);
+      const auto* c = reinterpret_cast<const __m256i*>(blk + 8);
+      __m256i d[T];
+      for (int t = 0; t < T; ++t) d[t] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs[t]->c8.data() + b * 8));
+      for (int k = 0; k < 4; ++k) {
+        const __m256i wu = _mm256_xor_si256(_mm256_loadu_si256(c + k), flip);
+        for (int t = 0; t < T; ++t) d[t] = _mm256_dpbusd_epi32(d[t], wu, _mm256_loadu_si256(px[t] + k));
+      }
+      const __m128 ws = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk)));
+      for (int t = 0; t < T; ++t) {
+        const __m128 st = _mm_mul_ps(ws, _mm_set1_ps(xs[t]->d[b]));
+        acc[g][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[t]), _mm256_set_m128(st, st), acc[g][t]);
+      }
+    }
+  }
+  for (int g = 0; g < S; ++g)
+    for (int t = 0; t < T; ++t) {
+      if (b1 < nb) {
+        _mm256_storeu_ps(slot(g, t), acc[g][t]);
+      } else {
+        unfold4(acc[g][t], outs[t] + 4 * g);
+      }
+    }
+}
+
+// groups_q4_0_rows: the nibbles are unsigned already; two vpdpbusd per pair of rows replace two maddubs, an add
+// and a madd.
+template <int S, int T>
+LMF_TARGET_VNNI void groups_q4_0_rows_vnni(const uint8_t* const* groups, const XQuant* const* xs, float* const* outs,
+                                           size_t ahead, VnniRange rg = {}) {
+  constexpr size_t kStep = 4 * kQ4Bytes;
+  const int64_t nb = xs[0]->nb, b1 = rg.b1 < 0 ? nb : rg.b1;
+  const auto slot = [&](int g, int t) { return rg.state + g * rg.gstride + t * 16; };
+  __m256 acc01[S][T], acc23[S][T];
+  for (int g = 0; g < S; ++g)
+    for (int t = 0; t < T; ++t) {
+      acc01[g][t] = rg.b0 > 0 ? _mm256_loadu_ps(slot(g, t)) : _mm256_setzero_ps();
+      acc23[g][t] = rg.b0 > 0 ? _mm256_loadu_ps(slot(g, t) + 8) : _mm256_setzero_ps();
+    }
+  const __m256i i01 = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), i23 = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  for (int64_t b = rg.b0; b < b1; ++b) {
+    for (int g = 0; g < S; ++g) {
+      const uint8_t* blk = groups[g] + b * kStep;
+      if (ahead) prefetch_ahead<kStep>(blk + ahead);
+      const __m128 ws = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk)));
+      const __m256i v01 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 8));
+      const __m256i v23 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 40));
+      const __m256i lo01 = _mm256_and_si256(v01, low), hi01 = _mm256_and_si256(_mm256_srli_epi16(v01, 4), low);
+      const __m256i lo23 = _mm256_and_si256(v23, low), hi23 = _mm256_and_si256(_mm256_srli_epi16(v23, 4), low);
+      for (int t = 0; t < T; ++t) {
+        const auto* q2 = reinterpret_cast<const __m256i*>(xs[t]->q2.data() + b * 64);
+        const __m256i xlo = _mm256_loadu_si256(q2), xhi = _mm256_loadu_si256(q2 + 1);
+        const __m256i off = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs[t]->off2.data() + b * 8));
+        const __m256i zero = _mm256_setzero_si256();
+        const __m256i d01 = _mm256_sub_epi32(_mm256_dpbusd_epi32(_mm256_dpbusd_epi32(zero, lo01, xlo), hi01, xhi), off);
+        const __m256i d23 = _mm256_sub_epi32(_mm256_dpbusd_epi32(_mm256_dpbusd_epi32(zero, lo23, xlo), hi23, xhi), off);
+        const __m256 st = _mm256_castps128_ps256(_mm_mul_ps(ws, _mm_set1_ps(xs[t]->d[b])));
+        acc01[g][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d01), _mm256_permutevar8x32_ps(st, i01), acc01[g][t]);
+        acc23[g][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d23), _mm256_permutevar8x32_ps(st, i23), acc23[g][t]);
+      }
+    }
+  }
+  for (int g = 0; g < S; ++g)
+    for (int t = 0; t < T; ++t) {
+      if (b1 < nb) {
+        _mm256_storeu_ps(slot(g, t), acc01[g][t]);
+        _mm256_storeu_ps(slot(g, t) + 8, acc23[g][t]);
+        continue;
+      }
       float* out = outs[t] + 4 * g;
       out[0] = half_sum(_mm256_castps256_ps128(acc01[g][t]));
       out[1] = half_sum(_mm256_extractf128_ps(acc01[g][t], 1));
@@ -854,7 +988,7 @@ inline StreamSplit split_streams(bool grouped, int64_t rows, int64_t r0, int64_t
 }
 
 LMF_TARGET_AVX2 void rows_avx2(const QWeight& w, const float* x, const XQuant* xq, int64_t n, int64_t r0, int64_t r1,
-                               float* y, bool accumulate) {
+                               float* y, bool accumulate, bool vnni) {
   const bool grouped = w.rows4;
   // Named copies, not a structured binding: lambdas below use them (clang 14, `make fuzz`'s compiler, cannot
   // capture structured bindings).
@@ -867,7 +1001,11 @@ LMF_TARGET_AVX2 void rows_avx2(const QWeight& w, const float* x, const XQuant* x
     o = accumulate ? o + v : v;
   };
   // Interleaved q8_0 and q4_0 take the activation rows up to four at a time (groups_q8_rows, groups_q4_0_rows):
-  // batched decode of 2-32 sequences 1.06-1.2x faster (in-process A/B, infer-250m; PERFORMANCE.md part 11).
+  // batched decode of 2-32 sequences 1.06-1.2x faster (in-process A/B, infer-250m; PERFORMANCE.md part 11). With
+  // AVX-512 VNNI (vnni: the caller checked the CPU) their VNNI forms take the rows, with a last odd one as well. One
+  // activation row stays on the AVX2 tile: decode is bound by the weights' bytes, and there the VNNI tiles were
+  // 5-7% slower end to end (infer-250m, Zen 4).
+  vnni = vnni && grouped && (w.format == QFormat::Q8_0 || w.format == QFormat::Q4_0) && n >= 2;
   const bool multi = grouped && (w.format == QFormat::Q8_0 || w.format == QFormat::Q4_0) && n >= 2;
   float tmpm[4][4 * kStreams];
   // f32 / f16 / bf16: up to three activation rows a pass (tile_float_rows).
@@ -903,7 +1041,17 @@ LMF_TARGET_AVX2 void rows_avx2(const QWeight& w, const float* x, const XQuant* x
         const XQuant* xs[T];
         float* outs[T];
         for (int u = 0; u < T; ++u) xs[u] = &xq[t + u], outs[u] = tmpm[u];
-        if (w.format == QFormat::Q8_0) {
+        if (vnni && w.format == QFormat::Q8_0) {
+          groups_q8_rows_vnni<kStreams, T>(groups, xs, outs, t == 0 ? ahead : 0);
+        } else if (vnni && T <= 2) {  // all four streams: 2 x 4 x T accumulators
+          groups_q4_0_rows_vnni<kStreams, T>(groups, xs, outs, t == 0 ? ahead : 0);
+        } else if (vnni) {  // two groups a pass for 2 x 2 x 4 accumulators
+          for (int k = 0; k < kStreams; k += 2) {
+            float* outk[T];
+            for (int u = 0; u < T; ++u) outk[u] = tmpm[u] + 4 * k;
+            groups_q4_0_rows_vnni<2, T>(groups + k, xs, outk, t == 0 ? ahead : 0);
+          }
+        } else if (w.format == QFormat::Q8_0) {
           groups_q8_rows<kStreams, T>(groups, xs, outs, t == 0 ? ahead : 0);
         } else {  // a group a pass: more would need over 16 accumulators
           for (int k = 0; k < kStreams; ++k) {
@@ -919,6 +1067,7 @@ LMF_TARGET_AVX2 void rows_avx2(const QWeight& w, const float* x, const XQuant* x
       };
       while (n - t >= 4) run(std::integral_constant<int, 4>());
       if (n - t >= 2) run(std::integral_constant<int, 2>());
+      if (vnni && n - t == 1) run(std::integral_constant<int, 1>());
     }
     for (; t < n; ++t) {
       tile_avx2<kStreams>(w, first, grouped, x + t * w.cols, xq[t], tmp, t == 0 ? ahead : 0);
@@ -935,6 +1084,71 @@ LMF_TARGET_AVX2 void rows_avx2(const QWeight& w, const float* x, const XQuant* x
       for (int64_t u = 0; u < (g ? 4 : 1); ++u) put(t, r + u, tmp[u]);
     }
   }
+}
+
+// Many activation rows on the VNNI tiles (prefill), which are then bound by arithmetic, not by the weights' bytes:
+// the walk keeps what a tile reads close instead of streaming it. Weight rows [r0, r1) in blocks of kVnniBlockGroups
+// groups (64 rows), the activation rows in chunks of kVnniChunk, and every row's blocks in spans of kVnniSpan: a tile
+// (four groups of a span, ~17 KB of q8_0, against four activation rows, 16 KB of x4) works from L1, a block's span
+// and a chunk's span from L2. Each (group, activation row) pair's accumulators wait in `state` between spans, so the
+// sums, and the results, are those of one pass (the decode tiles' own). The rows after the last whole group (GGUF
+// layout) go through rows_avx2.
+LMF_TARGET_AVX2 void prefill_vnni(const QWeight& w, const float* x, const XQuant* xq, int64_t n, int64_t r0, int64_t r1,
+                                  float* y, bool accumulate) {
+  const bool q8 = w.format == QFormat::Q8_0;
+  const int64_t grouped_end = std::max(r0, std::min(r1, w.rows / 4 * 4));
+  const int64_t nb = w.cols / kBlock, width = q8 ? 8 : 16, gstride = kVnniChunk * width;
+  const size_t stride = row_bytes(w);
+  const auto* codes = static_cast<const uint8_t*>(w.codes);
+  thread_local std::vector<float> state;
+  XQuant::at_least(state, kVnniBlockGroups * gstride);
+  float tmp[4][16];
+  for (int64_t a0 = r0; a0 < grouped_end; a0 += 4 * kVnniBlockGroups) {
+    const int64_t ng = (std::min(grouped_end, a0 + 4 * kVnniBlockGroups) - a0) / 4;
+    for (int64_t c0 = 0; c0 < n; c0 += kVnniChunk) {
+      const int64_t c1 = std::min(n, c0 + kVnniChunk);
+      for (int64_t s0 = 0; s0 < nb; s0 += kVnniSpan) {
+        const int64_t s1 = std::min(nb, s0 + kVnniSpan);
+        int64_t t = c0;
+        const auto run_rows = [&](auto rows_at_once) {
+          constexpr int T = decltype(rows_at_once)::value;
+          const XQuant* xs[T];
+          float* outs[T];
+          for (int u = 0; u < T; ++u) xs[u] = &xq[t + u], outs[u] = tmp[u];
+          int64_t g = 0;
+          const auto run_groups = [&](auto groups_at_once) {
+            constexpr int S = decltype(groups_at_once)::value;
+            const uint8_t* gp[S];
+            for (int k = 0; k < S; ++k) gp[k] = codes + static_cast<size_t>(a0 + 4 * (g + k)) * stride;
+            const VnniRange rg{s0, s1, state.data() + g * gstride + (t - c0) * width, gstride};
+            if (q8) {
+              groups_q8_rows_vnni<S, T>(gp, xs, outs, 0, rg);
+            } else {
+              groups_q4_0_rows_vnni<S, T>(gp, xs, outs, 0, rg);
+            }
+            if (s1 == nb)
+              for (int u = 0; u < T; ++u)
+                for (int v = 0; v < 4 * S; ++v) {
+                  float& o = y[(t + u) * w.rows + a0 + 4 * g + v];
+                  o = accumulate ? o + tmp[u][v] : tmp[u][v];
+                }
+            g += S;
+          };
+          if (q8) {
+            while (ng - g >= 4) run_groups(std::integral_constant<int, 4>());
+          } else {
+            while (ng - g >= 2) run_groups(std::integral_constant<int, 2>());
+          }
+          while (g < ng) run_groups(std::integral_constant<int, 1>());
+          t += T;
+        };
+        while (c1 - t >= 4) run_rows(std::integral_constant<int, 4>());
+        if (c1 - t >= 2) run_rows(std::integral_constant<int, 2>());
+        if (c1 - t == 1) run_rows(std::integral_constant<int, 1>());
+      }
+    }
+  }
+  if (grouped_end < r1) rows_avx2(w, x, xq, n, grouped_end, r1, y, accumulate, false);
 }
 #endif  // LMF_HAVE_X86
 
@@ -991,9 +1205,19 @@ void predict_next(const DecodeShape& now) {
 }
 #endif
 
+// The AVX-512 VNNI tiles (q8_0 / q4_0, interleaved): Vnni asks for them, Auto takes them where the CPU has them.
+bool use_vnni(QImpl impl) {
+#if LMF_HAVE_X86
+  return impl == QImpl::Vnni || (impl == QImpl::Auto && cpu_has_avx512_vnni());
+#else
+  (void)impl;
+  return false;
+#endif
+}
+
 bool use_avx2(QImpl impl) {
 #if LMF_HAVE_X86
-  if (impl == QImpl::Avx2) return true;
+  if (impl == QImpl::Avx2 || impl == QImpl::Vnni) return true;
   return impl == QImpl::Auto && cpu_has_avx2();
 #else
   (void)impl;
@@ -1194,7 +1418,14 @@ void interleave_rows4(QFormat format, int64_t rows, int64_t cols, const void* sr
     std::memcpy(out + done, in + done, static_cast<size_t>(rows) * stride - done);
 }
 
+int64_t qgemm_sgemm_rows(const QWeight& w, QImpl impl) {
+  if (w.rows4 && (w.format == QFormat::Q8_0 || w.format == QFormat::Q4_0) && use_vnni(impl))
+    return std::numeric_limits<int64_t>::max();
+  return qgemm_sgemm_rows(w.format);
+}
+
 bool qgemm_available(QImpl impl) {
+  if (impl == QImpl::Vnni) return LMF_HAVE_X86 && cpu_has_avx512_vnni();
   return impl != QImpl::Avx2 || (LMF_HAVE_X86 && cpu_has_avx2());
 }
 
@@ -1209,7 +1440,7 @@ void qgemm(const QWeight& w, const float* x, int64_t n, float* y, bool accumulat
                 accumulate ? 1.0f : 0.0f, y, rows);
     return;
   }
-  if (n >= qgemm_sgemm_rows(w.format) || ragged) {
+  if (n >= qgemm_sgemm_rows(w, impl) || ragged) {
     // Panels of up to ~kPanelBytes (at least kMinPanel rows): each sgemm call repacks x, and wider panels run
     // OpenBLAS's kernel at a better shape. OpenBLAS's results depend on how the rows are cut (its edge tiles), so the
     // cut depends on the shape only, never the thread count: a multiple of four panels of equal size (rounded up to
@@ -1231,6 +1462,7 @@ void qgemm(const QWeight& w, const float* x, int64_t n, float* y, bool accumulat
     return;
   }
   const bool avx2 = use_avx2(impl);
+  const bool vnni = use_vnni(impl);
   // The quantized activations, one per row of x; thread-local so decode allocates nothing per product.
   thread_local std::vector<XQuant> tl_xq;
   if (tl_xq.size() < static_cast<size_t>(n)) tl_xq.resize(static_cast<size_t>(n));
@@ -1250,7 +1482,7 @@ void qgemm(const QWeight& w, const float* x, int64_t n, float* y, bool accumulat
     if (avx2 && w.format == QFormat::Q4_0 && w.rows4)
       for (int64_t t = 0; t < n; ++t) pair_halves(tl_xq[t]);
     if (avx2 && w.format == QFormat::Q8_0 && w.rows4)
-      for (int64_t t = 0; t < n; ++t) runs_x(tl_xq[t]);
+      for (int64_t t = 0; t < n; ++t) runs_x(tl_xq[t], vnni && n >= 2);  // one row stays on AVX2 (rows_avx2)
 #endif
   }
   // Tiles of kTile rows: one run of up to kHeadBytes per thread, then guided chunks, long ones first (each streams
@@ -1261,8 +1493,12 @@ void qgemm(const QWeight& w, const float* x, int64_t n, float* y, bool accumulat
   const std::function<void(int64_t, int64_t)> body = [&](int64_t t0, int64_t t1) {
     const int64_t r0 = t0 * kTile, r1 = std::min(rows, t1 * kTile);
 #if LMF_HAVE_X86
+    if (avx2 && vnni && n >= kVnniPrefillRows) {
+      prefill_vnni(w, x, xq, n, r0, r1, y, accumulate);
+      return;
+    }
     if (avx2) {
-      rows_avx2(w, x, xq, n, r0, r1, y, accumulate);
+      rows_avx2(w, x, xq, n, r0, r1, y, accumulate, vnni);
       return;
     }
 #endif
