@@ -61,11 +61,12 @@ TEST(WeightMatrix, RoundTripAndProductPerFormat) {
             s += double(x.data<float>()[i * cols + k]) * dq.data<float>()[r * cols + k];
           ref[i * rows + r] = static_cast<float>(s);
         }
-      // Integer formats quantize the activations to 8-bit blocks on the tile path (below qgemm_sgemm_rows): half a step
+      // Integer formats quantize the activations to 8-bit blocks on the tile path (below qgemm_sgemm_rows; at every
+      // row count for the g128 formats on AVX-512 VNNI, and for q8_0 / q4_0 in the interleaved layout): half a step
       // of amax/127 per value, about 0.3% of the product's norm for Gaussian data (tests/kernels/qgemm_test.cpp checks
       // that path exactly against quantized activations).
       const bool exact = c.f == WeightFormat::F32 || c.f == WeightFormat::F16 || c.f == WeightFormat::BF16 ||
-                         n >= kernels::cpu::qgemm_sgemm_rows(qweight_view(m).format);
+                         n >= kernels::cpu::qgemm_sgemm_rows(qweight_view(m));
       const double tol = exact ? 1e-5 : 1e-2;
       EXPECT_LE(rel_err(y.data(), ref.data(), n * rows), tol);
       weight_matmul(m, x.data<float>(), n, y.data(), /*accumulate=*/true);

@@ -268,22 +268,25 @@ TEST(Qgemm, BatchedRowsEqualRowByRowProducts) {
   }
 }
 
-// The AVX-512 VNNI tiles (interleaved q8_0 / q4_0) form the same integer dots as the AVX2 tiles and the same float
-// steps, so each activation row's product is bit for bit the AVX2 one-row product: at every row count (the streamed
-// tiles with their remainders of 4, 2 and 1, and from kVnniPrefillRows the blocked walk, whose spans of 32 blocks
-// resume each row's accumulators: cols 1056 is 33 blocks), with accumulate, for rows outside the four streams and in
-// the GGUF-layout tail (rows % 4), with 1 and 2 threads. Also: VNNI never hands these weights to the sgemm panels.
+// The AVX-512 VNNI tiles (interleaved q8_0 / q4_0, the g128 formats) form the same integer dots as the AVX2 tiles
+// and the same float steps, so each activation row's product is bit for bit the AVX2 one-row product: at every row
+// count (the streamed tiles with their remainders of 4, 2 and 1, and from kVnniPrefillRows the blocked walk, whose
+// spans of 32 blocks resume each row's accumulators: cols 1056 is 33 blocks, 1152 nine groups of 128), with
+// accumulate, for rows outside the four streams and in the GGUF-layout tail (rows % 4), with 1 and 2 threads. Also:
+// VNNI never hands these weights to the sgemm panels.
 TEST(Qgemm, VnniTilesEqualAvx2Tiles) {
   if (!kernels::cpu::qgemm_available(QImpl::Vnni)) GTEST_SKIP() << "no AVX-512 VNNI on this CPU";
   for (int threads : {1, 2}) {
     ThreadCountScope scope(threads);
-    for (WeightFormat f : {WeightFormat::Q8_0, WeightFormat::Q4_0}) {
+    for (WeightFormat f : {WeightFormat::Q8_0, WeightFormat::Q4_0, WeightFormat::Q4_G128, WeightFormat::Q4_G128_ASYM}) {
+      const bool g128 = f == WeightFormat::Q4_G128 || f == WeightFormat::Q4_G128_ASYM;
       for (int64_t rows : {4, 45, 262}) {
-        for (int64_t cols : {int64_t{96}, int64_t{1056}}) {
+        for (int64_t cols : g128 ? std::vector<int64_t>{128, 1152} : std::vector<int64_t>{96, 1056}) {
           if (threads == 1 && rows != 262) continue;
-          const WeightMatrix w =
-              WeightMatrix::quantize(Tensor::from_vector(gaussian(rows * cols, 41, 0.02f), {rows, cols}), f)
-                  .interleave_rows4();
+          std::vector<float> wv = gaussian(rows * cols, 41, 0.02f);
+          for (int64_t r = 0; r < rows; ++r)  // per-row offsets: zero points other than 8 for the asymmetric format
+            for (int64_t k = 0; k < cols; ++k) wv[r * cols + k] += 0.01f * static_cast<float>(r % 5);
+          const WeightMatrix w = WeightMatrix::quantize(Tensor::from_vector(wv, {rows, cols}), f).interleave_rows4();
           const kernels::cpu::QWeight q = qweight_view(w);
           EXPECT_EQ(kernels::cpu::qgemm_sgemm_rows(q, QImpl::Vnni), std::numeric_limits<int64_t>::max());
           EXPECT_EQ(kernels::cpu::qgemm_sgemm_rows(q, QImpl::Avx2), kernels::cpu::qgemm_sgemm_rows(q.format));

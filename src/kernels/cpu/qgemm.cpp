@@ -799,6 +799,62 @@ LMF_TARGET_AVX2 void tile_g128(const uint8_t* const* rows, const uint16_t* const
   for (int r = 0; r < R; ++r) out[r] = hsum(acc[r]);
 }
 
+// tile_g128 for T activation rows on AVX-512 VNNI: each group's codes are loaded and split into nibbles once for
+// the T rows, and four vpdpbusd per (row, activation row) replace four maddubs, three adds and a madd; the lanes end
+// at tile_g128's integers and the float steps are its own, so outs[t][r] is tile_g128's out[r] for xs[t] bit for
+// bit. The block range of `rg` is in blocks of 32 values (multiples of 4: whole groups); state slot (r, t) at
+// state + r * gstride + t * 8.
+template <int R, int T>
+LMF_TARGET_VNNI void tile_g128_rows_vnni(const uint8_t* const* rows, const uint16_t* const* scales,
+                                         const uint8_t* const* zeros, const XQuant* const* xs, float* const* outs,
+                                         size_t ahead, VnniRange rg = {}) {
+  const int64_t groups = xs[0]->nb / 4, g1 = rg.b1 < 0 ? groups : rg.b1 / 4;
+  const auto slot = [&](int r, int t) { return rg.state + r * rg.gstride + t * 8; };
+  __m256 acc[R][T];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) acc[r][t] = rg.b0 > 0 ? _mm256_loadu_ps(slot(r, t)) : _mm256_setzero_ps();
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  for (int64_t g = rg.b0 / 4; g < g1; ++g) {
+    __m256i share[T];
+    float dx[T];
+    for (int t = 0; t < T; ++t) {
+      const auto* p4 = reinterpret_cast<const __m256i*>(xs[t]->p4.data() + g * 32);
+      share[t] = _mm256_add_epi32(_mm256_add_epi32(_mm256_loadu_si256(p4), _mm256_loadu_si256(p4 + 1)),
+                                  _mm256_add_epi32(_mm256_loadu_si256(p4 + 2), _mm256_loadu_si256(p4 + 3)));
+      dx[t] = xs[t]->d[g * 4];
+    }
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* c = rows[r] + g * (kGroup / 2);
+      if (ahead) prefetch_ahead<kGroup / 2>(c + ahead);
+      const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c));
+      const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + 32));
+      const __m256i lo0 = _mm256_and_si256(v0, low), lo1 = _mm256_and_si256(v1, low);
+      const __m256i hi0 = _mm256_and_si256(_mm256_srli_epi16(v0, 4), low);
+      const __m256i hi1 = _mm256_and_si256(_mm256_srli_epi16(v1, 4), low);
+      const float sr = _cvtsh_ss(scales[r][g]);
+      for (int t = 0; t < T; ++t) {
+        const auto* xg = reinterpret_cast<const __m256i*>(xs[t]->q.data() + g * kGroup);
+        const __m256i off =
+            zeros ? _mm256_madd_epi16(share[t], _mm256_set1_epi32(zeros[r][g])) : _mm256_slli_epi32(share[t], 3);
+        __m256i d = _mm256_dpbusd_epi32(_mm256_setzero_si256(), lo0, _mm256_loadu_si256(xg));
+        d = _mm256_dpbusd_epi32(d, lo1, _mm256_loadu_si256(xg + 1));
+        d = _mm256_dpbusd_epi32(d, hi0, _mm256_loadu_si256(xg + 2));
+        d = _mm256_dpbusd_epi32(d, hi1, _mm256_loadu_si256(xg + 3));
+        acc[r][t] =
+            _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(d, off)), _mm256_set1_ps(sr * dx[t]), acc[r][t]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) {
+      if (g1 < groups) {
+        _mm256_storeu_ps(slot(r, t), acc[r][t]);
+      } else {
+        outs[t][r] = hsum(acc[r][t]);
+      }
+    }
+}
+
 LMF_TARGET_AVX2 inline __m256 load8(const uint8_t* p, bool bf16) {
   const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   return bf16 ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)) : _mm256_cvtph_ps(h);
@@ -1005,6 +1061,9 @@ LMF_TARGET_AVX2 void rows_avx2(const QWeight& w, const float* x, const XQuant* x
   // AVX-512 VNNI (vnni: the caller checked the CPU) their VNNI forms take the rows, with a last odd one as well. One
   // activation row stays on the AVX2 tile: decode is bound by the weights' bytes, and there the VNNI tiles were
   // 5-7% slower end to end (infer-250m, Zen 4).
+  const bool g128 = w.format == QFormat::Q4_G128 || w.format == QFormat::Q4_G128_ASYM;
+  // The g128 formats on VNNI likewise (tile_g128_rows_vnni), one weight row of each stream a step.
+  const bool g128_rows = vnni && g128 && n >= 2;
   vnni = vnni && grouped && (w.format == QFormat::Q8_0 || w.format == QFormat::Q4_0) && n >= 2;
   const bool multi = grouped && (w.format == QFormat::Q8_0 || w.format == QFormat::Q4_0) && n >= 2;
   float tmpm[4][4 * kStreams];
@@ -1069,6 +1128,29 @@ LMF_TARGET_AVX2 void rows_avx2(const QWeight& w, const float* x, const XQuant* x
       if (n - t >= 2) run(std::integral_constant<int, 2>());
       if (vnni && n - t == 1) run(std::integral_constant<int, 1>());
     }
+    if (g128_rows) {
+      const int64_t groups = w.cols / kGroup;
+      const uint16_t* scales[kStreams];
+      const uint8_t* zeros[kStreams];
+      for (int k = 0; k < kStreams; ++k) {
+        scales[k] = static_cast<const uint16_t*>(w.scales) + first[k] * groups;
+        zeros[k] = static_cast<const uint8_t*>(w.zeros) + first[k] * groups;
+      }
+      const bool asym = w.format == QFormat::Q4_G128_ASYM;
+      const auto run = [&](auto rows_at_once) {
+        constexpr int T = decltype(rows_at_once)::value;
+        const XQuant* xs[T];
+        float* outs[T];
+        for (int u = 0; u < T; ++u) xs[u] = &xq[t + u], outs[u] = tmpm[u];
+        tile_g128_rows_vnni<kStreams, T>(rows, scales, asym ? zeros : nullptr, xs, outs, t == 0 ? ahead : 0);
+        for (int u = 0; u < T; ++u)
+          for (int k = 0; k < kStreams; ++k) put(t + u, first[k], tmpm[u][k]);
+        t += T;
+      };
+      while (n - t >= 4) run(std::integral_constant<int, 4>());
+      if (n - t >= 2) run(std::integral_constant<int, 2>());
+      if (n - t == 1) run(std::integral_constant<int, 1>());
+    }
     for (; t < n; ++t) {
       tile_avx2<kStreams>(w, first, grouped, x + t * w.cols, xq[t], tmp, t == 0 ? ahead : 0);
       for (int k = 0; k < kStreams; ++k)
@@ -1087,24 +1169,28 @@ LMF_TARGET_AVX2 void rows_avx2(const QWeight& w, const float* x, const XQuant* x
 }
 
 // Many activation rows on the VNNI tiles (prefill), which are then bound by arithmetic, not by the weights' bytes:
-// the walk keeps what a tile reads close instead of streaming it. Weight rows [r0, r1) in blocks of kVnniBlockGroups
-// groups (64 rows), the activation rows in chunks of kVnniChunk, and every row's blocks in spans of kVnniSpan: a tile
-// (four groups of a span, ~17 KB of q8_0, against four activation rows, 16 KB of x4) works from L1, a block's span
-// and a chunk's span from L2. Each (group, activation row) pair's accumulators wait in `state` between spans, so the
-// sums, and the results, are those of one pass (the decode tiles' own). The rows after the last whole group (GGUF
-// layout) go through rows_avx2.
+// the walk keeps what a tile reads close instead of streaming it. Weight rows [r0, r1) in blocks of 4 x
+// kVnniBlockGroups rows, the activation rows in chunks of kVnniChunk, and every row's blocks in spans of kVnniSpan:
+// a tile (four groups of a span, ~17 KB of q8_0, against four activation rows, 16 KB of x4) works from L1, a block's
+// span and a chunk's span from L2. Each (unit, activation row) pair's accumulators wait in `state` between spans, so
+// the sums, and the results, are those of one pass (the decode tiles' own). Units are groups of four interleaved rows
+// (q8_0 / q4_0; the rows after the last whole group, in the GGUF layout, go through rows_avx2) or single rows (g128).
 LMF_TARGET_AVX2 void prefill_vnni(const QWeight& w, const float* x, const XQuant* xq, int64_t n, int64_t r0, int64_t r1,
                                   float* y, bool accumulate) {
-  const bool q8 = w.format == QFormat::Q8_0;
-  const int64_t grouped_end = std::max(r0, std::min(r1, w.rows / 4 * 4));
-  const int64_t nb = w.cols / kBlock, width = q8 ? 8 : 16, gstride = kVnniChunk * width;
+  const bool q8 = w.format == QFormat::Q8_0, q4 = w.format == QFormat::Q4_0;
+  // A unit: a group of four interleaved rows (q8_0 / q4_0), or one row (g128).
+  const int64_t unit = q8 || q4 ? 4 : 1;
+  const int64_t units_end = unit == 4 ? std::max(r0, std::min(r1, w.rows / 4 * 4)) : r1;
+  const int64_t nb = w.cols / kBlock, width = q4 ? 16 : 8, gstride = kVnniChunk * width;
+  const int64_t groups = w.cols / kGroup;
   const size_t stride = row_bytes(w);
   const auto* codes = static_cast<const uint8_t*>(w.codes);
+  const bool asym = w.format == QFormat::Q4_G128_ASYM;
   thread_local std::vector<float> state;
-  XQuant::at_least(state, kVnniBlockGroups * gstride);
+  XQuant::at_least(state, 4 * kVnniBlockGroups / unit * gstride);
   float tmp[4][16];
-  for (int64_t a0 = r0; a0 < grouped_end; a0 += 4 * kVnniBlockGroups) {
-    const int64_t ng = (std::min(grouped_end, a0 + 4 * kVnniBlockGroups) - a0) / 4;
+  for (int64_t a0 = r0; a0 < units_end; a0 += 4 * kVnniBlockGroups) {
+    const int64_t nu = (std::min(units_end, a0 + 4 * kVnniBlockGroups) - a0) / unit;
     for (int64_t c0 = 0; c0 < n; c0 += kVnniChunk) {
       const int64_t c1 = std::min(n, c0 + kVnniChunk);
       for (int64_t s0 = 0; s0 < nb; s0 += kVnniSpan) {
@@ -1116,30 +1202,38 @@ LMF_TARGET_AVX2 void prefill_vnni(const QWeight& w, const float* x, const XQuant
           float* outs[T];
           for (int u = 0; u < T; ++u) xs[u] = &xq[t + u], outs[u] = tmp[u];
           int64_t g = 0;
-          const auto run_groups = [&](auto groups_at_once) {
-            constexpr int S = decltype(groups_at_once)::value;
-            const uint8_t* gp[S];
-            for (int k = 0; k < S; ++k) gp[k] = codes + static_cast<size_t>(a0 + 4 * (g + k)) * stride;
+          const auto run_units = [&](auto units_at_once) {
+            constexpr int S = decltype(units_at_once)::value;
+            const uint8_t* up[S];
+            for (int k = 0; k < S; ++k) up[k] = codes + static_cast<size_t>(a0 + unit * (g + k)) * stride;
             const VnniRange rg{s0, s1, state.data() + g * gstride + (t - c0) * width, gstride};
             if (q8) {
-              groups_q8_rows_vnni<S, T>(gp, xs, outs, 0, rg);
+              groups_q8_rows_vnni<S, T>(up, xs, outs, 0, rg);
+            } else if (q4) {
+              groups_q4_0_rows_vnni<S, T>(up, xs, outs, 0, rg);
             } else {
-              groups_q4_0_rows_vnni<S, T>(gp, xs, outs, 0, rg);
+              const uint16_t* sc[S];
+              const uint8_t* zs[S];
+              for (int k = 0; k < S; ++k) {
+                sc[k] = static_cast<const uint16_t*>(w.scales) + (a0 + g + k) * groups;
+                zs[k] = static_cast<const uint8_t*>(w.zeros) + (a0 + g + k) * groups;
+              }
+              tile_g128_rows_vnni<S, T>(up, sc, asym ? zs : nullptr, xs, outs, 0, rg);
             }
             if (s1 == nb)
               for (int u = 0; u < T; ++u)
-                for (int v = 0; v < 4 * S; ++v) {
-                  float& o = y[(t + u) * w.rows + a0 + 4 * g + v];
+                for (int v = 0; v < unit * S; ++v) {
+                  float& o = y[(t + u) * w.rows + a0 + unit * g + v];
                   o = accumulate ? o + tmp[u][v] : tmp[u][v];
                 }
             g += S;
           };
-          if (q8) {
-            while (ng - g >= 4) run_groups(std::integral_constant<int, 4>());
+          if (q4) {
+            while (nu - g >= 2) run_units(std::integral_constant<int, 2>());
           } else {
-            while (ng - g >= 2) run_groups(std::integral_constant<int, 2>());
+            while (nu - g >= 4) run_units(std::integral_constant<int, 4>());
           }
-          while (g < ng) run_groups(std::integral_constant<int, 1>());
+          while (g < nu) run_units(std::integral_constant<int, 1>());
           t += T;
         };
         while (c1 - t >= 4) run_rows(std::integral_constant<int, 4>());
@@ -1148,7 +1242,7 @@ LMF_TARGET_AVX2 void prefill_vnni(const QWeight& w, const float* x, const XQuant
       }
     }
   }
-  if (grouped_end < r1) rows_avx2(w, x, xq, n, grouped_end, r1, y, accumulate, false);
+  if (units_end < r1) rows_avx2(w, x, xq, n, units_end, r1, y, accumulate, false);
 }
 #endif  // LMF_HAVE_X86
 
@@ -1213,6 +1307,12 @@ bool use_vnni(QImpl impl) {
   (void)impl;
   return false;
 #endif
+}
+
+// The weights that have VNNI tiles: interleaved q8_0 / q4_0 and the g128 formats.
+bool vnni_format(const QWeight& w) {
+  return (w.rows4 && (w.format == QFormat::Q8_0 || w.format == QFormat::Q4_0)) || w.format == QFormat::Q4_G128 ||
+         w.format == QFormat::Q4_G128_ASYM;
 }
 
 bool use_avx2(QImpl impl) {
@@ -1419,8 +1519,7 @@ void interleave_rows4(QFormat format, int64_t rows, int64_t cols, const void* sr
 }
 
 int64_t qgemm_sgemm_rows(const QWeight& w, QImpl impl) {
-  if (w.rows4 && (w.format == QFormat::Q8_0 || w.format == QFormat::Q4_0) && use_vnni(impl))
-    return std::numeric_limits<int64_t>::max();
+  if (use_vnni(impl) && vnni_format(w)) return std::numeric_limits<int64_t>::max();
   return qgemm_sgemm_rows(w.format);
 }
 
@@ -1462,7 +1561,7 @@ void qgemm(const QWeight& w, const float* x, int64_t n, float* y, bool accumulat
     return;
   }
   const bool avx2 = use_avx2(impl);
-  const bool vnni = use_vnni(impl);
+  const bool vnni = use_vnni(impl) && vnni_format(w);
   // The quantized activations, one per row of x; thread-local so decode allocates nothing per product.
   thread_local std::vector<XQuant> tl_xq;
   if (tl_xq.size() < static_cast<size_t>(n)) tl_xq.resize(static_cast<size_t>(n));
