@@ -176,6 +176,8 @@ TEST_F(InferCli, BenchGenerateReportsRatesAndCeilings) {
   EXPECT_EQ(j["kv_type"], "f16");
   // An f32 model is compared with ggml's f32 row: both comparisons are the same one.
   EXPECT_EQ(j["weight_format"], "f32");
+  EXPECT_TRUE(j["cpu_kernels"] == "avx512_vnni" || j["cpu_kernels"] == "avx2" || j["cpu_kernels"] == "generic")
+      << j["cpu_kernels"];
   EXPECT_DOUBLE_EQ(j["ggml_implied_tokens_per_s"].get<double>(), j["ggml_f32_implied_tokens_per_s"].get<double>());
   EXPECT_DOUBLE_EQ(j["ggml_implied_tokens_per_s"].get<double>(), 26.5e9 / j["weight_bytes"].get<double>());
   r = sh(kBin + " bench generate" + model + " --prompt-tokens 16 --gen-tokens 8 --copy-mib 8 --kv-type f32 --json");

@@ -15,6 +15,7 @@
 #include "lmforge/commands.h"
 #include "lmforge/eval/model_dir.h"
 #include "lmforge/kernels/cpu.h"
+#include "lmforge/kernels/cpu_features.h"
 #include "lmforge/kernels/thread_pool.h"
 #include "lmforge/model/engine.h"
 
@@ -206,6 +207,7 @@ int run_bench_generate(const Args& a, bool json) {
       {"ggml_f32_implied_tokens_per_s", ggml},
       {"decode_vs_ggml_f32_implied", step_tps / ggml},
       {"weight_format", std::string(weight_format_name(main_format))},
+      {"cpu_kernels", kernels::cpu_kernels_name()},
       {"ggml_implied_tokens_per_s", ggml_own > 0 ? nlohmann::json(ggml_own) : nlohmann::json()},
       {"decode_vs_ggml_implied", ggml_own > 0 ? nlohmann::json(step_tps / ggml_own) : nlohmann::json()},
       {"ggml_variant", ggml_lib ? nlohmann::json(ggml_lib->variant()) : nlohmann::json()},
@@ -234,9 +236,10 @@ int run_bench_generate(const Args& a, bool json) {
     if (a.batch > 1)
       std::printf(" for each of %lld sequences decoded together: %.2f tok/s in all", static_cast<long long>(a.batch),
                   decode_tps);
-    std::printf(", %.1f MB weights/token (mostly %s), KV cache %s, peak RSS %.0f MB, %d threads, median of %d\n",
-                wb / 1e6, std::string(weight_format_name(main_format)).c_str(), a.kv_type.c_str(), rss, a.threads,
-                a.repeats);
+    std::printf(
+        ", %.1f MB weights/token (mostly %s), KV cache %s, peak RSS %.0f MB, %d threads, %s kernels, median of %d\n",
+        wb / 1e6, std::string(weight_format_name(main_format)).c_str(), a.kv_type.c_str(), rss, a.threads,
+        kernels::cpu_kernels_name(), a.repeats);
   }
   return kOk;
 }

@@ -208,10 +208,11 @@ int run_bench_quant(const QuantBenchOptions& o, bool json) {
   CopyProbe probe;
   if (!json) {
     std::printf(
-        "lmforge bench quant: weight_matmul, %d thread(s), median of %d, interleaved with a copy of the same bytes\n"
+        "lmforge bench quant: weight_matmul, %s kernels, %d thread(s), median of %d, interleaved with a copy of the "
+        "same bytes\n"
         "frac = our weight GB/s / copy GB/s; vs-ggml = frac / ggml's frac (its ms at %.0f GB/s copy, "
         "BENCHMARKS.md)\n\n",
-        o.threads, o.repeats, kRefCopyGbps);
+        kernels::cpu_kernels_name(), o.threads, o.repeats, kRefCopyGbps);
     if (ggml)
       std::printf("here: ggml's own kernel on this machine (%s), interleaved; vs-here = its ms / ours\n\n",
                   ggml->variant().c_str());
@@ -227,9 +228,9 @@ int run_bench_quant(const QuantBenchOptions& o, bool json) {
         std::printf(
             "{\"format\":\"%s\",\"shape\":\"%s\",\"threads\":%d,\"repeats\":%d,\"ms\":%.4f,\"weight_bytes\":%.0f,"
             "\"gbps\":%.3f,\"copy_gbps\":%.3f,\"frac_of_copy\":%.4f,\"ggml_ms\":%.3f,\"ggml_frac_of_copy\":%.4f,"
-            "\"vs_ggml\":%.4f",
+            "\"vs_ggml\":%.4f,\"cpu_kernels\":\"%s\"",
             r.format.c_str(), r.shape.c_str(), o.threads, o.repeats, r.ms, r.bytes, r.gbps, r.copy_gbps, r.frac,
-            r.ggml_ms, r.ggml_frac, r.vs_ggml);
+            r.ggml_ms, r.ggml_frac, r.vs_ggml, kernels::cpu_kernels_name());
         if (r.ggml_here_ms > 0)
           std::printf(
               ",\"ggml_variant\":\"%s\",\"ggml_measured_ms\":%.4f,\"vs_ggml_measured\":%.4f,"

@@ -14,6 +14,10 @@ bool cpu_has_avx2();
 // LMFORGE_CPU=generic nor LMFORGE_CPU=avx2 is set.
 bool cpu_has_avx512_vnni();
 
+// The kernel set the dispatch above picks here: "avx512_vnni" (AVX2 plus the VNNI product tiles), "avx2" or
+// "generic" (`bench generate` / `bench quant` report it as cpu_kernels).
+const char* cpu_kernels_name();
+
 }  // namespace lmforge::kernels
 
 #if defined(__x86_64__) && defined(__GNUC__)

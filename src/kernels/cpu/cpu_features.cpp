@@ -50,6 +50,10 @@ bool cpu_has_avx2() {
   return has;
 }
 
+const char* cpu_kernels_name() {
+  return cpu_has_avx512_vnni() ? "avx512_vnni" : cpu_has_avx2() ? "avx2" : "generic";
+}
+
 bool cpu_has_avx512_vnni() {
   static const bool has = [] {
     const char* force = std::getenv("LMFORGE_CPU");
