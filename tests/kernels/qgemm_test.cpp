@@ -271,9 +271,9 @@ TEST(Qgemm, BatchedRowsEqualRowByRowProducts) {
 // The AVX-512 VNNI tiles (interleaved q8_0 / q4_0, the g128 formats) form the same integer dots as the AVX2 tiles
 // and the same float steps, so each activation row's product is bit for bit the AVX2 one-row product: at every row
 // count (the streamed tiles with their remainders of 4, 2 and 1, and from kVnniPrefillRows the blocked walk, whose
-// spans of 32 blocks resume each row's accumulators: cols 1056 is 33 blocks, 1152 nine groups of 128), with
-// accumulate, for rows outside the four streams and in the GGUF-layout tail (rows % 4), with 1 and 2 threads. Also:
-// VNNI never hands these weights to the sgemm panels.
+// spans of 32 blocks resume each row's accumulators: cols 1056 is 33 blocks, 1152 nine groups of 128; 300 rows run as
+// products of 256 and 44), with accumulate, for rows outside the four streams and in the GGUF-layout tail (rows % 4),
+// with 1 and 2 threads. Also: VNNI never hands these weights to the sgemm panels.
 TEST(Qgemm, VnniTilesEqualAvx2Tiles) {
   if (!kernels::cpu::qgemm_available(QImpl::Vnni)) GTEST_SKIP() << "no AVX-512 VNNI on this CPU";
   for (int threads : {1, 2}) {
@@ -290,7 +290,7 @@ TEST(Qgemm, VnniTilesEqualAvx2Tiles) {
           const kernels::cpu::QWeight q = qweight_view(w);
           EXPECT_EQ(kernels::cpu::qgemm_sgemm_rows(q, QImpl::Vnni), std::numeric_limits<int64_t>::max());
           EXPECT_EQ(kernels::cpu::qgemm_sgemm_rows(q, QImpl::Avx2), kernels::cpu::qgemm_sgemm_rows(q.format));
-          for (int64_t n : {1, 2, 3, 5, 7, 16, 63, 64, 65, 70, 131}) {
+          for (int64_t n : {1, 2, 3, 5, 7, 16, 63, 64, 65, 70, 131, 300}) {
             SCOPED_TRACE(std::string(weight_format_name(f)) + " rows " + std::to_string(rows) + " cols " +
                          std::to_string(cols) + " n " + std::to_string(n) + " threads " + std::to_string(threads));
             const std::vector<float> x = gaussian(n * cols, 51 + static_cast<uint32_t>(n), 1.0f);

@@ -53,6 +53,10 @@ constexpr int64_t kVnniSpan = 32;
 // (bench quant, Zen 4, ms streams vs prefill_vnni: n = 8 and 16 streams ahead by 10-40%, n = 32-128 level within
 // the noise).
 constexpr int64_t kVnniPrefillRows = 64;
+// Products of more activation rows than this on the VNNI tiles run as several products of at most this many.
+constexpr int64_t kVnniMaxRows = 256;
+// Up to this many activation rows, qgemm's 8-bit activations live in a thread-local buffer kept between calls.
+constexpr int64_t kReusedXQuantRows = 64;
 // qgemm_sgemm_rows(f): from this many activation rows on, dequantize panels and use sgemm; below, the decode tiles
 // (each weight tile read once, dotted with every activation row). q8_0 / q4_0: 64, was 16 for every format; `bench
 // quant` (2 threads, an AVX2 Zen 3 host, ms tiles vs panels) at n = 16: q8_0 1024 x 1024 0.27 vs 0.49, 1024 x 2816 0.69
@@ -1562,26 +1566,37 @@ void qgemm(const QWeight& w, const float* x, int64_t n, float* y, bool accumulat
   }
   const bool avx2 = use_avx2(impl);
   const bool vnni = use_vnni(impl) && vnni_format(w);
-  // The quantized activations, one per row of x; thread-local so decode allocates nothing per product.
+  if (vnni && avx2 && n > kVnniMaxRows) {
+    // A long prompt on the VNNI tiles, kVnniMaxRows activation rows at a time: their 8-bit forms (up to 7 bytes a
+    // value with q8_0's x4) stay a bounded buffer, for the price of reading the weights once more per chunk.
+    for (int64_t c0 = 0; c0 < n; c0 += kVnniMaxRows)
+      qgemm(w, x + c0 * cols, std::min(kVnniMaxRows, n - c0), y + c0 * rows, accumulate, impl);
+    return;
+  }
+  // The quantized activations, one per row of x: thread-local up to kReusedXQuantRows rows, so decode and batched
+  // decode allocate nothing per product; a prefill's are freed on return, as the engine's large scratch buffers.
   thread_local std::vector<XQuant> tl_xq;
-  if (tl_xq.size() < static_cast<size_t>(n)) tl_xq.resize(static_cast<size_t>(n));
-  const XQuant* xq = tl_xq.data();
+  std::vector<XQuant> prefill_xq;
+  std::vector<XQuant>& xqv = n <= kReusedXQuantRows ? tl_xq : prefill_xq;
+  if (xqv.size() < static_cast<size_t>(n)) xqv.resize(static_cast<size_t>(n));
+  XQuant* tl = xqv.data();
+  const XQuant* xq = tl;
   if (is_int_format(w.format)) {
     const int64_t span = w.format == QFormat::Q4_G128 || w.format == QFormat::Q4_G128_ASYM ? kGroup : kBlock;
     for (int64_t t = 0; t < n; ++t) {
 #if LMF_HAVE_X86
       if (avx2) {
-        quantize_avx2(tl_xq[t], x + t * cols, cols, span);
+        quantize_avx2(tl[t], x + t * cols, cols, span);
         continue;
       }
 #endif
-      tl_xq[t].quantize(x + t * cols, cols, span);
+      tl[t].quantize(x + t * cols, cols, span);
     }
 #if LMF_HAVE_X86
     if (avx2 && w.format == QFormat::Q4_0 && w.rows4)
-      for (int64_t t = 0; t < n; ++t) pair_halves(tl_xq[t]);
+      for (int64_t t = 0; t < n; ++t) pair_halves(tl[t]);
     if (avx2 && w.format == QFormat::Q8_0 && w.rows4)
-      for (int64_t t = 0; t < n; ++t) runs_x(tl_xq[t], vnni && n >= 2);  // one row stays on AVX2 (rows_avx2)
+      for (int64_t t = 0; t < n; ++t) runs_x(tl[t], vnni && n >= 2);  // one row stays on AVX2 (rows_avx2)
 #endif
   }
   // Tiles of kTile rows: one run of up to kHeadBytes per thread, then guided chunks, long ones first (each streams
