@@ -268,7 +268,7 @@ TEST(Qgemm, BatchedRowsEqualRowByRowProducts) {
   }
 }
 
-// The AVX-512 VNNI tiles (interleaved q8_0 / q4_0, the g128 formats) form the same integer dots as the AVX2 tiles
+// The AVX-512 VNNI tiles (interleaved q8_0 / q4_0, the g128 formats, int8) form the same integer dots as the AVX2 tiles
 // and the same float steps, so each activation row's product is bit for bit the AVX2 one-row product: at every row
 // count (the streamed tiles with their remainders of 4, 2 and 1, and from kVnniPrefillRows the blocked walk, whose
 // spans of 32 blocks resume each row's accumulators: cols 1056 is 33 blocks, 1152 nine groups of 128; 300 rows run as
@@ -278,7 +278,8 @@ TEST(Qgemm, VnniTilesEqualAvx2Tiles) {
   if (!kernels::cpu::qgemm_available(QImpl::Vnni)) GTEST_SKIP() << "no AVX-512 VNNI on this CPU";
   for (int threads : {1, 2}) {
     ThreadCountScope scope(threads);
-    for (WeightFormat f : {WeightFormat::Q8_0, WeightFormat::Q4_0, WeightFormat::Q4_G128, WeightFormat::Q4_G128_ASYM}) {
+    for (WeightFormat f : {WeightFormat::Q8_0, WeightFormat::Q4_0, WeightFormat::Q4_G128, WeightFormat::Q4_G128_ASYM,
+                           WeightFormat::INT8}) {
       const bool g128 = f == WeightFormat::Q4_G128 || f == WeightFormat::Q4_G128_ASYM;
       for (int64_t rows : {4, 45, 262}) {
         for (int64_t cols : g128 ? std::vector<int64_t>{128, 1152} : std::vector<int64_t>{96, 1056}) {

@@ -33,7 +33,7 @@ struct QWeight {
 void interleave_rows4(QFormat format, int64_t rows, int64_t cols, const void* src, void* dst, bool inverse = false);
 
 // Auto: the best the CPU has. Avx2: the AVX2 tiles only. Vnni: AVX2 with the AVX-512 VNNI tiles for interleaved
-// q8_0 / q4_0 and the g128 formats (the same results as Avx2's tiles, bit for bit).
+// q8_0 / q4_0, the g128 formats and int8 (the same results as Avx2's tiles, bit for bit).
 enum class QImpl { Auto, Generic, Avx2, Vnni };
 
 // Splits the rows over the thread pool. accumulate: y += instead of y =. With n >= qgemm_sgemm_rows(w, impl)
@@ -46,9 +46,9 @@ void qgemm(const QWeight& w, const float* x, int64_t n, float* y, bool accumulat
 // From how many activation rows qgemm switches to sgemm: 64 for q8_0 / q4_0 / f16 / bf16, 48 for f32, 32 for int8 and
 // the g128 formats (measurements in qgemm.cpp).
 int64_t qgemm_sgemm_rows(QFormat f);
-// The same for one weight and implementation: interleaved q8_0 / q4_0 and the g128 formats on the AVX-512 VNNI
-// tiles never switch (their integer dots outrun the dequantized sgemm panels at every row count: prefill sees 8-bit
-// activations there, as in decode and in llama.cpp); otherwise qgemm_sgemm_rows(w.format).
+// The same for one weight and implementation: interleaved q8_0 / q4_0, the g128 formats and int8 (rows of whole
+// blocks) on the AVX-512 VNNI tiles never switch (their integer dots outrun the dequantized sgemm panels at every row
+// count: prefill sees 8-bit activations there, as in decode and in llama.cpp); otherwise qgemm_sgemm_rows(w.format).
 int64_t qgemm_sgemm_rows(const QWeight& w, QImpl impl = QImpl::Auto);
 
 // Row r of the weight as f32 (cols values), in either layout.

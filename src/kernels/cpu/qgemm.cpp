@@ -687,6 +687,45 @@ LMF_TARGET_VNNI void groups_q8_rows_vnni(const uint8_t* const* groups, const XQu
     }
 }
 
+// tile4_q8 for int8 rows (one f32 scale a row) against T activation rows: the codes become unsigned by w ^ 0x80 and
+// each lane starts from -128 x the sum of the four activation codes it meets (XQuant::p4 is exactly those sums), so
+// it ends at dot_i8's integer; the fold of four rows and the float steps are tile4_q8's. outs[t][r] for the four
+// rows; state slot t at state + t * 8.
+template <int T>
+LMF_TARGET_VNNI void tile4_int8_rows_vnni(const uint8_t* const* rows, const float* row_scale, const XQuant* const* xs,
+                                          float* const* outs, size_t ahead, VnniRange rg = {}) {
+  const int64_t nb = xs[0]->nb, b1 = rg.b1 < 0 ? nb : rg.b1;
+  __m256 acc[T];
+  for (int t = 0; t < T; ++t) acc[t] = rg.b0 > 0 ? _mm256_loadu_ps(rg.state + t * 8) : _mm256_setzero_ps();
+  const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
+  for (int64_t b = rg.b0; b < b1; ++b) {
+    __m256i wu[4];
+    for (int r = 0; r < 4; ++r) {
+      const uint8_t* c = rows[r] + b * kBlock;
+      if (ahead) prefetch_ahead<kBlock>(c + ahead);
+      wu[r] = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(c)), flip);
+    }
+    for (int t = 0; t < T; ++t) {
+      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs[t]->q.data() + b * kBlock));
+      const __m256i corr = _mm256_sub_epi32(
+          _mm256_setzero_si256(),
+          _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs[t]->p4.data() + b * 8)), 7));
+      __m256i d[4];
+      for (int r = 0; r < 4; ++r) d[r] = _mm256_dpbusd_epi32(corr, wu[r], x);
+      const __m128 sx = _mm_set1_ps(xs[t]->d[b]);
+      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(fold4(d[0], d[1], d[2], d[3])), _mm256_set_m128(sx, sx), acc[t]);
+    }
+  }
+  for (int t = 0; t < T; ++t) {
+    if (b1 < nb) {
+      _mm256_storeu_ps(rg.state + t * 8, acc[t]);
+      continue;
+    }
+    unfold4(acc[t], outs[t]);
+    for (int r = 0; r < 4; ++r) outs[t][r] *= row_scale[r];
+  }
+}
+
 // groups_q4_0_rows: the nibbles are unsigned already; two vpdpbusd per pair of rows replace two maddubs, an add
 // and a madd.
 template <int S, int T>
@@ -1068,6 +1107,9 @@ LMF_TARGET_AVX2 void rows_avx2(const QWeight& w, const float* x, const XQuant* x
   const bool g128 = w.format == QFormat::Q4_G128 || w.format == QFormat::Q4_G128_ASYM;
   // The g128 formats on VNNI likewise (tile_g128_rows_vnni), one weight row of each stream a step.
   const bool g128_rows = vnni && g128 && n >= 2;
+  // int8 too (tile4_int8_rows_vnni): the four streams' rows folded as tile4_q8 folds them.
+  const bool int8_rows = vnni && w.format == QFormat::INT8 && n >= 2;
+  static_assert(kStreams == 4, "tile4_int8_rows_vnni takes one row of each of four streams");
   vnni = vnni && grouped && (w.format == QFormat::Q8_0 || w.format == QFormat::Q4_0) && n >= 2;
   const bool multi = grouped && (w.format == QFormat::Q8_0 || w.format == QFormat::Q4_0) && n >= 2;
   float tmpm[4][4 * kStreams];
@@ -1155,6 +1197,23 @@ LMF_TARGET_AVX2 void rows_avx2(const QWeight& w, const float* x, const XQuant* x
       if (n - t >= 2) run(std::integral_constant<int, 2>());
       if (n - t == 1) run(std::integral_constant<int, 1>());
     }
+    if (int8_rows) {
+      float scale[kStreams];
+      for (int k = 0; k < kStreams; ++k) scale[k] = static_cast<const float*>(w.scales)[first[k]];
+      const auto run = [&](auto rows_at_once) {
+        constexpr int T = decltype(rows_at_once)::value;
+        const XQuant* xs[T];
+        float* outs[T];
+        for (int u = 0; u < T; ++u) xs[u] = &xq[t + u], outs[u] = tmpm[u];
+        tile4_int8_rows_vnni<T>(rows, scale, xs, outs, t == 0 ? ahead : 0);
+        for (int u = 0; u < T; ++u)
+          for (int k = 0; k < kStreams; ++k) put(t + u, first[k], tmpm[u][k]);
+        t += T;
+      };
+      while (n - t >= 4) run(std::integral_constant<int, 4>());
+      if (n - t >= 2) run(std::integral_constant<int, 2>());
+      if (n - t == 1) run(std::integral_constant<int, 1>());
+    }
     for (; t < n; ++t) {
       tile_avx2<kStreams>(w, first, grouped, x + t * w.cols, xq[t], tmp, t == 0 ? ahead : 0);
       for (int k = 0; k < kStreams; ++k)
@@ -1181,10 +1240,11 @@ LMF_TARGET_AVX2 void rows_avx2(const QWeight& w, const float* x, const XQuant* x
 // (q8_0 / q4_0; the rows after the last whole group, in the GGUF layout, go through rows_avx2) or single rows (g128).
 LMF_TARGET_AVX2 void prefill_vnni(const QWeight& w, const float* x, const XQuant* xq, int64_t n, int64_t r0, int64_t r1,
                                   float* y, bool accumulate) {
-  const bool q8 = w.format == QFormat::Q8_0, q4 = w.format == QFormat::Q4_0;
-  // A unit: a group of four interleaved rows (q8_0 / q4_0), or one row (g128).
-  const int64_t unit = q8 || q4 ? 4 : 1;
-  const int64_t units_end = unit == 4 ? std::max(r0, std::min(r1, w.rows / 4 * 4)) : r1;
+  const bool q8 = w.format == QFormat::Q8_0, q4 = w.format == QFormat::Q4_0, int8 = w.format == QFormat::INT8;
+  // A unit: a group of four interleaved rows (q8_0 / q4_0), four rows (int8), or one row (g128).
+  const int64_t unit = q8 || q4 || int8 ? 4 : 1;
+  // int8: the rows past the last whole four of [r0, r1), as rows_avx2's streams leave them over.
+  const int64_t units_end = int8 ? r0 + (r1 - r0) / 4 * 4 : unit == 4 ? std::max(r0, std::min(r1, w.rows / 4 * 4)) : r1;
   const int64_t nb = w.cols / kBlock, width = q4 ? 16 : 8, gstride = kVnniChunk * width;
   const int64_t groups = w.cols / kGroup;
   const size_t stride = row_bytes(w);
@@ -1211,7 +1271,16 @@ LMF_TARGET_AVX2 void prefill_vnni(const QWeight& w, const float* x, const XQuant
             const uint8_t* up[S];
             for (int k = 0; k < S; ++k) up[k] = codes + static_cast<size_t>(a0 + unit * (g + k)) * stride;
             const VnniRange rg{s0, s1, state.data() + g * gstride + (t - c0) * width, gstride};
-            if (q8) {
+            if (int8) {
+              // One unit a call (S == 1): four rows folded together, as rows_avx2 folds one row of each stream.
+              const uint8_t* r4[4];
+              float scale[4];
+              for (int k = 0; k < 4; ++k) {
+                r4[k] = codes + static_cast<size_t>(a0 + 4 * g + k) * stride;
+                scale[k] = static_cast<const float*>(w.scales)[a0 + 4 * g + k];
+              }
+              tile4_int8_rows_vnni<T>(r4, scale, xs, outs, 0, rg);
+            } else if (q8) {
               groups_q8_rows_vnni<S, T>(up, xs, outs, 0, rg);
             } else if (q4) {
               groups_q4_0_rows_vnni<S, T>(up, xs, outs, 0, rg);
@@ -1234,7 +1303,7 @@ LMF_TARGET_AVX2 void prefill_vnni(const QWeight& w, const float* x, const XQuant
           };
           if (q4) {
             while (nu - g >= 2) run_units(std::integral_constant<int, 2>());
-          } else {
+          } else if (!int8) {
             while (nu - g >= 4) run_units(std::integral_constant<int, 4>());
           }
           while (g < nu) run_units(std::integral_constant<int, 1>());
@@ -1313,10 +1382,10 @@ bool use_vnni(QImpl impl) {
 #endif
 }
 
-// The weights that have VNNI tiles: interleaved q8_0 / q4_0 and the g128 formats.
+// The weights that have VNNI tiles: interleaved q8_0 / q4_0, the g128 formats, and int8 rows of whole blocks.
 bool vnni_format(const QWeight& w) {
   return (w.rows4 && (w.format == QFormat::Q8_0 || w.format == QFormat::Q4_0)) || w.format == QFormat::Q4_G128 ||
-         w.format == QFormat::Q4_G128_ASYM;
+         w.format == QFormat::Q4_G128_ASYM || (w.format == QFormat::INT8 && w.cols % kBlock == 0);
 }
 
 bool use_avx2(QImpl impl) {
