@@ -582,6 +582,35 @@ LMF_TARGET_AVX2 void groups_q4_0(const uint8_t* const* groups, const XQuant& xq,
   }
 }
 
+// One block of an interleaved q4_0 group for the multi-row tiles: the four rows' scales, and the codes of rows 0-1
+// and 2-3 split into low (values 0-15) and high (16-31) nibbles.
+struct Q4Block {
+  __m128 ws;
+  __m256i lo01, hi01, lo23, hi23;
+};
+LMF_TARGET_AVX2 inline Q4Block q4_block(const uint8_t* blk) {
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  const __m256i v01 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 8));
+  const __m256i v23 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 40));
+  return {_mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk))), _mm256_and_si256(v01, low),
+          _mm256_and_si256(_mm256_srli_epi16(v01, 4), low), _mm256_and_si256(v23, low),
+          _mm256_and_si256(_mm256_srli_epi16(v23, 4), low)};
+}
+// A block's float step for one activation row (scale dx): each pair of rows' lane sums d01 / d23 scaled into its
+// accumulator, as groups_q4_0 does.
+LMF_TARGET_AVX2 inline void q4_step(__m256i d01, __m256i d23, __m128 ws, float dx, __m256& acc01, __m256& acc23) {
+  const __m256i i01 = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), i23 = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
+  const __m256 st = _mm256_castps128_ps256(_mm_mul_ps(ws, _mm_set1_ps(dx)));
+  acc01 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d01), _mm256_permutevar8x32_ps(st, i01), acc01);
+  acc23 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d23), _mm256_permutevar8x32_ps(st, i23), acc23);
+}
+LMF_TARGET_AVX2 inline void q4_outs(__m256 acc01, __m256 acc23, float* out) {
+  out[0] = half_sum(_mm256_castps256_ps128(acc01));
+  out[1] = half_sum(_mm256_extractf128_ps(acc01, 1));
+  out[2] = half_sum(_mm256_castps256_ps128(acc23));
+  out[3] = half_sum(_mm256_extractf128_ps(acc23, 1));
+}
+
 // groups_q4_0 for T activation rows at once, as groups_q8_rows: each pair of rows' codes is loaded and split into
 // nibbles once for all T rows; each row's sums and float steps are groups_q4_0's (bit for bit its results).
 template <int S, int T>
@@ -591,41 +620,30 @@ LMF_TARGET_AVX2 void groups_q4_0_rows(const uint8_t* const* groups, const XQuant
   __m256 acc01[S][T], acc23[S][T];
   for (int g = 0; g < S; ++g)
     for (int t = 0; t < T; ++t) acc01[g][t] = acc23[g][t] = _mm256_setzero_ps();
-  const __m256i i01 = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), i23 = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
-  const __m256i low = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+  const __m256i ones = _mm256_set1_epi16(1);
   for (int64_t b = 0; b < xs[0]->nb; ++b) {
     for (int g = 0; g < S; ++g) {
       const uint8_t* blk = groups[g] + b * kStep;
       if (ahead) prefetch_ahead<kStep>(blk + ahead);
-      const __m128 ws = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk)));
-      const __m256i v01 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 8));
-      const __m256i v23 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 40));
-      const __m256i lo01 = _mm256_and_si256(v01, low), hi01 = _mm256_and_si256(_mm256_srli_epi16(v01, 4), low);
-      const __m256i lo23 = _mm256_and_si256(v23, low), hi23 = _mm256_and_si256(_mm256_srli_epi16(v23, 4), low);
+      const Q4Block c = q4_block(blk);
       for (int t = 0; t < T; ++t) {
         const auto* q2 = reinterpret_cast<const __m256i*>(xs[t]->q2.data() + b * 64);
         const __m256i xlo = _mm256_loadu_si256(q2), xhi = _mm256_loadu_si256(q2 + 1);
         const __m256i off = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs[t]->off2.data() + b * 8));
         const __m256i d01 = _mm256_sub_epi32(
-            _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(lo01, xlo), _mm256_maddubs_epi16(hi01, xhi)), ones),
+            _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(c.lo01, xlo), _mm256_maddubs_epi16(c.hi01, xhi)),
+                              ones),
             off);
         const __m256i d23 = _mm256_sub_epi32(
-            _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(lo23, xlo), _mm256_maddubs_epi16(hi23, xhi)), ones),
+            _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(c.lo23, xlo), _mm256_maddubs_epi16(c.hi23, xhi)),
+                              ones),
             off);
-        const __m256 st = _mm256_castps128_ps256(_mm_mul_ps(ws, _mm_set1_ps(xs[t]->d[b])));
-        acc01[g][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d01), _mm256_permutevar8x32_ps(st, i01), acc01[g][t]);
-        acc23[g][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d23), _mm256_permutevar8x32_ps(st, i23), acc23[g][t]);
+        q4_step(d01, d23, c.ws, xs[t]->d[b], acc01[g][t], acc23[g][t]);
       }
     }
   }
   for (int g = 0; g < S; ++g)
-    for (int t = 0; t < T; ++t) {
-      float* out = outs[t] + 4 * g;
-      out[0] = half_sum(_mm256_castps256_ps128(acc01[g][t]));
-      out[1] = half_sum(_mm256_extractf128_ps(acc01[g][t], 1));
-      out[2] = half_sum(_mm256_castps256_ps128(acc23[g][t]));
-      out[3] = half_sum(_mm256_extractf128_ps(acc23[g][t], 1));
-    }
+    for (int t = 0; t < T; ++t) q4_outs(acc01[g][t], acc23[g][t], outs[t] + 4 * g);
 }
 
 // ---- AVX-512 VNNI tiles (interleaved q8_0 / q4_0) ----
@@ -740,27 +758,21 @@ LMF_TARGET_VNNI void groups_q4_0_rows_vnni(const uint8_t* const* groups, const X
       acc01[g][t] = rg.b0 > 0 ? _mm256_loadu_ps(slot(g, t)) : _mm256_setzero_ps();
       acc23[g][t] = rg.b0 > 0 ? _mm256_loadu_ps(slot(g, t) + 8) : _mm256_setzero_ps();
     }
-  const __m256i i01 = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), i23 = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
-  const __m256i low = _mm256_set1_epi8(0x0f);
   for (int64_t b = rg.b0; b < b1; ++b) {
     for (int g = 0; g < S; ++g) {
       const uint8_t* blk = groups[g] + b * kStep;
       if (ahead) prefetch_ahead<kStep>(blk + ahead);
-      const __m128 ws = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk)));
-      const __m256i v01 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 8));
-      const __m256i v23 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 40));
-      const __m256i lo01 = _mm256_and_si256(v01, low), hi01 = _mm256_and_si256(_mm256_srli_epi16(v01, 4), low);
-      const __m256i lo23 = _mm256_and_si256(v23, low), hi23 = _mm256_and_si256(_mm256_srli_epi16(v23, 4), low);
+      const Q4Block c = q4_block(blk);
       for (int t = 0; t < T; ++t) {
         const auto* q2 = reinterpret_cast<const __m256i*>(xs[t]->q2.data() + b * 64);
         const __m256i xlo = _mm256_loadu_si256(q2), xhi = _mm256_loadu_si256(q2 + 1);
         const __m256i off = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs[t]->off2.data() + b * 8));
         const __m256i zero = _mm256_setzero_si256();
-        const __m256i d01 = _mm256_sub_epi32(_mm256_dpbusd_epi32(_mm256_dpbusd_epi32(zero, lo01, xlo), hi01, xhi), off);
-        const __m256i d23 = _mm256_sub_epi32(_mm256_dpbusd_epi32(_mm256_dpbusd_epi32(zero, lo23, xlo), hi23, xhi), off);
-        const __m256 st = _mm256_castps128_ps256(_mm_mul_ps(ws, _mm_set1_ps(xs[t]->d[b])));
-        acc01[g][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d01), _mm256_permutevar8x32_ps(st, i01), acc01[g][t]);
-        acc23[g][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d23), _mm256_permutevar8x32_ps(st, i23), acc23[g][t]);
+        const __m256i d01 =
+            _mm256_sub_epi32(_mm256_dpbusd_epi32(_mm256_dpbusd_epi32(zero, c.lo01, xlo), c.hi01, xhi), off);
+        const __m256i d23 =
+            _mm256_sub_epi32(_mm256_dpbusd_epi32(_mm256_dpbusd_epi32(zero, c.lo23, xlo), c.hi23, xhi), off);
+        q4_step(d01, d23, c.ws, xs[t]->d[b], acc01[g][t], acc23[g][t]);
       }
     }
   }
@@ -769,13 +781,9 @@ LMF_TARGET_VNNI void groups_q4_0_rows_vnni(const uint8_t* const* groups, const X
       if (b1 < nb) {
         _mm256_storeu_ps(slot(g, t), acc01[g][t]);
         _mm256_storeu_ps(slot(g, t) + 8, acc23[g][t]);
-        continue;
+      } else {
+        q4_outs(acc01[g][t], acc23[g][t], outs[t] + 4 * g);
       }
-      float* out = outs[t] + 4 * g;
-      out[0] = half_sum(_mm256_castps256_ps128(acc01[g][t]));
-      out[1] = half_sum(_mm256_extractf128_ps(acc01[g][t], 1));
-      out[2] = half_sum(_mm256_castps256_ps128(acc23[g][t]));
-      out[3] = half_sum(_mm256_extractf128_ps(acc23[g][t], 1));
     }
 }
 
