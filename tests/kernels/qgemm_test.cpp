@@ -152,14 +152,19 @@ TEST(Qgemm, Int8RaggedRows) {
 TEST(Qgemm, ZeroBlocksGiveZero) {
   const int64_t rows = 8, cols = 256;
   std::vector<float> w(static_cast<size_t>(rows * cols), 0.0f);
-  const std::vector<float> x(static_cast<size_t>(cols), 0.0f);
+  const std::vector<float> x(static_cast<size_t>(70 * cols), 0.0f);
   for (WeightFormat f : kFormats) {
-    const WeightMatrix m = WeightMatrix::quantize(Tensor::from_vector(w, {rows, cols}), f);
-    for (QImpl impl : {QImpl::Generic, QImpl::Avx2}) {
-      if (!kernels::cpu::qgemm_available(impl)) continue;
-      std::vector<float> y(static_cast<size_t>(rows), 1.0f);
-      kernels::cpu::qgemm(qweight_view(m), x.data(), 1, y.data(), false, impl);
-      for (float v : y) EXPECT_EQ(v, 0.0f) << weight_format_name(f);
+    const WeightMatrix q = WeightMatrix::quantize(Tensor::from_vector(w, {rows, cols}), f);
+    for (const WeightMatrix& m : {q, q.interleave_rows4()}) {
+      // one row (decode), a few (the batched tiles), 70 (prefill: sgemm panels, or the VNNI walk)
+      for (int64_t n : {1, 3, 70}) {
+        for (QImpl impl : {QImpl::Generic, QImpl::Avx2, QImpl::Vnni}) {
+          if (!kernels::cpu::qgemm_available(impl)) continue;
+          std::vector<float> y(static_cast<size_t>(n * rows), 1.0f);
+          kernels::cpu::qgemm(qweight_view(m), x.data(), n, y.data(), false, impl);
+          for (float v : y) EXPECT_EQ(v, 0.0f) << weight_format_name(f) << " n " << n;
+        }
+      }
     }
   }
 }
