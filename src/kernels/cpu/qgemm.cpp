@@ -646,7 +646,7 @@ LMF_TARGET_AVX2 void groups_q4_0_rows(const uint8_t* const* groups, const XQuant
     for (int t = 0; t < T; ++t) q4_outs(acc01[g][t], acc23[g][t], outs[t] + 4 * g);
 }
 
-// ---- AVX-512 VNNI tiles (interleaved q8_0 / q4_0) ----
+// ---- AVX-512 VNNI tiles (interleaved q8_0 / q4_0, g128, int8) ----
 //
 // vpdpbusd multiplies unsigned by signed bytes and adds each four products into a 32-bit lane, with no 16-bit
 // intermediate: one instruction where AVX2 needs maddubs (and, for signed x signed bytes, two sign ops) and a madd.
@@ -1182,13 +1182,18 @@ LMF_TARGET_AVX2 void rows_avx2(const QWeight& w, const float* x, const XQuant* x
       if (n - t >= 2) run(std::integral_constant<int, 2>());
       if (vnni && n - t == 1) run(std::integral_constant<int, 1>());
     }
-    if (g128_rows) {
+    if (g128_rows || int8_rows) {  // one row of each stream a step, up to four activation rows a pass
       const int64_t groups = w.cols / kGroup;
       const uint16_t* scales[kStreams];
       const uint8_t* zeros[kStreams];
+      float scale[kStreams];
       for (int k = 0; k < kStreams; ++k) {
-        scales[k] = static_cast<const uint16_t*>(w.scales) + first[k] * groups;
-        zeros[k] = static_cast<const uint8_t*>(w.zeros) + first[k] * groups;
+        if (int8_rows) {
+          scale[k] = static_cast<const float*>(w.scales)[first[k]];
+        } else {
+          scales[k] = static_cast<const uint16_t*>(w.scales) + first[k] * groups;
+          zeros[k] = static_cast<const uint8_t*>(w.zeros) + first[k] * groups;
+        }
       }
       const bool asym = w.format == QFormat::Q4_G128_ASYM;
       const auto run = [&](auto rows_at_once) {
@@ -1196,24 +1201,11 @@ LMF_TARGET_AVX2 void rows_avx2(const QWeight& w, const float* x, const XQuant* x
         const XQuant* xs[T];
         float* outs[T];
         for (int u = 0; u < T; ++u) xs[u] = &xq[t + u], outs[u] = tmpm[u];
-        tile_g128_rows_vnni<kStreams, T>(rows, scales, asym ? zeros : nullptr, xs, outs, t == 0 ? ahead : 0);
-        for (int u = 0; u < T; ++u)
-          for (int k = 0; k < kStreams; ++k) put(t + u, first[k], tmpm[u][k]);
-        t += T;
-      };
-      while (n - t >= 4) run(std::integral_constant<int, 4>());
-      if (n - t >= 2) run(std::integral_constant<int, 2>());
-      if (n - t == 1) run(std::integral_constant<int, 1>());
-    }
-    if (int8_rows) {
-      float scale[kStreams];
-      for (int k = 0; k < kStreams; ++k) scale[k] = static_cast<const float*>(w.scales)[first[k]];
-      const auto run = [&](auto rows_at_once) {
-        constexpr int T = decltype(rows_at_once)::value;
-        const XQuant* xs[T];
-        float* outs[T];
-        for (int u = 0; u < T; ++u) xs[u] = &xq[t + u], outs[u] = tmpm[u];
-        tile4_int8_rows_vnni<T>(rows, scale, xs, outs, t == 0 ? ahead : 0);
+        if (int8_rows) {
+          tile4_int8_rows_vnni<T>(rows, scale, xs, outs, t == 0 ? ahead : 0);
+        } else {
+          tile_g128_rows_vnni<kStreams, T>(rows, scales, asym ? zeros : nullptr, xs, outs, t == 0 ? ahead : 0);
+        }
         for (int u = 0; u < T; ++u)
           for (int k = 0; k < kStreams; ++k) put(t + u, first[k], tmpm[u][k]);
         t += T;
@@ -1380,7 +1372,7 @@ void predict_next(const DecodeShape& now) {
 }
 #endif
 
-// The AVX-512 VNNI tiles (q8_0 / q4_0, interleaved): Vnni asks for them, Auto takes them where the CPU has them.
+// The AVX-512 VNNI tiles (vnni_format below): Vnni asks for them, Auto takes them where the CPU has them.
 bool use_vnni(QImpl impl) {
 #if LMF_HAVE_X86
   return impl == QImpl::Vnni || (impl == QImpl::Auto && cpu_has_avx512_vnni());
