@@ -278,25 +278,34 @@ TEST(Qgemm, BatchedRowsEqualRowByRowProducts) {
 // count (the streamed tiles with their remainders of 4, 2 and 1, and from kVnniPrefillRows the blocked walk, whose
 // spans of 32 blocks resume each row's accumulators: cols 1056 is 33 blocks, 1152 nine groups of 128; 300 rows run as
 // products of 256 and 44), with accumulate, for rows outside the four streams and in the GGUF-layout tail (rows % 4),
-// with 1 and 2 threads. Also: VNNI never hands these weights to the sgemm panels.
+// with 1 and 2 threads. Also: VNNI never hands these weights to the sgemm panels. f32 / f16 / bf16 (six activation
+// rows a pass on the same CPUs, tile_float_rows_wide, with the remainders of 5 and 4) likewise below their switch to
+// sgemm, on rows with a tail of 6 values.
 TEST(Qgemm, VnniTilesEqualAvx2Tiles) {
   if (!kernels::cpu::qgemm_available(QImpl::Vnni)) GTEST_SKIP() << "no AVX-512 VNNI on this CPU";
   for (int threads : {1, 2}) {
     ThreadCountScope scope(threads);
     for (WeightFormat f : {WeightFormat::Q8_0, WeightFormat::Q4_0, WeightFormat::Q4_G128, WeightFormat::Q4_G128_ASYM,
-                           WeightFormat::INT8}) {
+                           WeightFormat::INT8, WeightFormat::F32, WeightFormat::F16, WeightFormat::BF16}) {
       const bool g128 = f == WeightFormat::Q4_G128 || f == WeightFormat::Q4_G128_ASYM;
+      // f32 / f16 / bf16: six activation rows a pass (tile_float_rows_wide) up to the switch to sgemm, rows of any
+      // length.
+      const bool floats = f == WeightFormat::F32 || f == WeightFormat::F16 || f == WeightFormat::BF16;
       for (int64_t rows : {4, 45, 262}) {
-        for (int64_t cols : g128 ? std::vector<int64_t>{128, 1152} : std::vector<int64_t>{96, 1056}) {
+        for (int64_t cols : g128     ? std::vector<int64_t>{128, 1152}
+                            : floats ? std::vector<int64_t>{70, 1056}
+                                     : std::vector<int64_t>{96, 1056}) {
           if (threads == 1 && rows != 262) continue;
           std::vector<float> wv = gaussian(rows * cols, 41, 0.02f);
           for (int64_t r = 0; r < rows; ++r)  // per-row offsets: zero points other than 8 for the asymmetric format
             for (int64_t k = 0; k < cols; ++k) wv[r * cols + k] += 0.01f * static_cast<float>(r % 5);
           const WeightMatrix w = WeightMatrix::quantize(Tensor::from_vector(wv, {rows, cols}), f).interleave_rows4();
           const kernels::cpu::QWeight q = qweight_view(w);
-          EXPECT_EQ(kernels::cpu::qgemm_sgemm_rows(q, QImpl::Vnni), std::numeric_limits<int64_t>::max());
+          EXPECT_EQ(kernels::cpu::qgemm_sgemm_rows(q, QImpl::Vnni),
+                    floats ? kernels::cpu::qgemm_sgemm_rows(q.format) : std::numeric_limits<int64_t>::max());
           EXPECT_EQ(kernels::cpu::qgemm_sgemm_rows(q, QImpl::Avx2), kernels::cpu::qgemm_sgemm_rows(q.format));
-          for (int64_t n : {1, 2, 3, 5, 7, 16, 63, 64, 65, 70, 131, 300}) {
+          for (int64_t n : {1, 2, 3, 4, 5, 6, 7, 11, 16, 47, 63, 64, 65, 70, 131, 300}) {
+            if (floats && n >= kernels::cpu::qgemm_sgemm_rows(q.format)) continue;
             SCOPED_TRACE(std::string(weight_format_name(f)) + " rows " + std::to_string(rows) + " cols " +
                          std::to_string(cols) + " n " + std::to_string(n) + " threads " + std::to_string(threads));
             const std::vector<float> x = gaussian(n * cols, 51 + static_cast<uint32_t>(n), 1.0f);

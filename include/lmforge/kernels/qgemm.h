@@ -33,7 +33,8 @@ struct QWeight {
 void interleave_rows4(QFormat format, int64_t rows, int64_t cols, const void* src, void* dst, bool inverse = false);
 
 // Auto: the best the CPU has. Avx2: the AVX2 tiles only. Vnni: AVX2 with the AVX-512 VNNI tiles for interleaved
-// q8_0 / q4_0, the g128 formats and int8 (the same results as Avx2's tiles, bit for bit).
+// q8_0 / q4_0, the g128 formats and int8, and the f32 / f16 / bf16 tile at six activation rows a pass (the same
+// results as Avx2's tiles, bit for bit).
 enum class QImpl { Auto, Generic, Avx2, Vnni };
 
 // Splits the rows over the thread pool. accumulate: y += instead of y =. With n >= qgemm_sgemm_rows(w, impl)

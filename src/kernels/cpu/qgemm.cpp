@@ -919,10 +919,12 @@ LMF_TARGET_AVX2 inline __m256 load8(const uint8_t* p, bool bf16) {
 // rows and two streams a pass) were slower for batches and, for bf16, for one row too. In-process A/B (weights from
 // DRAM, 2 threads, 20 ABBA pairs, against those tiles): f32 n = 1 1.01-1.04x, n = 4 1.19-1.40x, n = 8 1.42-1.61x;
 // bf16 n = 1 1.25-1.32x, n = 4 1.32-1.36x, n = 8 1.54-1.61x (docs/PERFORMANCE.md). R * T + T + 1 registers: T <= 3
-// with R = 4. outs[t][r]: row r against activation row t.
+// with R = 4 and AVX2's 16 (T <= 6 where AVX-512VL gives 32: tile_float_rows_wide). outs[t][r]: row r against
+// activation row t. Always inlined, so that inside tile_float_rows_wide it is compiled for that function's target.
 template <int R, int T, QFormat F>
-LMF_TARGET_AVX2 void tile_float_rows(const uint8_t* const* rows, const float* const* xs, int64_t cols, float (*outs)[R],
-                                     size_t ahead) {
+LMF_TARGET_AVX2 inline __attribute__((always_inline)) void tile_float_rows(const uint8_t* const* rows,
+                                                                           const float* const* xs, int64_t cols,
+                                                                           float (*outs)[R], size_t ahead) {
   constexpr bool f32 = F == QFormat::F32, bf16 = F == QFormat::BF16;
   constexpr size_t esize = f32 ? 4 : 2;
   __m256 acc[R][T];
@@ -950,7 +952,7 @@ LMF_TARGET_AVX2 void tile_float_rows(const uint8_t* const* rows, const float* co
           const uint16_t h = load_u16(rows[r] + c * 2);
           v = bf16 ? bf16_to_float(h) : _cvtsh_ss(h);
         }
-        s += v * xs[t][c];
+        s = std::fma(v, xs[t][c], s);  // explicitly fused: the same under either target
       }
       outs[t][r] = s;
     }
@@ -961,6 +963,22 @@ LMF_TARGET_AVX2 void tile_float_rows(const uint8_t* const* rows, const float* co
 template <int R, int T>
 LMF_TARGET_AVX2 void tile_float_rows(QFormat f, const uint8_t* const* rows, const float* const* xs, int64_t cols,
                                      float (*outs)[R], size_t ahead) {
+  if (f == QFormat::F32) {
+    tile_float_rows<R, T, QFormat::F32>(rows, xs, cols, outs, ahead);
+  } else if (f == QFormat::BF16) {
+    tile_float_rows<R, T, QFormat::BF16>(rows, xs, cols, outs, ahead);
+  } else {
+    tile_float_rows<R, T, QFormat::F16>(rows, xs, cols, outs, ahead);
+  }
+}
+
+// tile_float_rows compiled with AVX-512VL, whose 32 vector registers (ymm16-31 with EVEX encodings) hold the 4 x 6
+// accumulators of six activation rows, where AVX2's 16 stop at three: each weight load (and bf16 / f16 widening)
+// then serves twice the rows. The same operations in the same order, so the same results, bit for bit.
+template <int R, int T>
+LMF_TARGET_VNNI void tile_float_rows_wide(QFormat f, const uint8_t* const* rows, const float* const* xs, int64_t cols,
+                                          float (*outs)[R], size_t ahead) {
+  static_assert(R * T + T + 1 <= 32, "more accumulators than AVX-512VL's registers");
   if (f == QFormat::F32) {
     tile_float_rows<R, T, QFormat::F32>(rows, xs, cols, outs, ahead);
   } else if (f == QFormat::BF16) {
@@ -1117,11 +1135,14 @@ LMF_TARGET_AVX2 void rows_avx2(const QWeight& w, const float* x, const XQuant* x
   const bool g128_rows = vnni && g128 && n >= 2;
   // int8 too (tile4_int8_rows_vnni): the four streams' rows folded as tile4_q8 folds them.
   const bool int8_rows = vnni && w.format == QFormat::INT8 && n >= 2;
+  // f32 / f16 / bf16 six activation rows a pass (below).
+  const bool wide = vnni && (w.format == QFormat::F32 || w.format == QFormat::F16 || w.format == QFormat::BF16);
   static_assert(kStreams == 4, "tile4_int8_rows_vnni takes one row of each of four streams");
   vnni = vnni && grouped && (w.format == QFormat::Q8_0 || w.format == QFormat::Q4_0) && n >= 2;
   const bool multi = grouped && (w.format == QFormat::Q8_0 || w.format == QFormat::Q4_0) && n >= 2;
   float tmpm[4][4 * kStreams];
-  // f32 / f16 / bf16: up to three activation rows a pass (tile_float_rows).
+  // f32 / f16 / bf16: up to three activation rows a pass (tile_float_rows), six with AVX-512VL (wide: the caller
+  // checked the CPU has AVX-512 F/BW/VL/VNNI, as for the integer tiles; tile_float_rows_wide).
   const bool float_rows = w.format == QFormat::F32 || w.format == QFormat::F16 || w.format == QFormat::BF16;
   int64_t first[kStreams];
   for (int64_t i = 0; i < len; ++i) {
@@ -1138,11 +1159,20 @@ LMF_TARGET_AVX2 void rows_avx2(const QWeight& w, const float* x, const XQuant* x
         const float* xs[T];
         for (int u = 0; u < T; ++u) xs[u] = x + (t + u) * w.cols;
         float out[T][kStreams];
-        tile_float_rows<kStreams, T>(w.format, rows, xs, w.cols, out, t == 0 ? ahead : 0);
+        if constexpr (T > 3) {  // only where wide
+          tile_float_rows_wide<kStreams, T>(w.format, rows, xs, w.cols, out, t == 0 ? ahead : 0);
+        } else {
+          tile_float_rows<kStreams, T>(w.format, rows, xs, w.cols, out, t == 0 ? ahead : 0);
+        }
         for (int u = 0; u < T; ++u)
           for (int k = 0; k < kStreams; ++k) put(t + u, first[k], out[u][k]);
         t += T;
       };
+      if (wide) {
+        while (n - t >= 6) run(std::integral_constant<int, 6>());
+        if (n - t == 5) run(std::integral_constant<int, 5>());
+        if (n - t == 4) run(std::integral_constant<int, 4>());
+      }
       while (n - t >= 3) run(std::integral_constant<int, 3>());
       if (n - t == 2) run(std::integral_constant<int, 2>());
       if (n - t == 1) run(std::integral_constant<int, 1>());
@@ -1635,6 +1665,9 @@ void qgemm(const QWeight& w, const float* x, int64_t n, float* y, bool accumulat
   }
   const bool avx2 = use_avx2(impl);
   const bool vnni = use_vnni(impl) && vnni_format(w);
+  // f32 / f16 / bf16 batches: six activation rows a pass on the same CPUs (rows_avx2's tile_float_rows_wide).
+  const bool wide =
+      use_vnni(impl) && (w.format == QFormat::F32 || w.format == QFormat::F16 || w.format == QFormat::BF16);
   if (vnni && avx2 && n > kVnniMaxRows) {
     // A long prompt on the VNNI tiles, kVnniMaxRows activation rows at a time: their 8-bit forms (up to 7 bytes a
     // value with q8_0's x4) stay a bounded buffer, for the price of reading the weights once more per chunk.
@@ -1681,7 +1714,7 @@ void qgemm(const QWeight& w, const float* x, int64_t n, float* y, bool accumulat
       return;
     }
     if (avx2) {
-      rows_avx2(w, x, xq, n, r0, r1, y, accumulate, vnni);
+      rows_avx2(w, x, xq, n, r0, r1, y, accumulate, vnni || (wide && n >= 2));
       return;
     }
 #endif
