@@ -1,11 +1,52 @@
 // Multiple-choice accuracy by log-likelihood (lm-evaluation-harness style).
+#include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <span>
 
 #include "lmforge/core/error.h"
 #include "lmforge/eval/eval.h"
 
 namespace lmforge::eval {
+namespace {
+
+// log softmax(row)[token] over a vocabulary of V, in double.
+double log_prob(const float* row, int64_t V, int32_t token) {
+  float mx = row[0];
+  for (int64_t k = 1; k < V; ++k) mx = std::max(mx, row[k]);
+  double z = 0;
+  for (int64_t k = 0; k < V; ++k) z += std::exp(static_cast<double>(row[k]) - mx);
+  return static_cast<double>(row[token]) - mx - std::log(z);
+}
+
+// Frees the engine's sequence when it goes out of scope (also on an exception).
+struct SequenceGuard {
+  model::Engine& e;
+  model::SeqId id;
+  ~SequenceGuard() { e.free_sequence(id); }
+};
+
+}  // namespace
+
+int64_t utf8_length(const std::string& s) {
+  int64_t n = 0;
+  for (const char c : s) n += (static_cast<unsigned char>(c) & 0xC0) != 0x80;
+  return n;
+}
+
+std::pair<int64_t, int64_t> choice_picks(const std::vector<double>& loglik, const std::vector<std::string>& choices) {
+  LMF_CHECK(!loglik.empty() && loglik.size() == choices.size(), "choice: ", loglik.size(), " log-likelihoods for ",
+            choices.size(), " choices");
+  int64_t best = 0, best_norm = 0;
+  double bv = -INFINITY, bn = -INFINITY;
+  for (size_t k = 0; k < loglik.size(); ++k) {
+    // Per character of the choice itself (not the moved whitespace or delimiter): the harness's len(choice).
+    const double vn = loglik[k] / static_cast<double>(std::max<int64_t>(1, utf8_length(choices[k])));
+    if (loglik[k] > bv) bv = loglik[k], best = static_cast<int64_t>(k);
+    if (vn > bn) bn = vn, best_norm = static_cast<int64_t>(k);
+  }
+  return {best, best_norm};
+}
 
 double continuation_loglik(model::Engine& engine, const std::vector<int32_t>& context,
                            const std::vector<int32_t>& continuation) {
@@ -16,25 +57,47 @@ double continuation_loglik(model::Engine& engine, const std::vector<int32_t>& co
   LMF_CHECK(static_cast<int64_t>(all.size()) <= ctx, "choice: context + continuation are ", all.size(),
             " tokens; the model's context is ", ctx);
   const int64_t V = engine.config().vocab_size, C = static_cast<int64_t>(context.size());
-  const model::SeqId s = engine.add_sequence();
-  Tensor logits;
-  try {
-    logits = engine.prefill(s, all, true);
-  } catch (...) {
-    engine.free_sequence(s);
-    throw;
-  }
-  engine.free_sequence(s);
+  const SequenceGuard s{engine, engine.add_sequence()};
+  const Tensor logits = engine.prefill(s.id, all, true);
   double ll = 0;
-  for (size_t i = 0; i < continuation.size(); ++i) {
-    const float* row = logits.data<float>() + (C - 1 + static_cast<int64_t>(i)) * V;
-    float mx = row[0];
-    for (int64_t k = 1; k < V; ++k) mx = std::max(mx, row[k]);
-    double z = 0;
-    for (int64_t k = 0; k < V; ++k) z += std::exp(static_cast<double>(row[k]) - mx);
-    ll += static_cast<double>(row[continuation[i]]) - mx - std::log(z);
-  }
+  for (size_t i = 0; i < continuation.size(); ++i)
+    ll += log_prob(logits.data<float>() + (C - 1 + static_cast<int64_t>(i)) * V, V, continuation[i]);
   return ll;
+}
+
+std::vector<double> continuation_logliks(model::Engine& engine, const std::vector<int32_t>& context,
+                                         const std::vector<std::vector<int32_t>>& continuations, bool* truncated) {
+  LMF_CHECK(!context.empty(), "choice: empty context");
+  size_t longest = 0;
+  for (const auto& c : continuations) {
+    LMF_CHECK(!c.empty(), "choice: empty continuation");
+    longest = std::max(longest, c.size());
+  }
+  const auto max_pos = static_cast<size_t>(engine.config().max_position_embeddings);
+  LMF_CHECK(longest < max_pos, "choice: a continuation of ", longest,
+            " tokens leaves no room for the context in the model's ", max_pos);
+  // The context's last tokens: every continuation fits after them.
+  const size_t keep = std::min(context.size(), max_pos - longest);
+  if (truncated) *truncated = keep < context.size();
+  const std::span<const int32_t> ctx(context.data() + (context.size() - keep), keep);
+  const int64_t V = engine.config().vocab_size;
+  const SequenceGuard base{engine, engine.add_sequence()};
+  // Logits after the context's last token: each continuation's first token.
+  const Tensor first = engine.prefill(base.id, ctx);
+  std::vector<double> out;
+  for (const auto& c : continuations) {
+    double ll = log_prob(first.data<float>(), V, c[0]);
+    if (c.size() > 1) {
+      // The rest from a copy of the context's cache: the continuation's tokens but its last, each one's logits
+      // scoring the next.
+      const SequenceGuard fork{engine, engine.fork_sequence(base.id)};
+      const Tensor logits = engine.prefill(fork.id, std::span<const int32_t>(c.data(), c.size() - 1), true);
+      for (size_t i = 1; i < c.size(); ++i)
+        ll += log_prob(logits.data<float>() + static_cast<int64_t>(i - 1) * V, V, c[i]);
+    }
+    out.push_back(ll);
+  }
+  return out;
 }
 
 std::vector<ChoiceItem> load_choice_tasks(const std::string& path) {
@@ -46,21 +109,33 @@ std::vector<ChoiceItem> load_choice_tasks(const std::string& path) {
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     const nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
     LMF_CHECK(!j.is_discarded() && j.is_object(), path, ":", n, ": not a JSON object");
-    LMF_CHECK(j.contains("context") && j["context"].is_string(), path, ":", n, ": field 'context' must be a string");
+    ChoiceItem it;
+    // Our items, or lm-evaluation-harness documents (query / gold; the harness puts " " before each choice).
+    const bool harness = !j.contains("context") && j.contains("query");
+    const char* ctx_key = harness ? "query" : "context";
+    LMF_CHECK(j.contains(ctx_key) && j[ctx_key].is_string(), path, ":", n, ": field '", ctx_key, "' must be a string");
+    it.context = j[ctx_key].get<std::string>();
+    if (harness) it.delimiter = " ";
     LMF_CHECK(j.contains("choices") && j["choices"].is_array() && j["choices"].size() >= 2, path, ":", n,
               ": field 'choices' must be an array of at least 2 strings");
-    ChoiceItem it;
-    it.context = j["context"].get<std::string>();
     for (const auto& c : j["choices"]) {
       LMF_CHECK(c.is_string() && !c.get<std::string>().empty(), path, ":", n,
                 ": field 'choices' must hold non-empty strings");
       it.choices.push_back(c.get<std::string>());
     }
-    LMF_CHECK(j.contains("label") && j["label"].is_number_integer(), path, ":", n,
-              ": field 'label' must be an integer");
-    it.label = j["label"].get<int64_t>();
-    LMF_CHECK(it.label >= 0 && it.label < static_cast<int64_t>(it.choices.size()), path, ":", n, ": label ", it.label,
-              " is not an index into 'choices'");
+    const char* label_key = j.contains("label") || !j.contains("gold") ? "label" : "gold";
+    const nlohmann::json& label = j.contains(label_key) ? j[label_key] : nlohmann::json();
+    if (label.is_number_integer()) {
+      it.label = label.get<int64_t>();
+    } else {
+      // "3", as Hugging Face's hellaswag stores its labels.
+      const std::string s = label.is_string() ? label.get<std::string>() : "";
+      LMF_CHECK(!s.empty() && s.size() <= 9 && s.find_first_not_of("0123456789") == std::string::npos, path, ":", n,
+                ": field '", label_key, "' must be an integer (or a string of digits)");
+      it.label = std::stoll(s);
+    }
+    LMF_CHECK(it.label >= 0 && it.label < static_cast<int64_t>(it.choices.size()), path, ":", n, ": ", label_key, " ",
+              it.label, " is not an index into 'choices'");
     items.push_back(std::move(it));
   }
   LMF_CHECK(!items.empty(), path, ": no task items");
@@ -72,24 +147,21 @@ ChoiceResult evaluate_choice(ModelDir& m, const std::vector<ChoiceItem>& items,
   ChoiceResult r;
   int64_t right = 0, right_norm = 0;
   for (const ChoiceItem& it : items) {
-    // Trailing whitespace of the context belongs to the continuation (as the harness splits them).
-    std::string ctx = it.context, lead;
-    while (!ctx.empty() && (ctx.back() == ' ' || ctx.back() == '\n' || ctx.back() == '\t')) {
+    // Trailing whitespace of the context (with the delimiter) belongs to the continuation, as the harness splits
+    // them.
+    std::string ctx = it.context + it.delimiter, lead;
+    while (!ctx.empty() && (ctx.back() == ' ' || ctx.back() == '\n' || ctx.back() == '\t' || ctx.back() == '\r')) {
       lead.insert(lead.begin(), ctx.back());
       ctx.pop_back();
     }
-    const std::vector<int32_t> cids = m.encode(ctx, true);
-    std::vector<double> ll;
-    int64_t best = 0, best_norm = 0;
-    double bv = -INFINITY, bn = -INFINITY;
-    for (size_t k = 0; k < it.choices.size(); ++k) {
-      const std::string cont = lead + it.choices[k];
-      const double v = continuation_loglik(m.engine, cids.empty() ? m.encode(" ", true) : cids, m.encode(cont, false));
-      ll.push_back(v);
-      const double vn = v / static_cast<double>(cont.size());
-      if (v > bv) bv = v, best = static_cast<int64_t>(k);
-      if (vn > bn) bn = vn, best_norm = static_cast<int64_t>(k);
-    }
+    std::vector<int32_t> cids = m.encode(ctx, true);
+    if (cids.empty()) cids = m.encode(" ", true);
+    std::vector<std::vector<int32_t>> conts;
+    for (const std::string& choice : it.choices) conts.push_back(m.encode(lead + choice, false));
+    bool truncated = false;
+    std::vector<double> ll = continuation_logliks(m.engine, cids, conts, &truncated);
+    r.truncated += truncated;
+    const auto [best, best_norm] = choice_picks(ll, it.choices);
     right += best == it.label;
     right_norm += best_norm == it.label;
     r.loglik.push_back(std::move(ll));

@@ -267,6 +267,12 @@ void Engine::free_sequence(SeqId id) {
   impl_->seq(id);
   impl_->seqs.erase(id);
 }
+SeqId Engine::fork_sequence(SeqId id) {
+  Sequence copy = impl_->seq(id);  // before the insertion below, which may rehash
+  const SeqId fresh = impl_->next_id++;
+  impl_->seqs.emplace(fresh, std::move(copy));
+  return fresh;
+}
 void Engine::reset_sequence(SeqId id) {
   impl_->seq(id).len = 0;
 }

@@ -132,14 +132,17 @@ TEST_F(InferCli, EvalPerplexityChoiceAndGenerate) {
                                   << R"("label":0})"
                                   << "\n"
                                   << R"({"context":"Free","choices":[" software"," xq", " x"],"label":2})"
+                                  << "\n"
+                                  << R"({"query":"Free","choices":["software","xq"],"gold":"1"})"
                                   << "\n";
   r = sh(kBin + " eval choice" + model + " --tasks " + path("ch.jsonl") + " --json");
   ASSERT_EQ(r.code, 0) << r.out;
   j = last_json(r.out);
-  EXPECT_EQ(j["items"], 2);
+  EXPECT_EQ(j["items"], 3);
+  EXPECT_EQ(j["truncated"], 0);
   for (const char* k : {"acc", "acc_norm"}) {
-    const double v = j[k].get<double>();
-    EXPECT_TRUE(v == 0 || v == 0.5 || v == 1) << k << " " << v;
+    const double v = j[k].get<double>() * 3;
+    EXPECT_NEAR(v, std::round(v), 1e-9) << k << " " << v;
   }
 
   std::ofstream(path("g.jsonl")) << R"({"prompt":"The GNU","reference":"General Public License"})"

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <fstream>
 #include <random>
 
 #include "lmforge/io/safetensors.h"
@@ -129,6 +130,96 @@ TEST(Choice, ContinuationLogLikelihoodMatchesForward) {
   all.insert(all.end(), cont.begin(), cont.end());
   const std::vector<double> lp = t.window_logprobs(all, 0, 8);
   EXPECT_NEAR(continuation_loglik(e, ctx, cont), lp[5] + lp[6] + lp[7], 1e-4);
+}
+
+// Several continuations of one context: the context prefilled once, its cache forked for each (the engine's
+// fork_sequence), against the full forward of context + continuation; a context too long for the model keeps its
+// last tokens; every sequence is freed.
+TEST(Choice, ForkedContinuationsMatchForward) {
+  const Tiny t;
+  model::Engine e = model::Engine::from_model(t.m);
+  std::mt19937 rng(11);
+  const auto draw = [&](size_t n) {
+    std::vector<int32_t> v(n);
+    for (auto& x : v) x = static_cast<int32_t>(rng() % 96);
+    return v;
+  };
+  const int64_t max_pos = t.cfg.max_position_embeddings;  // 64
+  for (const size_t ctx_len : {size_t{1}, size_t{9}, size_t{40}, size_t{70}}) {
+    SCOPED_TRACE("context " + std::to_string(ctx_len));
+    const std::vector<int32_t> ctx = draw(ctx_len);
+    const std::vector<std::vector<int32_t>> conts = {draw(1), draw(2), draw(5), draw(12)};
+    bool truncated = false;
+    const std::vector<double> got = continuation_logliks(e, ctx, conts, &truncated);
+    ASSERT_EQ(got.size(), conts.size());
+    // The context the engine kept: its last max_pos - 12 tokens.
+    const size_t keep = std::min<size_t>(ctx_len, static_cast<size_t>(max_pos) - 12);
+    EXPECT_EQ(truncated, keep < ctx_len);
+    const std::vector<int32_t> kept(ctx.end() - static_cast<int64_t>(keep), ctx.end());
+    for (size_t k = 0; k < conts.size(); ++k) {
+      std::vector<int32_t> all = kept;
+      all.insert(all.end(), conts[k].begin(), conts[k].end());
+      const std::vector<double> lp = t.window_logprobs(all, 0, static_cast<int64_t>(all.size()));
+      double want = 0;
+      for (size_t i = keep; i < all.size(); ++i) want += lp[i];
+      EXPECT_NEAR(got[k], want, 1e-4) << "continuation " << k;
+      if (keep == ctx_len) {
+        EXPECT_NEAR(got[k], continuation_loglik(e, ctx, conts[k]), 1e-4);
+      }
+    }
+    EXPECT_EQ(e.num_sequences(), 0u);
+  }
+  EXPECT_THROW(continuation_logliks(e, {1, 2}, {draw(static_cast<size_t>(max_pos))}), Error);
+  EXPECT_THROW(continuation_logliks(e, {1, 2}, {{3}, {}}), Error);
+  EXPECT_THROW(continuation_logliks(e, {}, {{3}}), Error);
+  EXPECT_EQ(e.num_sequences(), 0u);
+}
+
+// acc picks the highest log-likelihood, acc_norm the highest per character of the choice (code points, as Python's
+// len(): per byte, "ééé" would win the second case).
+TEST(Choice, PicksNormaliseByCharacters) {
+  EXPECT_EQ(utf8_length("h\xc3\xa9llo \xe4\xb8\xad\xe6\x96\x87 \xf0\x9f\xa6\x99"), 10);
+  EXPECT_EQ(choice_picks({-6.0, -4.5}, {"abcdef", "ab"}), std::make_pair(int64_t{1}, int64_t{0}));
+  EXPECT_EQ(choice_picks({-3.3, -4.0}, {"\xc3\xa9\xc3\xa9\xc3\xa9", "abcd"}), std::make_pair(int64_t{0}, int64_t{1}));
+  EXPECT_EQ(choice_picks({-1.0, -1.0}, {"a", "b"}), std::make_pair(int64_t{0}, int64_t{0}));  // ties: the first
+  EXPECT_THROW(choice_picks({-1.0}, {"a", "b"}), Error);
+}
+
+// Task files: our items, lm-evaluation-harness documents (query / gold, the " " delimiter), labels as digit strings;
+// errors name the file, line and field.
+TEST(Choice, LoadsOursAndHarnessDocuments) {
+  const std::string path = ::testing::TempDir() + "/choice_tasks.jsonl";
+  std::ofstream(path) << R"({"context": "The sky is", "choices": [" blue", " green"], "label": 0})"
+                      << "\n\n"
+                      << R"({"query": "Question: 2+2?\nAnswer:", "choices": ["4", "5", "6"], "gold": 0})"
+                      << "\n"
+                      << R"({"context": "x", "choices": ["a", "b", "c", "d"], "label": "3"})"
+                      << "\n";
+  const std::vector<ChoiceItem> items = load_choice_tasks(path);
+  ASSERT_EQ(items.size(), 3u);
+  EXPECT_EQ(items[0].delimiter, "");
+  EXPECT_EQ(items[0].choices[1], " green");
+  EXPECT_EQ(items[1].context, "Question: 2+2?\nAnswer:");
+  EXPECT_EQ(items[1].delimiter, " ");
+  EXPECT_EQ(items[1].label, 0);
+  EXPECT_EQ(items[2].label, 3);
+  const auto error_of = [&](const std::string& line) {
+    std::ofstream(path) << line << "\n";
+    try {
+      load_choice_tasks(path);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(error_of(R"({"choices": ["a", "b"], "label": 0})").find(":1: field 'context' must be a string"),
+            std::string::npos);
+  EXPECT_NE(error_of(R"({"query": "q", "choices": ["a", "b"], "gold": 2})").find(":1: gold 2 is not an index"),
+            std::string::npos);
+  EXPECT_NE(error_of(R"({"context": "q", "choices": ["a", "b"], "label": "B"})")
+                .find(":1: field 'label' must be an integer (or a string of digits)"),
+            std::string::npos);
+  EXPECT_NE(error_of(R"({"context": "q", "choices": ["a"], "label": 0})").find("at least 2"), std::string::npos);
 }
 
 }  // namespace

@@ -211,6 +211,60 @@ TEST_P(EngineParity, BatchedDecodeOfDifferentLengthsMatchesFullForward) {
   }
 }
 
+// fork_sequence: a prefix prefilled once, then continued differently in the original and two copies (one forked
+// from a fork), each matching the full forward of its own tokens; the sliding layers (window 4) wrap their rings
+// after the fork. With f32 and f16 caches (the copy keeps the original's cache type).
+TEST_P(EngineParity, ForkedSequencesContinueIndependently) {
+  const Case k(GetParam());
+  std::mt19937 rng(5);
+  const int64_t T = 48, P = 20, V = k.cfg.vocab_size;
+  std::vector<std::vector<int32_t>> toks(3);
+  for (auto& t : toks)
+    for (int64_t i = 0; i < T; ++i) t.push_back(static_cast<int32_t>(rng() % V));
+  // b shares a's first P tokens; c shares b's first P + 6.
+  std::copy(toks[0].begin(), toks[0].begin() + P, toks[1].begin());
+  std::copy(toks[1].begin(), toks[1].begin() + P + 6, toks[2].begin());
+  std::vector<int32_t> flat;
+  for (const auto& t : toks) flat.insert(flat.end(), t.begin(), t.end());
+  const std::vector<float> ref = vec(k.model.forward(Tensor::from_ints(flat, {3, T})).logits.value());
+  for (const DType kv : {DType::F32, DType::F16}) {
+    EngineOptions o;
+    o.kv_dtype = kv;
+    Engine e = Engine::from_model(k.model, o);
+    const SeqId a = e.add_sequence();
+    e.prefill(a, std::span<const int32_t>(toks[0].data(), P));
+    const SeqId b = e.fork_sequence(a);
+    EXPECT_EQ(e.length(b), P);
+    EXPECT_EQ(e.cache_bytes(b), e.cache_bytes(a));
+    // b goes on by 6 tokens of its own, then c is forked from it.
+    e.prefill(b, std::span<const int32_t>(toks[1].data() + P, 6));
+    const SeqId c = e.fork_sequence(b);
+    std::vector<std::vector<float>> got(3);
+    const std::vector<SeqId> ids = {a, b, c};
+    for (int64_t step = 0;; ++step) {
+      std::vector<SeqId> batch;
+      std::vector<int32_t> next;
+      std::vector<int64_t> which;
+      for (int64_t s = 0; s < 3; ++s) {
+        const int64_t len = e.length(ids[s]);
+        if (len < T) batch.push_back(ids[s]), next.push_back(toks[s][len]), which.push_back(s);
+      }
+      if (batch.empty()) break;
+      const std::vector<float> l = vec(e.decode(batch, next));
+      for (size_t i = 0; i < which.size(); ++i) {
+        const int64_t s = which[i], pos = e.length(ids[s]) - 1;
+        const std::vector<float> want(ref.begin() + (s * T + pos) * V, ref.begin() + (s * T + pos + 1) * V);
+        EXPECT_LT(rel({l.begin() + i * V, l.begin() + (i + 1) * V}, want), kv == DType::F16 ? 2e-2 : 1e-4)
+            << "sequence " << s << " position " << pos << " kv " << dtype_name(kv);
+      }
+      ASSERT_LE(step, T);
+    }
+    for (SeqId s : ids) e.free_sequence(s);
+    EXPECT_EQ(e.num_sequences(), 0u);
+    EXPECT_THROW(e.fork_sequence(a), Error);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Reference, EngineParity,
                          ::testing::Values("llama_gqa_sliding", "dsv3_mla_moe_sigmoid", "dsv3_moe_softmax_greedy"));
 

@@ -54,8 +54,17 @@ int run_choice(const EvalArgs& a, bool json) {
   char buf[256];
   std::snprintf(buf, sizeof buf, "choice: acc %.4f, acc_norm %.4f over %lld items", r.acc, r.acc_norm,
                 static_cast<long long>(r.items));
-  print({{"items", r.items}, {"acc", r.acc}, {"acc_norm", r.acc_norm}, {"tasks", a.tasks}, {"model", a.model}}, json,
-        buf);
+  if (r.truncated > 0)
+    std::fprintf(stderr, "choice: %lld items had their context cut at the front to fit the model's %lld positions\n",
+                 static_cast<long long>(r.truncated),
+                 static_cast<long long>(m.engine.config().max_position_embeddings));
+  print({{"items", r.items},
+         {"acc", r.acc},
+         {"acc_norm", r.acc_norm},
+         {"truncated", r.truncated},
+         {"tasks", a.tasks},
+         {"model", a.model}},
+        json, buf);
   return kOk;
 }
 
@@ -208,7 +217,9 @@ void add_eval_command(CLI::App& app, Context& ctx) {
 
   CLI::App* ch = ev->add_subcommand("choice", "multiple-choice accuracy by log-likelihood (acc, acc_norm)");
   ch->add_option("--model", a->model, "model directory (with tokenizer.json)")->required();
-  ch->add_option("--tasks", a->tasks, "JSONL: {\"context\": str, \"choices\": [str, ...], \"label\": int} per line")
+  ch->add_option("--tasks", a->tasks,
+                 "JSONL: {\"context\": str, \"choices\": [str, ...], \"label\": int} per line, or "
+                 "lm-evaluation-harness documents {\"query\", \"choices\", \"gold\"}")
       ->required()
       ->check(CLI::ExistingFile);
   add_kv_type_option(ch, a->kv_type);

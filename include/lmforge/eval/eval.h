@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "lmforge/eval/model_dir.h"
@@ -15,19 +16,24 @@ namespace lmforge::eval {
 // (src/quant/lm_perplexity.h), which `lmforge eval perplexity` runs.
 
 // ---- multiple choice ----
-// JSONL, one task item a line: {"context": "...", "choices": ["...", ...], "label": i}. Each choice is scored by
-// the log-likelihood of its tokens after the context (lm-evaluation-harness style: context encoded with special
-// tokens, the continuation without; whitespace at the end of the context moves to the continuation).
-// acc: the highest log-likelihood is the label; acc_norm: the highest log-likelihood per byte of the continuation.
+// JSONL, one task item a line: {"context": "...", "choices": ["...", ...], "label": i}, or an lm-evaluation-harness
+// document {"query": "...", "choices": [...], "gold": i}, whose choices follow the query after its target delimiter
+// " " (the label may also be a string of digits, as Hugging Face's hellaswag has it). Each choice is scored by the
+// log-likelihood of its tokens after the context (lm-evaluation-harness style: context encoded with special tokens,
+// the continuation without; whitespace at the end of the context moves to the continuation).
+// acc: the highest log-likelihood is the label; acc_norm: the highest log-likelihood per character (Unicode code
+// point) of the choice, as the harness divides by len(choice).
 struct ChoiceItem {
   std::string context;
   std::vector<std::string> choices;
   int64_t label = 0;
+  std::string delimiter;  // put between the context and each choice ("" for "context" items, " " for "query" ones)
 };
 std::vector<ChoiceItem> load_choice_tasks(const std::string& path);
 struct ChoiceResult {
   int64_t items = 0;
   double acc = 0, acc_norm = 0;
+  int64_t truncated = 0;                    // items whose context lost tokens at its front to fit the model
   std::vector<std::vector<double>> loglik;  // per item, per choice
 };
 ChoiceResult evaluate_choice(ModelDir& m, const std::vector<ChoiceItem>& items,
@@ -35,6 +41,18 @@ ChoiceResult evaluate_choice(ModelDir& m, const std::vector<ChoiceItem>& items,
 // Sum of log p(continuation | context) on the engine (both non-empty).
 double continuation_loglik(model::Engine& engine, const std::vector<int32_t>& context,
                            const std::vector<int32_t>& continuation);
+// The same for several continuations of one context: the context is prefilled once and its cache forked for each
+// continuation. Where the context and the longest continuation exceed the model's context, the context keeps only
+// its last tokens (lm-evaluation-harness truncates on the left too) and *truncated is set; a continuation that
+// leaves no room for one context token is an error.
+std::vector<double> continuation_logliks(model::Engine& engine, const std::vector<int32_t>& context,
+                                         const std::vector<std::vector<int32_t>>& continuations,
+                                         bool* truncated = nullptr);
+// The picks of one item from its choices' log-likelihoods: {acc's (the highest), acc_norm's (the highest per
+// character of the choice)}; the first on ties.
+std::pair<int64_t, int64_t> choice_picks(const std::vector<double>& loglik, const std::vector<std::string>& choices);
+// Unicode code points in UTF-8 text (bytes that do not continue a sequence): Python's len() of the decoded string.
+int64_t utf8_length(const std::string& s);
 
 // ---- generation metrics ----
 // sacrebleu's tokenizer "13a" (mteval-v13a): unescapes &quot; &amp; &lt; &gt;, splits off punctuation and symbols,

@@ -74,6 +74,9 @@ class Engine {
   SeqId add_sequence();
   void free_sequence(SeqId id);
   void reset_sequence(SeqId id);  // back to length 0, cache memory kept
+  // A new sequence with a copy of `id`'s cache and length: a shared prefix computed once (the choices of a
+  // multiple-choice item, several completions of one prompt) goes on in each copy independently.
+  SeqId fork_sequence(SeqId id);
   int64_t length(SeqId id) const;
   size_t num_sequences() const;
 
