@@ -34,6 +34,19 @@ int64_t utf8_length(const std::string& s) {
   return n;
 }
 
+std::vector<std::vector<int32_t>> choice_continuations(
+    const std::function<std::vector<int32_t>(const std::string&)>& encode_plain, const std::string& context,
+    const std::vector<std::string>& continuations) {
+  const size_t n = encode_plain(context).size();
+  std::vector<std::vector<int32_t>> out;
+  for (const std::string& c : continuations) {
+    std::vector<int32_t> whole = encode_plain(context + c);
+    out.push_back(whole.size() > n ? std::vector<int32_t>(whole.begin() + static_cast<int64_t>(n), whole.end())
+                                   : encode_plain(c));
+  }
+  return out;
+}
+
 std::pair<int64_t, int64_t> choice_picks(const std::vector<double>& loglik, const std::vector<std::string>& choices) {
   LMF_CHECK(!loglik.empty() && loglik.size() == choices.size(), "choice: ", loglik.size(), " log-likelihoods for ",
             choices.size(), " choices");
@@ -156,8 +169,10 @@ ChoiceResult evaluate_choice(ModelDir& m, const std::vector<ChoiceItem>& items,
     }
     std::vector<int32_t> cids = m.encode(ctx, true);
     if (cids.empty()) cids = m.encode(" ", true);
-    std::vector<std::vector<int32_t>> conts;
-    for (const std::string& choice : it.choices) conts.push_back(m.encode(lead + choice, false));
+    std::vector<std::string> texts;
+    for (const std::string& choice : it.choices) texts.push_back(lead + choice);
+    const std::vector<std::vector<int32_t>> conts =
+        choice_continuations([&m](const std::string& s) { return m.encode(s, false); }, ctx, texts);
     bool truncated = false;
     std::vector<double> ll = continuation_logliks(m.engine, cids, conts, &truncated);
     r.truncated += truncated;

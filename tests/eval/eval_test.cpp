@@ -10,6 +10,7 @@
 #include <random>
 
 #include "lmforge/io/safetensors.h"
+#include "lmforge/tokenizer/tokenizer.h"
 #include "quant/lm_perplexity.h"
 
 namespace lmforge::eval {
@@ -173,6 +174,30 @@ TEST(Choice, ForkedContinuationsMatchForward) {
   EXPECT_THROW(continuation_logliks(e, {1, 2}, {{3}, {}}), Error);
   EXPECT_THROW(continuation_logliks(e, {}, {{3}}), Error);
   EXPECT_EQ(e.num_sequences(), 0u);
+}
+
+// Continuations are split from the whole encoding, as lm-evaluation-harness splits them: with a SentencePiece-style
+// tokenizer (Llama-2's legacy Metaspace), " blue" on its own starts with an extra "▁" token that "The sky is blue"
+// does not have.
+TEST(Choice, ContinuationsSplitAsTheHarnessDoes) {
+  const tokenizer::Tokenizer tok =
+      tokenizer::Tokenizer::from_file(LMFORGE_SOURCE_DIR "/tests/tokenizer/fixtures/mini_spm_legacy.tokenizer.json");
+  const auto enc = [&](const std::string& text) {
+    tokenizer::EncodeOptions o;
+    o.add_special_tokens = false;
+    const std::vector<uint32_t> ids = tok.encode(text, o);
+    return std::vector<int32_t>(ids.begin(), ids.end());
+  };
+  const std::vector<std::vector<int32_t>> conts = choice_continuations(enc, "The sky is", {" blue", " the"});
+  ASSERT_EQ(conts.size(), 2u);
+  const size_t n = enc("The sky is").size();
+  for (const auto& [k, text] : {std::pair<size_t, std::string>{0, "The sky is blue"}, {1, "The sky is the"}}) {
+    const std::vector<int32_t> whole = enc(text);
+    EXPECT_EQ(conts[k], std::vector<int32_t>(whole.begin() + static_cast<int64_t>(n), whole.end())) << text;
+  }
+  EXPECT_EQ(enc(" blue").size(), conts[0].size() + 1);  // the standalone encoding's extra prefix token
+  // Empty context: the continuation's own encoding.
+  EXPECT_EQ(choice_continuations(enc, "", {" blue"})[0], enc(" blue"));
 }
 
 // acc picks the highest log-likelihood, acc_norm the highest per character of the choice (code points, as Python's

@@ -48,6 +48,14 @@ double continuation_loglik(model::Engine& engine, const std::vector<int32_t>& co
 std::vector<double> continuation_logliks(model::Engine& engine, const std::vector<int32_t>& context,
                                          const std::vector<std::vector<int32_t>>& continuations,
                                          bool* truncated = nullptr);
+// The continuation ids of each choice, split as lm-evaluation-harness splits them: context + continuation encoded
+// whole and the context alone (both without special tokens), the continuation being the tokens past the context's
+// count. Encoded on its own, a continuation can differ at its start: a SentencePiece-style tokenizer puts its "▁"
+// prefix before " blue" too (Llama-2: [▁, ▁blue] against the [▁blue] that follows "The sky is"). Where a token spans
+// the boundary so that nothing is left, the continuation is encoded on its own.
+std::vector<std::vector<int32_t>> choice_continuations(
+    const std::function<std::vector<int32_t>(const std::string&)>& encode_plain, const std::string& context,
+    const std::vector<std::string>& continuations);
 // The picks of one item from its choices' log-likelihoods: {acc's (the highest), acc_norm's (the highest per
 // character of the choice)}; the first on ties.
 std::pair<int64_t, int64_t> choice_picks(const std::vector<double>& loglik, const std::vector<std::string>& choices);
