@@ -91,17 +91,39 @@ std::vector<std::string> tokenize_13a(const std::string& line) {
 }
 
 BleuResult corpus_bleu(const std::vector<std::string>& hyps, const std::vector<std::string>& refs) {
+  std::vector<std::vector<std::string>> many;
+  many.reserve(refs.size());
+  for (const std::string& r : refs) many.push_back({r});
+  return corpus_bleu_multi(hyps, many);
+}
+
+BleuResult corpus_bleu_multi(const std::vector<std::string>& hyps, const std::vector<std::vector<std::string>>& refs) {
   LMF_CHECK(hyps.size() == refs.size(), "bleu: ", hyps.size(), " hypotheses for ", refs.size(), " references");
   BleuResult r;
   int64_t correct[4] = {0, 0, 0, 0}, total[4] = {0, 0, 0, 0};
   for (size_t i = 0; i < hyps.size(); ++i) {
-    const std::vector<std::string> h = tokenize_13a(hyps[i]), g = tokenize_13a(refs[i]);
-    r.sys_len += static_cast<int64_t>(h.size());
-    r.ref_len += static_cast<int64_t>(g.size());
+    LMF_CHECK(!refs[i].empty(), "bleu: hypothesis ", i, " has no reference");
+    const std::vector<std::string> h = tokenize_13a(hyps[i]);
+    const auto hyp_len = static_cast<int64_t>(h.size());
+    r.sys_len += hyp_len;
+    std::vector<std::vector<std::string>> gs;
+    int64_t closest = -1;  // sacrebleu's closest reference length: the smallest |hyp - ref|, the shorter on ties
+    for (const std::string& ref : refs[i]) {
+      gs.push_back(tokenize_13a(ref));
+      const auto len = static_cast<int64_t>(gs.back().size());
+      if (closest < 0 || std::abs(hyp_len - len) < std::abs(hyp_len - closest) ||
+          (std::abs(hyp_len - len) == std::abs(hyp_len - closest) && len < closest))
+        closest = len;
+    }
+    r.ref_len += closest;
     for (size_t n = 1; n <= 4; ++n) {
       std::map<std::vector<std::string>, int64_t> hc, rc;
       for (size_t k = 0; k + n <= h.size(); ++k) ++hc[{h.begin() + k, h.begin() + k + n}];
-      for (size_t k = 0; k + n <= g.size(); ++k) ++rc[{g.begin() + k, g.begin() + k + n}];
+      for (const std::vector<std::string>& g : gs) {  // each n-gram's count in the reference with most of it
+        std::map<std::vector<std::string>, int64_t> one;
+        for (size_t k = 0; k + n <= g.size(); ++k) ++one[{g.begin() + k, g.begin() + k + n}];
+        for (const auto& [ng, c] : one) rc[ng] = std::max(rc[ng], c);
+      }
       for (const auto& [ng, c] : hc) {
         total[n - 1] += c;
         auto it = rc.find(ng);
@@ -109,7 +131,12 @@ BleuResult corpus_bleu(const std::vector<std::string>& hyps, const std::vector<s
       }
     }
   }
-  // sacrebleu BLEU.compute_bleu with smooth_method "exp", effective_order off.
+  r.bp = r.sys_len < r.ref_len
+             ? (r.sys_len > 0 ? std::exp(1.0 - static_cast<double>(r.ref_len) / static_cast<double>(r.sys_len)) : 0.0)
+             : 1.0;
+  // sacrebleu BLEU.compute_bleu with smooth_method "exp", effective_order off; no match at all stops early at 0
+  // with every precision 0 (sacrebleu #141).
+  if (correct[0] == 0 && correct[1] == 0 && correct[2] == 0 && correct[3] == 0) return r;
   double smooth = 1.0, logsum = 0;
   for (int n = 0; n < 4; ++n) {
     if (total[n] == 0) break;  // precisions past here stay 0
@@ -121,9 +148,6 @@ BleuResult corpus_bleu(const std::vector<std::string>& hyps, const std::vector<s
     }
   }
   for (double p : r.precisions) logsum += p > 0 ? std::log(p) : -9999999999.0;
-  r.bp = r.sys_len < r.ref_len
-             ? (r.sys_len > 0 ? std::exp(1.0 - static_cast<double>(r.ref_len) / static_cast<double>(r.sys_len)) : 0.0)
-             : 1.0;
   r.score = r.bp * std::exp(logsum / 4.0);
   return r;
 }
@@ -162,6 +186,13 @@ double rouge_l(const std::string& hyp, const std::string& ref) {
   return p + r > 0 ? 2 * p * r / (p + r) : 0.0;
 }
 
+double rouge_l_multi(const std::string& hyp, const std::vector<std::string>& refs) {
+  LMF_CHECK(!refs.empty(), "rouge-l: no reference");
+  double best = 0;
+  for (const std::string& r : refs) best = std::max(best, rouge_l(hyp, r));
+  return best;
+}
+
 std::vector<GenItem> load_gen_tasks(const std::string& path) {
   std::ifstream in(path);
   LMF_CHECK(in.good(), path, ": cannot read");
@@ -171,9 +202,22 @@ std::vector<GenItem> load_gen_tasks(const std::string& path) {
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     const nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
     LMF_CHECK(!j.is_discarded() && j.is_object(), path, ":", n, ": not a JSON object");
-    for (const char* k : {"prompt", "reference"})
-      LMF_CHECK(j.contains(k) && j[k].is_string(), path, ":", n, ": field '", k, "' must be a string");
-    items.push_back({j["prompt"].get<std::string>(), j["reference"].get<std::string>()});
+    LMF_CHECK(j.contains("prompt") && j["prompt"].is_string(), path, ":", n, ": field 'prompt' must be a string");
+    GenItem it{j["prompt"].get<std::string>(), {}};
+    if (j.contains("reference") || !j.contains("references")) {
+      LMF_CHECK(j.contains("reference") && j["reference"].is_string(), path, ":", n,
+                ": field 'reference' must be a string (or 'references' an array of strings)");
+      it.references.push_back(j["reference"].get<std::string>());
+    } else {
+      const nlohmann::json& refs = j["references"];
+      LMF_CHECK(refs.is_array() && !refs.empty(), path, ":", n,
+                ": field 'references' must be a non-empty array of strings");
+      for (const auto& r : refs) {
+        LMF_CHECK(r.is_string(), path, ":", n, ": field 'references' must be a non-empty array of strings");
+        it.references.push_back(r.get<std::string>());
+      }
+    }
+    items.push_back(std::move(it));
   }
   LMF_CHECK(!items.empty(), path, ": no items");
   return items;
@@ -182,7 +226,7 @@ std::vector<GenItem> load_gen_tasks(const std::string& path) {
 GenEvalResult evaluate_generation(ModelDir& m, const std::vector<GenItem>& items, const model::SamplingParams& p,
                                   const std::function<void(int64_t, int64_t)>& progress) {
   GenEvalResult r;
-  std::vector<std::string> refs;
+  std::vector<std::vector<std::string>> refs;
   double rl = 0;
   for (const GenItem& it : items) {
     const std::vector<int32_t> ids = m.encode(it.prompt, true);
@@ -192,12 +236,12 @@ GenEvalResult evaluate_generation(ModelDir& m, const std::vector<GenItem>& items
               m.engine.config().max_position_embeddings);
     const model::GenerateResult g = model::generate(m.engine, ids, p, [&m](int32_t t) { return m.token_bytes(t); });
     r.outputs.push_back(g.text);
-    refs.push_back(it.reference);
-    rl += rouge_l(g.text, it.reference);
+    refs.push_back(it.references);
+    rl += rouge_l_multi(g.text, it.references);
     ++r.items;
     if (progress) progress(r.items, static_cast<int64_t>(items.size()));
   }
-  r.bleu = corpus_bleu(r.outputs, refs);
+  r.bleu = corpus_bleu_multi(r.outputs, refs);
   r.rouge_l = rl / static_cast<double>(r.items);
   return r;
 }

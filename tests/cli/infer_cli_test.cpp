@@ -146,12 +146,14 @@ TEST_F(InferCli, EvalPerplexityChoiceAndGenerate) {
   }
 
   std::ofstream(path("g.jsonl")) << R"({"prompt":"The GNU","reference":"General Public License"})"
+                                 << "\n"
+                                 << R"({"prompt":"The GNU","references":["General Public License","GPL"]})"
                                  << "\n";
   r = sh(kBin + " eval generate" + model + " --data " + path("g.jsonl") + " --max-tokens 8 --kv-type f16 --json");
   ASSERT_EQ(r.code, 0) << r.out;
   j = last_json(r.out);
-  EXPECT_EQ(j["items"], 1);
-  EXPECT_TRUE(j.contains("bleu") && j.contains("rouge_l") && j["outputs"].size() == 1);
+  EXPECT_EQ(j["items"], 2);
+  EXPECT_TRUE(j.contains("bleu") && j.contains("rouge_l") && j["outputs"].size() == 2);
 
   std::ofstream(path("bad.jsonl")) << R"({"context":"a","choices":["b","c"],"label":5})"
                                    << "\n";

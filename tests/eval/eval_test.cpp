@@ -45,11 +45,46 @@ TEST(Bleu, HandComputedCorpusScores) {
   EXPECT_THROW(corpus_bleu({"a"}, {}), Error);
 }
 
+// No n-gram matched at all: sacrebleu stops early at 0 with every precision 0 (the "exp" smoothing would otherwise give
+// 100 / (2 * 4), 100 / (4 * 3), ... and a positive score).
+TEST(Bleu, NoMatchIsZero) {
+  const BleuResult b = corpus_bleu({"a b c d"}, {"w x y z"});
+  EXPECT_EQ(b.score, 0.0);
+  for (double p : b.precisions) EXPECT_EQ(p, 0.0);
+  EXPECT_EQ(b.bp, 1.0);
+  EXPECT_EQ(b.sys_len, 4);
+}
+
+// Several references: each n-gram clipped by its count in the reference with most of it; the reference length is the
+// closest one's (the shorter on a tie).
+TEST(Bleu, HandComputedMultiReference) {
+  // hyp "the cat sat on the mat" against "the cat is on the mat" and "a cat sat on a mat": 1-grams 6/6 (the x2 from
+  // the first, sat from the second), 2-grams 5/5, 3-grams 2/4 (cat sat on, on the mat), 4-grams 0/3 -> 100 / 6:
+  // (100 * 100 * 50 * 16.667)^(1/4) = 53.7285.
+  BleuResult b = corpus_bleu_multi({"the cat sat on the mat"}, {{"the cat is on the mat", "a cat sat on a mat"}});
+  EXPECT_NEAR(b.score, 53.7284965911771, 1e-9);
+  EXPECT_EQ(b.ref_len, 6);
+  // One reference in a list is the single-reference score.
+  EXPECT_EQ(corpus_bleu_multi({"the cat sat on the mat"}, {{"the cat is on the mat"}}).score,
+            corpus_bleu({"the cat sat on the mat"}, {"the cat is on the mat"}).score);
+  // Hypothesis of 5 tokens, references of 4 and 6: a tie at distance 1 takes 4 (no brevity penalty); 6 and 8 take 6.
+  b = corpus_bleu_multi({"the cat is on the"}, {{"the cat is on", "the cat is on the mat"}});
+  EXPECT_EQ(b.ref_len, 4);
+  EXPECT_EQ(b.bp, 1.0);
+  b = corpus_bleu_multi({"the cat is on the"}, {{"the cat is on the mat", "the cat is on the mat right now"}});
+  EXPECT_EQ(b.ref_len, 6);
+  EXPECT_NEAR(b.score, 100 * std::exp(1.0 - 6.0 / 5.0), 1e-9);
+  EXPECT_THROW(corpus_bleu_multi({"a"}, {{}}), Error);
+}
+
 TEST(RougeL, HandComputed) {
   // LCS "the cat on the mat" = 5 of 6 and 6 tokens: F = 5/6 (case and punctuation ignored).
   EXPECT_NEAR(rouge_l("The cat sat on the mat.", "the cat is on the mat"), 5.0 / 6, 1e-12);
   // LCS 2 ("the gunman"): P 2/4, R 2/6, F = 2PR/(P+R) = 0.4.
   EXPECT_NEAR(rouge_l("police killed the gunman", "the gunman was killed by police"), 0.4, 1e-12);
+  // Several references: the best F (rouge-score's score_multi).
+  EXPECT_NEAR(rouge_l_multi("The cat sat on the mat.", {"the gunman was killed by police", "the cat is on the mat"}),
+              5.0 / 6, 1e-12);
   EXPECT_EQ(rouge_l("", "x"), 0.0);
   EXPECT_EQ(rouge_l("a b", "c d"), 0.0);
 }

@@ -228,7 +228,8 @@ void add_eval_command(CLI::App& app, Context& ctx) {
 
   CLI::App* g = ev->add_subcommand("generate", "BLEU and ROUGE-L of greedy generations against references");
   g->add_option("--model", a->model, "model directory (with tokenizer.json)")->required();
-  g->add_option("--data", a->data, "JSONL: {\"prompt\": str, \"reference\": str} per line")
+  g->add_option("--data", a->data,
+                "JSONL: {\"prompt\": str, \"reference\": str} (or \"references\": [str, ...]) per line")
       ->required()
       ->check(CLI::ExistingFile);
   g->add_option("--max-tokens", a->max_tokens, "tokens generated per prompt at most")

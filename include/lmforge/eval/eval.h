@@ -66,23 +66,30 @@ int64_t utf8_length(const std::string& s);
 // sacrebleu's tokenizer "13a" (mteval-v13a): unescapes &quot; &amp; &lt; &gt;, splits off punctuation and symbols,
 // periods and commas not between digits, dashes after digits. ASCII whitespace only separates tokens.
 std::vector<std::string> tokenize_13a(const std::string& line);
-// sacrebleu's default corpus BLEU (0-100): 13a tokens, n-grams 1-4 clipped against one reference per hypothesis,
-// summed over the corpus; smoothing "exp" (the n-th zero-match precision becomes 100 / (2^k * total) for the k-th
-// such order), brevity penalty exp(1 - ref/hyp) when the corpus hypothesis is shorter.
+// sacrebleu's default corpus BLEU (0-100): 13a tokens, n-grams 1-4 clipped against the references of each
+// hypothesis (an n-gram's count in the reference that has most of it), summed over the corpus; no match at all is
+// BLEU 0; otherwise smoothing "exp" (the n-th zero-match precision becomes 100 / (2^k * total) for the k-th such
+// order); the reference length of a hypothesis is that of its reference closest in length (the shorter on a tie),
+// and the brevity penalty exp(1 - ref/hyp) applies when the corpus hypothesis is shorter.
 struct BleuResult {
   double score = 0, bp = 0;
   double precisions[4] = {0, 0, 0, 0};
   int64_t sys_len = 0, ref_len = 0;
 };
 BleuResult corpus_bleu(const std::vector<std::string>& hyps, const std::vector<std::string>& refs);
+// Several references per hypothesis (refs[i] for hyps[i], each non-empty).
+BleuResult corpus_bleu_multi(const std::vector<std::string>& hyps, const std::vector<std::vector<std::string>>& refs);
 // rouge-score's ROUGE-L F-measure for one pair: lowercase, non [a-z0-9] runs become spaces, no stemming;
-// P = LCS / |hyp|, R = LCS / |ref|, F = 2PR / (P + R) (0 when either is 0).
+// P = LCS / |hyp|, R = LCS / |ref|, F = 2PR / (P + R) (0 when either is 0). With several references, the best F
+// (rouge-score's score_multi).
 double rouge_l(const std::string& hyp, const std::string& ref);
+double rouge_l_multi(const std::string& hyp, const std::vector<std::string>& refs);
 
-// JSONL {"prompt": "...", "reference": "..."} per line; greedy generations (max_tokens, stop strings) scored with
-// corpus BLEU and mean ROUGE-L F.
+// JSONL {"prompt": "...", "reference": "..."} per line (or "references": ["...", ...]); greedy generations
+// (max_tokens, stop strings) scored with corpus BLEU and mean ROUGE-L F.
 struct GenItem {
-  std::string prompt, reference;
+  std::string prompt;
+  std::vector<std::string> references;
 };
 std::vector<GenItem> load_gen_tasks(const std::string& path);
 struct GenEvalResult {
