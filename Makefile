@@ -67,6 +67,10 @@ fuzz:
 	mkdir -p build-fuzz/corpus/tokenizer_json && cp tests/tokenizer/fixtures/mini_*.tokenizer.json build-fuzz/corpus/tokenizer_json/
 	build-fuzz/bin/fuzz_tokenizer_json -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -max_len=200000 \
 	  build-fuzz/corpus/tokenizer_json
+	cmake --build build-fuzz -j $(JOBS) --target fuzz_chat_template
+	mkdir -p build-fuzz/corpus/chat_template && cp fuzz/seeds/chat_template/* build-fuzz/corpus/chat_template/
+	build-fuzz/bin/fuzz_chat_template -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=10 \
+	  build-fuzz/corpus/chat_template
 	cmake --build build-fuzz -j $(JOBS) --target fuzz_gguf
 	mkdir -p build-fuzz/corpus/gguf && cp fuzz/seeds/gguf/*.gguf tests/export/fixtures/llamacpp/*.gguf build-fuzz/corpus/gguf/
 	build-fuzz/bin/fuzz_gguf -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 build-fuzz/corpus/gguf

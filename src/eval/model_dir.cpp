@@ -43,7 +43,7 @@ model::Engine load_engine(const std::string& dir, const model::EngineOptions& op
 
 ModelDir open_model_dir(const std::string& dir, bool need_tokenizer, const model::EngineOptions& opt) {
   LMF_CHECK(fs::is_directory(dir), dir, ": not a model directory");
-  ModelDir m{dir, load_engine(dir, opt), std::nullopt, nlohmann::json::object(), "", ""};
+  ModelDir m{dir, load_engine(dir, opt), std::nullopt, nlohmann::json::object(), "", "", ""};
   const fs::path tok = fs::path(dir) / "tokenizer.json";
   if (fs::exists(tok)) {
     m.tokenizer.emplace(tokenizer::Tokenizer::from_file(tok.string()));
@@ -64,6 +64,7 @@ ModelDir open_model_dir(const std::string& dir, bool need_tokenizer, const model
       }
     }
     if (j.contains("bos_token")) m.bos_token = token_text(j["bos_token"]);
+    if (j.contains("eos_token")) m.eos_token = token_text(j["eos_token"]);
   }
   return m;
 }

@@ -1,7 +1,8 @@
-// Chat formats by template family (see chat_template.h for why the Jinja itself is not evaluated).
+// Chat prompts: the template evaluated (jinja.h), else the built-in format of its family (chat_template.h).
 #include "lmforge/tokenizer/chat_template.h"
 
 #include "lmforge/core/error.h"
+#include "lmforge/tokenizer/jinja.h"
 
 namespace lmforge::tokenizer {
 
@@ -52,26 +53,44 @@ std::string chatml(const std::vector<ChatMessage>& msgs) {
 }  // namespace
 
 ChatPrompt render_chat(const std::vector<ChatMessage>& messages, const std::string& chat_template,
-                       const std::string& bos) {
+                       const std::string& bos, const std::string& eos) {
   for (const ChatMessage& m : messages)
     LMF_CHECK(m.role == "system" || m.role == "user" || m.role == "assistant", "chat: role '", m.role,
               "' is not system, user or assistant");
   ChatPrompt p;
+  std::string why;
+  if (!chat_template.empty()) {
+    nlohmann::ordered_json msgs = nlohmann::ordered_json::array();
+    for (const ChatMessage& m : messages) msgs.push_back({{"role", m.role}, {"content", m.content}});
+    const nlohmann::ordered_json ctx = {
+        {"messages", msgs}, {"add_generation_prompt", true}, {"bos_token", bos}, {"eos_token", eos}};
+    try {
+      p.text = jinja::render(chat_template, ctx);
+      p.family = "jinja";
+      return p;
+    } catch (const Error& e) {
+      const std::string what = e.what();
+      if (what.find("chat_template: raise_exception: ") != std::string::npos) throw;  // the template refuses them
+      why = what;
+    }
+  }
   if (has(chat_template, "<|start_header_id|>")) {
     p.family = "llama3";
     p.text = llama3(messages);
+    p.note = "the chat_template could not be evaluated (" + why + "); using the built-in llama3 format";
   } else if (has(chat_template,
                  "\xEF\xBD\x9C"
                  "User\xEF\xBD\x9C")) {
     p.family = "deepseek";
     p.text = deepseek(messages, bos);
+    p.note = "the chat_template could not be evaluated (" + why + "); using the built-in deepseek format";
   } else {
     p.family = "chatml";
     p.text = chatml(messages);
     if (chat_template.empty())
       p.note = "the model has no chat_template; using the built-in ChatML format";
-    else if (!has(chat_template, "<|im_start|>"))
-      p.note = "chat_template is not a llama3, deepseek or chatml template lmforge recognises; using ChatML";
+    else
+      p.note = "the chat_template could not be evaluated (" + why + "); using the built-in ChatML format";
   }
   return p;
 }

@@ -68,7 +68,8 @@ int run_generate(const GenArgs& a, const CLI::App& cmd, bool json) {
   model::validate(p);
   std::vector<int32_t> ids;
   if (!a.chat.empty()) {
-    const tokenizer::ChatPrompt cp = tokenizer::render_chat(read_chat(a.chat), m.chat_template, m.bos_token);
+    const tokenizer::ChatPrompt cp =
+        tokenizer::render_chat(read_chat(a.chat), m.chat_template, m.bos_token, m.eos_token);
     if (!cp.note.empty()) std::fprintf(stderr, "lmforge generate: %s\n", cp.note.c_str());
     ids = m.encode(cp.text, false);
   } else {

@@ -17,7 +17,7 @@ struct ModelDir {
   model::Engine engine;
   std::optional<tokenizer::Tokenizer> tokenizer;                // tokenizer.json, when the directory has one
   nlohmann::json generation_config = nlohmann::json::object();  // generation_config.json, {} when absent
-  std::string chat_template, bos_token;                         // from tokenizer_config.json ("" when absent)
+  std::string chat_template, bos_token, eos_token;              // from tokenizer_config.json ("" when absent)
 
   // Text to ids with the model's tokenizer (errors when there is none); the ids are checked against the model's
   // vocabulary.

@@ -1,7 +1,9 @@
 // Chat prompts from a list of messages.
 //
-// tokenizer_config.json's `chat_template` is a Jinja program; lmforge does not evaluate Jinja. It recognises the
-// template's family by the marker tokens it writes and renders that family's format itself:
+// tokenizer_config.json's `chat_template` is a Jinja program: render_chat evaluates it (jinja.h: the subset real
+// templates use, rendered as transformers' apply_chat_template does, with messages, add_generation_prompt = true,
+// bos_token and eos_token), family "jinja". Where the template uses something the interpreter lacks, it falls back
+// to recognising the template's family by the marker tokens it writes and rendering that family's format itself:
 //   llama3    <|begin_of_text|><|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|> ... then the
 //             assistant header (Llama-3 / 3.1 templates, without their tool-calling branches)
 //   deepseek  {bos}{system}<｜User｜>{user}<｜Assistant｜>{assistant}<｜end▁of▁sentence｜> ... <｜Assistant｜>
@@ -22,12 +24,14 @@ struct ChatMessage {
 
 struct ChatPrompt {
   std::string text;    // encode without adding special tokens: the format carries them
-  std::string family;  // llama3 | deepseek | chatml
+  std::string family;  // jinja (the template itself) | llama3 | deepseek | chatml
   std::string note;    // non-empty when the format is a fallback
 };
 
-// `chat_template` may be empty (no template); `bos` is the BOS token's text (DeepSeek's format starts with it).
+// `chat_template` may be empty (no template); `bos` / `eos` are the BOS and EOS tokens' text (the template's
+// bos_token / eos_token; DeepSeek's built-in format starts with bos). A template that calls raise_exception for these
+// messages (roles out of order, say) is an error, not a fallback.
 ChatPrompt render_chat(const std::vector<ChatMessage>& messages, const std::string& chat_template,
-                       const std::string& bos);
+                       const std::string& bos, const std::string& eos = "");
 
 }  // namespace lmforge::tokenizer
