@@ -28,10 +28,12 @@ using Json = nlohmann::ordered_json;
 // ---------------------------------------------------------------- values
 
 // A value: JSON, Jinja's undefined, or a namespace() (an object shared by reference).
+struct Node;
 struct Val {
   bool undef = false;
   Json j;
   std::shared_ptr<Json> ns;
+  const Node* macro = nullptr;  // a {% macro %}, callable
   static Val undefined() {
     Val v;
     v.undef = true;
@@ -584,16 +586,17 @@ class Parser {
 
 // ---------------------------------------------------------------- template structure
 
-enum class Nk { Text, Out, If, For, Set, Break, Continue };
+enum class Nk { Text, Out, If, For, Set, Break, Continue, Macro };
 struct Node;
 using Body = std::vector<Node>;
 struct Node {
   Nk kind;
-  std::string text;                              // Text
-  ExprP expr;                                    // Out, Set value, For iterable
-  std::vector<std::pair<ExprP, Body>> branches;  // If: (condition, body) ...; For: the loop body (and else)
-  Body else_body;
-  std::vector<std::string> targets;  // For: loop variables; Set: name, or namespace and attribute
+  std::string text;  // Text
+  ExprP expr;        // Out, Set value, For iterable
+  // If: (condition, body) ...; For: the loop body; Macro: (default or null, {}) per parameter.
+  std::vector<std::pair<ExprP, Body>> branches;
+  Body else_body;                    // If / For: else; Set without a value: its block; Macro: its body
+  std::vector<std::string> targets;  // For: loop variables; Set: name, or namespace and attribute; Macro: parameters
   ExprP filter;                      // For: `if` condition
 };
 
@@ -775,7 +778,12 @@ class TemplateParser {
         ps.expect_op(".");
         n.targets.push_back(ps.take_name());
       }
-      if (!ps.op_is("=")) fail("{% set %} blocks and multiple targets are not supported");
+      if (ps.at_end() && n.targets.size() == 1) {  // {% set name %}...{% endset %}: the block's text
+        n.else_body = body({"endset"}, ended, &tail);
+        tail->expect_end();
+        return n;
+      }
+      if (!ps.op_is("=")) fail("{% set %} with several targets is not supported");
       ps.expect_op("=");
       n.expr = ps.expression();
       ps.expect_end();
@@ -793,6 +801,25 @@ class TemplateParser {
       ExprP yes = make(Ek::Lit);
       yes->lit = true;
       n.branches.emplace_back(yes, std::move(b));
+      return n;
+    }
+    if (kw == "macro") {
+      Node n{Nk::Macro, ps.take_name(), nullptr, {}, {}, {}, nullptr};
+      ps.expect_op("(");
+      while (!ps.op_is(")")) {
+        n.targets.push_back(ps.take_name());
+        ExprP dflt;
+        if (ps.op_is("=")) {
+          ps.expect_op("=");
+          dflt = ps.expression();
+        }
+        n.branches.emplace_back(dflt, Body{});
+        if (!ps.op_is(")")) ps.expect_op(",");
+      }
+      ps.expect_op(")");
+      ps.expect_end();
+      n.else_body = body({"endmacro"}, ended, &tail);
+      tail->expect_end();
       return n;
     }
     fail("{% " + kw + " %} is not supported");
@@ -842,8 +869,21 @@ class Renderer {
         case Nk::For:
           run_for(n, out);
           break;
+        case Nk::Macro: {
+          Val m;
+          m.macro = &n;
+          scopes_.back()[n.text] = m;
+          break;
+        }
         case Nk::Set: {
-          Val v = eval(*n.expr);
+          Val v;
+          if (n.expr) {
+            v = eval(*n.expr);
+          } else {
+            std::string block;
+            run(n.else_body, block);
+            v = Val::of(block);
+          }
           if (n.targets.size() == 1) {
             scopes_.back()[n.targets[0]] = std::move(v);
           } else {
@@ -1154,6 +1194,7 @@ class Renderer {
     const Expr& callee = *e.args[0];
     if (callee.kind == Ek::Name) {
       const std::string& f = callee.name;
+      if (const Val m = lookup(f); m.macro) return call_macro(*m.macro, e);
       if (f == "raise_exception") fail("raise_exception: " + to_str(arg(e, 0, "message")));
       if (f == "namespace") {
         Val v;
@@ -1290,6 +1331,39 @@ class Renderer {
     fail("method " + m + "() of " + py_repr(j) + " is not supported");
   }
 
+  // A macro's text: its parameters bound (positional, then keywords, then defaults; missing ones undefined) in a
+  // scope of their own.
+  Val call_macro(const Node& m, const Expr& e) {
+    if (++depth_ > 64) fail("macro " + m.text + " calls nested more than 64 deep");
+    std::map<std::string, Val> scope;
+    const size_t given = e.args.size() - 1;
+    if (given > m.targets.size()) fail("macro " + m.text + " takes " + std::to_string(m.targets.size()) + " arguments");
+    for (size_t k = 0; k < m.targets.size(); ++k) {
+      if (k < given) {
+        scope[m.targets[k]] = eval(*e.args[k + 1]);
+        continue;
+      }
+      Val v = Val::undefined();
+      bool found = false;
+      for (const auto& [name, x] : e.kwargs)
+        if (name == m.targets[k]) v = eval(*x), found = true;
+      if (!found && m.branches[k].first) v = eval(*m.branches[k].first);
+      scope[m.targets[k]] = v;
+    }
+    scopes_.push_back(std::move(scope));
+    std::string out;
+    try {
+      run(m.else_body, out);
+    } catch (...) {
+      scopes_.pop_back();
+      --depth_;
+      throw;
+    }
+    scopes_.pop_back();
+    --depth_;
+    return Val::of(out);
+  }
+
   static std::string replace_all(std::string s, const std::string& from, const std::string& to) {
     if (from.empty()) return s;
     for (size_t i = 0; (i = s.find(from, i)) != std::string::npos; i += to.size()) s.replace(i, from.size(), to);
@@ -1410,6 +1484,15 @@ class Renderer {
       for (const Json& x : items_of(v, "map")) r.push_back(plain(member(Val::of(x), plain(attr))));
       return Val::of(r);
     }
+    if (f == "select" || f == "reject") {  // items passing a test (or truthy), or failing it
+      Json r = Json::array();
+      for (const Json& x : items_of(v, f)) {
+        const Val a = Val::of(x);
+        const bool ok = e.args.size() > 1 ? test(to_str(eval(*e.args[1])), a, e, 2) : truthy(a);
+        if (ok == (f == "select")) r.push_back(x);
+      }
+      return Val::of(r);
+    }
     if (f == "selectattr" || f == "rejectattr") {
       const std::string attr = to_str(arg(e, 0, "attr"));
       Json r = Json::array();
@@ -1446,10 +1529,11 @@ class Renderer {
     fail("test " + name + " is not supported");
   }
 
-  static constexpr int64_t kMaxSteps = 10'000'000;
+  static constexpr int64_t kMaxSteps = 1'000'000;
   static constexpr size_t kMaxOutput = size_t{64} << 20;
   static constexpr int64_t kMaxItems = 1'000'000;  // range() and string repetition
   int64_t steps_ = 0;
+  int depth_ = 0;
   std::vector<std::map<std::string, Val>> scopes_;
 };
 

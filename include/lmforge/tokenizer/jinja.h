@@ -3,14 +3,15 @@
 // `strftime_now`, `namespace`, and a `tojson` with Python's json.dumps spacing.
 //
 // The subset real templates use: {{ }}, {% if / elif / else %}, {% for x in xs if c %} with `loop` and
-// {% else %}, {% set name = ... %} / {% set ns.attr = ... %}, {% generation %}, comments, whitespace control (-);
+// {% else %}, {% set name = ... %} / {% set ns.attr = ... %} / {% set name %}...{% endset %}, {% macro %} (called
+// with positional and keyword arguments, defaults), {% generation %}, comments, whitespace control (-);
 // literals, lists, dicts, attribute and subscript access, slices, Python's operators (and, or, not, in, is,
 // comparisons, + - * / // % ~, x if c else y), filters (trim, length, tojson, string, upper, lower, capitalize, title,
 // join, first, last, default, items, list, reverse, replace, int, float, abs, safe, unique, map(attribute=),
-// selectattr / rejectattr), tests (defined, undefined, none, string, number, integer, float, boolean, true, false,
+// select / reject, selectattr / rejectattr), tests (defined, undefined, none, string, number, integer, float, boolean, true, false,
 // mapping, iterable, sequence, even, odd, equalto / eq / ==), string methods (strip, lstrip, rstrip, split,
 // startswith, endswith, upper, lower, replace, title, capitalize) and dict methods (items, keys, values, get).
-// Anything else (macros, call blocks, includes, ...) is an error naming it, so a caller can fall back.
+// Anything else (call blocks, includes, ...) is an error naming it, so a caller can fall back.
 #pragma once
 #include <nlohmann/json.hpp>
 #include <string>
