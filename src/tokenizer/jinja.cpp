@@ -754,7 +754,7 @@ class TemplateParser {
         n.targets.push_back(ps.take_name());
       }
       ps.expect_name("in");
-      // The iterable stops before a trailing `if` (the loop filter), so parse it without the ternary.
+      // A trailing `if` is the loop filter: the expression parser reads `xs if c` as a ternary without else.
       n.expr = ps.expression();
       if (n.expr->kind == Ek::Ternary && n.expr->args[2]->kind == Ek::Lit && n.expr->args[2]->name == "undefined") {
         n.filter = n.expr->args[0];

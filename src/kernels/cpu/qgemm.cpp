@@ -959,10 +959,12 @@ LMF_TARGET_AVX2 inline __attribute__((always_inline)) void tile_float_rows(const
   }
 }
 
-// tile_float_rows for the weight's format (F32, F16 or BF16).
+// tile_float_rows for the weight's format (F32, F16 or BF16), inlined into the two entry points below, each compiled
+// for its own target.
 template <int R, int T>
-LMF_TARGET_AVX2 void tile_float_rows(QFormat f, const uint8_t* const* rows, const float* const* xs, int64_t cols,
-                                     float (*outs)[R], size_t ahead) {
+LMF_TARGET_AVX2 inline __attribute__((always_inline)) void float_rows_by_format(QFormat f, const uint8_t* const* rows,
+                                                                                const float* const* xs, int64_t cols,
+                                                                                float (*outs)[R], size_t ahead) {
   if (f == QFormat::F32) {
     tile_float_rows<R, T, QFormat::F32>(rows, xs, cols, outs, ahead);
   } else if (f == QFormat::BF16) {
@@ -972,6 +974,12 @@ LMF_TARGET_AVX2 void tile_float_rows(QFormat f, const uint8_t* const* rows, cons
   }
 }
 
+template <int R, int T>
+LMF_TARGET_AVX2 void tile_float_rows(QFormat f, const uint8_t* const* rows, const float* const* xs, int64_t cols,
+                                     float (*outs)[R], size_t ahead) {
+  float_rows_by_format<R, T>(f, rows, xs, cols, outs, ahead);
+}
+
 // tile_float_rows compiled with AVX-512VL, whose 32 vector registers (ymm16-31 with EVEX encodings) hold the 4 x 6
 // accumulators of six activation rows, where AVX2's 16 stop at three: each weight load (and bf16 / f16 widening)
 // then serves twice the rows. The same operations in the same order, so the same results, bit for bit.
@@ -979,13 +987,7 @@ template <int R, int T>
 LMF_TARGET_VNNI void tile_float_rows_wide(QFormat f, const uint8_t* const* rows, const float* const* xs, int64_t cols,
                                           float (*outs)[R], size_t ahead) {
   static_assert(R * T + T + 1 <= 32, "more accumulators than AVX-512VL's registers");
-  if (f == QFormat::F32) {
-    tile_float_rows<R, T, QFormat::F32>(rows, xs, cols, outs, ahead);
-  } else if (f == QFormat::BF16) {
-    tile_float_rows<R, T, QFormat::BF16>(rows, xs, cols, outs, ahead);
-  } else {
-    tile_float_rows<R, T, QFormat::F16>(rows, xs, cols, outs, ahead);
-  }
+  float_rows_by_format<R, T>(f, rows, xs, cols, outs, ahead);
 }
 
 // R rows (grouped: R groups of four interleaved rows, out[4 k + i] for group k's row i) starting at the rows in
