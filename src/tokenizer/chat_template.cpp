@@ -62,8 +62,10 @@ ChatPrompt render_chat(const std::vector<ChatMessage>& messages, const std::stri
   if (!chat_template.empty()) {
     nlohmann::ordered_json msgs = nlohmann::ordered_json::array();
     for (const ChatMessage& m : messages) msgs.push_back({{"role", m.role}, {"content", m.content}});
-    const nlohmann::ordered_json ctx = {
-        {"messages", msgs}, {"add_generation_prompt", true}, {"bos_token", bos}, {"eos_token", eos}};
+    // As transformers' apply_chat_template without tools or documents: both passed as None (defined).
+    const nlohmann::ordered_json ctx = {{"messages", msgs},     {"tools", nullptr},
+                                        {"documents", nullptr}, {"add_generation_prompt", true},
+                                        {"bos_token", bos},     {"eos_token", eos}};
     try {
       p.text = jinja::render(chat_template, ctx);
       p.family = "jinja";

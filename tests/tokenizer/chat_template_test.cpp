@@ -31,6 +31,7 @@ TEST(ChatTemplate, RealTemplatesRenderAsTransformersJs) {
     for (const Json& c : t["cases"]) {
       SCOPED_TRACE(t["name"].get<std::string>() + " " + c["messages"].dump());
       const Json ctx = {{"messages", c["messages"]},
+                        {"tools", nullptr},
                         {"add_generation_prompt", c["add_generation_prompt"]},
                         {"bos_token", t["bos_token"]},
                         {"eos_token", t["eos_token"]}};
