@@ -2,9 +2,9 @@
 //
 // tokenizer_config.json's `chat_template` is a Jinja program: render_chat evaluates it (jinja.h: the subset real
 // templates use, rendered as transformers' apply_chat_template does, with messages, tools = documents = None,
-// add_generation_prompt = true,
-// bos_token and eos_token), family "jinja". Where the template uses something the interpreter lacks, it falls back
-// to recognising the template's family by the marker tokens it writes and rendering that family's format itself:
+// add_generation_prompt = true, bos_token and eos_token), family "jinja". Where the template uses something the
+// interpreter lacks, it falls back to recognising the template's family by the marker tokens it writes and
+// rendering that family's format itself:
 //   llama3    <|begin_of_text|><|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|> ... then the
 //             assistant header (Llama-3 / 3.1 templates, without their tool-calling branches)
 //   deepseek  {bos}{system}<｜User｜>{user}<｜Assistant｜>{assistant}<｜end▁of▁sentence｜> ... <｜Assistant｜>
