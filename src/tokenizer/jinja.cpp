@@ -27,11 +27,12 @@ using Json = nlohmann::ordered_json;
 
 // ---------------------------------------------------------------- values
 
-// A value: JSON, Jinja's undefined, or a namespace() (an object shared by reference).
+// A value: JSON, Jinja's undefined, or a namespace() (an object shared by reference). The JSON is shared and
+// immutable, so reading a variable (`messages` in a loop over a long conversation) copies a pointer, not the text.
 struct Node;
 struct Val {
   bool undef = false;
-  Json j;
+  std::shared_ptr<const Json> p;
   std::shared_ptr<Json> ns;
   const Node* macro = nullptr;  // a {% macro %}, callable
   static Val undefined() {
@@ -41,16 +42,20 @@ struct Val {
   }
   static Val of(Json x) {
     Val v;
-    v.j = std::move(x);
+    v.p = std::make_shared<const Json>(std::move(x));
     return v;
   }
-  const Json& json() const { return ns ? *ns : j; }
+  // null for undefined values and macros
+  const Json& json() const {
+    static const Json null;
+    return ns ? *ns : p ? *p : null;
+  }
 };
 
 bool truthy(const Val& v) {
   if (v.undef) return false;
-  if (v.ns) return true;
-  const Json& j = v.j;
+  if (v.ns || v.macro) return true;
+  const Json& j = v.json();
   switch (j.type()) {
     case Json::value_t::null:
       return false;
@@ -139,7 +144,7 @@ std::string py_repr(const Json& j) {
 std::string to_str(const Val& v) {
   if (v.undef) return "";
   if (v.ns) return "<Namespace>";
-  return py_str(v.j);
+  return py_str(v.json());
 }
 
 // json.dumps(x, ensure_ascii=False[, indent=n]): ", " and ": " separators without indent, "," and ": " with.
@@ -1099,7 +1104,7 @@ class Renderer {
     }
     const Val av = eval(*e.args[0]), bv = eval(*e.args[1]);
     if (op == "~") return Val::of(to_str(av) + to_str(bv));
-    const Json a = plain(av), b = plain(bv);
+    const Json &a = av.json(), &b = bv.json();
     if (op == "==") return Val::of(equal(av, bv));
     if (op == "!=") return Val::of(!equal(av, bv));
     if (op == "in" || op == "not in") {
@@ -1388,7 +1393,7 @@ class Renderer {
   Val filter(const Expr& e) {
     const std::string& f = e.name;
     const Val v = eval(*e.args[0]);
-    const Json j = plain(v);
+    const Json& j = v.json();
     if (f == "safe" || f == "e" || f == "escape" || f == "string") {
       return f == "string" ? Val::of(to_str(v)) : v;
     }
@@ -1402,8 +1407,14 @@ class Renderer {
     }
     if (f == "capitalize" || f == "title") return Val::of(case_words(to_str(v), f == "title"));
     if (f == "length" || f == "count") {
-      if (j.is_string()) return Val::of(static_cast<int64_t>(utf8_chars(j.get<std::string>()).size()));
-      return Val::of(static_cast<int64_t>(items_of(v, "length").size()));
+      if (j.is_string()) {
+        int64_t n = 0;  // code points
+        for (const char c : j.get_ref<const std::string&>()) n += (static_cast<unsigned char>(c) & 0xC0) != 0x80;
+        return Val::of(n);
+      }
+      if (v.undef) return Val::of(0);
+      if (!j.is_array() && !j.is_object()) fail("length of " + py_repr(j));
+      return Val::of(static_cast<int64_t>(j.size()));
     }
     if (f == "tojson") {
       const Val ind = arg(e, 0, "indent");
@@ -1508,7 +1519,7 @@ class Renderer {
 
   // Test `name` on v; its arguments are e.args[first...].
   bool test(const std::string& name, const Val& v, const Expr& e, size_t first) {
-    const Json& j = v.undef ? Json() : v.json();
+    const Json& j = v.json();
     if (name == "defined") return !v.undef;
     if (name == "undefined") return v.undef;
     if (v.undef && name != "none") return false;
