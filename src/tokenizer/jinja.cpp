@@ -966,8 +966,8 @@ class Renderer {
         bind(n.targets, items[static_cast<size_t>(i)]);
         Json loop = {{"index", i + 1},  {"index0", i},          {"revindex", len - i}, {"revindex0", len - i - 1},
                      {"first", i == 0}, {"last", i == len - 1}, {"length", len}};
-        loop["previtem"] = i > 0 ? items[static_cast<size_t>(i - 1)] : Json();
-        loop["nextitem"] = i + 1 < len ? items[static_cast<size_t>(i + 1)] : Json();
+        if (i > 0) loop["previtem"] = items[static_cast<size_t>(i - 1)];  // absent: undefined, as in Jinja
+        if (i + 1 < len) loop["nextitem"] = items[static_cast<size_t>(i + 1)];
         scopes_.back()["loop"] = Val::of(std::move(loop));
         try {
           run(n.branches[0].second, out);

@@ -102,6 +102,9 @@ TEST(ChatTemplate, LoopsScopesAndNamespaces) {
   EXPECT_EQ(render("{% for x in xs if x != 'b' %}{{ loop.index0 }}{{ x }}{{ loop.length }} {% endfor %}", ctx),
             "0a2 1c2 ");
   EXPECT_EQ(render("{% for x in [] %}no{% else %}empty{% endfor %}"), "empty");
+  EXPECT_EQ(
+      render("{% for x in xs %}{{ loop.previtem is defined }}{{ loop.nextitem | default('-') }} {% endfor %}", ctx),
+      "Falseb Truec True- ");
   EXPECT_EQ(render("{% for x in xs %}{% if x == 'b' %}{% continue %}{% endif %}{% if x == 'c' %}{% break %}{% endif "
                    "%}{{ x }}{% endfor %}",
                    ctx),
