@@ -9,6 +9,7 @@
 #include <cstring>
 #include <ctime>
 #include <functional>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <sstream>
@@ -23,6 +24,34 @@ using Json = nlohmann::ordered_json;
 
 [[noreturn]] void fail(const std::string& what) {
   throw Error("chat_template: " + what);
+}
+
+// Counts one level of nesting for as long as it lives; past `max`, an error naming `what` (a template is untrusted
+// input: recursion stays bounded).
+class DepthGuard {
+ public:
+  DepthGuard(int& depth, int max, const char* what) : d_(depth) {
+    if (++d_ > max) {
+      --d_;
+      fail(std::string(what) + " nested more than " + std::to_string(max) + " deep");
+    }
+  }
+  ~DepthGuard() { --d_; }
+  DepthGuard(const DepthGuard&) = delete;
+  DepthGuard& operator=(const DepthGuard&) = delete;
+
+ private:
+  int& d_;
+};
+
+// s without the characters of `chars` at its start (left) and / or end (right), as Python's str.strip(chars).
+std::string strip(const std::string& s, const std::string& chars, bool left, bool right) {
+  size_t a = 0, b = s.size();
+  if (left)
+    while (a < b && chars.find(s[a]) != std::string::npos) ++a;
+  if (right)
+    while (b > a && chars.find(s[b - 1]) != std::string::npos) --b;
+  return s.substr(a, b - a);
 }
 
 // ---------------------------------------------------------------- values
@@ -335,16 +364,20 @@ class Parser {
     e->args = {std::move(a), std::move(b)};
     return e;
   }
-  ExprP or_() {
-    ExprP e = and_();
-    while (name_is("or")) ++p_, e = binary("or", e, and_());
-    return e;
+  // One left-associative level: operands from `next`, joined by any of `ops` (operator tokens, or keywords).
+  ExprP left_assoc(std::initializer_list<const char*> ops, ExprP (Parser::*next)(), bool keywords = false) {
+    ExprP e = (this->*next)();
+    for (;;) {
+      const char* hit = nullptr;
+      for (const char* op : ops)
+        if (keywords ? name_is(op) : op_is(op)) hit = op;
+      if (!hit) return e;
+      ++p_;
+      e = binary(hit, e, (this->*next)());
+    }
   }
-  ExprP and_() {
-    ExprP e = not_();
-    while (name_is("and")) ++p_, e = binary("and", e, not_());
-    return e;
-  }
+  ExprP or_() { return left_assoc({"or"}, &Parser::and_, true); }
+  ExprP and_() { return left_assoc({"and"}, &Parser::not_, true); }
   ExprP not_() {
     if (name_is("not")) {
       ++p_;
@@ -373,41 +406,12 @@ class Parser {
       }
     }
   }
-  ExprP math1() {
-    ExprP e = concat();
-    while (op_is("+") || op_is("-")) {
-      const std::string op = t_[p_++].text;
-      e = binary(op, e, concat());
-    }
-    return e;
-  }
-  ExprP concat() {
-    ExprP e = math2();
-    while (op_is("~")) ++p_, e = binary("~", e, math2());
-    return e;
-  }
-  ExprP math2() {
-    ExprP e = pow_();
-    while (op_is("*") || op_is("/") || op_is("//") || op_is("%")) {
-      const std::string op = t_[p_++].text;
-      e = binary(op, e, pow_());
-    }
-    return e;
-  }
-  ExprP pow_() {
-    ExprP e = unary();
-    while (op_is("**")) ++p_, e = binary("**", e, unary());
-    return e;
-  }
+  ExprP math1() { return left_assoc({"+", "-"}, &Parser::concat); }
+  ExprP concat() { return left_assoc({"~"}, &Parser::math2); }
+  ExprP math2() { return left_assoc({"*", "/", "//", "%"}, &Parser::pow_); }
+  ExprP pow_() { return left_assoc({"**"}, &Parser::unary); }
   ExprP unary() {
-    // Nesting (parentheses, brackets, unary signs) is bounded: a template is untrusted input.
-    struct Depth {
-      int& d;
-      explicit Depth(int& x) : d(x) {
-        if (++d > kMaxDepth) fail("expressions nested more than " + std::to_string(kMaxDepth) + " deep");
-      }
-      ~Depth() { --d; }
-    } depth(depth_);
+    const DepthGuard depth(depth_, kMaxDepth, "expressions");  // parentheses, brackets, unary signs
     if (op_is("-") || op_is("+")) {
       const std::string op = t_[p_++].text;
       ExprP e = make(Ek::Unary);
@@ -617,12 +621,11 @@ std::vector<Piece> lex(const std::string& s) {
   bool strip_next = false, trim_newline = false;
   const auto add_text = [&](std::string t) {
     if (trim_newline && !t.empty() && t[0] == '\n') t.erase(0, 1);  // trim_blocks
-    if (strip_next)
-      t.erase(0, t.find_first_not_of(" \t\r\n") == std::string::npos ? t.size() : t.find_first_not_of(" \t\r\n"));
+    if (strip_next) t = strip(t, " \t\r\n", true, false);
     strip_next = trim_newline = false;
     out.push_back({Piece::Text, std::move(t)});
   };
-  while (i <= s.size()) {
+  for (;;) {
     size_t open = s.find('{', i);
     while (open != std::string::npos && open + 1 < s.size() && s[open + 1] != '{' && s[open + 1] != '%' &&
            s[open + 1] != '#')
@@ -636,7 +639,7 @@ std::vector<Piece> lex(const std::string& s) {
     const bool minus = open + 2 < s.size() && s[open + 2] == '-';
     const bool plus = open + 2 < s.size() && s[open + 2] == '+';
     if (minus) {
-      text.erase(text.find_last_not_of(" \t\r\n") == std::string::npos ? 0 : text.find_last_not_of(" \t\r\n") + 1);
+      text = strip(text, " \t\r\n", false, true);
     } else if (type != '{' && !plus) {
       // lstrip_blocks: the spaces and tabs between the start of a line (in the source) and a block tag or comment.
       const size_t nl = open == 0 ? std::string::npos : s.rfind('\n', open - 1);
@@ -678,9 +681,6 @@ std::vector<Piece> lex(const std::string& s) {
     i = close + 2;
     strip_next = rminus;
     trim_newline = type != '{' && !rplus;
-    if (i == s.size()) {
-      break;
-    }
   }
   return out;
 }
@@ -721,14 +721,22 @@ class TemplateParser {
   }
 
  private:
+  // The body of a block up to its `end` tag (which must be bare).
+  Body block(const std::string& end) {
+    std::string ended;
+    Parser* tail = nullptr;
+    Body b = body({end}, ended, &tail);
+    tail->expect_end();
+    return b;
+  }
+  // After a body that stopped at `ended` (else, or the block's `end`): the else branch up to `end`, if there is one.
+  void else_branch(const std::string& ended, Parser* tail, const std::string& end, Body& else_body) {
+    tail->expect_end();
+    if (ended == "else") else_body = block(end);
+  }
+
   Node statement(const std::string& kw, Parser& ps) {
-    struct Depth {
-      int& d;
-      explicit Depth(int& x) : d(x) {
-        if (++d > 200) fail("blocks nested more than 200 deep");
-      }
-      ~Depth() { --d; }
-    } depth(depth_);
+    const DepthGuard depth(depth_, 200, "blocks");
     Parser* tail = nullptr;
     std::string ended;
     if (kw == "if") {
@@ -743,11 +751,7 @@ class TemplateParser {
           tail->expect_end();
           continue;
         }
-        if (ended == "else") {
-          tail->expect_end();
-          n.else_body = body({"endif"}, ended, &tail);
-        }
-        tail->expect_end();
+        else_branch(ended, tail, "endif", n.else_body);
         return n;
       }
     }
@@ -769,11 +773,7 @@ class TemplateParser {
       ps.expect_end();
       Body b = body({"else", "endfor"}, ended, &tail);
       n.branches.emplace_back(nullptr, std::move(b));
-      if (ended == "else") {
-        tail->expect_end();
-        n.else_body = body({"endfor"}, ended, &tail);
-      }
-      tail->expect_end();
+      else_branch(ended, tail, "endfor", n.else_body);
       return n;
     }
     if (kw == "set") {
@@ -784,8 +784,7 @@ class TemplateParser {
         n.targets.push_back(ps.take_name());
       }
       if (ps.at_end() && n.targets.size() == 1) {  // {% set name %}...{% endset %}: the block's text
-        n.else_body = body({"endset"}, ended, &tail);
-        tail->expect_end();
+        n.else_body = block("endset");
         return n;
       }
       if (!ps.op_is("=")) fail("{% set %} with several targets is not supported");
@@ -800,12 +799,10 @@ class TemplateParser {
     }
     if (kw == "generation") {  // transformers' AssistantTracker: renders its body as is
       ps.expect_end();
-      Body b = body({"endgeneration"}, ended, &tail);
-      tail->expect_end();
       Node n{Nk::If, "", nullptr, {}, {}, {}, nullptr};
       ExprP yes = make(Ek::Lit);
       yes->lit = true;
-      n.branches.emplace_back(yes, std::move(b));
+      n.branches.emplace_back(yes, block("endgeneration"));
       return n;
     }
     if (kw == "macro") {
@@ -823,8 +820,7 @@ class TemplateParser {
       }
       ps.expect_op(")");
       ps.expect_end();
-      n.else_body = body({"endmacro"}, ended, &tail);
-      tail->expect_end();
+      n.else_body = block("endmacro");
       return n;
     }
     fail("{% " + kw + " %} is not supported");
@@ -1186,15 +1182,6 @@ class Renderer {
     return Val::undefined();
   }
 
-  static std::string strip(const std::string& s, const std::string& chars, bool left, bool right) {
-    size_t a = 0, b = s.size();
-    if (left)
-      while (a < b && chars.find(s[a]) != std::string::npos) ++a;
-    if (right)
-      while (b > a && chars.find(s[b - 1]) != std::string::npos) --b;
-    return s.substr(a, b - a);
-  }
-
   Val call(const Expr& e) {
     const Expr& callee = *e.args[0];
     if (callee.kind == Ek::Name) {
@@ -1339,7 +1326,7 @@ class Renderer {
   // A macro's text: its parameters bound (positional, then keywords, then defaults; missing ones undefined) in a
   // scope of their own.
   Val call_macro(const Node& m, const Expr& e) {
-    if (++depth_ > 64) fail("macro " + m.text + " calls nested more than 64 deep");
+    const DepthGuard depth(depth_, 64, "macro calls");
     std::map<std::string, Val> scope;
     const size_t given = e.args.size() - 1;
     if (given > m.targets.size()) fail("macro " + m.text + " takes " + std::to_string(m.targets.size()) + " arguments");
@@ -1359,13 +1346,11 @@ class Renderer {
     std::string out;
     try {
       run(m.else_body, out);
-    } catch (...) {
+    } catch (...) {  // a {% break %} in the body ends a loop around the call
       scopes_.pop_back();
-      --depth_;
       throw;
     }
     scopes_.pop_back();
-    --depth_;
     return Val::of(out);
   }
 

@@ -1137,15 +1137,13 @@ LMF_TARGET_AVX2 void rows_avx2(const QWeight& w, const float* x, const XQuant* x
   const bool g128_rows = vnni && g128 && n >= 2;
   // int8 too (tile4_int8_rows_vnni): the four streams' rows folded as tile4_q8 folds them.
   const bool int8_rows = vnni && w.format == QFormat::INT8 && n >= 2;
-  // f32 / f16 / bf16 six activation rows a pass (below).
-  const bool wide = vnni && (w.format == QFormat::F32 || w.format == QFormat::F16 || w.format == QFormat::BF16);
+  // f32 / f16 / bf16: up to three activation rows a pass (tile_float_rows), six with AVX-512VL (tile_float_rows_wide).
+  const bool float_rows = w.format == QFormat::F32 || w.format == QFormat::F16 || w.format == QFormat::BF16;
+  const bool wide = vnni && float_rows;
   static_assert(kStreams == 4, "tile4_int8_rows_vnni takes one row of each of four streams");
   vnni = vnni && grouped && (w.format == QFormat::Q8_0 || w.format == QFormat::Q4_0) && n >= 2;
   const bool multi = grouped && (w.format == QFormat::Q8_0 || w.format == QFormat::Q4_0) && n >= 2;
   float tmpm[4][4 * kStreams];
-  // f32 / f16 / bf16: up to three activation rows a pass (tile_float_rows), six with AVX-512VL (wide: the caller
-  // checked the CPU has AVX-512 F/BW/VL/VNNI, as for the integer tiles; tile_float_rows_wide).
-  const bool float_rows = w.format == QFormat::F32 || w.format == QFormat::F16 || w.format == QFormat::BF16;
   int64_t first[kStreams];
   for (int64_t i = 0; i < len; ++i) {
     // Where this step's rows (or groups of four) start in each stream.
@@ -1666,10 +1664,10 @@ void qgemm(const QWeight& w, const float* x, int64_t n, float* y, bool accumulat
     return;
   }
   const bool avx2 = use_avx2(impl);
-  const bool vnni = use_vnni(impl) && vnni_format(w);
-  // f32 / f16 / bf16 batches: six activation rows a pass on the same CPUs (rows_avx2's tile_float_rows_wide).
-  const bool wide =
-      use_vnni(impl) && (w.format == QFormat::F32 || w.format == QFormat::F16 || w.format == QFormat::BF16);
+  // The AVX-512 tiles: the CPU's (vnni_cpu, which rows_avx2 takes: it picks its tiles by format), and whether this
+  // weight's format has VNNI tiles (prefill_vnni, the 8-bit activations' layout).
+  const bool vnni_cpu = use_vnni(impl);
+  const bool vnni = vnni_cpu && vnni_format(w);
   if (vnni && avx2 && n > kVnniMaxRows) {
     // A long prompt on the VNNI tiles, kVnniMaxRows activation rows at a time: their 8-bit forms (up to 7 bytes a
     // value with q8_0's x4) stay a bounded buffer, for the price of reading the weights once more per chunk.
@@ -1716,7 +1714,7 @@ void qgemm(const QWeight& w, const float* x, int64_t n, float* y, bool accumulat
       return;
     }
     if (avx2) {
-      rows_avx2(w, x, xq, n, r0, r1, y, accumulate, vnni || (wide && n >= 2));
+      rows_avx2(w, x, xq, n, r0, r1, y, accumulate, vnni_cpu);
       return;
     }
 #endif
