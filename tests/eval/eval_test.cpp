@@ -77,6 +77,35 @@ TEST(Bleu, HandComputedMultiReference) {
   EXPECT_THROW(corpus_bleu_multi({"a"}, {{}}), Error);
 }
 
+// Generation task files: one reference or several; malformed ones name the file, line and field.
+TEST(GenTasks, LoadsOneOrSeveralReferencesAndRejectsBadOnes) {
+  const std::string path = ::testing::TempDir() + "/gen_tasks.jsonl";
+  std::ofstream(path) << R"({"prompt": "a", "reference": "b"})"
+                      << "\n"
+                      << R"({"prompt": "c", "references": ["d", "e"]})"
+                      << "\n";
+  const std::vector<GenItem> items = load_gen_tasks(path);
+  ASSERT_EQ(items.size(), 2u);
+  EXPECT_EQ(items[0].references, std::vector<std::string>{"b"});
+  EXPECT_EQ(items[1].references, (std::vector<std::string>{"d", "e"}));
+  const auto error_of = [&](const std::string& line) {
+    std::ofstream(path) << line << "\n";
+    try {
+      load_gen_tasks(path);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  for (const char* bad : {R"({"prompt": "c", "references": []})", R"({"prompt": "c", "references": "d"})",
+                          R"({"prompt": "c", "references": ["d", 3]})"})
+    EXPECT_NE(error_of(bad).find(":1: field 'references' must be a non-empty array of strings"), std::string::npos)
+        << bad;
+  EXPECT_NE(error_of(R"({"prompt": "c"})").find(":1: field 'reference' must be a string"), std::string::npos);
+  EXPECT_NE(error_of(R"({"reference": "c"})").find(":1: field 'prompt' must be a string"), std::string::npos);
+  EXPECT_NE(error_of(R"({"prompt": "c", "reference": "d"} trailing)").find(":1: not a JSON object"), std::string::npos);
+}
+
 TEST(RougeL, HandComputed) {
   // LCS "the cat on the mat" = 5 of 6 and 6 tokens: F = 5/6 (case and punctuation ignored).
   EXPECT_NEAR(rouge_l("The cat sat on the mat.", "the cat is on the mat"), 5.0 / 6, 1e-12);
@@ -280,6 +309,11 @@ TEST(Choice, LoadsOursAndHarnessDocuments) {
                 .find(":1: field 'label' must be an integer (or a string of digits)"),
             std::string::npos);
   EXPECT_NE(error_of(R"({"context": "q", "choices": ["a"], "label": 0})").find("at least 2"), std::string::npos);
+  EXPECT_NE(error_of(R"({"context": "q", "choices": ["a", "b"], "label": "12345678901234567890"})")
+                .find("must be an integer (or a string of digits)"),
+            std::string::npos);
+  EXPECT_NE(error_of(R"({"context": "q", "choices": ["a", ""], "label": 0})").find("non-empty strings"),
+            std::string::npos);
 }
 
 }  // namespace
