@@ -26,6 +26,15 @@ struct SequenceGuard {
   ~SequenceGuard() { e.free_sequence(id); }
 };
 
+// The id of a special token: its text in tokenizer_config.json looked up in the tokenizer, else config.json's id.
+int32_t special_id(const ModelDir& m, const std::string& text, int64_t config_id) {
+  const int64_t V = m.engine.config().vocab_size;
+  if (m.tokenizer && !text.empty())
+    if (const auto id = m.tokenizer->token_to_id(text); id && static_cast<int64_t>(*id) < V)
+      return static_cast<int32_t>(*id);
+  return config_id >= 0 && config_id < V ? static_cast<int32_t>(config_id) : -1;
+}
+
 }  // namespace
 
 int64_t utf8_length(const std::string& s) {
@@ -155,10 +164,22 @@ std::vector<ChoiceItem> load_choice_tasks(const std::string& path) {
   return items;
 }
 
+std::vector<int32_t> choice_context(std::vector<int32_t> encoded, bool empty_context, int32_t bos, int32_t prefix) {
+  if (bos >= 0 && encoded.size() >= 2 && encoded[0] == bos && encoded[1] == bos) encoded.erase(encoded.begin());
+  if (empty_context && prefix >= 0) encoded = {prefix};
+  LMF_CHECK(!encoded.empty(),
+            "eval choice: an item's context is empty and the model has no BOS or EOS token to stand for it");
+  return encoded;
+}
+
 ChoiceResult evaluate_choice(ModelDir& m, const std::vector<ChoiceItem>& items,
                              const std::function<void(int64_t, int64_t)>& progress) {
   ChoiceResult r;
   int64_t right = 0, right_norm = 0;
+  const model::ModelConfig& mc = m.engine.config();
+  const int32_t bos = special_id(m, m.bos_token, mc.bos_token_id);
+  const int32_t prefix =
+      bos >= 0 ? bos : special_id(m, m.eos_token, mc.eos_token_ids.empty() ? -1 : mc.eos_token_ids[0]);
   for (const ChoiceItem& it : items) {
     // Trailing whitespace of the context (with the delimiter) belongs to the continuation, as the harness splits
     // them.
@@ -167,8 +188,7 @@ ChoiceResult evaluate_choice(ModelDir& m, const std::vector<ChoiceItem>& items,
       lead.insert(lead.begin(), ctx.back());
       ctx.pop_back();
     }
-    std::vector<int32_t> cids = m.encode(ctx, true);
-    if (cids.empty()) cids = m.encode(" ", true);
+    std::vector<int32_t> cids = choice_context(m.encode(ctx, true), ctx.empty(), bos, prefix);
     std::vector<std::string> texts;
     for (const std::string& choice : it.choices) texts.push_back(lead + choice);
     const std::vector<std::vector<int32_t>> conts =

@@ -266,6 +266,17 @@ TEST(Choice, ContinuationsSplitAsTheHarnessDoes) {
 
 // acc picks the highest log-likelihood, acc_norm the highest per character of the choice (code points, as Python's
 // len(): per byte, "ééé" would win the second case).
+TEST(Choice, ContextIdsAsTheHarnessScoresThem) {
+  // The tokenizer's BOS kept; a context written with the BOS text gets no second one; an empty context is BOS,
+  // else EOS (the harness's prefix token); with neither, an error.
+  EXPECT_EQ(choice_context({1, 7, 8}, false, 1, 1), (std::vector<int32_t>{1, 7, 8}));
+  EXPECT_EQ(choice_context({1, 1, 7}, false, 1, 1), (std::vector<int32_t>{1, 7}));
+  EXPECT_EQ(choice_context({7, 8}, false, -1, 2), (std::vector<int32_t>{7, 8}));
+  EXPECT_EQ(choice_context({1}, true, 1, 1), (std::vector<int32_t>{1}));
+  EXPECT_EQ(choice_context({}, true, -1, 2), (std::vector<int32_t>{2}));
+  EXPECT_THROW(choice_context({}, true, -1, -1), Error);
+}
+
 TEST(Choice, PicksNormaliseByCharacters) {
   EXPECT_EQ(utf8_length("h\xc3\xa9llo \xe4\xb8\xad\xe6\x96\x87 \xf0\x9f\xa6\x99"), 10);
   EXPECT_EQ(choice_picks({-6.0, -4.5}, {"abcdef", "ab"}), std::make_pair(int64_t{1}, int64_t{0}));

@@ -48,6 +48,10 @@ double continuation_loglik(model::Engine& engine, const std::vector<int32_t>& co
 std::vector<double> continuation_logliks(model::Engine& engine, const std::vector<int32_t>& context,
                                          const std::vector<std::vector<int32_t>>& continuations,
                                          bool* truncated = nullptr);
+// The context's ids as lm-evaluation-harness scores them: `encoded` is the context encoded with the tokenizer's
+// special tokens (its default, as the harness's now); a context that starts with the BOS text gets no second BOS, and
+// an empty context is the prefix token alone (`prefix`: BOS, else EOS; -1: none). Errors when nothing is left.
+std::vector<int32_t> choice_context(std::vector<int32_t> encoded, bool empty_context, int32_t bos, int32_t prefix);
 // The continuation ids of each choice, split as lm-evaluation-harness splits them: context + continuation encoded
 // whole and the context alone (both without special tokens), the continuation being the tokens past the context's
 // count. Encoded on its own, a continuation can differ at its start: a SentencePiece-style tokenizer puts its "▁"
