@@ -52,20 +52,49 @@ std::string chatml(const std::vector<ChatMessage>& msgs) {
 
 }  // namespace
 
+ChatMessage chat_message_from_json(const nlohmann::ordered_json& m, const std::string& where) {
+  LMF_CHECK(m.is_object(), where, ": a message must be a JSON object");
+  LMF_CHECK(m.contains("role") && m["role"].is_string() && !m["role"].get_ref<const std::string&>().empty(), where,
+            ": needs a string field 'role'");
+  ChatMessage msg;
+  msg.role = m["role"].get<std::string>();
+  msg.fields = m;
+  const auto it = m.find("content");
+  LMF_CHECK(it != m.end() || m.contains("tool_calls"), where, ": needs a field 'content' (or 'tool_calls')");
+  if (it == m.end() || it->is_null()) return msg;
+  if (it->is_string()) {
+    msg.content = it->get<std::string>();
+    return msg;
+  }
+  LMF_CHECK(it->is_array(), where, ": 'content' must be a string, null or an array of parts");
+  for (const auto& part : *it) {
+    LMF_CHECK(part.is_object() && part.contains("type") && part["type"].is_string(), where,
+              ": each part of 'content' must be an object with a string 'type'");
+    if (part["type"] != "text") continue;
+    LMF_CHECK(part.contains("text") && part["text"].is_string(), where, ": a text part needs a string 'text'");
+    msg.content += part["text"].get<std::string>();
+  }
+  return msg;
+}
+
 ChatPrompt render_chat(const std::vector<ChatMessage>& messages, const std::string& chat_template,
-                       const std::string& bos, const std::string& eos) {
-  for (const ChatMessage& m : messages)
-    LMF_CHECK(m.role == "system" || m.role == "user" || m.role == "assistant", "chat: role '", m.role,
-              "' is not system, user or assistant");
+                       const std::string& bos, const std::string& eos, const ChatOptions& opt) {
+  LMF_CHECK(opt.kwargs.is_object(), "chat_template_kwargs must be a JSON object");
+  for (const char* fixed : {"messages", "tools", "documents", "add_generation_prompt", "bos_token", "eos_token"})
+    LMF_CHECK(!opt.kwargs.contains(fixed), "chat_template_kwargs: '", fixed, "' is set by lmforge itself");
+  LMF_CHECK(opt.tools.is_null() || opt.tools.is_array(), "chat tools must be a JSON array");
   ChatPrompt p;
   std::string why;
   if (!chat_template.empty()) {
     nlohmann::ordered_json msgs = nlohmann::ordered_json::array();
-    for (const ChatMessage& m : messages) msgs.push_back({{"role", m.role}, {"content", m.content}});
-    // As transformers' apply_chat_template without tools or documents: both passed as None (defined).
-    const nlohmann::ordered_json ctx = {{"messages", msgs},     {"tools", nullptr},
-                                        {"documents", nullptr}, {"add_generation_prompt", true},
-                                        {"bos_token", bos},     {"eos_token", eos}};
+    for (const ChatMessage& m : messages)
+      msgs.push_back(m.fields.is_object() ? m.fields
+                                          : nlohmann::ordered_json{{"role", m.role}, {"content", m.content}});
+    // As transformers' apply_chat_template: documents None (defined), tools None unless given.
+    nlohmann::ordered_json ctx = {{"messages", msgs},     {"tools", opt.tools},
+                                  {"documents", nullptr}, {"add_generation_prompt", true},
+                                  {"bos_token", bos},     {"eos_token", eos}};
+    for (const auto& [k, v] : opt.kwargs.items()) ctx[k] = v;
     try {
       p.text = jinja::render(chat_template, ctx);
       p.family = "jinja";
@@ -75,6 +104,17 @@ ChatPrompt render_chat(const std::vector<ChatMessage>& messages, const std::stri
       if (what.find("chat_template: raise_exception: ") != std::string::npos) throw;  // the template refuses them
       why = what;
     }
+  }
+  // The built-in formats: system / user / assistant turns of text.
+  LMF_CHECK(opt.tools.is_null() || opt.tools.empty(), "chat: tools need the model's chat_template (",
+            chat_template.empty() ? std::string("the model has none") : why, ")");
+  for (const ChatMessage& m : messages) {
+    LMF_CHECK(m.role == "system" || m.role == "user" || m.role == "assistant", "chat: role '", m.role,
+              "' needs the model's chat_template (the built-in formats take system, user and assistant)",
+              why.empty() ? std::string() : "; the template could not be evaluated: " + why);
+    LMF_CHECK(!m.fields.is_object() || !m.fields.contains("tool_calls"),
+              "chat: tool_calls need the model's chat_template",
+              why.empty() ? std::string() : "; the template could not be evaluated: " + why);
   }
   if (has(chat_template, "<|start_header_id|>")) {
     p.family = "llama3";

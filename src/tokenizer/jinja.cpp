@@ -6,6 +6,7 @@
 #include <cctype>
 #include <charconv>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <ctime>
 #include <functional>
@@ -105,18 +106,36 @@ bool truthy(const Val& v) {
   }
 }
 
-// Python's repr() of a float: the shortest text that reads back, with ".0" for integral values.
+// Python's repr() of a float: the shortest digits that read back, positional for exponents -4 ... 15 (with ".0"
+// when integral), else d.ddde+XX.
 std::string float_text(double d) {
   if (std::isnan(d)) return "nan";
   if (std::isinf(d)) return d > 0 ? "inf" : "-inf";
   char buf[64];
-  for (int prec = 1; prec <= 17; ++prec) {
-    std::snprintf(buf, sizeof buf, "%.*g", prec, d);
+  for (int prec = 0; prec <= 16; ++prec) {
+    std::snprintf(buf, sizeof buf, "%.*e", prec, d);
     if (std::strtod(buf, nullptr) == d) break;
   }
-  std::string s = buf;
-  if (s.find_first_of(".eEn") == std::string::npos) s += ".0";
-  return s;
+  const std::string e = buf;  // [-]d[.ddd]e(+|-)XX
+  const size_t at = e.find('e');
+  const bool neg = e[0] == '-';
+  std::string digits;
+  for (size_t i = neg ? 1 : 0; i < at; ++i)
+    if (e[i] != '.') digits += e[i];
+  while (digits.size() > 1 && digits.back() == '0') digits.pop_back();
+  const int exp = std::atoi(e.c_str() + at + 1);
+  std::string s = neg ? "-" : "";
+  if (exp >= -4 && exp < 16) {
+    if (exp < 0) return s + "0." + std::string(static_cast<size_t>(-exp - 1), '0') + digits;
+    const auto whole = static_cast<size_t>(exp) + 1;
+    if (digits.size() <= whole) return s + digits + std::string(whole - digits.size(), '0') + ".0";
+    return s + digits.substr(0, whole) + "." + digits.substr(whole);
+  }
+  s += digits.substr(0, 1);
+  if (digits.size() > 1) s += "." + digits.substr(1);
+  char ex[16];
+  std::snprintf(ex, sizeof ex, "e%c%02d", exp < 0 ? '-' : '+', std::abs(exp));
+  return s + ex;
 }
 
 std::string py_repr(const Json& j);
@@ -176,31 +195,43 @@ std::string to_str(const Val& v) {
   return py_str(v.json());
 }
 
-// json.dumps(x, ensure_ascii=False[, indent=n]): ", " and ": " separators without indent, "," and ": " with.
-void dump_json(const Json& j, int indent, int depth, std::string& out) {
+// json.dumps's options: transformers' tojson passes ensure_ascii (False), indent, separators and sort_keys.
+struct JsonStyle {
+  bool pretty = false;  // indent given: newlines, `indent` per level
+  std::string indent;
+  std::string item_sep = ", ", key_sep = ": ";  // json.dumps's defaults (item "," when indenting)
+  bool sort_keys = false, ensure_ascii = false;
+};
+
+void dump_json(const Json& j, const JsonStyle& st, int depth, std::string& out) {
   const auto newline = [&](int d) {
     out += '\n';
-    out.append(static_cast<size_t>(indent * d), ' ');
+    for (int k = 0; k < d; ++k) out += st.indent;
   };
+  const auto text = [&](const Json& x) { out += x.dump(-1, ' ', st.ensure_ascii, Json::error_handler_t::replace); };
   if (j.is_array() || j.is_object()) {
     const bool arr = j.is_array();
     if (j.empty()) {
       out += arr ? "[]" : "{}";
       return;
     }
+    std::vector<std::pair<std::string, const Json*>> members;
+    for (const auto& [k, v] : j.items()) members.emplace_back(arr ? std::string() : k, &v);
+    if (!arr && st.sort_keys)
+      std::stable_sort(members.begin(), members.end(), [](const auto& x, const auto& y) { return x.first < y.first; });
     out += arr ? '[' : '{';
     bool first = true;
-    for (const auto& [k, v] : j.items()) {
-      if (!first) out += indent >= 0 ? "," : ", ";
+    for (const auto& [k, v] : members) {
+      if (!first) out += st.item_sep;
       first = false;
-      if (indent >= 0) newline(depth + 1);
+      if (st.pretty) newline(depth + 1);
       if (!arr) {
-        out += Json(k).dump(-1, ' ', false, Json::error_handler_t::replace);
-        out += ": ";
+        text(Json(k));
+        out += st.key_sep;
       }
-      dump_json(v, indent, depth + 1, out);
+      dump_json(*v, st, depth + 1, out);
     }
-    if (indent >= 0) newline(depth);
+    if (st.pretty) newline(depth);
     out += arr ? ']' : '}';
     return;
   }
@@ -209,7 +240,218 @@ void dump_json(const Json& j, int indent, int depth, std::string& out) {
     out += std::isfinite(d) ? float_text(d) : (std::isnan(d) ? "NaN" : (d > 0 ? "Infinity" : "-Infinity"));
     return;
   }
-  out += j.dump(-1, ' ', false, Json::error_handler_t::replace);
+  text(j);
+}
+
+// The number of code points of UTF-8 text, and its first n code points.
+size_t code_points(const std::string& s) {
+  size_t n = 0;
+  for (const char c : s) n += (static_cast<unsigned char>(c) & 0xC0) != 0x80;
+  return n;
+}
+std::string first_code_points(const std::string& s, size_t n) {
+  size_t i = 0;
+  for (size_t seen = 0; i < s.size(); ++i)
+    if ((static_cast<unsigned char>(s[i]) & 0xC0) != 0x80 && seen++ == n) break;
+  return s.substr(0, i);
+}
+
+// Python's printf-style `fmt % args` (and the `format` filter): %s %r %a %d %i %u %o %x %X %e %E %f %F %g %G %c %%
+// with the flags "-+ 0#", a width and a precision, and %(key)s from `mapping` (a dict on the right: then `args` is
+// that dict alone, and unused arguments are no error). `args`: the tuple's items, or the one value.
+std::string py_format(const std::string& fmt, const std::vector<Json>& args, const Json* mapping) {
+  std::string out;
+  size_t next = 0;
+  for (size_t i = 0; i < fmt.size(); ++i) {
+    if (fmt[i] != '%') {
+      out += fmt[i];
+      continue;
+    }
+    if (++i >= fmt.size()) fail("format: incomplete format");
+    const Json* value = nullptr;
+    if (fmt[i] == '(') {
+      const size_t close = fmt.find(')', i);
+      if (close == std::string::npos) fail("format: incomplete format key");
+      if (!mapping || !mapping->is_object()) fail("format requires a mapping");
+      const std::string key = fmt.substr(i + 1, close - i - 1);
+      auto it = mapping->find(key);
+      if (it == mapping->end()) fail("format: key '" + key + "' is missing");
+      value = &*it;
+      i = close + 1;
+    }
+    std::string flags;
+    while (i < fmt.size() && std::strchr("-+ 0#", fmt[i])) flags += fmt[i++];
+    size_t width = 0, precision = 0;
+    bool has_precision = false;
+    while (i < fmt.size() && std::isdigit(static_cast<unsigned char>(fmt[i])))
+      width = std::min<size_t>(width * 10 + static_cast<size_t>(fmt[i++] - '0'), 4096);
+    if (i < fmt.size() && fmt[i] == '.') {
+      has_precision = true;
+      for (++i; i < fmt.size() && std::isdigit(static_cast<unsigned char>(fmt[i]));)
+        precision = std::min<size_t>(precision * 10 + static_cast<size_t>(fmt[i++] - '0'), 4096);
+    }
+    while (i < fmt.size() && std::strchr("hlL", fmt[i])) ++i;
+    if (i >= fmt.size()) fail("format: incomplete format");
+    const char conv = fmt[i];
+    if (conv == '%') {
+      out += '%';
+      continue;
+    }
+    if (!value) {
+      if (next >= args.size()) fail("format: not enough arguments for the format string");
+      value = &args[next++];
+    }
+    const auto has = [&](char f) { return flags.find(f) != std::string::npos; };
+    std::string sign, prefix, body;
+    bool numeric = true;
+    switch (conv) {
+      case 's':
+      case 'r':
+      case 'a':
+      case 'c': {
+        numeric = false;
+        if (conv == 'c') {
+          if (value->is_string() && code_points(value->get<std::string>()) == 1)
+            body = value->get<std::string>();
+          else if (value->is_number_integer() && value->get<int64_t>() >= 0 && value->get<int64_t>() < 128)
+            body = std::string(1, static_cast<char>(value->get<int64_t>()));
+          else
+            fail("format: %c requires an int or a character");
+        } else {
+          body = conv == 's' ? py_str(*value) : py_repr(*value);
+        }
+        if (has_precision) body = first_code_points(body, precision);
+        break;
+      }
+      case 'd':
+      case 'i':
+      case 'u':
+      case 'o':
+      case 'x':
+      case 'X': {
+        if (!value->is_number() && !value->is_boolean())
+          fail(std::string("format: %") + conv + " requires a number, not " + py_repr(*value));
+        int64_t v = 0;
+        if (value->is_boolean())
+          v = value->get<bool>() ? 1 : 0;
+        else if (value->is_number_float()) {
+          const double d = value->get<double>();
+          if (!(std::fabs(d) < 9.2e18))
+            fail("format: %" + std::string(1, conv) + " of " + py_repr(*value) + " is out of range");
+          v = static_cast<int64_t>(d);  // Python truncates toward zero
+        } else
+          v = value->get<int64_t>();
+        const uint64_t mag = v < 0 ? 0 - static_cast<uint64_t>(v) : static_cast<uint64_t>(v);
+        char buf[80];
+        const char* spec = conv == 'o' ? "%llo" : conv == 'x' ? "%llx" : conv == 'X' ? "%llX" : "%llu";
+        std::snprintf(buf, sizeof buf, spec, static_cast<unsigned long long>(mag));
+        body = buf;
+        if (has_precision && body.size() < precision) body.insert(0, precision - body.size(), '0');
+        if (has('#') && (conv == 'o' || conv == 'x' || conv == 'X'))
+          prefix = conv == 'o' ? "0o" : conv == 'x' ? "0x" : "0X";
+        sign = v < 0 ? "-" : has('+') ? "+" : has(' ') ? " " : "";
+        break;
+      }
+      case 'e':
+      case 'E':
+      case 'f':
+      case 'F':
+      case 'g':
+      case 'G': {
+        if (!value->is_number() && !value->is_boolean())
+          fail(std::string("format: %") + conv + " requires a number, not " + py_repr(*value));
+        const double v = value->is_boolean() ? (value->get<bool>() ? 1.0 : 0.0) : value->get<double>();
+        char spec[16], buf[4200];
+        std::snprintf(spec, sizeof spec, "%%%s.*%c", has('#') ? "#" : "", conv);
+        std::snprintf(buf, sizeof buf, spec, static_cast<int>(has_precision ? precision : 6), std::fabs(v));
+        body = buf;
+        sign = std::signbit(v) && !std::isnan(v) ? "-" : has('+') ? "+" : has(' ') ? " " : "";
+        if (!std::isfinite(v)) numeric = false, body = sign + body, sign.clear();  // no zero padding for inf / nan
+        break;
+      }
+      default:
+        fail(std::string("format: unsupported format character '") + conv + "'");
+    }
+    const size_t len = code_points(sign) + prefix.size() + code_points(body);
+    const size_t pad = width > len ? width - len : 0;
+    if (has('-'))
+      out += sign + prefix + body + std::string(pad, ' ');
+    else if (numeric && has('0'))
+      out += sign + prefix + std::string(pad, '0') + body;
+    else
+      out += std::string(pad, ' ') + sign + prefix + body;
+    if (out.size() > (64u << 20)) fail("format: output too large");
+  }
+  if (!mapping && next < args.size()) fail("format: not all arguments converted during string formatting");
+  return out;
+}
+
+// Python's ordering of two values (numbers and booleans together, strings by code point, lists item by item);
+// anything else cannot be ordered.
+int py_compare(const Json& a, const Json& b) {
+  const auto num = [](const Json& x) { return x.is_number() || x.is_boolean(); };
+  if (num(a) && num(b)) {
+    const auto d = [](const Json& x) { return x.is_boolean() ? (x.get<bool>() ? 1.0 : 0.0) : x.get<double>(); };
+    return d(a) < d(b) ? -1 : d(a) > d(b) ? 1 : 0;
+  }
+  if (a.is_string() && b.is_string()) {
+    const int c = a.get_ref<const std::string&>().compare(b.get_ref<const std::string&>());
+    return c < 0 ? -1 : c > 0 ? 1 : 0;
+  }
+  if (a.is_array() && b.is_array()) {
+    for (size_t i = 0; i < a.size() && i < b.size(); ++i)
+      if (const int c = py_compare(a[i], b[i])) return c;
+    return a.size() < b.size() ? -1 : a.size() > b.size() ? 1 : 0;
+  }
+  fail("cannot order " + py_repr(a) + " and " + py_repr(b));
+}
+
+// The key jinja2's sort / min / max / dictsort compare: strings lower-cased unless case_sensitive.
+Json sort_key(const Json& x, bool case_sensitive) {
+  if (case_sensitive || !x.is_string()) return x;
+  std::string s = x.get<std::string>();
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+// jinja2's attribute="a.b" (dotted path; integer parts index lists); missing: null.
+Json attribute_of(const Json& x, const std::string& path) {
+  const Json* cur = &x;
+  for (size_t i = 0; i <= path.size();) {
+    size_t dot = path.find('.', i);
+    if (dot == std::string::npos) dot = path.size();
+    const std::string part = path.substr(i, dot - i);
+    i = dot + 1;
+    if (cur->is_object() && cur->contains(part)) {
+      cur = &(*cur)[part];
+    } else if (cur->is_array() && !part.empty() && std::all_of(part.begin(), part.end(), ::isdigit) &&
+               part.size() < 10 && std::stoul(part) < cur->size()) {
+      cur = &(*cur)[std::stoul(part)];
+    } else {
+      static const Json null;
+      return null;
+    }
+  }
+  return *cur;
+}
+
+// jinja2's indent(s, width=4, first=False, blank=False): every line after the first (and the first with `first`)
+// gets `width` spaces (or the string `width`); empty lines stay empty unless `blank`.
+std::string indent_text(const std::string& s, const std::string& pad, bool first, bool blank) {
+  std::vector<std::string> lines;  // str.splitlines() of s + "\n" (its \n, \r\n and \r)
+  const std::string t = s + "\n";
+  for (size_t i = 0; i < t.size();) {
+    size_t k = t.find_first_of("\r\n", i);
+    lines.push_back(t.substr(i, k - i));
+    i = k + (t[k] == '\r' && k + 1 < t.size() && t[k + 1] == '\n' ? 2 : 1);
+  }
+  std::string r;
+  for (size_t k = 0; k < lines.size(); ++k) {
+    if (k) r += '\n';
+    if ((k > 0 || first) && (blank || !lines[k].empty() || (k == 0 && first))) r += pad;
+    r += lines[k];
+  }
+  return r;
 }
 
 int64_t as_int(const Val& v, const char* what) {
@@ -250,7 +492,16 @@ std::vector<Token> tokenize(const std::string& s) {
       if (j + 1 < s.size() && s[j] == '.' && std::isdigit(static_cast<unsigned char>(s[j + 1]))) {
         flt = true;
         ++j;
-        while (j < s.size() && std::isdigit(static_cast<unsigned char>(s[j]))) ++j;
+        while (j < s.size() && (std::isdigit(static_cast<unsigned char>(s[j])) || s[j] == '_')) ++j;
+      }
+      if (j < s.size() && (s[j] == 'e' || s[j] == 'E')) {  // an exponent: 1e20, 2.5E-3
+        size_t k = j + 1;
+        if (k < s.size() && (s[k] == '+' || s[k] == '-')) ++k;
+        if (k < s.size() && std::isdigit(static_cast<unsigned char>(s[k]))) {
+          flt = true;
+          j = k;
+          while (j < s.size() && std::isdigit(static_cast<unsigned char>(s[j]))) ++j;
+        }
       }
       std::string num = s.substr(i, j - i);
       num.erase(std::remove(num.begin(), num.end(), '_'), num.end());
@@ -503,8 +754,10 @@ class Parser {
         if (op_is("(")) {
           ++p_;
           call_args(t);
-        } else if (t_[p_].kind == Tk::Str || t_[p_].kind == Tk::Int || t_[p_].kind == Tk::Float) {
-          t->args.push_back(primary());  // `is divisibleby 3`, `is equalto 'x'`
+        } else if (t_[p_].kind == Tk::Str || t_[p_].kind == Tk::Int || t_[p_].kind == Tk::Float || op_is("[") ||
+                   op_is("{") || (t_[p_].kind == Tk::Name && !name_is("else") && !name_is("or") && !name_is("and"))) {
+          if (name_is("is")) error("one test (tests cannot be chained with is)");
+          t->args.push_back(postfix(primary()));  // `is divisibleby 3`, `is equalto 'x'`, `is in xs`
         }
         e = t;
       } else {
@@ -546,9 +799,16 @@ class Parser {
     }
     if (op_is("(")) {
       ++p_;
-      ExprP e = expression();
-      if (op_is(",")) {  // a tuple: a list here
+      if (op_is(")")) {  // ()
+        ++p_;
         ExprP l = make(Ek::List);
+        l->name = "tuple";
+        return l;
+      }
+      ExprP e = expression();
+      if (op_is(",")) {  // a tuple: a list here (named, so `fmt % (a, b)` can tell it from a list)
+        ExprP l = make(Ek::List);
+        l->name = "tuple";
         l->args.push_back(e);
         while (op_is(",")) {
           ++p_;
@@ -1023,6 +1283,7 @@ class Renderer {
         if (!is_number(j)) fail("unary " + e.name + " of " + py_repr(j));
         if (e.name == "+") return a;
         if (j.is_number_float()) return Val::of(-j.get<double>());
+        if (j.get<int64_t>() == INT64_MIN) fail("integer overflow in -");
         return Val::of(-j.get<int64_t>());
       }
       case Ek::Binary:
@@ -1101,6 +1362,12 @@ class Renderer {
     const Val av = eval(*e.args[0]), bv = eval(*e.args[1]);
     if (op == "~") return Val::of(to_str(av) + to_str(bv));
     const Json &a = av.json(), &b = bv.json();
+    if (op == "%" && a.is_string()) {
+      const std::string& f = a.get_ref<const std::string&>();
+      if (e.args[1]->kind == Ek::List && e.args[1]->name == "tuple")
+        return Val::of(py_format(f, std::vector<Json>(b.begin(), b.end()), nullptr));
+      return Val::of(py_format(f, {b}, b.is_object() ? &b : nullptr));
+    }
     if (op == "==") return Val::of(equal(av, bv));
     if (op == "!=") return Val::of(!equal(av, bv));
     if (op == "in" || op == "not in") {
@@ -1136,7 +1403,10 @@ class Renderer {
       return Val::of(r);
     }
     if (op == "*" && a.is_string() && (b.is_number_integer() || b.is_number_unsigned())) {
-      if (b.get<int64_t>() * static_cast<int64_t>(a.get_ref<const std::string&>().size()) > kMaxItems * 64)
+      int64_t total = 0;
+      if (__builtin_mul_overflow(b.get<int64_t>(), static_cast<int64_t>(a.get_ref<const std::string&>().size()),
+                                 &total) ||
+          total > kMaxItems * 64)
         fail("string repetition too large");
       std::string r;
       for (int64_t k = 0; k < b.get<int64_t>(); ++k) r += a.get<std::string>();
@@ -1147,9 +1417,11 @@ class Renderer {
     if (ints && op != "/" && op != "**") {
       const int64_t x = a.get<int64_t>(), y = b.get<int64_t>();
       if ((op == "//" || op == "%") && y == 0) fail("division by zero");
-      if (op == "+") return Val::of(x + y);
-      if (op == "-") return Val::of(x - y);
-      if (op == "*") return Val::of(x * y);
+      int64_t r = 0;  // Python's integers do not overflow; 64-bit ones here: an error where they would
+      if ((op == "+" && __builtin_add_overflow(x, y, &r)) || (op == "-" && __builtin_sub_overflow(x, y, &r)) ||
+          (op == "*" && __builtin_mul_overflow(x, y, &r)) || (y == -1 && x == INT64_MIN))
+        fail("integer overflow in " + op);
+      if (op == "+" || op == "-" || op == "*") return Val::of(r);
       const int64_t q = x / y - ((x % y != 0) && ((x < 0) != (y < 0)));  // Python's floor division
       if (op == "//") return Val::of(q);
       if (op == "%") return Val::of(x - q * y);
@@ -1158,8 +1430,12 @@ class Renderer {
     if (op == "+") return Val::of(x + y);
     if (op == "-") return Val::of(x - y);
     if (op == "*") return Val::of(x * y);
-    if (op == "**")
-      return ints && y >= 0 ? Val::of(static_cast<int64_t>(std::llround(std::pow(x, y)))) : Val::of(std::pow(x, y));
+    if (op == "**") {
+      if (!ints || y < 0) return Val::of(std::pow(x, y));
+      const double p = std::pow(x, y);
+      if (!(std::fabs(p) < 9.2e18)) fail("integer overflow in **");
+      return Val::of(static_cast<int64_t>(std::llround(p)));
+    }
     if (y == 0) fail("division by zero");
     if (op == "/") return Val::of(x / y);
     if (op == "//") return Val::of(std::floor(x / y));
@@ -1201,7 +1477,9 @@ class Renderer {
         if (n >= 2) a = as_int(eval(*e.args[1]), "range"), b = as_int(eval(*e.args[2]), "range");
         if (n == 3) step = as_int(eval(*e.args[3]), "range");
         if (step == 0 || n == 0 || n > 3) fail("range: bad arguments");
-        if ((b - a) / step > kMaxItems) fail("range of more than " + std::to_string(kMaxItems) + " items");
+        int64_t span = 0;
+        if (__builtin_sub_overflow(b, a, &span) || span / step > kMaxItems)
+          fail("range of more than " + std::to_string(kMaxItems) + " items");
         Json r = Json::array();
         for (int64_t i = a; step > 0 ? i < b : i > b; i += step) r.push_back(i);
         return Val::of(r);
@@ -1303,6 +1581,11 @@ class Renderer {
       fail("string method " + m + "() is not supported");
     }
     if (j.is_object()) {
+      if (m == "cycle" && j.contains("index0") && j.contains("revindex0")) {  // loop.cycle(a, b, ...)
+        const size_t n = e.args.size() - 1;
+        if (n == 0) fail("loop.cycle needs at least one value");
+        return eval(*e.args[1 + static_cast<size_t>(j["index0"].get<int64_t>()) % n]);
+      }
       if (m == "items") {
         Json r = Json::array();
         for (const auto& [k, v] : j.items()) r.push_back(Json::array({k, v}));
@@ -1401,11 +1684,133 @@ class Renderer {
       if (!j.is_array() && !j.is_object()) fail("length of " + py_repr(j));
       return Val::of(static_cast<int64_t>(j.size()));
     }
-    if (f == "tojson") {
-      const Val ind = arg(e, 0, "indent");
+    if (f == "tojson") {  // transformers' tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)
+      const Val ind = arg(e, 1, "indent"), sep = arg(e, 2, "separators");
+      JsonStyle st;
+      st.ensure_ascii = truthy(arg(e, 0, "ensure_ascii"));
+      if (!ind.undef && !ind.json().is_null()) {
+        if (ind.json().is_string())
+          st.indent = ind.json().get<std::string>();
+        else
+          st.indent = std::string(static_cast<size_t>(std::clamp<int64_t>(as_int(ind, "tojson indent"), 0, 64)), ' ');
+        st.pretty = true;
+        st.item_sep = ",";
+      }
+      if (!sep.undef && !sep.json().is_null()) {
+        const Json& sj = sep.json();
+        if (!sj.is_array() || sj.size() != 2 || !sj[0].is_string() || !sj[1].is_string())
+          fail("tojson separators must be (item_separator, key_separator)");
+        st.item_sep = sj[0].get<std::string>(), st.key_sep = sj[1].get<std::string>();
+      }
+      st.sort_keys = truthy(arg(e, 3, "sort_keys"));
       std::string out;
-      dump_json(j, ind.undef || ind.json().is_null() ? -1 : static_cast<int>(as_int(ind, "tojson indent")), 0, out);
+      dump_json(j, st, 0, out);
       return Val::of(out);
+    }
+    if (f == "format") {  // jinja2: value % (kwargs or args)
+      if (!e.kwargs.empty() && e.args.size() > 1) fail("format: positional and keyword arguments together");
+      if (!e.kwargs.empty()) {
+        Json d = Json::object();
+        for (const auto& [k, x] : e.kwargs) d[k] = plain(eval(*x));
+        return Val::of(py_format(to_str(v), {d}, &d));
+      }
+      std::vector<Json> xs;
+      for (size_t k = 1; k < e.args.size(); ++k) xs.push_back(plain(eval(*e.args[k])));
+      return Val::of(py_format(to_str(v), xs, nullptr));
+    }
+    if (f == "indent") {
+      const Val w = arg(e, 0, "width");
+      const std::string pad =
+          w.undef ? "    "
+          : w.json().is_string()
+              ? w.json().get<std::string>()
+              : std::string(static_cast<size_t>(std::clamp<int64_t>(as_int(w, "indent"), 0, 256)), ' ');
+      return Val::of(indent_text(to_str(v), pad, truthy(arg(e, 1, "first")), truthy(arg(e, 2, "blank"))));
+    }
+    if (f == "attr") return Val::undefined();       // jinja2's attr() is getattr only: JSON values have no attributes
+    if (f == "sort" || f == "min" || f == "max") {  // sort(reverse, case_sensitive, attribute); min / max(cs, attr)
+      const bool sort = f == "sort";
+      const bool reverse = sort && truthy(arg(e, 0, "reverse"));
+      const bool cs = truthy(arg(e, sort ? 1 : 0, "case_sensitive"));
+      const Val attr = arg(e, sort ? 2 : 1, "attribute");
+      std::vector<Json> xs = items_of(v, f);
+      std::vector<std::pair<Json, size_t>> keys;
+      for (size_t k = 0; k < xs.size(); ++k)
+        keys.emplace_back(sort_key(attr.undef ? xs[k] : attribute_of(xs[k], to_str(attr)), cs), k);
+      const auto less = [](const auto& x, const auto& y) { return py_compare(x.first, y.first) < 0; };
+      if (!sort) {
+        if (keys.empty()) return Val::undefined();
+        const auto it = f == "min" ? std::min_element(keys.begin(), keys.end(), less)
+                                   : std::max_element(keys.begin(), keys.end(), less);
+        return Val::of(xs[it->second]);
+      }
+      std::stable_sort(keys.begin(), keys.end(), [&](const auto& x, const auto& y) {
+        return reverse ? py_compare(y.first, x.first) < 0 : py_compare(x.first, y.first) < 0;
+      });
+      Json r = Json::array();
+      for (const auto& [key, k] : keys) r.push_back(xs[k]);
+      return Val::of(r);
+    }
+    if (f == "dictsort") {  // dictsort(case_sensitive=False, by='key', reverse=False): (key, value) pairs
+      if (!j.is_object()) fail("dictsort of " + py_repr(j));
+      const bool cs = truthy(arg(e, 0, "case_sensitive"));
+      const Val by = arg(e, 1, "by");
+      const std::string by_s = by.undef ? "key" : to_str(by);
+      if (by_s != "key" && by_s != "value") fail("dictsort: by must be 'key' or 'value'");
+      const bool reverse = truthy(arg(e, 2, "reverse"));
+      std::vector<Json> pairs;
+      for (const auto& [k, x] : j.items()) pairs.push_back(Json::array({k, x}));
+      std::stable_sort(pairs.begin(), pairs.end(), [&](const Json& x, const Json& y) {
+        const size_t at = by_s == "key" ? 0 : 1;
+        const int c = py_compare(sort_key(x[at], cs), sort_key(y[at], cs));
+        return reverse ? c > 0 : c < 0;
+      });
+      return Val::of(Json(pairs));
+    }
+    if (f == "sum") {  // sum(attribute=None, start=0)
+      const Val attr = arg(e, 0, "attribute"), start = arg(e, 1, "start");
+      Json total = start.undef ? Json(0) : start.json();
+      for (const Json& x : items_of(v, "sum")) {
+        const Json t = attr.undef ? x : attribute_of(x, to_str(attr));
+        if (!is_number(t) || !is_number(total)) fail("sum of " + py_repr(t));
+        if (t.is_number_float() || total.is_number_float())
+          total = total.get<double>() + t.get<double>();
+        else if (int64_t r = 0; __builtin_add_overflow(total.get<int64_t>(), t.get<int64_t>(), &r))
+          fail("integer overflow in sum");
+        else
+          total = r;
+      }
+      return Val::of(total);
+    }
+    if (f == "round") {  // round(precision=0, method='common'|'ceil'|'floor')
+      if (!is_number(j)) fail("round of " + py_repr(j));
+      const Val pv = arg(e, 0, "precision"), mv = arg(e, 1, "method");
+      const int64_t prec = pv.undef ? 0 : std::clamp<int64_t>(as_int(pv, "round precision"), -300, 300);
+      const std::string method = mv.undef ? "common" : to_str(mv);
+      if (method == "common") {
+        if (!j.is_number_float()) return v;  // round(int, n) is the int
+        if (prec >= 0) {                     // Python rounds the exact binary value, ties to even: as printf does
+          char buf[400];
+          std::snprintf(buf, sizeof buf, "%.*f", static_cast<int>(prec), j.get<double>());
+          return Val::of(std::strtod(buf, nullptr));
+        }
+        const double scale = std::pow(10.0, static_cast<double>(-prec));
+        return Val::of(std::nearbyint(j.get<double>() / scale) * scale);
+      }
+      if (method != "ceil" && method != "floor") fail("round: method must be common, ceil or floor");
+      const double scale = std::pow(10.0, static_cast<double>(prec)), x = j.get<double>() * scale;
+      return Val::of((method == "ceil" ? std::ceil(x) : std::floor(x)) / scale);
+    }
+    if (f == "wordcount") {  // len(re.findall(r"\w+", s)): runs of letters, digits, '_' (any non-ASCII byte counts)
+      int64_t n = 0;
+      bool in_word = false;
+      for (const char c : to_str(v)) {
+        const auto u = static_cast<unsigned char>(c);
+        const bool w = std::isalnum(u) || c == '_' || u >= 0x80;
+        n += w && !in_word;
+        in_word = w;
+      }
+      return Val::of(n);
     }
     if (f == "default" || f == "d") {
       const bool boolean = truthy(arg(e, 1, "boolean"));
@@ -1453,7 +1858,9 @@ class Renderer {
     }
     if (f == "replace") return Val::of(replace_all(to_str(v), to_str(arg(e, 0, "old")), to_str(arg(e, 1, "new"))));
     if (f == "int") {
-      if (j.is_number()) return Val::of(static_cast<int64_t>(j.get<double>()));
+      if (j.is_number_float() && !(std::fabs(j.get<double>()) < 9.2e18))
+        fail("int of " + py_repr(j) + " is out of range");
+      if (j.is_number()) return Val::of(j.is_number_float() ? static_cast<int64_t>(j.get<double>()) : j.get<int64_t>());
       try {
         return Val::of(static_cast<int64_t>(std::stoll(to_str(v))));
       } catch (...) {
@@ -1470,7 +1877,7 @@ class Renderer {
     }
     if (f == "abs") {
       if (j.is_number_float()) return Val::of(std::fabs(j.get<double>()));
-      if (j.is_number()) return Val::of(std::llabs(j.get<int64_t>()));
+      if (j.is_number() && j.get<int64_t>() != INT64_MIN) return Val::of(std::llabs(j.get<int64_t>()));
       fail("abs of " + py_repr(j));
     }
     if (f == "map") {
@@ -1522,6 +1929,28 @@ class Renderer {
     if (name == "even" || name == "odd") return (as_int(v, "even") % 2 == 0) == (name == "even");
     if (name == "divisibleby") return as_int(v, "divisibleby") % as_int(arg(e, 0, "num", first), "divisibleby") == 0;
     if (name == "equalto" || name == "eq" || name == "sameas") return equal(v, arg(e, 0, "other", first));
+    if (name == "ne") return !equal(v, arg(e, 0, "other", first));
+    if (name == "lt" || name == "lessthan" || name == "le" || name == "gt" || name == "greaterthan" || name == "ge") {
+      const int c = py_compare(j, plain(arg(e, 0, "other", first)));
+      return name == "lt" || name == "lessthan" ? c < 0 : name == "le" ? c <= 0 : name == "ge" ? c >= 0 : c > 0;
+    }
+    if (name == "in") {
+      const Json& in = plain(arg(e, 0, "seq", first));
+      if (in.is_string() && j.is_string()) return in.get<std::string>().find(j.get<std::string>()) != std::string::npos;
+      if (in.is_object() && j.is_string()) return in.contains(j.get<std::string>());
+      if (in.is_array()) return std::find(in.begin(), in.end(), j) != in.end();
+      fail("'in' test on " + py_repr(in));
+    }
+    if (name == "lower" || name == "upper") {  // str.islower() / isupper(): some cased letter, none of the other case
+      if (!j.is_string()) return false;
+      bool cased = false;
+      for (const char c : j.get<std::string>()) {
+        const auto u = static_cast<unsigned char>(c);
+        if (name == "lower" ? std::isupper(u) : std::islower(u)) return false;
+        cased = cased || std::isalpha(u);
+      }
+      return cased;
+    }
     fail("test " + name + " is not supported");
   }
 

@@ -91,7 +91,55 @@ TEST_F(InferCli, ChatUsesTheBuiltInFormatAndSaysSo) {
                                    << "\n";
   r = sh(kBin + " generate" + model + " --chat " + path("bad.jsonl"));
   EXPECT_EQ(r.code, 2);
-  EXPECT_NE(r.out.find("bad.jsonl:1: needs string fields 'role' and 'content'"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("bad.jsonl:1: needs a field 'content' (or 'tool_calls')"), std::string::npos) << r.out;
+  // A tool message needs a template: the built-in formats have no tool turns.
+  std::ofstream(path("tool.jsonl")) << R"({"role":"user","content":"hi"})"
+                                    << "\n"
+                                    << R"({"role":"tool","content":"42"})"
+                                    << "\n";
+  r = sh(kBin + " generate" + model + " --chat " + path("tool.jsonl") + " --max-tokens 1");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("role 'tool' needs the model's chat_template"), std::string::npos) << r.out;
+}
+
+TEST_F(InferCli, ChatPassesMessagesToolsAndKwargsToTheTemplate) {
+  // The template refuses unless it sees the tool message's fields, the tools and the extra variable.
+  const nlohmann::json cfg = {
+      {"chat_template",
+       "{% if tools is none or tools|length != 1 %}{{ raise_exception('no tools') }}{% endif %}"
+       "{% if not enable_x %}{{ raise_exception('no enable_x') }}{% endif %}"
+       "{% for m in messages %}{% if m.role == 'tool' and m.tool_call_id != 'c1' %}"
+       "{{ raise_exception('no tool_call_id') }}{% endif %}"
+       "{{ m.role }}: {{ m.content if m.content is string else m.tool_calls|tojson }}\n{% endfor %}"}};
+  std::ofstream(path("m/tokenizer_config.json")) << cfg.dump();
+  std::ofstream(path("chat.json")) << R"([{"role": "user", "content": [{"type": "text", "text": "sum 2 and 2"}]},
+    {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+      "function": {"name": "add", "arguments": "{\"a\": 2, \"b\": 2}"}}]},
+    {"role": "tool", "tool_call_id": "c1", "content": "4"}])";
+  std::ofstream(path("tools.json"))
+      << R"([{"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}])";
+  const std::string base = kBin + " generate" + model + " --chat " + path("chat.json") + " --max-tokens 2 --json";
+  CliRun r = sh(base + " --tools " + path("tools.json") + " --chat-template-kwargs '{\"enable_x\": true}'");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(r.out.find("built-in"), std::string::npos) << r.out;  // the template itself rendered it
+  EXPECT_GT(last_json(r.out)["prompt_tokens"].get<int64_t>(), 10);
+  r = sh(base + " --chat-template-kwargs '{\"enable_x\": true}'");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("no tools"), std::string::npos) << r.out;
+  r = sh(base + " --tools " + path("tools.json"));
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("no enable_x"), std::string::npos) << r.out;
+  r = sh(base + " --tools " + path("tools.json") + " --chat-template-kwargs '[1]'");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("--chat-template-kwargs: not a JSON object"), std::string::npos) << r.out;
+  r = sh(base + " --tools " + path("tools.json") + " --chat-template-kwargs '{\"messages\": 1}'");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("'messages' is set by lmforge itself"), std::string::npos) << r.out;
+  std::ofstream(path("badtools.json")) << R"({"type": "function"})";
+  r = sh(base + " --tools " + path("badtools.json"));
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("badtools.json: --tools needs a JSON array"), std::string::npos) << r.out;
+  EXPECT_EQ(sh(kBin + " generate" + model + " --prompt hi --tools " + path("tools.json")).code, 2);  // needs --chat
 }
 
 TEST_F(InferCli, GenerateBadInputExitsTwo) {

@@ -41,7 +41,7 @@ TEST(ChatTemplate, RealTemplatesRenderAsTransformersJs) {
     const Json& c = t["cases"][2];
     ASSERT_TRUE(c["add_generation_prompt"].get<bool>());
     std::vector<ChatMessage> msgs;
-    for (const Json& m : c["messages"]) msgs.push_back({m["role"], m["content"]});
+    for (const Json& m : c["messages"]) msgs.push_back({m["role"], m["content"], nullptr});
     const ChatPrompt p = render_chat(msgs, t["template"], t["bos_token"], t["eos_token"]);
     EXPECT_EQ(p.family, "jinja");
     EXPECT_EQ(p.text, c["expected"].get<std::string>());
@@ -128,6 +128,130 @@ TEST(ChatTemplate, MacrosSetBlocksAndSelect) {
   EXPECT_EQ(render("{{ ['a', 'b', 'c'] | reject('equalto', 'b') | join(', ') }}|{{ [0, 1, 2, 3] | select('odd') | list "
                    "}}|{{ [0, '', 'x'] | select | list }}"),
             "a, c|[1, 3]|['x']");
+}
+
+TEST(ChatTemplate, ToolCallsToolsAndKwargsReachTheTemplate) {
+  // fixtures/chat_tools.json: Python's jinja2 3.1.6 (transformers' settings) rendering the Qwen2.5 and Qwen3
+  // templates with a tool call, a tool result, one tool, and (Qwen3) enable_thinking = false.
+  std::ifstream in(LMFORGE_SOURCE_DIR "/tests/tokenizer/fixtures/chat_tools.json"),
+      tin(LMFORGE_SOURCE_DIR "/tests/tokenizer/fixtures/chat_templates.json");
+  ASSERT_TRUE(in.good() && tin.good());
+  const Json fx = Json::parse(in), templates = Json::parse(tin);
+  std::vector<ChatMessage> msgs;
+  for (const Json& m : fx["messages"]) msgs.push_back(chat_message_from_json(m, "test"));
+  EXPECT_EQ(msgs[2].role, "assistant");
+  EXPECT_TRUE(msgs[2].fields.contains("tool_calls"));
+  int checked = 0;
+  for (const Json& t : templates) {
+    const std::string name = t["name"];
+    if (!fx["expected"].contains(name)) continue;
+    ChatOptions opt;
+    opt.tools = fx["tools"];
+    if (name == "qwen3") opt.kwargs = {{"enable_thinking", false}};
+    const ChatPrompt p = render_chat(msgs, t["template"], t["bos_token"], t["eos_token"], opt);
+    EXPECT_EQ(p.family, "jinja") << name;
+    EXPECT_EQ(p.text, fx["expected"][name].get<std::string>()) << name;
+    ++checked;
+  }
+  EXPECT_EQ(checked, 2);
+  // Without a template (the built-in formats) tools, tool turns and tool calls are errors that say why.
+  ChatOptions with_tools;
+  with_tools.tools = fx["tools"];
+  EXPECT_THROW(render_chat({{"user", "hi", nullptr}}, "", "", "", with_tools), Error);
+  EXPECT_THROW(render_chat(msgs, "", "", ""), Error);
+  ChatOptions bad;
+  bad.kwargs = {{"add_generation_prompt", false}};
+  EXPECT_THROW(render_chat({{"user", "hi", nullptr}}, "{{ 1 }}", "", "", bad), Error);
+  // Content parts: the text parts joined; other parts kept for the template only.
+  const ChatMessage parts = chat_message_from_json(
+      Json::parse(R"({"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image_url"},
+                                                  {"type": "text", "text": "b"}]})"),
+      "m");
+  EXPECT_EQ(parts.content, "ab");
+  EXPECT_THROW(chat_message_from_json(Json::parse(R"({"role": "user", "content": 3})"), "m"), Error);
+  EXPECT_THROW(chat_message_from_json(Json::parse(R"({"role": "user", "content": [{"text": "a"}]})"), "m"), Error);
+  EXPECT_THROW(chat_message_from_json(Json::parse(R"({"content": "a"})"), "m"), Error);
+}
+
+TEST(ChatTemplate, FormattingSortingAndMoreFilters) {
+  // Expected: Python's jinja2 3.1.6 with transformers' settings, rendering each template with this context.
+  const Json ctx = Json::parse(
+      R"({"xs": [3, 1, 2], "ws": ["b", "A", "c"], "d": {"b": 2, "a": 1, "C": 0},
+          "people": [{"n": "x", "age": 30, "p": {"k": 2}}, {"n": "y", "age": 20, "p": {"k": 1}}],
+          "f": 2.675, "t": "line1\n\nline3\n", "u": "héllo wörld"})");
+  EXPECT_EQ(render("{{ '%s and %s' % ('a', 1) }}", ctx), "a and 1");
+  EXPECT_EQ(render("{{ '%d|%5d|%-5d|%05d|%+d|% d' % (7, 7, 7, -7, 7, 7) }}", ctx), "7|    7|7    |-0007|+7| 7");
+  EXPECT_EQ(render("{{ '%.2f|%8.3f|%e|%g|%G' % (3.14159, 2.5, 12345.678, 0.0001, 1e20) }}", ctx),
+            "3.14|   2.500|1.234568e+04|0.0001|1E+20");
+  EXPECT_EQ(render("{{ '%x|%X|%#x|%o|%#o|%#08x' % (255, 255, 255, 8, 8, 255) }}", ctx), "ff|FF|0xff|10|0o10|0x0000ff");
+  EXPECT_EQ(render("{{ '%s' % xs }}", ctx), "[3, 1, 2]");
+  EXPECT_EQ(render("{{ '%r|%s' % ('q', none) }}", ctx), "'q'|None");
+  EXPECT_EQ(render("{{ '%(a)s-%(b)03d' % d }}", ctx), "1-002");
+  EXPECT_EQ(render("{{ '100%%' % () }}", ctx), "100%");
+  EXPECT_EQ(render("{{ '%.3s|%5s|%-5s|' % ('abcdef', 'ab', 'ab') }}", ctx), "abc|   ab|ab   |");
+  EXPECT_EQ(render("{{ '%c%c' % (65, 'z') }}", ctx), "Az");
+  EXPECT_EQ(render("{{ '%d' % 3.9 }}", ctx), "3");
+  EXPECT_EQ(render("{{ '%s' % d }}", ctx), "{'b': 2, 'a': 1, 'C': 0}");
+  EXPECT_EQ(render("{{ '%s: %s'|format('k', 2) }}", ctx), "k: 2");
+  EXPECT_EQ(render("{{ '%(x)s!'|format(x='y') }}", ctx), "y!");
+  EXPECT_EQ(render("{{ '%5.1f%%'|format(99.25) }}", ctx), " 99.2%");
+  EXPECT_EQ(render("{{ '%s' % true }}", ctx), "True");
+  EXPECT_EQ(render("{{ '%d' % true }}", ctx), "1");
+  EXPECT_EQ(render("{{ t|indent }}|", ctx), "line1\n\n    line3\n|");
+  EXPECT_EQ(render("{{ t|indent(2, true) }}|", ctx), "  line1\n\n  line3\n|");
+  EXPECT_EQ(render("{{ t|indent(2, first=true, blank=true) }}|", ctx), "  line1\n  \n  line3\n  |");
+  EXPECT_EQ(render("{{ 'a\nb'|indent('> ') }}", ctx), "a\n> b");
+  EXPECT_EQ(render("{{ ''|indent(first=true) }}|", ctx), "    |");
+  EXPECT_EQ(render("{{ xs|sort }}", ctx), "[1, 2, 3]");
+  EXPECT_EQ(render("{{ xs|sort(reverse=true) }}", ctx), "[3, 2, 1]");
+  EXPECT_EQ(render("{{ ws|sort }}", ctx), "['A', 'b', 'c']");
+  EXPECT_EQ(render("{{ ws|sort(case_sensitive=true) }}", ctx), "['A', 'b', 'c']");
+  EXPECT_EQ(render("{{ people|sort(attribute='age')|map(attribute='n')|join(',') }}", ctx), "y,x");
+  EXPECT_EQ(render("{{ people|sort(attribute='p.k')|map(attribute='n')|join(',') }}", ctx), "y,x");
+  EXPECT_EQ(render("{% for k, v in d|dictsort %}{{ k }}={{ v }} {% endfor %}", ctx), "a=1 b=2 C=0 ");
+  EXPECT_EQ(render("{% for k, v in d|dictsort(true) %}{{ k }} {% endfor %}", ctx), "C a b ");
+  EXPECT_EQ(render("{% for k, v in d|dictsort(by='value', reverse=true) %}{{ k }} {% endfor %}", ctx), "b a C ");
+  EXPECT_EQ(render("{{ xs|min }} {{ xs|max }} {{ ws|min }} {{ ws|max(case_sensitive=true) }}", ctx), "1 3 A c");
+  EXPECT_EQ(render("{{ (people|max(attribute='age')).n }}", ctx), "x");
+  EXPECT_EQ(render("{{ xs|sum }} {{ people|sum(attribute='age') }} {{ xs|sum(start=10) }} {{ [1.5, 2]|sum }}", ctx),
+            "6 50 16 3.5");
+  EXPECT_EQ(render("{{ f|round(2) }} {{ 2.5|round }} {{ 3.5|round }} {{ 0.125|round(2) }} {{ 7|round }} {{ "
+                   "2.1|round(method='ceil') }} {{ 2.9|round(0, 'floor') }} {{ 1234.5|round(-2) }}",
+                   ctx),
+            "2.67 2.0 4.0 0.12 7 3.0 2.0 1200.0");
+  EXPECT_EQ(render("{{ 'one two, three_3 !'|wordcount }}", ctx), "3");
+  EXPECT_EQ(render("{% for x in xs %}{{ loop.cycle('odd', 'even') }} {% endfor %}", ctx), "odd even odd ");
+  EXPECT_EQ(render("{{ people[0]|attr('n') is undefined }}", ctx), "True");
+  EXPECT_EQ(render("{{ d|tojson(sort_keys=true) }}", ctx), "{\"C\": 0, \"a\": 1, \"b\": 2}");
+  EXPECT_EQ(render("{{ d|tojson(indent=2) }}", ctx), "{\n  \"b\": 2,\n  \"a\": 1,\n  \"C\": 0\n}");
+  EXPECT_EQ(render("{{ people|tojson(separators=(',', ':')) }}", ctx),
+            "[{\"n\":\"x\",\"age\":30,\"p\":{\"k\":2}},{\"n\":\"y\",\"age\":20,\"p\":{\"k\":1}}]");
+  EXPECT_EQ(render("{{ u|tojson(ensure_ascii=true) }}", ctx), "\"h\\u00e9llo w\\u00f6rld\"");
+  EXPECT_EQ(render("{{ {'z': [1, {}], 'a': []}|tojson(indent=2, sort_keys=true) }}", ctx),
+            "{\n  \"a\": [],\n  \"z\": [\n    1,\n    {}\n  ]\n}");
+  EXPECT_EQ(render("{{ 2 is ne 3 }} {{ 2 is lt 3 }} {{ 3 is ge 3 }} {{ 'a' is in 'cat' }} {{ 2 is in xs }} {{ 'abc' is "
+                   "lower }} {{ 'ABC' is upper }} {{ '12' is lower }} {{ 5 is greaterthan 4 }}",
+                   ctx),
+            "True True True True True True True False True");
+  EXPECT_EQ(render("{{ xs|select('gt', 1)|list }} {{ xs|reject('in', [1, 2])|list }}", ctx), "[3, 2] [3]");
+  // Floats print as Python's repr (and json.dumps) does.
+  EXPECT_EQ(render("{{ [1200.0, 1e16, 1.5e-5, 0.0001, 123456789012345678.0, -0.0, 0.1, 1e-7, 2.5e22, 1e15, 12.5] }} "
+                   "{{ 1e100 }} {{ [1200.0, 1e16, 1.5e-05]|tojson }}"),
+            "[1200.0, 1e+16, 1.5e-05, 0.0001, 1.2345678901234568e+17, -0.0, 0.1, 1e-07, 2.5e+22, 1000000000000000.0, "
+            "12.5] 1e+100 [1200.0, 1e+16, 1.5e-05]");
+  // Python's errors for the format's arguments.
+  EXPECT_THROW(render("{{ '%s %s' % ('a',) }}"), Error);  // not enough arguments
+  EXPECT_THROW(render("{{ 'x' % 1 }}"), Error);           // not all arguments converted
+  EXPECT_THROW(render("{{ '%d' % 'a' }}"), Error);
+  EXPECT_THROW(render("{{ '%(k)s' % {'j': 1} }}"), Error);
+  EXPECT_THROW(render("{{ '%q' % 1 }}"), Error);
+  EXPECT_THROW(render("{{ [1, 'a']|sort }}"), Error);  // unorderable, as in Python
+  // 64-bit integers: where Python's would grow past them, an error (found by fuzz_chat_template).
+  EXPECT_THROW(render("{{ 777 * 777000777 * 777000777 * 777000777 }}"), Error);
+  EXPECT_THROW(render("{{ 9223372036854775807 + 1 }}"), Error);
+  EXPECT_THROW(render("{{ 10 ** 19 }}"), Error);
+  EXPECT_THROW(render("{{ '%d' % 1e300 }}"), Error);
+  EXPECT_EQ(render("{{ 3037000499 * 3037000499 }} {{ 2 ** 62 }}"), "9223372030926249001 4611686018427387904");
 }
 
 TEST(ChatTemplate, ErrorsNameTheProblem) {

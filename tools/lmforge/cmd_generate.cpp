@@ -3,6 +3,7 @@
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "lmforge/commands.h"
 #include "lmforge/core/error.h"
@@ -14,27 +15,58 @@ namespace lmforge::cli {
 namespace {
 
 struct GenArgs {
-  std::string model, prompt, chat, kv_type = "f16";
+  std::string model, prompt, chat, tools, template_kwargs, kv_type = "f16";
   model::SamplingParams p;
   std::vector<std::string> logit_bias;  // ID=BIAS
   bool raw = false;
 };
 
-std::vector<tokenizer::ChatMessage> read_chat(const std::string& path) {
-  std::ifstream in(path);
+using OJson = nlohmann::ordered_json;
+
+std::string read_all(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
   LMF_CHECK(in.good(), path, ": cannot read");
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// One message per line (JSONL), or the whole file one JSON array of messages (an OpenAI request's "messages").
+std::vector<tokenizer::ChatMessage> read_chat(const std::string& path) {
+  const std::string text = read_all(path);
   std::vector<tokenizer::ChatMessage> msgs;
-  std::string line;
-  for (int64_t n = 1; std::getline(in, line); ++n) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
-    LMF_CHECK(!j.is_discarded() && j.is_object(), path, ":", n, ": not a JSON object");
-    LMF_CHECK(j.contains("role") && j["role"].is_string() && j.contains("content") && j["content"].is_string(), path,
-              ":", n, ": needs string fields 'role' and 'content'");
-    msgs.push_back({j["role"].get<std::string>(), j["content"].get<std::string>()});
+  const size_t first = text.find_first_not_of(" \t\r\n");
+  if (first != std::string::npos && text[first] == '[') {
+    const OJson all = OJson::parse(text, nullptr, false);
+    LMF_CHECK(!all.is_discarded() && all.is_array(), path, ": not a JSON array of messages (nor JSONL)");
+    for (size_t k = 0; k < all.size(); ++k)
+      msgs.push_back(tokenizer::chat_message_from_json(all[k], path + ": message " + std::to_string(k + 1)));
+  } else {
+    std::istringstream in(text);
+    std::string line;
+    for (int64_t n = 1; std::getline(in, line); ++n) {
+      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      const OJson j = OJson::parse(line, nullptr, false);
+      LMF_CHECK(!j.is_discarded() && j.is_object(), path, ":", n, ": not a JSON object");
+      msgs.push_back(tokenizer::chat_message_from_json(j, path + ":" + std::to_string(n)));
+    }
   }
   LMF_CHECK(!msgs.empty(), path, ": no messages");
   return msgs;
+}
+
+tokenizer::ChatOptions chat_options(const GenArgs& a) {
+  tokenizer::ChatOptions o;
+  if (!a.tools.empty()) {
+    o.tools = OJson::parse(read_all(a.tools), nullptr, false);
+    LMF_CHECK(!o.tools.is_discarded() && o.tools.is_array(), a.tools,
+              ": --tools needs a JSON array of tools ({\"type\": \"function\", \"function\": {...}})");
+    for (const OJson& t : o.tools) LMF_CHECK(t.is_object(), a.tools, ": each tool must be a JSON object");
+  }
+  if (!a.template_kwargs.empty()) {
+    o.kwargs = OJson::parse(a.template_kwargs, nullptr, false);
+    LMF_CHECK(!o.kwargs.is_discarded() && o.kwargs.is_object(),
+              "--chat-template-kwargs: not a JSON object: ", a.template_kwargs);
+  }
+  return o;
 }
 
 int run_generate(const GenArgs& a, const CLI::App& cmd, bool json) {
@@ -69,7 +101,7 @@ int run_generate(const GenArgs& a, const CLI::App& cmd, bool json) {
   std::vector<int32_t> ids;
   if (!a.chat.empty()) {
     const tokenizer::ChatPrompt cp =
-        tokenizer::render_chat(read_chat(a.chat), m.chat_template, m.bos_token, m.eos_token);
+        tokenizer::render_chat(read_chat(a.chat), m.chat_template, m.bos_token, m.eos_token, chat_options(a));
     if (!cp.note.empty()) std::fprintf(stderr, "lmforge generate: %s\n", cp.note.c_str());
     ids = m.encode(cp.text, false);
   } else {
@@ -132,10 +164,17 @@ void add_generate_command(CLI::App& app, Context& ctx) {
   g->add_option("--model", a->model, "model directory (config.json, model.safetensors, tokenizer.json)")->required();
   auto* prompt = g->add_option("--prompt", a->prompt, "prompt text");
   auto* chat = g->add_option("--chat", a->chat,
-                             "JSONL of {\"role\", \"content\"} messages, rendered with the model's "
-                             "chat format")
+                             "chat messages ({\"role\", \"content\"} objects, OpenAI style: one per line, or "
+                             "one JSON array), rendered with the model's chat template")
                    ->check(CLI::ExistingFile);
   prompt->excludes(chat);
+  g->add_option("--tools", a->tools,
+                "with --chat: JSON array of tools (OpenAI function schemas) passed to the chat template as `tools`")
+      ->check(CLI::ExistingFile)
+      ->needs(chat);
+  g->add_option("--chat-template-kwargs", a->template_kwargs,
+                "with --chat: JSON object of extra template variables, e.g. '{\"enable_thinking\": false}'")
+      ->needs(chat);
   g->add_option("--max-tokens", a->p.max_tokens,
                 "tokens to generate at most (default: generation_config's "
                 "max_new_tokens, else 256)")

@@ -13,14 +13,26 @@
 // A template of none of these families (or no template) is rendered as ChatML and `note` says so, so the caller can
 // tell the user the model's own format was not used.
 #pragma once
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
 namespace lmforge::tokenizer {
 
 struct ChatMessage {
-  std::string role;  // system | user | assistant
+  std::string role;  // system | user | assistant (the built-in formats); a template may take others (tool, ...)
   std::string content;
+  // The message as given (an OpenAI-style object: tool_calls, name, tool_call_id, content parts, ...), passed to
+  // the template as it is; null: {role, content}.
+  nlohmann::ordered_json fields;
+};
+
+// What else apply_chat_template passes the template: `tools` (a JSON array of function schemas, or null) and extra
+// variables (chat_template_kwargs, e.g. {"enable_thinking": false}), which may not replace messages, tools,
+// add_generation_prompt, bos_token or eos_token.
+struct ChatOptions {
+  nlohmann::ordered_json tools;
+  nlohmann::ordered_json kwargs = nlohmann::ordered_json::object();
 };
 
 struct ChatPrompt {
@@ -31,8 +43,14 @@ struct ChatPrompt {
 
 // `chat_template` may be empty (no template); `bos` / `eos` are the BOS and EOS tokens' text (the template's
 // bos_token / eos_token; DeepSeek's built-in format starts with bos). A template that calls raise_exception for these
-// messages (roles out of order, say) is an error, not a fallback.
+// messages (roles out of order, say) is an error, not a fallback. The built-in formats take system / user / assistant
+// messages with text content only and no tools: anything else is an error naming it when they are used.
 ChatPrompt render_chat(const std::vector<ChatMessage>& messages, const std::string& chat_template,
-                       const std::string& bos, const std::string& eos = "");
+                       const std::string& bos, const std::string& eos = "", const ChatOptions& opt = {});
+
+// A message from an OpenAI-style JSON object: "role" a string, "content" a string, null (an assistant turn with
+// tool_calls) or an array of parts ({"type": "text", "text": ...} joined for `content`; other parts stay in
+// `fields` for templates that read them). `where` names the message in errors.
+ChatMessage chat_message_from_json(const nlohmann::ordered_json& m, const std::string& where);
 
 }  // namespace lmforge::tokenizer
