@@ -15,7 +15,7 @@
 # against ggml's in test_io, GgmlDequant.*).
 #
 # usage: llamacpp_interop.sh LMFORGE WORKDIR [model ...]
-#        (llama llama_tied llama_yarn llama_rope3 deepseek2 deepseek2_lite deepseek2_yarn llama_kq deepseek2_kq
+#        (llama llama_tied llama_yarn llama_rope3 llama_linear deepseek2 deepseek2_lite deepseek2_yarn llama_kq deepseek2_kq
 #        llama_spm llama_spm2; default all)
 #
 # q8_0 / q4_0 files (lmforge's exports and llama.cpp's own Q8_0 / Q4_0) are also imported with --dtype q8_0|q4_0,
@@ -23,6 +23,7 @@
 # is compared with llama.cpp on the file, with the same bounds.
 #
 # llama_rope3: Llama-3.1's RoPE scaling (rope_type llama3), which GGUF carries as the rope_freqs.weight tensor.
+# llama_linear: linear RoPE scaling (DeepSeek-Coder's {"type": "linear", "factor": 4}: positions / factor).
 #
 # llama_spm / llama_spm2 carry SentencePiece-style tokenizers (characters, "▁" for spaces, <0xXX> byte fallback),
 # which GGUF holds as tokenizer.ggml.model "llama" with scores: the committed mini_spm_legacy fixture (a cut of a
@@ -36,7 +37,7 @@ WORK="$2"
 shift 2
 ARCHS=("$@")
 [[ ${#ARCHS[@]} -eq 0 ]] &&
-  ARCHS=(llama llama_tied llama_yarn llama_rope3 deepseek2 deepseek2_lite deepseek2_yarn llama_kq deepseek2_kq llama_spm
+  ARCHS=(llama llama_tied llama_yarn llama_rope3 llama_linear deepseek2 deepseek2_lite deepseek2_yarn llama_kq deepseek2_kq llama_spm
     llama_spm2)
 QUANTIZE="${LMFORGE_LLAMACPP_QUANTIZE:-$(dirname "$LMF")/llamacpp_quantize}"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -115,6 +116,9 @@ fs.writeFileSync("cfg_llama_rope3.json", JSON.stringify({...JSON.parse(fs.readFi
   rope_scaling: {rope_type: "llama3", factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0,
                  original_max_position_embeddings: 2048}}));
 fs.copyFileSync("tok_llama.json", "tok_llama_rope3.json");
+fs.writeFileSync("cfg_llama_linear.json", JSON.stringify({...JSON.parse(fs.readFileSync("cfg_llama.json")),
+  rope_scaling: {type: "linear", factor: 4.0}}));
+fs.copyFileSync("tok_llama.json", "tok_llama_linear.json");
 fs.copyFileSync("tok_deepseek2.json", "tok_deepseek2_yarn.json");
 // *_kq: every matrix input a multiple of 256 values but the MLA heads (those get llama.cpp fallback types).
 fs.writeFileSync("cfg_llama_kq.json", JSON.stringify({...JSON.parse(fs.readFileSync("cfg_llama.json")),
@@ -190,7 +194,7 @@ for arch in "${ARCHS[@]}"; do
   # layers). For deepseek2 with quantized weights that rounding flips near-tied expert choices at a few positions, so
   # the per-position median is bounded there (docs/FORMATS.md has the measured values and the control experiment).
   types=(f32 f16 q8_0 q4_0)
-  [[ $arch == *_yarn ]] && types=(f32)
+  [[ $arch == *_yarn || $arch == *_linear ]] && types=(f32)
   [[ $arch == *_spm* || $arch == *_rope3 ]] && types=(f32 q8_0)
   if [[ $arch == *_kq ]]; then
     if [[ ! -x $QUANTIZE ]]; then

@@ -211,6 +211,10 @@ void add_common_hparams(io::GgufWriter& w, const std::string& a, const model::Mo
   set_u32(w, a + ".attention.head_count", c.num_attention_heads);
   w.set(a + ".rope.freq_base", GgufValue::f32(static_cast<float>(c.rope_theta)));
   w.set(a + ".attention.layer_norm_rms_epsilon", GgufValue::f32(static_cast<float>(c.rms_norm_eps)));
+  if (c.rope_scaling && c.rope_scaling->type == "linear") {  // llama.cpp: freq_scale = 1 / factor
+    w.set(a + ".rope.scaling.type", GgufValue::string("linear"));
+    w.set(a + ".rope.scaling.factor", GgufValue::f32(static_cast<float>(c.rope_scaling->factor)));
+  }
   if (c.rope_scaling && c.rope_scaling->type == "yarn") {  // llama3's scaling travels as rope_freqs.weight
     const model::RopeScaling& s = *c.rope_scaling;
     w.set(a + ".rope.scaling.type", GgufValue::string(s.type));
@@ -324,7 +328,7 @@ void export_deepseek2(io::GgufWriter& w, Emitter& e, Tensors& t, const model::Mo
     set_u32(w, a + ".expert_group_count", c.n_group);
     set_u32(w, a + ".expert_group_used_count", c.topk_group);
   }
-  if (c.rope_scaling) {
+  if (c.rope_scaling && c.rope_scaling->type == "yarn") {
     if (c.rope_scaling->mscale != c.rope_scaling->mscale_all_dim)
       throw Error(src + ": rope_scaling.mscale != mscale_all_dim has no deepseek2 GGUF key (not exported)");
     // llama.cpp's converter: yarn_log_multiplier = 0.1 * mscale_all_dim (the attention-scale correction).

@@ -134,11 +134,22 @@ json common_config(const io::GgufFile& f, const std::string& a, int64_t vocab) {
   c["rope_theta"] = f.find(a + ".rope.freq_base") ? shortest_float(f.get_float(a + ".rope.freq_base")) : 10000.0;
   c["hidden_act"] = "silu";
   c["torch_dtype"] = "float32";
-  if (f.find(a + ".rope.scaling.type")) {
-    const std::string type = f.get_string(a + ".rope.scaling.type");
+  // As llama.cpp reads them: the type defaults to linear, its factor from rope.scaling.factor or the older
+  // rope.scale_linear (absent, 0 or 1: no scaling).
+  const std::string type =
+      f.find(a + ".rope.scaling.type") ? f.get_string(a + ".rope.scaling.type") : std::string("linear");
+  if (type == "linear") {  // positions / factor (transformers' "linear")
+    const std::string key = f.find(a + ".rope.scaling.factor") ? a + ".rope.scaling.factor" : a + ".rope.scale_linear";
+    const double factor = f.find(key) ? shortest_float(f.get_float(key)) : 0.0;
+    if (factor != 0.0 && factor != 1.0) {
+      if (!(factor > 1.0)) throw Error(f.path() + ": " + key + " is " + fmt15(factor) + ", not > 1");
+      c["rope_scaling"] = {{"type", "linear"}, {"factor", factor}};
+    }
+  } else {
     if (type != "none") {
       if (type != "yarn")
-        throw Error(f.path() + ": " + a + ".rope.scaling.type \"" + type + "\": only yarn is supported by lmforge");
+        throw Error(f.path() + ": " + a + ".rope.scaling.type \"" + type +
+                    "\": only yarn and linear are supported by lmforge");
       json s = {{"type", "yarn"},
                 {"factor", shortest_float(f.get_float(a + ".rope.scaling.factor"))},
                 {"original_max_position_embeddings", f.get_int(a + ".rope.scaling.original_context_length")}};

@@ -134,11 +134,17 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
     RopeScaling s;
     rs.string("type", s.type);
     if (s.type.empty()) rs.string("rope_type", s.type);
-    require(s.type == "yarn" || s.type == "llama3", source, "rope_scaling.type",
-            "\"" + s.type + "\" is not supported (\"yarn\" and \"llama3\" are)");
+    require(s.type == "yarn" || s.type == "llama3" || s.type == "linear" || s.type == "default", source,
+            "rope_scaling.type",
+            "\"" + s.type + "\" is not supported (\"yarn\", \"llama3\", \"linear\" and \"default\" are)");
     rs.number("factor", s.factor);
-    rs.integer("original_max_position_embeddings", s.original_max_position_embeddings);
-    if (s.type == "yarn") {
+    if (s.type != "linear" && s.type != "default")
+      rs.integer("original_max_position_embeddings", s.original_max_position_embeddings);
+    if (s.type == "default") {
+      // transformers' rope_type "default": plain RoPE, as if rope_scaling were absent
+    } else if (s.type == "linear") {
+      require(s.factor >= 1.0, source, "rope_scaling.factor", "must be >= 1");
+    } else if (s.type == "yarn") {
       rs.number("beta_fast", s.beta_fast);
       rs.number("beta_slow", s.beta_slow);
       rs.number("mscale", s.mscale);
@@ -151,10 +157,12 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
               "must be > low_freq_factor");
       require(!c.is_deepseek(), source, "rope_scaling.type", "\"llama3\" applies to llama models");
     }
-    require(s.factor >= 1.0, source, "rope_scaling.factor", "must be >= 1");
-    require(s.original_max_position_embeddings > 0, source, "rope_scaling.original_max_position_embeddings",
-            "must be > 0");
-    c.rope_scaling = s;
+    if (s.type == "yarn" || s.type == "llama3") {
+      require(s.factor >= 1.0, source, "rope_scaling.factor", "must be >= 1");
+      require(s.original_max_position_embeddings > 0, source, "rope_scaling.original_max_position_embeddings",
+              "must be > 0");
+    }
+    if (s.type != "default") c.rope_scaling = s;
   }
   r.integer("sliding_window", c.sliding_window, true);
   if (auto it = j.find("layer_types"); it != j.end() && !it->is_null()) {

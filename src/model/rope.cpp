@@ -27,6 +27,10 @@ std::vector<double> rope_inv_freq(const ModelConfig& c, int64_t rot) {
     inv[i] = 1.0 / std::pow(c.rope_theta, 2.0 * static_cast<double>(i) / static_cast<double>(rot));
   if (!c.rope_scaling || c.rope_scaling->factor <= 1.0) return inv;
   const RopeScaling& s = *c.rope_scaling;
+  if (s.type == "linear") {  // transformers' linear scaling: every frequency / factor (positions / factor)
+    for (double& f : inv) f /= s.factor;
+    return inv;
+  }
   if (s.type == "llama3") {
     // Llama-3.1 (HF _compute_llama3_parameters): wavelengths shorter than original / high_freq_factor keep their
     // frequency, longer than original / low_freq_factor are divided by factor, and in between the two blend.

@@ -20,6 +20,7 @@
 #include "lmforge/io/gguf.h"
 #include "lmforge/io/safetensors.h"
 #include "lmforge/model/model.h"
+#include "lmforge/model/rope.h"
 #include "lmforge/quant/quantized_model.h"
 #include "lmforge/tokenizer/tokenizer.h"
 #include "lmforge/tokenizer/trainer.h"
@@ -289,6 +290,46 @@ TEST_F(GgufExport, Llama3RopeScalingRoundTrips) {
     ADD_FAILURE() << "no error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("rope_freqs.weight"), std::string::npos) << e.what();
+  }
+}
+
+// Linear RoPE scaling (DeepSeek-Coder's {"type": "linear", "factor": 4}: every frequency / factor) travels as llama.cpp
+// writes it, and GGUFs that give only the factor (llama.cpp's default type is linear) or the older
+// rope.scale_linear import the same way.
+TEST_F(GgufExport, LinearRopeScalingRoundTrips) {
+  json cfg = kLlama;
+  cfg["rope_scaling"] = {{"type", "linear"}, {"factor", 4.0}};
+  const std::string dir = make_model("m", cfg), plain = make_model("p", kLlama);
+  const model::ModelConfig ca = model::load_model_config(dir + "/config.json");
+  const std::vector<double> scaled = model::rope_inv_freq(ca, ca.head_dim),
+                            unscaled =
+                                model::rope_inv_freq(model::load_model_config(plain + "/config.json"), ca.head_dim);
+  for (size_t i = 0; i < scaled.size(); ++i) EXPECT_DOUBLE_EQ(scaled[i], unscaled[i] / 4.0);
+  const std::vector<int32_t> ids = {5, 17, 300, 2, 599, 42};
+  EXPECT_NE(logits(dir, ids), logits(plain, ids));  // the same weights: the scaling is applied
+  ex::export_gguf(dir, path("m.gguf"));
+  const io::GgufFile f = io::GgufFile::open(path("m.gguf"));
+  EXPECT_EQ(f.get_string("llama.rope.scaling.type"), "linear");
+  EXPECT_EQ(f.get_float("llama.rope.scaling.factor"), 4.0);
+  ex::import_gguf(path("m.gguf"), path("back"));
+  const model::ModelConfig cb = model::load_model_config(path("back/config.json"));
+  ASSERT_TRUE(cb.rope_scaling.has_value());
+  EXPECT_EQ(cb.rope_scaling->type, "linear");
+  EXPECT_EQ(cb.rope_scaling->factor, 4.0);
+  EXPECT_EQ(logits(dir, ids), logits(path("back"), ids));
+  // Only the factor, or the older key: linear too.
+  for (const char* key : {"llama.rope.scaling.factor", "llama.rope.scale_linear"}) {
+    io::GgufWriter w;
+    for (const auto& [k, v] : f.metadata())
+      if (k != "llama.rope.scaling.type" && k != "llama.rope.scaling.factor") w.set(k, v);
+    w.set(key, io::GgufValue::f32(4.0f));
+    for (const auto& ti : f.tensors()) w.add_tensor(ti.name, f.get_f32(ti.name));
+    w.write(path("k.gguf"));
+    ex::import_gguf(path("k.gguf"), path(std::string("k_") + key));
+    const model::ModelConfig ck = model::load_model_config(path(std::string("k_") + key + "/config.json"));
+    ASSERT_TRUE(ck.rope_scaling.has_value()) << key;
+    EXPECT_EQ(ck.rope_scaling->type, "linear") << key;
+    EXPECT_EQ(ck.rope_scaling->factor, 4.0) << key;
   }
 }
 

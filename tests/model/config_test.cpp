@@ -46,6 +46,19 @@ TEST(ModelConfig, MoeAndSlidingLayerPatterns) {
   EXPECT_EQ(c.num_key_value_heads, 4);
 }
 
+TEST(ModelConfig, RopeScalingTypes) {
+  const std::string base = R"("model_type":"llama","vocab_size":64,"hidden_size":32,"intermediate_size":48,
+    "num_hidden_layers":2,"num_attention_heads":4)";
+  // linear needs only its factor (DeepSeek-Coder's config); "default" is plain RoPE.
+  ModelConfig c = parse_model_config(
+      nlohmann::json::parse("{" + base + R"(,"rope_scaling":{"type":"linear","factor":4.0}})"), "cfg.json");
+  ASSERT_TRUE(c.rope_scaling.has_value());
+  EXPECT_EQ(c.rope_scaling->type, "linear");
+  EXPECT_EQ(c.rope_scaling->factor, 4.0);
+  c = parse_model_config(nlohmann::json::parse("{" + base + R"(,"rope_scaling":{"rope_type":"default"}})"), "cfg.json");
+  EXPECT_FALSE(c.rope_scaling.has_value());
+}
+
 TEST(ModelConfig, BadConfigsNameFileAndField) {
   const std::string base = R"("model_type":"llama","vocab_size":64,"hidden_size":32,"intermediate_size":48,
     "num_hidden_layers":2)";
@@ -60,6 +73,7 @@ TEST(ModelConfig, BadConfigsNameFileAndField) {
       {R"("num_attention_heads":4,"layer_types":["full_attention"])", "layer_types"},
       {R"("num_attention_heads":4,"layer_types":["sliding_attention","full_attention"])", "sliding_window"},
       {R"("num_attention_heads":4,"rope_scaling":{"type":"dynamic","factor":2})", "rope_scaling.type"},
+      {R"("num_attention_heads":4,"rope_scaling":{"type":"linear","factor":0.5})", "rope_scaling.factor"},
       {R"("num_attention_heads":4,"vocab_size":0)", "vocab_size"},
   };
   for (const Case& c : cases) {
@@ -97,11 +111,17 @@ TEST(ModelConfig, AbsurdSizesAreRefusedBeforeAnyArithmetic) {
     return std::string();
   };
   EXPECT_NE(err(R"({"model_type":"llama","vocab_size":20000000000,"hidden_size":8,"intermediate_size":8,
-    "num_hidden_layers":1,"num_attention_heads":1})").find("'vocab_size' is out of range"), std::string::npos);
+    "num_hidden_layers":1,"num_attention_heads":1})")
+                .find("'vocab_size' is out of range"),
+            std::string::npos);
   EXPECT_NE(err(R"({"model_type":"llama","vocab_size":2000000000,"hidden_size":2000000000,"intermediate_size":8,
-    "num_hidden_layers":1,"num_attention_heads":1})").find("2^50 parameters"), std::string::npos);
+    "num_hidden_layers":1,"num_attention_heads":1})")
+                .find("2^50 parameters"),
+            std::string::npos);
   EXPECT_NE(err(R"({"model_type":"llama","vocab_size":8,"hidden_size":8,"intermediate_size":8,
-    "num_hidden_layers":100000000,"num_attention_heads":1})").find("num_hidden_layers"), std::string::npos);
+    "num_hidden_layers":100000000,"num_attention_heads":1})")
+                .find("num_hidden_layers"),
+            std::string::npos);
 }
 
 }  // namespace

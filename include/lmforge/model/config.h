@@ -11,9 +11,9 @@
 namespace lmforge::model {
 
 struct RopeScaling {
-  std::string type;  // "yarn" or "llama3" (Llama-3.1's; others are rejected until implemented)
+  std::string type;  // "yarn", "llama3" (Llama-3.1's) or "linear" (positions / factor); others are rejected
   double factor = 1.0;
-  int64_t original_max_position_embeddings = 0;
+  int64_t original_max_position_embeddings = 0;          // yarn, llama3
   double beta_fast = 32.0, beta_slow = 1.0;              // yarn
   double mscale = 1.0, mscale_all_dim = 0.0;             // yarn
   double low_freq_factor = 1.0, high_freq_factor = 4.0;  // llama3

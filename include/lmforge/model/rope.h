@@ -1,5 +1,6 @@
 // Rotary position tables for a model config: plain RoPE with rope_theta, or YaRN (rope_scaling type "yarn"),
-// which blends interpolated and extrapolated frequencies and scales cos/sin (and, for deepseek_v3, the softmax).
+// which blends interpolated and extrapolated frequencies and scales cos/sin (and, for deepseek_v3, the softmax),
+// Llama-3.1's per-frequency divisors ("llama3"), or linear scaling ("linear": every frequency / factor).
 #pragma once
 #include <utility>
 #include <vector>
