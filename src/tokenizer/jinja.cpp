@@ -65,6 +65,7 @@ struct Val {
   std::shared_ptr<const Json> p;
   std::shared_ptr<Json> ns;
   const Node* macro = nullptr;  // a {% macro %}, callable
+  bool function = false;        // a built-in function (strftime_now, raise_exception, range, ...)
   static Val undefined() {
     Val v;
     v.undef = true;
@@ -84,7 +85,7 @@ struct Val {
 
 bool truthy(const Val& v) {
   if (v.undef) return false;
-  if (v.ns || v.macro) return true;
+  if (v.ns || v.macro || v.function) return true;
   const Json& j = v.json();
   switch (j.type()) {
     case Json::value_t::null:
@@ -1168,6 +1169,13 @@ class Renderer {
       auto f = it->find(name);
       if (f != it->end()) return f->second;
     }
+    // The functions a template may call are defined too: Llama-3.2's asks `strftime_now is defined`.
+    for (const char* builtin : {"raise_exception", "strftime_now", "namespace", "range", "dict"})
+      if (name == builtin) {
+        Val v;
+        v.function = true;
+        return v;
+      }
     return Val::undefined();
   }
 

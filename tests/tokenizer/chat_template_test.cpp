@@ -1,5 +1,6 @@
 // Chat templates: the Jinja interpreter against @huggingface/jinja's renders of real models' templates (Llama-3,
-// Qwen2.5, Qwen3, DeepSeek-V3; fixtures/chat_templates.json, tests/reference/chat/gen_chat_templates.js), the
+// Qwen2.5, Qwen3, DeepSeek-V3; fixtures/chat_templates.json, tests/reference/chat/gen_chat_templates.js) and
+// jinja2's of seven more (fixtures/chat_templates_jinja2.json), the
 // language features one by one against the renders of Python's jinja2 3.1 with transformers' settings
 // (ImmutableSandboxedEnvironment, trim_blocks, lstrip_blocks, loopcontrols, its tojson; run once, not in CI, which
 // also rendered the fixtures' templates identically), and render_chat's fallback to the built-in formats.
@@ -47,6 +48,36 @@ TEST(ChatTemplate, RealTemplatesRenderAsTransformersJs) {
     EXPECT_EQ(p.text, c["expected"].get<std::string>());
     EXPECT_EQ(p.note, "");
   }
+}
+
+TEST(ChatTemplate, MoreRealTemplatesRenderAsJinja2) {
+  // fixtures/chat_templates_jinja2.json (tests/reference/chat/gen_chat_templates_jinja2.py): ChatGLM3, Gemma-3,
+  // InternLM2, Llama-3.1, Llama-3.2 (tools, dates), Mistral-Nemo (tools) and Qwen1.5 templates rendered by Python's
+  // jinja2 3.1.6 with transformers' settings: five conversations (text parts, a tool call and result with one tool),
+  // with and without the generation prompt. Where jinja2 raised (a template refusing the roles, or Python refusing
+  // str + list), rendering must fail too.
+  std::ifstream in(LMFORGE_SOURCE_DIR "/tests/tokenizer/fixtures/chat_templates_jinja2.json");
+  ASSERT_TRUE(in.good());
+  const Json all = Json::parse(in);
+  ASSERT_EQ(all.size(), 7u);
+  int rendered = 0, refused = 0;
+  for (const Json& t : all) {
+    for (const Json& c : t["cases"]) {
+      SCOPED_TRACE(t["name"].get<std::string>() + " " + c["context"]["messages"].dump());
+      if (c["error"].is_null()) {
+        EXPECT_EQ(render(t["template"].get<std::string>(), c["context"]), c["expected"].get<std::string>());
+        ++rendered;
+      } else {
+        EXPECT_THROW(render(t["template"].get<std::string>(), c["context"]), Error);
+        ++refused;
+      }
+    }
+  }
+  EXPECT_EQ(rendered, 62);
+  EXPECT_EQ(refused, 8);
+  // Functions are defined (Llama-3.2 asks `strftime_now is defined` before dating its system prompt).
+  EXPECT_EQ(render("{{ strftime_now is defined }} {{ raise_exception is defined }} {{ nope is defined }}"),
+            "True True False");
 }
 
 TEST(ChatTemplate, WhitespaceControl) {
