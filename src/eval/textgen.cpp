@@ -5,6 +5,7 @@
 
 #include "lmforge/core/error.h"
 #include "lmforge/eval/eval.h"
+#include "lmforge/tokenizer/chat_template.h"
 
 namespace lmforge::eval {
 
@@ -224,12 +225,24 @@ std::vector<GenItem> load_gen_tasks(const std::string& path) {
 }
 
 GenEvalResult evaluate_generation(ModelDir& m, const std::vector<GenItem>& items, const model::SamplingParams& p,
-                                  const std::function<void(int64_t, int64_t)>& progress) {
+                                  const std::function<void(int64_t, int64_t)>& progress,
+                                  const GenPromptOptions& prompts) {
+  LMF_CHECK(prompts.chat || prompts.system.empty(), "eval generate: a system instruction needs the chat template");
   GenEvalResult r;
   std::vector<std::vector<std::string>> refs;
   double rl = 0;
   for (const GenItem& it : items) {
-    const std::vector<int32_t> ids = m.encode(it.prompt, true);
+    std::vector<int32_t> ids;
+    if (prompts.chat) {
+      std::vector<tokenizer::ChatMessage> msgs;
+      if (!prompts.system.empty()) msgs.push_back({"system", prompts.system, nullptr});
+      msgs.push_back({"user", it.prompt, nullptr});
+      const tokenizer::ChatPrompt cp = tokenizer::render_chat(msgs, m.chat_template, m.bos_token, m.eos_token);
+      r.chat_note = cp.note;
+      ids = m.encode(cp.text, false);  // the template carries the special tokens
+    } else {
+      ids = m.encode(it.prompt, true);
+    }
     LMF_CHECK(!ids.empty(), "eval generate: a prompt encodes to no tokens");
     LMF_CHECK(static_cast<int64_t>(ids.size()) < m.engine.config().max_position_embeddings,
               "eval generate: a prompt has ", ids.size(), " tokens; the model's context is ",

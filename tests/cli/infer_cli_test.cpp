@@ -202,6 +202,25 @@ TEST_F(InferCli, EvalPerplexityChoiceAndGenerate) {
   j = last_json(r.out);
   EXPECT_EQ(j["items"], 2);
   EXPECT_TRUE(j.contains("bleu") && j.contains("rouge_l") && j["outputs"].size() == 2);
+  // Through the chat template (no template here: the built-in ChatML, said on stderr); a system instruction needs it.
+  const std::string gen = kBin + " eval generate" + model + " --data " + path("g.jsonl") + " --max-tokens 4 --json";
+  r = sh(gen + " --apply-chat-template --system-instruction 'Be brief.'");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("no chat_template; using the built-in ChatML format"), std::string::npos) << r.out;
+  EXPECT_EQ(last_json(r.out)["chat_template"], true);
+  EXPECT_EQ(sh(gen + " --system-instruction 'Be brief.'").code, 2);
+  // The model's template, which here refuses a conversation without a system message.
+  std::ofstream(path("m/tokenizer_config.json"))
+      << R"({"chat_template": "{% if messages[0].role != 'system' %}{{ raise_exception('need a system message') }})"
+      << R"({% endif %}{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"})";
+  r = sh(gen + " --apply-chat-template");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("need a system message"), std::string::npos) << r.out;
+  r = sh(gen + " --apply-chat-template --system-instruction 'Be brief.'");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(r.out.find("built-in"), std::string::npos) << r.out;
+  EXPECT_EQ(sh(gen).code, 0);  // without the flag the template is not used
+  sh("rm " + path("m/tokenizer_config.json"));
 
   std::ofstream(path("bad.jsonl")) << R"({"context":"a","choices":["b","c"],"label":5})"
                                    << "\n";

@@ -22,6 +22,8 @@ struct EvalArgs {
   std::vector<std::string> stop;
   int threads = 0;
   std::string kv_type = "f32";  // eval measures the model: an exact cache unless asked
+  bool chat = false;            // eval generate: prompts through the chat template
+  std::string system;           // eval generate: system message (with chat)
 };
 
 model::EngineOptions engine_options(const EvalArgs& a) {
@@ -75,7 +77,9 @@ int run_generate_eval(const EvalArgs& a, bool json) {
   p.temperature = 0;  // greedy
   p.max_tokens = a.max_tokens;
   p.stop = a.stop;
-  const eval::GenEvalResult r = eval::evaluate_generation(m, items, p, progress("generate: items"));
+  const eval::GenEvalResult r =
+      eval::evaluate_generation(m, items, p, progress("generate: items"), eval::GenPromptOptions{a.chat, a.system});
+  if (!r.chat_note.empty()) std::fprintf(stderr, "lmforge eval generate: %s\n", r.chat_note.c_str());
   char buf[256];
   std::snprintf(buf, sizeof buf, "generate: BLEU %.2f (bp %.3f, %lld/%lld tokens), ROUGE-L F %.4f over %lld items",
                 r.bleu.score, r.bleu.bp, static_cast<long long>(r.bleu.sys_len), static_cast<long long>(r.bleu.ref_len),
@@ -88,6 +92,7 @@ int run_generate_eval(const EvalArgs& a, bool json) {
          {"ref_len", r.bleu.ref_len},
          {"rouge_l", r.rouge_l},
          {"outputs", r.outputs},
+         {"chat_template", a.chat},
          {"data", a.data},
          {"model", a.model}},
         json, buf);
@@ -236,6 +241,11 @@ void add_eval_command(CLI::App& app, Context& ctx) {
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 20))
       ->capture_default_str();
   g->add_option("--stop", a->stop, "stop string (repeatable), e.g. a newline");
+  auto* chat = g->add_flag("--apply-chat-template", a->chat,
+                           "each prompt as a user message rendered with the model's chat template (generation "
+                           "prompt added), as lm-evaluation-harness's --apply_chat_template");
+  g->add_option("--system-instruction", a->system, "a system message before each prompt (needs --apply-chat-template)")
+      ->needs(chat);
   add_kv_type_option(g, a->kv_type);
   g->add_flag("--json", ctx.json, "one JSON object: items, bleu, bleu_bp, bleu_precisions, rouge_l, outputs");
   g->callback([&ctx, a] { ctx.exit_code = run_generate_eval(*a, ctx.json); });

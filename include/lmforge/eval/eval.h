@@ -96,13 +96,22 @@ struct GenItem {
   std::vector<std::string> references;
 };
 std::vector<GenItem> load_gen_tasks(const std::string& path);
+// How prompts reach the model: as they are (with the tokenizer's special tokens), or, with chat, as the one user
+// message of a conversation (after a system message when `system` is not empty) rendered by the model's chat
+// template with the generation prompt (lm-evaluation-harness's --apply_chat_template / --system_instruction).
+struct GenPromptOptions {
+  bool chat = false;
+  std::string system;
+};
 struct GenEvalResult {
   int64_t items = 0;
   BleuResult bleu;
   double rouge_l = 0;
   std::vector<std::string> outputs;
+  std::string chat_note;  // render_chat's note when the chat format was a fallback (chat only)
 };
 GenEvalResult evaluate_generation(ModelDir& m, const std::vector<GenItem>& items, const model::SamplingParams& p,
-                                  const std::function<void(int64_t done, int64_t total)>& progress = {});
+                                  const std::function<void(int64_t done, int64_t total)>& progress = {},
+                                  const GenPromptOptions& prompts = {});
 
 }  // namespace lmforge::eval
