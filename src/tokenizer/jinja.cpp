@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "lmforge/core/error.h"
+#include "tokenizer/unicode.h"
 
 namespace lmforge::tokenizer::jinja {
 namespace {
@@ -314,8 +315,8 @@ std::string py_format(const std::string& fmt, const std::vector<Json>& args, con
         if (conv == 'c') {
           if (value->is_string() && code_points(value->get<std::string>()) == 1)
             body = value->get<std::string>();
-          else if (value->is_number_integer() && value->get<int64_t>() >= 0 && value->get<int64_t>() < 128)
-            body = std::string(1, static_cast<char>(value->get<int64_t>()));
+          else if (value->is_number_integer() && value->get<int64_t>() >= 0 && value->get<int64_t>() < 0x110000)
+            unicode::append_utf8(body, static_cast<char32_t>(value->get<int64_t>()));  // chr(n)
           else
             fail("format: %c requires an int or a character");
         } else {
@@ -1809,12 +1810,13 @@ class Renderer {
       const double scale = std::pow(10.0, static_cast<double>(prec)), x = j.get<double>() * scale;
       return Val::of((method == "ceil" ? std::ceil(x) : std::floor(x)) / scale);
     }
-    if (f == "wordcount") {  // len(re.findall(r"\w+", s)): runs of letters, digits, '_' (any non-ASCII byte counts)
+    if (f == "wordcount") {  // len(re.findall(r"\w+", s)): runs of letters, digits and '_'
+      const std::string text = unicode::repair_utf8(to_str(v));
       int64_t n = 0;
       bool in_word = false;
-      for (const char c : to_str(v)) {
-        const auto u = static_cast<unsigned char>(c);
-        const bool w = std::isalnum(u) || c == '_' || u >= 0x80;
+      for (size_t i = 0; i < text.size();) {
+        const char32_t c = unicode::next_cp(text, i);
+        const bool w = c == U'_' || unicode::is_alphanumeric(c);
         n += w && !in_word;
         in_word = w;
       }

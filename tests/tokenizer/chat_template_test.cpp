@@ -221,6 +221,7 @@ TEST(ChatTemplate, FormattingSortingAndMoreFilters) {
   EXPECT_EQ(render("{{ '100%%' % () }}", ctx), "100%");
   EXPECT_EQ(render("{{ '%.3s|%5s|%-5s|' % ('abcdef', 'ab', 'ab') }}", ctx), "abc|   ab|ab   |");
   EXPECT_EQ(render("{{ '%c%c' % (65, 'z') }}", ctx), "Az");
+  EXPECT_EQ(render("{{ '%c%c' % (233, 128512) }}"), "\xC3\xA9\xF0\x9F\x98\x80");  // chr(): é, U+1F600
   EXPECT_EQ(render("{{ '%d' % 3.9 }}", ctx), "3");
   EXPECT_EQ(render("{{ '%s' % d }}", ctx), "{'b': 2, 'a': 1, 'C': 0}");
   EXPECT_EQ(render("{{ '%s: %s'|format('k', 2) }}", ctx), "k: 2");
@@ -251,6 +252,7 @@ TEST(ChatTemplate, FormattingSortingAndMoreFilters) {
                    ctx),
             "2.67 2.0 4.0 0.12 7 3.0 2.0 1200.0");
   EXPECT_EQ(render("{{ 'one two, three_3 !'|wordcount }}", ctx), "3");
+  EXPECT_EQ(render("{{ 'café — naïve 中文'|wordcount }}"), "3");  // Python's \w is Unicode-aware
   EXPECT_EQ(render("{% for x in xs %}{{ loop.cycle('odd', 'even') }} {% endfor %}", ctx), "odd even odd ");
   EXPECT_EQ(render("{{ people[0]|attr('n') is undefined }}", ctx), "True");
   EXPECT_EQ(render("{{ d|tojson(sort_keys=true) }}", ctx), "{\"C\": 0, \"a\": 1, \"b\": 2}");
