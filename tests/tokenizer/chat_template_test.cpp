@@ -318,7 +318,7 @@ TEST(ChatTemplate, ErrorsNameTheProblem) {
 
 // render_chat: templates it cannot evaluate fall back to the built-in formats, and say so.
 TEST(ChatTemplate, FallsBackToTheBuiltInFormats) {
-  const std::vector<ChatMessage> msgs = {{"user", "Hi"}};
+  const std::vector<ChatMessage> msgs = {{"user", "Hi", nullptr}};
   ChatPrompt p = render_chat(msgs, "", "", "");
   EXPECT_EQ(p.family, "chatml");
   EXPECT_EQ(p.text, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
