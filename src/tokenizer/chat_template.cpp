@@ -98,6 +98,8 @@ ChatPrompt render_chat(const std::vector<ChatMessage>& messages, const std::stri
     try {
       p.text = jinja::render(chat_template, ctx);
       p.family = "jinja";
+      if (!opt.tools.is_null() && !opt.tools.empty() && !has(chat_template, "tools"))
+        p.note = "the chat_template does not read `tools`: the tools are not in the prompt";
       return p;
     } catch (const Error& e) {
       const std::string what = e.what();

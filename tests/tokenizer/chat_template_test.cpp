@@ -189,6 +189,9 @@ TEST(ChatTemplate, ToolCallsToolsAndKwargsReachTheTemplate) {
   ChatOptions with_tools;
   with_tools.tools = fx["tools"];
   EXPECT_THROW(render_chat({{"user", "hi", nullptr}}, "", "", "", with_tools), Error);
+  EXPECT_NE(render_chat({{"user", "hi", nullptr}}, "{{ messages[0].content }}", "", "", with_tools)
+                .note.find("does not read `tools`"),
+            std::string::npos);
   EXPECT_THROW(render_chat(msgs, "", "", ""), Error);
   ChatOptions bad;
   bad.kwargs = {{"add_generation_prompt", false}};

@@ -38,7 +38,7 @@ struct ChatOptions {
 struct ChatPrompt {
   std::string text;    // encode without adding special tokens: the format carries them
   std::string family;  // jinja (the template itself) | llama3 | deepseek | chatml
-  std::string note;    // non-empty when the format is a fallback
+  std::string note;    // non-empty when the format is a fallback, or tools were given to a template without them
 };
 
 // `chat_template` may be empty (no template); `bos` / `eos` are the BOS and EOS tokens' text (the template's
