@@ -138,7 +138,18 @@ TEST_F(InferCli, ChatPassesMessagesToolsAndKwargsToTheTemplate) {
   std::ofstream(path("badtools.json")) << R"({"type": "function"})";
   r = sh(base + " --tools " + path("badtools.json"));
   EXPECT_EQ(r.code, 2);
-  EXPECT_NE(r.out.find("badtools.json: --tools needs a JSON array"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("badtools.json: tools must be a JSON array"), std::string::npos) << r.out;
+  // The same as one OpenAI-style chat request (tools and chat_template_kwargs inside).
+  const nlohmann::json request = {{"model", "x"},
+                                  {"messages", nlohmann::json::parse(std::ifstream(path("chat.json")))},
+                                  {"tools", nlohmann::json::parse(std::ifstream(path("tools.json")))},
+                                  {"chat_template_kwargs", {{"enable_x", true}}}};
+  std::ofstream(path("request.json")) << request.dump();
+  CliRun q = sh(kBin + " generate" + model + " --chat " + path("request.json") + " --max-tokens 2 --json");
+  ASSERT_EQ(q.code, 0) << q.out;
+  EXPECT_EQ(last_json(q.out)["prompt_tokens"],
+            last_json(sh(base + " --tools " + path("tools.json") + " --chat-template-kwargs '{\"enable_x\": true}'")
+                          .out)["prompt_tokens"]);
   EXPECT_EQ(sh(kBin + " generate" + model + " --prompt hi --tools " + path("tools.json")).code, 2);  // needs --chat
 }
 

@@ -29,16 +29,35 @@ std::string read_all(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
-// One message per line (JSONL), or the whole file one JSON array of messages (an OpenAI request's "messages").
-std::vector<tokenizer::ChatMessage> read_chat(const std::string& path) {
+OJson parse_tools(const OJson& tools, const std::string& where) {
+  LMF_CHECK(tools.is_array(), where, ": tools must be a JSON array ({\"type\": \"function\", \"function\": {...}})");
+  for (const OJson& t : tools) LMF_CHECK(t.is_object(), where, ": each tool must be a JSON object");
+  return tools;
+}
+
+// The chat file: one message per line (JSONL), one JSON array of messages, or an OpenAI chat request
+// {"messages": [...], "tools": [...], "chat_template_kwargs": {...}} (other fields ignored). --tools replaces the
+// request's tools; --chat-template-kwargs' variables go over its kwargs.
+tokenizer::ChatOptions read_chat(const GenArgs& a, std::vector<tokenizer::ChatMessage>& msgs) {
+  const std::string& path = a.chat;
   const std::string text = read_all(path);
-  std::vector<tokenizer::ChatMessage> msgs;
-  const size_t first = text.find_first_not_of(" \t\r\n");
-  if (first != std::string::npos && text[first] == '[') {
-    const OJson all = OJson::parse(text, nullptr, false);
-    LMF_CHECK(!all.is_discarded() && all.is_array(), path, ": not a JSON array of messages (nor JSONL)");
-    for (size_t k = 0; k < all.size(); ++k)
-      msgs.push_back(tokenizer::chat_message_from_json(all[k], path + ": message " + std::to_string(k + 1)));
+  tokenizer::ChatOptions o;
+  const OJson whole = OJson::parse(text, nullptr, false);
+  const OJson* list = nullptr;
+  if (!whole.is_discarded() && whole.is_array()) {
+    list = &whole;
+  } else if (!whole.is_discarded() && whole.is_object() && whole.contains("messages")) {
+    LMF_CHECK(whole["messages"].is_array(), path, ": 'messages' must be an array");
+    list = &whole["messages"];
+    if (whole.contains("tools") && !whole["tools"].is_null()) o.tools = parse_tools(whole["tools"], path);
+    if (whole.contains("chat_template_kwargs")) {
+      LMF_CHECK(whole["chat_template_kwargs"].is_object(), path, ": 'chat_template_kwargs' must be an object");
+      o.kwargs = whole["chat_template_kwargs"];
+    }
+  }
+  if (list) {
+    for (size_t k = 0; k < list->size(); ++k)
+      msgs.push_back(tokenizer::chat_message_from_json((*list)[k], path + ": message " + std::to_string(k + 1)));
   } else {
     std::istringstream in(text);
     std::string line;
@@ -50,21 +69,15 @@ std::vector<tokenizer::ChatMessage> read_chat(const std::string& path) {
     }
   }
   LMF_CHECK(!msgs.empty(), path, ": no messages");
-  return msgs;
-}
-
-tokenizer::ChatOptions chat_options(const GenArgs& a) {
-  tokenizer::ChatOptions o;
   if (!a.tools.empty()) {
-    o.tools = OJson::parse(read_all(a.tools), nullptr, false);
-    LMF_CHECK(!o.tools.is_discarded() && o.tools.is_array(), a.tools,
-              ": --tools needs a JSON array of tools ({\"type\": \"function\", \"function\": {...}})");
-    for (const OJson& t : o.tools) LMF_CHECK(t.is_object(), a.tools, ": each tool must be a JSON object");
+    const OJson tools = OJson::parse(read_all(a.tools), nullptr, false);
+    LMF_CHECK(!tools.is_discarded(), a.tools, ": --tools is not JSON");
+    o.tools = parse_tools(tools, a.tools);
   }
   if (!a.template_kwargs.empty()) {
-    o.kwargs = OJson::parse(a.template_kwargs, nullptr, false);
-    LMF_CHECK(!o.kwargs.is_discarded() && o.kwargs.is_object(),
-              "--chat-template-kwargs: not a JSON object: ", a.template_kwargs);
+    const OJson kw = OJson::parse(a.template_kwargs, nullptr, false);
+    LMF_CHECK(!kw.is_discarded() && kw.is_object(), "--chat-template-kwargs: not a JSON object: ", a.template_kwargs);
+    for (const auto& [k, v] : kw.items()) o.kwargs[k] = v;
   }
   return o;
 }
@@ -100,8 +113,9 @@ int run_generate(const GenArgs& a, const CLI::App& cmd, bool json) {
   model::validate(p);
   std::vector<int32_t> ids;
   if (!a.chat.empty()) {
-    const tokenizer::ChatPrompt cp =
-        tokenizer::render_chat(read_chat(a.chat), m.chat_template, m.bos_token, m.eos_token, chat_options(a));
+    std::vector<tokenizer::ChatMessage> msgs;
+    const tokenizer::ChatOptions opt = read_chat(a, msgs);
+    const tokenizer::ChatPrompt cp = tokenizer::render_chat(msgs, m.chat_template, m.bos_token, m.eos_token, opt);
     if (!cp.note.empty()) std::fprintf(stderr, "lmforge generate: %s\n", cp.note.c_str());
     ids = m.encode(cp.text, false);
   } else {
@@ -164,8 +178,9 @@ void add_generate_command(CLI::App& app, Context& ctx) {
   g->add_option("--model", a->model, "model directory (config.json, model.safetensors, tokenizer.json)")->required();
   auto* prompt = g->add_option("--prompt", a->prompt, "prompt text");
   auto* chat = g->add_option("--chat", a->chat,
-                             "chat messages ({\"role\", \"content\"} objects, OpenAI style: one per line, or "
-                             "one JSON array), rendered with the model's chat template")
+                             "chat messages ({\"role\", \"content\"} objects, OpenAI style: one per line, one JSON "
+                             "array, or a chat request {\"messages\", \"tools\", \"chat_template_kwargs\"}), "
+                             "rendered with the model's chat template")
                    ->check(CLI::ExistingFile);
   prompt->excludes(chat);
   g->add_option("--tools", a->tools,
