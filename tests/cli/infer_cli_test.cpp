@@ -151,6 +151,20 @@ TEST_F(InferCli, ChatPassesMessagesToolsAndKwargsToTheTemplate) {
             last_json(sh(base + " --tools " + path("tools.json") + " --chat-template-kwargs '{\"enable_x\": true}'")
                           .out)["prompt_tokens"]);
   EXPECT_EQ(sh(kBin + " generate" + model + " --prompt hi --tools " + path("tools.json")).code, 2);  // needs --chat
+  // --prompt through the template: the user message (after --system), tools given by no one.
+  std::ofstream(path("m/tokenizer_config.json"))
+      << nlohmann::json{{"chat_template",
+                         "{% if messages[0].role != 'system' or messages[1].content != 'hi' %}"
+                         "{{ raise_exception('expected system + user hi') }}{% endif %}"
+                         "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"}}
+             .dump();
+  const std::string one = kBin + " generate" + model + " --prompt hi --max-tokens 1 --apply-chat-template";
+  EXPECT_EQ(sh(one + " --system 'Be brief.'").code, 0);
+  r = sh(one);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("expected system + user hi"), std::string::npos) << r.out;
+  EXPECT_EQ(sh(one + " --raw").code, 2);                                          // the template carries BOS
+  EXPECT_EQ(sh(kBin + " generate" + model + " --prompt hi --system x").code, 2);  // --system needs the template
 }
 
 TEST_F(InferCli, GenerateBadInputExitsTwo) {

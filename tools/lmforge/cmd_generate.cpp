@@ -19,6 +19,8 @@ struct GenArgs {
   model::SamplingParams p;
   std::vector<std::string> logit_bias;  // ID=BIAS
   bool raw = false;
+  bool apply_template = false;  // --prompt through the chat template
+  std::string system;           // with it: a system message first
 };
 
 using OJson = nlohmann::ordered_json;
@@ -112,9 +114,15 @@ int run_generate(const GenArgs& a, const CLI::App& cmd, bool json) {
   }
   model::validate(p);
   std::vector<int32_t> ids;
-  if (!a.chat.empty()) {
+  if (!a.chat.empty() || a.apply_template) {
     std::vector<tokenizer::ChatMessage> msgs;
-    const tokenizer::ChatOptions opt = read_chat(a, msgs);
+    tokenizer::ChatOptions opt;
+    if (!a.chat.empty()) {
+      opt = read_chat(a, msgs);
+    } else {  // --prompt as the user message (after a system message with --system)
+      if (!a.system.empty()) msgs.push_back({"system", a.system, nullptr});
+      msgs.push_back({"user", a.prompt, nullptr});
+    }
     const tokenizer::ChatPrompt cp = tokenizer::render_chat(msgs, m.chat_template, m.bos_token, m.eos_token, opt);
     if (!cp.note.empty()) std::fprintf(stderr, "lmforge generate: %s\n", cp.note.c_str());
     ids = m.encode(cp.text, false);
@@ -207,7 +215,13 @@ void add_generate_command(CLI::App& app, Context& ctx) {
   g->add_option("--stop-id", a->p.stop_ids, "stop token id (repeatable)");
   g->add_flag("--ignore-eos", a->p.ignore_eos, "do not stop at the model's EOS ids");
   add_kv_type_option(g, a->kv_type);
-  g->add_flag("--raw", a->raw, "encode --prompt without the tokenizer's special tokens (BOS)");
+  auto* raw = g->add_flag("--raw", a->raw, "encode --prompt without the tokenizer's special tokens (BOS)");
+  auto* apply = g->add_flag("--apply-chat-template", a->apply_template,
+                            "send --prompt as a user message through the model's chat template (generation prompt "
+                            "added), as --chat does")
+                    ->needs(prompt)
+                    ->excludes(raw);
+  g->add_option("--system", a->system, "with --apply-chat-template: a system message before the prompt")->needs(apply);
   g->add_flag("--json", ctx.json,
               "print one JSON object (text, finish_reason, token counts, ids) instead of streaming");
   g->callback([&ctx, a, g, prompt, chat] {
