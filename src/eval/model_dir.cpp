@@ -111,13 +111,20 @@ model::SamplingParams generation_defaults(const ModelDir& m) {
   p.top_k = static_cast<int64_t>(k);
   p.max_tokens = static_cast<int64_t>(mx);
   if (g.contains("do_sample") && g["do_sample"].is_boolean() && !g["do_sample"].get<bool>()) p.temperature = 0;
+  const int64_t V = m.engine.config().vocab_size;
+  const auto add_eos = [&](int64_t id) {
+    if (id >= 0 && id < V) p.eos_ids.push_back(static_cast<int32_t>(id));
+  };
   if (g.contains("eos_token_id")) {
     const auto& e = g["eos_token_id"];
-    if (e.is_number_integer()) p.stop_ids.push_back(e.get<int32_t>());
+    if (e.is_number_integer()) add_eos(e.get<int64_t>());
     if (e.is_array())
       for (const auto& x : e)
-        if (x.is_number_integer()) p.stop_ids.push_back(x.get<int32_t>());
+        if (x.is_number_integer()) add_eos(x.get<int64_t>());
   }
+  // The tokenizer's EOS (a chat model's end of turn, <|im_end|> or <|eot_id|>), as vLLM stops at it too.
+  if (m.tokenizer && !m.eos_token.empty())
+    if (const auto id = m.tokenizer->token_to_id(m.eos_token)) add_eos(static_cast<int64_t>(*id));
   return p;
 }
 

@@ -299,8 +299,10 @@ GenerateResult generate(Engine& engine, const std::vector<int32_t>& prompt, cons
     if (on_text) on_text(s);
   };
   std::vector<int32_t> stop_ids = p.stop_ids;
-  if (!p.ignore_eos)
+  if (!p.ignore_eos) {
     for (int64_t e : c.eos_token_ids) stop_ids.push_back(static_cast<int32_t>(e));
+    stop_ids.insert(stop_ids.end(), p.eos_ids.begin(), p.eos_ids.end());
+  }
   res.finish_reason = "length";
   if (p.max_tokens == 0) return res;
   const SeqId seq = engine.add_sequence();

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -77,6 +78,37 @@ TEST_F(InferCli, GenerateIsReproducibleAndStopsAtMaxTokens) {
   EXPECT_EQ(jf["completion_tokens"].get<int64_t>(), 128 - jf["prompt_tokens"].get<int64_t>() + 1);
   EXPECT_EQ(jf["finish_reason"], "length");
   EXPECT_NE(full.out.find("tokens fit after the prompt's"), std::string::npos) << full.out;
+}
+
+// generation_config.json's eos_token_id and tokenizer_config.json's eos_token stop generation as config.json's EOS
+// does (vLLM's stop ids), and --ignore-eos ignores them all.
+TEST_F(InferCli, GenerateStopsAtTheModelsEosUnlessIgnored) {
+  const std::string cmd = kBin + " generate" + model + " --prompt 'This License' --max-tokens 6 --temperature 0 --json";
+  CliRun r = sh(cmd + " --ignore-eos");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const std::vector<int32_t> toks = last_json(r.out)["tokens"];
+  ASSERT_EQ(toks.size(), 6u);
+  const int32_t stop = toks[3];
+  const auto first = static_cast<int64_t>(std::find(toks.begin(), toks.end(), stop) - toks.begin());
+  std::string text;  // the stop token's text in tokenizer.json
+  const nlohmann::json tok = nlohmann::json::parse(std::ifstream(path("tok.json")));
+  for (const auto& [k, v] : tok["model"]["vocab"].items())
+    if (v == stop) text = k;
+  ASSERT_FALSE(text.empty());
+  for (const bool generation_config : {true, false}) {
+    SCOPED_TRACE(generation_config ? "generation_config.json" : "tokenizer_config.json");
+    if (generation_config)
+      std::ofstream(path("m/generation_config.json")) << nlohmann::json{{"eos_token_id", {stop}}}.dump();
+    else
+      std::ofstream(path("m/tokenizer_config.json")) << nlohmann::json{{"eos_token", text}}.dump();
+    r = sh(cmd);
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_EQ(last_json(r.out)["completion_tokens"], first);
+    EXPECT_EQ(last_json(r.out)["finish_reason"], "stop");
+    r = sh(cmd + " --ignore-eos");
+    EXPECT_EQ(last_json(r.out)["completion_tokens"], 6);
+    sh("rm -f " + path("m/generation_config.json") + " " + path("m/tokenizer_config.json"));
+  }
 }
 
 TEST_F(InferCli, ChatUsesTheBuiltInFormatAndSaysSo) {

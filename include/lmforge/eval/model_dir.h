@@ -33,7 +33,8 @@ ModelDir open_model_dir(const std::string& dir, bool need_tokenizer, const model
 model::Engine load_engine(const std::string& dir, const model::EngineOptions& opt = {});
 
 // Sampling defaults from generation_config.json: do_sample (false: temperature 0), temperature, top_p, top_k,
-// min_p, repetition_penalty, max_new_tokens, and eos_token_id (int or list) added to stop_ids.
+// min_p, repetition_penalty, max_new_tokens; eos_token_id (int or list) and tokenizer_config.json's eos_token go to
+// eos_ids (stops unless ignore_eos).
 model::SamplingParams generation_defaults(const ModelDir& m);
 
 }  // namespace lmforge::eval

@@ -13,7 +13,8 @@
 //   7. min_p (0: off): only tokens with probability >= min_p x the largest probability stay.
 //   Then a token is drawn from the renormalised probabilities with the sequence's own RNG (std::mt19937_64 seeded
 //   with `seed`, so a seed reproduces the output whatever else runs in the same batch).
-// Stops: a token in stop_ids (and, unless ignore_eos, the model's EOS ids) ends generation and is not part of the
+// Stops: a token in stop_ids (and, unless ignore_eos, the model's EOS ids: config.json's and eos_ids) ends generation
+// and is not part of the
 // text; a stop string ends it at the first occurrence in the decoded text, also across token boundaries, and the
 // text is cut before it.
 #pragma once
@@ -39,6 +40,9 @@ struct SamplingParams {
   int64_t max_tokens = 16;
   std::vector<std::string> stop;
   std::vector<int32_t> stop_ids;
+  // More end-of-sequence ids of the model (generation_config.json's eos_token_id, tokenizer_config.json's eos_token):
+  // like config.json's, they stop generation unless ignore_eos.
+  std::vector<int32_t> eos_ids;
   bool ignore_eos = false;
 };
 
