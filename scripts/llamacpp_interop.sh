@@ -15,7 +15,7 @@
 # against ggml's in test_io, GgmlDequant.*).
 #
 # usage: llamacpp_interop.sh LMFORGE WORKDIR [model ...]
-#        (llama llama_tied llama_yarn llama_rope3 llama_linear deepseek2 deepseek2_lite deepseek2_yarn llama_kq deepseek2_kq
+#        (llama llama_tied llama_yarn llama_rope3 llama_linear qwen2 deepseek2 deepseek2_lite deepseek2_yarn llama_kq deepseek2_kq
 #        llama_spm llama_spm2; default all)
 #
 # q8_0 / q4_0 files (lmforge's exports and llama.cpp's own Q8_0 / Q4_0) are also imported with --dtype q8_0|q4_0,
@@ -24,6 +24,8 @@
 #
 # llama_rope3: Llama-3.1's RoPE scaling (rope_type llama3), which GGUF carries as the rope_freqs.weight tensor.
 # llama_linear: linear RoPE scaling (DeepSeek-Coder's {"type": "linear", "factor": 4}: positions / factor).
+# qwen2: model_type qwen2 (q/k/v biases, no o_proj bias; tied embeddings; Qwen2's pre-tokenizer), GGUF architecture
+# qwen2, whose heads llama.cpp rotates as HF does (no q/k row permutation).
 #
 # llama_spm / llama_spm2 carry SentencePiece-style tokenizers (characters, "▁" for spaces, <0xXX> byte fallback),
 # which GGUF holds as tokenizer.ggml.model "llama" with scores: the committed mini_spm_legacy fixture (a cut of a
@@ -37,7 +39,7 @@ WORK="$2"
 shift 2
 ARCHS=("$@")
 [[ ${#ARCHS[@]} -eq 0 ]] &&
-  ARCHS=(llama llama_tied llama_yarn llama_rope3 llama_linear deepseek2 deepseek2_lite deepseek2_yarn llama_kq deepseek2_kq llama_spm
+  ARCHS=(llama llama_tied llama_yarn llama_rope3 llama_linear qwen2 deepseek2 deepseek2_lite deepseek2_yarn llama_kq deepseek2_kq llama_spm
     llama_spm2)
 QUANTIZE="${LMFORGE_LLAMACPP_QUANTIZE:-$(dirname "$LMF")/llamacpp_quantize}"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -63,6 +65,8 @@ cat /usr/share/common-licenses/GPL-3 /usr/share/common-licenses/Apache-2.0 > cor
   --pattern llama3 --out tok_llama.json > /dev/null 2>&1
 "$LMF" tokenizer train --input corpus.txt --vocab-size 1000 --special-tokens '<|bos|>,<|eos|>' \
   --pattern deepseek-v3 --out tok_deepseek2.json > /dev/null 2>&1
+"$LMF" tokenizer train --input corpus.txt --vocab-size 1000 --special-tokens '<|bos|>,<|eos|>' \
+  --pattern qwen2 --out tok_qwen2.json > /dev/null 2>&1
 
 # Text not in the training corpus: other licences, digits, punctuation, non-ASCII, a special token.
 {
@@ -119,6 +123,9 @@ fs.copyFileSync("tok_llama.json", "tok_llama_rope3.json");
 fs.writeFileSync("cfg_llama_linear.json", JSON.stringify({...JSON.parse(fs.readFileSync("cfg_llama.json")),
   rope_scaling: {type: "linear", factor: 4.0}}));
 fs.copyFileSync("tok_llama.json", "tok_llama_linear.json");
+fs.writeFileSync("cfg_qwen2.json", JSON.stringify({...JSON.parse(fs.readFileSync("cfg_llama.json")),
+  model_type: "qwen2", architectures: ["Qwen2ForCausalLM"], tie_word_embeddings: true, rope_theta: 1000000.0,
+  use_sliding_window: false, sliding_window: 4096}));
 fs.copyFileSync("tok_deepseek2.json", "tok_deepseek2_yarn.json");
 // *_kq: every matrix input a multiple of 256 values but the MLA heads (those get llama.cpp fallback types).
 fs.writeFileSync("cfg_llama_kq.json", JSON.stringify({...JSON.parse(fs.readFileSync("cfg_llama.json")),
@@ -186,6 +193,23 @@ for arch in "${ARCHS[@]}"; do
   text=sample.txt
   [[ $arch == *_spm* ]] && text=sample_spm.txt
   "$LMF" init-model --config "cfg_$arch.json" --seed 7 --out "m_$arch" 2> /dev/null
+  # init-model starts biases at zero, which would hide a bias llama.cpp drops or misplaces: give them values.
+  node -e '
+const fs = require("fs");
+const file = process.argv[1] + "/model.safetensors";
+const buf = fs.readFileSync(file);
+const n = Number(buf.readBigUInt64LE(0));
+const header = JSON.parse(buf.subarray(8, 8 + n).toString());
+let x = 12345;
+for (const [name, t] of Object.entries(header)) {
+  if (!name.endsWith(".bias") || t.dtype !== "F32") continue;
+  for (let o = 8 + n + t.data_offsets[0]; o < 8 + n + t.data_offsets[1]; o += 4) {
+    x = (x * 1103515245 + 12345) % 2147483648;
+    buf.writeFloatLE((x / 2147483648 - 0.5) * 0.6, o);
+  }
+}
+fs.writeFileSync(file, buf);
+' "m_$arch"
   cp "tok_$arch.json" "m_$arch/tokenizer.json"
   "$LMF" tokenizer encode --tokenizer "m_$arch/tokenizer.json" < "$text" > ids.txt
   "$LMF" forward --model "m_$arch" --ids-file ids.txt --out "logits_$arch.safetensors"

@@ -55,7 +55,8 @@ check() {
   fi
 }
 
-# Models from init-model: llama with GQA and sliding layers; llama with biases, tied embeddings and YaRN; DeepSeek-V3
+# Models from init-model: llama with GQA and sliding layers; llama with biases, tied embeddings and YaRN; qwen2 (q/k/v
+# biases without o_proj's, tied); DeepSeek-V3
 # with MLA (q_lora_rank), a first dense layer, sigmoid noaux_tc group-limited routing, a shared expert and YaRN.
 cat > "$work/llama_gqa_sliding.json" <<'JSON'
 {"model_type":"llama","vocab_size":128,"hidden_size":64,"intermediate_size":96,"num_hidden_layers":4,
@@ -69,6 +70,12 @@ cat > "$work/llama_bias_tied_yarn.json" <<'JSON'
  "rope_theta":500.0,"attention_bias":true,"tie_word_embeddings":true,"initializer_range":0.1,
  "rope_scaling":{"type":"yarn","factor":4.0,"original_max_position_embeddings":16,"beta_fast":32.0,"beta_slow":1.0}}
 JSON
+cat > "$work/qwen2_tied.json" <<'JSON'
+{"model_type":"qwen2","vocab_size":100,"hidden_size":48,"intermediate_size":80,"num_hidden_layers":2,
+ "num_attention_heads":6,"num_key_value_heads":2,"max_position_embeddings":64,"rms_norm_eps":1e-6,
+ "rope_theta":1000000.0,"tie_word_embeddings":true,"use_sliding_window":false,"sliding_window":4096,
+ "initializer_range":0.1}
+JSON
 cat > "$work/dsv3_mla_moe.json" <<'JSON'
 {"model_type":"deepseek_v3","vocab_size":120,"hidden_size":48,"intermediate_size":96,"num_hidden_layers":3,
  "num_attention_heads":4,"num_key_value_heads":4,"max_position_embeddings":64,"rms_norm_eps":1e-6,
@@ -79,7 +86,7 @@ cat > "$work/dsv3_mla_moe.json" <<'JSON'
  "rope_scaling":{"type":"yarn","factor":2.0,"original_max_position_embeddings":16,"beta_fast":32.0,"beta_slow":1.0,
                  "mscale":1.0,"mscale_all_dim":1.0}}
 JSON
-for name in llama_gqa_sliding llama_bias_tied_yarn dsv3_mla_moe; do
+for name in llama_gqa_sliding llama_bias_tied_yarn qwen2_tied dsv3_mla_moe; do
   "$bin" init-model --config "$work/$name.json" --seed 11 --out "$work/$name.model" >/dev/null 2>&1
   vocab=$(sed -n 's/.*"vocab_size":\([0-9]*\).*/\1/p' "$work/$name.json")
   ids_file "$work/$name.ids1" 24 "$vocab" 37 5

@@ -1,4 +1,4 @@
-// Model directory -> GGUF (architectures llama and deepseek2, llama.cpp's conventions).
+// Model directory -> GGUF (architectures llama, qwen2 and deepseek2, llama.cpp's conventions).
 #include "lmforge/export/gguf_export.h"
 
 #include <cstring>
@@ -225,15 +225,20 @@ void add_common_hparams(io::GgufWriter& w, const std::string& a, const model::Mo
   }
 }
 
+// Architecture llama, or qwen2 (model_type qwen2): the same tensors, but llama.cpp rotates qwen2's heads as HF does
+// (NEOX), so its q/k rows are not permuted, and it has q/k/v biases without o_proj's.
 void export_llama(io::GgufWriter& w, Emitter& e, Tensors& t, const model::ModelConfig& c, const std::string& src) {
+  const bool qwen2 = c.is_qwen2();
+  const std::string a = qwen2 ? "qwen2" : "llama";
   for (int64_t l = 0; l < c.num_hidden_layers; ++l)
     if (c.is_sliding_layer(l))
-      throw Error(src + ": layer_types[" + std::to_string(l) +
-                  "] is sliding_attention; GGUF architecture llama has no per-layer sliding window, so llama.cpp "
-                  "would attend over the full context (not exported)");
+      throw Error(src + ": layer_types[" + std::to_string(l) + "] is sliding_attention; GGUF architecture " + a +
+                  " has no per-layer sliding window, so llama.cpp would attend over the full context (not exported)");
   if (c.rope_scaling && c.rope_scaling->mscale != 1.0)
-    throw Error(src + ": rope_scaling.mscale != 1 has no llama GGUF key (not exported)");
-  const std::string a = "llama";
+    throw Error(src + ": rope_scaling.mscale != 1 has no " + a + " GGUF key (not exported)");
+  if (qwen2 && c.rope_scaling && c.rope_scaling->type == "llama3")
+    throw Error(src + ": rope_scaling type llama3 has no qwen2 GGUF form (llama.cpp reads rope_freqs for llama only)");
+  const auto qk = [&](Source x, int64_t heads) { return qwen2 ? x : permuted_qk(std::move(x), heads); };
   add_common_hparams(w, a, c);
   set_u32(w, a + ".attention.head_count_kv", c.num_key_value_heads);
   set_u32(w, a + ".rope.dimension_count", c.head_dim);
@@ -244,16 +249,16 @@ void export_llama(io::GgufWriter& w, Emitter& e, Tensors& t, const model::ModelC
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".", b = "blk." + std::to_string(l) + ".";
     e.add(b + "attn_norm.weight", t.take(p + "input_layernorm.weight"));
-    e.add(b + "attn_q.weight", permuted_qk(t.take(p + "self_attn.q_proj.weight"), c.num_attention_heads));
-    e.add(b + "attn_k.weight", permuted_qk(t.take(p + "self_attn.k_proj.weight"), c.num_key_value_heads));
+    e.add(b + "attn_q.weight", qk(t.take(p + "self_attn.q_proj.weight"), c.num_attention_heads));
+    e.add(b + "attn_k.weight", qk(t.take(p + "self_attn.k_proj.weight"), c.num_key_value_heads));
     e.add(b + "attn_v.weight", t.take(p + "self_attn.v_proj.weight"));
     e.add(b + "attn_output.weight", t.take(p + "self_attn.o_proj.weight"));
     if (c.attention_bias) {
-      e.add(b + "attn_q.bias", permuted_qk(t.take(p + "self_attn.q_proj.bias"), c.num_attention_heads));
-      e.add(b + "attn_k.bias", permuted_qk(t.take(p + "self_attn.k_proj.bias"), c.num_key_value_heads));
+      e.add(b + "attn_q.bias", qk(t.take(p + "self_attn.q_proj.bias"), c.num_attention_heads));
+      e.add(b + "attn_k.bias", qk(t.take(p + "self_attn.k_proj.bias"), c.num_key_value_heads));
       e.add(b + "attn_v.bias", t.take(p + "self_attn.v_proj.bias"));
-      e.add(b + "attn_output.bias", t.take(p + "self_attn.o_proj.bias"));
     }
+    if (c.o_proj_bias) e.add(b + "attn_output.bias", t.take(p + "self_attn.o_proj.bias"));
     e.add(b + "ffn_norm.weight", t.take(p + "post_attention_layernorm.weight"));
     e.add(b + "ffn_gate.weight", t.take(p + "mlp.gate_proj.weight"));
     e.add(b + "ffn_up.weight", t.take(p + "mlp.up_proj.weight"));
@@ -401,7 +406,7 @@ GgufExportSummary export_gguf(const std::string& model_dir, const std::string& o
   GgufExportSummary s;
   s.pre = add_tokenizer_metadata(tok, model_dir, cfg, opt.pre);
   io::GgufWriter w;
-  s.architecture = cfg.is_deepseek() ? "deepseek2" : "llama";
+  s.architecture = cfg.is_deepseek() ? "deepseek2" : cfg.is_qwen2() ? "qwen2" : "llama";
   w.set("general.architecture", GgufValue::string(s.architecture));
   std::string name = opt.name;
   if (name.empty()) name = fs::absolute(fs::path(model_dir)).lexically_normal().filename().string();

@@ -241,9 +241,11 @@ Recipe qk(Recipe r, int64_t heads) {
   return r;
 }
 
+// Architectures llama and qwen2 (whose q/k rows llama.cpp does not permute, with q/k/v biases only).
 void import_llama(const io::GgufFile& f, json& c, const model::ModelConfig& cfg, Source& s,
                   std::map<std::string, Recipe>& out) {
   (void)c;
+  const auto qk = [&cfg](Recipe r, int64_t heads) { return cfg.is_qwen2() ? r : ::lmforge::exporter::qk(r, heads); };
   const int64_t D = cfg.hidden_size, H = cfg.num_attention_heads, Hkv = cfg.num_key_value_heads, hd = cfg.head_dim;
   const int64_t F = cfg.intermediate_size, V = cfg.vocab_size;
   out["model.embed_tokens.weight"] = s.take("token_embd.weight", {V, D});
@@ -258,8 +260,8 @@ void import_llama(const io::GgufFile& f, json& c, const model::ModelConfig& cfg,
       out[p + "self_attn.q_proj.bias"] = qk(s.take(b + "attn_q.bias", {H * hd}), H);
       out[p + "self_attn.k_proj.bias"] = qk(s.take(b + "attn_k.bias", {Hkv * hd}), Hkv);
       out[p + "self_attn.v_proj.bias"] = s.take(b + "attn_v.bias", {Hkv * hd});
-      out[p + "self_attn.o_proj.bias"] = s.take(b + "attn_output.bias", {D});
     }
+    if (cfg.o_proj_bias) out[p + "self_attn.o_proj.bias"] = s.take(b + "attn_output.bias", {D});
     out[p + "post_attention_layernorm.weight"] = s.take(b + "ffn_norm.weight", {D});
     out[p + "mlp.gate_proj.weight"] = s.take(b + "ffn_gate.weight", {F, D});
     out[p + "mlp.up_proj.weight"] = s.take(b + "ffn_up.weight", {F, D});
@@ -336,17 +338,17 @@ GgufImportSummary import_gguf(const std::string& gguf_path, const std::string& o
   for (const io::GgufTensorInfo& ti : f.tensors()) ++sum.source_types[io::ggml_type_name(ti.type)];
   sum.architecture = f.get_string("general.architecture");
   const std::string& a = sum.architecture;
-  if (a != "llama" && a != "deepseek2")
-    throw Error(gguf_path + ": general.architecture \"" + a + "\": only llama and deepseek2 can be imported");
+  if (a != "llama" && a != "qwen2" && a != "deepseek2")
+    throw Error(gguf_path + ": general.architecture \"" + a + "\": only llama, qwen2 and deepseek2 can be imported");
   if (!f.contains("token_embd.weight")) throw Error(gguf_path + ": tensor \"token_embd.weight\" missing");
   const Shape emb = f.tensor("token_embd.weight").shape;
   if (emb.size() != 2) throw Error(gguf_path + ": tensor \"token_embd.weight\" is not 2-D");
   json c = common_config(f, a, emb[0]);
   c["tie_word_embeddings"] = !f.contains("output.weight");
   const int64_t L = c["num_hidden_layers"].get<int64_t>();
-  if (a == "llama") {
-    c["architectures"] = {"LlamaForCausalLM"};
-    c["model_type"] = "llama";
+  if (a == "llama" || a == "qwen2") {
+    c["architectures"] = {a == "llama" ? "LlamaForCausalLM" : "Qwen2ForCausalLM"};
+    c["model_type"] = a;
     c["num_key_value_heads"] = opt_int(f, a + ".attention.head_count_kv", c["num_attention_heads"].get<int64_t>());
     const int64_t hd = opt_int(f, a + ".attention.key_length",
                                c["hidden_size"].get<int64_t>() / std::max<int64_t>(1, c["num_attention_heads"]));
@@ -355,8 +357,10 @@ GgufImportSummary import_gguf(const std::string& gguf_path, const std::string& o
       throw Error(gguf_path +
                   ": llama.attention.value_length / rope.dimension_count differ from key_length "
                   "(partial RoPE or unequal head sizes are not supported by lmforge)");
-    c["attention_bias"] = f.contains("blk.0.attn_q.bias");
-    if (f.contains("rope_freqs.weight")) c["rope_scaling"] = llama3_scaling_from_freqs(f, hd);
+    if (a == "llama") {
+      c["attention_bias"] = f.contains("blk.0.attn_q.bias");
+      if (f.contains("rope_freqs.weight")) c["rope_scaling"] = llama3_scaling_from_freqs(f, hd);
+    }
   } else {
     c["architectures"] = {"DeepseekV3ForCausalLM"};
     c["model_type"] = "deepseek_v3";
@@ -399,7 +403,7 @@ GgufImportSummary import_gguf(const std::string& gguf_path, const std::string& o
   std::map<std::string, Recipe> out;
   if (cfg.rope_scaling && cfg.rope_scaling->type == "llama3")  // now in config.json's rope_scaling
     (void)s.take("rope_freqs.weight", {cfg.head_dim / 2});
-  if (a == "llama") {
+  if (a == "llama" || a == "qwen2") {
     import_llama(f, c, cfg, s, out);
   } else {
     import_deepseek2(f, cfg, s, out);

@@ -142,7 +142,7 @@ std::string gqa_attention(DecoderGraph& d, const Shared& s, int64_t layer, const
   const std::string v = concat_past(b, layer, proj("v_proj", Hkv), "value");
   const std::string a = attend(b, q, k, v, H, Hkv, hd, hd, 1.0 / std::sqrt(static_cast<double>(hd)), bias);
   const std::string merged = b.reshape(b.transpose(a, {0, 2, 1, 3}), {0, 0, H * hd});
-  return b.linear(merged, d.w(p + "o_proj.weight"), c.attention_bias ? d.w(p + "o_proj.bias") : "");
+  return b.linear(merged, d.w(p + "o_proj.weight"), c.o_proj_bias ? d.w(p + "o_proj.bias") : "");
 }
 
 // Multi-head Latent Attention in its decompressed form: the cache holds each head's full key (nope + rope) and
@@ -179,8 +179,8 @@ std::string mla_attention(DecoderGraph& d, const Shared& s, int64_t layer, const
 }
 
 void check_exportable(const ModelConfig& c) {
-  LMF_CHECK(c.model_type == "llama" || c.model_type == "deepseek_v3", "onnx export: model_type '", c.model_type,
-            "' is not supported (llama, deepseek_v3)");
+  LMF_CHECK(c.model_type == "llama" || c.model_type == "qwen2" || c.model_type == "deepseek_v3",
+            "onnx export: model_type '", c.model_type, "' is not supported (llama, qwen2, deepseek_v3)");
   const int64_t rot = c.is_deepseek() ? c.qk_rope_head_dim : c.head_dim;
   LMF_CHECK(rot > 0 && rot % 2 == 0, "onnx export: ", c.is_deepseek() ? "qk_rope_head_dim" : "head_dim", " ", rot,
             " must be even and positive for RoPE");

@@ -77,7 +77,8 @@ N count_parameters(const ModelConfig& c) {
     } else {
       const N hd = static_cast<N>(c.head_dim), kv = static_cast<N>(c.num_key_value_heads);
       n += D * H * hd * 2 + D * kv * hd * 2;
-      if (c.attention_bias) n += H * hd + 2 * kv * hd + D;
+      if (c.attention_bias) n += H * hd + 2 * kv * hd;
+      if (c.o_proj_bias) n += D;
     }
     if (c.is_moe_layer(l)) {
       const N E = static_cast<N>(c.n_routed_experts);
@@ -99,8 +100,8 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
   ModelConfig c;
   c.raw = j;
   r.string("model_type", c.model_type);
-  require(c.model_type == "llama" || c.model_type == "deepseek_v3", source, "model_type",
-          "must be \"llama\" or \"deepseek_v3\", got \"" + c.model_type + "\"");
+  require(c.model_type == "llama" || c.model_type == "qwen2" || c.model_type == "deepseek_v3", source, "model_type",
+          "must be \"llama\", \"qwen2\" or \"deepseek_v3\", got \"" + c.model_type + "\"");
   r.integer("vocab_size", c.vocab_size);
   r.integer("hidden_size", c.hidden_size);
   r.integer("intermediate_size", c.intermediate_size);
@@ -114,6 +115,14 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
   r.number("rope_theta", c.rope_theta);
   r.number("initializer_range", c.initializer_range);
   r.boolean("attention_bias", c.attention_bias);
+  c.o_proj_bias = c.attention_bias;
+  if (c.is_qwen2()) {  // transformers' Qwen2: q/k/v projections with biases, o_proj without; no attention_bias key
+    c.attention_bias = true;
+    c.o_proj_bias = false;
+    bool sliding = false;
+    r.boolean("use_sliding_window", sliding);
+    require(!sliding, source, "use_sliding_window", "true is not supported for qwen2 models");
+  }
   r.boolean("tie_word_embeddings", c.tie_word_embeddings);
   r.integer("bos_token_id", c.bos_token_id, true);
   if (auto it = j.find("eos_token_id"); it != j.end() && !it->is_null()) {

@@ -131,8 +131,8 @@ Engine::Engine(ModelConfig config, EngineWeights weights, EngineOptions opt, con
         L.q_bias = ld.vec(a + "q_proj.bias", H * hd);
         L.k_bias = ld.vec(a + "k_proj.bias", Hkv * hd);
         L.v_bias = ld.vec(a + "v_proj.bias", Hkv * hd);
-        L.o_bias = ld.vec(a + "o_proj.bias", D);
       }
+      if (c.o_proj_bias) L.o_bias = ld.vec(a + "o_proj.bias", D);
     }
     if (c.is_moe_layer(l)) {
       L.moe = true;

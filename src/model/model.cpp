@@ -89,7 +89,7 @@ void CausalLM::build(Build how) {
       L.v = b.add(a + "v_proj.weight", {Hkv * hd, D});
       if (c.attention_bias) L.v_bias = b.add(a + "v_proj.bias", {Hkv * hd});
       L.o = b.add(a + "o_proj.weight", {D, H * hd});
-      if (c.attention_bias) L.o_bias = b.add(a + "o_proj.bias", {D});
+      if (c.o_proj_bias) L.o_bias = b.add(a + "o_proj.bias", {D});
     }
     L.post_norm = b.add(p + "post_attention_layernorm.weight", {D});
     if (c.is_moe_layer(l)) {

@@ -84,10 +84,12 @@ class GgufExport : public lmforge::testing::TempDirTest {
     const std::string dir = path(name);
     model::CausalLM m(model::parse_model_config(cfg, name));
     m.init_random(11);
-    if (cfg["model_type"] == "deepseek_v3") {  // non-zero expert bias, so exp_probs_b is checked for real
-      for (auto& [n, t] : m.state())
-        if (n.find("e_score_correction_bias") != std::string::npos)
-          for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = 0.01f * static_cast<float>(i);
+    // Non-zero biases (init_random starts them at 0), so exp_probs_b and the attention biases are checked for real.
+    for (auto& [n, t] : m.state()) {
+      if (n.find("e_score_correction_bias") != std::string::npos)
+        for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = 0.01f * static_cast<float>(i);
+      if (n.size() > 10 && n.compare(n.size() - 10, 10, "_proj.bias") == 0)
+        for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = 0.02f * static_cast<float>(i % 7) - 0.06f;
     }
     m.save(dir);
     std::ofstream(dir + "/tokenizer.json") << train_tokenizer(pattern);
@@ -291,6 +293,46 @@ TEST_F(GgufExport, Llama3RopeScalingRoundTrips) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("rope_freqs.weight"), std::string::npos) << e.what();
   }
+}
+
+// model_type qwen2 (q/k/v biases, no o_proj bias) is GGUF architecture qwen2: its q/k rows stay in HF's order
+// (llama.cpp rotates qwen2 heads as HF does), and it comes back as the same model.
+TEST_F(GgufExport, Qwen2RoundTripsAsArchitectureQwen2) {
+  json cfg = kLlama;
+  cfg["model_type"] = "qwen2";
+  cfg["tie_word_embeddings"] = true;
+  cfg["use_sliding_window"] = false;
+  cfg["sliding_window"] = 4096;
+  const std::string dir = make_model("m", cfg, "qwen2");
+  const auto a = tensors(dir);
+  EXPECT_TRUE(a.count("model.layers.0.self_attn.q_proj.bias"));
+  EXPECT_FALSE(a.count("model.layers.0.self_attn.o_proj.bias"));
+  const ex::GgufExportSummary sum = ex::export_gguf(dir, path("m.gguf"));
+  EXPECT_EQ(sum.architecture, "qwen2");
+  const io::GgufFile f = io::GgufFile::open(path("m.gguf"));
+  EXPECT_EQ(f.get_string("general.architecture"), "qwen2");
+  EXPECT_EQ(f.get_int("qwen2.block_count"), 2);
+  EXPECT_EQ(f.get_string("tokenizer.ggml.pre"), "qwen2");
+  EXPECT_FALSE(f.contains("blk.0.attn_output.bias"));
+  EXPECT_FALSE(f.contains("output.weight"));  // tied
+  for (const char* t : {"q", "k"}) {          // not permuted
+    EXPECT_EQ(f.get_f32(std::string("blk.1.attn_") + t + ".weight").to_float_vector(),
+              a.at(std::string("model.layers.1.self_attn.") + t + "_proj.weight").to_float_vector());
+    EXPECT_EQ(f.get_f32(std::string("blk.1.attn_") + t + ".bias").to_float_vector(),
+              a.at(std::string("model.layers.1.self_attn.") + t + "_proj.bias").to_float_vector());
+  }
+  const ex::GgufImportSummary back = ex::import_gguf(path("m.gguf"), path("back"));
+  EXPECT_EQ(back.model_type, "qwen2");
+  const model::ModelConfig cb = model::load_model_config(path("back/config.json"));
+  EXPECT_TRUE(cb.is_qwen2());
+  EXPECT_TRUE(cb.attention_bias);
+  EXPECT_FALSE(cb.o_proj_bias);
+  EXPECT_EQ(tensors(path("back")).size(), a.size());
+  const std::vector<int32_t> ids = {5, 17, 300, 2, 599, 42};
+  EXPECT_EQ(logits(dir, ids), logits(path("back"), ids));
+  // Qwen2's sliding window layers are not supported: said, not ignored.
+  cfg["use_sliding_window"] = true;
+  EXPECT_THROW(model::parse_model_config(cfg, "cfg.json"), Error);
 }
 
 // Linear RoPE scaling (DeepSeek-Coder's {"type": "linear", "factor": 4}: every frequency / factor) travels as llama.cpp

@@ -46,6 +46,24 @@ TEST(ModelConfig, MoeAndSlidingLayerPatterns) {
   EXPECT_EQ(c.num_key_value_heads, 4);
 }
 
+TEST(ModelConfig, Qwen2HasQkvBiasesOnly) {
+  // transformers' Qwen2: q/k/v projections with biases, o_proj without, whatever attention_bias says (it has none).
+  const auto j = nlohmann::json::parse(R"({"model_type":"qwen2","vocab_size":64,"hidden_size":32,
+    "intermediate_size":48,"num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,
+    "use_sliding_window":false,"sliding_window":32768,"max_window_layers":21,"tie_word_embeddings":true})");
+  const ModelConfig c = parse_model_config(j, "cfg.json");
+  EXPECT_TRUE(c.is_qwen2());
+  EXPECT_TRUE(c.attention_bias);
+  EXPECT_FALSE(c.o_proj_bias);
+  EXPECT_FALSE(c.is_sliding_layer(0));
+  auto llama = j;
+  llama["model_type"] = "llama";
+  llama["attention_bias"] = true;
+  const ModelConfig l = parse_model_config(llama, "cfg.json");
+  EXPECT_TRUE(l.o_proj_bias);
+  EXPECT_EQ(l.num_parameters() - c.num_parameters(), 2 * 32);  // one o_proj bias of 32 per layer
+}
+
 TEST(ModelConfig, RopeScalingTypes) {
   const std::string base = R"("model_type":"llama","vocab_size":64,"hidden_size":32,"intermediate_size":48,
     "num_hidden_layers":2,"num_attention_heads":4)";

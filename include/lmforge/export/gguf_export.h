@@ -1,7 +1,8 @@
 // GGUF export and import of lmforge model directories, for llama.cpp interop.
 //
 // Export: config.json + model.safetensors + tokenizer.json (+ tokenizer_config.json) become one GGUF v3 file with
-// architecture "llama" (model_type llama) or "deepseek2" (model_type deepseek_v3), llama.cpp's tensor names and
+// architecture "llama" (model_type llama), "qwen2" (model_type qwen2: no q/k row permutation) or "deepseek2"
+// (model_type deepseek_v3), llama.cpp's tensor names and
 // layouts (Q/K rows permuted for llama's RoPE, experts stacked, kv_b_proj split into attn_k_b / attn_v_b), the
 // hyperparameters llama.cpp reads and the tokenizer as tokenizer.ggml.* metadata. Import is the inverse: a model
 // directory (f32, bf16 or f16) from such a file or from one llama.cpp's own tools wrote (its quantized tensors,
@@ -29,7 +30,7 @@ struct GgufExportOptions {
 };
 
 struct GgufExportSummary {
-  std::string architecture;  // "llama" | "deepseek2"
+  std::string architecture;  // "llama" | "qwen2" | "deepseek2"
   std::string pre;           // tokenizer.ggml.pre written
   int64_t tensors = 0;
   int64_t quantized = 0;  // tensors stored in the requested type (the rest f32)
@@ -44,7 +45,7 @@ GgufExportSummary export_gguf(const std::string& model_dir, const std::string& o
 
 struct GgufImportSummary {
   std::string architecture;
-  std::string model_type;  // "llama" | "deepseek_v3"
+  std::string model_type;  // "llama" | "qwen2" | "deepseek_v3"
   int64_t tensors = 0;     // tensors written to model.safetensors
   bool tokenizer = false;  // tokenizer.json written
   // How many of the file's tensors had each ggml type ("q4_K" -> 12, "f32" -> 5, ...).

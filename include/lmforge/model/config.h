@@ -1,6 +1,7 @@
-// Model configuration: Hugging Face config.json field names of LlamaForCausalLM (model_type "llama") and
-// DeepseekV3ForCausalLM (model_type "deepseek_v3"). Unknown keys are ignored (HF configs carry many); known keys
-// with a wrong type or an inconsistent value are errors naming the file and the field.
+// Model configuration: Hugging Face config.json field names of LlamaForCausalLM (model_type "llama"),
+// Qwen2ForCausalLM (model_type "qwen2": llama with q/k/v biases) and DeepseekV3ForCausalLM (model_type "deepseek_v3").
+// Unknown keys are ignored (HF configs carry many); known keys with a wrong type or an inconsistent value are errors
+// naming the file and the field.
 #pragma once
 #include <cstdint>
 #include <nlohmann/json.hpp>
@@ -20,13 +21,14 @@ struct RopeScaling {
 };
 
 struct ModelConfig {
-  std::string model_type;  // "llama" | "deepseek_v3"
+  std::string model_type;  // "llama" | "qwen2" (llama with q/k/v biases) | "deepseek_v3"
   int64_t vocab_size = 0, hidden_size = 0, intermediate_size = 0, num_hidden_layers = 0;
   int64_t num_attention_heads = 0, num_key_value_heads = 0, head_dim = 0;
   int64_t max_position_embeddings = 2048;
   double rms_norm_eps = 1e-6, rope_theta = 10000.0, initializer_range = 0.02;
   std::optional<RopeScaling> rope_scaling;
-  bool attention_bias = false, tie_word_embeddings = false;
+  bool attention_bias = false, tie_word_embeddings = false;  // attention_bias: q/k/v (and o_proj unless qwen2)
+  bool o_proj_bias = false;  // llama: attention_bias; qwen2: false (Qwen2 has q/k/v biases only)
   int64_t bos_token_id = -1;
   std::vector<int64_t> eos_token_ids;
 
@@ -53,6 +55,7 @@ struct ModelConfig {
   nlohmann::json raw;  // the file as read, written back unchanged by save
 
   bool is_deepseek() const { return model_type == "deepseek_v3"; }
+  bool is_qwen2() const { return model_type == "qwen2"; }
   bool is_moe_layer(int64_t layer) const;
   bool is_sliding_layer(int64_t layer) const;
   // Number of values in every tensor of the model's checkpoint (as model.safetensors holds them).
