@@ -58,8 +58,25 @@ std::string strip(const std::string& s, const std::string& chars, bool left, boo
 
 // ---------------------------------------------------------------- values
 
+// Work done making values, charged as they are made: a template is untrusted input, and within the step limit a
+// loop that builds or copies a large value each time could otherwise run for hours. render() points this at its
+// counter; a value costs 1 plus its top-level size (items, or bytes / 16 of a string).
+thread_local int64_t* g_work = nullptr;
+constexpr int64_t kMaxWork = 20'000'000;
+
+void charge(int64_t units) {
+  if (g_work && (*g_work += units) > kMaxWork) fail("more than " + std::to_string(kMaxWork) + " units of work");
+}
+
+int64_t cost(const Json& x) {
+  if (x.is_string()) return 1 + static_cast<int64_t>(x.get_ref<const std::string&>().size() / 16);
+  if (x.is_array() || x.is_object()) return 1 + static_cast<int64_t>(x.size());
+  return 1;
+}
+
 // A value: JSON, Jinja's undefined, or a namespace() (an object shared by reference). The JSON is shared and
-// immutable, so reading a variable (`messages` in a loop over a long conversation) copies a pointer, not the text.
+// immutable, so reading a variable (`messages` in a loop over a long conversation) copies a pointer, not the text,
+// and a member of it points into it (child) instead of copying.
 struct Node;
 struct Val {
   bool undef = false;
@@ -67,14 +84,26 @@ struct Val {
   std::shared_ptr<Json> ns;
   const Node* macro = nullptr;  // a {% macro %}, callable
   bool function = false;        // a built-in function (strftime_now, raise_exception, range, ...)
+  // `loop`: the loop's items and this iteration's index, for loop.previtem / loop.nextitem
+  std::shared_ptr<const std::vector<Val>> loop_items;
+  int64_t loop_at = -1;
   static Val undefined() {
     Val v;
     v.undef = true;
     return v;
   }
   static Val of(Json x) {
+    charge(cost(x));
     Val v;
     v.p = std::make_shared<const Json>(std::move(x));
+    return v;
+  }
+  // `c`, a value inside this one's JSON: shared with it (immutable JSON), else copied (a namespace's).
+  Val child(const Json& c) const {
+    if (ns || !p) return of(c);
+    charge(1);
+    Val v;
+    v.p = std::shared_ptr<const Json>(p, &c);
     return v;
   }
   // null for undefined values and macros
@@ -1193,10 +1222,12 @@ class Renderer {
     } else {
       fail(what + ": " + py_repr(j) + " is not iterable");
     }
+    charge(static_cast<int64_t>(out.size()));
     return out;
   }
 
   static std::vector<std::string> utf8_chars(const std::string& s) {
+    charge(1 + static_cast<int64_t>(s.size()));
     std::vector<std::string> out;
     for (size_t i = 0; i < s.size();) {
       size_t n = 1;
@@ -1214,26 +1245,37 @@ class Renderer {
   }
 
   void run_for(const Node& n, std::string& out) {
-    std::vector<Json> all = items_of(eval(*n.expr), "for");
+    const Val src = eval(*n.expr);
+    std::vector<Val> all;  // an array's items point into it; a dict's keys and a string's characters are new
+    if (!src.undef && src.json().is_array()) {
+      for (const Json& x : src.json()) all.push_back(src.child(x));
+    } else {
+      for (Json& x : items_of(src, "for")) all.push_back(Val::of(std::move(x)));
+    }
     scopes_.emplace_back();
-    std::vector<Json> items;
-    for (Json& x : all) {
+    auto items = std::make_shared<std::vector<Val>>();
+    for (Val& x : all) {
       if (n.filter) {
         bind(n.targets, x);
         if (!truthy(eval(*n.filter))) continue;
       }
-      items.push_back(std::move(x));
+      items->push_back(std::move(x));
     }
-    const auto len = static_cast<int64_t>(items.size());
+    const auto len = static_cast<int64_t>(items->size());
     try {
       for (int64_t i = 0; i < len; ++i) {
         if (++steps_ > kMaxSteps) fail("more than " + std::to_string(kMaxSteps) + " steps");
-        bind(n.targets, items[static_cast<size_t>(i)]);
-        Json loop = {{"index", i + 1},  {"index0", i},          {"revindex", len - i}, {"revindex0", len - i - 1},
-                     {"first", i == 0}, {"last", i == len - 1}, {"length", len}};
-        if (i > 0) loop["previtem"] = items[static_cast<size_t>(i - 1)];  // absent: undefined, as in Jinja
-        if (i + 1 < len) loop["nextitem"] = items[static_cast<size_t>(i + 1)];
-        scopes_.back()["loop"] = Val::of(std::move(loop));
+        bind(n.targets, (*items)[static_cast<size_t>(i)]);
+        Val loop = Val::of({{"index", i + 1},
+                            {"index0", i},
+                            {"revindex", len - i},
+                            {"revindex0", len - i - 1},
+                            {"first", i == 0},
+                            {"last", i == len - 1},
+                            {"length", len}});
+        loop.loop_items = items;
+        loop.loop_at = i;
+        scopes_.back()["loop"] = std::move(loop);
         try {
           run(n.branches[0].second, out);
         } catch (const ContinueSignal&) {
@@ -1245,14 +1287,15 @@ class Renderer {
     if (len == 0) run(n.else_body, out);
   }
 
-  void bind(const std::vector<std::string>& targets, const Json& x) {
+  void bind(const std::vector<std::string>& targets, const Val& x) {
     if (targets.size() == 1) {
-      scopes_.back()[targets[0]] = Val::of(x);
+      scopes_.back()[targets[0]] = x;
       return;
     }
-    if (!x.is_array() || x.size() != targets.size())
-      fail("for: cannot unpack " + py_repr(x) + " into " + std::to_string(targets.size()) + " names");
-    for (size_t k = 0; k < targets.size(); ++k) scopes_.back()[targets[k]] = Val::of(x[k]);
+    const Json& j = x.json();
+    if (!j.is_array() || j.size() != targets.size())
+      fail("for: cannot unpack " + py_repr(j) + " into " + std::to_string(targets.size()) + " names");
+    for (size_t k = 0; k < targets.size(); ++k) scopes_.back()[targets[k]] = x.child(j[k]);
   }
 
   Val eval(const Expr& e) {
@@ -1307,10 +1350,15 @@ class Renderer {
 
   Val member(const Val& obj, const Json& key) {
     if (obj.undef) return Val::undefined();
+    if (obj.loop_items && key.is_string() && (key == "previtem" || key == "nextitem")) {
+      const int64_t at = obj.loop_at + (key == "previtem" ? -1 : 1);  // absent at the ends: undefined, as in Jinja
+      const auto n = static_cast<int64_t>(obj.loop_items->size());
+      return at >= 0 && at < n ? (*obj.loop_items)[static_cast<size_t>(at)] : Val::undefined();
+    }
     const Json& j = obj.json();
     if (j.is_object() && key.is_string()) {
       auto it = j.find(key.get<std::string>());
-      return it == j.end() ? Val::undefined() : Val::of(*it);
+      return it == j.end() ? Val::undefined() : obj.child(*it);
     }
     if ((j.is_array() || j.is_string()) && (key.is_number_integer() || key.is_number_unsigned())) {
       const std::vector<std::string> chars =
@@ -1319,7 +1367,7 @@ class Renderer {
       int64_t i = key.get<int64_t>();
       if (i < 0) i += n;
       if (i < 0 || i >= n) return Val::undefined();
-      return Val::of(j.is_array() ? j[static_cast<size_t>(i)] : Json(chars[static_cast<size_t>(i)]));
+      return j.is_array() ? obj.child(j[static_cast<size_t>(i)]) : Val::of(Json(chars[static_cast<size_t>(i)]));
     }
     return Val::undefined();
   }
@@ -2007,6 +2055,13 @@ std::string render_checked(const std::string& source, const nlohmann::ordered_js
   std::string ended;
   Parser* none = nullptr;
   const Body body = tp.body({}, ended, &none);
+  int64_t work = 0;
+  struct WorkScope {  // charge() counts into `work` for this render only
+    explicit WorkScope(int64_t* w) { g_work = w; }
+    ~WorkScope() { g_work = nullptr; }
+    WorkScope(const WorkScope&) = delete;
+    WorkScope& operator=(const WorkScope&) = delete;
+  } scope(&work);
   Renderer r(context);
   std::string out;
   try {

@@ -317,6 +317,14 @@ TEST(ChatTemplate, ErrorsNameTheProblem) {
             std::string::npos);
   EXPECT_NE(error_of("{{ range(10000000000) }}").find("range of more than"), std::string::npos);
   EXPECT_NE(error_of("{{ 'x' * 10000000000 }}").find("too large"), std::string::npos);
+  // Work is bounded as well as steps: copying a large list in each of a few iterations stops (it ran unbounded
+  // before), and reading one through a dict does not copy it at all.
+  EXPECT_NE(error_of("{% set big = range(500000)|list %}{% for i in range(100) %}{% set x = big|list %}{% endfor %}")
+                .find("units of work"),
+            std::string::npos);
+  EXPECT_EQ(render("{% set d = {'a': range(100000)|list} %}{% for i in range(5000) %}{% if not d.a|length %}x"
+                   "{% endif %}{% endfor %}ok"),
+            "ok");
 }
 
 // render_chat: templates it cannot evaluate fall back to the built-in formats, and say so.
