@@ -69,7 +69,9 @@ fuzz:
 	  build-fuzz/corpus/tokenizer_json
 	cmake --build build-fuzz -j $(JOBS) --target fuzz_chat_template
 	mkdir -p build-fuzz/corpus/chat_template && cp fuzz/seeds/chat_template/* build-fuzz/corpus/chat_template/
-	build-fuzz/bin/fuzz_chat_template -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=10 \
+	# -timeout 30: a template that runs into the step or work limit takes ~1-2 s in a release build, ~20x that
+	# instrumented; a real hang would still be caught.
+	build-fuzz/bin/fuzz_chat_template -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=30 \
 	  build-fuzz/corpus/chat_template
 	cmake --build build-fuzz -j $(JOBS) --target fuzz_gguf
 	mkdir -p build-fuzz/corpus/gguf && cp fuzz/seeds/gguf/*.gguf tests/export/fixtures/llamacpp/*.gguf build-fuzz/corpus/gguf/
