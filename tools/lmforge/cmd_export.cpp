@@ -111,7 +111,8 @@ void add_export_commands(CLI::App& app, Context& ctx) {
   exp->require_subcommand(1);
   add_export_onnx_command(exp, ctx);
   auto ea = std::make_shared<ExportArgs>();
-  CLI::App* g = exp->add_subcommand("gguf", "write a GGUF v3 file llama.cpp loads (architectures llama, deepseek2)");
+  CLI::App* g =
+      exp->add_subcommand("gguf", "write a GGUF v3 file llama.cpp loads (architectures llama, qwen2, deepseek2)");
   g->add_option("--model", ea->model,
                 "model directory (config.json, model.safetensors, tokenizer.json); a quantized dir's q8_0 / q4_0 "
                 "blocks are copied when --type is theirs")
@@ -130,7 +131,7 @@ void add_export_commands(CLI::App& app, Context& ctx) {
   imp->require_subcommand(1);
   auto ia = std::make_shared<ImportArgs>();
   CLI::App* gi = imp->add_subcommand("gguf",
-                                     "read a llama or deepseek2 GGUF (f32, f16, bf16, q4_0..q8_0, k-quants, "
+                                     "read a llama, qwen2 or deepseek2 GGUF (f32, f16, bf16, q4_0..q8_0, k-quants, "
                                      "iq4_nl/iq4_xs) into config.json, model.safetensors, tokenizer.json");
   gi->add_option("--in", ia->in, "GGUF file")->required();
   gi->add_option("--out", ia->out, "model directory to write")->required();
