@@ -6,6 +6,7 @@
 
 #include "lmforge/core/error.h"
 #include "lmforge/eval/eval.h"
+#include "lmforge/tokenizer/chat_template.h"
 
 namespace lmforge::eval {
 namespace {
@@ -162,6 +163,20 @@ std::vector<ChoiceItem> load_choice_tasks(const std::string& path) {
   }
   LMF_CHECK(!items.empty(), path, ": no task items");
   return items;
+}
+
+std::string apply_chat_template(const ModelDir& m, std::vector<ChoiceItem>& items, const std::string& system) {
+  std::string note;
+  for (ChoiceItem& it : items) {
+    std::vector<tokenizer::ChatMessage> msgs;
+    if (!system.empty()) msgs.push_back({"system", system, nullptr});
+    msgs.push_back({"user", it.context, nullptr});
+    const tokenizer::ChatPrompt cp = tokenizer::render_chat(msgs, m.chat_template, m.bos_token, m.eos_token);
+    note = cp.note;
+    it.context = cp.text;
+    it.delimiter.clear();  // the harness drops the target delimiter under a chat template
+  }
+  return note;
 }
 
 std::vector<int32_t> choice_context(std::vector<int32_t> encoded, bool empty_context, int32_t bos, int32_t prefix) {

@@ -277,6 +277,16 @@ TEST_F(InferCli, EvalPerplexityChoiceAndGenerate) {
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_EQ(r.out.find("built-in"), std::string::npos) << r.out;
   EXPECT_EQ(sh(gen).code, 0);  // without the flag the template is not used
+  // eval choice through the same template (lm-evaluation-harness's --apply_chat_template / --system_instruction).
+  const std::string choice = kBin + " eval choice" + model + " --tasks " + path("ch.jsonl") + " --json";
+  r = sh(choice + " --apply-chat-template");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("need a system message"), std::string::npos) << r.out;
+  r = sh(choice + " --apply-chat-template --system-instruction 'Pick one.'");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(last_json(r.out)["chat_template"], true);
+  EXPECT_EQ(last_json(r.out)["items"], 3);
+  EXPECT_EQ(sh(choice + " --system-instruction x").code, 2);  // needs --apply-chat-template
   sh("rm " + path("m/tokenizer_config.json"));
 
   std::ofstream(path("bad.jsonl")) << R"({"context":"a","choices":["b","c"],"label":5})"

@@ -50,8 +50,12 @@ void print(const nlohmann::json& j, bool json, const std::string& text) {
 }
 
 int run_choice(const EvalArgs& a, bool json) {
-  const std::vector<eval::ChoiceItem> items = eval::load_choice_tasks(a.tasks);
+  std::vector<eval::ChoiceItem> items = eval::load_choice_tasks(a.tasks);
   eval::ModelDir m = eval::open_model_dir(a.model, true, engine_options(a));
+  LMF_CHECK(a.chat || a.system.empty(), "eval choice: --system-instruction needs --apply-chat-template");
+  if (a.chat)
+    if (const std::string note = eval::apply_chat_template(m, items, a.system); !note.empty())
+      std::fprintf(stderr, "lmforge eval choice: %s\n", note.c_str());
   const eval::ChoiceResult r = eval::evaluate_choice(m, items, progress("choice: items"));
   char buf[256];
   std::snprintf(buf, sizeof buf, "choice: acc %.4f, acc_norm %.4f over %lld items", r.acc, r.acc_norm,
@@ -64,6 +68,7 @@ int run_choice(const EvalArgs& a, bool json) {
          {"acc", r.acc},
          {"acc_norm", r.acc_norm},
          {"truncated", r.truncated},
+         {"chat_template", a.chat},
          {"tasks", a.tasks},
          {"model", a.model}},
         json, buf);
@@ -227,6 +232,14 @@ void add_eval_command(CLI::App& app, Context& ctx) {
                  "lm-evaluation-harness documents {\"query\", \"choices\", \"gold\"}")
       ->required()
       ->check(CLI::ExistingFile);
+  auto* ch_chat = ch->add_flag("--apply-chat-template", a->chat,
+                               "each context as a user message rendered with the model's chat template (generation "
+                               "prompt added; choices follow with no delimiter), as lm-evaluation-harness's "
+                               "--apply_chat_template");
+  ch->add_option("--system-instruction", a->system,
+                 "a system message before each context (needs "
+                 "--apply-chat-template)")
+      ->needs(ch_chat);
   add_kv_type_option(ch, a->kv_type);
   ch->add_flag("--json", ctx.json, "one JSON object: items, acc, acc_norm");
   ch->callback([&ctx, a] { ctx.exit_code = run_choice(*a, ctx.json); });

@@ -38,6 +38,10 @@ struct ChoiceResult {
 };
 ChoiceResult evaluate_choice(ModelDir& m, const std::vector<ChoiceItem>& items,
                              const std::function<void(int64_t done, int64_t total)>& progress = {});
+// Items as lm-evaluation-harness scores them with --apply_chat_template: each context becomes the user message of a
+// conversation (after a system message when `system` is not empty) rendered by the model's chat template with the
+// generation prompt, and the choices follow it with no delimiter. Returns render_chat's note (a fallback format).
+std::string apply_chat_template(const ModelDir& m, std::vector<ChoiceItem>& items, const std::string& system);
 // Sum of log p(continuation | context) on the engine (both non-empty).
 double continuation_loglik(model::Engine& engine, const std::vector<int32_t>& context,
                            const std::vector<int32_t>& continuation);
