@@ -29,11 +29,8 @@ struct SequenceGuard {
 
 // The id of a special token: its text in tokenizer_config.json looked up in the tokenizer, else config.json's id.
 int32_t special_id(const ModelDir& m, const std::string& text, int64_t config_id) {
-  const int64_t V = m.engine.config().vocab_size;
-  if (m.tokenizer && !text.empty())
-    if (const auto id = m.tokenizer->token_to_id(text); id && static_cast<int64_t>(*id) < V)
-      return static_cast<int32_t>(*id);
-  return config_id >= 0 && config_id < V ? static_cast<int32_t>(config_id) : -1;
+  if (const int32_t id = m.token_id(text); id >= 0) return id;
+  return config_id >= 0 && config_id < m.engine.config().vocab_size ? static_cast<int32_t>(config_id) : -1;
 }
 
 }  // namespace
@@ -168,10 +165,8 @@ std::vector<ChoiceItem> load_choice_tasks(const std::string& path) {
 std::string apply_chat_template(const ModelDir& m, std::vector<ChoiceItem>& items, const std::string& system) {
   std::string note;
   for (ChoiceItem& it : items) {
-    std::vector<tokenizer::ChatMessage> msgs;
-    if (!system.empty()) msgs.push_back({"system", system, nullptr});
-    msgs.push_back({"user", it.context, nullptr});
-    const tokenizer::ChatPrompt cp = tokenizer::render_chat(msgs, m.chat_template, m.bos_token, m.eos_token);
+    const tokenizer::ChatPrompt cp =
+        tokenizer::render_chat(tokenizer::user_turn(it.context, system), m.chat_template, m.bos_token, m.eos_token);
     note = cp.note;
     it.context = cp.text;
     it.delimiter.clear();  // the harness drops the target delimiter under a chat template

@@ -69,6 +69,12 @@ ModelDir open_model_dir(const std::string& dir, bool need_tokenizer, const model
   return m;
 }
 
+int32_t ModelDir::token_id(const std::string& text) const {
+  if (!tokenizer || text.empty()) return -1;
+  const auto id = tokenizer->token_to_id(text);
+  return id && static_cast<int64_t>(*id) < engine.config().vocab_size ? static_cast<int32_t>(*id) : -1;
+}
+
 std::vector<int32_t> ModelDir::encode(const std::string& text, bool add_special_tokens) const {
   LMF_CHECK(tokenizer.has_value(), path, ": no tokenizer.json in the model directory");
   tokenizer::EncodeOptions o;
@@ -123,8 +129,7 @@ model::SamplingParams generation_defaults(const ModelDir& m) {
         if (x.is_number_integer()) add_eos(x.get<int64_t>());
   }
   // The tokenizer's EOS (a chat model's end of turn, <|im_end|> or <|eot_id|>), as vLLM stops at it too.
-  if (m.tokenizer && !m.eos_token.empty())
-    if (const auto id = m.tokenizer->token_to_id(m.eos_token)) add_eos(static_cast<int64_t>(*id));
+  add_eos(m.token_id(m.eos_token));
   return p;
 }
 

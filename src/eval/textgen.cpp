@@ -234,10 +234,8 @@ GenEvalResult evaluate_generation(ModelDir& m, const std::vector<GenItem>& items
   for (const GenItem& it : items) {
     std::vector<int32_t> ids;
     if (prompts.chat) {
-      std::vector<tokenizer::ChatMessage> msgs;
-      if (!prompts.system.empty()) msgs.push_back({"system", prompts.system, nullptr});
-      msgs.push_back({"user", it.prompt, nullptr});
-      const tokenizer::ChatPrompt cp = tokenizer::render_chat(msgs, m.chat_template, m.bos_token, m.eos_token);
+      const tokenizer::ChatPrompt cp = tokenizer::render_chat(tokenizer::user_turn(it.prompt, prompts.system),
+                                                              m.chat_template, m.bos_token, m.eos_token);
       r.chat_note = cp.note;
       ids = m.encode(cp.text, false);  // the template carries the special tokens
     } else {

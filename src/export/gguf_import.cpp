@@ -354,8 +354,8 @@ GgufImportSummary import_gguf(const std::string& gguf_path, const std::string& o
                                c["hidden_size"].get<int64_t>() / std::max<int64_t>(1, c["num_attention_heads"]));
     c["head_dim"] = hd;
     if (opt_int(f, a + ".attention.value_length", hd) != hd || opt_int(f, a + ".rope.dimension_count", hd) != hd)
-      throw Error(gguf_path +
-                  ": llama.attention.value_length / rope.dimension_count differ from key_length "
+      throw Error(gguf_path + ": " + a +
+                  ".attention.value_length / rope.dimension_count differ from key_length "
                   "(partial RoPE or unequal head sizes are not supported by lmforge)");
     if (a == "llama") {
       c["attention_bias"] = f.contains("blk.0.attn_q.bias");

@@ -52,6 +52,13 @@ std::string chatml(const std::vector<ChatMessage>& msgs) {
 
 }  // namespace
 
+std::vector<ChatMessage> user_turn(const std::string& user, const std::string& system) {
+  std::vector<ChatMessage> msgs;
+  if (!system.empty()) msgs.push_back({"system", system, nullptr});
+  msgs.push_back({"user", user, nullptr});
+  return msgs;
+}
+
 ChatMessage chat_message_from_json(const nlohmann::ordered_json& m, const std::string& where) {
   LMF_CHECK(m.is_object(), where, ": a message must be a JSON object");
   LMF_CHECK(m.contains("role") && m["role"].is_string() && !m["role"].get_ref<const std::string&>().empty(), where,

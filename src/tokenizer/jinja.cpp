@@ -437,12 +437,18 @@ int py_compare(const Json& a, const Json& b) {
   fail("cannot order " + py_repr(a) + " and " + py_repr(b));
 }
 
+// s in ASCII upper or lower case (str.upper / str.lower on the ASCII letters).
+std::string ascii_case(std::string s, bool upper) {
+  for (char& c : s)
+    c = static_cast<char>(upper ? std::toupper(static_cast<unsigned char>(c))
+                                : std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
 // The key jinja2's sort / min / max / dictsort compare: strings lower-cased unless case_sensitive.
 Json sort_key(const Json& x, bool case_sensitive) {
   if (case_sensitive || !x.is_string()) return x;
-  std::string s = x.get<std::string>();
-  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
+  return ascii_case(x.get<std::string>(), false);
 }
 
 // jinja2's attribute="a.b" (dotted path; integer parts index lists); missing: null.
@@ -1568,13 +1574,7 @@ class Renderer {
         const std::string chars = c.undef || c.json().is_null() ? ws : to_str(c);
         return Val::of(strip(s, chars, m != "rstrip", m != "lstrip"));
       }
-      if (m == "upper" || m == "lower") {
-        std::string r = s;
-        for (char& c : r)
-          c = static_cast<char>(m == "upper" ? std::toupper(static_cast<unsigned char>(c))
-                                             : std::tolower(static_cast<unsigned char>(c)));
-        return Val::of(r);
-      }
+      if (m == "upper" || m == "lower") return Val::of(ascii_case(s, m == "upper"));
       if (m == "title" || m == "capitalize") return Val::of(case_words(s, m == "title"));
       if (m == "startswith" || m == "endswith") {
         const Json p = plain(arg(e, 0, "prefix"));
@@ -1723,13 +1723,7 @@ class Renderer {
       return f == "string" ? Val::of(to_str(v)) : v;
     }
     if (f == "trim") return Val::of(strip(to_str(v), " \t\n\r\f\v", true, true));
-    if (f == "upper" || f == "lower") {
-      std::string s = to_str(v);
-      for (char& c : s)
-        c = static_cast<char>(f == "upper" ? std::toupper(static_cast<unsigned char>(c))
-                                           : std::tolower(static_cast<unsigned char>(c)));
-      return Val::of(s);
-    }
+    if (f == "upper" || f == "lower") return Val::of(ascii_case(to_str(v), f == "upper"));
     if (f == "capitalize" || f == "title") return Val::of(case_words(to_str(v), f == "title"));
     if (f == "length" || f == "count") {
       if (j.is_string()) {
@@ -1801,9 +1795,8 @@ class Renderer {
                                    : std::max_element(keys.begin(), keys.end(), less);
         return Val::of(xs[it->second]);
       }
-      std::stable_sort(keys.begin(), keys.end(), [&](const auto& x, const auto& y) {
-        return reverse ? py_compare(y.first, x.first) < 0 : py_compare(x.first, y.first) < 0;
-      });
+      std::stable_sort(keys.begin(), keys.end(),
+                       [&](const auto& x, const auto& y) { return reverse ? less(y, x) : less(x, y); });
       Json r = Json::array();
       for (const auto& [key, k] : keys) r.push_back(xs[k]);
       return Val::of(r);

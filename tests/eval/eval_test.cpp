@@ -16,6 +16,18 @@
 namespace lmforge::eval {
 namespace {
 
+// The error a loader gives for a file holding one line ("no error" when it loads).
+template <class Load>
+std::string load_error(const std::string& path, const std::string& line, Load load) {
+  std::ofstream(path) << line << "\n";
+  try {
+    load(path);
+  } catch (const Error& e) {
+    return std::string(e.what());
+  }
+  return std::string("no error");
+}
+
 TEST(Bleu, Tokenize13a) {
   // Symbols split off ($ ! &), commas/periods split unless between digits, a dash after a digit split, &amp;
   // unescaped first.
@@ -88,15 +100,7 @@ TEST(GenTasks, LoadsOneOrSeveralReferencesAndRejectsBadOnes) {
   ASSERT_EQ(items.size(), 2u);
   EXPECT_EQ(items[0].references, std::vector<std::string>{"b"});
   EXPECT_EQ(items[1].references, (std::vector<std::string>{"d", "e"}));
-  const auto error_of = [&](const std::string& line) {
-    std::ofstream(path) << line << "\n";
-    try {
-      load_gen_tasks(path);
-    } catch (const Error& e) {
-      return std::string(e.what());
-    }
-    return std::string("no error");
-  };
+  const auto error_of = [&](const std::string& line) { return load_error(path, line, load_gen_tasks); };
   for (const char* bad : {R"({"prompt": "c", "references": []})", R"({"prompt": "c", "references": "d"})",
                           R"({"prompt": "c", "references": ["d", 3]})"})
     EXPECT_NE(error_of(bad).find(":1: field 'references' must be a non-empty array of strings"), std::string::npos)
@@ -303,15 +307,7 @@ TEST(Choice, LoadsOursAndHarnessDocuments) {
   EXPECT_EQ(items[1].delimiter, " ");
   EXPECT_EQ(items[1].label, 0);
   EXPECT_EQ(items[2].label, 3);
-  const auto error_of = [&](const std::string& line) {
-    std::ofstream(path) << line << "\n";
-    try {
-      load_choice_tasks(path);
-    } catch (const Error& e) {
-      return std::string(e.what());
-    }
-    return std::string("no error");
-  };
+  const auto error_of = [&](const std::string& line) { return load_error(path, line, load_choice_tasks); };
   EXPECT_NE(error_of(R"({"choices": ["a", "b"], "label": 0})").find(":1: field 'context' must be a string"),
             std::string::npos);
   EXPECT_NE(error_of(R"({"query": "q", "choices": ["a", "b"], "gold": 2})").find(":1: gold 2 is not an index"),

@@ -120,8 +120,7 @@ int run_generate(const GenArgs& a, const CLI::App& cmd, bool json) {
     if (!a.chat.empty()) {
       opt = read_chat(a, msgs);
     } else {  // --prompt as the user message (after a system message with --system)
-      if (!a.system.empty()) msgs.push_back({"system", a.system, nullptr});
-      msgs.push_back({"user", a.prompt, nullptr});
+      msgs = tokenizer::user_turn(a.prompt, a.system);
     }
     const tokenizer::ChatPrompt cp = tokenizer::render_chat(msgs, m.chat_template, m.bos_token, m.eos_token, opt);
     if (!cp.note.empty()) std::fprintf(stderr, "lmforge generate: %s\n", cp.note.c_str());

@@ -22,6 +22,9 @@ struct ModelDir {
   // Text to ids with the model's tokenizer (errors when there is none); the ids are checked against the model's
   // vocabulary.
   std::vector<int32_t> encode(const std::string& text, bool add_special_tokens) const;
+  // The id of a token written as in tokenizer.json ("<|im_end|>"); -1 when there is no tokenizer, the text is not
+  // one token, or its id is outside the model's vocabulary.
+  int32_t token_id(const std::string& text) const;
   // Bytes of one token (for streaming; special tokens give "").
   std::string token_bytes(int32_t id) const;
 };

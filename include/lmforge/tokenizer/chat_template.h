@@ -48,6 +48,10 @@ struct ChatPrompt {
 ChatPrompt render_chat(const std::vector<ChatMessage>& messages, const std::string& chat_template,
                        const std::string& bos, const std::string& eos = "", const ChatOptions& opt = {});
 
+// A one-turn conversation: `user`, after a system message when `system` is not empty (generate
+// --apply-chat-template, eval's --apply-chat-template / --system-instruction).
+std::vector<ChatMessage> user_turn(const std::string& user, const std::string& system = "");
+
 // A message from an OpenAI-style JSON object: "role" a string, "content" a string, null (an assistant turn with
 // tool_calls) or an array of parts ({"type": "text", "text": ...} joined for `content`; other parts stay in
 // `fields` for templates that read them). `where` names the message in errors.
