@@ -373,6 +373,19 @@ TEST_F(GgufExport, LinearRopeScalingRoundTrips) {
     EXPECT_EQ(ck.rope_scaling->type, "linear") << key;
     EXPECT_EQ(ck.rope_scaling->factor, 4.0) << key;
   }
+  // A factor below 1 (positions stretched, not compressed) is refused, naming the key.
+  io::GgufWriter w;
+  for (const auto& [k, v] : f.metadata())
+    if (k != "llama.rope.scaling.factor") w.set(k, v);
+  w.set("llama.rope.scaling.factor", io::GgufValue::f32(0.5f));
+  for (const auto& ti : f.tensors()) w.add_tensor(ti.name, f.get_f32(ti.name));
+  w.write(path("half.gguf"));
+  try {
+    ex::import_gguf(path("half.gguf"), path("half"));
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("llama.rope.scaling.factor is 0.5, not > 1"), std::string::npos) << e.what();
+  }
 }
 
 TEST_F(GgufExport, QuantizedRoundTripIsTheQuantizersResult) {
