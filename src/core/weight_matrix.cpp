@@ -8,6 +8,8 @@
 //   q4_g128_asym       codes as q4_g128; scales f16 [rows, cols / 128]; zeros u8 [rows, cols / 128] (0..15);
 //                      value = scale * (q - zero).
 //   int8               codes i8 [rows, cols]; scales f32 [rows]; value = scale[row] * q.
+//   q4_K / q6_K        codes u8 [rows, cols / 256 * 144] / [rows, cols / 256 * 210]: GGUF block_q4_K / block_q6_K
+//                      bytes, row after row (scales inside the blocks).
 #include "lmforge/core/weight_matrix.h"
 
 #include <algorithm>
@@ -41,7 +43,17 @@ constexpr FormatInfo kFormats[] = {
     {WeightFormat::Q4_G128, "q4_g128", kGroup},
     {WeightFormat::Q4_G128_ASYM, "q4_g128_asym", kGroup},
     {WeightFormat::INT8, "int8", 1},
+    {WeightFormat::Q4_K, "q4_K", kKBlockSize},
+    {WeightFormat::Q6_K, "q6_K", kKBlockSize},
 };
+
+bool is_k_quant(WeightFormat f) {
+  return f == WeightFormat::Q4_K || f == WeightFormat::Q6_K;
+}
+// Bytes of one row of a k-quant weight.
+int64_t k_row_bytes(WeightFormat f, int64_t cols) {
+  return cols / kKBlockSize * static_cast<int64_t>(f == WeightFormat::Q4_K ? kQ4KBytes : kQ6KBytes);
+}
 
 const FormatInfo& info(WeightFormat f) {
   for (const FormatInfo& i : kFormats) {
@@ -101,8 +113,10 @@ WeightFormat parse_weight_format(std::string_view name) {
   for (const FormatInfo& i : kFormats) {
     if (name == i.name) return i.format;
   }
+  if (name == "q4_k") return WeightFormat::Q4_K;  // llama.cpp's names are upper-case K; the lower case is common too
+  if (name == "q6_k") return WeightFormat::Q6_K;
   throw Error("unknown weight format '" + std::string(name) +
-              "' (expected f32, f16, bf16, q8_0, q4_0, q4_g128, q4_g128_asym or int8)");
+              "' (expected f32, f16, bf16, q8_0, q4_0, q4_g128, q4_g128_asym, int8, q4_K or q6_K)");
 }
 
 size_t WeightMatrix::nbytes() const {
@@ -185,6 +199,22 @@ WeightMatrix WeightMatrix::quantize(const Tensor& w, WeightFormat format) {
       }
       break;
     }
+    case WeightFormat::Q4_K:
+    case WeightFormat::Q6_K: {
+      const int64_t bytes = k_row_bytes(format, cols);
+      m.codes_ = Tensor::empty({rows, bytes}, DType::U8);
+      uint8_t* codes = m.codes_.data<uint8_t>();
+      parallel_for(rows, 16, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          if (format == WeightFormat::Q4_K) {
+            quantize_row_q4_K(src + r * cols, codes + r * bytes, cols);
+          } else {
+            quantize_row_q6_K(src + r * cols, codes + r * bytes, cols);
+          }
+        }
+      });
+      break;
+    }
     case WeightFormat::INT8: {
       m.codes_ = Tensor::empty({rows, cols}, DType::I8);
       m.scales_ = Tensor::empty({rows}, DType::F32);
@@ -235,6 +265,10 @@ WeightMatrix WeightMatrix::from_parts(WeightFormat format, int64_t rows, int64_t
       check_part(codes, DType::I8, {rows, cols}, "codes", format, what);
       check_part(scales, DType::F32, {rows}, "scales", format, what);
       break;
+    case WeightFormat::Q4_K:
+    case WeightFormat::Q6_K:
+      check_part(codes, DType::U8, {rows, k_row_bytes(format, cols)}, "codes", format, what);
+      break;
   }
   WeightMatrix m;
   m.format_ = format;
@@ -259,7 +293,7 @@ WeightMatrix WeightMatrix::with_layout(bool interleaved) const {
 void WeightMatrix::dequantize_rows(int64_t r0, int64_t r1, float* out) const {
   LMF_CHECK(0 <= r0 && r0 <= r1 && r1 <= rows_, "dequantize_rows: [", r0, ", ", r1, ") outside ", rows_, " rows");
   const int64_t n = r1 - r0;
-  if (interleaved_) {  // row by row through the kernels' reader of the interleaved layout
+  if (interleaved_ || is_k_quant(format_)) {  // row by row through the kernels' reader of the layout
     const kernels::cpu::QWeight q = qweight_view(*this);
     for (int64_t r = r0; r < r1; ++r) kernels::cpu::dequantize_row(q, r, out + (r - r0) * cols_);
     return;
@@ -301,6 +335,8 @@ void WeightMatrix::dequantize_rows(int64_t r0, int64_t r1, float* out) const {
           out[(r - r0) * cols_ + j] = scales[r] * static_cast<float>(codes[r * cols_ + j]);
       break;
     }
+    default:  // the k-quants go through the kernels above
+      break;
   }
 }
 
@@ -374,6 +410,12 @@ kernels::cpu::QWeight qweight_view(const WeightMatrix& w) {
       break;
     case WeightFormat::F32:
       q.format = QFormat::F32;
+      break;
+    case WeightFormat::Q4_K:
+      q.format = QFormat::Q4_K;
+      break;
+    case WeightFormat::Q6_K:
+      q.format = QFormat::Q6_K;
       break;
   }
   q.rows = w.rows();

@@ -10,6 +10,7 @@
 #include "lmforge/core/error.h"
 #include "lmforge/core/half.h"
 #include "lmforge/io/gguf.h"
+#include "lmforge/kernels/qgemm.h"
 
 namespace lmforge::io {
 
@@ -130,22 +131,17 @@ void scale_min_k4(int j, const unsigned char* q, uint8_t& d, uint8_t& m) {
   }
 }
 
-void deq_q4_K(const unsigned char* b, float* y) {  // {f16 d, f16 dmin, u8 scales[12], u8 qs[128]}
-  const float d = h(b), mn = h(b + 2);
-  const unsigned char* scales = b + 4;
-  const unsigned char* q = b + 16;
-  int is = 0;
-  uint8_t sc, m;
-  for (int j = 0; j < QK_K; j += 64) {
-    scale_min_k4(is + 0, scales, sc, m);
-    const float d1 = d * sc, m1 = mn * m;
-    scale_min_k4(is + 1, scales, sc, m);
-    const float d2 = d * sc, m2 = mn * m;
-    for (int l = 0; l < 32; ++l) *y++ = d1 * (q[l] & 0xF) - m1;
-    for (int l = 0; l < 32; ++l) *y++ = d2 * (q[l] >> 4) - m2;
-    q += 32;
-    is += 2;
-  }
+// q4_K and q6_K are the engine's own formats: their dequantization is the kernels' (one copy of the layout).
+void deq_k(kernels::cpu::QFormat f, const unsigned char* b, float* y) {
+  kernels::cpu::QWeight w;
+  w.format = f;
+  w.rows = 1;
+  w.cols = QK_K;
+  w.codes = b;
+  kernels::cpu::dequantize_row(w, 0, y);
+}
+void deq_q4_K(const unsigned char* b, float* y) {
+  deq_k(kernels::cpu::QFormat::Q4_K, b, y);
 }
 
 void deq_q5_K(const unsigned char* b, float* y) {  // {f16 d, f16 dmin, u8 scales[12], u8 qh[32], u8 qs[128]}
@@ -169,28 +165,8 @@ void deq_q5_K(const unsigned char* b, float* y) {  // {f16 d, f16 dmin, u8 scale
   }
 }
 
-void deq_q6_K(const unsigned char* b, float* y) {  // {u8 ql[128], u8 qh[64], i8 scales[16], f16 d}
-  const float d = h(b + 208);
-  const unsigned char* ql = b;
-  const unsigned char* qh = b + 128;
-  const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192);
-  for (int n = 0; n < QK_K; n += 128) {
-    for (int l = 0; l < 32; ++l) {
-      const int is = l / 16;
-      const int8_t q1 = static_cast<int8_t>((ql[l + 0] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
-      const int8_t q2 = static_cast<int8_t>((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
-      const int8_t q3 = static_cast<int8_t>((ql[l + 0] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
-      const int8_t q4 = static_cast<int8_t>((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
-      y[l + 0] = d * sc[is + 0] * q1;
-      y[l + 32] = d * sc[is + 2] * q2;
-      y[l + 64] = d * sc[is + 4] * q3;
-      y[l + 96] = d * sc[is + 6] * q4;
-    }
-    y += 128;
-    ql += 64;
-    qh += 32;
-    sc += 8;
-  }
+void deq_q6_K(const unsigned char* b, float* y) {
+  deq_k(kernels::cpu::QFormat::Q6_K, b, y);
 }
 
 void deq_q8_K(const unsigned char* b, float* y) {  // {f32 d, i8 qs[256], i16 bsums[16]}

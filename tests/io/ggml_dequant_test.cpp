@@ -14,6 +14,8 @@
 
 #include "lmforge/core/error.h"
 #include "lmforge/core/half.h"
+#include "lmforge/core/tensor.h"
+#include "lmforge/core/weight_matrix.h"
 #include "lmforge/io/gguf.h"
 
 namespace lmforge::io {
@@ -239,6 +241,65 @@ TEST(GgmlDequant, BitForBitAsGgmlItself) {
     ++checked;
   }
   EXPECT_EQ(checked, 13);
+}
+
+// lmforge's k-quant quantizers (WeightMatrix::quantize q4_K / q6_K, src/core/kquant.cpp) against ggml's own
+// (ggml_quantize_chunk without an importance matrix: what llama-quantize runs): the same bytes, block for block, on
+// Gaussian rows with outliers, rows of tiny and of large values, constant and all-zero super-blocks and
+// one-sided (all positive) rows; and the engine's dequantization of them equals ggml's, bit for bit.
+TEST(GgmlDequant, KQuantizersBitForBitAsGgml) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "sanitizer build: the prebuilt ggml is not instrumented";
+#endif
+  static const Ggml g;
+  if (!g.base || !g.quantize) GTEST_SKIP() << "no prebuilt ggml (LMFORGE_WITH_NODE=1 scripts/install-deps.sh)";
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const int64_t rows = 12, cols = 1024;
+  std::vector<float> x(rows * cols);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < cols; ++j) {
+      float v = normal(rng);
+      switch (r % 6) {
+        case 0:
+          v *= (j % 97 == 0 ? 8.0f : 0.05f);
+          break;  // outliers
+        case 1:
+          v *= 1e-6f;
+          break;  // tiny
+        case 2:
+          v *= 300.0f;
+          break;  // large
+        case 3:
+          v = std::fabs(v) * 0.1f;
+          break;  // one-sided: every min 0
+        case 4:
+          v = j < 256 ? 0.0f : (j < 512 ? 0.25f : v * 0.02f);
+          break;  // a zero and a constant super-block
+        default:
+          v *= 0.02f;
+      }
+      x[r * cols + j] = v;
+    }
+  for (const auto& [name, id, format] :
+       {std::tuple{"q4_K", 12u, WeightFormat::Q4_K}, std::tuple{"q6_K", 14u, WeightFormat::Q6_K}}) {
+    SCOPED_TRACE(name);
+    int64_t block = 0;
+    size_t size = 0;
+    ASSERT_TRUE(ggml_type_traits(id, block, size));
+    std::vector<unsigned char> theirs(static_cast<size_t>(rows * cols / block) * size);
+    ASSERT_EQ(g.quantize(static_cast<int>(id), x.data(), theirs.data(), 0, rows, cols, nullptr), theirs.size());
+    const WeightMatrix m = WeightMatrix::quantize(Tensor::from_vector(x, {rows, cols}), format);
+    ASSERT_EQ(m.codes().nbytes(), theirs.size());
+    const auto* ours = static_cast<const unsigned char*>(m.codes().raw_data());
+    for (size_t b = 0; b < theirs.size() / size; ++b)
+      ASSERT_EQ(std::memcmp(ours + b * size, theirs.data() + b * size, size), 0)
+          << "block " << b << " (row " << b / (cols / block) << ")";
+    const Tensor dq = m.dequantize();
+    std::vector<float> ref(rows * cols);
+    g.dequantize(name)(theirs.data(), ref.data(), rows * cols);
+    ASSERT_EQ(std::memcmp(dq.data<float>(), ref.data(), ref.size() * 4), 0);
+  }
 }
 
 }  // namespace

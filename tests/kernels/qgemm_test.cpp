@@ -67,17 +67,18 @@ std::vector<double> reference(const Tensor& dq, const std::vector<float>& x, int
   return y;
 }
 
-const WeightFormat kFormats[] = {WeightFormat::F32,          WeightFormat::F16,  WeightFormat::BF16,
-                                 WeightFormat::Q8_0,         WeightFormat::Q4_0, WeightFormat::Q4_G128,
-                                 WeightFormat::Q4_G128_ASYM, WeightFormat::INT8};
+const WeightFormat kFormats[] = {
+    WeightFormat::F32,     WeightFormat::F16,          WeightFormat::BF16, WeightFormat::Q8_0, WeightFormat::Q4_0,
+    WeightFormat::Q4_G128, WeightFormat::Q4_G128_ASYM, WeightFormat::INT8, WeightFormat::Q4_K, WeightFormat::Q6_K};
 
 TEST(Qgemm, EachFormatMatchesDequantizedReference) {
   ThreadCountScope threads(2);
   // 45 rows: tiles of 4 plus a remainder, in one chunk; 203 rows: chunks of several sizes over both threads, each
-  // cut into the kernel's four streams with rows left over; 384 columns: three 128-groups.
+  // cut into the kernel's four streams with rows left over; 768 columns: six 128-groups, three k-quant
+  // super-blocks.
   for (const int64_t rows : {45, 203}) {
     SCOPED_TRACE("rows=" + std::to_string(rows));
-    const int64_t cols = 384;
+    const int64_t cols = 768;
     const std::vector<float> wv = gaussian(rows * cols, 1, 0.02f);
     // Asymmetric weights (a per-row offset) so the zero points of q4_g128_asym are not all 8.
     std::vector<float> wa = wv;
@@ -90,13 +91,15 @@ TEST(Qgemm, EachFormatMatchesDequantizedReference) {
       // integers): the outlier below coarsens four times as many values as in a block of 32. Measured 1.05% at n = 2
       // (0.3-0.5% for the other formats) -> 2e-2 for their decode path.
       const bool g128 = f == WeightFormat::Q4_G128 || f == WeightFormat::Q4_G128_ASYM;
+      // The k-quants: one activation scale per 256 values (ggml's q8_K), the outlier coarsening a whole super-block.
+      const bool k256 = f == WeightFormat::Q4_K || f == WeightFormat::Q6_K;
       const WeightMatrix m =
           WeightMatrix::quantize(Tensor::from_vector(f == WeightFormat::Q4_G128_ASYM ? wa : wv, {rows, cols}), f);
       const Tensor dq = m.dequantize();
       const int64_t switch_rows = kernels::cpu::qgemm_sgemm_rows(qweight_view(m).format);
-      EXPECT_EQ(switch_rows, f == WeightFormat::F32                                           ? 48
-                             : f == WeightFormat::Q8_0 || f == WeightFormat::Q4_0 || !integer ? 64
-                                                                                              : 32);
+      EXPECT_EQ(switch_rows, f == WeightFormat::F32                                                   ? 48
+                             : f == WeightFormat::Q8_0 || f == WeightFormat::Q4_0 || k256 || !integer ? 64
+                                                                                                      : 32);
       for (int64_t n : {int64_t{1}, int64_t{2}, int64_t{5}, int64_t{16}, int64_t{33}, switch_rows - 1, switch_rows}) {
         SCOPED_TRACE("n=" + std::to_string(n));
         const bool tiles = n < switch_rows;
@@ -107,7 +110,7 @@ TEST(Qgemm, EachFormatMatchesDequantizedReference) {
         if (integer && tiles) {
           for (int64_t i = 0; i < n; ++i) {
             std::vector<float> row(x.begin() + i * cols, x.begin() + (i + 1) * cols);
-            row = quantize_activations(row, g128 ? 128 : 32);
+            row = quantize_activations(row, k256 ? 256 : g128 ? 128 : 32);
             std::copy(row.begin(), row.end(), xq.begin() + i * cols);
           }
         }
@@ -119,7 +122,7 @@ TEST(Qgemm, EachFormatMatchesDequantizedReference) {
           std::vector<float> y(static_cast<size_t>(n * rows), 0.0f);
           kernels::cpu::qgemm(qweight_view(m), x.data(), n, y.data(), false, impl);
           EXPECT_LE(rel_err(y, same), 1e-5);
-          EXPECT_LE(rel_err(y, exact), g128 && tiles ? 2e-2 : 1e-2);
+          EXPECT_LE(rel_err(y, exact), (g128 || k256) && tiles ? 2e-2 : 1e-2);
           if (impl == QImpl::Generic) {
             y_generic = y;
           } else if (!y_generic.empty()) {
@@ -335,7 +338,11 @@ TEST(Qgemm, PrefillPathsGiveIdenticalProducts) {
   for (WeightFormat f : kFormats) {
     const bool any_cols =
         f == WeightFormat::F32 || f == WeightFormat::F16 || f == WeightFormat::BF16 || f == WeightFormat::INT8;
-    for (const int64_t cols : {int64_t{256}, int64_t{1152}, any_cols ? int64_t{70} : int64_t{384}}) {
+    const bool k256 = f == WeightFormat::Q4_K || f == WeightFormat::Q6_K;
+    for (const int64_t cols : {int64_t{256}, int64_t{1280},
+                               any_cols ? int64_t{70}
+                               : k256   ? int64_t{512}
+                                        : int64_t{384}}) {
       const int64_t rows = 71;
       const WeightMatrix m =
           WeightMatrix::quantize(Tensor::from_vector(gaussian(rows * cols, 21, 0.05f), {rows, cols}), f);

@@ -1,5 +1,5 @@
-// Weight matrices in every storage format the inference engine runs (f32, f16, bf16, GGUF's q8_0 / q4_0,
-// 4-bit with groups of 128, int8 per output channel), and their products with f32 activations.
+// Weight matrices in every storage format the inference engine runs (f32, f16, bf16, GGUF's q8_0 / q4_0 and
+// k-quants q4_K / q6_K, 4-bit with groups of 128, int8 per output channel), and their products with f32 activations.
 //
 // This is the one place where the engine multiplies by a weight: the decoder's projections, the experts and the
 // LM head all call weight_matmul, so a new format or a faster kernel is an edit here and in src/kernels/cpu/,
@@ -24,13 +24,16 @@ enum class WeightFormat : uint8_t {
   Q4_G128,       // 4-bit, groups of 128 along a row, symmetric: value = scale * (q - 8)
   Q4_G128_ASYM,  // 4-bit, groups of 128, asymmetric: value = scale * (q - zero)
   INT8,          // int8 per output channel (row): value = scale[row] * q
+  Q4_K,          // GGUF block_q4_K (256 values: f16 d and dmin, 6-bit scale and min per 32, 4-bit codes)
+  Q6_K,          // GGUF block_q6_K (256 values: f16 d, int8 scale per 16, 6-bit codes - 32)
 };
 
-// "f32", "f16", "bf16", "q8_0", "q4_0", "q4_g128", "q4_g128_asym", "int8".
+// "f32", "f16", "bf16", "q8_0", "q4_0", "q4_g128", "q4_g128_asym", "int8", "q4_K", "q6_K" (parsing also takes
+// "q4_k" / "q6_k").
 std::string_view weight_format_name(WeightFormat f);
 // Throws lmforge::Error naming the string and listing the formats.
 WeightFormat parse_weight_format(std::string_view name);
-// Values per block along a row (1, 32 or 128); cols must be a multiple of it.
+// Values per block along a row (1, 32, 128 or 256); cols must be a multiple of it.
 int64_t weight_format_block(WeightFormat f);
 
 // A [rows, cols] matrix: rows = output features, cols = input features (nn.Linear.weight's layout).

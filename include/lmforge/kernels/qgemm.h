@@ -11,11 +11,15 @@
 
 namespace lmforge::kernels::cpu {
 
-enum class QFormat : uint8_t { F16, BF16, Q8_0, Q4_0, Q4_G128, Q4_G128_ASYM, INT8, F32 };
+// Q4_K / Q6_K: GGUF's k-quant super-blocks of 256 values (block_q4_K, 144 bytes: f16 d, f16 dmin, 12 bytes of
+// packed 6-bit scales and mins, 128 bytes of nibbles; block_q6_K, 210 bytes: 128 bytes of low nibbles, 64 of high
+// 2-bit pairs, 16 int8 scales, f16 d), row after row as in the file. Their activations are quantized with one scale
+// per 256 values (ggml's q8_K), and each super-block is summed in integers and scaled once.
+enum class QFormat : uint8_t { F16, BF16, Q8_0, Q4_0, Q4_G128, Q4_G128_ASYM, INT8, F32, Q4_K, Q6_K };
 
 struct QWeight {
   QFormat format = QFormat::Q8_0;
-  int64_t rows = 0, cols = 0;  // cols a multiple of the format's block (32, or 128 for the g128 formats)
+  int64_t rows = 0, cols = 0;  // cols a multiple of the format's block (32; 128 for g128; 256 for the k-quants)
   const void* codes = nullptr;
   const void* scales = nullptr;  // f16 [rows, cols/128] (g128), f32 [rows] (int8); unused otherwise
   const void* zeros = nullptr;   // u8 [rows, cols/128] (q4_g128_asym only)

@@ -75,6 +75,8 @@ int64_t qgemm_sgemm_rows(QFormat f) {
   switch (f) {
     case QFormat::Q8_0:
     case QFormat::Q4_0:
+    case QFormat::Q4_K:
+    case QFormat::Q6_K:
     case QFormat::F16:
     case QFormat::BF16:
       return 64;
@@ -94,8 +96,11 @@ namespace {
 // 2816: 7-10 ms -> 7.2 ms, 23-26 ms -> 19-22 ms against 64-row panels; docs/PERFORMANCE.md).
 constexpr int64_t kMinPanel = 64;
 constexpr int64_t kPanelBytes = int64_t{2} << 20;
-constexpr size_t kQ8Bytes = 34;  // GGUF block_q8_0: f16 d, 32 x i8
-constexpr size_t kQ4Bytes = 18;  // GGUF block_q4_0: f16 d, 16 bytes of nibbles
+constexpr size_t kQ8Bytes = 34;    // GGUF block_q8_0: f16 d, 32 x i8
+constexpr size_t kQ4Bytes = 18;    // GGUF block_q4_0: f16 d, 16 bytes of nibbles
+constexpr int64_t kSuper = 256;    // k-quant super-block
+constexpr size_t kQ4KBytes = 144;  // block_q4_K: f16 d, f16 dmin, u8 scales[12], u8 qs[128]
+constexpr size_t kQ6KBytes = 210;  // block_q6_K: u8 ql[128], u8 qh[64], i8 scales[16], f16 d
 
 // IEEE half to float without F16C (the portable path; the AVX2 path uses _cvtsh_ss).
 inline float half_to_float(uint16_t h) {
@@ -149,6 +154,8 @@ struct XQuant {
   // For the AVX-512 VNNI q8_0 tile only (runs_x with vnni): per block -128 x the sum of the activation codes each
   // 32-bit lane of an x4 dot meets (lanes 0-3: codes 8k..8k+3 over k, lanes 4-7: 8k+4..8k+7), 8 values.
   std::vector<int32_t> c8;
+  // For the k-quant tiles only (sums16): the sums of each 16 consecutive codes, nb * 2 values.
+  std::vector<int16_t> s16;
   void resize(int64_t cols) {  // the buffers are reused call after call (thread-local) and only grow
     nb = cols / kBlock;
     at_least(d, nb);
@@ -185,6 +192,44 @@ struct XQuant {
 bool is_int_format(QFormat f) {
   return f != QFormat::F16 && f != QFormat::BF16 && f != QFormat::F32;
 }
+bool is_k_format(QFormat f) {
+  return f == QFormat::Q4_K || f == QFormat::Q6_K;
+}
+
+// The k-quant tiles' activation sums per 16 values, from the sums per 4 (p4: lane k of block b sums codes 4k..4k+3).
+void sums16(XQuant& xq) {
+  XQuant::at_least(xq.s16, xq.nb * 2);
+  for (int64_t b = 0; b < xq.nb; ++b) {
+    const int32_t* p = xq.p4.data() + b * 8;
+    xq.s16[2 * b] = static_cast<int16_t>(p[0] + p[1] + p[2] + p[3]);
+    xq.s16[2 * b + 1] = static_cast<int16_t>(p[4] + p[5] + p[6] + p[7]);
+  }
+}
+
+// The eight 6-bit scales (out[0..7]) and mins (out[8..15]) of a q4_K super-block from its 12 packed bytes: j < 4 in
+// the low 6 bits of bytes j and j + 4; j >= 4 in the nibbles of byte j + 4 with the top two bits in the high bits of
+// bytes j - 4 (scale) and j (min), as ggml's get_scale_min_k4.
+inline void q4_K_scales(const uint8_t* packed, uint8_t* out) {
+  for (int j = 0; j < 8; ++j) {
+    if (j < 4) {
+      out[j] = packed[j] & 63;
+      out[j + 8] = packed[j + 4] & 63;
+    } else {
+      out[j] = static_cast<uint8_t>((packed[j + 4] & 0x0f) | ((packed[j - 4] >> 6) << 4));
+      out[j + 8] = static_cast<uint8_t>((packed[j + 4] >> 4) | ((packed[j] >> 6) << 4));
+    }
+  }
+}
+
+// Code v (0..255) of a q6_K super-block, 0..63: its low nibble in ql, its top two bits in qh (ggml's layout: each
+// half of 128 values has 64 ql bytes, values l and l + 64 sharing byte l, l + 32 and l + 96 byte l + 32, and 32 qh
+// bytes holding bits 4-5 of values l, l + 32, l + 64, l + 96 at bits 0-1, 2-3, 4-5, 6-7 of byte l).
+inline int q6_K_code(const uint8_t* blk, int v) {
+  const int half = v / 128, r = v % 128, k = r / 32, l = r % 32;
+  const uint8_t ql = blk[64 * half + l + (k & 1) * 32];
+  const int lo = k >= 2 ? ql >> 4 : ql & 0x0f;
+  return lo | (((blk[128 + 32 * half + l] >> (2 * k)) & 3) << 4);
+}
 
 size_t row_bytes(const QWeight& w) {
   switch (w.format) {
@@ -202,6 +247,10 @@ size_t row_bytes(const QWeight& w) {
       return static_cast<size_t>(w.cols / 2);
     case QFormat::INT8:
       return static_cast<size_t>(w.cols);
+    case QFormat::Q4_K:
+      return static_cast<size_t>(w.cols / kSuper) * kQ4KBytes;
+    case QFormat::Q6_K:
+      return static_cast<size_t>(w.cols / kSuper) * kQ6KBytes;
   }
   return 0;
 }
@@ -297,6 +346,42 @@ float dot_generic(const QWeight& w, int64_t r, const float* x, const XQuant& xq)
           dot += (code - z) * xg[v];
         }
         acc += static_cast<float>(dot) * xq.d[g * 4] * half_to_float(scales[g]);
+      }
+      return acc;
+    }
+    case QFormat::Q4_K: {  // value = d * scale_j * q - dmin * min_j over sub-blocks j of 32
+      float acc = 0.0f;
+      for (int64_t s = 0; s < w.cols / kSuper; ++s) {
+        const uint8_t* blk = row + s * kQ4KBytes;
+        uint8_t sm[16];
+        q4_K_scales(blk + 4, sm);
+        const int8_t* xs = xq.q.data() + s * kSuper;
+        int32_t dot = 0, mins = 0;
+        for (int j = 0; j < 8; ++j) {
+          const uint8_t* c = blk + 16 + 32 * (j / 2);
+          int32_t dj = 0, sx = 0;
+          for (int i = 0; i < 32; ++i) {
+            dj += ((c[i] >> (4 * (j % 2))) & 0x0f) * xs[32 * j + i];
+            sx += xs[32 * j + i];
+          }
+          dot += sm[j] * dj;
+          mins += sm[8 + j] * sx;
+        }
+        const float dx = xq.d[s * 8];
+        acc += static_cast<float>(dot) * half_to_float(load_u16(blk)) * dx -
+               static_cast<float>(mins) * half_to_float(load_u16(blk + 2)) * dx;
+      }
+      return acc;
+    }
+    case QFormat::Q6_K: {  // value = d * scale_i * (q - 32) over sub-blocks i of 16
+      float acc = 0.0f;
+      for (int64_t s = 0; s < w.cols / kSuper; ++s) {
+        const uint8_t* blk = row + s * kQ6KBytes;
+        const auto* sc = reinterpret_cast<const int8_t*>(blk + 192);
+        const int8_t* xs = xq.q.data() + s * kSuper;
+        int32_t dot = 0;
+        for (int v = 0; v < kSuper; ++v) dot += sc[v / 16] * (q6_K_code(blk, v) - 32) * xs[v];
+        acc += static_cast<float>(dot) * half_to_float(load_u16(blk + 208)) * xq.d[s * 8];
       }
       return acc;
     }
@@ -850,6 +935,108 @@ LMF_TARGET_AVX2 void tile_g128(const uint8_t* const* rows, const uint16_t* const
   for (int r = 0; r < R; ++r) out[r] = hsum(acc[r]);
 }
 
+// k-quant rows against activations with one scale per 256 values (span 256, as ggml's q8_K): a super-block's
+// sub-blocks are multiplied by their integer scales in 32-bit lanes and summed, then scaled by d x dx once; the
+// offsets (q4_K's mins, q6_K's 32) are subtracted through the activations' sums per 16 values (xq.s16), so every
+// integer step is exact and the float steps are the portable path's, in another order.
+//
+// Broadcasts of int16 lane j of a 128-bit register to all eight int16 lanes of each 128-bit half (pshufb controls).
+LMF_TARGET_AVX2 inline __m256i k_lane_mask(int lo, int hi) {
+  alignas(32) char m[32];
+  for (int i = 0; i < 16; i += 2) {
+    m[i] = static_cast<char>(2 * lo), m[i + 1] = static_cast<char>(2 * lo + 1);
+    m[16 + i] = static_cast<char>(2 * hi), m[16 + i + 1] = static_cast<char>(2 * hi + 1);
+  }
+  return _mm256_load_si256(reinterpret_cast<const __m256i*>(m));
+}
+
+template <int R>
+LMF_TARGET_AVX2 void tile_q4_K(const uint8_t* const* rows, const XQuant& xq, float* out, size_t ahead) {
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  // Sub-block j's scale broadcast from the int16 scales (lane j), both halves alike.
+  __m256i pick[8];
+  for (int j = 0; j < 8; ++j) pick[j] = k_lane_mask(j, j);
+  for (int64_t s = 0; s < xq.nb / 8; ++s) {
+    const int8_t* xs = xq.q.data() + s * kSuper;
+    const __m256i s16 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq.s16.data() + s * 16));
+    const float dx = xq.d[s * 8];
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* blk = rows[r] + s * kQ4KBytes;
+      if (ahead) prefetch_ahead<kQ4KBytes>(blk + ahead);
+      alignas(16) uint8_t sm[16];
+      q4_K_scales(blk + 4, sm);
+      const __m128i sm8 = _mm_load_si128(reinterpret_cast<const __m128i*>(sm));
+      const __m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm8));
+      // mins as [m0, m0, m1, m1, ...]: madd with the sums per 16 gives min_j x (sum of sub-block j) in lane j.
+      const __m128i m8 = _mm_unpackhi_epi64(sm8, sm8);
+      const __m256i mins = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8)), s16);
+      __m256i sum = _mm256_setzero_si256();
+      for (int c = 0; c < 4; ++c) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16 + 32 * c));
+        const __m256i lo = _mm256_maddubs_epi16(_mm256_and_si256(v, low),
+                                                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs + 64 * c)));
+        const __m256i hi = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), low),
+                                                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs + 64 * c + 32)));
+        sum = _mm256_add_epi32(sum, _mm256_madd_epi16(lo, _mm256_shuffle_epi8(sc16, pick[2 * c])));
+        sum = _mm256_add_epi32(sum, _mm256_madd_epi16(hi, _mm256_shuffle_epi8(sc16, pick[2 * c + 1])));
+      }
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_set1_ps(f16(blk) * dx), acc[r]);
+      acc[r] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(mins), _mm256_set1_ps(f16(blk + 2) * dx), acc[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) out[r] = hsum(acc[r]);
+}
+
+template <int R>
+LMF_TARGET_AVX2 void tile_q6_K(const uint8_t* const* rows, const XQuant& xq, float* out, size_t ahead) {
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  const __m256i low = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(3);
+  // Values 32k..32k+31 of a half: lanes 0-7 of maddubs cover sub-block 2k (scale 2k of the half), 8-15 sub-block
+  // 2k + 1.
+  __m256i pick[4];
+  for (int k = 0; k < 4; ++k) pick[k] = k_lane_mask(2 * k, 2 * k + 1);
+  for (int64_t s = 0; s < xq.nb / 8; ++s) {
+    const int8_t* xs = xq.q.data() + s * kSuper;
+    const __m256i s16 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq.s16.data() + s * 16));
+    const float dx = xq.d[s * 8];
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* blk = rows[r] + s * kQ6KBytes;
+      if (ahead) prefetch_ahead<kQ6KBytes>(blk + ahead);
+      const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 192)));
+      // 32 x sum over sub-blocks of scale_i x (sum of sub-block i's activations): the codes' offset.
+      const __m256i off = _mm256_slli_epi32(_mm256_madd_epi16(sc16, s16), 5);
+      __m256i sum = _mm256_setzero_si256();
+      for (int h = 0; h < 2; ++h) {
+        const __m256i ql0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 64 * h));
+        const __m256i ql1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 64 * h + 32));
+        const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 128 + 32 * h));
+        const __m256i q[4] = {
+            _mm256_or_si256(_mm256_and_si256(ql0, low), _mm256_slli_epi16(_mm256_and_si256(qh, two), 4)),
+            _mm256_or_si256(_mm256_and_si256(ql1, low),
+                            _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), two), 4)),
+            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low),
+                            _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), two), 4)),
+            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low),
+                            _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), two), 4)),
+        };
+        const __m256i half_sc =
+            h == 0 ? _mm256_permute2x128_si256(sc16, sc16, 0x00) : _mm256_permute2x128_si256(sc16, sc16, 0x11);
+        for (int k = 0; k < 4; ++k) {
+          const __m256i p =
+              _mm256_maddubs_epi16(q[k], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs + 128 * h + 32 * k)));
+          sum = _mm256_add_epi32(sum, _mm256_madd_epi16(p, _mm256_shuffle_epi8(half_sc, pick[k])));
+        }
+      }
+      acc[r] =
+          _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(sum, off)), _mm256_set1_ps(f16(blk + 208) * dx), acc[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) out[r] = hsum(acc[r]);
+}
+
 // tile_g128 for T activation rows on AVX-512 VNNI: each group's codes are loaded and split into nibbles once for
 // the T rows, and four vpdpbusd per (row, activation row) replace four maddubs, three adds and a madd; the lanes end
 // at tile_g128's integers and the float steps are its own, so outs[t][r] is tile_g128's out[r] for xs[t] bit for
@@ -1047,6 +1234,12 @@ LMF_TARGET_AVX2 void tile_avx2(const QWeight& w, const int64_t* first, bool grou
       tile_g128<R>(rows, scales, w.format == QFormat::Q4_G128_ASYM ? zeros : nullptr, groups, xq, out, ahead);
       break;
     }
+    case QFormat::Q4_K:
+      tile_q4_K<R>(rows, xq, out, ahead);
+      break;
+    case QFormat::Q6_K:
+      tile_q6_K<R>(rows, xq, out, ahead);
+      break;
   }
 }
 
@@ -1486,6 +1679,29 @@ void dequant_row(const QWeight& w, int64_t r, float* out) {
       for (int64_t j = 0; j < w.cols; ++j) out[j] = s * static_cast<float>(static_cast<int8_t>(row[j]));
       break;
     }
+    case QFormat::Q4_K:  // ggml's dequantize_row_q4_K: d * scale in f32, times the code, minus dmin * min
+      for (int64_t s = 0; s < w.cols / kSuper; ++s) {
+        const uint8_t* blk = row + s * kQ4KBytes;
+        uint8_t sm[16];
+        q4_K_scales(blk + 4, sm);
+        const float d = half_to_float(load_u16(blk)), dmin = half_to_float(load_u16(blk + 2));
+        float* o = out + s * kSuper;
+        for (int j = 0; j < 8; ++j) {
+          const float dj = d * sm[j], mj = dmin * sm[8 + j];
+          const uint8_t* c = blk + 16 + 32 * (j / 2);
+          for (int i = 0; i < 32; ++i) o[32 * j + i] = dj * static_cast<float>((c[i] >> (4 * (j % 2))) & 0x0f) - mj;
+        }
+      }
+      break;
+    case QFormat::Q6_K:  // ggml's dequantize_row_q6_K: d * scale * (q - 32), left to right
+      for (int64_t s = 0; s < w.cols / kSuper; ++s) {
+        const uint8_t* blk = row + s * kQ6KBytes;
+        const auto* sc = reinterpret_cast<const int8_t*>(blk + 192);
+        const float d = half_to_float(load_u16(blk + 208));
+        for (int v = 0; v < kSuper; ++v)
+          out[s * kSuper + v] = d * static_cast<float>(sc[v / 16]) * static_cast<float>(q6_K_code(blk, v) - 32);
+      }
+      break;
   }
 }
 
@@ -1684,7 +1900,9 @@ void qgemm(const QWeight& w, const float* x, int64_t n, float* y, bool accumulat
   XQuant* tl = xqv.data();
   const XQuant* xq = tl;
   if (is_int_format(w.format)) {
-    const int64_t span = w.format == QFormat::Q4_G128 || w.format == QFormat::Q4_G128_ASYM ? kGroup : kBlock;
+    const int64_t span = is_k_format(w.format)                                               ? kSuper
+                         : w.format == QFormat::Q4_G128 || w.format == QFormat::Q4_G128_ASYM ? kGroup
+                                                                                             : kBlock;
     for (int64_t t = 0; t < n; ++t) {
 #if LMF_HAVE_X86
       if (avx2) {
@@ -1697,6 +1915,8 @@ void qgemm(const QWeight& w, const float* x, int64_t n, float* y, bool accumulat
 #if LMF_HAVE_X86
     if (avx2 && w.format == QFormat::Q4_0 && w.rows4)
       for (int64_t t = 0; t < n; ++t) pair_halves(tl[t]);
+    if (is_k_format(w.format))
+      for (int64_t t = 0; t < n; ++t) sums16(tl[t]);
     if (avx2 && w.format == QFormat::Q8_0 && w.rows4)
       for (int64_t t = 0; t < n; ++t) runs_x(tl[t], vnni && n >= 2);  // one row stays on AVX2 (rows_avx2)
 #endif
