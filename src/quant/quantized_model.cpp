@@ -33,6 +33,8 @@ int format_bits(WeightFormat f) {
     case WeightFormat::Q8_0:
     case WeightFormat::INT8:
       return 8;
+    case WeightFormat::Q6_K:
+      return 6;
     default:
       return 4;
   }
@@ -72,6 +74,7 @@ bool quantizable_weight(const std::string& name, const model::ModelConfig& c) {
 WeightFormat format_for(const QuantConfig& q, const std::string& name) {
   if (std::find(q.not_quantized.begin(), q.not_quantized.end(), name) != q.not_quantized.end())
     return WeightFormat::F32;
+  if (auto it = q.tensor_formats.find(name); it != q.tensor_formats.end()) return it->second;
   return name == "lm_head.weight" || name == "model.embed_tokens.weight" ? q.lm_head_format : q.format;
 }
 
@@ -86,6 +89,11 @@ nlohmann::json QuantConfig::to_json() const {
   j["sym"] = format != WeightFormat::Q4_G128_ASYM;
   j["lm_head_format"] = std::string(weight_format_name(lm_head_format));
   j["not_quantized"] = not_quantized;
+  if (!tensor_formats.empty()) {
+    nlohmann::json tf = nlohmann::json::object();
+    for (const auto& [name, f] : tensor_formats) tf[name] = std::string(weight_format_name(f));
+    j["tensor_formats"] = tf;
+  }
   if (!extra.empty()) j["details"] = extra;
   return j;
 }
@@ -118,8 +126,32 @@ QuantConfig QuantConfig::from_json(const nlohmann::json& j, const std::string& s
       q.not_quantized.push_back(n.get<std::string>());
     }
   }
+  if (j.contains("tensor_formats")) {
+    LMF_CHECK(j["tensor_formats"].is_object(), source, ": quantization_config.tensor_formats is not an object");
+    for (const auto& [name, v] : j["tensor_formats"].items()) {
+      LMF_CHECK(v.is_string(), source, ": quantization_config.tensor_formats.", name, " is not a string");
+      try {
+        q.tensor_formats[name] = parse_weight_format(v.get<std::string>());
+      } catch (const Error& e) {
+        throw Error(source + ": quantization_config.tensor_formats." + name + ": " + e.what());
+      }
+    }
+  }
   if (j.contains("details")) q.extra = j["details"];
   return q;
+}
+
+void apply_q4_K_M(QuantConfig& q, const model::ModelConfig& c) {
+  q.format = WeightFormat::Q4_K;
+  q.lm_head_format = WeightFormat::Q6_K;
+  const int64_t n = c.num_hidden_layers;
+  const auto more_bits = [n](int64_t i) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; };
+  for (const auto& [name, shape] : model::CausalLM::tensor_shapes(c)) {
+    if (!is_linear_weight(name) || name.rfind("model.layers.", 0) != 0) continue;
+    const int64_t layer = std::stoll(name.substr(13));
+    if (more_bits(layer) && (ends_with(name, ".v_proj.weight") || ends_with(name, ".down_proj.weight")))
+      q.tensor_formats[name] = WeightFormat::Q6_K;
+  }
 }
 
 QuantizedWeights quantize_rtn_dir(const std::string& dir, QuantConfig qc, size_t* bytes_in) {
@@ -161,6 +193,11 @@ void add_rtn(QuantizedWeights& q, const std::string& name, const Tensor& t) {
     return;
   }
   WeightFormat f = format_for(q.quant, name);
+  if ((f == WeightFormat::Q4_K || f == WeightFormat::Q6_K) && t.size(1) % weight_format_block(f) != 0 &&
+      t.size(1) % kQ8BlockSize == 0) {
+    f = WeightFormat::Q8_0;  // llama.cpp falls back to a 32-block type likewise (q5_0 / q8_0; q8_0 is ours)
+    q.quant.tensor_formats[name] = f;
+  }
   if (t.size(1) % weight_format_block(f) != 0) {  // e.g. a 4-bit group of 128 over a 96-wide input
     q.quant.not_quantized.push_back(name);
     f = WeightFormat::F32;

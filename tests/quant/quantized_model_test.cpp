@@ -84,6 +84,63 @@ TEST_F(QuantDir, RoundTripEveryFormat) {
   }
 }
 
+// The k-quants in a model dir: q4_K and q6_K round trip byte for byte and run; llama.cpp's Q4_K_M mix
+// (apply_q4_K_M) gives q6_K to v_proj and down_proj in the layers use_more_bits picks (8 layers: 0, 3, 6, 7) and to
+// the LM head, recorded per tensor in quantization_config.tensor_formats; a k-quant over an input 256 does not divide
+// (hidden 128 here) falls back to q8_0, also recorded there.
+TEST_F(QuantDir, KQuantsAndTheQ4KMMix) {
+  const char* j = R"({"model_type":"llama","vocab_size":300,"hidden_size":256,"intermediate_size":512,
+    "num_hidden_layers":8,"num_attention_heads":4,"num_key_value_heads":2,"max_position_embeddings":128})";
+  model::CausalLM m(model::parse_model_config(nlohmann::json::parse(j), "k"));
+  m.init_random(3);
+  const Tensor x = ids(24, 300);
+  const Tensor ref = m.forward(x).logits.value();
+  double err_q4 = 0, err_q6 = 0;
+  for (const char* mode : {"q4_K", "q6_K", "q4_K_M"}) {
+    SCOPED_TRACE(mode);
+    QuantConfig qc;
+    const std::string name = mode;
+    qc.format = name == "q6_K" ? WeightFormat::Q6_K : WeightFormat::Q4_K;
+    qc.lm_head_format = WeightFormat::Q6_K;
+    if (name == "q4_K_M") apply_q4_K_M(qc, m.config());
+    const QuantizedWeights q = quantize_rtn(m, qc);
+    const std::string dir = path(name);
+    save_quantized_model(dir, q, "");
+    const QuantizedWeights back = load_quantized_model(dir);
+    EXPECT_EQ(back.quant.tensor_formats, q.quant.tensor_formats);
+    for (const auto& [n, w] : q.linear) {
+      const WeightMatrix& b = back.linear.at(n);
+      ASSERT_EQ(b.format(), w.format()) << n;
+      ASSERT_EQ(b.codes().nbytes(), w.codes().nbytes()) << n;
+      EXPECT_EQ(std::memcmp(b.codes().raw_data(), w.codes().raw_data(), w.codes().nbytes()), 0) << n;
+      const bool six = n == "lm_head.weight" || qc.format == WeightFormat::Q6_K ||
+                       (name == "q4_K_M" &&
+                        (n.find(".v_proj.") != std::string::npos || n.find(".down_proj.") != std::string::npos) &&
+                        (n.find("layers.0.") != std::string::npos || n.find("layers.3.") != std::string::npos ||
+                         n.find("layers.6.") != std::string::npos || n.find("layers.7.") != std::string::npos));
+      EXPECT_EQ(b.format(), six ? WeightFormat::Q6_K : WeightFormat::Q4_K) << n;
+    }
+    const double err = rel(load_causal_lm_any(dir).forward(x).logits.value(), ref);
+    EXPECT_GT(err, 0.0);
+    EXPECT_LE(err, 0.25);
+    if (name == "q4_K") err_q4 = err;
+    if (name == "q6_K") err_q6 = err;
+  }
+  EXPECT_LT(err_q6, err_q4 / 2);  // 6 bits against 4
+  // Inputs of 128: the k-quants fall back to q8_0 for the projections that read them, per tensor.
+  const model::CausalLM small = tiny_model();
+  QuantConfig qc;
+  qc.format = WeightFormat::Q4_K;
+  qc.lm_head_format = WeightFormat::Q6_K;
+  const QuantizedWeights q = quantize_rtn(small, qc);
+  EXPECT_EQ(q.linear.at("model.layers.0.self_attn.q_proj.weight").format(), WeightFormat::Q8_0);
+  EXPECT_EQ(q.linear.at("model.layers.0.mlp.down_proj.weight").format(), WeightFormat::Q4_K);  // input 256
+  EXPECT_EQ(q.quant.tensor_formats.at("lm_head.weight"), WeightFormat::Q8_0);
+  save_quantized_model(path("fallback"), q, "");
+  EXPECT_EQ(load_quantized_model(path("fallback")).linear.at("model.layers.1.self_attn.o_proj.weight").format(),
+            WeightFormat::Q8_0);
+}
+
 TEST_F(QuantDir, PlainDirLoadsAsF32Linears) {
   const model::CausalLM m = tiny_model();
   m.save(path("f32"));

@@ -24,12 +24,16 @@ struct QuantizeArgs {
   int threads = 0;
 };
 
-constexpr const char* kTypes = "f16, bf16, q8_0, q4_0, q4_g128, q4_g128_asym, int8, gptq-q4, awq-q4";
+constexpr const char* kTypes =
+    "f16, bf16, q8_0, q4_0, q4_g128, q4_g128_asym, int8, q4_K, q6_K, q4_K_M, gptq-q4, awq-q4";
 
 int run_quantize(const QuantizeArgs& a, bool json) {
   const bool gptq = a.type == "gptq-q4", awq = a.type == "awq-q4";
+  const bool q4_K_M = a.type == "q4_K_M" || a.type == "q4_k_m" || a.type == "Q4_K_M";
   quant::QuantConfig qc;
-  if (gptq || awq) {
+  if (q4_K_M) {
+    qc.format = WeightFormat::Q4_K;
+  } else if (gptq || awq) {
     qc.format = a.asym ? WeightFormat::Q4_G128_ASYM : WeightFormat::Q4_G128;
     qc.method = gptq ? "gptq" : "awq";
   } else {
@@ -56,10 +60,13 @@ int run_quantize(const QuantizeArgs& a, bool json) {
                  a.type.c_str());
     return kUsageError;
   }
-  // The output layer at 8 bits or more by default, as llama.cpp does (q6_K there): 4-bit logits cost far more
-  // perplexity than 4-bit hidden projections; 16-bit types keep it at their own precision.
-  qc.lm_head_format =
-      qc.format == WeightFormat::F16 || qc.format == WeightFormat::BF16 ? qc.format : WeightFormat::Q8_0;
+  // The output layer at 6 bits or more by default, as llama.cpp does (q6_K there): 4-bit logits cost far more
+  // perplexity than 4-bit hidden projections. The k-quants take llama.cpp's q6_K, the other 4- and 8-bit types
+  // q8_0; 16-bit types keep it at their own precision.
+  const bool k_quant = qc.format == WeightFormat::Q4_K || qc.format == WeightFormat::Q6_K;
+  qc.lm_head_format = qc.format == WeightFormat::F16 || qc.format == WeightFormat::BF16 ? qc.format
+                      : k_quant                                                         ? WeightFormat::Q6_K
+                                                                                        : WeightFormat::Q8_0;
   if (!a.lm_head.empty()) {
     try {
       qc.lm_head_format = parse_weight_format(a.lm_head);
@@ -82,6 +89,11 @@ int run_quantize(const QuantizeArgs& a, bool json) {
                  "or pass --allow-requantize to dequantize it first (the two roundings' errors add up)\n",
                  (fs::path(a.model) / "config.json").string().c_str());
     return kUsageError;
+  }
+  if (q4_K_M) {  // the mix depends on the layer count
+    quant::apply_q4_K_M(qc, model::load_model_config((fs::path(a.model) / "config.json").string()));
+    qc.extra["mix"] = "q4_K_M";
+    if (!a.lm_head.empty()) qc.lm_head_format = parse_weight_format(a.lm_head);
   }
   if (a.threads > 0) ThreadPool::global().set_num_threads(a.threads);
   const auto t0 = std::chrono::steady_clock::now();
@@ -157,7 +169,8 @@ int run_quantize(const QuantizeArgs& a, bool json) {
 
 void add_quantize_command(CLI::App& app, Context& ctx) {
   auto a = std::make_shared<QuantizeArgs>();
-  CLI::App* q = app.add_subcommand("quantize", "quantize a model dir: q8_0, q4_0, q4_g128[_asym], int8, GPTQ, AWQ");
+  CLI::App* q = app.add_subcommand(
+      "quantize", "quantize a model dir: q8_0, q4_0, q4_g128[_asym], int8, q4_K, q6_K, q4_K_M, GPTQ, AWQ");
   q->add_option("--model", a->model, "model directory (config.json + model.safetensors)")->required();
   q->add_option("--type", a->type, std::string("quantization: ") + kTypes)->required();
   q->add_option("--out", a->out, "output model directory")->required();
@@ -178,7 +191,8 @@ void add_quantize_command(CLI::App& app, Context& ctx) {
   q->add_flag("--allow-requantize", a->allow_requantize,
               "accept a quantized model dir as --model: dequantized to f32 first (its rounding error stays and the new "
               "one adds to it)");
-  q->add_option("--lm-head", a->lm_head, "format of lm_head.weight (default q8_0; 16-bit types keep their own)");
+  q->add_option("--lm-head", a->lm_head,
+                "format of lm_head.weight (default q8_0; q6_K for the k-quants; 16-bit types keep their own)");
   q->add_option("--threads", a->threads, "threads")->check(CLI::Range(1, 1024));
   q->add_flag("--json", ctx.json, "print a JSON summary");
   q->callback([&ctx, a] { ctx.exit_code = run_quantize(*a, ctx.json); });

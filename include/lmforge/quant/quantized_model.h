@@ -17,7 +17,10 @@ struct QuantConfig {
   WeightFormat format = WeightFormat::Q8_0;          // every quantized linear projection
   WeightFormat lm_head_format = WeightFormat::Q8_0;  // lm_head.weight (untied models)
   std::vector<std::string> not_quantized;            // linears kept f32 (input size not a multiple of the block)
-  nlohmann::json extra = nlohmann::json::object();   // method details (calibration tokens, alpha, damping...)
+  // Per-tensor exceptions to format / lm_head_format: mixes such as llama.cpp's Q4_K_M (q6_K for some v_proj and
+  // down_proj), a GGUF import keeping each tensor's own type, a k-quant's fallback for inputs 256 does not divide.
+  std::map<std::string, WeightFormat> tensor_formats;
+  nlohmann::json extra = nlohmann::json::object();  // method details (calibration tokens, alpha, damping...)
 
   nlohmann::json to_json() const;
   // `source` names the file in errors.
@@ -40,8 +43,8 @@ bool is_linear_weight(const std::string& name);
 // head too (so it takes lm_head_format: the largest matrix of a small tied model, read by every decode step).
 bool quantizable_weight(const std::string& name, const model::ModelConfig& c);
 
-// The format `name` gets under `q` (f32 when it is listed as not quantized; lm_head_format for the LM head and a
-// tied embedding).
+// The format `name` gets under `q` (f32 when it is listed as not quantized; its tensor_formats entry where it has
+// one; lm_head_format for the LM head and a tied embedding).
 WeightFormat format_for(const QuantConfig& q, const std::string& name);
 
 // Reads a model dir, quantized or not. Every tensor is checked against the config (names, shapes, dtypes, the
@@ -70,6 +73,12 @@ void add_rtn(QuantizedWeights& q, const std::string& name, const Tensor& t);
 // the peak is the quantized result plus one tensor. Checks the tensors against the config as CausalLM::load does.
 // `bytes_in` receives the weights' size as stored.
 QuantizedWeights quantize_rtn_dir(const std::string& dir, QuantConfig q, size_t* bytes_in = nullptr);
+
+// llama.cpp's Q4_K_M mix (llama-quantize's llama_tensor_get_type for LLAMA_FTYPE_MOSTLY_Q4_K_M): q4_K everywhere,
+// q6_K for the LM head and for v_proj and down_proj (experts' included) in the layers use_more_bits picks (the
+// first and last eighth of the layers and every third one between). Sets q's format, lm_head_format and
+// tensor_formats for config c.
+void apply_q4_K_M(QuantConfig& q, const model::ModelConfig& c);
 
 // Splits a model's state into linears (as F32 WeightMatrix) and dense tensors.
 QuantizedWeights split_state(const model::CausalLM& m);

@@ -950,6 +950,18 @@ LMF_TARGET_AVX2 inline __m256i k_lane_mask(int lo, int hi) {
   return _mm256_load_si256(reinterpret_cast<const __m256i*>(m));
 }
 
+// q4_K_scales in a register (scales in bytes 0-7, mins in 8-15), by 32-bit word operations: bytes through memory
+// and back stalled each super-block on a failed store forward (decode ran at half q4_0's speed).
+LMF_TARGET_AVX2 inline __m128i q4_K_scales_avx2(const uint8_t* packed) {
+  uint32_t u[3];
+  std::memcpy(u, packed, 12);
+  constexpr uint32_t low6 = 0x3f3f3f3f, low4 = 0x0f0f0f0f, low2 = 0x03030303;
+  const uint32_t s03 = u[0] & low6, m03 = u[1] & low6;
+  const uint32_t s47 = (u[2] & low4) | (((u[0] >> 6) & low2) << 4);
+  const uint32_t m47 = ((u[2] >> 4) & low4) | (((u[1] >> 6) & low2) << 4);
+  return _mm_set_epi32(static_cast<int>(m47), static_cast<int>(m03), static_cast<int>(s47), static_cast<int>(s03));
+}
+
 template <int R>
 LMF_TARGET_AVX2 void tile_q4_K(const uint8_t* const* rows, const XQuant& xq, float* out, size_t ahead) {
   __m256 acc[R];
@@ -965,9 +977,7 @@ LMF_TARGET_AVX2 void tile_q4_K(const uint8_t* const* rows, const XQuant& xq, flo
     for (int r = 0; r < R; ++r) {
       const uint8_t* blk = rows[r] + s * kQ4KBytes;
       if (ahead) prefetch_ahead<kQ4KBytes>(blk + ahead);
-      alignas(16) uint8_t sm[16];
-      q4_K_scales(blk + 4, sm);
-      const __m128i sm8 = _mm_load_si128(reinterpret_cast<const __m128i*>(sm));
+      const __m128i sm8 = q4_K_scales_avx2(blk + 4);
       const __m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm8));
       // mins as [m0, m0, m1, m1, ...]: madd with the sums per 16 gives min_j x (sum of sub-block j) in lane j.
       const __m128i m8 = _mm_unpackhi_epi64(sm8, sm8);
@@ -1778,6 +1788,61 @@ LMF_TARGET_AVX2 void dequant_row_avx2(const QWeight& w, int64_t r, float* out) {
         out[j] = static_cast<const float*>(w.scales)[r] * static_cast<float>(static_cast<int8_t>(row[j]));
       break;
     }
+    case QFormat::Q4_K:  // as dequant_row: (d * scale) * q - dmin * min, each product rounded (no FMA)
+      for (int64_t s = 0; s < w.cols / kSuper; ++s) {
+        const uint8_t* blk = row + s * kQ4KBytes;
+        alignas(16) uint8_t sm[16];
+        _mm_store_si128(reinterpret_cast<__m128i*>(sm), q4_K_scales_avx2(blk + 4));
+        const float d = f16(blk), dmin = f16(blk + 2);
+        for (int c = 0; c < 4; ++c) {
+          const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16 + 32 * c));
+          const __m256i nib[2] = {_mm256_and_si256(v, _mm256_set1_epi8(0x0f)),
+                                  _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0f))};
+          for (int h = 0; h < 2; ++h) {
+            const int j = 2 * c + h;
+            const __m256 dj = _mm256_set1_ps(d * sm[j]), mj = _mm256_set1_ps(dmin * sm[8 + j]);
+            float* o = out + s * kSuper + 32 * j;
+            const __m128i lo = _mm256_castsi256_si128(nib[h]), hi = _mm256_extracti128_si256(nib[h], 1);
+            const __m128i q8[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+            for (int m = 0; m < 4; ++m)
+              _mm256_storeu_ps(o + 8 * m,
+                               _mm256_sub_ps(_mm256_mul_ps(dj, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q8[m]))), mj));
+          }
+        }
+      }
+      break;
+    case QFormat::Q6_K:  // as dequant_row: (d * scale) * (q - 32)
+      for (int64_t s = 0; s < w.cols / kSuper; ++s) {
+        const uint8_t* blk = row + s * kQ6KBytes;
+        const auto* sc = reinterpret_cast<const int8_t*>(blk + 192);
+        const float d = f16(blk + 208);
+        const __m256i low = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(3), off = _mm256_set1_epi8(32);
+        for (int h = 0; h < 2; ++h) {
+          const __m256i ql0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 64 * h));
+          const __m256i ql1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 64 * h + 32));
+          const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 128 + 32 * h));
+          const __m256i q[4] = {
+              _mm256_or_si256(_mm256_and_si256(ql0, low), _mm256_slli_epi16(_mm256_and_si256(qh, two), 4)),
+              _mm256_or_si256(_mm256_and_si256(ql1, low),
+                              _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), two), 4)),
+              _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low),
+                              _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), two), 4)),
+              _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low),
+                              _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), two), 4)),
+          };
+          for (int k = 0; k < 4; ++k) {
+            const __m256i c = _mm256_sub_epi8(q[k], off);  // -32..31
+            const __m128i lo = _mm256_castsi256_si128(c), hi = _mm256_extracti128_si256(c, 1);
+            const __m128i q8[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+            float* o = out + s * kSuper + 128 * h + 32 * k;
+            for (int m = 0; m < 4; ++m) {
+              const __m256 ds = _mm256_set1_ps(d * static_cast<float>(sc[8 * h + 2 * k + m / 2]));
+              _mm256_storeu_ps(o + 8 * m, _mm256_mul_ps(ds, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8[m]))));
+            }
+          }
+        }
+      }
+      break;
     default:  // f32 (a copy) and the g128 formats
       dequant_row(w, r, out);
   }
