@@ -260,6 +260,37 @@ fs.writeFileSync(file, buf);
       fi
       # llama.cpp's own Q8_0 / Q4_0 files (its Q4_0 keeps output.weight at q6_K): imported keeping the blocks.
       [[ $type == Q8_0 || $type == Q4_0 ]] && engine_check "$arch" "m_${arch}_$type" "$block" "$bound" "$metric" "$text"
+      # Its Q4_K_M / Q6_K files imported as they are (q4_K and q6_K blocks run natively) and exported back.
+      [[ $type == Q4_K_M || $type == Q6_K ]] && engine_check "$arch" "m_${arch}_$type" keep "$bound" "$metric" "$text"
+    done
+    # lmforge's own k-quant files (export --type q4_K_M / q6_K from f32): llama.cpp reads them and computes what
+    # lmforge computes from them; for llama their tensors are llama-quantize's own, byte for byte (the same
+    # quantizers and the same Q4_K_M mix), so the two imports are the same model.safetensors.
+    for type in q4_K_M q6_K; do
+      up=${type^^}
+      "$LMF" export gguf --model "m_$arch" --out "m_${arch}_own_$type.gguf" --type "$type" 2> /dev/null
+      "$LMF" import gguf --in "m_${arch}_own_$type.gguf" --out "imp_${arch}_own_$type" 2> /dev/null
+      "$LMF" forward --model "imp_${arch}_own_$type" --ids-file ids.txt --out "logits_${arch}_own_$type.safetensors"
+      metric=all
+      bound=4e-2
+      [[ $arch == deepseek2* ]] && metric=median bound=6e-2
+      echo -n "$arch lmforge's $type: "
+      if ! node "$REF/compare.mjs" --gguf "m_${arch}_own_$type.gguf" --text "$text" --ids ids.txt \
+        --logits "logits_${arch}_own_$type.safetensors" --max-rel "$bound" --metric "$metric" \
+        --json "result_${arch}_own_$type.json"; then
+        echo "FAIL: $arch lmforge's $type (bound $bound)"
+        fail=1
+      fi
+      if [[ $arch != deepseek2* && -f "m_${arch}_${up/_K/_K}.gguf" ]]; then
+        "$LMF" import gguf --in "m_${arch}_own_$type.gguf" --out "own_keep_${arch}_$type" --dtype keep 2> /dev/null
+        "$LMF" import gguf --in "m_${arch}_${up}.gguf" --out "their_keep_${arch}_$type" --dtype keep 2> /dev/null
+        if cmp -s "own_keep_${arch}_$type/model.safetensors" "their_keep_${arch}_$type/model.safetensors"; then
+          echo "$arch $type: lmforge's tensors equal llama-quantize's byte for byte"
+        else
+          echo "FAIL: $arch $type: lmforge's $type tensors differ from llama-quantize's $up"
+          fail=1
+        fi
+      fi
     done
     continue
   fi

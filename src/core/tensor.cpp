@@ -13,6 +13,7 @@
 
 #include "lmforge/core/half.h"
 #include "lmforge/core/quant.h"
+#include "lmforge/kernels/qgemm.h"
 #include "lmforge/kernels/thread_pool.h"
 
 namespace lmforge {
@@ -530,6 +531,16 @@ void row_to_f32(DType from, const void* src, float* dst, int64_t n) {
     case DType::Q4_0:
       dequantize_row_q4_0(static_cast<const BlockQ4_0*>(src), dst, n);
       break;
+    case DType::Q4_K:
+    case DType::Q6_K: {  // the kernels' dequantization (ggml's, bit for bit), one super-block row of n values
+      kernels::cpu::QWeight w;
+      w.format = from == DType::Q4_K ? kernels::cpu::QFormat::Q4_K : kernels::cpu::QFormat::Q6_K;
+      w.rows = 1;
+      w.cols = n;
+      w.codes = src;
+      kernels::cpu::dequantize_row(w, 0, dst);
+      break;
+    }
     case DType::U8:
       for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(static_cast<const uint8_t*>(src)[i]);
       break;
@@ -561,6 +572,12 @@ void row_from_f32(DType to, const float* src, void* dst, int64_t n) {
       break;
     case DType::Q4_0:
       quantize_row_q4_0(src, static_cast<BlockQ4_0*>(dst), n);
+      break;
+    case DType::Q4_K:
+      quantize_row_q4_K(src, static_cast<uint8_t*>(dst), n);
+      break;
+    case DType::Q6_K:
+      quantize_row_q6_K(src, static_cast<uint8_t*>(dst), n);
       break;
     case DType::U8:
       for (int64_t i = 0; i < n; ++i)

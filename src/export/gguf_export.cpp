@@ -27,8 +27,32 @@ using io::GgufValue;
 
 namespace {
 
-// llama_ftype values for general.file_type.
-uint32_t file_type(DType t) {
+// What --type asks for: one dtype for the weight matrices, a k-quant mix, or each tensor as the dir stores it.
+struct ExportType {
+  std::string name;         // f32 f16 q8_0 q4_0 q4_K q6_K q4_K_M keep
+  DType base = DType::F32;  // the matrices' dtype (keep: unused)
+  bool mix = false;         // q4_K_M: q6_K for attn_v / ffn_down in use_more_bits layers
+  bool keep = false;
+};
+
+ExportType parse_export_type(const std::string& t) {
+  ExportType e;
+  e.name = t;
+  if (t == "f32" || t == "f16" || t == "q8_0" || t == "q4_0" || t == "q4_K" || t == "q6_K") {
+    e.base = parse_dtype(t);
+  } else if (t == "q4_K_M") {
+    e.base = DType::Q4_K;
+    e.mix = true;
+  } else if (t == "keep") {
+    e.keep = true;
+  } else {
+    throw Error("--type " + t + ": not one of f32, f16, q8_0, q4_0, q4_K, q6_K, q4_K_M, keep");
+  }
+  return e;
+}
+
+// llama_ftype values for general.file_type (llama.h): F32 0, F16 1, Q4_0 2, Q8_0 7, Q4_K_S 14, Q4_K_M 15, Q6_K 18.
+uint32_t file_type(DType t, bool mix) {
   switch (t) {
     case DType::F16:
       return 1;
@@ -36,9 +60,17 @@ uint32_t file_type(DType t) {
       return 2;
     case DType::Q8_0:
       return 7;
+    case DType::Q4_K:
+      return mix ? 15 : 14;
+    case DType::Q6_K:
+      return 18;
     default:
       return 0;
   }
+}
+
+bool is_k(DType t) {
+  return t == DType::Q4_K || t == DType::Q6_K;
 }
 
 // A tensor of the checkpoint as the export sees it: shape and dtype now, values only when the writer reaches it (so the
@@ -48,18 +80,21 @@ struct Source {
   DType dtype = DType::F32;
   std::function<Tensor()> get;
   std::function<void()> done;  // after its bytes are in the file: e.g. hand the mapping's pages back
+  // --type keep's dtype: the stored one where GGUF has it; q8_0 for a quantized dir's g128 / int8 formats.
+  DType keep = DType::F32;
 };
 
 Source of(const Tensor& t) {
-  return {t.shape(), t.dtype(), [t] { return t; }, {}};
+  return {t.shape(), t.dtype(), [t] { return t; }, {}, t.dtype()};
 }
 
 class Emitter {
  public:
-  Emitter(io::GgufWriter& w, DType type) : w_(w), type_(type) {}
+  Emitter(io::GgufWriter& w, ExportType type, const model::ModelConfig& c)
+      : w_(w), type_(std::move(type)), layers_(c.num_hidden_layers), tied_(c.tie_word_embeddings) {}
 
   void add(const std::string& name, Source s, bool matrix = true) {
-    const DType dt = out_dtype(name, s.shape, s.dtype, matrix);
+    const DType dt = out_dtype(name, s.shape, s.dtype, s.keep, matrix);
     w_.add_tensor(
         name, s.shape, dt, [get = std::move(s.get), dt] { return convert(get(), dt); }, std::move(s.done));
   }
@@ -70,13 +105,14 @@ class Emitter {
     LMF_CHECK(!parts.empty(), "GGUF tensor ", name, ": no experts to stack");
     Shape shape = parts[0].shape;
     shape.insert(shape.begin(), static_cast<int64_t>(parts.size()));
-    DType src = parts[0].dtype;  // all of one dtype: kept as the source (experts' q8_0 / q4_0 blocks); mixed: f32
+    DType src = parts[0].dtype, keep = parts[0].keep;  // all of one dtype: kept as the source (experts' blocks)
     for (const Source& p : parts) {
       LMF_CHECK(p.shape == parts[0].shape, "GGUF tensor ", name, ": experts of shapes ", shape_str(p.shape), " and ",
                 shape_str(parts[0].shape), " do not stack");
-      if (p.dtype != src) src = DType::F32;
+      if (p.dtype != src) src = DType::F32;  // mixed: through f32
+      if (p.keep != keep) keep = DType::Q8_0;
     }
-    const DType dt = out_dtype(name, shape, src, true);
+    const DType dt = out_dtype(name, shape, src, keep, true);
     w_.add_tensor(name, shape, dt, [parts = std::move(parts), shape, dt] {
       Tensor out = Tensor::empty(shape, dt);
       const size_t n = out.nbytes() / parts.size();
@@ -93,22 +129,35 @@ class Emitter {
   int64_t copied() const { return copied_; }
 
  private:
-  // Weight matrices (2-D and stacked 3-D) take the requested type when their rows split into 32-value blocks;
-  // 1-D tensors and the MoE router stay f32, as in llama.cpp's converter (the router's logits decide routing).
-  // Blocks from a quantized model dir are kept as they are when the file asks for their type (and a q8_0 LM head in
-  // a q4_0 file, as llama.cpp keeps its output layer at more bits), so nothing is rounded twice.
-  DType out_dtype(const std::string& name, const Shape& shape, DType src, bool matrix) {
-    if (matrix && (src == DType::Q8_0 || src == DType::Q4_0) &&
-        (src == type_ || (name == "output.weight" && src == DType::Q8_0 && type_ == DType::Q4_0))) {
+  // Weight matrices (2-D and stacked 3-D) take the requested type when their rows split into its blocks (32 values,
+  // 256 for the k-quants, which fall back to q8_0 otherwise as llama-quantize falls back to a 32-block type);
+  // 1-D tensors and the MoE router stay f32, as in llama.cpp's converter (the router's logits decide routing). With
+  // the k-quants the output layer (a tied model's token_embd) is q6_K and q4_K_M gives q6_K to attn_v and ffn_down
+  // (experts' too) in the layers use_more_bits picks, as llama-quantize does. Blocks from a quantized model dir are
+  // kept as they are when the file asks for their type (and a q8_0 LM head in a q4_0 file, as llama.cpp keeps its
+  // output layer at more bits), so nothing is rounded twice.
+  DType out_dtype(const std::string& name, const Shape& shape, DType src, DType keep, bool matrix) {
+    if (!matrix || shape.size() < 2) return DType::F32;
+    DType want = type_.keep ? keep : type_.base;
+    const bool head = name == "output.weight" || (tied_ && name == "token_embd.weight");
+    if (!type_.keep && is_k(want) && (head || (type_.mix && more_bits(name)))) want = DType::Q6_K;
+    if (is_quantized(src) && (src == want || (head && src == DType::Q8_0 && want == DType::Q4_0))) {
       ++quantized_;
       ++copied_;
       return src;
     }
-    DType dt = DType::F32;
-    if (matrix && shape.size() >= 2 && type_ != DType::F32 && (type_ == DType::F16 || shape.back() % 32 == 0))
-      dt = type_;
-    if (dt != DType::F32) ++quantized_;
-    return dt;
+    if (is_k(want) && shape.back() % 256 != 0) want = DType::Q8_0;
+    if (is_quantized(want) && shape.back() % 32 != 0) want = DType::F32;
+    if (want != DType::F32) ++quantized_;
+    return want;
+  }
+  // llama-quantize's use_more_bits for blk.N.attn_v.weight and blk.N.ffn_down*.
+  bool more_bits(const std::string& name) const {
+    if (name.rfind("blk.", 0) != 0) return false;
+    const bool v = name.find(".attn_v.weight") != std::string::npos;
+    if (!v && name.find(".ffn_down") == std::string::npos) return false;
+    const int64_t i = std::stoll(name.substr(4)), n = layers_;
+    return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2;
   }
   // The bytes of `t` in `dt`: as they are when already of that dtype (f16 -> f32 -> f16 is exact), else through f32.
   static Tensor convert(const Tensor& t, DType dt) {
@@ -118,7 +167,9 @@ class Emitter {
   }
 
   io::GgufWriter& w_;
-  DType type_;
+  ExportType type_;
+  int64_t layers_;
+  bool tied_;
   int64_t quantized_ = 0;
   int64_t copied_ = 0;
 };
@@ -132,12 +183,47 @@ std::vector<std::pair<std::string, Source>> load_state(const std::string& model_
   if (quant::is_quantized_dir(model_dir)) {
     quant::QuantizedWeights q = quant::load_quantized_model(model_dir);
     for (auto& [name, w] : q.linear) {
-      const bool blocks = w.format() == WeightFormat::Q8_0 || w.format() == WeightFormat::Q4_0;
-      const DType dt = w.format() == WeightFormat::Q8_0 ? DType::Q8_0 : blocks ? DType::Q4_0 : DType::F32;
+      // GGUF's own block formats go as block tensors (f16 / bf16 as they are); the others dequantized.
+      DType dt = DType::F32, keep = DType::Q8_0;
+      switch (w.format()) {
+        case WeightFormat::Q8_0:
+          dt = DType::Q8_0;
+          break;
+        case WeightFormat::Q4_0:
+          dt = DType::Q4_0;
+          break;
+        case WeightFormat::Q4_K:
+          dt = DType::Q4_K;
+          break;
+        case WeightFormat::Q6_K:
+          dt = DType::Q6_K;
+          break;
+        case WeightFormat::F16:
+          dt = DType::F16;
+          break;
+        case WeightFormat::BF16:
+          dt = DType::BF16;
+          break;
+        case WeightFormat::F32:
+          keep = DType::F32;
+          break;
+        default:
+          break;
+      }
+      if (dt != DType::F32) keep = dt;
+      const bool stored = dt != DType::F32;
       state.emplace_back(name, Source{{w.rows(), w.cols()},
                                       dt,
-                                      [w = w, blocks] { return blocks ? w.file_layout().codes() : w.dequantize(); },
-                                      {}});
+                                      [w = w, stored, dt] {
+                                        if (!stored) return w.dequantize();
+                                        const Tensor c = w.file_layout().codes();
+                                        if (c.dtype() == dt) return c;  // q8_0 / q4_0 blocks, f16 / bf16
+                                        Tensor out = Tensor::empty({w.rows(), w.cols()}, dt);  // k-quants: u8 bytes
+                                        std::memcpy(out.raw_data(), c.contiguous().raw_data(), out.nbytes());
+                                        return out;
+                                      },
+                                      {},
+                                      keep});
     }
     for (auto& [name, t] : q.dense) state.emplace_back(name, of(t));
     return state;
@@ -158,7 +244,7 @@ std::vector<std::pair<std::string, Source>> load_state(const std::string& model_
     LMF_CHECK(is_floating(t.dtype()), source, ": tensor '", name, "' has dtype ", dtype_name(t.dtype()),
               ", expected a floating-point type");
     state.emplace_back(name, Source{shape, t.dtype(), [f = it->second, name = name] { return f->get(name); },
-                                    [f = it->second, name = name] { f->drop_pages(name); }});
+                                    [f = it->second, name = name] { f->drop_pages(name); }, t.dtype()});
     file.erase(it);
   }
   for (const auto& [name, f] : file)
@@ -386,18 +472,7 @@ void export_deepseek2(io::GgufWriter& w, Emitter& e, Tensors& t, const model::Mo
 }  // namespace
 
 GgufExportSummary export_gguf(const std::string& model_dir, const std::string& out_path, const GgufExportOptions& opt) {
-  DType type;
-  if (opt.type == "f32") {
-    type = DType::F32;
-  } else if (opt.type == "f16") {
-    type = DType::F16;
-  } else if (opt.type == "q8_0") {
-    type = DType::Q8_0;
-  } else if (opt.type == "q4_0") {
-    type = DType::Q4_0;
-  } else {
-    throw Error("--type " + opt.type + ": not one of f32, f16, q8_0, q4_0");
-  }
+  const ExportType type = parse_export_type(opt.type);
   const std::string config_path = (fs::path(model_dir) / "config.json").string();
   const model::ModelConfig cfg = model::load_model_config(config_path);
   // The tokenizer first, into its own writer: a missing or unexportable tokenizer.json fails before any tensor is
@@ -412,10 +487,41 @@ GgufExportSummary export_gguf(const std::string& model_dir, const std::string& o
   if (name.empty()) name = fs::absolute(fs::path(model_dir)).lexically_normal().filename().string();
   if (name.empty()) name = fs::absolute(fs::path(model_dir)).lexically_normal().parent_path().filename().string();
   w.set("general.name", GgufValue::string(name));
-  w.set("general.file_type", GgufValue::u32(file_type(type)));
-  if (type == DType::Q8_0 || type == DType::Q4_0) w.set("general.quantization_version", GgufValue::u32(2));
+  // --type keep: the file type of the dir's main format (a q4_K dir with per-tensor q6_K is a Q4_K_M).
+  DType main = type.base;
+  bool mix = type.mix;
+  if (type.keep) {
+    main = DType::F32;
+    if (quant::is_quantized_dir(model_dir)) {  // its quantization_config only (the weights load once, below)
+      std::ifstream in(config_path);
+      const nlohmann::json raw = nlohmann::json::parse(in, nullptr, false);
+      const quant::QuantConfig q = quant::QuantConfig::from_json(raw.at("quantization_config"), config_path);
+      switch (q.format) {
+        case WeightFormat::Q8_0:
+          main = DType::Q8_0;
+          break;
+        case WeightFormat::Q4_0:
+          main = DType::Q4_0;
+          break;
+        case WeightFormat::Q4_K:
+          main = DType::Q4_K;
+          break;
+        case WeightFormat::Q6_K:
+          main = DType::Q6_K;
+          break;
+        case WeightFormat::F16:
+          main = DType::F16;
+          break;
+        default:
+          main = DType::Q8_0;
+      }
+      mix = !q.tensor_formats.empty();
+    }
+  }
+  w.set("general.file_type", GgufValue::u32(file_type(main, mix)));
+  if (is_quantized(main)) w.set("general.quantization_version", GgufValue::u32(2));
 
-  Emitter e(w, type);
+  Emitter e(w, type, cfg);
   Tensors t(load_state(model_dir, config_path), (fs::path(model_dir) / "model.safetensors").string());
   if (cfg.is_deepseek()) {
     export_deepseek2(w, e, t, cfg, config_path);

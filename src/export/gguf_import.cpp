@@ -327,9 +327,25 @@ void import_deepseek2(const io::GgufFile& f, const model::ModelConfig& cfg, Sour
   (void)f;
 }
 
+// The codes' dtype of a format whose values are one plain element each (f32, f16, bf16) or GGUF's q8_0 / q4_0 blocks.
+DType format_dtype(WeightFormat f) {
+  switch (f) {
+    case WeightFormat::F16:
+      return DType::F16;
+    case WeightFormat::BF16:
+      return DType::BF16;
+    case WeightFormat::Q8_0:
+      return DType::Q8_0;
+    case WeightFormat::Q4_0:
+      return DType::Q4_0;
+    default:
+      return DType::F32;
+  }
+}
+
 }  // namespace
 
-GgufImportSummary import_gguf(const std::string& gguf_path, const std::string& out_dir, DType dtype) {
+GgufImportSummary import_gguf(const std::string& gguf_path, const std::string& out_dir, DType dtype, bool keep_types) {
   if (dtype != DType::F32 && dtype != DType::BF16 && dtype != DType::F16 && dtype != DType::Q8_0 &&
       dtype != DType::Q4_0)
     throw Error("import gguf: dtype " + std::string(dtype_name(dtype)) + " is not one of f32, bf16, f16, q8_0, q4_0");
@@ -429,30 +445,64 @@ GgufImportSummary import_gguf(const std::string& gguf_path, const std::string& o
   sum.model_type = cfg.model_type;
   sum.tensors = static_cast<int64_t>(plan.size());
 
-  if (dtype == DType::Q8_0 || dtype == DType::Q4_0) {
-    // A quantized model dir (docs/QUANTIZATION.md): projections already in the target's GGUF blocks are copied
-    // byte for byte (rows un-permuted), the others dequantized and quantized round-to-nearest, as `lmforge
+  if (keep_types || dtype == DType::Q8_0 || dtype == DType::Q4_0) {
+    // A quantized model dir (docs/QUANTIZATION.md): projections whose file type is their target format keep the
+    // file's bytes (rows un-permuted), the others are dequantized and quantized round-to-nearest, as `lmforge
     // quantize` would; embeddings and norms f32. Holds the quantized model, never an f32 copy of it.
-    const WeightFormat fmt = dtype == DType::Q8_0 ? WeightFormat::Q8_0 : WeightFormat::Q4_0;
-    auto ggml_of = [](WeightFormat w) {
-      return static_cast<uint32_t>(w == WeightFormat::Q8_0 ? io::GgmlType::Q8_0 : io::GgmlType::Q4_0);
-    };
+    //   q8_0 / q4_0: that format for every projection (the LM head q8_0 unless the file's is q4_0);
+    //   keep: each projection in its own type where the engine runs it (f32, f16, bf16, q8_0, q4_0, q4_K, q6_K), the
+    //   others (q2_K, q3_K, q5_K, q4_1, q5_0, q5_1, iq4_*) in q6_K (q8_0 where 256 does not divide the input): one
+    //   more rounding, 4x finer than a 4-bit one, rather than the size of q8_0 or f32.
     quant::QuantizedWeights q;
     q.config = cfg;
     q.quantized = true;
     q.quant.method = "gguf";
-    q.quant.format = fmt;
-    // The LM head keeps the file's q8_0 / q4_0 blocks; from any other type it becomes q8_0 (quantize's default).
-    // A tied model's LM head is token_embd: it is stored in lm_head_format too, so it keeps the file's blocks.
-    q.quant.lm_head_format = WeightFormat::Q8_0;
     const std::string head = cfg.tie_word_embeddings ? "token_embd.weight" : "output.weight";
-    if (f.tensor(head).type == ggml_of(WeightFormat::Q4_0)) q.quant.lm_head_format = WeightFormat::Q4_0;
-    for (auto& [name, r] : plan) {
-      if (!quant::quantizable_weight(name, cfg)) {
-        q.dense.emplace(name, s.f32(r));
-        continue;
+    const auto runnable = [](uint32_t type, WeightFormat& out) {
+      switch (static_cast<io::GgmlType>(type)) {
+        case io::GgmlType::F32:
+          out = WeightFormat::F32;
+          return true;
+        case io::GgmlType::F16:
+          out = WeightFormat::F16;
+          return true;
+        case io::GgmlType::BF16:
+          out = WeightFormat::BF16;
+          return true;
+        case io::GgmlType::Q8_0:
+          out = WeightFormat::Q8_0;
+          return true;
+        case io::GgmlType::Q4_0:
+          out = WeightFormat::Q4_0;
+          return true;
+        case io::GgmlType::Q4_K:
+          out = WeightFormat::Q4_K;
+          return true;
+        case io::GgmlType::Q6_K:
+          out = WeightFormat::Q6_K;
+          return true;
+        default:
+          return false;
       }
-      WeightFormat wf = quant::format_for(q.quant, name);
+    };
+    // Each projection's format (no data read yet).
+    std::map<std::string, WeightFormat> target;
+    if (!keep_types) {
+      q.quant.format = dtype == DType::Q8_0 ? WeightFormat::Q8_0 : WeightFormat::Q4_0;
+      // The LM head keeps the file's q8_0 / q4_0 blocks; from any other type it becomes q8_0 (quantize's default).
+      // A tied model's LM head is token_embd: it is stored in lm_head_format too, so it keeps the file's blocks.
+      q.quant.lm_head_format =
+          f.tensor(head).type == static_cast<uint32_t>(io::GgmlType::Q4_0) ? WeightFormat::Q4_0 : WeightFormat::Q8_0;
+    }
+    std::map<WeightFormat, int64_t> counts;
+    for (auto& [name, r] : plan) {
+      if (!quant::quantizable_weight(name, cfg)) continue;
+      WeightFormat wf = WeightFormat::F32;
+      if (!keep_types) {
+        wf = quant::format_for(q.quant, name);
+      } else if (!r.make && !runnable(s.type_of(r), wf)) {
+        wf = r.cols() % weight_format_block(WeightFormat::Q6_K) == 0 ? WeightFormat::Q6_K : WeightFormat::Q8_0;
+      }
       // A projection recomputed from the file's parts (kv_b_proj from the transposed attn_k_b and attn_v_b) has no
       // blocks to keep; quantizing it again would add an error llama.cpp does not have, so it stays f32 (the
       // engine's MLA decode reads its f32 absorbed form anyway). So do inputs the block does not divide.
@@ -460,12 +510,34 @@ GgufImportSummary import_gguf(const std::string& gguf_path, const std::string& o
         q.quant.not_quantized.push_back(name);
         wf = WeightFormat::F32;
       }
-      if (wf != WeightFormat::F32 && s.type_of(r) == ggml_of(wf)) {
+      target[name] = wf;
+      if (name != "lm_head.weight" && name != "model.embed_tokens.weight" && !r.make) ++counts[wf];
+    }
+    if (keep_types) {  // the most common type names the dir; the head and the others are listed
+      q.quant.format = WeightFormat::Q8_0;
+      int64_t most = 0;
+      for (const auto& [wf, n] : counts)
+        if (n > most) most = n, q.quant.format = wf;
+      const std::string head_name = cfg.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+      q.quant.lm_head_format = target.at(head_name);
+      for (const auto& [name, wf] : target)
+        if (wf != WeightFormat::F32 && quant::format_for(q.quant, name) != wf) q.quant.tensor_formats[name] = wf;
+    }
+    for (auto& [name, r] : plan) {
+      if (!quant::quantizable_weight(name, cfg)) {
+        q.dense.emplace(name, s.f32(r));
+        continue;
+      }
+      const WeightFormat wf = target.at(name);
+      WeightFormat file_format = WeightFormat::F32;
+      if (!r.make && runnable(s.type_of(r), file_format) && file_format == wf &&
+          (wf != WeightFormat::F32 || keep_types)) {
         const Tensor raw = s.raw_rows(r);
-        Tensor blocks = Tensor::empty({r.rows(), r.cols()}, wf == WeightFormat::Q8_0 ? DType::Q8_0 : DType::Q4_0);
-        std::memcpy(blocks.raw_data(), raw.raw_data(), blocks.nbytes());
+        const bool bytes = wf == WeightFormat::Q4_K || wf == WeightFormat::Q6_K;
+        Tensor codes = bytes ? raw : Tensor::empty({r.rows(), r.cols()}, format_dtype(wf));
+        if (!bytes) std::memcpy(codes.raw_data(), raw.raw_data(), codes.nbytes());
         q.linear.emplace(name,
-                         WeightMatrix::from_parts(wf, r.rows(), r.cols(), blocks, {}, {}, gguf_path + ": " + r.src));
+                         WeightMatrix::from_parts(wf, r.rows(), r.cols(), codes, {}, {}, gguf_path + ": " + r.src));
         ++sum.copied;
       } else {
         q.linear.emplace(name, WeightMatrix::quantize(s.f32(r), wf));

@@ -78,7 +78,9 @@ int run_export(const ExportArgs& a, bool json) {
 int run_import(const ImportArgs& a, bool json) {
   const auto t0 = std::chrono::steady_clock::now();
   std::fprintf(stderr, "import gguf: %s -> %s\n", a.in.c_str(), a.out.c_str());
-  const exporter::GgufImportSummary s = exporter::import_gguf(a.in, a.out, parse_dtype(a.dtype));
+  const bool keep = a.dtype == "keep";
+  const exporter::GgufImportSummary s =
+      exporter::import_gguf(a.in, a.out, keep ? DType::F32 : parse_dtype(a.dtype), keep);
   if (json) {
     nlohmann::json j = {{"out", a.out},
                         {"architecture", s.architecture},
@@ -93,7 +95,7 @@ int run_import(const ImportArgs& a, bool json) {
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::string how = a.dtype;
-    if (a.dtype == "q8_0" || a.dtype == "q4_0")
+    if (a.dtype == "q8_0" || a.dtype == "q4_0" || keep)
       how += "; " + std::to_string(s.copied) + " projections' blocks copied, " + std::to_string(s.requantized) +
              " requantized";
     std::fprintf(stderr, "import gguf: %s -> model_type %s, %lld tensors (%s, from %s)%s, %.1f s\n",
@@ -114,12 +116,15 @@ void add_export_commands(CLI::App& app, Context& ctx) {
   CLI::App* g =
       exp->add_subcommand("gguf", "write a GGUF v3 file llama.cpp loads (architectures llama, qwen2, deepseek2)");
   g->add_option("--model", ea->model,
-                "model directory (config.json, model.safetensors, tokenizer.json); a quantized dir's q8_0 / q4_0 "
-                "blocks are copied when --type is theirs")
+                "model directory (config.json, model.safetensors, tokenizer.json); a quantized dir's q8_0 / q4_0 / "
+                "q4_K / q6_K blocks are copied where --type gives a tensor their type")
       ->required();
   g->add_option("--out", ea->out, "GGUF file to write (atomically)")->required();
-  g->add_option("--type", ea->opt.type, "weight matrix type; norms, biases and the MoE router stay f32")
-      ->check(CLI::IsMember({"f32", "f16", "q8_0", "q4_0"}))
+  g->add_option("--type", ea->opt.type,
+                "weight matrix type: f32, f16, q8_0, q4_0, q4_K, q6_K (the k-quants' output layer q6_K), q4_K_M "
+                "(llama.cpp's mix), or keep (each tensor as the dir stores it; lmforge's g128 / int8 formats as "
+                "q8_0); norms, biases and the MoE router stay f32")
+      ->check(CLI::IsMember({"f32", "f16", "q8_0", "q4_0", "q4_K", "q6_K", "q4_K_M", "keep"}))
       ->capture_default_str();
   g->add_option("--pre", ea->opt.pre,
                 "tokenizer.ggml.pre (default: matched from tokenizer.json: deepseek-v3, llama-bpe, qwen2, gpt-2)");
@@ -137,8 +142,10 @@ void add_export_commands(CLI::App& app, Context& ctx) {
   gi->add_option("--out", ia->out, "model directory to write")->required();
   gi->add_option("--dtype", ia->dtype,
                  "weight type: f32, bf16, f16 (every tensor dequantized), or q8_0, q4_0 (a quantized model dir: "
-                 "projections already in that type keep the file's blocks, the rest are requantized)")
-      ->check(CLI::IsMember({"f32", "bf16", "f16", "q8_0", "q4_0"}))
+                 "projections already in that type keep the file's blocks, the rest are requantized), or keep (each "
+                 "projection in the file's own type where lmforge runs it: f32, f16, bf16, q8_0, q4_0, q4_K, q6_K; "
+                 "others requantized to q6_K)")
+      ->check(CLI::IsMember({"f32", "bf16", "f16", "q8_0", "q4_0", "keep"}))
       ->capture_default_str();
   gi->add_flag("--json", ctx.json, "print a JSON summary on stdout");
   gi->callback([&ctx, ia] { ctx.exit_code = run_import(*ia, ctx.json); });

@@ -9,7 +9,8 @@
 namespace lmforge {
 
 // U8 and I8 hold raw codes of the engine's own weight formats (see weight_matrix.h).
-enum class DType : uint8_t { F32, F64, BF16, F16, I32, Q8_0, Q4_0, U8, I8 };
+// Q4_K / Q6_K are GGUF's k-quant super-blocks of 256 values (layouts in quant.h and the kernels' qgemm.h).
+enum class DType : uint8_t { F32, F64, BF16, F16, I32, Q8_0, Q4_0, U8, I8, Q4_K, Q6_K };
 
 constexpr int64_t kQ8BlockSize = 32;
 constexpr int64_t kQ4BlockSize = 32;
@@ -36,6 +37,9 @@ constexpr int64_t block_size(DType t) {
       return kQ8BlockSize;
     case DType::Q4_0:
       return kQ4BlockSize;
+    case DType::Q4_K:
+    case DType::Q6_K:
+      return 256;
     default:
       return 1;
   }
@@ -59,12 +63,16 @@ constexpr size_t type_size(DType t) {
       return sizeof(BlockQ8_0);
     case DType::Q4_0:
       return sizeof(BlockQ4_0);
+    case DType::Q4_K:
+      return 144;
+    case DType::Q6_K:
+      return 210;
   }
   return 0;
 }
 
 constexpr bool is_quantized(DType t) {
-  return t == DType::Q8_0 || t == DType::Q4_0;
+  return t == DType::Q8_0 || t == DType::Q4_0 || t == DType::Q4_K || t == DType::Q6_K;
 }
 constexpr bool is_floating(DType t) {
   return t == DType::F32 || t == DType::F64 || t == DType::BF16 || t == DType::F16;

@@ -18,8 +18,10 @@
 namespace lmforge::exporter {
 
 struct GgufExportOptions {
-  // Tensor type of the weight matrices: "f32", "f16", "q8_0" or "q4_0". Norms, biases, the MoE router and
-  // matrices whose rows are not a multiple of 32 values stay f32 (as llama.cpp's converter keeps them).
+  // Tensor type of the weight matrices: "f32", "f16", "q8_0", "q4_0", "q4_K", "q6_K" (with the k-quants the output
+  // layer is q6_K, and inputs 256 does not divide take q8_0), "q4_K_M" (llama-quantize's mix) or "keep" (each tensor
+  // as a quantized dir stores it; its g128 / int8 formats as q8_0). Norms, biases, the MoE router and matrices whose
+  // rows are not a multiple of 32 values stay f32 (as llama.cpp's converter keeps them).
   std::string type = "f32";
   // tokenizer.ggml.pre; empty: chosen by matching tokenizer.json's pre-tokenizer (an unknown one is an error).
   std::string pre;
@@ -50,7 +52,8 @@ struct GgufImportSummary {
   bool tokenizer = false;  // tokenizer.json written
   // How many of the file's tensors had each ggml type ("q4_K" -> 12, "f32" -> 5, ...).
   std::map<std::string, int64_t> source_types;
-  // dtype q8_0 / q4_0: projections whose blocks were copied from the file as they are, and ones quantized by lmforge
+  // dtype q8_0 / q4_0 or keep: projections whose blocks were copied from the file as they are, and ones quantized by
+  // lmforge
   // (round-to-nearest from their dequantized values: another type in the file, or a recomputed tensor).
   int64_t copied = 0;
   int64_t requantized = 0;
@@ -60,7 +63,11 @@ struct GgufImportSummary {
 // the file is dequantized as ggml does (io::ggml_dequantize: f32/f16/bf16, q4_0/q4_1/q5_0/q5_1/q8_0, the k-quants,
 // iq4_nl/iq4_xs) and written in `dtype` (f32, bf16 or f16), one tensor at a time. With dtype Q8_0 or Q4_0 the result
 // is a quantized model dir (docs/QUANTIZATION.md) instead: projections already in that type keep the file's blocks
-// byte for byte, the others are quantized round-to-nearest; embeddings and norms are f32.
-GgufImportSummary import_gguf(const std::string& gguf_path, const std::string& out_dir, DType dtype = DType::F32);
+// byte for byte, the others are quantized round-to-nearest; embeddings and norms are f32. keep_types (dtype
+// ignored): a quantized model dir with each projection in the file's own type where the engine runs it (f32, f16,
+// bf16, q8_0, q4_0, q4_K, q6_K: a Q4_K_M file stays Q4_K_M), the others requantized to q6_K (q8_0 where 256 does not
+// divide the input), per tensor in quantization_config.tensor_formats.
+GgufImportSummary import_gguf(const std::string& gguf_path, const std::string& out_dir, DType dtype = DType::F32,
+                              bool keep_types = false);
 
 }  // namespace lmforge::exporter
