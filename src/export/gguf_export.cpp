@@ -73,6 +73,27 @@ bool is_k(DType t) {
   return t == DType::Q4_K || t == DType::Q6_K;
 }
 
+// The GGUF tensor type --type keep gives a weight of format f: its own where GGUF has it, q8_0 for lmforge's g128
+// and int8 formats.
+DType gguf_dtype(WeightFormat f) {
+  switch (f) {
+    case WeightFormat::F32:
+      return DType::F32;
+    case WeightFormat::F16:
+      return DType::F16;
+    case WeightFormat::BF16:
+      return DType::BF16;
+    case WeightFormat::Q4_0:
+      return DType::Q4_0;
+    case WeightFormat::Q4_K:
+      return DType::Q4_K;
+    case WeightFormat::Q6_K:
+      return DType::Q6_K;
+    default:
+      return DType::Q8_0;
+  }
+}
+
 // A tensor of the checkpoint as the export sees it: shape and dtype now, values only when the writer reaches it (so the
 // export holds one converted tensor at a time, never the converted model).
 struct Source {
@@ -184,33 +205,8 @@ std::vector<std::pair<std::string, Source>> load_state(const std::string& model_
     quant::QuantizedWeights q = quant::load_quantized_model(model_dir);
     for (auto& [name, w] : q.linear) {
       // GGUF's own block formats go as block tensors (f16 / bf16 as they are); the others dequantized.
-      DType dt = DType::F32, keep = DType::Q8_0;
-      switch (w.format()) {
-        case WeightFormat::Q8_0:
-          dt = DType::Q8_0;
-          break;
-        case WeightFormat::Q4_0:
-          dt = DType::Q4_0;
-          break;
-        case WeightFormat::Q4_K:
-          dt = DType::Q4_K;
-          break;
-        case WeightFormat::Q6_K:
-          dt = DType::Q6_K;
-          break;
-        case WeightFormat::F16:
-          dt = DType::F16;
-          break;
-        case WeightFormat::BF16:
-          dt = DType::BF16;
-          break;
-        case WeightFormat::F32:
-          keep = DType::F32;
-          break;
-        default:
-          break;
-      }
-      if (dt != DType::F32) keep = dt;
+      const DType keep = gguf_dtype(w.format());
+      const DType dt = keep == DType::Q8_0 && w.format() != WeightFormat::Q8_0 ? DType::F32 : keep;
       const bool stored = dt != DType::F32;
       state.emplace_back(name, Source{{w.rows(), w.cols()},
                                       dt,
@@ -225,7 +221,13 @@ std::vector<std::pair<std::string, Source>> load_state(const std::string& model_
                                       {},
                                       keep});
     }
-    for (auto& [name, t] : q.dense) state.emplace_back(name, of(t));
+    for (auto& [name, t] : q.dense) {
+      Source src = of(t);
+      // An untied embedding (f32 in the dir) goes in the dir's main type under keep, as llama-quantize stores
+      // token_embd in the file's base type.
+      if (name == "model.embed_tokens.weight") src.keep = gguf_dtype(q.quant.format);
+      state.emplace_back(name, std::move(src));
+    }
     return state;
   }
   const model::ModelConfig cfg = model::load_model_config(config_path);
@@ -496,25 +498,7 @@ GgufExportSummary export_gguf(const std::string& model_dir, const std::string& o
       std::ifstream in(config_path);
       const nlohmann::json raw = nlohmann::json::parse(in, nullptr, false);
       const quant::QuantConfig q = quant::QuantConfig::from_json(raw.at("quantization_config"), config_path);
-      switch (q.format) {
-        case WeightFormat::Q8_0:
-          main = DType::Q8_0;
-          break;
-        case WeightFormat::Q4_0:
-          main = DType::Q4_0;
-          break;
-        case WeightFormat::Q4_K:
-          main = DType::Q4_K;
-          break;
-        case WeightFormat::Q6_K:
-          main = DType::Q6_K;
-          break;
-        case WeightFormat::F16:
-          main = DType::F16;
-          break;
-        default:
-          main = DType::Q8_0;
-      }
+      main = gguf_dtype(q.format);
       mix = !q.tensor_formats.empty();
     }
   }

@@ -506,6 +506,80 @@ TEST_F(GgufExport, QuantizedImportKeepsTheFilesBlocks) {
   EXPECT_THROW(ex::import_gguf(fx, path("bad"), DType::I32), Error);
 }
 
+// The k-quants: export --type q4_K_M gives llama-quantize's mix (q6_K for output.weight and for attn_v / ffn_down
+// in the layers use_more_bits picks: 0, 3, 6, 7 of 8; q4_K elsewhere, token_embd included) with the engine's
+// quantizers; `import --dtype keep` keeps every block of it, and that dir exported with --type keep gives the same
+// file back; the same mix made by `quantize` (apply_q4_K_M) and exported with keep holds the same blocks too.
+TEST_F(GgufExport, KQuantsExportImportKeep) {
+  json cfg = kLlama;
+  cfg["hidden_size"] = 256;
+  cfg["intermediate_size"] = 512;
+  cfg["num_hidden_layers"] = 8;
+  cfg["initializer_range"] = 0.05;
+  const std::string dir = make_model("k", cfg);
+  const std::string g = path("k_q4km.gguf");
+  const ex::GgufExportSummary s = ex::export_gguf(dir, g, opts("q4_K_M"));
+  EXPECT_EQ(s.quantized, 2 + 8 * 7);
+  const io::GgufFile f = io::GgufFile::open(g);
+  EXPECT_EQ(f.get_int("general.file_type"), 15);  // LLAMA_FTYPE_MOSTLY_Q4_K_M
+  for (const io::GgufTensorInfo& ti : f.tensors()) {
+    const std::string& n = ti.name;
+    uint32_t want = 12;  // q4_K
+    if (ti.shape.size() == 1) want = 0;
+    const bool more = n.rfind("blk.0.", 0) == 0 || n.rfind("blk.3.", 0) == 0 || n.rfind("blk.6.", 0) == 0 ||
+                      n.rfind("blk.7.", 0) == 0;
+    if (n == "output.weight" ||
+        (more && (n.find("attn_v.") != std::string::npos || n.find("ffn_down.") != std::string::npos)))
+      want = 14;  // q6_K
+    EXPECT_EQ(ti.type, want) << n;
+  }
+  // import --dtype keep: the file's blocks in the dir, run as they are.
+  const ex::GgufImportSummary sum = ex::import_gguf(g, path("k_keep"), DType::F32, /*keep_types=*/true);
+  EXPECT_EQ(sum.copied, 1 + 8 * 7);  // every projection and the LM head; token_embd is the dir's f32 embedding
+  EXPECT_EQ(sum.requantized, 0);
+  const quant::QuantizedWeights q = quant::load_quantized_model(path("k_keep"));
+  EXPECT_EQ(q.quant.format, lmforge::WeightFormat::Q4_K);
+  EXPECT_EQ(q.quant.lm_head_format, lmforge::WeightFormat::Q6_K);
+  EXPECT_EQ(q.quant.tensor_formats.size(), 8u);  // v_proj and down_proj in four layers
+  EXPECT_EQ(q.linear.at("model.layers.3.self_attn.v_proj.weight").format(), lmforge::WeightFormat::Q6_K);
+  EXPECT_EQ(q.linear.at("model.layers.4.self_attn.v_proj.weight").format(), lmforge::WeightFormat::Q4_K);
+  // Its values are the f32 import's, bit for bit.
+  ex::import_gguf(g, path("k_f32"));
+  const auto f32 = tensors(path("k_f32"));
+  for (const auto& [n, w] : q.linear) EXPECT_EQ(w.dequantize().to_float_vector(), f32.at(n).to_float_vector()) << n;
+  // Exported with keep: the same tensors, byte for byte (token_embd requantized from its dequantized values: within
+  // q4_K's error of the original).
+  const ex::GgufExportSummary back = ex::export_gguf(path("k_keep"), path("k_back.gguf"), opts("keep"));
+  EXPECT_EQ(back.blocks_copied, 1 + 8 * 7);
+  const auto same_blocks = [&](const std::string& other) {
+    const io::GgufFile b = io::GgufFile::open(other);
+    EXPECT_EQ(b.get_int("general.file_type"), 15);
+    ASSERT_EQ(b.tensors().size(), f.tensors().size());
+    for (const io::GgufTensorInfo& ti : f.tensors()) {
+      const io::GgufTensorInfo& tb = b.tensor(ti.name);
+      ASSERT_EQ(tb.type, ti.type) << ti.name;
+      if (ti.name == "token_embd.weight") continue;
+      ASSERT_EQ(tb.nbytes, ti.nbytes) << ti.name;
+      EXPECT_EQ(std::memcmp(b.tensor_data(ti.name), f.tensor_data(ti.name), ti.nbytes), 0) << ti.name;
+    }
+  };
+  same_blocks(path("k_back.gguf"));
+  // `quantize --type q4_K_M`'s dir (the same quantizers and mix), exported with keep: the same blocks again.
+  quant::QuantConfig qc;
+  const model::CausalLM m = model::CausalLM::load(dir);
+  quant::apply_q4_K_M(qc, m.config());
+  quant::save_quantized_model(path("k_rtn"), quant::quantize_rtn(m, qc), dir);
+  ex::export_gguf(path("k_rtn"), path("k_rtn.gguf"), opts("keep"));
+  same_blocks(path("k_rtn.gguf"));
+  // --type q4_K on hidden 64: the inputs 256 does not divide fall back to q8_0, as llama-quantize falls back.
+  const std::string small = make_model("small", kLlama);
+  ex::export_gguf(small, path("small_q4k.gguf"), opts("q4_K"));
+  const io::GgufFile sf = io::GgufFile::open(path("small_q4k.gguf"));
+  EXPECT_EQ(sf.tensor("blk.0.attn_q.weight").type, 8u);
+  EXPECT_EQ(sf.tensor("output.weight").type, 8u);
+  EXPECT_THROW(ex::export_gguf(small, path("x.gguf"), opts("q5_K")), Error);
+}
+
 TEST_F(GgufExport, DeepseekRoundTripF32IsBitExact) {
   const std::string dir = make_model("ds", kDeepseek, "deepseek-v3");
   auto s = ex::export_gguf(dir, path("ds.gguf"));

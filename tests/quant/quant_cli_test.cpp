@@ -57,6 +57,23 @@ TEST_F(QuantCli, QuantizeThenEvalPerplexity) {
     EXPECT_NE(r["nll"].get<double>(), base["nll"].get<double>());
     EXPECT_NEAR(r["nll"].get<double>(), base["nll"].get<double>(), 0.1);  // random weights: near-uniform output
   }
+  // The k-quants: the LM head q6_K by default (llama.cpp's), q4_K_M's mix per tensor; inputs of 128 (all but
+  // down_proj here) fall back to q8_0, recorded per tensor.
+  for (const std::string type : {"q4_K", "q6_K", "q4_K_M"}) {
+    const CliRun q =
+        sh(kBin + " quantize --model " + path("f32") + " --type " + type + " --out " + path(type) + " --json");
+    ASSERT_EQ(q.code, 0) << q.out;
+    const nlohmann::json qc = nlohmann::json::parse(std::ifstream(path(type) + "/config.json"))["quantization_config"];
+    EXPECT_EQ(qc["format"], type == "q6_K" ? "q6_K" : "q4_K");
+    EXPECT_EQ(qc["lm_head_format"], "q6_K");
+    EXPECT_EQ(qc["tensor_formats"]["model.layers.0.self_attn.q_proj.weight"], "q8_0");
+    EXPECT_FALSE(qc["tensor_formats"].contains("model.layers.0.mlp.down_proj.weight") && type != "q4_K_M");
+    if (type == "q4_K_M")  // 2 layers: use_more_bits picks layer 1 (the last eighth)
+      EXPECT_EQ(qc["tensor_formats"]["model.layers.1.mlp.down_proj.weight"], "q6_K");
+    const nlohmann::json r = ppl(path(type));
+    EXPECT_EQ(r["tokens"], base["tokens"]);
+    EXPECT_NEAR(r["nll"].get<double>(), base["nll"].get<double>(), 0.1);
+  }
   const CliRun g = sh(kBin + " quantize --model " + path("f32") + " --type gptq-q4 --calib " + path("text.txt") +
                       " --calib-tokens 200 --calib-ctx 64 --out " + path("gptq"));
   ASSERT_EQ(g.code, 0) << g.out;
