@@ -102,30 +102,31 @@ TEST(Qgemm, EachFormatMatchesDequantizedReference) {
                                                                                                       : 32);
       for (int64_t n : {int64_t{1}, int64_t{2}, int64_t{5}, int64_t{16}, int64_t{33}, switch_rows - 1, switch_rows}) {
         SCOPED_TRACE("n=" + std::to_string(n));
-        const bool tiles = n < switch_rows;
         std::vector<float> x = gaussian(n * cols, 7 + static_cast<uint32_t>(n), 1.0f);
         x[3] = 6.0f;  // an outlier, as real activations have
         const std::vector<double> exact = reference(dq, x, n, rows, cols);
-        std::vector<float> xq = x;
-        if (integer && tiles) {
-          for (int64_t i = 0; i < n; ++i) {
-            std::vector<float> row(x.begin() + i * cols, x.begin() + (i + 1) * cols);
-            row = quantize_activations(row, k256 ? 256 : g128 ? 128 : 32);
-            std::copy(row.begin(), row.end(), xq.begin() + i * cols);
-          }
-        }
-        const std::vector<double> same = reference(dq, xq, n, rows, cols);
         std::vector<float> y_generic;
         for (QImpl impl : {QImpl::Generic, QImpl::Avx2}) {
           if (!kernels::cpu::qgemm_available(impl)) continue;
           SCOPED_TRACE(impl == QImpl::Avx2 ? "avx2" : "generic");
+          // The k-quants stay on their tiles at every row count with AVX2 (no switch to sgemm).
+          const bool tiles = n < kernels::cpu::qgemm_sgemm_rows(qweight_view(m), impl);
+          std::vector<float> xq = x;
+          if (integer && tiles) {
+            for (int64_t i = 0; i < n; ++i) {
+              std::vector<float> row(x.begin() + i * cols, x.begin() + (i + 1) * cols);
+              row = quantize_activations(row, k256 ? 256 : g128 ? 128 : 32);
+              std::copy(row.begin(), row.end(), xq.begin() + i * cols);
+            }
+          }
+          const std::vector<double> same = reference(dq, xq, n, rows, cols);
           std::vector<float> y(static_cast<size_t>(n * rows), 0.0f);
           kernels::cpu::qgemm(qweight_view(m), x.data(), n, y.data(), false, impl);
           EXPECT_LE(rel_err(y, same), 1e-5);
           EXPECT_LE(rel_err(y, exact), (g128 || k256) && tiles ? 2e-2 : 1e-2);
           if (impl == QImpl::Generic) {
             y_generic = y;
-          } else if (!y_generic.empty()) {
+          } else if (!y_generic.empty() && tiles == (n < switch_rows)) {  // both on the same path
             std::vector<double> g(y_generic.begin(), y_generic.end());
             EXPECT_LE(rel_err(y, g), 1e-5);
           }
@@ -242,16 +243,20 @@ TEST(Qgemm, InterleavedRowsGiveIdenticalResults) {
 }
 
 // Batched decode: the tiles read each weight tile once and dot it with every activation row (interleaved q8_0 up
-// to four rows in one pass); each row's product must be bit for bit the one-row product, at every batch size the
+// to four rows in one pass; q4_K / q6_K likewise, a weight row at a time); each row's product must be bit for bit the
+// one-row product, at every batch size the
 // tiles take (remainders of 4 and 2 included) and with rows outside the four streams. f16 / bf16 take two activation
 // rows a pass (tile_float_rows), rows of any length (104: a tail after the 16-value steps).
 TEST(Qgemm, BatchedRowsEqualRowByRowProducts) {
   ThreadCountScope threads(2);
   for (WeightFormat f : {WeightFormat::Q8_0, WeightFormat::Q4_0, WeightFormat::INT8, WeightFormat::F16,
-                         WeightFormat::BF16, WeightFormat::F32}) {
+                         WeightFormat::BF16, WeightFormat::F32, WeightFormat::Q4_K, WeightFormat::Q6_K}) {
     const bool blocks = f == WeightFormat::Q8_0 || f == WeightFormat::Q4_0;
+    const bool k256 = f == WeightFormat::Q4_K || f == WeightFormat::Q6_K;  // one weight row, 2-4 activation rows
     for (int64_t rows : {4, 45, 260}) {
-      const int64_t cols = rows == 260 ? 512 : f == WeightFormat::F16 || f == WeightFormat::BF16 ? 104 : 96;
+      const int64_t cols = rows == 260 || k256                                 ? 512
+                           : f == WeightFormat::F16 || f == WeightFormat::BF16 ? 104
+                                                                               : 96;
       const WeightMatrix m =
           WeightMatrix::quantize(Tensor::from_vector(gaussian(rows * cols, 21, 0.02f), {rows, cols}), f);
       std::vector<WeightMatrix> layouts = {m};
@@ -260,7 +265,9 @@ TEST(Qgemm, BatchedRowsEqualRowByRowProducts) {
         const kernels::cpu::QWeight q = qweight_view(w);
         for (QImpl impl : {QImpl::Generic, QImpl::Avx2}) {
           if (!kernels::cpu::qgemm_available(impl)) continue;
-          for (int64_t n = 2; n < kernels::cpu::qgemm_sgemm_rows(q.format); n += n < 11 ? 1 : 26) {
+          // (the k-quants past 64 rows too: products of up to 64 activation rows at a time)
+          const int64_t limit = std::min<int64_t>(k256 ? 150 : 64, kernels::cpu::qgemm_sgemm_rows(q, impl));
+          for (int64_t n = 2; n < limit; n += n < 11 ? 1 : 26) {
             SCOPED_TRACE(std::string(weight_format_name(f)) + (w.interleaved() ? " interleaved" : "") + " rows " +
                          std::to_string(rows) + " n " + std::to_string(n) + (impl == QImpl::Avx2 ? " avx2" : ""));
             const std::vector<float> x = gaussian(n * cols, 31 + static_cast<uint32_t>(n), 1.0f);
@@ -353,6 +360,10 @@ TEST(Qgemm, PrefillPathsGiveIdenticalProducts) {
         const std::vector<float> x = gaussian(n * cols, 22, 1.0f);
         std::vector<float> yg(static_cast<size_t>(n * rows)), ya(yg.size());
         kernels::cpu::qgemm(qweight_view(w), x.data(), n, yg.data(), false, QImpl::Generic);
+        // The portable path's panels dequantize with the scalar code, m.dequantize() with the AVX2 code where the CPU
+        // has it: the two agree (the sgemm of either within rounding of the double reference).
+        EXPECT_LE(rel_err(yg, reference(m.dequantize(), x, n, rows, cols)), 1e-5);
+        if (k256) continue;  // with AVX2 the k-quants stay on their integer tiles (EachFormatMatchesDequantizedReference)
         kernels::cpu::qgemm(qweight_view(w), x.data(), n, ya.data(), false, QImpl::Avx2);
         EXPECT_EQ(ya, yg);
         EXPECT_LE(rel_err(ya, reference(m.dequantize(), x, n, rows, cols)), 1e-5);

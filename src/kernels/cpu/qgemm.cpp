@@ -55,6 +55,11 @@ constexpr int64_t kVnniSpan = 32;
 constexpr int64_t kVnniPrefillRows = 64;
 // Products of more activation rows than this on the VNNI tiles run as several products of at most this many.
 constexpr int64_t kVnniMaxRows = 256;
+// The k-quants never switch to sgemm panels: their multi-row tiles (four activation rows a pass, each super-block
+// unpacked once) outrun dequantize + sgemm at every row count measured (PERFORMANCE.md, "k-quants"), as ggml's own
+// q8_K products do. A product of more activation rows runs as products of at most this many, so each pass's 8-bit
+// activations (kKMaxRows x cols bytes) stay in the L2 cache while the weights stream past once per chunk.
+constexpr int64_t kKMaxRows = 64;
 // Up to this many activation rows, qgemm's 8-bit activations live in a thread-local buffer kept between calls.
 constexpr int64_t kReusedXQuantRows = 64;
 // qgemm_sgemm_rows(f): from this many activation rows on, dequantize panels and use sgemm; below, the decode tiles
@@ -1047,6 +1052,90 @@ LMF_TARGET_AVX2 void tile_q6_K(const uint8_t* const* rows, const XQuant& xq, flo
   for (int r = 0; r < R; ++r) out[r] = hsum(acc[r]);
 }
 
+// One k-quant weight row against T activation rows (batched decode, short prompts): each super-block's scales and
+// codes are unpacked once and dotted with the T rows, where tile_q4_K / tile_q6_K unpack them again for every
+// activation row. The integer sums and the float steps are the one-row tiles' own per activation row (summed in
+// another order), so the results agree with them to rounding.
+template <int T>
+LMF_TARGET_AVX2 void tile_q4_K_rows(const uint8_t* row, const XQuant* const* xs, float* const* outs, int64_t r) {
+  __m256 acc[T];
+  for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  __m256i pick[8];
+  for (int j = 0; j < 8; ++j) pick[j] = k_lane_mask(j, j);
+  const int64_t ns = xs[0]->nb / 8;
+  for (int64_t s = 0; s < ns; ++s) {
+    const uint8_t* blk = row + s * kQ4KBytes;
+    const __m128i sm8 = q4_K_scales_avx2(blk + 4);
+    const __m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm8));
+    const __m128i m8 = _mm_unpackhi_epi64(sm8, sm8);
+    const __m256i mins16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));
+    __m256i sum[T];
+    for (int t = 0; t < T; ++t) sum[t] = _mm256_setzero_si256();
+    for (int c = 0; c < 4; ++c) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16 + 32 * c));
+      const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+      const __m256i slo = _mm256_shuffle_epi8(sc16, pick[2 * c]), shi = _mm256_shuffle_epi8(sc16, pick[2 * c + 1]);
+      for (int t = 0; t < T; ++t) {
+        const int8_t* xt = xs[t]->q.data() + s * kSuper + 64 * c;
+        const __m256i plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xt)));
+        const __m256i phi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xt + 32)));
+        sum[t] = _mm256_add_epi32(sum[t], _mm256_add_epi32(_mm256_madd_epi16(plo, slo), _mm256_madd_epi16(phi, shi)));
+      }
+    }
+    const __m128 dd = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(load_u16(blk) | uint32_t{load_u16(blk + 2)} << 16)));
+    const float d = _mm_cvtss_f32(dd), dmin = _mm_cvtss_f32(_mm_movehdup_ps(dd));
+    for (int t = 0; t < T; ++t) {
+      const __m256i s16 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs[t]->s16.data() + s * 16));
+      const float dx = xs[t]->d[s * 8];
+      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[t]), _mm256_set1_ps(d * dx), acc[t]);
+      acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(mins16, s16)), _mm256_set1_ps(dmin * dx), acc[t]);
+    }
+  }
+  for (int t = 0; t < T; ++t) outs[t][r] = hsum(acc[t]);
+}
+
+template <int T>
+LMF_TARGET_AVX2 void tile_q6_K_rows(const uint8_t* row, const XQuant* const* xs, float* const* outs, int64_t r) {
+  __m256 acc[T];
+  for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
+  const __m256i low = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(3);
+  __m256i pick[4];
+  for (int k = 0; k < 4; ++k) pick[k] = k_lane_mask(2 * k, 2 * k + 1);
+  const int64_t ns = xs[0]->nb / 8;
+  for (int64_t s = 0; s < ns; ++s) {
+    const uint8_t* blk = row + s * kQ6KBytes;
+    const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 192)));
+    __m256i sum[T];
+    for (int t = 0; t < T; ++t) {
+      const __m256i s16 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs[t]->s16.data() + s * 16));
+      sum[t] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(_mm256_madd_epi16(sc16, s16), 5));
+    }
+    for (int h = 0; h < 2; ++h) {
+      const __m256i ql0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 64 * h));
+      const __m256i ql1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 64 * h + 32));
+      const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 128 + 32 * h));
+      const __m256i half_sc =
+          h == 0 ? _mm256_permute2x128_si256(sc16, sc16, 0x00) : _mm256_permute2x128_si256(sc16, sc16, 0x11);
+      for (int k = 0; k < 4; ++k) {
+        const __m256i lo4 = k & 1 ? ql1 : ql0;
+        const __m256i nib = k < 2 ? _mm256_and_si256(lo4, low) : _mm256_and_si256(_mm256_srli_epi16(lo4, 4), low);
+        const __m256i q = _mm256_or_si256(nib, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * k), two), 4));
+        const __m256i sc = _mm256_shuffle_epi8(half_sc, pick[k]);
+        for (int t = 0; t < T; ++t) {
+          const int8_t* xt = xs[t]->q.data() + s * kSuper + 128 * h + 32 * k;
+          const __m256i p = _mm256_maddubs_epi16(q, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xt)));
+          sum[t] = _mm256_add_epi32(sum[t], _mm256_madd_epi16(p, sc));
+        }
+      }
+    }
+    const float d = f16(blk + 208);
+    for (int t = 0; t < T; ++t)
+      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[t]), _mm256_set1_ps(d * xs[t]->d[s * 8]), acc[t]);
+  }
+  for (int t = 0; t < T; ++t) outs[t][r] = hsum(acc[t]);
+}
+
 // tile_g128 for T activation rows on AVX-512 VNNI: each group's codes are loaded and split into nibbles once for
 // the T rows, and four vpdpbusd per (row, activation row) replace four maddubs, three adds and a madd; the lanes end
 // at tile_g128's integers and the float steps are its own, so outs[t][r] is tile_g128's out[r] for xs[t] bit for
@@ -1340,6 +1429,8 @@ LMF_TARGET_AVX2 void rows_avx2(const QWeight& w, const float* x, const XQuant* x
   const bool g128_rows = vnni && g128 && n >= 2;
   // int8 too (tile4_int8_rows_vnni): the four streams' rows folded as tile4_q8 folds them.
   const bool int8_rows = vnni && w.format == QFormat::INT8 && n >= 2;
+  // The k-quants: up to four activation rows a pass on AVX2 (tile_q4_K_rows / tile_q6_K_rows), a weight row at a time.
+  const bool k_rows = (w.format == QFormat::Q4_K || w.format == QFormat::Q6_K) && n >= 2;
   // f32 / f16 / bf16: up to three activation rows a pass (tile_float_rows), six with AVX-512VL (tile_float_rows_wide).
   const bool float_rows = w.format == QFormat::F32 || w.format == QFormat::F16 || w.format == QFormat::BF16;
   const bool wide = vnni && float_rows;
@@ -1414,6 +1505,27 @@ LMF_TARGET_AVX2 void rows_avx2(const QWeight& w, const float* x, const XQuant* x
       while (n - t >= 4) run(std::integral_constant<int, 4>());
       if (n - t >= 2) run(std::integral_constant<int, 2>());
       if (vnni && n - t == 1) run(std::integral_constant<int, 1>());
+    }
+    if (k_rows) {
+      const auto run = [&](auto rows_at_once) {
+        constexpr int T = decltype(rows_at_once)::value;
+        const XQuant* xs[T];
+        float* outs[T];
+        for (int u = 0; u < T; ++u) xs[u] = &xq[t + u], outs[u] = tmpm[u];
+        for (int k = 0; k < kStreams; ++k) {
+          if (w.format == QFormat::Q4_K) {
+            tile_q4_K_rows<T>(rows[k], xs, outs, k);
+          } else {
+            tile_q6_K_rows<T>(rows[k], xs, outs, k);
+          }
+        }
+        for (int u = 0; u < T; ++u)
+          for (int k = 0; k < kStreams; ++k) put(t + u, first[k], tmpm[u][k]);
+        t += T;
+      };
+      while (n - t >= 4) run(std::integral_constant<int, 4>());
+      if (n - t == 3) run(std::integral_constant<int, 3>());
+      if (n - t == 2) run(std::integral_constant<int, 2>());
     }
     if (g128_rows || int8_rows) {  // one row of each stream a step, up to four activation rows a pass
       const int64_t groups = w.cols / kGroup;
@@ -1904,6 +2016,7 @@ void interleave_rows4(QFormat format, int64_t rows, int64_t cols, const void* sr
 
 int64_t qgemm_sgemm_rows(const QWeight& w, QImpl impl) {
   if (use_vnni(impl) && vnni_format(w)) return std::numeric_limits<int64_t>::max();
+  if (is_k_format(w.format) && use_avx2(impl)) return std::numeric_limits<int64_t>::max();
   return qgemm_sgemm_rows(w.format);
 }
 
@@ -1945,6 +2058,11 @@ void qgemm(const QWeight& w, const float* x, int64_t n, float* y, bool accumulat
     return;
   }
   const bool avx2 = use_avx2(impl);
+  if (avx2 && is_k_format(w.format) && n > kKMaxRows) {
+    for (int64_t c0 = 0; c0 < n; c0 += kKMaxRows)
+      qgemm(w, x + c0 * cols, std::min(kKMaxRows, n - c0), y + c0 * rows, accumulate, impl);
+    return;
+  }
   // The AVX-512 tiles: the CPU's (vnni_cpu, which rows_avx2 takes: it picks its tiles by format), and whether this
   // weight's format has VNNI tiles (prefill_vnni, the 8-bit activations' layout).
   const bool vnni_cpu = use_vnni(impl);
