@@ -63,21 +63,6 @@ const FormatInfo& info(WeightFormat f) {
   return kFormats[0];
 }
 
-DType plain_dtype(WeightFormat f) {
-  switch (f) {
-    case WeightFormat::F16:
-      return DType::F16;
-    case WeightFormat::BF16:
-      return DType::BF16;
-    case WeightFormat::Q8_0:
-      return DType::Q8_0;
-    case WeightFormat::Q4_0:
-      return DType::Q4_0;
-    default:
-      return DType::F32;
-  }
-}
-
 void check_part(const Tensor& t, DType dtype, const Shape& shape, const char* part, WeightFormat f,
                 const std::string& what) {
   LMF_CHECK(t.defined(), what, ": ", weight_format_name(f), " weight has no ", part);
@@ -100,6 +85,25 @@ void dequant_row_g128(const uint8_t* codes, const uint16_t* scales, const uint8_
 }
 
 }  // namespace
+
+DType weight_codes_dtype(WeightFormat f) {
+  switch (f) {
+    case WeightFormat::F16:
+      return DType::F16;
+    case WeightFormat::BF16:
+      return DType::BF16;
+    case WeightFormat::Q8_0:
+      return DType::Q8_0;
+    case WeightFormat::Q4_0:
+      return DType::Q4_0;
+    case WeightFormat::INT8:
+      return DType::I8;
+    case WeightFormat::F32:
+      return DType::F32;
+    default:  // the g128 formats' packed nibbles, the k-quants' block bytes
+      return DType::U8;
+  }
+}
 
 std::string_view weight_format_name(WeightFormat f) {
   return info(f).name;
@@ -148,7 +152,7 @@ WeightMatrix WeightMatrix::quantize(const Tensor& w, WeightFormat format) {
     case WeightFormat::BF16:
     case WeightFormat::Q8_0:
     case WeightFormat::Q4_0:
-      m.codes_ = x.to(plain_dtype(format));
+      m.codes_ = x.to(weight_codes_dtype(format));
       break;
     case WeightFormat::Q4_G128:
     case WeightFormat::Q4_G128_ASYM: {
@@ -248,7 +252,7 @@ WeightMatrix WeightMatrix::from_parts(WeightFormat format, int64_t rows, int64_t
     case WeightFormat::BF16:
     case WeightFormat::Q8_0:
     case WeightFormat::Q4_0:
-      check_part(codes, plain_dtype(format), {rows, cols}, "codes", format, what);
+      check_part(codes, weight_codes_dtype(format), {rows, cols}, "codes", format, what);
       break;
     case WeightFormat::Q4_G128:
     case WeightFormat::Q4_G128_ASYM:

@@ -327,22 +327,6 @@ void import_deepseek2(const io::GgufFile& f, const model::ModelConfig& cfg, Sour
   (void)f;
 }
 
-// The codes' dtype of a format whose values are one plain element each (f32, f16, bf16) or GGUF's q8_0 / q4_0 blocks.
-DType format_dtype(WeightFormat f) {
-  switch (f) {
-    case WeightFormat::F16:
-      return DType::F16;
-    case WeightFormat::BF16:
-      return DType::BF16;
-    case WeightFormat::Q8_0:
-      return DType::Q8_0;
-    case WeightFormat::Q4_0:
-      return DType::Q4_0;
-    default:
-      return DType::F32;
-  }
-}
-
 }  // namespace
 
 GgufImportSummary import_gguf(const std::string& gguf_path, const std::string& out_dir, DType dtype, bool keep_types) {
@@ -534,7 +518,7 @@ GgufImportSummary import_gguf(const std::string& gguf_path, const std::string& o
           (wf != WeightFormat::F32 || keep_types)) {
         const Tensor raw = s.raw_rows(r);
         const bool bytes = wf == WeightFormat::Q4_K || wf == WeightFormat::Q6_K;
-        Tensor codes = bytes ? raw : Tensor::empty({r.rows(), r.cols()}, format_dtype(wf));
+        Tensor codes = bytes ? raw : Tensor::empty({r.rows(), r.cols()}, weight_codes_dtype(wf));
         if (!bytes) std::memcpy(codes.raw_data(), raw.raw_data(), codes.nbytes());
         q.linear.emplace(name,
                          WeightMatrix::from_parts(wf, r.rows(), r.cols(), codes, {}, {}, gguf_path + ": " + r.src));

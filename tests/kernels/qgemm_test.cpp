@@ -254,9 +254,7 @@ TEST(Qgemm, BatchedRowsEqualRowByRowProducts) {
     const bool blocks = f == WeightFormat::Q8_0 || f == WeightFormat::Q4_0;
     const bool k256 = f == WeightFormat::Q4_K || f == WeightFormat::Q6_K;  // one weight row, 2-4 activation rows
     for (int64_t rows : {4, 45, 260}) {
-      const int64_t cols = rows == 260 || k256                                 ? 512
-                           : f == WeightFormat::F16 || f == WeightFormat::BF16 ? 104
-                                                                               : 96;
+      const int64_t cols = rows == 260 || k256 ? 512 : f == WeightFormat::F16 || f == WeightFormat::BF16 ? 104 : 96;
       const WeightMatrix m =
           WeightMatrix::quantize(Tensor::from_vector(gaussian(rows * cols, 21, 0.02f), {rows, cols}), f);
       std::vector<WeightMatrix> layouts = {m};
@@ -363,7 +361,8 @@ TEST(Qgemm, PrefillPathsGiveIdenticalProducts) {
         // The portable path's panels dequantize with the scalar code, m.dequantize() with the AVX2 code where the CPU
         // has it: the two agree (the sgemm of either within rounding of the double reference).
         EXPECT_LE(rel_err(yg, reference(m.dequantize(), x, n, rows, cols)), 1e-5);
-        if (k256) continue;  // with AVX2 the k-quants stay on their integer tiles (EachFormatMatchesDequantizedReference)
+        if (k256)
+          continue;  // with AVX2 the k-quants stay on their integer tiles (EachFormatMatchesDequantizedReference)
         kernels::cpu::qgemm(qweight_view(w), x.data(), n, ya.data(), false, QImpl::Avx2);
         EXPECT_EQ(ya, yg);
         EXPECT_LE(rel_err(ya, reference(m.dequantize(), x, n, rows, cols)), 1e-5);

@@ -33,6 +33,9 @@ enum class WeightFormat : uint8_t {
 std::string_view weight_format_name(WeightFormat f);
 // Throws lmforge::Error naming the string and listing the formats.
 WeightFormat parse_weight_format(std::string_view name);
+// The dtype of a weight's codes tensor: f32 / f16 / bf16 / q8_0 / q4_0 (a [rows, cols] tensor of that dtype), i8
+// (int8), u8 (the g128 formats' nibbles, the k-quants' block bytes).
+DType weight_codes_dtype(WeightFormat f);
 // Values per block along a row (1, 32, 128 or 256); cols must be a multiple of it.
 int64_t weight_format_block(WeightFormat f);
 

@@ -967,6 +967,20 @@ LMF_TARGET_AVX2 inline __m128i q4_K_scales_avx2(const uint8_t* packed) {
   return _mm_set_epi32(static_cast<int>(m47), static_cast<int>(m03), static_cast<int>(s47), static_cast<int>(s03));
 }
 
+// Codes 32k..32k+31 (k = 0..3) of half h of a q6_K super-block, 0..63 a byte: low nibbles from ql, the top two bits
+// from qh (q6_K_code's layout, 32 values a vector).
+LMF_TARGET_AVX2 inline void q6_K_codes(const uint8_t* blk, int h, __m256i* q) {
+  const __m256i low = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(3);
+  const __m256i ql0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 64 * h));
+  const __m256i ql1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 64 * h + 32));
+  const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 128 + 32 * h));
+  for (int k = 0; k < 4; ++k) {
+    const __m256i lo4 = k & 1 ? ql1 : ql0;
+    const __m256i nib = k < 2 ? _mm256_and_si256(lo4, low) : _mm256_and_si256(_mm256_srli_epi16(lo4, 4), low);
+    q[k] = _mm256_or_si256(nib, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * k), two), 4));
+  }
+}
+
 template <int R>
 LMF_TARGET_AVX2 void tile_q4_K(const uint8_t* const* rows, const XQuant& xq, float* out, size_t ahead) {
   __m256 acc[R];
@@ -1008,7 +1022,6 @@ template <int R>
 LMF_TARGET_AVX2 void tile_q6_K(const uint8_t* const* rows, const XQuant& xq, float* out, size_t ahead) {
   __m256 acc[R];
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
-  const __m256i low = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(3);
   // Values 32k..32k+31 of a half: lanes 0-7 of maddubs cover sub-block 2k (scale 2k of the half), 8-15 sub-block
   // 2k + 1.
   __m256i pick[4];
@@ -1025,18 +1038,8 @@ LMF_TARGET_AVX2 void tile_q6_K(const uint8_t* const* rows, const XQuant& xq, flo
       const __m256i off = _mm256_slli_epi32(_mm256_madd_epi16(sc16, s16), 5);
       __m256i sum = _mm256_setzero_si256();
       for (int h = 0; h < 2; ++h) {
-        const __m256i ql0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 64 * h));
-        const __m256i ql1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 64 * h + 32));
-        const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 128 + 32 * h));
-        const __m256i q[4] = {
-            _mm256_or_si256(_mm256_and_si256(ql0, low), _mm256_slli_epi16(_mm256_and_si256(qh, two), 4)),
-            _mm256_or_si256(_mm256_and_si256(ql1, low),
-                            _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), two), 4)),
-            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low),
-                            _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), two), 4)),
-            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low),
-                            _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), two), 4)),
-        };
+        __m256i q[4];
+        q6_K_codes(blk, h, q);
         const __m256i half_sc =
             h == 0 ? _mm256_permute2x128_si256(sc16, sc16, 0x00) : _mm256_permute2x128_si256(sc16, sc16, 0x11);
         for (int k = 0; k < 4; ++k) {
@@ -1083,7 +1086,8 @@ LMF_TARGET_AVX2 void tile_q4_K_rows(const uint8_t* row, const XQuant* const* xs,
         sum[t] = _mm256_add_epi32(sum[t], _mm256_add_epi32(_mm256_madd_epi16(plo, slo), _mm256_madd_epi16(phi, shi)));
       }
     }
-    const __m128 dd = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(load_u16(blk) | uint32_t{load_u16(blk + 2)} << 16)));
+    const __m128 dd =
+        _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(load_u16(blk) | uint32_t{load_u16(blk + 2)} << 16)));
     const float d = _mm_cvtss_f32(dd), dmin = _mm_cvtss_f32(_mm_movehdup_ps(dd));
     for (int t = 0; t < T; ++t) {
       const __m256i s16 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs[t]->s16.data() + s * 16));
@@ -1099,7 +1103,6 @@ template <int T>
 LMF_TARGET_AVX2 void tile_q6_K_rows(const uint8_t* row, const XQuant* const* xs, float* const* outs, int64_t r) {
   __m256 acc[T];
   for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
-  const __m256i low = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(3);
   __m256i pick[4];
   for (int k = 0; k < 4; ++k) pick[k] = k_lane_mask(2 * k, 2 * k + 1);
   const int64_t ns = xs[0]->nb / 8;
@@ -1112,19 +1115,15 @@ LMF_TARGET_AVX2 void tile_q6_K_rows(const uint8_t* row, const XQuant* const* xs,
       sum[t] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(_mm256_madd_epi16(sc16, s16), 5));
     }
     for (int h = 0; h < 2; ++h) {
-      const __m256i ql0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 64 * h));
-      const __m256i ql1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 64 * h + 32));
-      const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 128 + 32 * h));
+      __m256i q[4];
+      q6_K_codes(blk, h, q);
       const __m256i half_sc =
           h == 0 ? _mm256_permute2x128_si256(sc16, sc16, 0x00) : _mm256_permute2x128_si256(sc16, sc16, 0x11);
       for (int k = 0; k < 4; ++k) {
-        const __m256i lo4 = k & 1 ? ql1 : ql0;
-        const __m256i nib = k < 2 ? _mm256_and_si256(lo4, low) : _mm256_and_si256(_mm256_srli_epi16(lo4, 4), low);
-        const __m256i q = _mm256_or_si256(nib, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * k), two), 4));
         const __m256i sc = _mm256_shuffle_epi8(half_sc, pick[k]);
         for (int t = 0; t < T; ++t) {
           const int8_t* xt = xs[t]->q.data() + s * kSuper + 128 * h + 32 * k;
-          const __m256i p = _mm256_maddubs_epi16(q, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xt)));
+          const __m256i p = _mm256_maddubs_epi16(q[k], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xt)));
           sum[t] = _mm256_add_epi32(sum[t], _mm256_madd_epi16(p, sc));
         }
       }
@@ -1928,20 +1927,10 @@ LMF_TARGET_AVX2 void dequant_row_avx2(const QWeight& w, int64_t r, float* out) {
         const uint8_t* blk = row + s * kQ6KBytes;
         const auto* sc = reinterpret_cast<const int8_t*>(blk + 192);
         const float d = f16(blk + 208);
-        const __m256i low = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(3), off = _mm256_set1_epi8(32);
+        const __m256i off = _mm256_set1_epi8(32);
         for (int h = 0; h < 2; ++h) {
-          const __m256i ql0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 64 * h));
-          const __m256i ql1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 64 * h + 32));
-          const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 128 + 32 * h));
-          const __m256i q[4] = {
-              _mm256_or_si256(_mm256_and_si256(ql0, low), _mm256_slli_epi16(_mm256_and_si256(qh, two), 4)),
-              _mm256_or_si256(_mm256_and_si256(ql1, low),
-                              _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), two), 4)),
-              _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low),
-                              _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), two), 4)),
-              _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low),
-                              _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), two), 4)),
-          };
+          __m256i q[4];
+          q6_K_codes(blk, h, q);
           for (int k = 0; k < 4; ++k) {
             const __m256i c = _mm256_sub_epi8(q[k], off);  // -32..31
             const __m128i lo = _mm256_castsi256_si128(c), hi = _mm256_extracti128_si256(c, 1);
