@@ -946,13 +946,23 @@ LMF_TARGET_AVX2 void tile_g128(const uint8_t* const* rows, const uint16_t* const
 // integer step is exact and the float steps are the portable path's, in another order.
 //
 // Broadcasts of int16 lane j of a 128-bit register to all eight int16 lanes of each 128-bit half (pshufb controls).
-LMF_TARGET_AVX2 inline __m256i k_lane_mask(int lo, int hi) {
-  alignas(32) char m[32];
-  for (int i = 0; i < 16; i += 2) {
-    m[i] = static_cast<char>(2 * lo), m[i + 1] = static_cast<char>(2 * lo + 1);
-    m[16 + i] = static_cast<char>(2 * hi), m[16 + i + 1] = static_cast<char>(2 * hi + 1);
+// Masks 0-7: lane j in both halves (q4_K's sub-block j); 8-11: lane 2k in the low half, 2k + 1 in the high one
+// (q6_K's sub-blocks 2k, 2k + 1 of a half). A constant table: building them per call cost ~8% of a 1024-wide row.
+struct KLaneMasks {
+  alignas(32) uint8_t m[12][32];
+  constexpr KLaneMasks() : m{} {
+    for (int j = 0; j < 12; ++j) {
+      const int lo = j < 8 ? j : 2 * (j - 8), hi = j < 8 ? j : 2 * (j - 8) + 1;
+      for (int i = 0; i < 16; i += 2) {
+        m[j][i] = static_cast<uint8_t>(2 * lo), m[j][i + 1] = static_cast<uint8_t>(2 * lo + 1);
+        m[j][16 + i] = static_cast<uint8_t>(2 * hi), m[j][16 + i + 1] = static_cast<uint8_t>(2 * hi + 1);
+      }
+    }
   }
-  return _mm256_load_si256(reinterpret_cast<const __m256i*>(m));
+};
+constexpr KLaneMasks kKLaneMasks;
+LMF_TARGET_AVX2 inline __m256i k_lane_mask(int j) {
+  return _mm256_load_si256(reinterpret_cast<const __m256i*>(kKLaneMasks.m[j]));
 }
 
 // q4_K_scales in a register (scales in bytes 0-7, mins in 8-15), by 32-bit word operations: bytes through memory
@@ -988,7 +998,7 @@ LMF_TARGET_AVX2 void tile_q4_K(const uint8_t* const* rows, const XQuant& xq, flo
   const __m256i low = _mm256_set1_epi8(0x0f);
   // Sub-block j's scale broadcast from the int16 scales (lane j), both halves alike.
   __m256i pick[8];
-  for (int j = 0; j < 8; ++j) pick[j] = k_lane_mask(j, j);
+  for (int j = 0; j < 8; ++j) pick[j] = k_lane_mask(j);
   for (int64_t s = 0; s < xq.nb / 8; ++s) {
     const int8_t* xs = xq.q.data() + s * kSuper;
     const __m256i s16 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq.s16.data() + s * 16));
@@ -1025,7 +1035,7 @@ LMF_TARGET_AVX2 void tile_q6_K(const uint8_t* const* rows, const XQuant& xq, flo
   // Values 32k..32k+31 of a half: lanes 0-7 of maddubs cover sub-block 2k (scale 2k of the half), 8-15 sub-block
   // 2k + 1.
   __m256i pick[4];
-  for (int k = 0; k < 4; ++k) pick[k] = k_lane_mask(2 * k, 2 * k + 1);
+  for (int k = 0; k < 4; ++k) pick[k] = k_lane_mask(8 + k);
   for (int64_t s = 0; s < xq.nb / 8; ++s) {
     const int8_t* xs = xq.q.data() + s * kSuper;
     const __m256i s16 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq.s16.data() + s * 16));
@@ -1065,7 +1075,7 @@ LMF_TARGET_AVX2 void tile_q4_K_rows(const uint8_t* row, const XQuant* const* xs,
   for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
   const __m256i low = _mm256_set1_epi8(0x0f);
   __m256i pick[8];
-  for (int j = 0; j < 8; ++j) pick[j] = k_lane_mask(j, j);
+  for (int j = 0; j < 8; ++j) pick[j] = k_lane_mask(j);
   const int64_t ns = xs[0]->nb / 8;
   for (int64_t s = 0; s < ns; ++s) {
     const uint8_t* blk = row + s * kQ4KBytes;
@@ -1104,7 +1114,7 @@ LMF_TARGET_AVX2 void tile_q6_K_rows(const uint8_t* row, const XQuant* const* xs,
   __m256 acc[T];
   for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
   __m256i pick[4];
-  for (int k = 0; k < 4; ++k) pick[k] = k_lane_mask(2 * k, 2 * k + 1);
+  for (int k = 0; k < 4; ++k) pick[k] = k_lane_mask(8 + k);
   const int64_t ns = xs[0]->nb / 8;
   for (int64_t s = 0; s < ns; ++s) {
     const uint8_t* blk = row + s * kQ6KBytes;
