@@ -31,6 +31,8 @@ std::string_view dtype_name(DType t) {
       return "i8";
     case DType::Q4_K:
       return "q4_K";
+    case DType::Q5_K:
+      return "q5_K";
     case DType::Q6_K:
       return "q6_K";
   }
@@ -39,11 +41,11 @@ std::string_view dtype_name(DType t) {
 
 DType parse_dtype(std::string_view name) {
   for (DType t : {DType::F32, DType::F64, DType::BF16, DType::F16, DType::I32, DType::Q8_0, DType::Q4_0, DType::U8,
-                  DType::I8, DType::Q4_K, DType::Q6_K}) {
+                  DType::I8, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
     if (dtype_name(t) == name) return t;
   }
   throw Error("unknown dtype '" + std::string(name) +
-              "' (expected f32, f64, bf16, f16, i32, q8_0, q4_0, q4_K, q6_K, u8 or i8)");
+              "' (expected f32, f64, bf16, f16, i32, q8_0, q4_0, q4_K, q5_K, q6_K, u8 or i8)");
 }
 
 // ---- binary16 ----

@@ -1,8 +1,8 @@
-// The k-quant quantizers (q4_K, q6_K): ggml's reference algorithms (ggml-quants.c quantize_row_q4_K_ref /
-// quantize_row_q6_K_ref, no importance matrix), step for step in f32 so the blocks come out bit for bit as
-// llama.cpp's (tests/core/kquant_test.cpp checks it against the prebuilt ggml). q4_K fits a scale and a min to
+// The k-quant quantizers (q4_K, q5_K, q6_K): ggml's reference algorithms (ggml-quants.c quantize_row_q4_K_ref /
+// quantize_row_q5_K_ref / quantize_row_q6_K_ref, no importance matrix), step for step in f32 so the blocks come out bit for bit as
+// llama.cpp's (GgmlDequant.KQuantizersBitForBitAsGgml checks it against the prebuilt ggml). q4_K fits a scale and a min to
 // each sub-block of 32 by a weighted least-squares search over candidate grids, then stores both as 6-bit multiples
-// of the super-block's f16 d and dmin; q6_K fits a signed scale to each sub-block of 16 and stores it as an int8
+// of the super-block's f16 d and dmin (q5_K likewise on a 5-bit grid); q6_K fits a signed scale to each sub-block of 16 and stores it as an int8
 // multiple of d.
 #include <algorithm>
 #include <cmath>
@@ -143,18 +143,24 @@ float make_qx_quants(int n, int nmax, const float* x, int8_t* L) {
 
 }  // namespace
 
-void quantize_row_q4_K(const float* x, uint8_t* y, int64_t n) {
-  LMF_CHECK(n % kKBlockSize == 0, "q4_K row length ", n, " is not a multiple of ", kKBlockSize);
+namespace {
+
+// q4_K (nmax 15, 144-byte blocks) and q5_K (nmax 31, 176 bytes: the fifth bits in qh[32] after the scales): ggml's
+// quantize_row_q4_K_ref / quantize_row_q5_K_ref, which differ only in the grid, the search parameters and the packing.
+void quantize_row_q45_K(const float* x, uint8_t* y, int64_t n, bool q5) {
+  const int nmax = q5 ? 31 : 15;
+  const size_t bytes = q5 ? kQ5KBytes : kQ4KBytes;
   uint8_t L[kKBlockSize], Laux[32];
   float weights[32], mins[8], scales[8];
-  for (int64_t b = 0; b < n / kKBlockSize; ++b, x += kKBlockSize, y += kQ4KBytes) {
+  for (int64_t b = 0; b < n / kKBlockSize; ++b, x += kKBlockSize, y += bytes) {
     float max_scale = 0, max_min = 0;
     for (int j = 0; j < 8; ++j) {
       float sum_x2 = 0;
       for (int l = 0; l < 32; ++l) sum_x2 += x[32 * j + l] * x[32 * j + l];
       const float av_x = std::sqrt(sum_x2 / 32);
       for (int l = 0; l < 32; ++l) weights[l] = av_x + std::fabs(x[32 * j + l]);
-      scales[j] = make_qkx2_quants(32, 15, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -1.0f, 0.1f, 20);
+      scales[j] = q5 ? make_qkx2_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -0.5f, 0.1f, 15)
+                     : make_qkx2_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -1.0f, 0.1f, 20);
       max_scale = std::max(max_scale, scales[j]);
       max_min = std::max(max_min, mins[j]);
     }
@@ -192,14 +198,43 @@ void quantize_row_q4_K(const float* x, uint8_t* y, int64_t n) {
       const float dm = m_all * m;
       for (int i = 0; i < 32; ++i) {
         const int l = nearest_int((x[32 * j + i] + dm) / d);
-        L[32 * j + i] = static_cast<uint8_t>(std::max(0, std::min(15, l)));
+        L[32 * j + i] = static_cast<uint8_t>(std::max(0, std::min(nmax, l)));
       }
     }
-    uint8_t* q = y + 16;
-    for (int j = 0; j < kKBlockSize; j += 64, q += 32)
-      for (int l = 0; l < 32; ++l) q[l] = static_cast<uint8_t>(L[j + l] | (L[j + l + 32] << 4));
+    if (!q5) {
+      uint8_t* q = y + 16;
+      for (int j = 0; j < kKBlockSize; j += 64, q += 32)
+        for (int l = 0; l < 32; ++l) q[l] = static_cast<uint8_t>(L[j + l] | (L[j + l + 32] << 4));
+      continue;
+    }
+    uint8_t* qh = y + 16;
+    uint8_t* ql = y + 48;
+    std::memset(qh, 0, 32);
+    uint8_t m1 = 1, m2 = 2;
+    for (int j = 0; j < kKBlockSize; j += 64, ql += 32, m1 = static_cast<uint8_t>(m1 << 2),
+             m2 = static_cast<uint8_t>(m2 << 2)) {
+      for (int l = 0; l < 32; ++l) {
+        int l1 = L[j + l], l2 = L[j + l + 32];
+        if (l1 > 15) l1 -= 16, qh[l] |= m1;
+        if (l2 > 15) l2 -= 16, qh[l] |= m2;
+        ql[l] = static_cast<uint8_t>(l1 | (l2 << 4));
+      }
+    }
   }
 }
+
+}  // namespace
+
+void quantize_row_q4_K(const float* x, uint8_t* y, int64_t n) {
+  LMF_CHECK(n % kKBlockSize == 0, "q4_K row length ", n, " is not a multiple of ", kKBlockSize);
+  quantize_row_q45_K(x, y, n, false);
+}
+
+void quantize_row_q5_K(const float* x, uint8_t* y, int64_t n) {
+  LMF_CHECK(n % kKBlockSize == 0, "q5_K row length ", n, " is not a multiple of ", kKBlockSize);
+  quantize_row_q45_K(x, y, n, true);
+}
+
 
 void quantize_row_q6_K(const float* x, uint8_t* y, int64_t n) {
   LMF_CHECK(n % kKBlockSize == 0, "q6_K row length ", n, " is not a multiple of ", kKBlockSize);

@@ -532,9 +532,12 @@ void row_to_f32(DType from, const void* src, float* dst, int64_t n) {
       dequantize_row_q4_0(static_cast<const BlockQ4_0*>(src), dst, n);
       break;
     case DType::Q4_K:
+    case DType::Q5_K:
     case DType::Q6_K: {  // the kernels' dequantization (ggml's, bit for bit), one super-block row of n values
       kernels::cpu::QWeight w;
-      w.format = from == DType::Q4_K ? kernels::cpu::QFormat::Q4_K : kernels::cpu::QFormat::Q6_K;
+      w.format = from == DType::Q4_K   ? kernels::cpu::QFormat::Q4_K
+                 : from == DType::Q5_K ? kernels::cpu::QFormat::Q5_K
+                                       : kernels::cpu::QFormat::Q6_K;
       w.rows = 1;
       w.cols = n;
       w.codes = src;
@@ -575,6 +578,9 @@ void row_from_f32(DType to, const float* src, void* dst, int64_t n) {
       break;
     case DType::Q4_K:
       quantize_row_q4_K(src, static_cast<uint8_t*>(dst), n);
+      break;
+    case DType::Q5_K:
+      quantize_row_q5_K(src, static_cast<uint8_t*>(dst), n);
       break;
     case DType::Q6_K:
       quantize_row_q6_K(src, static_cast<uint8_t*>(dst), n);

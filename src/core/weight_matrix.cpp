@@ -44,15 +44,17 @@ constexpr FormatInfo kFormats[] = {
     {WeightFormat::Q4_G128_ASYM, "q4_g128_asym", kGroup},
     {WeightFormat::INT8, "int8", 1},
     {WeightFormat::Q4_K, "q4_K", kKBlockSize},
+    {WeightFormat::Q5_K, "q5_K", kKBlockSize},
     {WeightFormat::Q6_K, "q6_K", kKBlockSize},
 };
 
 bool is_k_quant(WeightFormat f) {
-  return f == WeightFormat::Q4_K || f == WeightFormat::Q6_K;
+  return f == WeightFormat::Q4_K || f == WeightFormat::Q5_K || f == WeightFormat::Q6_K;
 }
 // Bytes of one row of a k-quant weight.
 int64_t k_row_bytes(WeightFormat f, int64_t cols) {
-  return cols / kKBlockSize * static_cast<int64_t>(f == WeightFormat::Q4_K ? kQ4KBytes : kQ6KBytes);
+  return cols / kKBlockSize *
+         static_cast<int64_t>(f == WeightFormat::Q4_K ? kQ4KBytes : f == WeightFormat::Q5_K ? kQ5KBytes : kQ6KBytes);
 }
 
 const FormatInfo& info(WeightFormat f) {
@@ -118,9 +120,10 @@ WeightFormat parse_weight_format(std::string_view name) {
     if (name == i.name) return i.format;
   }
   if (name == "q4_k") return WeightFormat::Q4_K;  // llama.cpp's names are upper-case K; the lower case is common too
+  if (name == "q5_k") return WeightFormat::Q5_K;
   if (name == "q6_k") return WeightFormat::Q6_K;
   throw Error("unknown weight format '" + std::string(name) +
-              "' (expected f32, f16, bf16, q8_0, q4_0, q4_g128, q4_g128_asym, int8, q4_K or q6_K)");
+              "' (expected f32, f16, bf16, q8_0, q4_0, q4_g128, q4_g128_asym, int8, q4_K, q5_K or q6_K)");
 }
 
 size_t WeightMatrix::nbytes() const {
@@ -204,6 +207,7 @@ WeightMatrix WeightMatrix::quantize(const Tensor& w, WeightFormat format) {
       break;
     }
     case WeightFormat::Q4_K:
+    case WeightFormat::Q5_K:
     case WeightFormat::Q6_K: {
       const int64_t bytes = k_row_bytes(format, cols);
       m.codes_ = Tensor::empty({rows, bytes}, DType::U8);
@@ -212,6 +216,8 @@ WeightMatrix WeightMatrix::quantize(const Tensor& w, WeightFormat format) {
         for (int64_t r = r0; r < r1; ++r) {
           if (format == WeightFormat::Q4_K) {
             quantize_row_q4_K(src + r * cols, codes + r * bytes, cols);
+          } else if (format == WeightFormat::Q5_K) {
+            quantize_row_q5_K(src + r * cols, codes + r * bytes, cols);
           } else {
             quantize_row_q6_K(src + r * cols, codes + r * bytes, cols);
           }
@@ -270,6 +276,7 @@ WeightMatrix WeightMatrix::from_parts(WeightFormat format, int64_t rows, int64_t
       check_part(scales, DType::F32, {rows}, "scales", format, what);
       break;
     case WeightFormat::Q4_K:
+    case WeightFormat::Q5_K:
     case WeightFormat::Q6_K:
       check_part(codes, DType::U8, {rows, k_row_bytes(format, cols)}, "codes", format, what);
       break;
@@ -417,6 +424,9 @@ kernels::cpu::QWeight qweight_view(const WeightMatrix& w) {
       break;
     case WeightFormat::Q4_K:
       q.format = QFormat::Q4_K;
+      break;
+    case WeightFormat::Q5_K:
+      q.format = QFormat::Q5_K;
       break;
     case WeightFormat::Q6_K:
       q.format = QFormat::Q6_K;

@@ -120,18 +120,7 @@ void deq_q3_K(const unsigned char* b, float* y) {  // {u8 hmask[32], u8 qs[64], 
   }
 }
 
-// The 6-bit scale and min of sub-block j of a q4_K / q5_K block (ggml-quants.c get_scale_min_k4).
-void scale_min_k4(int j, const unsigned char* q, uint8_t& d, uint8_t& m) {
-  if (j < 4) {
-    d = q[j] & 63;
-    m = q[j + 4] & 63;
-  } else {
-    d = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
-    m = (q[j + 4] >> 4) | ((q[j - 0] >> 6) << 4);
-  }
-}
-
-// q4_K and q6_K are the engine's own formats: their dequantization is the kernels' (one copy of the layout).
+// q4_K, q5_K and q6_K are the engine's own formats: their dequantization is the kernels' (one copy of the layout).
 void deq_k(kernels::cpu::QFormat f, const unsigned char* b, float* y) {
   kernels::cpu::QWeight w;
   w.format = f;
@@ -144,25 +133,8 @@ void deq_q4_K(const unsigned char* b, float* y) {
   deq_k(kernels::cpu::QFormat::Q4_K, b, y);
 }
 
-void deq_q5_K(const unsigned char* b, float* y) {  // {f16 d, f16 dmin, u8 scales[12], u8 qh[32], u8 qs[128]}
-  const float d = h(b), mn = h(b + 2);
-  const unsigned char* scales = b + 4;
-  const unsigned char* qh = b + 16;
-  const unsigned char* ql = b + 48;
-  int is = 0;
-  uint8_t sc, m, u1 = 1, u2 = 2;
-  for (int j = 0; j < QK_K; j += 64) {
-    scale_min_k4(is + 0, scales, sc, m);
-    const float d1 = d * sc, m1 = mn * m;
-    scale_min_k4(is + 1, scales, sc, m);
-    const float d2 = d * sc, m2 = mn * m;
-    for (int l = 0; l < 32; ++l) *y++ = d1 * ((ql[l] & 0xF) + (qh[l] & u1 ? 16 : 0)) - m1;
-    for (int l = 0; l < 32; ++l) *y++ = d2 * ((ql[l] >> 4) + (qh[l] & u2 ? 16 : 0)) - m2;
-    ql += 32;
-    is += 2;
-    u1 <<= 2;
-    u2 <<= 2;
-  }
+void deq_q5_K(const unsigned char* b, float* y) {
+  deq_k(kernels::cpu::QFormat::Q5_K, b, y);
 }
 
 void deq_q6_K(const unsigned char* b, float* y) {

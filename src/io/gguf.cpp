@@ -217,13 +217,15 @@ DType dtype_of_ggml(uint32_t id) {
       return DType::Q8_0;
     case 12:
       return DType::Q4_K;
+    case 13:
+      return DType::Q5_K;
     case 14:
       return DType::Q6_K;
     case 30:
       return DType::BF16;
     default:
       throw Error("GGUF tensor type " + ggml_type_name(id) +
-                  " is not supported (f32, f16, bf16, q8_0, q4_0, q4_K, q6_K are)");
+                  " is not supported (f32, f16, bf16, q8_0, q4_0, q4_K, q5_K, q6_K are)");
   }
 }
 
@@ -241,11 +243,13 @@ GgmlType ggml_of_dtype(DType t) {
       return GgmlType::Q4_0;
     case DType::Q4_K:
       return GgmlType::Q4_K;
+    case DType::Q5_K:
+      return GgmlType::Q5_K;
     case DType::Q6_K:
       return GgmlType::Q6_K;
     default:
       throw Error("dtype " + std::string(dtype_name(t)) +
-                  " has no GGUF tensor type here (f32, f16, bf16, q8_0, q4_0, q4_K, q6_K)");
+                  " has no GGUF tensor type here (f32, f16, bf16, q8_0, q4_0, q4_K, q5_K, q6_K)");
   }
 }
 

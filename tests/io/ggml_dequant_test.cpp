@@ -243,7 +243,7 @@ TEST(GgmlDequant, BitForBitAsGgmlItself) {
   EXPECT_EQ(checked, 13);
 }
 
-// lmforge's k-quant quantizers (WeightMatrix::quantize q4_K / q6_K, src/core/kquant.cpp) against ggml's own
+// lmforge's k-quant quantizers (WeightMatrix::quantize q4_K / q5_K / q6_K, src/core/kquant.cpp) against ggml's own
 // (ggml_quantize_chunk without an importance matrix: what llama-quantize runs): the same bytes, block for block, on
 // Gaussian rows with outliers, rows of tiny and of large values, constant and all-zero super-blocks and
 // one-sided (all positive) rows; and the engine's dequantization of them equals ggml's, bit for bit.
@@ -282,7 +282,8 @@ TEST(GgmlDequant, KQuantizersBitForBitAsGgml) {
       x[r * cols + j] = v;
     }
   for (const auto& [name, id, format] :
-       {std::tuple{"q4_K", 12u, WeightFormat::Q4_K}, std::tuple{"q6_K", 14u, WeightFormat::Q6_K}}) {
+       {std::tuple{"q4_K", 12u, WeightFormat::Q4_K}, std::tuple{"q5_K", 13u, WeightFormat::Q5_K},
+        std::tuple{"q6_K", 14u, WeightFormat::Q6_K}}) {
     SCOPED_TRACE(name);
     int64_t block = 0;
     size_t size = 0;

@@ -393,12 +393,12 @@ TEST(GgufBad, UnknownTypes) {
   Bytes dims;
   dims.header(1, 0).tensor_info("w", {1, 1, 1, 1, 1}, 0, 0).pad();
   expect_error(dims.b, "n_dims 5");
-  // A k-quant that is no lmforge dtype (q5_K) lists but cannot be read as a tensor of its own type; q4_K can.
+  // A k-quant that is no lmforge dtype (q3_K) lists but cannot be read as a tensor of its own type; q4_K can.
   Bytes k;
-  k.header(2, 0).tensor_info("w", {256}, 13, 0).tensor_info("v", {256}, 12, 192).pad();
-  k.b += std::string(176 + 16 + 144, '\0');
+  k.header(2, 0).tensor_info("w", {256}, 11, 0).tensor_info("v", {256}, 12, 128).pad();
+  k.b += std::string(128 + 144, '\0');
   GgufFile f = GgufFile::from_bytes(k.b, "k.gguf");
-  EXPECT_EQ(f.tensor("w").nbytes, 176u);
+  EXPECT_EQ(f.tensor("w").nbytes, 110u);
   EXPECT_THROW(f.get("w"), Error);
   EXPECT_EQ(f.get("v").dtype(), DType::Q4_K);
   EXPECT_EQ(f.get("v").nbytes(), 144u);

@@ -92,7 +92,7 @@ TEST(Qgemm, EachFormatMatchesDequantizedReference) {
       // (0.3-0.5% for the other formats) -> 2e-2 for their decode path.
       const bool g128 = f == WeightFormat::Q4_G128 || f == WeightFormat::Q4_G128_ASYM;
       // The k-quants: one activation scale per 256 values (ggml's q8_K), the outlier coarsening a whole super-block.
-      const bool k256 = f == WeightFormat::Q4_K || f == WeightFormat::Q6_K;
+      const bool k256 = f == WeightFormat::Q4_K || f == WeightFormat::Q5_K || f == WeightFormat::Q6_K;
       const WeightMatrix m =
           WeightMatrix::quantize(Tensor::from_vector(f == WeightFormat::Q4_G128_ASYM ? wa : wv, {rows, cols}), f);
       const Tensor dq = m.dequantize();
@@ -250,9 +250,10 @@ TEST(Qgemm, InterleavedRowsGiveIdenticalResults) {
 TEST(Qgemm, BatchedRowsEqualRowByRowProducts) {
   ThreadCountScope threads(2);
   for (WeightFormat f : {WeightFormat::Q8_0, WeightFormat::Q4_0, WeightFormat::INT8, WeightFormat::F16,
-                         WeightFormat::BF16, WeightFormat::F32, WeightFormat::Q4_K, WeightFormat::Q6_K}) {
+                         WeightFormat::BF16, WeightFormat::F32, WeightFormat::Q4_K, WeightFormat::Q5_K,
+                         WeightFormat::Q6_K}) {
     const bool blocks = f == WeightFormat::Q8_0 || f == WeightFormat::Q4_0;
-    const bool k256 = f == WeightFormat::Q4_K || f == WeightFormat::Q6_K;  // one weight row, 2-4 activation rows
+    const bool k256 = f == WeightFormat::Q4_K || f == WeightFormat::Q5_K || f == WeightFormat::Q6_K;  // one weight row, 2-4 activation rows
     for (int64_t rows : {4, 45, 260}) {
       const int64_t cols = rows == 260 || k256 ? 512 : f == WeightFormat::F16 || f == WeightFormat::BF16 ? 104 : 96;
       const WeightMatrix m =
@@ -343,7 +344,7 @@ TEST(Qgemm, PrefillPathsGiveIdenticalProducts) {
   for (WeightFormat f : kFormats) {
     const bool any_cols =
         f == WeightFormat::F32 || f == WeightFormat::F16 || f == WeightFormat::BF16 || f == WeightFormat::INT8;
-    const bool k256 = f == WeightFormat::Q4_K || f == WeightFormat::Q6_K;
+    const bool k256 = f == WeightFormat::Q4_K || f == WeightFormat::Q5_K || f == WeightFormat::Q6_K;
     for (const int64_t cols : {int64_t{256}, int64_t{1280},
                                any_cols ? int64_t{70}
                                : k256   ? int64_t{512}

@@ -68,8 +68,9 @@ TEST_F(QuantCli, QuantizeThenEvalPerplexity) {
     EXPECT_EQ(qc["lm_head_format"], "q6_K");
     EXPECT_EQ(qc["tensor_formats"]["model.layers.0.self_attn.q_proj.weight"], "q8_0");
     EXPECT_FALSE(qc["tensor_formats"].contains("model.layers.0.mlp.down_proj.weight") && type != "q4_K_M");
-    if (type == "q4_K_M")  // 2 layers: use_more_bits picks layer 1 (the last eighth)
+    if (type == "q4_K_M") {  // 2 layers: use_more_bits picks layer 1 (the last eighth)
       EXPECT_EQ(qc["tensor_formats"]["model.layers.1.mlp.down_proj.weight"], "q6_K");
+    }
     const nlohmann::json r = ppl(path(type));
     EXPECT_EQ(r["tokens"], base["tokens"]);
     EXPECT_NEAR(r["nll"].get<double>(), base["nll"].get<double>(), 0.1);

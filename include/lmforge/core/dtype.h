@@ -9,8 +9,8 @@
 namespace lmforge {
 
 // U8 and I8 hold raw codes of the engine's own weight formats (see weight_matrix.h).
-// Q4_K / Q6_K are GGUF's k-quant super-blocks of 256 values (layouts in quant.h and the kernels' qgemm.h).
-enum class DType : uint8_t { F32, F64, BF16, F16, I32, Q8_0, Q4_0, U8, I8, Q4_K, Q6_K };
+// Q4_K / Q5_K / Q6_K are GGUF's k-quant super-blocks of 256 values (layouts in quant.h and the kernels' qgemm.h).
+enum class DType : uint8_t { F32, F64, BF16, F16, I32, Q8_0, Q4_0, U8, I8, Q4_K, Q6_K, Q5_K };
 
 constexpr int64_t kQ8BlockSize = 32;
 constexpr int64_t kQ4BlockSize = 32;
@@ -38,6 +38,7 @@ constexpr int64_t block_size(DType t) {
     case DType::Q4_0:
       return kQ4BlockSize;
     case DType::Q4_K:
+    case DType::Q5_K:
     case DType::Q6_K:
       return 256;
     default:
@@ -65,6 +66,8 @@ constexpr size_t type_size(DType t) {
       return sizeof(BlockQ4_0);
     case DType::Q4_K:
       return 144;
+    case DType::Q5_K:
+      return 176;
     case DType::Q6_K:
       return 210;
   }
@@ -72,7 +75,7 @@ constexpr size_t type_size(DType t) {
 }
 
 constexpr bool is_quantized(DType t) {
-  return t == DType::Q8_0 || t == DType::Q4_0 || t == DType::Q4_K || t == DType::Q6_K;
+  return t == DType::Q8_0 || t == DType::Q4_0 || t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K;
 }
 constexpr bool is_floating(DType t) {
   return t == DType::F32 || t == DType::F64 || t == DType::BF16 || t == DType::F16;

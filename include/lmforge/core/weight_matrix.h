@@ -26,10 +26,11 @@ enum class WeightFormat : uint8_t {
   INT8,          // int8 per output channel (row): value = scale[row] * q
   Q4_K,          // GGUF block_q4_K (256 values: f16 d and dmin, 6-bit scale and min per 32, 4-bit codes)
   Q6_K,          // GGUF block_q6_K (256 values: f16 d, int8 scale per 16, 6-bit codes - 32)
+  Q5_K,          // GGUF block_q5_K (q4_K's layout with a fifth bit per code)
 };
 
-// "f32", "f16", "bf16", "q8_0", "q4_0", "q4_g128", "q4_g128_asym", "int8", "q4_K", "q6_K" (parsing also takes
-// "q4_k" / "q6_k").
+// "f32", "f16", "bf16", "q8_0", "q4_0", "q4_g128", "q4_g128_asym", "int8", "q4_K", "q5_K", "q6_K" (parsing also
+// takes "q4_k" / "q5_k" / "q6_k").
 std::string_view weight_format_name(WeightFormat f);
 // Throws lmforge::Error naming the string and listing the formats.
 WeightFormat parse_weight_format(std::string_view name);

@@ -42,7 +42,7 @@ std::string_view gguf_type_name(GgufType t);
 
 // Tensor types (ggml_type ids). Only the ones lmforge can convert are named here; the reader also knows the sizes
 // of the other common ones (q4_1, q5_*, q8_1, k-quants, iq4_*) so such files list, and refuses the rest by id.
-enum class GgmlType : uint32_t { F32 = 0, F16 = 1, Q4_0 = 2, Q8_0 = 8, Q4_K = 12, Q6_K = 14, BF16 = 30 };
+enum class GgmlType : uint32_t { F32 = 0, F16 = 1, Q4_0 = 2, Q8_0 = 8, Q4_K = 12, Q5_K = 13, Q6_K = 14, BF16 = 30 };
 // "f32", "q4_K", ... or "type 17" for an id the reader does not know.
 std::string ggml_type_name(uint32_t id);
 // Values per block and bytes per block; false for an id the reader does not know.

@@ -11,11 +11,12 @@
 
 namespace lmforge::kernels::cpu {
 
-// Q4_K / Q6_K: GGUF's k-quant super-blocks of 256 values (block_q4_K, 144 bytes: f16 d, f16 dmin, 12 bytes of
+// Q4_K / Q5_K / Q6_K: GGUF's k-quant super-blocks of 256 values (block_q4_K, 144 bytes: f16 d, f16 dmin, 12 bytes of
 // packed 6-bit scales and mins, 128 bytes of nibbles; block_q6_K, 210 bytes: 128 bytes of low nibbles, 64 of high
-// 2-bit pairs, 16 int8 scales, f16 d), row after row as in the file. Their activations are quantized with one scale
+// 2-bit pairs, 16 int8 scales, f16 d; block_q5_K, 176 bytes: q4_K's with 32 bytes of fifth bits after the scales),
+// row after row as in the file. Their activations are quantized with one scale
 // per 256 values (ggml's q8_K), and each super-block is summed in integers and scaled once.
-enum class QFormat : uint8_t { F16, BF16, Q8_0, Q4_0, Q4_G128, Q4_G128_ASYM, INT8, F32, Q4_K, Q6_K };
+enum class QFormat : uint8_t { F16, BF16, Q8_0, Q4_0, Q4_G128, Q4_G128_ASYM, INT8, F32, Q4_K, Q6_K, Q5_K };
 
 struct QWeight {
   QFormat format = QFormat::Q8_0;

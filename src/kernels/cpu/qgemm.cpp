@@ -81,6 +81,7 @@ int64_t qgemm_sgemm_rows(QFormat f) {
     case QFormat::Q8_0:
     case QFormat::Q4_0:
     case QFormat::Q4_K:
+    case QFormat::Q5_K:
     case QFormat::Q6_K:
     case QFormat::F16:
     case QFormat::BF16:
@@ -105,6 +106,7 @@ constexpr size_t kQ8Bytes = 34;    // GGUF block_q8_0: f16 d, 32 x i8
 constexpr size_t kQ4Bytes = 18;    // GGUF block_q4_0: f16 d, 16 bytes of nibbles
 constexpr int64_t kSuper = 256;    // k-quant super-block
 constexpr size_t kQ4KBytes = 144;  // block_q4_K: f16 d, f16 dmin, u8 scales[12], u8 qs[128]
+constexpr size_t kQ5KBytes = 176;  // block_q5_K: f16 d, f16 dmin, u8 scales[12], u8 qh[32], u8 qs[128]
 constexpr size_t kQ6KBytes = 210;  // block_q6_K: u8 ql[128], u8 qh[64], i8 scales[16], f16 d
 
 // IEEE half to float without F16C (the portable path; the AVX2 path uses _cvtsh_ss).
@@ -198,7 +200,7 @@ bool is_int_format(QFormat f) {
   return f != QFormat::F16 && f != QFormat::BF16 && f != QFormat::F32;
 }
 bool is_k_format(QFormat f) {
-  return f == QFormat::Q4_K || f == QFormat::Q6_K;
+  return f == QFormat::Q4_K || f == QFormat::Q5_K || f == QFormat::Q6_K;
 }
 
 // The k-quant tiles' activation sums per 16 values, from the sums per 4 (p4: lane k of block b sums codes 4k..4k+3).
@@ -229,6 +231,15 @@ inline void q4_K_scales(const uint8_t* packed, uint8_t* out) {
 // Code v (0..255) of a q6_K super-block, 0..63: its low nibble in ql, its top two bits in qh (ggml's layout: each
 // half of 128 values has 64 ql bytes, values l and l + 64 sharing byte l, l + 32 and l + 96 byte l + 32, and 32 qh
 // bytes holding bits 4-5 of values l, l + 32, l + 64, l + 96 at bits 0-1, 2-3, 4-5, 6-7 of byte l).
+// Code v (0..255) of a q4_K (0..15) or q5_K (0..31) super-block: value v of chunk c = v / 64 is the low nibble of
+// byte v % 32 of the chunk's 32 bytes for v % 64 < 32, the high nibble otherwise; q5_K adds bit 2c (low) or 2c + 1
+// (high) of qh[v % 32] as bit 4.
+inline int qk45_code(const uint8_t* blk, bool q5, int v) {
+  const int c = v / 64, hi = (v % 64) / 32, l = v % 32;
+  const int nib = (blk[(q5 ? 48 : 16) + 32 * c + l] >> (4 * hi)) & 0x0f;
+  return q5 ? nib | (((blk[16 + l] >> (2 * c + hi)) & 1) << 4) : nib;
+}
+
 inline int q6_K_code(const uint8_t* blk, int v) {
   const int half = v / 128, r = v % 128, k = r / 32, l = r % 32;
   const uint8_t ql = blk[64 * half + l + (k & 1) * 32];
@@ -254,6 +265,8 @@ size_t row_bytes(const QWeight& w) {
       return static_cast<size_t>(w.cols);
     case QFormat::Q4_K:
       return static_cast<size_t>(w.cols / kSuper) * kQ4KBytes;
+    case QFormat::Q5_K:
+      return static_cast<size_t>(w.cols / kSuper) * kQ5KBytes;
     case QFormat::Q6_K:
       return static_cast<size_t>(w.cols / kSuper) * kQ6KBytes;
   }
@@ -354,19 +367,20 @@ float dot_generic(const QWeight& w, int64_t r, const float* x, const XQuant& xq)
       }
       return acc;
     }
-    case QFormat::Q4_K: {  // value = d * scale_j * q - dmin * min_j over sub-blocks j of 32
+    case QFormat::Q4_K:
+    case QFormat::Q5_K: {  // value = d * scale_j * q - dmin * min_j over sub-blocks j of 32
+      const bool q5 = w.format == QFormat::Q5_K;
       float acc = 0.0f;
       for (int64_t s = 0; s < w.cols / kSuper; ++s) {
-        const uint8_t* blk = row + s * kQ4KBytes;
+        const uint8_t* blk = row + s * (q5 ? kQ5KBytes : kQ4KBytes);
         uint8_t sm[16];
         q4_K_scales(blk + 4, sm);
         const int8_t* xs = xq.q.data() + s * kSuper;
         int32_t dot = 0, mins = 0;
         for (int j = 0; j < 8; ++j) {
-          const uint8_t* c = blk + 16 + 32 * (j / 2);
           int32_t dj = 0, sx = 0;
           for (int i = 0; i < 32; ++i) {
-            dj += ((c[i] >> (4 * (j % 2))) & 0x0f) * xs[32 * j + i];
+            dj += qk45_code(blk, q5, 32 * j + i) * xs[32 * j + i];
             sx += xs[32 * j + i];
           }
           dot += sm[j] * dj;
@@ -991,11 +1005,26 @@ LMF_TARGET_AVX2 inline void q6_K_codes(const uint8_t* blk, int h, __m256i* q) {
   }
 }
 
-template <int R>
+// The codes of chunk c (values 64c..64c+63) of a q4_K / q5_K super-block as two vectors of bytes: lo = sub-block 2c,
+// hi = sub-block 2c + 1 (0..15, or 0..31 with q5_K's fifth bits from qh, loaded once a super-block).
+template <bool Q5>
+LMF_TARGET_AVX2 inline void qk45_chunk(const uint8_t* blk, __m256i qh, int c, __m256i& lo, __m256i& hi) {
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + (Q5 ? 48 : 16) + 32 * c));
+  lo = _mm256_and_si256(v, low);
+  hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+  if constexpr (Q5) {
+    const __m256i one = _mm256_set1_epi8(1);
+    lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * c), one), 4));
+    hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * c + 1), one), 4));
+  }
+}
+
+template <int R, bool Q5 = false>
 LMF_TARGET_AVX2 void tile_q4_K(const uint8_t* const* rows, const XQuant& xq, float* out, size_t ahead) {
+  constexpr size_t kBytes = Q5 ? kQ5KBytes : kQ4KBytes;
   __m256 acc[R];
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
-  const __m256i low = _mm256_set1_epi8(0x0f);
   // Sub-block j's scale broadcast from the int16 scales (lane j), both halves alike.
   __m256i pick[8];
   for (int j = 0; j < 8; ++j) pick[j] = k_lane_mask(j);
@@ -1004,20 +1033,21 @@ LMF_TARGET_AVX2 void tile_q4_K(const uint8_t* const* rows, const XQuant& xq, flo
     const __m256i s16 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq.s16.data() + s * 16));
     const float dx = xq.d[s * 8];
     for (int r = 0; r < R; ++r) {
-      const uint8_t* blk = rows[r] + s * kQ4KBytes;
-      if (ahead) prefetch_ahead<kQ4KBytes>(blk + ahead);
+      const uint8_t* blk = rows[r] + s * kBytes;
+      if (ahead) prefetch_ahead<kBytes>(blk + ahead);
       const __m128i sm8 = q4_K_scales_avx2(blk + 4);
       const __m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm8));
       // mins as [m0, m0, m1, m1, ...]: madd with the sums per 16 gives min_j x (sum of sub-block j) in lane j.
       const __m128i m8 = _mm_unpackhi_epi64(sm8, sm8);
       const __m256i mins = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8)), s16);
       __m256i sum = _mm256_setzero_si256();
+      const __m256i qh = Q5 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16)) : _mm256_setzero_si256();
       for (int c = 0; c < 4; ++c) {
-        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16 + 32 * c));
-        const __m256i lo = _mm256_maddubs_epi16(_mm256_and_si256(v, low),
-                                                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs + 64 * c)));
-        const __m256i hi = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), low),
-                                                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs + 64 * c + 32)));
+        __m256i wlo, whi;
+        qk45_chunk<Q5>(blk, qh, c, wlo, whi);
+        const __m256i lo = _mm256_maddubs_epi16(wlo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs + 64 * c)));
+        const __m256i hi =
+            _mm256_maddubs_epi16(whi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs + 64 * c + 32)));
         sum = _mm256_add_epi32(sum, _mm256_madd_epi16(lo, _mm256_shuffle_epi8(sc16, pick[2 * c])));
         sum = _mm256_add_epi32(sum, _mm256_madd_epi16(hi, _mm256_shuffle_epi8(sc16, pick[2 * c + 1])));
       }
@@ -1069,25 +1099,25 @@ LMF_TARGET_AVX2 void tile_q6_K(const uint8_t* const* rows, const XQuant& xq, flo
 // codes are unpacked once and dotted with the T rows, where tile_q4_K / tile_q6_K unpack them again for every
 // activation row. The integer sums and the float steps are the one-row tiles' own per activation row (summed in
 // another order), so the results agree with them to rounding.
-template <int T>
+template <int T, bool Q5 = false>
 LMF_TARGET_AVX2 void tile_q4_K_rows(const uint8_t* row, const XQuant* const* xs, float* const* outs, int64_t r) {
   __m256 acc[T];
   for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
-  const __m256i low = _mm256_set1_epi8(0x0f);
   __m256i pick[8];
   for (int j = 0; j < 8; ++j) pick[j] = k_lane_mask(j);
   const int64_t ns = xs[0]->nb / 8;
   for (int64_t s = 0; s < ns; ++s) {
-    const uint8_t* blk = row + s * kQ4KBytes;
+    const uint8_t* blk = row + s * (Q5 ? kQ5KBytes : kQ4KBytes);
     const __m128i sm8 = q4_K_scales_avx2(blk + 4);
     const __m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm8));
     const __m128i m8 = _mm_unpackhi_epi64(sm8, sm8);
     const __m256i mins16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));
     __m256i sum[T];
     for (int t = 0; t < T; ++t) sum[t] = _mm256_setzero_si256();
+    const __m256i qh = Q5 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16)) : _mm256_setzero_si256();
     for (int c = 0; c < 4; ++c) {
-      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16 + 32 * c));
-      const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+      __m256i lo, hi;
+      qk45_chunk<Q5>(blk, qh, c, lo, hi);
       const __m256i slo = _mm256_shuffle_epi8(sc16, pick[2 * c]), shi = _mm256_shuffle_epi8(sc16, pick[2 * c + 1]);
       for (int t = 0; t < T; ++t) {
         const int8_t* xt = xs[t]->q.data() + s * kSuper + 64 * c;
@@ -1345,6 +1375,9 @@ LMF_TARGET_AVX2 void tile_avx2(const QWeight& w, const int64_t* first, bool grou
     case QFormat::Q4_K:
       tile_q4_K<R>(rows, xq, out, ahead);
       break;
+    case QFormat::Q5_K:
+      tile_q4_K<R, true>(rows, xq, out, ahead);
+      break;
     case QFormat::Q6_K:
       tile_q6_K<R>(rows, xq, out, ahead);
       break;
@@ -1439,7 +1472,7 @@ LMF_TARGET_AVX2 void rows_avx2(const QWeight& w, const float* x, const XQuant* x
   // int8 too (tile4_int8_rows_vnni): the four streams' rows folded as tile4_q8 folds them.
   const bool int8_rows = vnni && w.format == QFormat::INT8 && n >= 2;
   // The k-quants: up to four activation rows a pass on AVX2 (tile_q4_K_rows / tile_q6_K_rows), a weight row at a time.
-  const bool k_rows = (w.format == QFormat::Q4_K || w.format == QFormat::Q6_K) && n >= 2;
+  const bool k_rows = is_k_format(w.format) && n >= 2;
   // f32 / f16 / bf16: up to three activation rows a pass (tile_float_rows), six with AVX-512VL (tile_float_rows_wide).
   const bool float_rows = w.format == QFormat::F32 || w.format == QFormat::F16 || w.format == QFormat::BF16;
   const bool wide = vnni && float_rows;
@@ -1524,6 +1557,8 @@ LMF_TARGET_AVX2 void rows_avx2(const QWeight& w, const float* x, const XQuant* x
         for (int k = 0; k < kStreams; ++k) {
           if (w.format == QFormat::Q4_K) {
             tile_q4_K_rows<T>(rows[k], xs, outs, k);
+          } else if (w.format == QFormat::Q5_K) {
+            tile_q4_K_rows<T, true>(rows[k], xs, outs, k);
           } else {
             tile_q6_K_rows<T>(rows[k], xs, outs, k);
           }
@@ -1810,20 +1845,22 @@ void dequant_row(const QWeight& w, int64_t r, float* out) {
       for (int64_t j = 0; j < w.cols; ++j) out[j] = s * static_cast<float>(static_cast<int8_t>(row[j]));
       break;
     }
-    case QFormat::Q4_K:  // ggml's dequantize_row_q4_K: d * scale in f32, times the code, minus dmin * min
+    case QFormat::Q4_K:  // ggml's dequantize_row_q4_K / _q5_K: d * scale in f32, times the code, minus dmin * min
+    case QFormat::Q5_K: {
+      const bool q5 = w.format == QFormat::Q5_K;
       for (int64_t s = 0; s < w.cols / kSuper; ++s) {
-        const uint8_t* blk = row + s * kQ4KBytes;
+        const uint8_t* blk = row + s * (q5 ? kQ5KBytes : kQ4KBytes);
         uint8_t sm[16];
         q4_K_scales(blk + 4, sm);
         const float d = half_to_float(load_u16(blk)), dmin = half_to_float(load_u16(blk + 2));
         float* o = out + s * kSuper;
         for (int j = 0; j < 8; ++j) {
           const float dj = d * sm[j], mj = dmin * sm[8 + j];
-          const uint8_t* c = blk + 16 + 32 * (j / 2);
-          for (int i = 0; i < 32; ++i) o[32 * j + i] = dj * static_cast<float>((c[i] >> (4 * (j % 2))) & 0x0f) - mj;
+          for (int i = 0; i < 32; ++i) o[32 * j + i] = dj * static_cast<float>(qk45_code(blk, q5, 32 * j + i)) - mj;
         }
       }
       break;
+    }
     case QFormat::Q6_K:  // ggml's dequantize_row_q6_K: d * scale * (q - 32), left to right
       for (int64_t s = 0; s < w.cols / kSuper; ++s) {
         const uint8_t* blk = row + s * kQ6KBytes;
