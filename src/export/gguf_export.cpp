@@ -29,29 +29,30 @@ namespace {
 
 // What --type asks for: one dtype for the weight matrices, a k-quant mix, or each tensor as the dir stores it.
 struct ExportType {
-  std::string name;         // f32 f16 q8_0 q4_0 q4_K q6_K q4_K_M keep
+  std::string name;         // f32 f16 q8_0 q4_0 q4_K q5_K q6_K q4_K_M q5_K_M keep
   DType base = DType::F32;  // the matrices' dtype (keep: unused)
-  bool mix = false;         // q4_K_M: q6_K for attn_v / ffn_down in use_more_bits layers
+  bool mix = false;         // q4_K_M / q5_K_M: q6_K for attn_v / ffn_down in use_more_bits layers
   bool keep = false;
 };
 
 ExportType parse_export_type(const std::string& t) {
   ExportType e;
   e.name = t;
-  if (t == "f32" || t == "f16" || t == "q8_0" || t == "q4_0" || t == "q4_K" || t == "q6_K") {
+  if (t == "f32" || t == "f16" || t == "q8_0" || t == "q4_0" || t == "q4_K" || t == "q5_K" || t == "q6_K") {
     e.base = parse_dtype(t);
-  } else if (t == "q4_K_M") {
-    e.base = DType::Q4_K;
+  } else if (t == "q4_K_M" || t == "q5_K_M") {
+    e.base = t == "q4_K_M" ? DType::Q4_K : DType::Q5_K;
     e.mix = true;
   } else if (t == "keep") {
     e.keep = true;
   } else {
-    throw Error("--type " + t + ": not one of f32, f16, q8_0, q4_0, q4_K, q6_K, q4_K_M, keep");
+    throw Error("--type " + t + ": not one of f32, f16, q8_0, q4_0, q4_K, q5_K, q6_K, q4_K_M, q5_K_M, keep");
   }
   return e;
 }
 
-// llama_ftype values for general.file_type (llama.h): F32 0, F16 1, Q4_0 2, Q8_0 7, Q4_K_S 14, Q4_K_M 15, Q6_K 18.
+// llama_ftype values for general.file_type (llama.h): F32 0, F16 1, Q4_0 2, Q8_0 7, Q4_K_S 14, Q4_K_M 15, Q5_K_S 16,
+// Q5_K_M 17, Q6_K 18.
 uint32_t file_type(DType t, bool mix) {
   switch (t) {
     case DType::F16:
@@ -62,6 +63,8 @@ uint32_t file_type(DType t, bool mix) {
       return 7;
     case DType::Q4_K:
       return mix ? 15 : 14;
+    case DType::Q5_K:
+      return mix ? 17 : 16;
     case DType::Q6_K:
       return 18;
     default:
@@ -70,7 +73,7 @@ uint32_t file_type(DType t, bool mix) {
 }
 
 bool is_k(DType t) {
-  return t == DType::Q4_K || t == DType::Q6_K;
+  return t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K;
 }
 
 // The GGUF tensor type --type keep gives a weight of format f: its own where GGUF has it, q8_0 for lmforge's g128
@@ -87,6 +90,8 @@ DType gguf_dtype(WeightFormat f) {
       return DType::Q4_0;
     case WeightFormat::Q4_K:
       return DType::Q4_K;
+    case WeightFormat::Q5_K:
+      return DType::Q5_K;
     case WeightFormat::Q6_K:
       return DType::Q6_K;
     default:

@@ -434,8 +434,8 @@ GgufImportSummary import_gguf(const std::string& gguf_path, const std::string& o
     // file's bytes (rows un-permuted), the others are dequantized and quantized round-to-nearest, as `lmforge
     // quantize` would; embeddings and norms f32. Holds the quantized model, never an f32 copy of it.
     //   q8_0 / q4_0: that format for every projection (the LM head q8_0 unless the file's is q4_0);
-    //   keep: each projection in its own type where the engine runs it (f32, f16, bf16, q8_0, q4_0, q4_K, q6_K), the
-    //   others (q2_K, q3_K, q5_K, q4_1, q5_0, q5_1, iq4_*) in q6_K (q8_0 where 256 does not divide the input): one
+    //   keep: each projection in its own type where the engine runs it (f32, f16, bf16, q8_0, q4_0, q4_K, q5_K,
+    //   q6_K), the others (q2_K, q3_K, q4_1, q5_0, q5_1, iq4_*) in q6_K (q8_0 where 256 does not divide the input): one
     //   more rounding, 4x finer than a 4-bit one, rather than the size of q8_0 or f32.
     quant::QuantizedWeights q;
     q.config = cfg;
@@ -461,6 +461,9 @@ GgufImportSummary import_gguf(const std::string& gguf_path, const std::string& o
           return true;
         case io::GgmlType::Q4_K:
           out = WeightFormat::Q4_K;
+          return true;
+        case io::GgmlType::Q5_K:
+          out = WeightFormat::Q5_K;
           return true;
         case io::GgmlType::Q6_K:
           out = WeightFormat::Q6_K;
@@ -517,7 +520,7 @@ GgufImportSummary import_gguf(const std::string& gguf_path, const std::string& o
       if (!r.make && runnable(s.type_of(r), file_format) && file_format == wf &&
           (wf != WeightFormat::F32 || keep_types)) {
         const Tensor raw = s.raw_rows(r);
-        const bool bytes = wf == WeightFormat::Q4_K || wf == WeightFormat::Q6_K;
+        const bool bytes = weight_codes_dtype(wf) == DType::U8;  // the k-quants' block bytes
         Tensor codes = bytes ? raw : Tensor::empty({r.rows(), r.cols()}, weight_codes_dtype(wf));
         if (!bytes) std::memcpy(codes.raw_data(), raw.raw_data(), codes.nbytes());
         q.linear.emplace(name,

@@ -35,6 +35,8 @@ int format_bits(WeightFormat f) {
       return 8;
     case WeightFormat::Q6_K:
       return 6;
+    case WeightFormat::Q5_K:
+      return 5;
     default:
       return 4;
   }
@@ -141,8 +143,9 @@ QuantConfig QuantConfig::from_json(const nlohmann::json& j, const std::string& s
   return q;
 }
 
-void apply_q4_K_M(QuantConfig& q, const model::ModelConfig& c) {
-  q.format = WeightFormat::Q4_K;
+void apply_k_mix(QuantConfig& q, const model::ModelConfig& c, WeightFormat base) {
+  LMF_CHECK(base == WeightFormat::Q4_K || base == WeightFormat::Q5_K, "apply_k_mix: base format must be q4_K or q5_K");
+  q.format = base;
   q.lm_head_format = WeightFormat::Q6_K;
   const int64_t n = c.num_hidden_layers;
   const auto more_bits = [n](int64_t i) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; };
@@ -193,7 +196,8 @@ void add_rtn(QuantizedWeights& q, const std::string& name, const Tensor& t) {
     return;
   }
   WeightFormat f = format_for(q.quant, name);
-  if ((f == WeightFormat::Q4_K || f == WeightFormat::Q6_K) && t.size(1) % weight_format_block(f) != 0 &&
+  if ((f == WeightFormat::Q4_K || f == WeightFormat::Q5_K || f == WeightFormat::Q6_K) &&
+      t.size(1) % weight_format_block(f) != 0 &&
       t.size(1) % kQ8BlockSize == 0) {
     f = WeightFormat::Q8_0;  // llama.cpp falls back to a 32-block type likewise (q5_0 / q8_0; q8_0 is ours)
     q.quant.tensor_formats[name] = f;

@@ -509,7 +509,7 @@ TEST_F(GgufExport, QuantizedImportKeepsTheFilesBlocks) {
 // The k-quants: export --type q4_K_M gives llama-quantize's mix (q6_K for output.weight and for attn_v / ffn_down
 // in the layers use_more_bits picks: 0, 3, 6, 7 of 8; q4_K elsewhere, token_embd included) with the engine's
 // quantizers; `import --dtype keep` keeps every block of it, and that dir exported with --type keep gives the same
-// file back; the same mix made by `quantize` (apply_q4_K_M) and exported with keep holds the same blocks too.
+// file back; the same mix made by `quantize` (apply_k_mix) and exported with keep holds the same blocks too.
 TEST_F(GgufExport, KQuantsExportImportKeep) {
   json cfg = kLlama;
   cfg["hidden_size"] = 256;
@@ -567,7 +567,7 @@ TEST_F(GgufExport, KQuantsExportImportKeep) {
   // `quantize --type q4_K_M`'s dir (the same quantizers and mix), exported with keep: the same blocks again.
   quant::QuantConfig qc;
   const model::CausalLM m = model::CausalLM::load(dir);
-  quant::apply_q4_K_M(qc, m.config());
+  quant::apply_k_mix(qc, m.config());
   quant::save_quantized_model(path("k_rtn"), quant::quantize_rtn(m, qc), dir);
   ex::export_gguf(path("k_rtn"), path("k_rtn.gguf"), opts("keep"));
   same_blocks(path("k_rtn.gguf"));
@@ -577,7 +577,7 @@ TEST_F(GgufExport, KQuantsExportImportKeep) {
   const io::GgufFile sf = io::GgufFile::open(path("small_q4k.gguf"));
   EXPECT_EQ(sf.tensor("blk.0.attn_q.weight").type, 8u);
   EXPECT_EQ(sf.tensor("output.weight").type, 8u);
-  EXPECT_THROW(ex::export_gguf(small, path("x.gguf"), opts("q5_K")), Error);
+  EXPECT_THROW(ex::export_gguf(small, path("x.gguf"), opts("q3_K")), Error);
 }
 
 TEST_F(GgufExport, DeepseekRoundTripF32IsBitExact) {

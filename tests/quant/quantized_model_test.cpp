@@ -85,7 +85,7 @@ TEST_F(QuantDir, RoundTripEveryFormat) {
 }
 
 // The k-quants in a model dir: q4_K and q6_K round trip byte for byte and run; llama.cpp's Q4_K_M mix
-// (apply_q4_K_M) gives q6_K to v_proj and down_proj in the layers use_more_bits picks (8 layers: 0, 3, 6, 7) and to
+// (apply_k_mix) gives q6_K to v_proj and down_proj in the layers use_more_bits picks (8 layers: 0, 3, 6, 7) and to
 // the LM head, recorded per tensor in quantization_config.tensor_formats; a k-quant over an input 256 does not divide
 // (hidden 128 here) falls back to q8_0, also recorded there.
 TEST_F(QuantDir, KQuantsAndTheQ4KMMix) {
@@ -96,13 +96,16 @@ TEST_F(QuantDir, KQuantsAndTheQ4KMMix) {
   const Tensor x = ids(24, 300);
   const Tensor ref = m.forward(x).logits.value();
   double err_q4 = 0, err_q6 = 0;
-  for (const char* mode : {"q4_K", "q6_K", "q4_K_M"}) {
+  for (const char* mode : {"q4_K", "q6_K", "q4_K_M", "q5_K_M"}) {
     SCOPED_TRACE(mode);
     QuantConfig qc;
     const std::string name = mode;
-    qc.format = name == "q6_K" ? WeightFormat::Q6_K : WeightFormat::Q4_K;
+    const WeightFormat base = name == "q6_K"     ? WeightFormat::Q6_K
+                              : name == "q5_K_M" ? WeightFormat::Q5_K
+                                                 : WeightFormat::Q4_K;
+    qc.format = base;
     qc.lm_head_format = WeightFormat::Q6_K;
-    if (name == "q4_K_M") apply_q4_K_M(qc, m.config());
+    if (name.size() == 6) apply_k_mix(qc, m.config(), base);  // q4_K_M, q5_K_M
     const QuantizedWeights q = quantize_rtn(m, qc);
     const std::string dir = path(name);
     save_quantized_model(dir, q, "");
@@ -114,11 +117,11 @@ TEST_F(QuantDir, KQuantsAndTheQ4KMMix) {
       ASSERT_EQ(b.codes().nbytes(), w.codes().nbytes()) << n;
       EXPECT_EQ(std::memcmp(b.codes().raw_data(), w.codes().raw_data(), w.codes().nbytes()), 0) << n;
       const bool six = n == "lm_head.weight" || qc.format == WeightFormat::Q6_K ||
-                       (name == "q4_K_M" &&
+                       (name.size() == 6 &&
                         (n.find(".v_proj.") != std::string::npos || n.find(".down_proj.") != std::string::npos) &&
                         (n.find("layers.0.") != std::string::npos || n.find("layers.3.") != std::string::npos ||
                          n.find("layers.6.") != std::string::npos || n.find("layers.7.") != std::string::npos));
-      EXPECT_EQ(b.format(), six ? WeightFormat::Q6_K : WeightFormat::Q4_K) << n;
+      EXPECT_EQ(b.format(), six ? WeightFormat::Q6_K : base) << n;
     }
     const double err = rel(load_causal_lm_any(dir).forward(x).logits.value(), ref);
     EXPECT_GT(err, 0.0);

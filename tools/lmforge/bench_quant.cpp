@@ -38,7 +38,7 @@ struct QuantBenchOptions {
   int repeats = 15;
   int64_t m = 4096, k = 14336, prefill_n = 64;
   bool quick = false;
-  std::string formats = "f32,f16,bf16,q8_0,q4_0,q4_g128,q4_g128_asym,int8,q4_K,q6_K";
+  std::string formats = "f32,f16,bf16,q8_0,q4_0,q4_g128,q4_g128_asym,int8,q4_K,q5_K,q6_K";
   std::string ggml_dir;  // --ggml: time ggml's kernels here too
 };
 

@@ -117,14 +117,14 @@ void add_export_commands(CLI::App& app, Context& ctx) {
       exp->add_subcommand("gguf", "write a GGUF v3 file llama.cpp loads (architectures llama, qwen2, deepseek2)");
   g->add_option("--model", ea->model,
                 "model directory (config.json, model.safetensors, tokenizer.json); a quantized dir's q8_0 / q4_0 / "
-                "q4_K / q6_K blocks are copied where --type gives a tensor their type")
+                "k-quant blocks are copied where --type gives a tensor their type")
       ->required();
   g->add_option("--out", ea->out, "GGUF file to write (atomically)")->required();
   g->add_option("--type", ea->opt.type,
-                "weight matrix type: f32, f16, q8_0, q4_0, q4_K, q6_K (the k-quants' output layer q6_K), q4_K_M "
-                "(llama.cpp's mix), or keep (each tensor as the dir stores it; lmforge's g128 / int8 formats as "
+                "weight matrix type: f32, f16, q8_0, q4_0, q4_K, q5_K, q6_K (the k-quants' output layer q6_K), "
+                "q4_K_M, q5_K_M (llama.cpp's mixes), or keep (each tensor as the dir stores it; lmforge's g128 / int8 formats as "
                 "q8_0); norms, biases and the MoE router stay f32")
-      ->check(CLI::IsMember({"f32", "f16", "q8_0", "q4_0", "q4_K", "q6_K", "q4_K_M", "keep"}))
+      ->check(CLI::IsMember({"f32", "f16", "q8_0", "q4_0", "q4_K", "q5_K", "q6_K", "q4_K_M", "q5_K_M", "keep"}))
       ->capture_default_str();
   g->add_option("--pre", ea->opt.pre,
                 "tokenizer.ggml.pre (default: matched from tokenizer.json: deepseek-v3, llama-bpe, qwen2, gpt-2)");
@@ -143,7 +143,7 @@ void add_export_commands(CLI::App& app, Context& ctx) {
   gi->add_option("--dtype", ia->dtype,
                  "weight type: f32, bf16, f16 (every tensor dequantized), or q8_0, q4_0 (a quantized model dir: "
                  "projections already in that type keep the file's blocks, the rest are requantized), or keep (each "
-                 "projection in the file's own type where lmforge runs it: f32, f16, bf16, q8_0, q4_0, q4_K, q6_K; "
+                 "projection in the file's own type where lmforge runs it: f32, f16, bf16, q8_0, q4_0, q4_K, q5_K, q6_K; "
                  "others requantized to q6_K)")
       ->check(CLI::IsMember({"f32", "bf16", "f16", "q8_0", "q4_0", "keep"}))
       ->capture_default_str();

@@ -1,4 +1,5 @@
 // lmforge quantize: a model dir in, a quantized model dir out (docs/QUANTIZATION.md).
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -25,14 +26,17 @@ struct QuantizeArgs {
 };
 
 constexpr const char* kTypes =
-    "f16, bf16, q8_0, q4_0, q4_g128, q4_g128_asym, int8, q4_K, q6_K, q4_K_M, gptq-q4, awq-q4";
+    "f16, bf16, q8_0, q4_0, q4_g128, q4_g128_asym, int8, q4_K, q5_K, q6_K, q4_K_M, q5_K_M, gptq-q4, awq-q4";
 
 int run_quantize(const QuantizeArgs& a, bool json) {
   const bool gptq = a.type == "gptq-q4", awq = a.type == "awq-q4";
-  const bool q4_K_M = a.type == "q4_K_M" || a.type == "q4_k_m" || a.type == "Q4_K_M";
+  // llama.cpp's mixes: q4_K_M / q5_K_M (any case).
+  std::string lower = a.type;
+  for (char& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  const bool k_mix = lower == "q4_k_m" || lower == "q5_k_m";
   quant::QuantConfig qc;
-  if (q4_K_M) {
-    qc.format = WeightFormat::Q4_K;
+  if (k_mix) {
+    qc.format = lower == "q4_k_m" ? WeightFormat::Q4_K : WeightFormat::Q5_K;
   } else if (gptq || awq) {
     qc.format = a.asym ? WeightFormat::Q4_G128_ASYM : WeightFormat::Q4_G128;
     qc.method = gptq ? "gptq" : "awq";
@@ -63,7 +67,8 @@ int run_quantize(const QuantizeArgs& a, bool json) {
   // The output layer at 6 bits or more by default, as llama.cpp does (q6_K there): 4-bit logits cost far more
   // perplexity than 4-bit hidden projections. The k-quants take llama.cpp's q6_K, the other 4- and 8-bit types
   // q8_0; 16-bit types keep it at their own precision.
-  const bool k_quant = qc.format == WeightFormat::Q4_K || qc.format == WeightFormat::Q6_K;
+  const bool k_quant =
+      qc.format == WeightFormat::Q4_K || qc.format == WeightFormat::Q5_K || qc.format == WeightFormat::Q6_K;
   qc.lm_head_format = qc.format == WeightFormat::F16 || qc.format == WeightFormat::BF16 ? qc.format
                       : k_quant                                                         ? WeightFormat::Q6_K
                                                                                         : WeightFormat::Q8_0;
@@ -90,9 +95,9 @@ int run_quantize(const QuantizeArgs& a, bool json) {
                  (fs::path(a.model) / "config.json").string().c_str());
     return kUsageError;
   }
-  if (q4_K_M) {  // the mix depends on the layer count
-    quant::apply_q4_K_M(qc, model::load_model_config((fs::path(a.model) / "config.json").string()));
-    qc.extra["mix"] = "q4_K_M";
+  if (k_mix) {  // the mix depends on the layer count
+    quant::apply_k_mix(qc, model::load_model_config((fs::path(a.model) / "config.json").string()), qc.format);
+    qc.extra["mix"] = qc.format == WeightFormat::Q4_K ? "q4_K_M" : "q5_K_M";
     if (!a.lm_head.empty()) qc.lm_head_format = parse_weight_format(a.lm_head);
   }
   if (a.threads > 0) ThreadPool::global().set_num_threads(a.threads);
@@ -170,7 +175,7 @@ int run_quantize(const QuantizeArgs& a, bool json) {
 void add_quantize_command(CLI::App& app, Context& ctx) {
   auto a = std::make_shared<QuantizeArgs>();
   CLI::App* q = app.add_subcommand(
-      "quantize", "quantize a model dir: q8_0, q4_0, q4_g128[_asym], int8, q4_K, q6_K, q4_K_M, GPTQ, AWQ");
+      "quantize", "quantize a model dir: q8_0, q4_0, q4_g128[_asym], int8, k-quants (q4_K_M...), GPTQ, AWQ");
   q->add_option("--model", a->model, "model directory (config.json + model.safetensors)")->required();
   q->add_option("--type", a->type, std::string("quantization: ") + kTypes)->required();
   q->add_option("--out", a->out, "output model directory")->required();

@@ -23,7 +23,7 @@ struct GgmlInitParams {
   void* mem_buffer;
   bool no_alloc;
 };
-constexpr int kTypeF32 = 0, kTypeF16 = 1, kTypeQ4_0 = 2, kTypeQ8_0 = 8, kTypeQ4_K = 12, kTypeQ6_K = 14, kTypeBF16 = 30;
+constexpr int kTypeF32 = 0, kTypeF16 = 1, kTypeQ4_0 = 2, kTypeQ8_0 = 8, kTypeQ4_K = 12, kTypeQ5_K = 13, kTypeQ6_K = 14, kTypeBF16 = 30;
 
 int ggml_type_of(WeightFormat f) {
   switch (f) {
@@ -39,6 +39,8 @@ int ggml_type_of(WeightFormat f) {
       return kTypeQ4_0;
     case WeightFormat::Q4_K:
       return kTypeQ4_K;
+    case WeightFormat::Q5_K:
+      return kTypeQ5_K;
     case WeightFormat::Q6_K:
       return kTypeQ6_K;
     default:

@@ -18,8 +18,9 @@
 namespace lmforge::exporter {
 
 struct GgufExportOptions {
-  // Tensor type of the weight matrices: "f32", "f16", "q8_0", "q4_0", "q4_K", "q6_K" (with the k-quants the output
-  // layer is q6_K, and inputs 256 does not divide take q8_0), "q4_K_M" (llama-quantize's mix) or "keep" (each tensor
+  // Tensor type of the weight matrices: "f32", "f16", "q8_0", "q4_0", "q4_K", "q5_K", "q6_K" (with the k-quants the
+  // output layer is q6_K, and inputs 256 does not divide take q8_0), "q4_K_M" / "q5_K_M" (llama-quantize's mixes) or
+  // "keep" (each tensor
   // as a quantized dir stores it; its g128 / int8 formats as q8_0). Norms, biases, the MoE router and matrices whose
   // rows are not a multiple of 32 values stay f32 (as llama.cpp's converter keeps them).
   std::string type = "f32";
@@ -65,7 +66,7 @@ struct GgufImportSummary {
 // is a quantized model dir (docs/QUANTIZATION.md) instead: projections already in that type keep the file's blocks
 // byte for byte, the others are quantized round-to-nearest; embeddings and norms are f32. keep_types (dtype
 // ignored): a quantized model dir with each projection in the file's own type where the engine runs it (f32, f16,
-// bf16, q8_0, q4_0, q4_K, q6_K: a Q4_K_M file stays Q4_K_M), the others requantized to q6_K (q8_0 where 256 does not
+// bf16, q8_0, q4_0, q4_K, q5_K, q6_K: a Q4_K_M file stays Q4_K_M), the others requantized to q6_K (q8_0 where 256 does not
 // divide the input), per tensor in quantization_config.tensor_formats.
 GgufImportSummary import_gguf(const std::string& gguf_path, const std::string& out_dir, DType dtype = DType::F32,
                               bool keep_types = false);

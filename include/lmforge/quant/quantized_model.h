@@ -74,11 +74,11 @@ void add_rtn(QuantizedWeights& q, const std::string& name, const Tensor& t);
 // `bytes_in` receives the weights' size as stored.
 QuantizedWeights quantize_rtn_dir(const std::string& dir, QuantConfig q, size_t* bytes_in = nullptr);
 
-// llama.cpp's Q4_K_M mix (llama-quantize's llama_tensor_get_type for LLAMA_FTYPE_MOSTLY_Q4_K_M): q4_K everywhere,
-// q6_K for the LM head and for v_proj and down_proj (experts' included) in the layers use_more_bits picks (the
-// first and last eighth of the layers and every third one between). Sets q's format, lm_head_format and
-// tensor_formats for config c.
-void apply_q4_K_M(QuantConfig& q, const model::ModelConfig& c);
+// llama.cpp's Q4_K_M / Q5_K_M mixes (llama-quantize's llama_tensor_get_type for LLAMA_FTYPE_MOSTLY_Q4_K_M /
+// Q5_K_M): `base` (q4_K or q5_K) everywhere, q6_K for the LM head and for v_proj and down_proj (experts' included)
+// in the layers use_more_bits picks (the first and last eighth of the layers and every third one between). Sets q's
+// format, lm_head_format and tensor_formats for config c.
+void apply_k_mix(QuantConfig& q, const model::ModelConfig& c, WeightFormat base = WeightFormat::Q4_K);
 
 // Splits a model's state into linears (as F32 WeightMatrix) and dense tensors.
 QuantizedWeights split_state(const model::CausalLM& m);
