@@ -1,9 +1,9 @@
 // The k-quant quantizers (q4_K, q5_K, q6_K): ggml's reference algorithms (ggml-quants.c quantize_row_q4_K_ref /
-// quantize_row_q5_K_ref / quantize_row_q6_K_ref, no importance matrix), step for step in f32 so the blocks come out bit for bit as
-// llama.cpp's (GgmlDequant.KQuantizersBitForBitAsGgml checks it against the prebuilt ggml). q4_K fits a scale and a min to
-// each sub-block of 32 by a weighted least-squares search over candidate grids, then stores both as 6-bit multiples
-// of the super-block's f16 d and dmin (q5_K likewise on a 5-bit grid); q6_K fits a signed scale to each sub-block of 16 and stores it as an int8
-// multiple of d.
+// quantize_row_q5_K_ref / quantize_row_q6_K_ref, no importance matrix), step for step in f32 so the blocks come out bit
+// for bit as llama.cpp's (GgmlDequant.KQuantizersBitForBitAsGgml checks it against the prebuilt ggml). q4_K fits a
+// scale and a min to each sub-block of 32 by a weighted least-squares search over candidate grids, then stores both as
+// 6-bit multiples of the super-block's f16 d and dmin (q5_K likewise on a 5-bit grid); q6_K fits a signed scale to each
+// sub-block of 16 and stores it as an int8 multiple of d.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -211,8 +211,8 @@ void quantize_row_q45_K(const float* x, uint8_t* y, int64_t n, bool q5) {
     uint8_t* ql = y + 48;
     std::memset(qh, 0, 32);
     uint8_t m1 = 1, m2 = 2;
-    for (int j = 0; j < kKBlockSize; j += 64, ql += 32, m1 = static_cast<uint8_t>(m1 << 2),
-             m2 = static_cast<uint8_t>(m2 << 2)) {
+    for (int j = 0; j < kKBlockSize;
+         j += 64, ql += 32, m1 = static_cast<uint8_t>(m1 << 2), m2 = static_cast<uint8_t>(m2 << 2)) {
       for (int l = 0; l < 32; ++l) {
         int l1 = L[j + l], l2 = L[j + l + 32];
         if (l1 > 15) l1 -= 16, qh[l] |= m1;
@@ -234,7 +234,6 @@ void quantize_row_q5_K(const float* x, uint8_t* y, int64_t n) {
   LMF_CHECK(n % kKBlockSize == 0, "q5_K row length ", n, " is not a multiple of ", kKBlockSize);
   quantize_row_q45_K(x, y, n, true);
 }
-
 
 void quantize_row_q6_K(const float* x, uint8_t* y, int64_t n) {
   LMF_CHECK(n % kKBlockSize == 0, "q6_K row length ", n, " is not a multiple of ", kKBlockSize);

@@ -54,7 +54,9 @@ bool is_k_quant(WeightFormat f) {
 // Bytes of one row of a k-quant weight.
 int64_t k_row_bytes(WeightFormat f, int64_t cols) {
   return cols / kKBlockSize *
-         static_cast<int64_t>(f == WeightFormat::Q4_K ? kQ4KBytes : f == WeightFormat::Q5_K ? kQ5KBytes : kQ6KBytes);
+         static_cast<int64_t>(f == WeightFormat::Q4_K   ? kQ4KBytes
+                              : f == WeightFormat::Q5_K ? kQ5KBytes
+                                                        : kQ6KBytes);
 }
 
 const FormatInfo& info(WeightFormat f) {

@@ -197,8 +197,7 @@ void add_rtn(QuantizedWeights& q, const std::string& name, const Tensor& t) {
   }
   WeightFormat f = format_for(q.quant, name);
   if ((f == WeightFormat::Q4_K || f == WeightFormat::Q5_K || f == WeightFormat::Q6_K) &&
-      t.size(1) % weight_format_block(f) != 0 &&
-      t.size(1) % kQ8BlockSize == 0) {
+      t.size(1) % weight_format_block(f) != 0 && t.size(1) % kQ8BlockSize == 0) {
     f = WeightFormat::Q8_0;  // llama.cpp falls back to a 32-block type likewise (q5_0 / q8_0; q8_0 is ours)
     q.quant.tensor_formats[name] = f;
   }

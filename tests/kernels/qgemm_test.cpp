@@ -249,11 +249,12 @@ TEST(Qgemm, InterleavedRowsGiveIdenticalResults) {
 // rows a pass (tile_float_rows), rows of any length (104: a tail after the 16-value steps).
 TEST(Qgemm, BatchedRowsEqualRowByRowProducts) {
   ThreadCountScope threads(2);
-  for (WeightFormat f : {WeightFormat::Q8_0, WeightFormat::Q4_0, WeightFormat::INT8, WeightFormat::F16,
-                         WeightFormat::BF16, WeightFormat::F32, WeightFormat::Q4_K, WeightFormat::Q5_K,
-                         WeightFormat::Q6_K}) {
+  for (WeightFormat f :
+       {WeightFormat::Q8_0, WeightFormat::Q4_0, WeightFormat::INT8, WeightFormat::F16, WeightFormat::BF16,
+        WeightFormat::F32, WeightFormat::Q4_K, WeightFormat::Q5_K, WeightFormat::Q6_K}) {
     const bool blocks = f == WeightFormat::Q8_0 || f == WeightFormat::Q4_0;
-    const bool k256 = f == WeightFormat::Q4_K || f == WeightFormat::Q5_K || f == WeightFormat::Q6_K;  // one weight row, 2-4 activation rows
+    const bool k256 = f == WeightFormat::Q4_K || f == WeightFormat::Q5_K ||
+                      f == WeightFormat::Q6_K;  // one weight row, 2-4 activation rows
     for (int64_t rows : {4, 45, 260}) {
       const int64_t cols = rows == 260 || k256 ? 512 : f == WeightFormat::F16 || f == WeightFormat::BF16 ? 104 : 96;
       const WeightMatrix m =

@@ -122,7 +122,8 @@ void add_export_commands(CLI::App& app, Context& ctx) {
   g->add_option("--out", ea->out, "GGUF file to write (atomically)")->required();
   g->add_option("--type", ea->opt.type,
                 "weight matrix type: f32, f16, q8_0, q4_0, q4_K, q5_K, q6_K (the k-quants' output layer q6_K), "
-                "q4_K_M, q5_K_M (llama.cpp's mixes), or keep (each tensor as the dir stores it; lmforge's g128 / int8 formats as "
+                "q4_K_M, q5_K_M (llama.cpp's mixes), or keep (each tensor as the dir stores it; lmforge's g128 / int8 "
+                "formats as "
                 "q8_0); norms, biases and the MoE router stay f32")
       ->check(CLI::IsMember({"f32", "f16", "q8_0", "q4_0", "q4_K", "q5_K", "q6_K", "q4_K_M", "q5_K_M", "keep"}))
       ->capture_default_str();
@@ -140,11 +141,12 @@ void add_export_commands(CLI::App& app, Context& ctx) {
                                      "iq4_nl/iq4_xs) into config.json, model.safetensors, tokenizer.json");
   gi->add_option("--in", ia->in, "GGUF file")->required();
   gi->add_option("--out", ia->out, "model directory to write")->required();
-  gi->add_option("--dtype", ia->dtype,
-                 "weight type: f32, bf16, f16 (every tensor dequantized), or q8_0, q4_0 (a quantized model dir: "
-                 "projections already in that type keep the file's blocks, the rest are requantized), or keep (each "
-                 "projection in the file's own type where lmforge runs it: f32, f16, bf16, q8_0, q4_0, q4_K, q5_K, q6_K; "
-                 "others requantized to q6_K)")
+  gi->add_option(
+        "--dtype", ia->dtype,
+        "weight type: f32, bf16, f16 (every tensor dequantized), or q8_0, q4_0 (a quantized model dir: "
+        "projections already in that type keep the file's blocks, the rest are requantized), or keep (each "
+        "projection in the file's own type where lmforge runs it: f32, f16, bf16, q8_0, q4_0, q4_K, q5_K, q6_K; "
+        "others requantized to q6_K)")
       ->check(CLI::IsMember({"f32", "bf16", "f16", "q8_0", "q4_0", "keep"}))
       ->capture_default_str();
   gi->add_flag("--json", ctx.json, "print a JSON summary on stdout");

@@ -23,7 +23,8 @@ struct GgmlInitParams {
   void* mem_buffer;
   bool no_alloc;
 };
-constexpr int kTypeF32 = 0, kTypeF16 = 1, kTypeQ4_0 = 2, kTypeQ8_0 = 8, kTypeQ4_K = 12, kTypeQ5_K = 13, kTypeQ6_K = 14, kTypeBF16 = 30;
+constexpr int kTypeF32 = 0, kTypeF16 = 1, kTypeQ4_0 = 2, kTypeQ8_0 = 8, kTypeQ4_K = 12, kTypeQ5_K = 13, kTypeQ6_K = 14,
+              kTypeBF16 = 30;
 
 int ggml_type_of(WeightFormat f) {
   switch (f) {

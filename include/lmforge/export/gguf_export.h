@@ -66,8 +66,8 @@ struct GgufImportSummary {
 // is a quantized model dir (docs/QUANTIZATION.md) instead: projections already in that type keep the file's blocks
 // byte for byte, the others are quantized round-to-nearest; embeddings and norms are f32. keep_types (dtype
 // ignored): a quantized model dir with each projection in the file's own type where the engine runs it (f32, f16,
-// bf16, q8_0, q4_0, q4_K, q5_K, q6_K: a Q4_K_M file stays Q4_K_M), the others requantized to q6_K (q8_0 where 256 does not
-// divide the input), per tensor in quantization_config.tensor_formats.
+// bf16, q8_0, q4_0, q4_K, q5_K, q6_K: a Q4_K_M file stays Q4_K_M), the others requantized to q6_K (q8_0 where 256 does
+// not divide the input), per tensor in quantization_config.tensor_formats.
 GgufImportSummary import_gguf(const std::string& gguf_path, const std::string& out_dir, DType dtype = DType::F32,
                               bool keep_types = false);
 
