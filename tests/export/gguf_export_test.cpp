@@ -571,6 +571,25 @@ TEST_F(GgufExport, KQuantsExportImportKeep) {
   quant::save_quantized_model(path("k_rtn"), quant::quantize_rtn(m, qc), dir);
   ex::export_gguf(path("k_rtn"), path("k_rtn.gguf"), opts("keep"));
   same_blocks(path("k_rtn.gguf"));
+  // llama.cpp's own Q4_K_M / Q5_K_M / Q2_K files (fixtures): keep copies every q4_K / q5_K / q6_K / q8_0 / q4_0 block
+  // (7, 7 and 3 of 8 projections) and requantizes only what the engine has no kernel for (q5_0 / q5_1 over a
+  // 96-wide input to q8_0; Q2_K's q2_K / q3_K to q6_K); exactly the copied tensors' values are the f32 import's.
+  for (const auto& [fx, copied] : {std::pair{"llama_q4_k_m_llamacpp", 7}, std::pair{"llama_q5_k_m_llamacpp", 7},
+                                   std::pair{"llama_q2_k_llamacpp", 3}}) {
+    SCOPED_TRACE(fx);
+    const std::string file = std::string(LMFORGE_SOURCE_DIR) + "/tests/export/fixtures/llamacpp/" + fx + ".gguf";
+    const ex::GgufImportSummary ks = ex::import_gguf(file, path(std::string(fx) + "_keep"), DType::F32, true);
+    ex::import_gguf(file, path(std::string(fx) + "_f32"));
+    const quant::QuantizedWeights kq = quant::load_quantized_model(path(std::string(fx) + "_keep"));
+    const auto want = tensors(path(std::string(fx) + "_f32"));
+    EXPECT_EQ(ks.copied, copied);
+    EXPECT_EQ(ks.requantized, 8 - copied);
+    int64_t exact = 0;
+    for (const auto& [n, w] : kq.linear) {
+      if (w.dequantize().to_float_vector() == want.at(n).to_float_vector()) ++exact;
+    }
+    EXPECT_EQ(exact, ks.copied);  // exactly the copied tensors reproduce the file's values
+  }
   // --type q4_K on hidden 64: the inputs 256 does not divide fall back to q8_0, as llama-quantize falls back.
   const std::string small = make_model("small", kLlama);
   ex::export_gguf(small, path("small_q4k.gguf"), opts("q4_K"));
