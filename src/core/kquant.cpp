@@ -141,16 +141,12 @@ float make_qx_quants(int n, int nmax, const float* x, int8_t* L) {
   return scale;
 }
 
-}  // namespace
-
-namespace {
-
 // q4_K (nmax 15, 144-byte blocks) and q5_K (nmax 31, 176 bytes: the fifth bits in qh[32] after the scales): ggml's
 // quantize_row_q4_K_ref / quantize_row_q5_K_ref, which differ only in the grid, the search parameters and the packing.
 void quantize_row_q45_K(const float* x, uint8_t* y, int64_t n, bool q5) {
   const int nmax = q5 ? 31 : 15;
   const size_t bytes = q5 ? kQ5KBytes : kQ4KBytes;
-  uint8_t L[kKBlockSize], Laux[32];
+  uint8_t L[kKBlockSize], Laux[32], Ls[8], Lm[8];
   float weights[32], mins[8], scales[8];
   for (int64_t b = 0; b < n / kKBlockSize; ++b, x += kKBlockSize, y += bytes) {
     float max_scale = 0, max_min = 0;
@@ -169,8 +165,8 @@ void quantize_row_q45_K(const float* x, uint8_t* y, int64_t n, bool q5) {
     const float inv_scale = max_scale > 0 ? 63.0f / max_scale : 0.0f;
     const float inv_min = max_min > 0 ? 63.0f / max_min : 0.0f;
     for (int j = 0; j < 8; ++j) {
-      const auto ls = static_cast<uint8_t>(std::min(63, nearest_int(inv_scale * scales[j]) & 0xff));
-      const auto lm = static_cast<uint8_t>(std::min(63, nearest_int(inv_min * mins[j]) & 0xff));
+      const uint8_t ls = Ls[j] = static_cast<uint8_t>(std::min(63, nearest_int(inv_scale * scales[j]) & 0xff));
+      const uint8_t lm = Lm[j] = static_cast<uint8_t>(std::min(63, nearest_int(inv_min * mins[j]) & 0xff));
       if (j < 4) {
         packed[j] = ls;
         packed[j + 4] = lm;
@@ -184,18 +180,10 @@ void quantize_row_q45_K(const float* x, uint8_t* y, int64_t n, bool q5) {
     std::memcpy(y, &dh, 2);
     std::memcpy(y + 2, &mh, 2);
     const float d_all = f16_to_f32(dh), m_all = f16_to_f32(mh);
-    for (int j = 0; j < 8; ++j) {
-      uint8_t sc, m;
-      if (j < 4) {
-        sc = packed[j] & 63;
-        m = packed[j + 4] & 63;
-      } else {
-        sc = static_cast<uint8_t>((packed[j + 4] & 0x0f) | ((packed[j - 4] >> 6) << 4));
-        m = static_cast<uint8_t>((packed[j + 4] >> 4) | ((packed[j] >> 6) << 4));
-      }
-      const float d = d_all * sc;
+    for (int j = 0; j < 8; ++j) {  // the 6-bit scale and min as packed (ggml reads them back from the bytes)
+      const float d = d_all * Ls[j];
       if (d == 0.0f) continue;
-      const float dm = m_all * m;
+      const float dm = m_all * Lm[j];
       for (int i = 0; i < 32; ++i) {
         const int l = nearest_int((x[32 * j + i] + dm) / d);
         L[32 * j + i] = static_cast<uint8_t>(std::max(0, std::min(nmax, l)));

@@ -48,9 +48,6 @@ constexpr FormatInfo kFormats[] = {
     {WeightFormat::Q6_K, "q6_K", kKBlockSize},
 };
 
-bool is_k_quant(WeightFormat f) {
-  return f == WeightFormat::Q4_K || f == WeightFormat::Q5_K || f == WeightFormat::Q6_K;
-}
 // Bytes of one row of a k-quant weight.
 int64_t k_row_bytes(WeightFormat f, int64_t cols) {
   return cols / kKBlockSize *
@@ -89,6 +86,10 @@ void dequant_row_g128(const uint8_t* codes, const uint16_t* scales, const uint8_
 }
 
 }  // namespace
+
+bool is_k_quant(WeightFormat f) {
+  return f == WeightFormat::Q4_K || f == WeightFormat::Q5_K || f == WeightFormat::Q6_K;
+}
 
 DType weight_codes_dtype(WeightFormat f) {
   switch (f) {

@@ -182,8 +182,7 @@ class Emitter {
     if (name.rfind("blk.", 0) != 0) return false;
     const bool v = name.find(".attn_v.weight") != std::string::npos;
     if (!v && name.find(".ffn_down") == std::string::npos) return false;
-    const int64_t i = std::stoll(name.substr(4)), n = layers_;
-    return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2;
+    return quant::use_more_bits(std::stoll(name.substr(4)), layers_);
   }
   // The bytes of `t` in `dt`: as they are when already of that dtype (f16 -> f32 -> f16 is exact), else through f32.
   static Tensor convert(const Tensor& t, DType dt) {

@@ -143,16 +143,19 @@ QuantConfig QuantConfig::from_json(const nlohmann::json& j, const std::string& s
   return q;
 }
 
+bool use_more_bits(int64_t layer, int64_t n_layers) {
+  return layer < n_layers / 8 || layer >= 7 * n_layers / 8 || (layer - n_layers / 8) % 3 == 2;
+}
+
 void apply_k_mix(QuantConfig& q, const model::ModelConfig& c, WeightFormat base) {
   LMF_CHECK(base == WeightFormat::Q4_K || base == WeightFormat::Q5_K, "apply_k_mix: base format must be q4_K or q5_K");
   q.format = base;
   q.lm_head_format = WeightFormat::Q6_K;
-  const int64_t n = c.num_hidden_layers;
-  const auto more_bits = [n](int64_t i) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; };
   for (const auto& [name, shape] : model::CausalLM::tensor_shapes(c)) {
     if (!is_linear_weight(name) || name.rfind("model.layers.", 0) != 0) continue;
     const int64_t layer = std::stoll(name.substr(13));
-    if (more_bits(layer) && (ends_with(name, ".v_proj.weight") || ends_with(name, ".down_proj.weight")))
+    if (use_more_bits(layer, c.num_hidden_layers) &&
+        (ends_with(name, ".v_proj.weight") || ends_with(name, ".down_proj.weight")))
       q.tensor_formats[name] = WeightFormat::Q6_K;
   }
 }
@@ -196,8 +199,7 @@ void add_rtn(QuantizedWeights& q, const std::string& name, const Tensor& t) {
     return;
   }
   WeightFormat f = format_for(q.quant, name);
-  if ((f == WeightFormat::Q4_K || f == WeightFormat::Q5_K || f == WeightFormat::Q6_K) &&
-      t.size(1) % weight_format_block(f) != 0 && t.size(1) % kQ8BlockSize == 0) {
+  if (is_k_quant(f) && t.size(1) % weight_format_block(f) != 0 && t.size(1) % kQ8BlockSize == 0) {
     f = WeightFormat::Q8_0;  // llama.cpp falls back to a 32-block type likewise (q5_0 / q8_0; q8_0 is ours)
     q.quant.tensor_formats[name] = f;
   }

@@ -67,8 +67,7 @@ int run_quantize(const QuantizeArgs& a, bool json) {
   // The output layer at 6 bits or more by default, as llama.cpp does (q6_K there): 4-bit logits cost far more
   // perplexity than 4-bit hidden projections. The k-quants take llama.cpp's q6_K, the other 4- and 8-bit types
   // q8_0; 16-bit types keep it at their own precision.
-  const bool k_quant =
-      qc.format == WeightFormat::Q4_K || qc.format == WeightFormat::Q5_K || qc.format == WeightFormat::Q6_K;
+  const bool k_quant = is_k_quant(qc.format);
   qc.lm_head_format = qc.format == WeightFormat::F16 || qc.format == WeightFormat::BF16 ? qc.format
                       : k_quant                                                         ? WeightFormat::Q6_K
                                                                                         : WeightFormat::Q8_0;

@@ -34,6 +34,8 @@ enum class WeightFormat : uint8_t {
 std::string_view weight_format_name(WeightFormat f);
 // Throws lmforge::Error naming the string and listing the formats.
 WeightFormat parse_weight_format(std::string_view name);
+// q4_K, q5_K or q6_K (GGUF's k-quant super-blocks of 256 values).
+bool is_k_quant(WeightFormat f);
 // The dtype of a weight's codes tensor: f32 / f16 / bf16 / q8_0 / q4_0 (a [rows, cols] tensor of that dtype), i8
 // (int8), u8 (the g128 formats' nibbles, the k-quants' block bytes).
 DType weight_codes_dtype(WeightFormat f);

@@ -79,6 +79,8 @@ QuantizedWeights quantize_rtn_dir(const std::string& dir, QuantConfig q, size_t*
 // in the layers use_more_bits picks (the first and last eighth of the layers and every third one between). Sets q's
 // format, lm_head_format and tensor_formats for config c.
 void apply_k_mix(QuantConfig& q, const model::ModelConfig& c, WeightFormat base = WeightFormat::Q4_K);
+// llama-quantize's use_more_bits: the layers of n whose v / down projections the M mixes keep at 6 bits.
+bool use_more_bits(int64_t layer, int64_t n_layers);
 
 // Splits a model's state into linears (as F32 WeightMatrix) and dense tensors.
 QuantizedWeights split_state(const model::CausalLM& m);

@@ -213,24 +213,31 @@ void sums16(XQuant& xq) {
   }
 }
 
-// The eight 6-bit scales (out[0..7]) and mins (out[8..15]) of a q4_K super-block from its 12 packed bytes: j < 4 in
-// the low 6 bits of bytes j and j + 4; j >= 4 in the nibbles of byte j + 4 with the top two bits in the high bits of
-// bytes j - 4 (scale) and j (min), as ggml's get_scale_min_k4.
+// The eight 6-bit scales and mins of a q4_K / q5_K super-block from its 12 packed bytes, as four little-endian words
+// (bytes 0-7 the scales, 8-15 the mins): j < 4 in the low 6 bits of bytes j and j + 4; j >= 4 in the nibbles of byte
+// j + 4 with the top two bits in the high bits of bytes j - 4 (scale) and j (min), as ggml's get_scale_min_k4, here
+// four bytes a word operation (bytes through memory and back stalled the AVX2 tiles on a failed store forward).
+// Returned by value (four scalars, kept in registers once inlined: an array filled here and read back as a vector
+// cost the q4_K decode tile a third of its speed).
+struct KScaleWords {
+  uint32_t s03, s47, m03, m47;
+};
+inline KScaleWords q4_K_scale_words(const uint8_t* packed) {
+  uint32_t u0, u1, u2;
+  std::memcpy(&u0, packed, 4);
+  std::memcpy(&u1, packed + 4, 4);
+  std::memcpy(&u2, packed + 8, 4);
+  constexpr uint32_t low6 = 0x3f3f3f3f, low4 = 0x0f0f0f0f, low2 = 0x03030303;
+  return {u0 & low6, (u2 & low4) | (((u0 >> 6) & low2) << 4), u1 & low6,
+          ((u2 >> 4) & low4) | (((u1 >> 6) & low2) << 4)};
+}
+// The same as 16 bytes: out[0..7] the scales, out[8..15] the mins.
 inline void q4_K_scales(const uint8_t* packed, uint8_t* out) {
-  for (int j = 0; j < 8; ++j) {
-    if (j < 4) {
-      out[j] = packed[j] & 63;
-      out[j + 8] = packed[j + 4] & 63;
-    } else {
-      out[j] = static_cast<uint8_t>((packed[j + 4] & 0x0f) | ((packed[j - 4] >> 6) << 4));
-      out[j + 8] = static_cast<uint8_t>((packed[j + 4] >> 4) | ((packed[j] >> 6) << 4));
-    }
-  }
+  const KScaleWords w = q4_K_scale_words(packed);
+  const uint32_t words[4] = {w.s03, w.s47, w.m03, w.m47};
+  std::memcpy(out, words, 16);
 }
 
-// Code v (0..255) of a q6_K super-block, 0..63: its low nibble in ql, its top two bits in qh (ggml's layout: each
-// half of 128 values has 64 ql bytes, values l and l + 64 sharing byte l, l + 32 and l + 96 byte l + 32, and 32 qh
-// bytes holding bits 4-5 of values l, l + 32, l + 64, l + 96 at bits 0-1, 2-3, 4-5, 6-7 of byte l).
 // Code v (0..255) of a q4_K (0..15) or q5_K (0..31) super-block: value v of chunk c = v / 64 is the low nibble of
 // byte v % 32 of the chunk's 32 bytes for v % 64 < 32, the high nibble otherwise; q5_K adds bit 2c (low) or 2c + 1
 // (high) of qh[v % 32] as bit 4.
@@ -240,6 +247,9 @@ inline int qk45_code(const uint8_t* blk, bool q5, int v) {
   return q5 ? nib | (((blk[16 + l] >> (2 * c + hi)) & 1) << 4) : nib;
 }
 
+// Code v (0..255) of a q6_K super-block, 0..63: its low nibble in ql, its top two bits in qh (ggml's layout: each
+// half of 128 values has 64 ql bytes, values l and l + 64 sharing byte l, l + 32 and l + 96 byte l + 32, and 32 qh
+// bytes holding bits 4-5 of values l, l + 32, l + 64, l + 96 at bits 0-1, 2-3, 4-5, 6-7 of byte l).
 inline int q6_K_code(const uint8_t* blk, int v) {
   const int half = v / 128, r = v % 128, k = r / 32, l = r % 32;
   const uint8_t ql = blk[64 * half + l + (k & 1) * 32];
@@ -979,16 +989,11 @@ LMF_TARGET_AVX2 inline __m256i k_lane_mask(int j) {
   return _mm256_load_si256(reinterpret_cast<const __m256i*>(kKLaneMasks.m[j]));
 }
 
-// q4_K_scales in a register (scales in bytes 0-7, mins in 8-15), by 32-bit word operations: bytes through memory
-// and back stalled each super-block on a failed store forward (decode ran at half q4_0's speed).
+// q4_K_scale_words in a register (scales in bytes 0-7, mins in 8-15).
 LMF_TARGET_AVX2 inline __m128i q4_K_scales_avx2(const uint8_t* packed) {
-  uint32_t u[3];
-  std::memcpy(u, packed, 12);
-  constexpr uint32_t low6 = 0x3f3f3f3f, low4 = 0x0f0f0f0f, low2 = 0x03030303;
-  const uint32_t s03 = u[0] & low6, m03 = u[1] & low6;
-  const uint32_t s47 = (u[2] & low4) | (((u[0] >> 6) & low2) << 4);
-  const uint32_t m47 = ((u[2] >> 4) & low4) | (((u[1] >> 6) & low2) << 4);
-  return _mm_set_epi32(static_cast<int>(m47), static_cast<int>(m03), static_cast<int>(s47), static_cast<int>(s03));
+  const KScaleWords w = q4_K_scale_words(packed);
+  return _mm_set_epi32(static_cast<int>(w.m47), static_cast<int>(w.m03), static_cast<int>(w.s47),
+                       static_cast<int>(w.s03));
 }
 
 // Codes 32k..32k+31 (k = 0..3) of half h of a q6_K super-block, 0..63 a byte: low nibbles from ql, the top two bits
@@ -1021,7 +1026,7 @@ LMF_TARGET_AVX2 inline void qk45_chunk(const uint8_t* blk, __m256i qh, int c, __
 }
 
 template <int R, bool Q5 = false>
-LMF_TARGET_AVX2 void tile_q4_K(const uint8_t* const* rows, const XQuant& xq, float* out, size_t ahead) {
+LMF_TARGET_AVX2 void tile_q45_K(const uint8_t* const* rows, const XQuant& xq, float* out, size_t ahead) {
   constexpr size_t kBytes = Q5 ? kQ5KBytes : kQ4KBytes;
   __m256 acc[R];
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
@@ -1096,11 +1101,11 @@ LMF_TARGET_AVX2 void tile_q6_K(const uint8_t* const* rows, const XQuant& xq, flo
 }
 
 // One k-quant weight row against T activation rows (batched decode, short prompts): each super-block's scales and
-// codes are unpacked once and dotted with the T rows, where tile_q4_K / tile_q6_K unpack them again for every
+// codes are unpacked once and dotted with the T rows, where tile_q45_K / tile_q6_K unpack them again for every
 // activation row. The integer sums and the float steps are the one-row tiles' own per activation row (summed in
 // another order), so the results agree with them to rounding.
 template <int T, bool Q5 = false>
-LMF_TARGET_AVX2 void tile_q4_K_rows(const uint8_t* row, const XQuant* const* xs, float* const* outs, int64_t r) {
+LMF_TARGET_AVX2 void tile_q45_K_rows(const uint8_t* row, const XQuant* const* xs, float* const* outs, int64_t r) {
   __m256 acc[T];
   for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
   __m256i pick[8];
@@ -1373,10 +1378,10 @@ LMF_TARGET_AVX2 void tile_avx2(const QWeight& w, const int64_t* first, bool grou
       break;
     }
     case QFormat::Q4_K:
-      tile_q4_K<R>(rows, xq, out, ahead);
+      tile_q45_K<R>(rows, xq, out, ahead);
       break;
     case QFormat::Q5_K:
-      tile_q4_K<R, true>(rows, xq, out, ahead);
+      tile_q45_K<R, true>(rows, xq, out, ahead);
       break;
     case QFormat::Q6_K:
       tile_q6_K<R>(rows, xq, out, ahead);
@@ -1471,7 +1476,7 @@ LMF_TARGET_AVX2 void rows_avx2(const QWeight& w, const float* x, const XQuant* x
   const bool g128_rows = vnni && g128 && n >= 2;
   // int8 too (tile4_int8_rows_vnni): the four streams' rows folded as tile4_q8 folds them.
   const bool int8_rows = vnni && w.format == QFormat::INT8 && n >= 2;
-  // The k-quants: up to four activation rows a pass on AVX2 (tile_q4_K_rows / tile_q6_K_rows), a weight row at a time.
+  // The k-quants: up to four activation rows a pass (tile_q45_K_rows / tile_q6_K_rows), a weight row at a time.
   const bool k_rows = is_k_format(w.format) && n >= 2;
   // f32 / f16 / bf16: up to three activation rows a pass (tile_float_rows), six with AVX-512VL (tile_float_rows_wide).
   const bool float_rows = w.format == QFormat::F32 || w.format == QFormat::F16 || w.format == QFormat::BF16;
@@ -1556,9 +1561,9 @@ LMF_TARGET_AVX2 void rows_avx2(const QWeight& w, const float* x, const XQuant* x
         for (int u = 0; u < T; ++u) xs[u] = &xq[t + u], outs[u] = tmpm[u];
         for (int k = 0; k < kStreams; ++k) {
           if (w.format == QFormat::Q4_K) {
-            tile_q4_K_rows<T>(rows[k], xs, outs, k);
+            tile_q45_K_rows<T>(rows[k], xs, outs, k);
           } else if (w.format == QFormat::Q5_K) {
-            tile_q4_K_rows<T, true>(rows[k], xs, outs, k);
+            tile_q45_K_rows<T, true>(rows[k], xs, outs, k);
           } else {
             tile_q6_K_rows<T>(rows[k], xs, outs, k);
           }
@@ -2134,7 +2139,7 @@ void qgemm(const QWeight& w, const float* x, int64_t n, float* y, bool accumulat
 #if LMF_HAVE_X86
     if (avx2 && w.format == QFormat::Q4_0 && w.rows4)
       for (int64_t t = 0; t < n; ++t) pair_halves(tl[t]);
-    if (is_k_format(w.format))
+    if (avx2 && is_k_format(w.format))  // the portable path sums its codes itself
       for (int64_t t = 0; t < n; ++t) sums16(tl[t]);
     if (avx2 && w.format == QFormat::Q8_0 && w.rows4)
       for (int64_t t = 0; t < n; ++t) runs_x(tl[t], vnni && n >= 2);  // one row stays on AVX2 (rows_avx2)
