@@ -325,6 +325,27 @@ TEST_F(QuantDir, BadFilesNameFileAndTensor) {
     std::ofstream(d + "/config.json") << j.dump();
     expect_error(d, "model.safetensors", "mlp.");
   }
+  {  // quantization_config.tensor_formats: not an object, a value not a string, an unknown format
+    for (const auto& [bad, needle] :
+         {std::pair{nlohmann::json::array({"q4_K"}), std::string("tensor_formats is not an object")},
+          std::pair{nlohmann::json{{w, 4}}, "tensor_formats." + w + " is not a string"},
+          std::pair{nlohmann::json{{w, "q3_K"}}, "tensor_formats." + w + ": unknown weight format 'q3_K'"}}) {
+      const std::string d = fresh("tf" + std::to_string(needle.size()));
+      std::ifstream in(d + "/config.json");
+      nlohmann::json j = nlohmann::json::parse(in);
+      j["quantization_config"]["tensor_formats"] = bad;
+      std::ofstream(d + "/config.json") << j.dump();
+      expect_error(d, "config.json", needle);
+    }
+  }
+  {  // a tensor_formats entry whose codes do not fit it: q4_K blocks expected, q4_g128 nibbles stored
+    const std::string d = fresh("kcodes");
+    std::ifstream in(d + "/config.json");
+    nlohmann::json j = nlohmann::json::parse(in);
+    j["quantization_config"]["tensor_formats"] = {{w, "q4_K"}};
+    std::ofstream(d + "/config.json") << j.dump();
+    expect_error(d, "model.safetensors", w + "': q4_K codes must be u8 [128, 144]");
+  }
   {  // unknown format name in quantization_config
     const std::string d = fresh("format");
     std::ifstream in(d + "/config.json");
