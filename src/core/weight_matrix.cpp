@@ -137,7 +137,11 @@ size_t WeightMatrix::nbytes() const {
   return n;
 }
 
-WeightMatrix WeightMatrix::quantize(const Tensor& w, WeightFormat format) {
+bool WeightMatrix::uses_importance(WeightFormat f) {
+  return f == WeightFormat::Q4_0 || is_k_quant(f);
+}
+
+WeightMatrix WeightMatrix::quantize(const Tensor& w, WeightFormat format, const float* importance) {
   LMF_CHECK(w.dim() == 2, "quantize: weight must be 2-D, got ", w.str());
   const int64_t rows = w.size(0), cols = w.size(1);
   LMF_CHECK(rows > 0 && cols > 0, "quantize: empty weight ", w.str());
@@ -157,8 +161,19 @@ WeightMatrix WeightMatrix::quantize(const Tensor& w, WeightFormat format) {
     case WeightFormat::F16:
     case WeightFormat::BF16:
     case WeightFormat::Q8_0:
-    case WeightFormat::Q4_0:
       m.codes_ = x.to(weight_codes_dtype(format));
+      break;
+    case WeightFormat::Q4_0:
+      if (!importance) {
+        m.codes_ = x.to(weight_codes_dtype(format));
+        break;
+      }
+      m.codes_ = Tensor::empty({rows, cols}, DType::Q4_0);
+      parallel_for(rows, 16, [&](int64_t r0, int64_t r1) {
+        auto* blocks = static_cast<BlockQ4_0*>(m.codes_.raw_data());
+        for (int64_t r = r0; r < r1; ++r)
+          quantize_row_q4_0(src + r * cols, blocks + r * (cols / kQ4BlockSize), cols, importance);
+      });
       break;
     case WeightFormat::Q4_G128:
     case WeightFormat::Q4_G128_ASYM: {
@@ -218,11 +233,11 @@ WeightMatrix WeightMatrix::quantize(const Tensor& w, WeightFormat format) {
       parallel_for(rows, 16, [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r) {
           if (format == WeightFormat::Q4_K) {
-            quantize_row_q4_K(src + r * cols, codes + r * bytes, cols);
+            quantize_row_q4_K(src + r * cols, codes + r * bytes, cols, importance);
           } else if (format == WeightFormat::Q5_K) {
-            quantize_row_q5_K(src + r * cols, codes + r * bytes, cols);
+            quantize_row_q5_K(src + r * cols, codes + r * bytes, cols, importance);
           } else {
-            quantize_row_q6_K(src + r * cols, codes + r * bytes, cols);
+            quantize_row_q6_K(src + r * cols, codes + r * bytes, cols, importance);
           }
         }
       });

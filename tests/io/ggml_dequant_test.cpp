@@ -243,19 +243,11 @@ TEST(GgmlDequant, BitForBitAsGgmlItself) {
   EXPECT_EQ(checked, 13);
 }
 
-// lmforge's k-quant quantizers (WeightMatrix::quantize q4_K / q5_K / q6_K, src/core/kquant.cpp) against ggml's own
-// (ggml_quantize_chunk without an importance matrix: what llama-quantize runs): the same bytes, block for block, on
-// Gaussian rows with outliers, rows of tiny and of large values, constant and all-zero super-blocks and
-// one-sided (all positive) rows; and the engine's dequantization of them equals ggml's, bit for bit.
-TEST(GgmlDequant, KQuantizersBitForBitAsGgml) {
-#if defined(__SANITIZE_ADDRESS__)
-  GTEST_SKIP() << "sanitizer build: the prebuilt ggml is not instrumented";
-#endif
-  static const Ggml g;
-  if (!g.base || !g.quantize) GTEST_SKIP() << "no prebuilt ggml (LMFORGE_WITH_NODE=1 scripts/install-deps.sh)";
+// Rows of the kinds quantizers get wrong first (12 x 1024 here): Gaussian with outliers, tiny and large values,
+// one-sided rows (every min 0), a zero and a constant super-block, plain Gaussian.
+std::vector<float> varied_rows(int64_t rows, int64_t cols) {
   std::mt19937 rng(11);
   std::normal_distribution<float> normal(0.0f, 1.0f);
-  const int64_t rows = 12, cols = 1024;
   std::vector<float> x(rows * cols);
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t j = 0; j < cols; ++j) {
@@ -281,6 +273,21 @@ TEST(GgmlDequant, KQuantizersBitForBitAsGgml) {
       }
       x[r * cols + j] = v;
     }
+  return x;
+}
+
+// lmforge's k-quant quantizers (WeightMatrix::quantize q4_K / q5_K / q6_K, src/core/kquant.cpp) against ggml's own
+// (ggml_quantize_chunk without an importance matrix: what llama-quantize runs): the same bytes, block for block, on
+// Gaussian rows with outliers, rows of tiny and of large values, constant and all-zero super-blocks and
+// one-sided (all positive) rows; and the engine's dequantization of them equals ggml's, bit for bit.
+TEST(GgmlDequant, KQuantizersBitForBitAsGgml) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "sanitizer build: the prebuilt ggml is not instrumented";
+#endif
+  static const Ggml g;
+  if (!g.base || !g.quantize) GTEST_SKIP() << "no prebuilt ggml (LMFORGE_WITH_NODE=1 scripts/install-deps.sh)";
+  const int64_t rows = 12, cols = 1024;
+  const std::vector<float> x = varied_rows(rows, cols);
   for (const auto& [name, id, format] :
        {std::tuple{"q4_K", 12u, WeightFormat::Q4_K}, std::tuple{"q5_K", 13u, WeightFormat::Q5_K},
         std::tuple{"q6_K", 14u, WeightFormat::Q6_K}}) {
@@ -300,6 +307,45 @@ TEST(GgmlDequant, KQuantizersBitForBitAsGgml) {
     std::vector<float> ref(rows * cols);
     g.dequantize(name)(theirs.data(), ref.data(), rows * cols);
     ASSERT_EQ(std::memcmp(dq.data<float>(), ref.data(), ref.size() * 4), 0);
+  }
+}
+
+// With an importance vector (llama-quantize --imatrix): WeightMatrix::quantize(w, format, importance) for q4_0 and
+// the k-quants against ggml_quantize_chunk given the same importance (quantize_row_*_impl), byte for byte. The
+// importance spans four decades, with columns of zero (never-seen inputs) and a whole zero sub-block.
+TEST(GgmlDequant, ImportanceWeightedBitForBitAsGgml) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "sanitizer build: the prebuilt ggml is not instrumented";
+#endif
+  static const Ggml g;
+  if (!g.base || !g.quantize) GTEST_SKIP() << "no prebuilt ggml (LMFORGE_WITH_NODE=1 scripts/install-deps.sh)";
+  const int64_t rows = 12, cols = 1024;
+  const std::vector<float> x = varied_rows(rows, cols);
+  std::mt19937 rng(12);
+  std::uniform_real_distribution<float> decades(-2.0f, 2.0f);
+  std::vector<float> importance(cols);
+  for (int64_t j = 0; j < cols; ++j)
+    importance[j] = (j % 53 == 7 || (j >= 320 && j < 352)) ? 0.0f : std::pow(10.0f, decades(rng));
+  for (const auto& [name, id, format] :
+       {std::tuple{"q4_0", 2u, WeightFormat::Q4_0}, std::tuple{"q4_K", 12u, WeightFormat::Q4_K},
+        std::tuple{"q5_K", 13u, WeightFormat::Q5_K}, std::tuple{"q6_K", 14u, WeightFormat::Q6_K}}) {
+    SCOPED_TRACE(name);
+    int64_t block = 0;
+    size_t size = 0;
+    ASSERT_TRUE(ggml_type_traits(id, block, size));
+    std::vector<unsigned char> theirs(static_cast<size_t>(rows * cols / block) * size);
+    ASSERT_EQ(g.quantize(static_cast<int>(id), x.data(), theirs.data(), 0, rows, cols, importance.data()),
+              theirs.size());
+    const Tensor w = Tensor::from_vector(x, {rows, cols});
+    const WeightMatrix m = WeightMatrix::quantize(w, format, importance.data());
+    ASSERT_EQ(m.codes().nbytes(), theirs.size());
+    const auto* ours = static_cast<const unsigned char*>(m.codes().raw_data());
+    for (size_t b = 0; b < theirs.size() / size; ++b)
+      ASSERT_EQ(std::memcmp(ours + b * size, theirs.data() + b * size, size), 0)
+          << "block " << b << " (row " << b / (cols / block) << ")";
+    // The importance changes the result (else this test would not tell the two paths apart).
+    const WeightMatrix plain = WeightMatrix::quantize(w, format);
+    EXPECT_NE(std::memcmp(plain.codes().raw_data(), ours, theirs.size()), 0);
   }
 }
 

@@ -48,8 +48,13 @@ class WeightMatrix {
  public:
   WeightMatrix() = default;
 
-  // Round-to-nearest from an f32 (or f16/bf16) [rows, cols] tensor.
-  static WeightMatrix quantize(const Tensor& w, WeightFormat format);
+  // Round-to-nearest from an f32 (or f16/bf16) [rows, cols] tensor. `importance` (cols values, or null): how much each
+  // input column matters, llama.cpp's importance matrix (the mean square of that input); q4_0 and the k-quants then
+  // minimise the importance-weighted error, as llama-quantize --imatrix does (the same bytes). The other formats
+  // ignore it (ggml's q8_0 does too; the g128 formats have GPTQ and AWQ for calibration).
+  static WeightMatrix quantize(const Tensor& w, WeightFormat format, const float* importance = nullptr);
+  // Whether quantize() uses an importance vector for format f (q4_0, q4_K, q5_K, q6_K).
+  static bool uses_importance(WeightFormat f);
   // From already-quantized parts: the format's codes and (where it has them) per-group scales and zero points.
   // The layout of each part is documented in weight_matrix.cpp; sizes are checked and bad ones are an Error
   // naming `what` (e.g. the tensor name and file).
