@@ -293,6 +293,59 @@ fs.writeFileSync(file, buf);
         fi
       fi
     done
+    # Importance-weighted k-quants: `lmforge imatrix` on text (llama.cpp's legacy .dat file), then lmforge's export
+    # with it against llama-quantize --imatrix with the same file: byte for byte for llama (the imatrix must change the
+    # tensors, too), and llama.cpp reads lmforge's file within the bound (deepseek2: experts' slices of the stacked
+    # entries). `quantize --imatrix` into a model dir, exported with keep, gives the same tensors as the export.
+    "$LMF" imatrix --model "m_$arch" --calib corpus.txt --calib-tokens 4096 --calib-ctx 256 \
+      --out "imatrix_$arch.dat" > /dev/null 2>&1 || { echo "FAIL: $arch: lmforge imatrix"; fail=1; continue; }
+    for type in q4_K_M q5_K_M q6_K; do
+      up=${type^^}
+      "$LMF" export gguf --model "m_$arch" --out "m_${arch}_im_$type.gguf" --type "$type" \
+        --imatrix "imatrix_$arch.dat" 2> /dev/null
+      "$LMF" import gguf --in "m_${arch}_im_$type.gguf" --out "imp_${arch}_im_$type" 2> /dev/null
+      "$LMF" forward --model "imp_${arch}_im_$type" --ids-file ids.txt --out "logits_${arch}_im_$type.safetensors"
+      metric=all
+      bound=4e-2
+      [[ $arch == deepseek2* ]] && metric=median bound=6e-2
+      echo -n "$arch lmforge's $type with an imatrix: "
+      if ! node "$REF/compare.mjs" --gguf "m_${arch}_im_$type.gguf" --text "$text" --ids ids.txt \
+        --logits "logits_${arch}_im_$type.safetensors" --max-rel "$bound" --metric "$metric" \
+        --json "result_${arch}_im_$type.json"; then
+        echo "FAIL: $arch lmforge's $type with an imatrix (bound $bound)"
+        fail=1
+      fi
+      [[ $arch == deepseek2* ]] && continue
+      "$QUANTIZE" "$REF/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64" "m_${arch}_f32.gguf" \
+        "m_${arch}_im_$up.gguf" "$up" "imatrix_$arch.dat" > "quantize_${arch}_im_$up.log" 2>&1 || {
+        echo "FAIL: $arch $up: llama.cpp's quantizer with the imatrix (quantize_${arch}_im_$up.log)"
+        fail=1
+        continue
+      }
+      "$LMF" import gguf --in "m_${arch}_im_$type.gguf" --out "own_im_keep_${arch}_$type" --dtype keep 2> /dev/null
+      "$LMF" import gguf --in "m_${arch}_im_$up.gguf" --out "their_im_keep_${arch}_$type" --dtype keep 2> /dev/null
+      if cmp -s "own_im_keep_${arch}_$type/model.safetensors" "their_im_keep_${arch}_$type/model.safetensors"; then
+        echo "$arch $type with an imatrix: lmforge's tensors equal llama-quantize --imatrix's byte for byte"
+      else
+        echo "FAIL: $arch $type with an imatrix: lmforge's tensors differ from llama-quantize --imatrix's"
+        fail=1
+      fi
+      if cmp -s "own_im_keep_${arch}_$type/model.safetensors" "own_keep_${arch}_$type/model.safetensors"; then
+        echo "FAIL: $arch $type: the imatrix changed no tensor"
+        fail=1
+      fi
+      if [[ $type == q4_K_M ]]; then
+        "$LMF" quantize --model "m_$arch" --type q4_K_M --imatrix "imatrix_$arch.dat" --out "q_im_$arch" > /dev/null
+        "$LMF" export gguf --model "q_im_$arch" --out "q_im_$arch.gguf" --type keep 2> /dev/null
+        "$LMF" import gguf --in "q_im_$arch.gguf" --out "q_im_keep_$arch" --dtype keep 2> /dev/null
+        if cmp -s "q_im_keep_$arch/model.safetensors" "own_im_keep_${arch}_$type/model.safetensors"; then
+          echo "$arch quantize --imatrix: the same tensors as export --imatrix"
+        else
+          echo "FAIL: $arch quantize --type q4_K_M --imatrix differs from export gguf --type q4_K_M --imatrix"
+          fail=1
+        fi
+      fi
+    done
     continue
   fi
   for type in "${types[@]}"; do

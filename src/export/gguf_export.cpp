@@ -18,6 +18,7 @@
 #include "lmforge/io/safetensors.h"
 #include "lmforge/model/model.h"
 #include "lmforge/model/rope.h"
+#include "lmforge/quant/imatrix.h"
 #include "lmforge/quant/quantized_model.h"
 
 namespace lmforge::exporter {
@@ -116,13 +117,22 @@ Source of(const Tensor& t) {
 
 class Emitter {
  public:
-  Emitter(io::GgufWriter& w, ExportType type, const model::ModelConfig& c)
-      : w_(w), type_(std::move(type)), layers_(c.num_hidden_layers), tied_(c.tie_word_embeddings) {}
+  Emitter(io::GgufWriter& w, ExportType type, const model::ModelConfig& c, const quant::Imatrix* imatrix = nullptr,
+          std::string imatrix_path = {})
+      : w_(w),
+        type_(std::move(type)),
+        layers_(c.num_hidden_layers),
+        tied_(c.tie_word_embeddings),
+        imatrix_(imatrix),
+        imatrix_path_(std::move(imatrix_path)) {}
 
   void add(const std::string& name, Source s, bool matrix = true) {
     const DType dt = out_dtype(name, s.shape, s.dtype, s.keep, matrix);
+    auto imp = importance(name, s.shape, s.dtype, dt);
     w_.add_tensor(
-        name, s.shape, dt, [get = std::move(s.get), dt] { return convert(get(), dt); }, std::move(s.done));
+        name, s.shape, dt,
+        [get = std::move(s.get), dt, imp] { return convert(get(), dt, imp ? imp->data() : nullptr); },
+        std::move(s.done));
   }
 
   // Experts' matrices as one [n, rows, cols] tensor, each converted into its slice in turn (so a stack of experts
@@ -139,11 +149,13 @@ class Emitter {
       if (p.keep != keep) keep = DType::Q8_0;
     }
     const DType dt = out_dtype(name, shape, src, keep, true);
-    w_.add_tensor(name, shape, dt, [parts = std::move(parts), shape, dt] {
+    auto imp = importance(name, shape, src, dt);
+    w_.add_tensor(name, shape, dt, [parts = std::move(parts), shape, dt, imp] {
       Tensor out = Tensor::empty(shape, dt);
       const size_t n = out.nbytes() / parts.size();
       for (const Source& p : parts) {
-        const Tensor c = convert(p.get(), dt);
+        const int64_t e = &p - parts.data(), cols = shape.back();
+        const Tensor c = convert(p.get(), dt, imp ? imp->data() + e * cols : nullptr);
         std::memcpy(static_cast<unsigned char*>(out.raw_data()) + static_cast<size_t>(&p - parts.data()) * n,
                     c.raw_data(), n);
         if (p.done) p.done();
@@ -153,6 +165,7 @@ class Emitter {
   }
   int64_t quantized() const { return quantized_; }
   int64_t copied() const { return copied_; }
+  int64_t imatrix_used() const { return imatrix_used_; }
 
  private:
   // Weight matrices (2-D and stacked 3-D) take the requested type when their rows split into its blocks (32 values,
@@ -184,19 +197,56 @@ class Emitter {
     if (!v && name.find(".ffn_down") == std::string::npos) return false;
     return quant::use_more_bits(std::stoll(name.substr(4)), layers_);
   }
-  // The bytes of `t` in `dt`: as they are when already of that dtype (f16 -> f32 -> f16 is exact), else through f32.
-  static Tensor convert(const Tensor& t, DType dt) {
+  // The importance vectors for tensor `name` of `shape` going to dt: llama-quantize's lookup (an imatrix entry of the
+  // GGUF name with one vector per matrix of the tensor, [n, cols] for a 3-D [n, rows, cols]; a size that does not fit
+  // is an error, except for token_embd, which llama-quantize skips); null when there is none or dt does not use one.
+  std::shared_ptr<const std::vector<float>> importance(const std::string& name, const Shape& shape, DType src,
+                                                       DType dt) {
+    if (!imatrix_ || src == dt || !uses_importance(dt)) return nullptr;
+    std::vector<float> v = imatrix_->values(name);
+    if (v.empty()) return nullptr;
+    const int64_t mats = shape.size() == 3 ? shape[0] : 1, cols = shape.back();
+    if (static_cast<int64_t>(v.size()) != mats * cols) {
+      if (name == "token_embd.weight") return nullptr;
+      throw Error(imatrix_path_ + ": imatrix entry " + name + " has " + std::to_string(v.size()) +
+                  " values; the tensor " + shape_str(shape) + " needs " + std::to_string(mats * cols));
+    }
+    ++imatrix_used_;
+    return std::make_shared<const std::vector<float>>(std::move(v));
+  }
+  static bool uses_importance(DType dt) { return dt == DType::Q4_0 || is_k(dt); }
+  // The bytes of `t` in `dt`: as they are when already of that dtype (f16 -> f32 -> f16 is exact), else through f32;
+  // `imp` (a vector per matrix of t, or null): importance-weighted rounding into q4_0 / a k-quant.
+  static Tensor convert(const Tensor& t, DType dt, const float* imp = nullptr) {
     if (t.dtype() == dt) return t.contiguous();
     Tensor f = t.to(DType::F32).contiguous();
-    return dt == DType::F32 ? f : f.to(dt);
+    if (dt == DType::F32) return f;
+    if (!imp || !uses_importance(dt)) return f.to(dt);
+    const int64_t cols = f.size(f.dim() - 1), mats = f.dim() == 3 ? f.size(0) : 1, rows = f.numel() / cols / mats;
+    Tensor out = Tensor::empty(f.shape(), dt);
+    const size_t bytes = out.nbytes() / static_cast<size_t>(mats);
+    const WeightFormat wf = dt == DType::Q4_0   ? WeightFormat::Q4_0
+                            : dt == DType::Q4_K ? WeightFormat::Q4_K
+                            : dt == DType::Q5_K ? WeightFormat::Q5_K
+                                                : WeightFormat::Q6_K;
+    for (int64_t m = 0; m < mats; ++m) {
+      const Tensor slice = f.reshape({mats, rows, cols}).select(0, m);
+      const WeightMatrix q = WeightMatrix::quantize(slice, wf, imp + m * cols);
+      std::memcpy(static_cast<unsigned char*>(out.raw_data()) + static_cast<size_t>(m) * bytes,
+                  q.file_layout().codes().contiguous().raw_data(), bytes);
+    }
+    return out;
   }
 
   io::GgufWriter& w_;
   ExportType type_;
   int64_t layers_;
   bool tied_;
+  const quant::Imatrix* imatrix_;
+  std::string imatrix_path_;
   int64_t quantized_ = 0;
   int64_t copied_ = 0;
+  int64_t imatrix_used_ = 0;
 };
 
 // The weights by HF name: a plain dir's as the files hold them (views of the mappings; bf16 stays bf16), checked
@@ -509,7 +559,9 @@ GgufExportSummary export_gguf(const std::string& model_dir, const std::string& o
   w.set("general.file_type", GgufValue::u32(file_type(main, mix)));
   if (is_quantized(main)) w.set("general.quantization_version", GgufValue::u32(2));
 
-  Emitter e(w, type, cfg);
+  quant::Imatrix imatrix;
+  if (!opt.imatrix.empty()) imatrix = quant::read_imatrix(opt.imatrix);
+  Emitter e(w, type, cfg, opt.imatrix.empty() ? nullptr : &imatrix, opt.imatrix);
   Tensors t(load_state(model_dir, config_path), (fs::path(model_dir) / "model.safetensors").string());
   if (cfg.is_deepseek()) {
     export_deepseek2(w, e, t, cfg, config_path);
@@ -527,6 +579,7 @@ GgufExportSummary export_gguf(const std::string& model_dir, const std::string& o
   s.tensors = static_cast<int64_t>(w.tensor_count());
   s.quantized = e.quantized();
   s.blocks_copied = e.copied();
+  s.imatrix_used = e.imatrix_used();
   s.bytes = fs::file_size(out_path);
   return s;
 }

@@ -72,6 +72,8 @@ class LayerwiseRunner {
   void observe(const Observer& observe) const;
   // Runs the current layer and makes its outputs the states: the next layer's inputs.
   void advance();
+  // The hidden states now: after the last layer's advance(), the decoder's output (before the final norm).
+  const std::vector<Tensor>& states() const { return h_; }
 
  private:
   const model::CausalLM& m_;

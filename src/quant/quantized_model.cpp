@@ -160,7 +160,8 @@ void apply_k_mix(QuantConfig& q, const model::ModelConfig& c, WeightFormat base)
   }
 }
 
-QuantizedWeights quantize_rtn_dir(const std::string& dir, QuantConfig qc, size_t* bytes_in) {
+QuantizedWeights quantize_rtn_dir(const std::string& dir, QuantConfig qc, size_t* bytes_in,
+                                  const std::map<std::string, std::vector<float>>* importance) {
   const ModelFiles files(dir);
   QuantizedWeights q;
   q.config = files.config();
@@ -172,7 +173,7 @@ QuantizedWeights quantize_rtn_dir(const std::string& dir, QuantConfig qc, size_t
       continue;
     }
     const Tensor t = files.get(name);  // quantized from its stored dtype
-    add_rtn(q, name, t);
+    add_rtn(q, name, t, importance);
     WeightMatrix& w = q.linear.at(name);
     if (w.codes().storage() == t.storage()) w = WeightMatrix::quantize(t.clone(), w.format());  // not the mapping
     files.drop_pages(name);                                                                     // read once
@@ -193,7 +194,8 @@ QuantizedWeights split_state(const model::CausalLM& m) {
   return q;
 }
 
-void add_rtn(QuantizedWeights& q, const std::string& name, const Tensor& t) {
+void add_rtn(QuantizedWeights& q, const std::string& name, const Tensor& t,
+             const std::map<std::string, std::vector<float>>* importance) {
   if (!quantizable_weight(name, q.config)) {
     q.dense.emplace(name, t);
     return;
@@ -207,15 +209,25 @@ void add_rtn(QuantizedWeights& q, const std::string& name, const Tensor& t) {
     q.quant.not_quantized.push_back(name);
     f = WeightFormat::F32;
   }
-  q.linear.emplace(name, WeightMatrix::quantize(t, f));
+  const float* imp = nullptr;
+  if (importance && WeightMatrix::uses_importance(f)) {
+    auto it = importance->find(name);
+    if (it != importance->end()) {
+      LMF_CHECK(static_cast<int64_t>(it->second.size()) == t.size(1), "importance for ", name, " has ",
+                it->second.size(), " values, the weight ", t.size(1), " inputs");
+      imp = it->second.data();
+    }
+  }
+  q.linear.emplace(name, WeightMatrix::quantize(t, f, imp));
 }
 
-QuantizedWeights quantize_rtn(const model::CausalLM& m, QuantConfig qc) {
+QuantizedWeights quantize_rtn(const model::CausalLM& m, QuantConfig qc,
+                              const std::map<std::string, std::vector<float>>* importance) {
   QuantizedWeights q;
   q.config = m.config();
   q.quantized = true;
   q.quant = std::move(qc);
-  for (const auto& [name, t] : m.state()) add_rtn(q, name, t);
+  for (const auto& [name, t] : m.state()) add_rtn(q, name, t, importance);
   return q;
 }
 

@@ -149,6 +149,41 @@ TEST_F(QuantCli, PruneWritesTrainableModel) {
   (void)ppl(path("pruned"));
 }
 
+// `lmforge imatrix` writes llama.cpp's files (GGUF, .dat by name); quantize --imatrix and --calib (which computes one)
+// round q4_0 with it: the same codes from the file and from --calib, other codes than without, recorded in the config.
+TEST_F(QuantCli, ImatrixThenQuantize) {
+  const std::string calib = " --calib " + path("text.txt") + " --calib-tokens 100 --calib-ctx 64";
+  const CliRun im =
+      sh(kBin + " imatrix --model " + path("f32") + calib + " --out " + path("im.gguf") + " --json 2>/dev/null");
+  ASSERT_EQ(im.code, 0) << im.out;
+  const nlohmann::json j = nlohmann::json::parse(im.out);
+  EXPECT_EQ(j["entries"], 14);  // 7 linears x 2 layers; lm_head only with --process-output
+  EXPECT_EQ(j["format"], "gguf");
+  ASSERT_EQ(sh(kBin + " imatrix --model " + path("f32") + calib + " --out " + path("im.dat") + " 2>/dev/null").code, 0);
+  std::ifstream dat(path("im.dat"), std::ios::binary);
+  char magic[4] = {};
+  dat.read(magic, 4);
+  EXPECT_NE(std::string(magic, 4), "GGUF");
+  const auto quantize = [&](const std::string& out, const std::string& flags) {
+    const CliRun r = sh(kBin + " quantize --model " + path("f32") + " --type q4_0 --out " + path(out) + flags +
+                        " --json 2>/dev/null");
+    EXPECT_EQ(r.code, 0) << r.out;
+    return nlohmann::json::parse(r.out);
+  };
+  EXPECT_EQ(quantize("plain", "")["imatrix_tensors"], 0);
+  EXPECT_EQ(quantize("file", " --imatrix " + path("im.gguf"))["imatrix_tensors"], 14);
+  EXPECT_EQ(quantize("calib", calib)["imatrix_tensors"], 14);
+  const auto bytes = [&](const std::string& dir) {
+    std::ifstream in(path(dir) + "/model.safetensors", std::ios::binary);
+    return std::string((std::istreambuf_iterator<char>(in)), {});
+  };
+  EXPECT_EQ(bytes("file"), bytes("calib"));
+  EXPECT_NE(bytes("file"), bytes("plain"));
+  std::ifstream cfg(path("file") + "/config.json");
+  EXPECT_EQ(nlohmann::json::parse(cfg)["quantization_config"]["details"]["imatrix"], path("im.gguf"));
+  EXPECT_GT(ppl(path("file"))["ppl"].get<double>(), 1.0);  // loads and runs
+}
+
 TEST_F(QuantCli, BadInputExitsTwoWithOneLine) {
   const auto expect2 = [](const CliRun& r, const std::string& needle) {
     EXPECT_EQ(r.code, 2) << r.out;
@@ -162,6 +197,13 @@ TEST_F(QuantCli, BadInputExitsTwoWithOneLine) {
   expect2(sh(q + " --type q4_0 --lm-head q9"), "--lm-head");
   expect2(sh(kBin + " quantize --model " + path("nope") + " --type q8_0 --out " + path("o")), "nope");
   expect2(sh(kBin + " prune --model " + path("f32") + " --ratio 1.5 --out " + path("o")), "--ratio");
+  expect2(sh(q + " --type q4_0 --imatrix " + path("none.dat")), "none.dat");
+  std::ofstream(path("bad.dat"), std::ios::binary) << std::string("\x02\0\0\0\x05\0\0\0abc", 11);
+  expect2(sh(q + " --type q4_K_M --imatrix " + path("bad.dat")), "bad.dat");
+  expect2(sh(q + " --type gptq-q4 --calib " + path("text.txt") + " --imatrix " + path("bad.dat")), "--imatrix");
+  expect2(sh(q + " --type q4_0 --calib " + path("text.txt") + " --imatrix " + path("bad.dat")), "not both");
+  expect2(sh(kBin + " imatrix --model " + path("f32") + " --calib " + path("missing.txt") + " --out " + path("i.gguf")),
+          "missing.txt");
   const std::string e = kBin + " eval perplexity --model " + path("f32");  // --ctx default 512 > 128: set it
   expect2(sh(e + " --ctx 64 --data " + path("missing.txt")), "missing.txt");
   expect2(sh(e + " --data " + path("text.txt") + " --ctx 4096"), "--ctx");

@@ -62,6 +62,7 @@ int run_export(const ExportArgs& a, bool json) {
                         {"tensors", s.tensors},
                         {"quantized_tensors", s.quantized},
                         {"blocks_copied", s.blocks_copied},
+                        {"imatrix_tensors", s.imatrix_used},
                         {"bytes", s.bytes},
                         {"seconds", seconds_since(t0)}};
     std::printf("%s\n", j.dump().c_str());
@@ -130,6 +131,9 @@ void add_export_commands(CLI::App& app, Context& ctx) {
   g->add_option("--pre", ea->opt.pre,
                 "tokenizer.ggml.pre (default: matched from tokenizer.json: deepseek-v3, llama-bpe, qwen2, gpt-2)");
   g->add_option("--name", ea->opt.name, "general.name (default: the model directory's name)");
+  g->add_option(
+      "--imatrix", ea->opt.imatrix,
+      "importance matrix (llama.cpp GGUF or .dat) for the q4_0 / k-quant tensors, as llama-quantize --imatrix");
   g->add_flag("--json", ctx.json, "print a JSON summary on stdout");
   g->callback([&ctx, ea] { ctx.exit_code = run_export(*ea, ctx.json); });
 

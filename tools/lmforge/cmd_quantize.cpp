@@ -10,6 +10,7 @@
 #include "lmforge/commands.h"
 #include "lmforge/core/error.h"
 #include "lmforge/kernels/thread_pool.h"
+#include "lmforge/quant/imatrix.h"
 #include "lmforge/quant/methods.h"
 #include "lmforge/quant/quantized_model.h"
 
@@ -18,7 +19,7 @@ namespace lmforge::cli {
 namespace {
 
 struct QuantizeArgs {
-  std::string model, type, out, calib, lm_head;
+  std::string model, type, out, calib, lm_head, imatrix;
   int64_t calib_tokens = 4096, calib_ctx = 256, group_size = 128;
   bool asym = false, act_order = false, awq_clip = false, allow_requantize = false;
   double damp = 0.01;
@@ -99,8 +100,54 @@ int run_quantize(const QuantizeArgs& a, bool json) {
     qc.extra["mix"] = qc.format == WeightFormat::Q4_K ? "q4_K_M" : "q5_K_M";
     if (!a.lm_head.empty()) qc.lm_head_format = parse_weight_format(a.lm_head);
   }
+  // Importance-weighted rounding (llama-quantize --imatrix) for q4_0 and the k-quants: from an imatrix file, or one
+  // computed here from --calib.
+  const bool weighted = WeightMatrix::uses_importance(qc.format) || WeightMatrix::uses_importance(qc.lm_head_format);
+  if (!a.imatrix.empty() && (gptq || awq)) {
+    std::fprintf(stderr, "lmforge quantize: --imatrix applies to q4_0 and the k-quants, not to %s\n", a.type.c_str());
+    return kUsageError;
+  }
+  if (!a.imatrix.empty() && !a.calib.empty()) {
+    std::fprintf(stderr, "lmforge quantize: give --imatrix FILE or --calib DATA (to compute one), not both\n");
+    return kUsageError;
+  }
+  if (!gptq && !awq && (!a.imatrix.empty() || !a.calib.empty()) && !weighted)
+    std::fprintf(stderr, "lmforge quantize: warning: %s does not use an importance matrix; %s ignored\n",
+                 a.type.c_str(), a.imatrix.empty() ? "--calib" : "--imatrix");
+  if (!gptq && !awq && !a.calib.empty() && weighted && requantize) {
+    std::fprintf(stderr,
+                 "lmforge quantize: --calib computes an importance matrix from the f32 / bf16 / f16 model; %s is "
+                 "quantized (make one from the original with `lmforge imatrix` and pass --imatrix)\n",
+                 a.model.c_str());
+    return kUsageError;
+  }
   if (a.threads > 0) ThreadPool::global().set_num_threads(a.threads);
   const auto t0 = std::chrono::steady_clock::now();
+  quant::Importance importance;
+  std::string imatrix_from;
+  if (!gptq && !awq && weighted && (!a.imatrix.empty() || !a.calib.empty())) {
+    const model::ModelConfig cfg = model::load_model_config((fs::path(a.model) / "config.json").string());
+    quant::Imatrix im;
+    if (!a.imatrix.empty()) {
+      im = quant::read_imatrix(a.imatrix);
+      imatrix_from = a.imatrix;
+    } else {
+      quant::CalibOptions co;
+      co.path = a.calib;
+      co.model_dir = a.model;
+      co.tokens = a.calib_tokens;
+      co.ctx = a.calib_ctx;
+      quant::ImatrixOptions io;
+      io.dataset = a.calib;
+      im = quant::compute_imatrix(a.model, quant::load_calibration(co), io,
+                                  [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); });
+      imatrix_from = "computed from --calib " + a.calib;
+    }
+    importance = quant::importance_for(im, cfg, a.imatrix.empty() ? a.calib : a.imatrix);
+    if (importance.empty())
+      std::fprintf(stderr, "lmforge quantize: warning: the importance matrix names none of %s's weights\n",
+                   a.model.c_str());
+  }
   quant::QuantizedWeights q;
   size_t before = 0, after = 0;
   std::string requantized_from;
@@ -135,10 +182,14 @@ int run_quantize(const QuantizeArgs& a, bool json) {
     q.quant.extra["calib"] = a.calib;
     q.quant.extra["calib_tokens"] = a.calib_tokens;
   } else if (requantize) {
-    q = quant::quantize_rtn(load_f32(), qc);
+    q = quant::quantize_rtn(load_f32(), qc, &importance);
   } else {
     // Tensor by tensor from the files: a bf16 7B checkpoint quantizes in about the memory of its result.
-    q = quant::quantize_rtn_dir(a.model, qc, &before);
+    q = quant::quantize_rtn_dir(a.model, qc, &before, &importance);
+  }
+  if (!imatrix_from.empty()) {
+    q.quant.extra["imatrix"] = imatrix_from;
+    q.quant.extra["imatrix_tensors"] = importance.size();
   }
   if (requantize) q.quant.extra["requantized_from"] = requantized_from;
   quant::save_quantized_model(a.out, q, a.model);
@@ -157,6 +208,7 @@ int run_quantize(const QuantizeArgs& a, bool json) {
         {"bytes_out", after},
         {"not_quantized", q.quant.not_quantized},
         {"requantized_from", requantized_from.empty() ? nlohmann::json() : nlohmann::json(requantized_from)},
+        {"imatrix_tensors", importance.size()},
         {"seconds", secs}};
     std::printf("%s\n", j.dump().c_str());
   } else {
@@ -169,7 +221,83 @@ int run_quantize(const QuantizeArgs& a, bool json) {
   return kOk;
 }
 
+struct ImatrixArgs {
+  std::string model, calib, out, format;
+  int64_t calib_tokens = 4096, calib_ctx = 256;
+  bool process_output = false;
+  int threads = 0;
+};
+
+int run_imatrix(const ImatrixArgs& a, bool json) {
+  namespace fs = std::filesystem;
+  std::string format = a.format;
+  if (format.empty()) format = fs::path(a.out).extension() == ".dat" ? "dat" : "gguf";
+  if (quant::is_quantized_dir(a.model)) {
+    std::fprintf(stderr,
+                 "lmforge imatrix: %s is a quantized model dir; compute the importance matrix from the f32, bf16 or "
+                 "f16 dir it was made from\n",
+                 a.model.c_str());
+    return kUsageError;
+  }
+  if (a.threads > 0) ThreadPool::global().set_num_threads(a.threads);
+  const auto t0 = std::chrono::steady_clock::now();
+  quant::CalibOptions co;
+  co.path = a.calib;
+  co.model_dir = a.model;
+  co.tokens = a.calib_tokens;
+  co.ctx = a.calib_ctx;
+  const std::vector<Tensor> calib = quant::load_calibration(co);
+  int64_t tokens = 0;
+  for (const Tensor& t : calib) tokens += t.numel();
+  quant::ImatrixOptions io;
+  io.process_output = a.process_output;
+  io.dataset = a.calib;
+  const quant::Imatrix m = quant::compute_imatrix(
+      a.model, calib, io, [json](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); });
+  quant::write_imatrix(m, a.out, format == "dat");
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (json) {
+    std::printf("%s\n", nlohmann::json{{"model", a.model},
+                                       {"out", a.out},
+                                       {"format", format},
+                                       {"entries", m.entries.size()},
+                                       {"chunks", m.chunk_count},
+                                       {"chunk_size", m.chunk_size},
+                                       {"tokens", tokens},
+                                       {"seconds", secs}}
+                            .dump()
+                            .c_str());
+  } else {
+    std::printf("imatrix %s -> %s (%s): %zu tensors, %lld tokens in %lld chunks, %.1f s\n", a.model.c_str(),
+                a.out.c_str(), format.c_str(), m.entries.size(), static_cast<long long>(tokens),
+                static_cast<long long>(m.chunk_count), secs);
+  }
+  return kOk;
+}
+
 }  // namespace
+
+void add_imatrix_command(CLI::App& app, Context& ctx) {
+  auto a = std::make_shared<ImatrixArgs>();
+  CLI::App* c = app.add_subcommand(
+      "imatrix",
+      "compute an importance matrix (llama.cpp's imatrix file) from calibration data, for quantize --imatrix");
+  c->add_option("--model", a->model, "model directory (f32, bf16 or f16)")->required();
+  c->add_option("--calib", a->calib, "calibration data: text, .jsonl or token-shard dir")->required();
+  c->add_option("--out", a->out, "output file: GGUF (llama-imatrix's format) or .dat (its legacy format)")->required();
+  c->add_option("--output-format", a->format, "gguf or dat (default: dat for a .dat name, else gguf)")
+      ->check(CLI::IsMember({"gguf", "dat"}));
+  c->add_option("--calib-tokens", a->calib_tokens, "calibration tokens")
+      ->check(CLI::Range(int64_t{16}, int64_t{1} << 30))
+      ->capture_default_str();
+  c->add_option("--calib-ctx", a->calib_ctx, "tokens a chunk (sequence)")
+      ->check(CLI::Range(int64_t{2}, int64_t{1} << 20))
+      ->capture_default_str();
+  c->add_flag("--process-output", a->process_output, "also collect the LM head's inputs (llama-imatrix's flag)");
+  c->add_option("--threads", a->threads, "threads")->check(CLI::Range(1, 1024));
+  c->add_flag("--json", ctx.json, "print a JSON summary");
+  c->callback([&ctx, a] { ctx.exit_code = run_imatrix(*a, ctx.json); });
+}
 
 void add_quantize_command(CLI::App& app, Context& ctx) {
   auto a = std::make_shared<QuantizeArgs>();
@@ -178,7 +306,12 @@ void add_quantize_command(CLI::App& app, Context& ctx) {
   q->add_option("--model", a->model, "model directory (config.json + model.safetensors)")->required();
   q->add_option("--type", a->type, std::string("quantization: ") + kTypes)->required();
   q->add_option("--out", a->out, "output model directory")->required();
-  q->add_option("--calib", a->calib, "calibration data for gptq-q4 / awq-q4: text, .jsonl or token-shard dir");
+  q->add_option("--calib", a->calib,
+                "calibration data (text, .jsonl or token-shard dir): gptq-q4 / awq-q4 need it; with q4_0 and the "
+                "k-quants it makes an importance matrix (as --imatrix)");
+  q->add_option("--imatrix", a->imatrix,
+                "importance matrix for q4_0 and the k-quants: llama.cpp's GGUF or .dat file (llama-imatrix, "
+                "`lmforge imatrix`)");
   q->add_option("--calib-tokens", a->calib_tokens, "calibration tokens")
       ->check(CLI::Range(int64_t{16}, int64_t{1} << 30))
       ->capture_default_str();

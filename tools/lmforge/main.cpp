@@ -27,6 +27,7 @@ int run(int argc, char** argv) {
   add_export_commands(app, ctx);
   add_eval_command(app, ctx);
   add_quantize_command(app, ctx);
+  add_imatrix_command(app, ctx);
   add_prune_command(app, ctx);
   add_generate_command(app, ctx);
   add_placeholder_commands(app, ctx);

@@ -27,6 +27,9 @@ struct GgufExportOptions {
   // tokenizer.ggml.pre; empty: chosen by matching tokenizer.json's pre-tokenizer (an unknown one is an error).
   std::string pre;
   std::string name;  // general.name; empty: the model directory's name
+  // llama.cpp importance matrix (GGUF or .dat, quant/imatrix.h) for the tensors converted to q4_0 or a k-quant: each
+  // rounded as llama-quantize --imatrix rounds it (entries by GGUF tensor name; a tensor without one as usual).
+  std::string imatrix;
   // Called as the file is written, after each tensor (written, total): tensors are converted when their bytes are
   // due, one at a time, so the export holds the source (mapped) and one converted tensor, not the converted model.
   std::function<void(int64_t, int64_t)> progress;
@@ -39,7 +42,8 @@ struct GgufExportSummary {
   int64_t quantized = 0;  // tensors stored in the requested type (the rest f32)
   // From a quantized model dir: q8_0 / q4_0 matrices whose blocks went into the file as they are (among `quantized`).
   int64_t blocks_copied = 0;
-  uint64_t bytes = 0;  // file size
+  int64_t imatrix_used = 0;  // tensors rounded with an importance matrix entry
+  uint64_t bytes = 0;        // file size
 };
 
 // Throws lmforge::Error naming the file and field for anything it cannot export faithfully.

@@ -64,15 +64,20 @@ model::CausalLM load_causal_lm_any(const std::string& dir);
 void save_quantized_model(const std::string& dir, const QuantizedWeights& q, const std::string& src_dir);
 
 // Round-to-nearest: every linear weight of `m` in q.format (lm_head in q.lm_head_format).
-QuantizedWeights quantize_rtn(const model::CausalLM& m, QuantConfig q);
+QuantizedWeights quantize_rtn(const model::CausalLM& m, QuantConfig q,
+                              const std::map<std::string, std::vector<float>>* importance = nullptr);
 // One tensor of quantize_rtn into q (q.quant the configuration): a quantizable weight into q.linear in its format
 // (f32, and named in q.quant.not_quantized, where its input size is not a multiple of the format's block), any other
 // tensor into q.dense as it is. quantize_rtn is this for every tensor in state() order.
-void add_rtn(QuantizedWeights& q, const std::string& name, const Tensor& t);
+// `importance`: per-input-column importance by name (imatrix.h); where it holds `name` and the format uses one (q4_0,
+// the k-quants) the rounding minimises the importance-weighted error, as llama-quantize --imatrix.
+void add_rtn(QuantizedWeights& q, const std::string& name, const Tensor& t,
+             const std::map<std::string, std::vector<float>>* importance = nullptr);
 // The same, read tensor by tensor from a plain model dir (f32/bf16/f16, sharded too) with no f32 model in memory:
 // the peak is the quantized result plus one tensor. Checks the tensors against the config as CausalLM::load does.
 // `bytes_in` receives the weights' size as stored.
-QuantizedWeights quantize_rtn_dir(const std::string& dir, QuantConfig q, size_t* bytes_in = nullptr);
+QuantizedWeights quantize_rtn_dir(const std::string& dir, QuantConfig q, size_t* bytes_in = nullptr,
+                                  const std::map<std::string, std::vector<float>>* importance = nullptr);
 
 // llama.cpp's Q4_K_M / Q5_K_M mixes (llama-quantize's llama_tensor_get_type for LLAMA_FTYPE_MOSTLY_Q4_K_M /
 // Q5_K_M): `base` (q4_K or q5_K) everywhere, q6_K for the LM head and for v_proj and down_proj (experts' included)

@@ -29,6 +29,7 @@ void add_train_command(CLI::App& app, Context& ctx);          // train
 void add_bench_train_command(CLI::App* bench, Context& ctx);  // bench train
 void add_bench_quant_command(CLI::App* bench, Context& ctx);  // bench quant
 void add_quantize_command(CLI::App& app, Context& ctx);       // quantize
+void add_imatrix_command(CLI::App& app, Context& ctx);        // imatrix
 void add_prune_command(CLI::App& app, Context& ctx);          // prune
 void add_export_commands(CLI::App& app, Context& ctx);        // export gguf, import gguf
 
