@@ -226,7 +226,7 @@ fs.writeFileSync(file, buf);
       continue
     fi
     # llama.cpp file type: the ggml block type that must then be in the file.
-    types=(Q4_K_M:q4_K Q5_K_S:q5_K Q5_K_M:q5_K Q6_K:q6_K Q3_K_M:q3_K Q2_K:q2_K Q4_1:q4_1 Q5_0:q5_0 Q5_1:q5_1 IQ4_NL:iq4_nl
+    types=(Q4_K_M:q4_K Q4_K_S:q4_K Q5_K_S:q5_K Q5_K_M:q5_K Q6_K:q6_K Q3_K_M:q3_K Q2_K:q2_K Q4_1:q4_1 Q5_0:q5_0 Q5_1:q5_1 IQ4_NL:iq4_nl
            IQ4_XS:iq4_xs Q8_0:q8_0 Q4_0:q4_0)
     [[ $arch == deepseek2* ]] && types=(Q4_K_M:q4_K Q6_K:q6_K IQ4_XS:iq4_xs Q5_1:q5_1 Q4_0:q4_0)
     "$LMF" export gguf --model "m_$arch" --out "m_${arch}_f32.gguf" --type f32 2> /dev/null
@@ -267,7 +267,7 @@ fs.writeFileSync(file, buf);
     # lmforge's own k-quant files (export --type q4_K_M / q6_K from f32): llama.cpp reads them and computes what
     # lmforge computes from them; for llama their tensors are llama-quantize's own, byte for byte (the same
     # quantizers and the same Q4_K_M mix), so the two imports are the same model.safetensors.
-    for type in q4_K_M q5_K_M q6_K; do
+    for type in q4_K_M q4_K_S q5_K_M q5_K_S q6_K; do
       up=${type^^}
       "$LMF" export gguf --model "m_$arch" --out "m_${arch}_own_$type.gguf" --type "$type" 2> /dev/null
       "$LMF" import gguf --in "m_${arch}_own_$type.gguf" --out "imp_${arch}_own_$type" 2> /dev/null

@@ -30,9 +30,10 @@ namespace {
 
 // What --type asks for: one dtype for the weight matrices, a k-quant mix, or each tensor as the dir stores it.
 struct ExportType {
-  std::string name;         // f32 f16 q8_0 q4_0 q4_K q5_K q6_K q4_K_M q5_K_M keep
+  std::string name;         // f32 f16 q8_0 q4_0 q4_K q5_K q6_K q4_K_S q4_K_M q5_K_S q5_K_M keep
   DType base = DType::F32;  // the matrices' dtype (keep: unused)
-  bool mix = false;         // q4_K_M / q5_K_M: q6_K for attn_v / ffn_down in use_more_bits layers
+  bool mix = false;         // one of llama-quantize's mixes (quant::k_mix_format per tensor)
+  quant::KMix k_mix;
   bool keep = false;
 };
 
@@ -41,20 +42,22 @@ ExportType parse_export_type(const std::string& t) {
   e.name = t;
   if (t == "f32" || t == "f16" || t == "q8_0" || t == "q4_0" || t == "q4_K" || t == "q5_K" || t == "q6_K") {
     e.base = parse_dtype(t);
-  } else if (t == "q4_K_M" || t == "q5_K_M") {
-    e.base = t == "q4_K_M" ? DType::Q4_K : DType::Q5_K;
+  } else if (t == "q4_K_S" || t == "q4_K_M" || t == "q5_K_S" || t == "q5_K_M") {
+    quant::parse_k_mix(t, &e.k_mix);
+    e.base = e.k_mix.base == WeightFormat::Q4_K ? DType::Q4_K : DType::Q5_K;
     e.mix = true;
   } else if (t == "keep") {
     e.keep = true;
   } else {
-    throw Error("--type " + t + ": not one of f32, f16, q8_0, q4_0, q4_K, q5_K, q6_K, q4_K_M, q5_K_M, keep");
+    throw Error("--type " + t +
+                ": not one of f32, f16, q8_0, q4_0, q4_K, q5_K, q6_K, q4_K_S, q4_K_M, q5_K_S, q5_K_M, keep");
   }
   return e;
 }
 
 // llama_ftype values for general.file_type (llama.h): F32 0, F16 1, Q4_0 2, Q8_0 7, Q4_K_S 14, Q4_K_M 15, Q5_K_S 16,
 // Q5_K_M 17, Q6_K 18.
-uint32_t file_type(DType t, bool mix) {
+uint32_t file_type(DType t, bool medium) {
   switch (t) {
     case DType::F16:
       return 1;
@@ -63,9 +66,9 @@ uint32_t file_type(DType t, bool mix) {
     case DType::Q8_0:
       return 7;
     case DType::Q4_K:
-      return mix ? 15 : 14;
+      return medium ? 15 : 14;
     case DType::Q5_K:
-      return mix ? 17 : 16;
+      return medium ? 17 : 16;
     case DType::Q6_K:
       return 18;
     default:
@@ -122,6 +125,7 @@ class Emitter {
       : w_(w),
         type_(std::move(type)),
         layers_(c.num_hidden_layers),
+        experts_(c.n_routed_experts),
         tied_(c.tie_word_embeddings),
         imatrix_(imatrix),
         imatrix_path_(std::move(imatrix_path)) {}
@@ -179,7 +183,8 @@ class Emitter {
     if (!matrix || shape.size() < 2) return DType::F32;
     DType want = type_.keep ? keep : type_.base;
     const bool head = name == "output.weight" || (tied_ && name == "token_embd.weight");
-    if (!type_.keep && is_k(want) && (head || (type_.mix && more_bits(name)))) want = DType::Q6_K;
+    if (!type_.keep && is_k(want) && head) want = DType::Q6_K;
+    if (type_.mix && !head) want = mix_dtype(name);
     if (is_quantized(src) && (src == want || (head && src == DType::Q8_0 && want == DType::Q4_0))) {
       ++quantized_;
       ++copied_;
@@ -190,12 +195,21 @@ class Emitter {
     if (want != DType::F32) ++quantized_;
     return want;
   }
-  // llama-quantize's use_more_bits for blk.N.attn_v.weight and blk.N.ffn_down*.
-  bool more_bits(const std::string& name) const {
-    if (name.rfind("blk.", 0) != 0) return false;
-    const bool v = name.find(".attn_v.weight") != std::string::npos;
-    if (!v && name.find(".ffn_down") == std::string::npos) return false;
-    return quant::use_more_bits(std::stoll(name.substr(4)), layers_);
+  // llama-quantize's choice for blk.N.* under the mix (quant::k_mix_format): attn_v, attn_k, attn_output and the
+  // ffn_down tensors (ffn_down_exps and ffn_down_shexp too) by their layer.
+  DType mix_dtype(const std::string& name) const {
+    if (name.rfind("blk.", 0) != 0) return type_.base;
+    const auto has = [&](const char* part) { return name.find(part) != std::string::npos; };
+    const quant::KRole role = has(".attn_v.weight")        ? quant::KRole::AttnV
+                              : has(".attn_k.weight")      ? quant::KRole::AttnK
+                              : has(".attn_output.weight") ? quant::KRole::AttnOutput
+                              : has(".ffn_down")           ? quant::KRole::FfnDown
+                                                           : quant::KRole::Other;
+    const WeightFormat f = quant::k_mix_format(type_.k_mix, role, std::stoll(name.substr(4)), layers_, experts_);
+    return f == WeightFormat::Q8_0   ? DType::Q8_0
+           : f == WeightFormat::Q5_K ? DType::Q5_K
+           : f == WeightFormat::Q6_K ? DType::Q6_K
+                                     : type_.base;
   }
   // The importance vectors for tensor `name` of `shape` going to dt: llama-quantize's lookup (an imatrix entry of the
   // GGUF name with one vector per matrix of the tensor, [n, cols] for a 3-D [n, rows, cols]; a size that does not fit
@@ -241,6 +255,7 @@ class Emitter {
   io::GgufWriter& w_;
   ExportType type_;
   int64_t layers_;
+  int64_t experts_;
   bool tied_;
   const quant::Imatrix* imatrix_;
   std::string imatrix_path_;
@@ -543,9 +558,10 @@ GgufExportSummary export_gguf(const std::string& model_dir, const std::string& o
   if (name.empty()) name = fs::absolute(fs::path(model_dir)).lexically_normal().filename().string();
   if (name.empty()) name = fs::absolute(fs::path(model_dir)).lexically_normal().parent_path().filename().string();
   w.set("general.name", GgufValue::string(name));
-  // --type keep: the file type of the dir's main format (a q4_K dir with per-tensor q6_K is a Q4_K_M).
+  // --type keep: the file type of the dir's main format (a q4_K dir with per-tensor q6_K is a Q4_K_M unless its
+  // details name the mix _S).
   DType main = type.base;
-  bool mix = type.mix;
+  bool medium = type.mix && type.k_mix.medium;
   if (type.keep) {
     main = DType::F32;
     if (quant::is_quantized_dir(model_dir)) {  // its quantization_config only (the weights load once, below)
@@ -553,10 +569,11 @@ GgufExportSummary export_gguf(const std::string& model_dir, const std::string& o
       const nlohmann::json raw = nlohmann::json::parse(in, nullptr, false);
       const quant::QuantConfig q = quant::QuantConfig::from_json(raw.at("quantization_config"), config_path);
       main = gguf_dtype(q.format);
-      mix = !q.tensor_formats.empty();
+      const std::string named = q.extra.value("mix", std::string());
+      medium = named.empty() ? !q.tensor_formats.empty() : named.back() == 'M';
     }
   }
-  w.set("general.file_type", GgufValue::u32(file_type(main, mix)));
+  w.set("general.file_type", GgufValue::u32(file_type(main, medium)));
   if (is_quantized(main)) w.set("general.quantization_version", GgufValue::u32(2));
 
   quant::Imatrix imatrix;

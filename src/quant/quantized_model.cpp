@@ -2,6 +2,7 @@
 #include "lmforge/quant/quantized_model.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -147,16 +148,65 @@ bool use_more_bits(int64_t layer, int64_t n_layers) {
   return layer < n_layers / 8 || layer >= 7 * n_layers / 8 || (layer - n_layers / 8) % 3 == 2;
 }
 
-void apply_k_mix(QuantConfig& q, const model::ModelConfig& c, WeightFormat base) {
-  LMF_CHECK(base == WeightFormat::Q4_K || base == WeightFormat::Q5_K, "apply_k_mix: base format must be q4_K or q5_K");
-  q.format = base;
+bool parse_k_mix(const std::string& name, KMix* mix) {
+  std::string t = name;
+  for (char& ch : t) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  if (t.size() != 6 || t[0] != 'q' || (t[1] != '4' && t[1] != '5') || t.compare(2, 3, "_k_") != 0 ||
+      (t[5] != 's' && t[5] != 'm'))
+    return false;
+  mix->base = t[1] == '4' ? WeightFormat::Q4_K : WeightFormat::Q5_K;
+  mix->medium = t[5] == 'm';
+  return true;
+}
+
+std::string k_mix_name(const KMix& mix) {
+  return std::string(mix.base == WeightFormat::Q4_K ? "q4_K_" : "q5_K_") + (mix.medium ? "M" : "S");
+}
+
+WeightFormat k_mix_format(const KMix& mix, KRole role, int64_t layer, int64_t n_layers, int64_t n_experts) {
+  const bool q4 = mix.base == WeightFormat::Q4_K;
+  WeightFormat f = mix.base;
+  switch (role) {
+    case KRole::AttnV:  // layer: the attn_v tensor's index, one a layer
+      if (mix.medium && use_more_bits(layer, n_layers))
+        f = WeightFormat::Q6_K;
+      else if (q4 && !mix.medium && layer < 4)
+        f = WeightFormat::Q5_K;
+      if (n_experts == 8) f = WeightFormat::Q8_0;
+      break;
+    case KRole::AttnK:
+      if (n_experts == 8) f = WeightFormat::Q8_0;
+      break;
+    case KRole::AttnOutput:
+      if (n_experts == 8 && q4) f = WeightFormat::Q5_K;
+      break;
+    case KRole::FfnDown:
+      if (mix.medium && use_more_bits(layer, n_layers))
+        f = WeightFormat::Q6_K;
+      else if (q4 && !mix.medium && layer < n_layers / 8)
+        f = WeightFormat::Q5_K;
+      break;
+    case KRole::Other:
+      break;
+  }
+  return f;
+}
+
+void apply_k_mix(QuantConfig& q, const model::ModelConfig& c, const KMix& mix) {
+  LMF_CHECK(mix.base == WeightFormat::Q4_K || mix.base == WeightFormat::Q5_K,
+            "apply_k_mix: base format must be q4_K or q5_K");
+  q.format = mix.base;
   q.lm_head_format = WeightFormat::Q6_K;
   for (const auto& [name, shape] : model::CausalLM::tensor_shapes(c)) {
     if (!is_linear_weight(name) || name.rfind("model.layers.", 0) != 0) continue;
     const int64_t layer = std::stoll(name.substr(13));
-    if (use_more_bits(layer, c.num_hidden_layers) &&
-        (ends_with(name, ".v_proj.weight") || ends_with(name, ".down_proj.weight")))
-      q.tensor_formats[name] = WeightFormat::Q6_K;
+    const KRole role = ends_with(name, ".v_proj.weight")      ? KRole::AttnV
+                       : ends_with(name, ".k_proj.weight")    ? KRole::AttnK
+                       : ends_with(name, ".o_proj.weight")    ? KRole::AttnOutput
+                       : ends_with(name, ".down_proj.weight") ? KRole::FfnDown
+                                                              : KRole::Other;
+    const WeightFormat f = k_mix_format(mix, role, layer, c.num_hidden_layers, c.n_routed_experts);
+    if (f != mix.base) q.tensor_formats[name] = f;
   }
 }
 

@@ -567,10 +567,37 @@ TEST_F(GgufExport, KQuantsExportImportKeep) {
   // `quantize --type q4_K_M`'s dir (the same quantizers and mix), exported with keep: the same blocks again.
   quant::QuantConfig qc;
   const model::CausalLM m = model::CausalLM::load(dir);
-  quant::apply_k_mix(qc, m.config());
+  quant::apply_k_mix(qc, m.config(), quant::KMix{});
   quant::save_quantized_model(path("k_rtn"), quant::quantize_rtn(m, qc), dir);
   ex::export_gguf(path("k_rtn"), path("k_rtn.gguf"), opts("keep"));
   same_blocks(path("k_rtn.gguf"));
+  // Q4_K_S (file type 14): q5_K for the first four attn_v and layer 0's ffn_down (8 layers: the first eighth),
+  // q4_K elsewhere, output q6_K; the same dir made by `quantize` exported with keep is labelled Q4_K_S too.
+  ex::export_gguf(dir, path("k_q4ks.gguf"), opts("q4_K_S"));
+  const io::GgufFile ks = io::GgufFile::open(path("k_q4ks.gguf"));
+  EXPECT_EQ(ks.get_int("general.file_type"), 14);
+  for (const io::GgufTensorInfo& ti : ks.tensors()) {
+    const std::string& n = ti.name;
+    uint32_t want = ti.shape.size() == 1 ? 0 : 12;
+    const int64_t layer = n.rfind("blk.", 0) == 0 ? std::stoll(n.substr(4)) : -1;
+    if ((n.find("attn_v.") != std::string::npos && layer < 4) ||
+        (n.find("ffn_down.") != std::string::npos && layer == 0))
+      want = 13;  // q5_K
+    if (n == "output.weight") want = 14;
+    EXPECT_EQ(ti.type, want) << n;
+  }
+  quant::QuantConfig qs;
+  quant::apply_k_mix(qs, m.config(), quant::KMix{lmforge::WeightFormat::Q4_K, false});
+  qs.extra["mix"] = "q4_K_S";
+  quant::save_quantized_model(path("k_rtn_s"), quant::quantize_rtn(m, qs), dir);
+  ex::export_gguf(path("k_rtn_s"), path("k_rtn_s.gguf"), opts("keep"));
+  const io::GgufFile ks2 = io::GgufFile::open(path("k_rtn_s.gguf"));
+  EXPECT_EQ(ks2.get_int("general.file_type"), 14);
+  for (const io::GgufTensorInfo& ti : ks.tensors()) {
+    if (ti.name == "token_embd.weight") continue;
+    ASSERT_EQ(ks2.tensor(ti.name).type, ti.type) << ti.name;
+    EXPECT_EQ(std::memcmp(ks2.tensor_data(ti.name), ks.tensor_data(ti.name), ti.nbytes), 0) << ti.name;
+  }
   // llama.cpp's own Q4_K_M / Q5_K_M / Q2_K files (fixtures): keep copies every q4_K / q5_K / q6_K / q8_0 / q4_0 block
   // (7, 7 and 3 of 8 projections) and requantizes only what the engine has no kernel for (q5_0 / q5_1 over a
   // 96-wide input to q8_0; Q2_K's q2_K / q3_K to q6_K); exactly the copied tensors' values are the f32 import's.

@@ -59,7 +59,7 @@ TEST_F(QuantCli, QuantizeThenEvalPerplexity) {
   }
   // The k-quants: the LM head q6_K by default (llama.cpp's), q4_K_M's mix per tensor; inputs of 128 (all but
   // down_proj here) fall back to q8_0, recorded per tensor.
-  for (const std::string type : {"q4_K", "q6_K", "q4_K_M"}) {
+  for (const std::string type : {"q4_K", "q6_K", "q4_K_M", "Q4_K_S"}) {
     const CliRun q =
         sh(kBin + " quantize --model " + path("f32") + " --type " + type + " --out " + path(type) + " --json");
     ASSERT_EQ(q.code, 0) << q.out;
@@ -70,6 +70,12 @@ TEST_F(QuantCli, QuantizeThenEvalPerplexity) {
     EXPECT_FALSE(qc["tensor_formats"].contains("model.layers.0.mlp.down_proj.weight") && type != "q4_K_M");
     if (type == "q4_K_M") {  // 2 layers: use_more_bits picks layer 1 (the last eighth)
       EXPECT_EQ(qc["tensor_formats"]["model.layers.1.mlp.down_proj.weight"], "q6_K");
+      EXPECT_EQ(qc["details"]["mix"], "q4_K_M");
+    }
+    if (type == "Q4_K_S") {  // the first four v_proj at q5_K (inputs of 128 here: q8_0 wins); no down_proj override
+      EXPECT_EQ(qc["details"]["mix"], "q4_K_S");
+      EXPECT_EQ(qc["tensor_formats"]["model.layers.1.self_attn.v_proj.weight"], "q8_0");
+      EXPECT_FALSE(qc["tensor_formats"].contains("model.layers.1.mlp.down_proj.weight"));
     }
     const nlohmann::json r = ppl(path(type));
     EXPECT_EQ(r["tokens"], base["tokens"]);

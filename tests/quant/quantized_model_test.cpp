@@ -96,16 +96,18 @@ TEST_F(QuantDir, KQuantsAndTheQ4KMMix) {
   const Tensor x = ids(24, 300);
   const Tensor ref = m.forward(x).logits.value();
   double err_q4 = 0, err_q6 = 0;
-  for (const char* mode : {"q4_K", "q6_K", "q4_K_M", "q5_K_M"}) {
+  for (const char* mode : {"q4_K", "q6_K", "q4_K_M", "q5_K_M", "q4_K_S", "q5_K_S"}) {
     SCOPED_TRACE(mode);
     QuantConfig qc;
     const std::string name = mode;
-    const WeightFormat base = name == "q6_K"     ? WeightFormat::Q6_K
-                              : name == "q5_K_M" ? WeightFormat::Q5_K
-                                                 : WeightFormat::Q4_K;
+    KMix mix;
+    const bool is_mix = parse_k_mix(name, &mix);
+    const WeightFormat base = name == "q6_K"   ? WeightFormat::Q6_K
+                              : name[1] == '5' ? WeightFormat::Q5_K
+                                               : WeightFormat::Q4_K;
     qc.format = base;
     qc.lm_head_format = WeightFormat::Q6_K;
-    if (name.size() == 6) apply_k_mix(qc, m.config(), base);  // q4_K_M, q5_K_M
+    if (is_mix) apply_k_mix(qc, m.config(), mix);
     const QuantizedWeights q = quantize_rtn(m, qc);
     const std::string dir = path(name);
     save_quantized_model(dir, q, "");
@@ -116,12 +118,19 @@ TEST_F(QuantDir, KQuantsAndTheQ4KMMix) {
       ASSERT_EQ(b.format(), w.format()) << n;
       ASSERT_EQ(b.codes().nbytes(), w.codes().nbytes()) << n;
       EXPECT_EQ(std::memcmp(b.codes().raw_data(), w.codes().raw_data(), w.codes().nbytes()), 0) << n;
-      const bool six = n == "lm_head.weight" || qc.format == WeightFormat::Q6_K ||
-                       (name.size() == 6 &&
-                        (n.find(".v_proj.") != std::string::npos || n.find(".down_proj.") != std::string::npos) &&
-                        (n.find("layers.0.") != std::string::npos || n.find("layers.3.") != std::string::npos ||
-                         n.find("layers.6.") != std::string::npos || n.find("layers.7.") != std::string::npos));
-      EXPECT_EQ(b.format(), six ? WeightFormat::Q6_K : base) << n;
+      // llama-quantize's rules for 8 layers: _M: q6_K for v / down in layers 0, 3, 6, 7; Q4_K_S: q5_K for the first
+      // four v and the first eighth's (layer 0's) down; Q5_K_S: nothing.
+      const bool v = n.find(".v_proj.") != std::string::npos, down = n.find(".down_proj.") != std::string::npos;
+      const int64_t layer = n.rfind("model.layers.", 0) == 0 ? std::stoll(n.substr(13)) : -1;
+      WeightFormat want = base;
+      if (n == "lm_head.weight") {
+        want = WeightFormat::Q6_K;
+      } else if (is_mix && mix.medium && (v || down) && (layer == 0 || layer == 3 || layer == 6 || layer == 7)) {
+        want = WeightFormat::Q6_K;
+      } else if (name == "q4_K_S" && ((v && layer < 4) || (down && layer == 0))) {
+        want = WeightFormat::Q5_K;
+      }
+      EXPECT_EQ(b.format(), want) << n;
     }
     const double err = rel(load_causal_lm_any(dir).forward(x).logits.value(), ref);
     EXPECT_GT(err, 0.0);
@@ -142,6 +151,35 @@ TEST_F(QuantDir, KQuantsAndTheQ4KMMix) {
   save_quantized_model(path("fallback"), q, "");
   EXPECT_EQ(load_quantized_model(path("fallback")).linear.at("model.layers.1.self_attn.o_proj.weight").format(),
             WeightFormat::Q8_0);
+}
+
+// llama-quantize's per-tensor rules (llama_tensor_get_type), case by case: 32 layers, dense and with 8 experts.
+TEST(KMixRules, AsLlamaQuantizePicks) {
+  const KMix q4m{WeightFormat::Q4_K, true}, q4s{WeightFormat::Q4_K, false}, q5m{WeightFormat::Q5_K, true},
+      q5s{WeightFormat::Q5_K, false};
+  // use_more_bits(i, 32): i < 4, i >= 28, or (i - 4) % 3 == 2.
+  for (int64_t i : {0, 3, 6, 9, 28, 31}) EXPECT_TRUE(use_more_bits(i, 32)) << i;
+  for (int64_t i : {4, 5, 7, 8, 26}) EXPECT_FALSE(use_more_bits(i, 32)) << i;
+  EXPECT_EQ(k_mix_format(q4m, KRole::AttnV, 6, 32, 0), WeightFormat::Q6_K);
+  EXPECT_EQ(k_mix_format(q4m, KRole::AttnV, 7, 32, 0), WeightFormat::Q4_K);
+  EXPECT_EQ(k_mix_format(q5m, KRole::FfnDown, 31, 32, 0), WeightFormat::Q6_K);
+  EXPECT_EQ(k_mix_format(q4s, KRole::AttnV, 3, 32, 0), WeightFormat::Q5_K);
+  EXPECT_EQ(k_mix_format(q4s, KRole::AttnV, 4, 32, 0), WeightFormat::Q4_K);
+  EXPECT_EQ(k_mix_format(q4s, KRole::FfnDown, 3, 32, 0), WeightFormat::Q5_K);  // 32 / 8 = 4
+  EXPECT_EQ(k_mix_format(q4s, KRole::FfnDown, 4, 32, 0), WeightFormat::Q4_K);
+  EXPECT_EQ(k_mix_format(q5s, KRole::FfnDown, 0, 32, 0), WeightFormat::Q5_K);
+  EXPECT_EQ(k_mix_format(q4m, KRole::AttnOutput, 0, 32, 0), WeightFormat::Q4_K);
+  EXPECT_EQ(k_mix_format(q4m, KRole::AttnOutput, 5, 32, 8), WeightFormat::Q5_K);  // 8 experts
+  EXPECT_EQ(k_mix_format(q4s, KRole::AttnOutput, 5, 32, 8), WeightFormat::Q5_K);
+  EXPECT_EQ(k_mix_format(q5m, KRole::AttnOutput, 5, 32, 8), WeightFormat::Q5_K);
+  EXPECT_EQ(k_mix_format(q4m, KRole::AttnV, 0, 32, 8), WeightFormat::Q8_0);
+  EXPECT_EQ(k_mix_format(q5s, KRole::AttnK, 9, 32, 8), WeightFormat::Q8_0);
+  EXPECT_EQ(k_mix_format(q4m, KRole::AttnK, 9, 32, 16), WeightFormat::Q4_K);
+  KMix parsed;
+  EXPECT_TRUE(parse_k_mix("Q4_K_S", &parsed));
+  EXPECT_EQ(k_mix_name(parsed), "q4_K_S");
+  EXPECT_FALSE(parse_k_mix("q6_K_M", &parsed));
+  EXPECT_FALSE(parse_k_mix("q4_K", &parsed));
 }
 
 TEST_F(QuantDir, PlainDirLoadsAsF32Linears) {

@@ -123,10 +123,12 @@ void add_export_commands(CLI::App& app, Context& ctx) {
   g->add_option("--out", ea->out, "GGUF file to write (atomically)")->required();
   g->add_option("--type", ea->opt.type,
                 "weight matrix type: f32, f16, q8_0, q4_0, q4_K, q5_K, q6_K (the k-quants' output layer q6_K), "
-                "q4_K_M, q5_K_M (llama.cpp's mixes), or keep (each tensor as the dir stores it; lmforge's g128 / int8 "
+                "q4_K_S, q4_K_M, q5_K_S, q5_K_M (llama.cpp's mixes), or keep (each tensor as the dir stores it; "
+                "lmforge's g128 / int8 "
                 "formats as "
                 "q8_0); norms, biases and the MoE router stay f32")
-      ->check(CLI::IsMember({"f32", "f16", "q8_0", "q4_0", "q4_K", "q5_K", "q6_K", "q4_K_M", "q5_K_M", "keep"}))
+      ->check(CLI::IsMember(
+          {"f32", "f16", "q8_0", "q4_0", "q4_K", "q5_K", "q6_K", "q4_K_S", "q4_K_M", "q5_K_S", "q5_K_M", "keep"}))
       ->capture_default_str();
   g->add_option("--pre", ea->opt.pre,
                 "tokenizer.ggml.pre (default: matched from tokenizer.json: deepseek-v3, llama-bpe, qwen2, gpt-2)");

@@ -27,17 +27,17 @@ struct QuantizeArgs {
 };
 
 constexpr const char* kTypes =
-    "f16, bf16, q8_0, q4_0, q4_g128, q4_g128_asym, int8, q4_K, q5_K, q6_K, q4_K_M, q5_K_M, gptq-q4, awq-q4";
+    "f16, bf16, q8_0, q4_0, q4_g128, q4_g128_asym, int8, q4_K, q5_K, q6_K, q4_K_S, q4_K_M, q5_K_S, q5_K_M, gptq-q4, "
+    "awq-q4";
 
 int run_quantize(const QuantizeArgs& a, bool json) {
   const bool gptq = a.type == "gptq-q4", awq = a.type == "awq-q4";
-  // llama.cpp's mixes: q4_K_M / q5_K_M (any case).
-  std::string lower = a.type;
-  for (char& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-  const bool k_mix = lower == "q4_k_m" || lower == "q5_k_m";
+  // llama.cpp's mixes: q4_K_S / q4_K_M / q5_K_S / q5_K_M (any case).
+  quant::KMix mix;
+  const bool k_mix = quant::parse_k_mix(a.type, &mix);
   quant::QuantConfig qc;
   if (k_mix) {
-    qc.format = lower == "q4_k_m" ? WeightFormat::Q4_K : WeightFormat::Q5_K;
+    qc.format = mix.base;
   } else if (gptq || awq) {
     qc.format = a.asym ? WeightFormat::Q4_G128_ASYM : WeightFormat::Q4_G128;
     qc.method = gptq ? "gptq" : "awq";
@@ -96,8 +96,8 @@ int run_quantize(const QuantizeArgs& a, bool json) {
     return kUsageError;
   }
   if (k_mix) {  // the mix depends on the layer count
-    quant::apply_k_mix(qc, model::load_model_config((fs::path(a.model) / "config.json").string()), qc.format);
-    qc.extra["mix"] = qc.format == WeightFormat::Q4_K ? "q4_K_M" : "q5_K_M";
+    quant::apply_k_mix(qc, model::load_model_config((fs::path(a.model) / "config.json").string()), mix);
+    qc.extra["mix"] = quant::k_mix_name(mix);
     if (!a.lm_head.empty()) qc.lm_head_format = parse_weight_format(a.lm_head);
   }
   // Importance-weighted rounding (llama-quantize --imatrix) for q4_0 and the k-quants: from an imatrix file, or one

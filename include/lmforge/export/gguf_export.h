@@ -19,10 +19,10 @@ namespace lmforge::exporter {
 
 struct GgufExportOptions {
   // Tensor type of the weight matrices: "f32", "f16", "q8_0", "q4_0", "q4_K", "q5_K", "q6_K" (with the k-quants the
-  // output layer is q6_K, and inputs 256 does not divide take q8_0), "q4_K_M" / "q5_K_M" (llama-quantize's mixes) or
-  // "keep" (each tensor
-  // as a quantized dir stores it; its g128 / int8 formats as q8_0). Norms, biases, the MoE router and matrices whose
-  // rows are not a multiple of 32 values stay f32 (as llama.cpp's converter keeps them).
+  // output layer is q6_K, and inputs 256 does not divide take q8_0), "q4_K_S" / "q4_K_M" / "q5_K_S" / "q5_K_M"
+  // (llama-quantize's mixes) or "keep" (each tensor as a quantized dir stores it; its g128 / int8 formats as q8_0).
+  // Norms, biases, the MoE router and matrices whose rows are not a multiple of 32 values stay f32 (as llama.cpp's
+  // converter keeps them).
   std::string type = "f32";
   // tokenizer.ggml.pre; empty: chosen by matching tokenizer.json's pre-tokenizer (an unknown one is an error).
   std::string pre;

@@ -79,11 +79,27 @@ void add_rtn(QuantizedWeights& q, const std::string& name, const Tensor& t,
 QuantizedWeights quantize_rtn_dir(const std::string& dir, QuantConfig q, size_t* bytes_in = nullptr,
                                   const std::map<std::string, std::vector<float>>* importance = nullptr);
 
-// llama.cpp's Q4_K_M / Q5_K_M mixes (llama-quantize's llama_tensor_get_type for LLAMA_FTYPE_MOSTLY_Q4_K_M /
-// Q5_K_M): `base` (q4_K or q5_K) everywhere, q6_K for the LM head and for v_proj and down_proj (experts' included)
-// in the layers use_more_bits picks (the first and last eighth of the layers and every third one between). Sets q's
-// format, lm_head_format and tensor_formats for config c.
-void apply_k_mix(QuantConfig& q, const model::ModelConfig& c, WeightFormat base = WeightFormat::Q4_K);
+// llama.cpp's k-quant file types as llama-quantize makes them: Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M.
+struct KMix {
+  WeightFormat base = WeightFormat::Q4_K;  // q4_K or q5_K
+  bool medium = true;                      // _M (else _S)
+};
+// "q4_K_S" / "q4_K_M" / "q5_K_S" / "q5_K_M", any case; false for anything else.
+bool parse_k_mix(const std::string& name, KMix* mix);
+std::string k_mix_name(const KMix& mix);  // "q4_K_M" ...
+
+// The tensors llama-quantize's per-tensor rules (llama_tensor_get_type) single out.
+enum class KRole { Other, AttnV, AttnK, AttnOutput, FfnDown };
+// The format llama-quantize gives a tensor of `role` in decoder layer `layer` of n_layers under `mix`, for a model
+// with n_experts routed experts (0: dense), before the fallback for inputs 256 does not divide: _M: q6_K for attn_v
+// and ffn_down (experts' and shared experts' too) in the layers use_more_bits picks; Q4_K_S: q5_K for the first four
+// attn_v and the first eighth of the layers' ffn_down; with exactly 8 experts (Mixtral's rule, which DeepSeek-style
+// models with 8 experts get as well) attn_v and attn_k at q8_0 and, for the Q4_K types, attn_output at q5_K; else
+// mix.base. (The LM head's q6_K is the caller's.)
+WeightFormat k_mix_format(const KMix& mix, KRole role, int64_t layer, int64_t n_layers, int64_t n_experts);
+
+// Sets q's format, lm_head_format (q6_K) and tensor_formats to `mix` for config c (k_mix_format for every linear).
+void apply_k_mix(QuantConfig& q, const model::ModelConfig& c, const KMix& mix);
 // llama-quantize's use_more_bits: the layers of n whose v / down projections the M mixes keep at 6 bits.
 bool use_more_bits(int64_t layer, int64_t n_layers);
 
