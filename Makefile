@@ -76,3 +76,6 @@ fuzz:
 	cmake --build build-fuzz -j $(JOBS) --target fuzz_gguf
 	mkdir -p build-fuzz/corpus/gguf && cp fuzz/seeds/gguf/*.gguf tests/export/fixtures/llamacpp/*.gguf build-fuzz/corpus/gguf/
 	build-fuzz/bin/fuzz_gguf -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 build-fuzz/corpus/gguf
+	cmake --build build-fuzz -j $(JOBS) --target fuzz_imatrix
+	mkdir -p build-fuzz/corpus/imatrix && cp fuzz/seeds/imatrix/* build-fuzz/corpus/imatrix/
+	build-fuzz/bin/fuzz_imatrix -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 build-fuzz/corpus/imatrix

@@ -86,8 +86,8 @@ Imatrix read_legacy(std::string bytes, const std::string& path) {
   return m;
 }
 
-Imatrix read_gguf(const std::string& path) {
-  const io::GgufFile f = io::GgufFile::open(path);
+Imatrix read_gguf(const io::GgufFile& f) {
+  const std::string& path = f.path();
   if (const io::GgufValue* t = f.find("general.type"))
     LMF_CHECK(t->type == io::GgufType::STRING && t->s == "imatrix", path,
               ": general.type is not \"imatrix\" (a model file, not an importance matrix?)");
@@ -158,11 +158,16 @@ Imatrix read_imatrix(const std::string& path) {
   LMF_CHECK(in.good(), path, ": cannot open the imatrix file");
   char magic[4] = {};
   in.read(magic, 4);
-  if (in.gcount() == 4 && std::memcmp(magic, "GGUF", 4) == 0) return read_gguf(path);
+  if (in.gcount() == 4 && std::memcmp(magic, "GGUF", 4) == 0) return read_gguf(io::GgufFile::open(path));
   in.clear();
   in.seekg(0);
   std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   return read_legacy(std::move(bytes), path);
+}
+
+Imatrix parse_imatrix(std::string_view bytes, const std::string& label) {
+  if (bytes.size() >= 4 && bytes.substr(0, 4) == "GGUF") return read_gguf(io::GgufFile::from_bytes(bytes, label));
+  return read_legacy(std::string(bytes), label);
 }
 
 void write_imatrix(const Imatrix& m, const std::string& path, bool legacy) {

@@ -7,6 +7,7 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "lmforge/core/tensor.h"
@@ -38,6 +39,8 @@ struct Imatrix {
 // imatrix.datasets / chunk_count / chunk_size) or a legacy .dat file, told apart by the GGUF magic. Bad files are an
 // lmforge::Error naming the file and the entry or field at fault.
 Imatrix read_imatrix(const std::string& path);
+// The same from bytes in memory; `label` stands in for the path in messages (fuzzing, tests).
+Imatrix parse_imatrix(std::string_view bytes, const std::string& label = "<memory>");
 // Atomically; legacy: llama.cpp's .dat layout (what `llama-imatrix --output-format dat` writes), else GGUF.
 void write_imatrix(const Imatrix& m, const std::string& path, bool legacy = false);
 
