@@ -317,7 +317,7 @@ fs.writeFileSync(file, buf);
       fi
       [[ $arch == deepseek2* ]] && continue
       "$QUANTIZE" "$REF/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64" "m_${arch}_f32.gguf" \
-        "m_${arch}_im_$up.gguf" "$up" "imatrix_$arch.dat" > "quantize_${arch}_im_$up.log" 2>&1 || {
+        "m_${arch}_im_$up.gguf" "$up" --imatrix "imatrix_$arch.dat" > "quantize_${arch}_im_$up.log" 2>&1 || {
         echo "FAIL: $arch $up: llama.cpp's quantizer with the imatrix (quantize_${arch}_im_$up.log)"
         fail=1
         continue
@@ -344,6 +344,31 @@ fs.writeFileSync(file, buf);
           echo "FAIL: $arch quantize --type q4_K_M --imatrix differs from export gguf --type q4_K_M --imatrix"
           fail=1
         fi
+      fi
+    done
+    # llama-quantize's type overrides under their own flag names: the same flags, the same tensors.
+    [[ $arch == deepseek2* ]] && continue
+    n=0
+    for set in "q4_K_M:--output-tensor-type q8_0 --token-embedding-type q6_K" \
+      "q4_K_M:--tensor-type attn_v=q8_0 --tensor-type ffn_(up|gate)=q5_K" "q5_K_M:--pure" \
+      "q6_K:--leave-output-tensor" "q4_0:--output-tensor-type q4_0 --tensor-type attn_output=q8_0"; do
+      type=${set%%:*}
+      read -r -a flags <<< "${set#*:}"
+      n=$((n + 1))
+      "$LMF" export gguf --model "m_$arch" --out "m_${arch}_ov$n.gguf" --type "$type" "${flags[@]}" 2> /dev/null
+      "$QUANTIZE" "$REF/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64" "m_${arch}_f32.gguf" \
+        "m_${arch}_ov${n}_llama.gguf" "${type^^}" "${flags[@]}" > "quantize_${arch}_ov$n.log" 2>&1 || {
+        echo "FAIL: $arch $type ${flags[*]}: llama.cpp's quantizer (quantize_${arch}_ov$n.log)"
+        fail=1
+        continue
+      }
+      "$LMF" import gguf --in "m_${arch}_ov$n.gguf" --out "ov${n}_own" --dtype keep 2> /dev/null
+      "$LMF" import gguf --in "m_${arch}_ov${n}_llama.gguf" --out "ov${n}_their" --dtype keep 2> /dev/null
+      if cmp -s "ov${n}_own/model.safetensors" "ov${n}_their/model.safetensors"; then
+        echo "$arch $type ${flags[*]}: lmforge's tensors equal llama-quantize's byte for byte"
+      else
+        echo "FAIL: $arch $type ${flags[*]}: lmforge's tensors differ from llama-quantize's"
+        fail=1
       fi
     done
     continue

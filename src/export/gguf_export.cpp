@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <regex>
 #include <string>
 #include <vector>
 
@@ -35,7 +36,18 @@ struct ExportType {
   bool mix = false;         // one of llama-quantize's mixes (quant::k_mix_format per tensor)
   quant::KMix k_mix;
   bool keep = false;
+  // llama-quantize's overrides (GgufExportOptions).
+  DType output = DType::U8, token_embd = DType::U8;  // U8: not set
+  std::vector<std::pair<std::regex, DType>> patterns;
+  bool pure = false, leave_output = false;
 };
+
+// An override's type: the weight types GGUF export writes.
+DType override_dtype(const std::string& t, const std::string& flag) {
+  if (t == "f32" || t == "f16" || t == "q8_0" || t == "q4_0" || t == "q4_K" || t == "q5_K" || t == "q6_K")
+    return parse_dtype(t);
+  throw Error(flag + " " + t + ": not one of f32, f16, q8_0, q4_0, q4_K, q5_K, q6_K");
+}
 
 ExportType parse_export_type(const std::string& t) {
   ExportType e;
@@ -52,6 +64,29 @@ ExportType parse_export_type(const std::string& t) {
     throw Error("--type " + t +
                 ": not one of f32, f16, q8_0, q4_0, q4_K, q5_K, q6_K, q4_K_S, q4_K_M, q5_K_S, q5_K_M, keep");
   }
+  return e;
+}
+
+ExportType parse_export_type(const GgufExportOptions& o) {
+  ExportType e = parse_export_type(o.type);
+  const bool any =
+      !o.output_type.empty() || !o.token_embd_type.empty() || !o.tensor_types.empty() || o.pure || o.leave_output;
+  if (any && (e.keep || !is_quantized(e.base)))
+    throw Error(
+        "--output-tensor-type, --token-embedding-type, --tensor-type, --pure and --leave-output-tensor "
+        "apply to the quantized types (q8_0, q4_0, the k-quants and their mixes), not --type " +
+        o.type);
+  if (!o.output_type.empty()) e.output = override_dtype(o.output_type, "--output-tensor-type");
+  if (!o.token_embd_type.empty()) e.token_embd = override_dtype(o.token_embd_type, "--token-embedding-type");
+  for (const auto& [pattern, type] : o.tensor_types) {
+    try {
+      e.patterns.emplace_back(std::regex(pattern), override_dtype(type, "--tensor-type " + pattern + "="));
+    } catch (const std::regex_error& err) {
+      throw Error("--tensor-type " + pattern + "=" + type + ": not a regular expression (" + err.what() + ")");
+    }
+  }
+  e.pure = o.pure;
+  e.leave_output = o.leave_output;
   return e;
 }
 
@@ -183,8 +218,32 @@ class Emitter {
     if (!matrix || shape.size() < 2) return DType::F32;
     DType want = type_.keep ? keep : type_.base;
     const bool head = name == "output.weight" || (tied_ && name == "token_embd.weight");
-    if (!type_.keep && is_k(want) && head) want = DType::Q6_K;
-    if (type_.mix && !head) want = mix_dtype(name);
+    if (!type_.keep) {  // llama-quantize's order: the explicit types, the patterns, then the mix's rules
+      if (name == "output.weight" && type_.leave_output)
+        return src == DType::F16 || src == DType::BF16 ? src : DType::F32;
+      const DType explicit_type = name == "token_embd.weight" && type_.token_embd != DType::U8 ? type_.token_embd
+                                  : name == "output.weight" && type_.output != DType::U8       ? type_.output
+                                                                                               : DType::U8;
+      if (explicit_type != DType::U8) {
+        const int64_t block = is_k(explicit_type) ? 256 : is_quantized(explicit_type) ? 32 : 1;
+        LMF_CHECK(shape.back() % block == 0, "GGUF tensor ", name, ": ", dtype_name(explicit_type),
+                  " needs rows of a multiple of ", block, " values, its rows have ", shape.back());
+        if (explicit_type != DType::F32) ++quantized_;
+        if (src == explicit_type) ++copied_;
+        return explicit_type;
+      }
+      bool manual = false;
+      for (const auto& [re, t] : type_.patterns)
+        if (std::regex_search(name, re)) {
+          want = t;
+          manual = true;
+          break;
+        }
+      if (!manual && !type_.pure) {
+        if (is_k(want) && head) want = DType::Q6_K;
+        if (type_.mix && !head) want = mix_dtype(name);
+      }
+    }
     if (is_quantized(src) && (src == want || (head && src == DType::Q8_0 && want == DType::Q4_0))) {
       ++quantized_;
       ++copied_;
@@ -543,7 +602,7 @@ void export_deepseek2(io::GgufWriter& w, Emitter& e, Tensors& t, const model::Mo
 }  // namespace
 
 GgufExportSummary export_gguf(const std::string& model_dir, const std::string& out_path, const GgufExportOptions& opt) {
-  const ExportType type = parse_export_type(opt.type);
+  const ExportType type = parse_export_type(opt);
   const std::string config_path = (fs::path(model_dir) / "config.json").string();
   const model::ModelConfig cfg = model::load_model_config(config_path);
   // The tokenizer first, into its own writer: a missing or unexportable tokenizer.json fails before any tensor is

@@ -506,6 +506,73 @@ TEST_F(GgufExport, QuantizedImportKeepsTheFilesBlocks) {
   EXPECT_THROW(ex::import_gguf(fx, path("bad"), DType::I32), Error);
 }
 
+// llama-quantize's type overrides: explicit output / token_embd types, --tensor-type patterns (first match wins, the
+// mix's rules skipped for it), --pure (no mix, output not raised), --leave-output-tensor; bad values named.
+TEST_F(GgufExport, LlamaQuantizeTypeOverrides) {
+  json cfg = kLlama;
+  cfg["hidden_size"] = 256;
+  cfg["intermediate_size"] = 512;
+  cfg["num_hidden_layers"] = 8;
+  const std::string dir = make_model("ov", cfg);
+  const auto types = [&](const ex::GgufExportOptions& o) {
+    ex::export_gguf(dir, path("ov.gguf"), o);
+    std::map<std::string, uint32_t> t;
+    const io::GgufFile f = io::GgufFile::open(path("ov.gguf"));
+    for (const io::GgufTensorInfo& ti : f.tensors()) t[ti.name] = ti.type;
+    return t;
+  };
+  ex::GgufExportOptions o = opts("q4_K_M");
+  o.output_type = "q8_0";
+  o.token_embd_type = "q6_K";
+  o.tensor_types = {{"attn_v", "q8_0"}, {"ffn_(up|gate)", "q5_K"}, {"ffn_up", "f16"}};
+  std::map<std::string, uint32_t> t = types(o);
+  EXPECT_EQ(t["output.weight"], 8u);
+  EXPECT_EQ(t["token_embd.weight"], 14u);
+  for (int l = 0; l < 8; ++l) {
+    const std::string b = "blk." + std::to_string(l) + ".";
+    EXPECT_EQ(t[b + "attn_v.weight"], 8u) << l;   // the pattern, not the mix's q6_K
+    EXPECT_EQ(t[b + "ffn_up.weight"], 13u) << l;  // the first matching pattern
+    EXPECT_EQ(t[b + "ffn_gate.weight"], 13u) << l;
+    EXPECT_EQ(t[b + "ffn_down.weight"], (l == 0 || l == 3 || l == 6 || l == 7) ? 14u : 12u) << l;  // the mix
+    EXPECT_EQ(t[b + "attn_norm.weight"], 0u) << l;
+  }
+  o = opts("q5_K_M");
+  o.pure = true;
+  for (const auto& [name, type] : types(o)) EXPECT_EQ(type, name.find("norm") != std::string::npos ? 0u : 13u) << name;
+  o = opts("q6_K");
+  o.leave_output = true;
+  t = types(o);
+  EXPECT_EQ(t["output.weight"], 0u);
+  EXPECT_EQ(t["blk.0.attn_q.weight"], 14u);
+  const auto fails = [&](ex::GgufExportOptions bad, const std::string& needle) {
+    try {
+      ex::export_gguf(dir, path("bad.gguf"), bad);
+      ADD_FAILURE() << "exported";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+    EXPECT_FALSE(fs::exists(path("bad.gguf")));
+  };
+  o = opts("f16");
+  o.pure = true;
+  fails(o, "--pure");
+  o = opts("q4_K_M");
+  o.output_type = "q3_K";
+  fails(o, "--output-tensor-type q3_K");
+  o = opts("q4_K_M");
+  o.tensor_types = {{"(attn", "q8_0"}};
+  fails(o, "(attn");
+  const std::string small = make_model("ov_small", kLlama);  // hidden 64: no q4_K rows
+  o = opts("q8_0");
+  o.token_embd_type = "q4_K";
+  try {
+    ex::export_gguf(small, path("bad.gguf"), o);
+    ADD_FAILURE() << "q4_K rows of 64 values were written";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("token_embd.weight"), std::string::npos) << e.what();
+  }
+}
+
 // The k-quants: export --type q4_K_M gives llama-quantize's mix (q6_K for output.weight and for attn_v / ffn_down
 // in the layers use_more_bits picks: 0, 3, 6, 7 of 8; q4_K elsewhere, token_embd included) with the engine's
 // quantizers; `import --dtype keep` keeps every block of it, and that dir exported with --type keep gives the same

@@ -18,6 +18,7 @@ namespace {
 struct ExportArgs {
   std::string model, out;
   exporter::GgufExportOptions opt;
+  std::vector<std::string> tensor_types;  // --tensor-type PATTERN=TYPE, split in the callback
 };
 
 struct ImportArgs {
@@ -136,8 +137,30 @@ void add_export_commands(CLI::App& app, Context& ctx) {
   g->add_option(
       "--imatrix", ea->opt.imatrix,
       "importance matrix (llama.cpp GGUF or .dat) for the q4_0 / k-quant tensors, as llama-quantize --imatrix");
+  // llama-quantize's type overrides, under its flag names.
+  g->add_option("--output-tensor-type", ea->opt.output_type, "output.weight's type (f32 f16 q8_0 q4_0 q4_K q5_K q6_K)");
+  g->add_option("--token-embedding-type", ea->opt.token_embd_type,
+                "token_embd.weight's type (as --output-tensor-type)");
+  g->add_option(
+      "--tensor-type", ea->tensor_types,
+      "PATTERN=TYPE (repeatable): weights whose GGUF name matches the regular expression take TYPE; the first "
+      "matching pattern wins and the mix's rules are skipped for it");
+  g->add_flag("--pure", ea->opt.pure,
+              "the base type for every weight matrix: no mix, output.weight not raised to q6_K");
+  g->add_flag("--leave-output-tensor", ea->opt.leave_output, "output.weight as the source stores it (not quantized)");
   g->add_flag("--json", ctx.json, "print a JSON summary on stdout");
-  g->callback([&ctx, ea] { ctx.exit_code = run_export(*ea, ctx.json); });
+  g->callback([&ctx, ea] {
+    for (const std::string& tt : ea->tensor_types) {
+      const size_t eq = tt.rfind('=');
+      if (eq == std::string::npos || eq == 0 || eq + 1 == tt.size()) {
+        std::fprintf(stderr, "lmforge export gguf: --tensor-type %s: expected PATTERN=TYPE\n", tt.c_str());
+        ctx.exit_code = kUsageError;
+        return;
+      }
+      ea->opt.tensor_types.emplace_back(tt.substr(0, eq), tt.substr(eq + 1));
+    }
+    ctx.exit_code = run_export(*ea, ctx.json);
+  });
 
   CLI::App* imp = app.add_subcommand("import", "import a model from another format (GGUF) as a model directory");
   imp->require_subcommand(1);

@@ -12,6 +12,8 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "lmforge/core/dtype.h"
 
@@ -30,6 +32,14 @@ struct GgufExportOptions {
   // llama.cpp importance matrix (GGUF or .dat, quant/imatrix.h) for the tensors converted to q4_0 or a k-quant: each
   // rounded as llama-quantize --imatrix rounds it (entries by GGUF tensor name; a tensor without one as usual).
   std::string imatrix;
+  // llama-quantize's type overrides (its flags of the same names), for the quantized types: output.weight's and
+  // token_embd.weight's type ("" = the mix's choice); `tensor_types`: (regex, type) pairs tried in order on each weight
+  // matrix's GGUF name (std::regex_search; the first match sets the type and skips the mix's rules); `pure`: the
+  // base type everywhere (no mix, output not raised to q6_K); `leave_output`: output.weight as the source stores it
+  // (f32 / f16 / bf16). Types: f32, f16, q8_0, q4_0, q4_K, q5_K, q6_K.
+  std::string output_type, token_embd_type;
+  std::vector<std::pair<std::string, std::string>> tensor_types;
+  bool pure = false, leave_output = false;
   // Called as the file is written, after each tensor (written, total): tensors are converted when their bytes are
   // due, one at a time, so the export holds the source (mapped) and one converted tensor, not the converted model.
   std::function<void(int64_t, int64_t)> progress;
