@@ -222,7 +222,7 @@ void sums16(XQuant& xq) {
 struct KScaleWords {
   uint32_t s03, s47, m03, m47;
 };
-inline KScaleWords q4_K_scale_words(const uint8_t* packed) {
+LMF_ALWAYS_INLINE KScaleWords q4_K_scale_words(const uint8_t* packed) {
   uint32_t u0, u1, u2;
   std::memcpy(&u0, packed, 4);
   std::memcpy(&u1, packed + 4, 4);
@@ -985,12 +985,12 @@ struct KLaneMasks {
   }
 };
 constexpr KLaneMasks kKLaneMasks;
-LMF_TARGET_AVX2 inline __m256i k_lane_mask(int j) {
+LMF_TARGET_AVX2 LMF_ALWAYS_INLINE __m256i k_lane_mask(int j) {
   return _mm256_load_si256(reinterpret_cast<const __m256i*>(kKLaneMasks.m[j]));
 }
 
 // q4_K_scale_words in a register (scales in bytes 0-7, mins in 8-15).
-LMF_TARGET_AVX2 inline __m128i q4_K_scales_avx2(const uint8_t* packed) {
+LMF_TARGET_AVX2 LMF_ALWAYS_INLINE __m128i q4_K_scales_avx2(const uint8_t* packed) {
   const KScaleWords w = q4_K_scale_words(packed);
   return _mm_set_epi32(static_cast<int>(w.m47), static_cast<int>(w.m03), static_cast<int>(w.s47),
                        static_cast<int>(w.s03));
@@ -998,7 +998,7 @@ LMF_TARGET_AVX2 inline __m128i q4_K_scales_avx2(const uint8_t* packed) {
 
 // Codes 32k..32k+31 (k = 0..3) of half h of a q6_K super-block, 0..63 a byte: low nibbles from ql, the top two bits
 // from qh (q6_K_code's layout, 32 values a vector).
-LMF_TARGET_AVX2 inline void q6_K_codes(const uint8_t* blk, int h, __m256i* q) {
+LMF_TARGET_AVX2 LMF_ALWAYS_INLINE void q6_K_codes(const uint8_t* blk, int h, __m256i* q) {
   const __m256i low = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(3);
   const __m256i ql0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 64 * h));
   const __m256i ql1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 64 * h + 32));
@@ -1013,7 +1013,7 @@ LMF_TARGET_AVX2 inline void q6_K_codes(const uint8_t* blk, int h, __m256i* q) {
 // The codes of chunk c (values 64c..64c+63) of a q4_K / q5_K super-block as two vectors of bytes: lo = sub-block 2c,
 // hi = sub-block 2c + 1 (0..15, or 0..31 with q5_K's fifth bits from qh, loaded once a super-block).
 template <bool Q5>
-LMF_TARGET_AVX2 inline void qk45_chunk(const uint8_t* blk, __m256i qh, int c, __m256i& lo, __m256i& hi) {
+LMF_TARGET_AVX2 LMF_ALWAYS_INLINE void qk45_chunk(const uint8_t* blk, __m256i qh, int c, __m256i& lo, __m256i& hi) {
   const __m256i low = _mm256_set1_epi8(0x0f);
   const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + (Q5 ? 48 : 16) + 32 * c));
   lo = _mm256_and_si256(v, low);
