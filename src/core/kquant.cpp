@@ -27,71 +27,6 @@ inline int nearest_int(float v) {
   return (i & 0x007fffff) - 0x00400000;
 }
 
-// Scale and min for n values on the grid 0..nmax, minimising the weighted squared error; ggml's make_qkx2_quants
-// with use_mad false. Returns the scale; *the_min receives -min (>= 0).
-float make_qkx2_quants(int n, int nmax, const float* x, const float* weights, uint8_t* L, float* the_min, uint8_t* Laux,
-                       float rmin, float rdelta, int nstep) {
-  float min = x[0], max = x[0];
-  float sum_w = weights[0], sum_x = sum_w * x[0];
-  for (int i = 1; i < n; ++i) {
-    if (x[i] < min) min = x[i];
-    if (x[i] > max) max = x[i];
-    const float w = weights[i];
-    sum_w += w;
-    sum_x += w * x[i];
-  }
-  if (min > 0) min = 0;
-  if (max == min) {
-    for (int i = 0; i < n; ++i) L[i] = 0;
-    *the_min = -min;
-    return 0.0f;
-  }
-  float iscale = nmax / (max - min);
-  float scale = 1 / iscale;
-  float best_error = 0;
-  for (int i = 0; i < n; ++i) {
-    const int l = nearest_int(iscale * (x[i] - min));
-    L[i] = static_cast<uint8_t>(std::max(0, std::min(nmax, l)));
-    const float diff = scale * L[i] + min - x[i];
-    best_error += weights[i] * (diff * diff);
-  }
-  for (int is = 0; is <= nstep; ++is) {
-    iscale = (rmin + rdelta * is + nmax) / (max - min);
-    float sum_l = 0, sum_l2 = 0, sum_xl = 0;
-    for (int i = 0; i < n; ++i) {
-      int l = nearest_int(iscale * (x[i] - min));
-      l = std::max(0, std::min(nmax, l));
-      Laux[i] = static_cast<uint8_t>(l);
-      const float w = weights[i];
-      sum_l += w * l;
-      sum_l2 += w * l * l;
-      sum_xl += w * l * x[i];
-    }
-    const float D = sum_w * sum_l2 - sum_l * sum_l;
-    if (D > 0) {
-      float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
-      float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
-      if (this_min > 0) {
-        this_min = 0;
-        this_scale = sum_xl / sum_l2;
-      }
-      float cur_error = 0;
-      for (int i = 0; i < n; ++i) {
-        const float diff = this_scale * Laux[i] + this_min - x[i];
-        cur_error += weights[i] * (diff * diff);
-      }
-      if (cur_error < best_error) {
-        std::memcpy(L, Laux, static_cast<size_t>(n));
-        best_error = cur_error;
-        scale = this_scale;
-        min = this_min;
-      }
-    }
-  }
-  *the_min = -min;
-  return scale;
-}
-
 // A signed scale for n values on the grid -nmax..nmax-1 (codes stored + nmax), minimising the squared error weighted by
 // qw, or by x^2 where qw is null; ggml's make_qx_quants with rmse_type 1.
 float make_qx_quants(int n, int nmax, const float* x, int8_t* L, const float* qw = nullptr) {
@@ -143,10 +78,13 @@ float make_qx_quants(int n, int nmax, const float* x, int8_t* L, const float* qw
   return scale;
 }
 
-// ggml's make_qkx3_quants (use_mad false, weights given): make_qkx2_quants' search over a finer grid of candidate
-// scales, the codes of each candidate clamped before rounding (the running min can sit at or near max).
-float make_qkx3_quants(int n, int nmax, const float* x, const float* weights, uint8_t* L, float* the_min, uint8_t* Laux,
-                       float rmin, float rdelta, int nstep) {
+// Scale and min for n values on the grid 0..nmax minimising the weighted squared error by a search over nstep + 1
+// candidate scales; returns the scale, *the_min receives -min (>= 0). ggml's make_qkx2_quants (the reference
+// quantizers) and make_qkx3_quants (the importance-weighted ones), both with use_mad false: they differ only in how a
+// candidate's codes are clamped, which gives the same codes for every finite input (qkx3's form, clamping before
+// rounding, is kept: the running min can sit at or near max). Both callers are checked against ggml bit for bit.
+float make_qkx_quants(int n, int nmax, const float* x, const float* weights, uint8_t* L, float* the_min, uint8_t* Laux,
+                      float rmin, float rdelta, int nstep) {
   float min = x[0], max = x[0];
   float sum_w = weights[0], sum_x = sum_w * x[0];
   for (int i = 1; i < n; ++i) {
@@ -323,7 +261,7 @@ void quantize_row_q45_K(const float* x, uint8_t* y, int64_t n, bool q5, const fl
         float sumw = 0;
         for (int l = 0; l < 32; ++l) sumw += weights[l];
         sw[j] = sumw;
-        scales[j] = make_qkx3_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -0.9f, 0.05f, 36);
+        scales[j] = make_qkx_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -0.9f, 0.05f, 36);
       }
       const float d_block = make_qp_quants(8, 63, scales, Ls, sw);
       const float m_block = make_qp_quants(8, 63, mins, Lm, sw);
@@ -341,8 +279,8 @@ void quantize_row_q45_K(const float* x, uint8_t* y, int64_t n, bool q5, const fl
         for (int l = 0; l < 32; ++l) sum_x2 += x[32 * j + l] * x[32 * j + l];
         const float av_x = std::sqrt(sum_x2 / 32);
         for (int l = 0; l < 32; ++l) weights[l] = av_x + std::fabs(x[32 * j + l]);
-        scales[j] = q5 ? make_qkx2_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -0.5f, 0.1f, 15)
-                       : make_qkx2_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -1.0f, 0.1f, 20);
+        scales[j] = q5 ? make_qkx_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -0.5f, 0.1f, 15)
+                       : make_qkx_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -1.0f, 0.1f, 20);
         max_scale = std::max(max_scale, scales[j]);
         max_min = std::max(max_min, mins[j]);
       }

@@ -276,6 +276,29 @@ std::vector<float> varied_rows(int64_t rows, int64_t cols) {
   return x;
 }
 
+// ggml_quantize_chunk (type `id`, with `importance` or without) and WeightMatrix::quantize (`format`) of x [rows,
+// cols]: the same bytes, block for block. Returns ggml's bytes; *ours receives lmforge's matrix.
+std::vector<unsigned char> expect_quantized_as_ggml(const Ggml& g, uint32_t id, WeightFormat format,
+                                                    const std::vector<float>& x, int64_t rows, int64_t cols,
+                                                    const float* importance, WeightMatrix* ours) {
+  int64_t block = 0;
+  size_t size = 0;
+  EXPECT_TRUE(ggml_type_traits(id, block, size));
+  if (block == 0) return {};
+  std::vector<unsigned char> theirs(static_cast<size_t>(rows * cols / block) * size);
+  EXPECT_EQ(g.quantize(static_cast<int>(id), x.data(), theirs.data(), 0, rows, cols, importance), theirs.size());
+  *ours = WeightMatrix::quantize(Tensor::from_vector(x, {rows, cols}), format, importance);
+  EXPECT_EQ(ours->codes().nbytes(), theirs.size());
+  if (ours->codes().nbytes() != theirs.size()) return theirs;
+  const auto* mine = static_cast<const unsigned char*>(ours->codes().raw_data());
+  for (size_t b = 0; b < theirs.size() / size; ++b)
+    if (std::memcmp(mine + b * size, theirs.data() + b * size, size) != 0) {
+      ADD_FAILURE() << "block " << b << " (row " << b / (cols / block) << ") differs";
+      break;
+    }
+  return theirs;
+}
+
 // lmforge's k-quant quantizers (WeightMatrix::quantize q4_K / q5_K / q6_K, src/core/kquant.cpp) against ggml's own
 // (ggml_quantize_chunk without an importance matrix: what llama-quantize runs): the same bytes, block for block, on
 // Gaussian rows with outliers, rows of tiny and of large values, constant and all-zero super-blocks and
@@ -292,17 +315,9 @@ TEST(GgmlDequant, KQuantizersBitForBitAsGgml) {
        {std::tuple{"q4_K", 12u, WeightFormat::Q4_K}, std::tuple{"q5_K", 13u, WeightFormat::Q5_K},
         std::tuple{"q6_K", 14u, WeightFormat::Q6_K}}) {
     SCOPED_TRACE(name);
-    int64_t block = 0;
-    size_t size = 0;
-    ASSERT_TRUE(ggml_type_traits(id, block, size));
-    std::vector<unsigned char> theirs(static_cast<size_t>(rows * cols / block) * size);
-    ASSERT_EQ(g.quantize(static_cast<int>(id), x.data(), theirs.data(), 0, rows, cols, nullptr), theirs.size());
-    const WeightMatrix m = WeightMatrix::quantize(Tensor::from_vector(x, {rows, cols}), format);
-    ASSERT_EQ(m.codes().nbytes(), theirs.size());
-    const auto* ours = static_cast<const unsigned char*>(m.codes().raw_data());
-    for (size_t b = 0; b < theirs.size() / size; ++b)
-      ASSERT_EQ(std::memcmp(ours + b * size, theirs.data() + b * size, size), 0)
-          << "block " << b << " (row " << b / (cols / block) << ")";
+    WeightMatrix m;
+    const std::vector<unsigned char> theirs = expect_quantized_as_ggml(g, id, format, x, rows, cols, nullptr, &m);
+    if (::testing::Test::HasFailure()) return;
     const Tensor dq = m.dequantize();
     std::vector<float> ref(rows * cols);
     g.dequantize(name)(theirs.data(), ref.data(), rows * cols);
@@ -330,22 +345,13 @@ TEST(GgmlDequant, ImportanceWeightedBitForBitAsGgml) {
        {std::tuple{"q4_0", 2u, WeightFormat::Q4_0}, std::tuple{"q4_K", 12u, WeightFormat::Q4_K},
         std::tuple{"q5_K", 13u, WeightFormat::Q5_K}, std::tuple{"q6_K", 14u, WeightFormat::Q6_K}}) {
     SCOPED_TRACE(name);
-    int64_t block = 0;
-    size_t size = 0;
-    ASSERT_TRUE(ggml_type_traits(id, block, size));
-    std::vector<unsigned char> theirs(static_cast<size_t>(rows * cols / block) * size);
-    ASSERT_EQ(g.quantize(static_cast<int>(id), x.data(), theirs.data(), 0, rows, cols, importance.data()),
-              theirs.size());
-    const Tensor w = Tensor::from_vector(x, {rows, cols});
-    const WeightMatrix m = WeightMatrix::quantize(w, format, importance.data());
-    ASSERT_EQ(m.codes().nbytes(), theirs.size());
-    const auto* ours = static_cast<const unsigned char*>(m.codes().raw_data());
-    for (size_t b = 0; b < theirs.size() / size; ++b)
-      ASSERT_EQ(std::memcmp(ours + b * size, theirs.data() + b * size, size), 0)
-          << "block " << b << " (row " << b / (cols / block) << ")";
+    WeightMatrix m;
+    const std::vector<unsigned char> theirs =
+        expect_quantized_as_ggml(g, id, format, x, rows, cols, importance.data(), &m);
+    if (::testing::Test::HasFailure()) return;
     // The importance changes the result (else this test would not tell the two paths apart).
-    const WeightMatrix plain = WeightMatrix::quantize(w, format);
-    EXPECT_NE(std::memcmp(plain.codes().raw_data(), ours, theirs.size()), 0);
+    const WeightMatrix plain = WeightMatrix::quantize(Tensor::from_vector(x, {rows, cols}), format);
+    EXPECT_NE(std::memcmp(plain.codes().raw_data(), m.codes().raw_data(), theirs.size()), 0);
   }
 }
 

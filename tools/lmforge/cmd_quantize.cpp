@@ -26,6 +26,15 @@ struct QuantizeArgs {
   int threads = 0;
 };
 
+quant::CalibOptions calib_options(const std::string& data, const std::string& model, int64_t tokens, int64_t ctx) {
+  quant::CalibOptions co;
+  co.path = data;
+  co.model_dir = model;
+  co.tokens = tokens;
+  co.ctx = ctx;
+  return co;
+}
+
 constexpr const char* kTypes =
     "f16, bf16, q8_0, q4_0, q4_g128, q4_g128_asym, int8, q4_K, q5_K, q6_K, q4_K_S, q4_K_M, q5_K_S, q5_K_M, gptq-q4, "
     "awq-q4";
@@ -132,11 +141,7 @@ int run_quantize(const QuantizeArgs& a, bool json) {
       im = quant::read_imatrix(a.imatrix);
       imatrix_from = a.imatrix;
     } else {
-      quant::CalibOptions co;
-      co.path = a.calib;
-      co.model_dir = a.model;
-      co.tokens = a.calib_tokens;
-      co.ctx = a.calib_ctx;
+      const quant::CalibOptions co = calib_options(a.calib, a.model, a.calib_tokens, a.calib_ctx);
       quant::ImatrixOptions io;
       io.dataset = a.calib;
       im = quant::compute_imatrix(a.model, quant::load_calibration(co), io,
@@ -160,11 +165,7 @@ int run_quantize(const QuantizeArgs& a, bool json) {
     return quant::dequantize_to_causal_lm(src);
   };
   if (gptq || awq) {
-    quant::CalibOptions co;
-    co.path = a.calib;
-    co.model_dir = a.model;
-    co.tokens = a.calib_tokens;
-    co.ctx = a.calib_ctx;
+    const quant::CalibOptions co = calib_options(a.calib, a.model, a.calib_tokens, a.calib_ctx);
     const std::vector<Tensor> calib = quant::load_calibration(co);
     const auto log = [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); };
     quant::GptqOptions go;
@@ -241,11 +242,7 @@ int run_imatrix(const ImatrixArgs& a, bool json) {
   }
   if (a.threads > 0) ThreadPool::global().set_num_threads(a.threads);
   const auto t0 = std::chrono::steady_clock::now();
-  quant::CalibOptions co;
-  co.path = a.calib;
-  co.model_dir = a.model;
-  co.tokens = a.calib_tokens;
-  co.ctx = a.calib_ctx;
+  const quant::CalibOptions co = calib_options(a.calib, a.model, a.calib_tokens, a.calib_ctx);
   const std::vector<Tensor> calib = quant::load_calibration(co);
   int64_t tokens = 0;
   for (const Tensor& t : calib) tokens += t.numel();
